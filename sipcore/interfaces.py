@@ -1,0 +1,276 @@
+# -*- test-case-name: tests.test_interfaces -*-
+"""
+The public contracts of sipcore.
+
+Every zope Interface of the project lives here and nothing else does.  The
+pipeline they describe::
+
+    transport (IFlow) -> IMessageSink -> registrar / proxy -> ILocationStore
+    transport -> ConnectionTable -> IEventBus -> IEventHandler plugins
+"""
+
+from zope.interface import Attribute, Interface
+
+# ---------------------------------------------------------------------------
+# Transports
+
+
+class IFlow(Interface):
+    """
+    Where a SIP message came from and how to answer it: one stream connection
+    (TCP, TLS, WS, WSS) or one UDP peer address seen on one listening port.
+    """
+
+    transport = Attribute(
+        "C{str}: one of C{'udp'}, C{'tcp'}, C{'tls'}, C{'ws'}, C{'wss'}."
+    )
+    conid = Attribute(
+        "C{int} connection id of a stream flow (positive, never reused in this "
+        "process), or C{None} for UDP."
+    )
+    local = Attribute("C{(host, port)} of the local end, host as text.")
+    remote = Attribute("C{(host, port)} of the remote end, host as text.")
+    reliable = Attribute("C{bool}: C{True} for stream transports (no retransmissions).")
+
+    def send(data):
+        """
+        Send one complete SIP message (C{bytes}) over this flow.
+
+        Never blocks and never raises: a flow whose connection has gone
+        silently drops the data.
+
+        @return: C{True} if the data was handed to a live transport, C{False}
+            if the flow is closed.
+        """
+
+    def sendTo(data, address):
+        """
+        Send one complete SIP message to another C{(host, port)} through the
+        same socket (UDP only; stream flows ignore C{address} and use their
+        connection).
+
+        @return: C{True} if handed to the transport.
+        """
+
+    def close():
+        """
+        Close the flow (streams); a no-op for UDP.  The connection's close
+        event fires as for any other close.
+        """
+
+
+class IMessageSink(Interface):
+    """
+    What transports feed: the SIP core.  Transports frame bytes into
+    messages and hand them on; they never parse beyond framing.
+    """
+
+    def messageReceived(data, flow):
+        """
+        One complete SIP message arrived.
+
+        @param data: the message's bytes (start line, headers, body).
+        @param flow: the L{IFlow} it came on.
+        @return: C{None}.  Never raises.
+        """
+
+    def messageRejected(data, reason, flow):
+        """
+        The transport could not frame a message (oversized, impossible
+        Content-Length, garbage).  The sink answers C{400} when C{data}
+        holds enough headers to build a response, and counts the drop
+        otherwise.  Stream transports close the connection afterwards.
+
+        @param data: the bytes received so far for this message (possibly
+            only a prefix).
+        @param reason: C{str}, a human-readable reason.
+        @param flow: the L{IFlow}.
+        @return: C{None}.  Never raises.
+        """
+
+
+# ---------------------------------------------------------------------------
+# Events
+
+
+class IEventBus(Interface):
+    """
+    Delivers connection events to the handlers that subscribed to them.
+    """
+
+    def subscribe(handler):
+        """
+        Deliver the events named in C{handler.events} to C{handler.handle}.
+
+        @param handler: an L{IEventHandler} provider.
+        """
+
+    def unsubscribe(handler):
+        """
+        Stop delivering events to C{handler}.
+        """
+
+    def fire(event):
+        """
+        Deliver C{event} to every handler subscribed to C{event.name}.
+
+        Returns at once, never raises, never waits.  A handler's exception
+        or failed Deferred is logged with the handler's name and the event,
+        and counted.
+
+        @return: a L{Deferred} that fires with C{None} when every handler is
+            done (or timed out); it never fails.  Transports never wait on it.
+        """
+
+
+class IHandlerContext(Interface):
+    """
+    What sipcore offers a handler when it starts.
+    """
+
+    apiVersion = Attribute("C{int}: the handler API version this sipcore implements.")
+    serverId = Attribute("C{int}: this node's C{server_id}.")
+    reactor = Attribute("The reactor (provides C{IReactorTime} at least).")
+    store = Attribute("The L{ILocationStore} in use.")
+    dbPool = Attribute(
+        "The shared C{txpostgres.ConnectionPool}, or C{None} when sipcore runs "
+        "without a database."
+    )
+    options = Attribute("C{dict} of C{str} to C{str}: this handler's own options.")
+    writes = Attribute(
+        "The L{sipcore.location.ordering.PendingWrites} tracker: location "
+        "writes in flight per connection id."
+    )
+
+    def makeJobQueue(name, runner, **kwargs):
+        """
+        Build a L{sipcore.jobs.JobQueue} that sipcore starts, drains at
+        shutdown and reports in its metrics.
+
+        @param name: C{str}, unique among queues.
+        @param runner: callable taking a C{list} of items and returning a
+            L{Deferred}; a failure keeps the items queued for retry.
+        @return: the L{sipcore.jobs.JobQueue}.
+        """
+
+
+class IEventHandler(Interface):
+    """
+    A handler plugin: found with C{twisted.plugin.getPlugins(IEventHandler)}
+    and enabled by name.
+
+    A plugin module must stay light: the provider it exposes is a small
+    descriptor that imports its implementation only in L{start}.
+    """
+
+    name = Attribute("C{str}: unique name, used with C{--handler NAME}.")
+    description = Attribute("C{str}: one line for C{--list-handlers}.")
+    events = Attribute("C{tuple} of C{str}: the event names it handles.")
+    priority = Attribute(
+        "C{int}: lower runs first among handlers of the same event (then by name)."
+    )
+    apiVersion = Attribute("C{int}: the handler API version it was written for.")
+
+    def start(context):
+        """
+        Open the handler's resources.
+
+        @param context: an L{IHandlerContext}.
+        @return: C{None} or a L{Deferred} that fires when the handler is
+            ready; a failure stops sipcore from starting.
+        """
+
+    def handle(event):
+        """
+        Handle one event.
+
+        @param event: a read-only L{sipcore.events.ConnectionEvent}.
+        @return: C{None} or a L{Deferred}; an exception or failure is logged
+            and counted by the bus and never reaches the transport.
+        """
+
+    def stop():
+        """
+        Release the handler's resources at shutdown.
+
+        @return: C{None} or a L{Deferred} that fires when done.
+        """
+
+
+# ---------------------------------------------------------------------------
+# Location
+
+
+class ILocationStore(Interface):
+    """
+    Where bindings (registered contacts) live.  Every method returns a
+    L{Deferred}; failures are L{sipcore.location.StoreUnavailable} when the
+    backing database cannot be reached, so callers can answer C{500}/C{503}
+    and retry.
+    """
+
+    def start():
+        """
+        Open the store (connect a pool).
+
+        @return: L{Deferred} firing with C{None}; it does not fail when the
+            database is away (the store keeps trying to connect).
+        """
+
+    def close():
+        """
+        Close the store.
+
+        @return: L{Deferred} firing with C{None}.
+        """
+
+    def lookup(aor, now):
+        """
+        The unexpired bindings of an address of record.
+
+        @param aor: C{str}, C{"user@domain"} (lower-cased domain).
+        @param now: C{float} POSIX time.
+        @return: L{Deferred} firing with a C{list} of
+            L{sipcore.location.Binding}, highest q first.
+        """
+
+    def save(bindings):
+        """
+        Insert or replace bindings, keyed by C{ruid}.
+
+        @param bindings: a sequence of L{sipcore.location.Binding}.
+        @return: L{Deferred} firing with C{None} once every binding is
+            durable (committed, for a database store).
+        """
+
+    def remove(ruids):
+        """
+        Remove bindings by C{ruid}.
+
+        @return: L{Deferred} firing with the C{int} number removed.
+        """
+
+    def removeConnections(serverId, conids):
+        """
+        Remove every binding of C{serverId} bound to one of C{conids}.
+
+        @param serverId: C{int}.
+        @param conids: a sequence of C{int}.
+        @return: L{Deferred} firing with the C{int} number removed.
+        """
+
+    def removeExpired(now):
+        """
+        Remove every binding whose expiry is at or before C{now}.
+
+        @return: L{Deferred} firing with the C{int} number removed.
+        """
+
+    def purgeServer(serverId):
+        """
+        Remove every binding of C{serverId} that is bound to a connection
+        (a C{connection_id} greater than zero).  Run at start: connection ids
+        do not survive a restart.
+
+        @return: L{Deferred} firing with the C{int} number removed.
+        """

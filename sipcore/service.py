@@ -1,0 +1,184 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+The running server as one Twisted service, with an ordered start and an
+ordered shutdown.
+
+Start: open the store (and create the schema when asked), purge this node's
+connection-bound rows, start the handlers and their job queues, start the
+periodic expiry, then listen.
+
+Stop (DESIGN rule 7): stop listening, close the live connections (their
+close events fire as usual), let the bus deliver what is in flight, drain
+the job queues within a deadline, stop the handlers, then close the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from sipcore.interfaces import IEventBus, IEventHandler, ILocationStore
+
+
+class SIPCoreService(Service):
+    """
+    The whole server.
+
+    @ivar listeners: the listener services, started last and stopped first.
+    @ivar handlers: the enabled L{IEventHandler} providers, in order.
+    @ivar queues: the job queues made for handlers (filled as they start).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        serverId: int,
+        store: ILocationStore,
+        bus: IEventBus,
+        table: Any,
+        core: Any,
+        listeners: Sequence[Service],
+        handlers: Sequence[IEventHandler],
+        makeContext: Callable[[IEventHandler], Any],
+        queues: list[Any],
+        initSchema: Callable[[], defer.Deferred[Any]] | None = None,
+        expiryInterval: float = 60.0,
+        drainDeadline: float = 10.0,
+    ) -> None:
+        self.reactor = reactor
+        self.serverId = serverId
+        self.store = store
+        self.bus = bus
+        self.table = table
+        self.core = core
+        self.listeners = list(listeners)
+        self.handlers = list(handlers)
+        self.queues = queues
+        self._makeContext = makeContext
+        self._initSchema = initSchema
+        self.expiryInterval = expiryInterval
+        self.drainDeadline = drainDeadline
+        self._expiry: task.LoopingCall | None = None
+        self._started: list[IEventHandler] = []
+        self.ready: defer.Deferred[None] | None = None
+
+    # -- start ---------------------------------------------------------------
+
+    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        Service.startService(self)
+        self.ready = defer.Deferred.fromCoroutine(self._start())
+        self.ready.addErrback(self._startFailed)
+        return self.ready
+
+    def _startFailed(self, failure: Any) -> None:
+        self._log.failure("sipcore failed to start", failure)
+        stop = getattr(self.reactor, "stop", None)
+        if stop is not None and getattr(self.reactor, "running", False):
+            stop()
+
+    async def _start(self) -> None:
+        await self.store.start()
+        if self._initSchema is not None:
+            await self._initSchema()
+        await self._purgeOwnRows()
+        for handler in self.handlers:
+            await defer.maybeDeferred(handler.start, self._makeContext(handler))
+            self._started.append(handler)
+            self.bus.subscribe(handler)
+            self._log.info("handler {name} enabled for {events}",
+                           name=handler.name, events=", ".join(handler.events))
+        for queue in self.queues:
+            queue.start()
+        if self.expiryInterval > 0:
+            self._expiry = task.LoopingCall(self.expireBindings)
+            self._expiry.clock = self.reactor
+            self._expiry.start(self.expiryInterval, now=False).addErrback(
+                lambda f: self._log.failure("expiry timer stopped", f))
+        for listener in self.listeners:
+            await defer.maybeDeferred(listener.startService)
+
+    async def _purgeOwnRows(self) -> None:
+        """
+        Connection ids do not survive a restart: delete this node's rows
+        that are bound to a connection.  A database that is away does not
+        stop the start; the purge is retried by the expiry timer's backstop.
+        """
+        try:
+            count = await self.store.purgeServer(self.serverId)
+        except Exception as e:
+            self._purgePending = True
+            self._log.warn(
+                "could not purge connection-bound bindings of server_id {serverId} "
+                "at start ({error}); will retry",
+                serverId=self.serverId, error=str(e))
+        else:
+            self._purgePending = False
+            self._log.info(
+                "purged {count} connection-bound bindings of server_id {serverId} at start",
+                count=count, serverId=self.serverId)
+
+    _purgePending = False
+
+    async def _expire(self) -> None:
+        if self._purgePending:
+            await self._purgeOwnRows()
+        try:
+            count = await self.store.removeExpired(self.reactor.seconds())
+        except Exception as e:
+            self._log.warn("expiry of bindings failed ({error}); will retry",
+                           error=str(e))
+            return
+        if count:
+            self._log.info("removed {count} expired bindings", count=count)
+
+    def expireBindings(self) -> defer.Deferred[None]:
+        """
+        Remove expired bindings now (the periodic backstop).
+
+        @return: a L{Deferred} that fires when done; it never fails.
+        """
+        return defer.Deferred.fromCoroutine(self._expire())
+
+    # -- stop ----------------------------------------------------------------
+
+    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self.ready is not None and not self.ready.called:
+            self.ready.cancel()
+        for listener in reversed(self.listeners):
+            if listener.running:
+                await self._safely("stop listener", listener.stopService)
+        await self._safely("close connections", self.table.closeAll)
+        await self._safely("deliver pending events", self.bus.drain)
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
+        left = 0
+        for queue in self.queues:
+            remaining = await self._safely(
+                "drain job queue", queue.stop, self.drainDeadline)
+            left += remaining or 0
+        for handler in reversed(self._started):
+            self.bus.unsubscribe(handler)
+            await self._safely("stop handler " + handler.name, handler.stop)
+        await self._safely("close the store", self.store.close)
+        if left:
+            self._log.warn("stopped with {left} queued jobs not done", left=left)
+        else:
+            self._log.info("stopped cleanly")
+
+    async def _safely(self, what: str, f: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await defer.maybeDeferred(f, *args)
+        except Exception:
+            self._log.failure("shutdown step failed: {what}", what=what)
+            return None

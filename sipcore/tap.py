@@ -1,0 +1,194 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The composition root: command-line options and the service they build.
+
+L{makeService} is the only place that imports the global reactor;
+L{buildService} takes the reactor as an argument, so tests pass a
+C{MemoryReactor}.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.python import usage
+
+from sipcore.events.plugins import (
+    HandlerConfigError,
+    findHandlers,
+    selectHandlers,
+)
+from sipcore.transport.listen import DEFAULT_LISTEN, parseListen
+
+#: Handlers enabled unless C{--disable-handler} says otherwise.
+DEFAULT_HANDLERS: tuple[str, ...] = ("location-cleanup",)
+
+
+def _positiveInt(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _positiveFloat(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+class Options(usage.Options):
+    """
+    C{twistd sipcore} options.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the sipcore SIP registrar and proxy. Without --db it keeps "
+        "registrations in memory; with --db (a libpq DSN) it uses Kamailio's "
+        "usrloc 'location' table in PostgreSQL."
+    )
+
+    optFlags = [
+        ["db-init", None, "Create the location schema at start if it is missing."],
+        ["list-handlers", None, "List the handler plugins found and exit."],
+    ]
+
+    optParameters = [
+        ["server-id", None, 0, "This node's server_id in the location table.", _positiveInt],
+        ["db", None, "", "libpq DSN of the PostgreSQL database; empty: in-memory store."],
+        ["max-message-size", None, 65536, "Largest SIP message accepted, in bytes.",
+         _positiveInt],
+        ["idle-timeout", None, 3600.0,
+         "Seconds a stream connection may stay silent before it is closed (0: never).",
+         _positiveFloat],
+        ["expiry-interval", None, 60.0,
+         "Seconds between removals of expired bindings (0: never).", _positiveFloat],
+        ["drain-deadline", None, 10.0,
+         "Seconds the job queues may take to drain at shutdown.", _positiveFloat],
+        ["default-expires", None, 3600, "Expiry of a registration that asks for none.",
+         _positiveInt],
+        ["min-expires", None, 60, "Shortest registration accepted (else 423).", _positiveInt],
+        ["max-expires", None, 86400, "Longest registration granted.", _positiveInt],
+        ["foreign-domain-status", None, 403,
+         "Status for a REGISTER to a domain this server does not serve (403 or 404).", int],
+    ]
+
+    def __init__(self) -> None:
+        usage.Options.__init__(self)
+        self["listen"] = []
+        self["domain"] = []
+        self["handler"] = []
+        self["disable-handler"] = []
+        self["handler-option"] = {}
+
+    def opt_listen(self, spec: str) -> None:
+        """
+        Listen on TRANSPORT:PORT[:key=value...]; TRANSPORT is udp, tcp, tls, ws
+        or wss. Repeatable; replaces the defaults (udp:5060, tcp:5060, ws:8080).
+        """
+        try:
+            parseListen(spec)
+        except ValueError as e:
+            raise usage.UsageError("--listen {}: {}".format(spec, e)) from e
+        self["listen"].append(spec)
+
+    def opt_domain(self, domain: str) -> None:
+        """
+        A domain this server is responsible for. Repeatable.
+        """
+        self["domain"].append(domain.lower())
+
+    def opt_handler(self, name: str) -> None:
+        """
+        Enable a handler plugin by name, besides the defaults. Repeatable.
+        """
+        self["handler"].append(name)
+
+    def opt_disable_handler(self, name: str) -> None:
+        """
+        Disable a default handler plugin (location-cleanup). Repeatable.
+        """
+        self["disable-handler"].append(name)
+
+    def opt_handler_option(self, spec: str) -> None:
+        """
+        Give a handler an option: NAME:key=value. Repeatable.
+        """
+        name, sep, rest = spec.partition(":")
+        key, eq, value = rest.partition("=")
+        if not (name and sep and key and eq):
+            raise usage.UsageError(
+                "--handler-option {!r}: expected NAME:key=value".format(spec))
+        self["handler-option"].setdefault(name, {})[key] = value
+
+    def postOptions(self) -> None:
+        if self["list-handlers"]:
+            return
+        if not self["listen"]:
+            self["listen"] = list(DEFAULT_LISTEN)
+        if self["foreign-domain-status"] not in (403, 404):
+            raise usage.UsageError("--foreign-domain-status must be 403 or 404")
+        if self["min-expires"] > self["max-expires"]:
+            raise usage.UsageError("--min-expires must not exceed --max-expires")
+        if not self["domain"]:
+            self["domain"] = ["localhost", "127.0.0.1"]
+
+    def handlerNames(self) -> list[str]:
+        """
+        The handlers to enable, in the order given, without duplicates.
+        """
+        names: list[str] = []
+        for name in list(DEFAULT_HANDLERS) + self["handler"]:
+            if name not in names and name not in self["disable-handler"]:
+                names.append(name)
+        return names
+
+
+def listHandlers(out: Any = None) -> str:
+    """
+    Describe every handler plugin found.
+
+    @return: the text written to C{out} (default stdout).
+    """
+    found = findHandlers()
+    lines = []
+    for name in sorted(found):
+        handler = found[name]
+        lines.append("{}\n    {}\n    events: {}".format(
+            name, handler.description, ", ".join(handler.events)))
+    text = "\n".join(lines) + "\n" if lines else "no handler plugins found\n"
+    (out or sys.stdout).write(text)
+    return text
+
+
+def buildService(options: Options, reactor: Any) -> Any:
+    """
+    Build the server from parsed options with the given reactor.
+
+    @raise HandlerConfigError: a handler is unknown, duplicated, failed to
+        import or is incompatible.
+    """
+    from sipcore._build import build
+
+    return build(options, reactor)
+
+
+def makeService(options: Options) -> Any:
+    """
+    The twistd entry point.
+    """
+    if options["list-handlers"]:
+        listHandlers()
+        raise SystemExit(0)
+    from twisted.internet import reactor
+
+    try:
+        return buildService(options, reactor)
+    except HandlerConfigError as e:
+        raise SystemExit("sipcore: " + str(e)) from e
+
+
+__all__ = ["Options", "buildService", "makeService", "HandlerConfigError", "selectHandlers"]

@@ -1,0 +1,421 @@
+# -*- test-case-name: tests.test_connections -*-
+"""
+The table of live stream connections.
+
+Every TCP, TLS, WS and WSS connection is registered here when it is
+accepted.  The table gives it a connection id (C{conid}) and fires the
+connection events on the bus: C{tcp:connected} on L{ConnectionTable.add},
+C{websocket:connected} on L{ConnectionTable.websocketOpened}, and exactly one
+of C{tcp:closed}, C{tcp:reset} or C{tcp:timeout} (plus C{websocket:closed}
+for a WebSocket whose handshake completed) on L{ConnectionTable.remove}.
+
+The protocols decide which close event a close is; the table guarantees it
+is fired once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from sipcore.events import (
+    CLOSE_EVENTS,
+    TCP_CLOSED,
+    TCP_CONNECTED,
+    WEBSOCKET_CLOSED,
+    WEBSOCKET_CONNECTED,
+    ConnectionEvent,
+)
+from sipcore.interfaces import IFlow
+
+__all__ = [
+    "ConnectionTable",
+    "ShuttingDown",
+    "StreamFlow",
+    "addressOf",
+]
+
+#: Seconds L{ConnectionTable.closeAll} waits after asking connections to
+#: close before it aborts them.
+DEFAULT_CLOSE_GRACE = 2.0
+
+#: The process-wide source of connection ids: never reused, even across
+#: several tables (tests build many).
+_conids = itertools.count(1)
+
+
+class ShuttingDown(Exception):
+    """
+    L{ConnectionTable.add} refused a connection because the table is
+    closing every connection (server shutdown).
+    """
+
+
+def addressOf(address: Any) -> tuple[str, int]:
+    """
+    Turn a Twisted address into C{(host, port)} with the host as text.
+
+    @param address: an L{twisted.internet.interfaces.IAddress} with C{host}
+        and C{port} (L{IPv4Address}, L{IPv6Address}), or a tuple as UDP
+        gives (C{(host, port)} or C{(host, port, flowinfo, scope)}).
+    @return: C{(host, port)}; C{("", 0)} for an address without them.
+    """
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+    else:
+        host = getattr(address, "host", "")
+        port = getattr(address, "port", 0)
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    return (str(host), int(port or 0))
+
+
+@implementer(IFlow)
+class StreamFlow:
+    """
+    The L{IFlow} of one stream connection (TCP, TLS, WS, WSS).
+
+    A protocol owns one and hands it to the sink with every message.  It is
+    a separate object because L{IFlow.transport} (the transport name) would
+    clash with C{Protocol.transport} (the Twisted transport).
+
+    The protocol provides C{_flowSend(data) -> bool}, C{_flowClose()} and
+    C{_flowAbort()}.
+
+    @ivar conid: set by L{ConnectionTable.add}; C{None} before that and for a
+        connection the table refused.
+    """
+
+    reliable = True
+
+    def __init__(
+        self,
+        protocol: Any,
+        transport: str,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+    ) -> None:
+        self._protocol = protocol
+        self.transport = transport
+        self.local = local
+        self.remote = remote
+        self.conid: int | None = None
+
+    def __repr__(self) -> str:
+        return "<StreamFlow {} conid={} {}:{} -> {}:{}>".format(
+            self.transport, self.conid, *self.remote, *self.local
+        )
+
+    def send(self, data: bytes) -> bool:
+        """
+        Send one complete message on the connection.
+
+        @return: C{True} if the connection was open to take it.
+        """
+        return bool(self._protocol._flowSend(data))
+
+    def sendTo(self, data: bytes, address: tuple[str, int]) -> bool:
+        """
+        Like L{send}: a stream flow has one peer, C{address} is ignored.
+        """
+        return self.send(data)
+
+    def close(self) -> None:
+        """
+        Close the connection gracefully (pending data is flushed first).
+        """
+        self._protocol._flowClose()
+
+    def abort(self) -> None:
+        """
+        Drop the connection at once (not part of L{IFlow}; used by
+        L{ConnectionTable.closeAll} when a graceful close takes too long).
+        """
+        self._protocol._flowAbort()
+
+
+@dataclass
+class _Entry:
+    """
+    What the table knows about one live connection.
+    """
+
+    flow: Any
+    transport: str
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    openedAt: float
+    websocketOpen: bool = False
+    shutdownReason: str | None = None
+
+
+class ConnectionTable:
+    """
+    The live stream connections of this process, by connection id.
+
+    @ivar opened: C{int}, connections added since the table was made.
+    @ivar closed: C{dict} from each close event name (L{CLOSE_EVENTS}) to the
+        number of connections that ended with it.
+    @ivar refused: C{int}, connections refused during shutdown.
+    @ivar shuttingDown: C{True} once L{closeAll} was called: new connections
+        are refused from then on.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        bus: Any,
+        clock: IReactorTime,
+        serverId: int = 0,
+        closeGrace: float = DEFAULT_CLOSE_GRACE,
+    ) -> None:
+        """
+        @param bus: an L{sipcore.interfaces.IEventBus} provider (only C{fire}
+            is used).
+        @param clock: the L{IReactorTime} for timestamps and the shutdown
+            grace timer.
+        @param serverId: this node's C{server_id}, copied into every event.
+        @param closeGrace: seconds L{closeAll} lets a connection close
+            gracefully before aborting it.
+        """
+        self._bus = bus
+        self._clock = clock
+        self.serverId = serverId
+        self.closeGrace = closeGrace
+        self._entries: dict[int, _Entry] = {}
+        self.opened = 0
+        self.refused = 0
+        self.closed: dict[str, int] = {name: 0 for name in CLOSE_EVENTS}
+        self.shuttingDown = False
+        self._drained: list[Deferred[None]] = []
+        self._shutdownCalls: list[IDelayedCall] = []
+
+    # -- queries ----------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Any]:
+        """
+        Iterate over the live flows (a snapshot: safe while connections
+        close).
+        """
+        return iter([entry.flow for entry in self._entries.values()])
+
+    def __contains__(self, conid: object) -> bool:
+        return conid in self._entries
+
+    def get(self, conid: int) -> Any:
+        """
+        @return: the L{IFlow} of a live connection, or C{None}.
+        """
+        entry = self._entries.get(conid)
+        return entry.flow if entry is not None else None
+
+    # -- life cycle -------------------------------------------------------
+
+    def add(self, flow: Any) -> int:
+        """
+        Register a new connection and fire C{tcp:connected}.
+
+        Sets C{flow.conid} to the new id.
+
+        @param flow: an L{IFlow} of transport C{'tcp'}, C{'tls'}, C{'ws'} or
+            C{'wss'}.
+        @return: the new connection id, a positive C{int} never used before
+            in this process.
+        @raise ShuttingDown: if L{closeAll} was called; the caller must drop
+            the connection (no event fires for it).
+        """
+        if self.shuttingDown:
+            self.refused += 1
+            raise ShuttingDown("server is shutting down")
+        conid = next(_conids)
+        now = self._clock.seconds()
+        entry = _Entry(flow, flow.transport, flow.local, flow.remote, now)
+        self._entries[conid] = entry
+        flow.conid = conid
+        self.opened += 1
+        self._log.debug(
+            "connection {conid} opened: {transport} from {host}:{port}",
+            conid=conid,
+            transport=entry.transport,
+            host=entry.remote[0],
+            port=entry.remote[1],
+        )
+        self._fire(TCP_CONNECTED, conid, entry, now)
+        return conid
+
+    def websocketOpened(self, conid: int) -> None:
+        """
+        The WebSocket handshake of connection C{conid} completed: fire
+        C{websocket:connected}.  A later L{remove} fires C{websocket:closed}
+        as well.  Does nothing for an unknown or already opened connection.
+        """
+        entry = self._entries.get(conid)
+        if entry is None or entry.websocketOpen:
+            return
+        entry.websocketOpen = True
+        self._fire(WEBSOCKET_CONNECTED, conid, entry, self._clock.seconds())
+
+    def remove(
+        self,
+        conid: int | None,
+        kind: str,
+        reason: str,
+        wsCode: int | None = None,
+        wsReason: str | None = None,
+    ) -> bool:
+        """
+        Connection C{conid} ended: forget it and fire its close events.
+
+        Fires C{websocket:closed} (with C{wsCode} and C{wsReason}) if its
+        WebSocket handshake had completed, then exactly one C{kind} event
+        with C{reason} and the duration.  A connection that L{closeAll}
+        closed always ends as C{tcp:closed} with the shutdown reason.
+
+        Idempotent: for an unknown or already removed C{conid} it does
+        nothing.
+
+        @param kind: one of L{CLOSE_EVENTS}.
+        @return: C{True} if the connection was live and events fired.
+        @raise ValueError: if C{kind} is not a close event.
+        """
+        if kind not in CLOSE_EVENTS:
+            raise ValueError("not a close event: {!r}".format(kind))
+        if conid is None:
+            return False
+        entry = self._entries.pop(conid, None)
+        if entry is None:
+            return False
+        if entry.shutdownReason is not None:
+            kind = TCP_CLOSED
+            reason = entry.shutdownReason
+        now = self._clock.seconds()
+        duration = max(0.0, now - entry.openedAt)
+        self.closed[kind] += 1
+        self._log.debug(
+            "connection {conid} ended ({kind}): {reason}",
+            conid=conid,
+            kind=kind,
+            reason=reason,
+        )
+        if entry.websocketOpen:
+            self._fire(
+                WEBSOCKET_CLOSED,
+                conid,
+                entry,
+                now,
+                reason=reason,
+                duration=duration,
+                wsCode=wsCode,
+                wsReason=wsReason,
+            )
+        self._fire(kind, conid, entry, now, reason=reason, duration=duration)
+        if self.shuttingDown and not self._entries:
+            self._finishShutdown()
+        return True
+
+    def closeAll(self, reason: str = "server shutdown") -> Deferred[None]:
+        """
+        Close every live connection and refuse new ones (server shutdown).
+
+        Each connection is asked to close gracefully; those still open after
+        C{closeGrace} seconds are aborted, and those whose transport still
+        has not reported the loss C{closeGrace} seconds later are removed
+        anyway.  Each fires its close events as usual, as C{tcp:closed} with
+        C{reason}.
+
+        @return: a L{Deferred} that fires with C{None} once every connection
+            has fired its close event.  It does not fail.
+        """
+        if not self.shuttingDown:
+            self.shuttingDown = True
+            self._log.info(
+                "closing {count} connections: {reason}",
+                count=len(self._entries),
+                reason=reason,
+            )
+        if not self._entries:
+            self._finishShutdown()
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        for conid, entry in list(self._entries.items()):
+            if entry.shutdownReason is not None:
+                continue
+            entry.shutdownReason = reason
+            self._callFlow(conid, entry.flow.close)
+        if not self._shutdownCalls:
+            self._shutdownCalls.append(
+                self._clock.callLater(self.closeGrace, self._abortRemaining)
+            )
+        return d
+
+    # -- internals --------------------------------------------------------
+
+    def _abortRemaining(self) -> None:
+        """
+        The grace period of L{closeAll} ran out: abort what is still open.
+        """
+        for conid, entry in list(self._entries.items()):
+            abort = getattr(entry.flow, "abort", entry.flow.close)
+            self._callFlow(conid, abort)
+        if self._entries:
+            self._shutdownCalls.append(
+                self._clock.callLater(self.closeGrace, self._forgetRemaining)
+            )
+
+    def _forgetRemaining(self) -> None:
+        """
+        Connections whose transport never reported the loss: remove them so
+        shutdown can finish (a late C{connectionLost} then fires nothing).
+        """
+        for conid in list(self._entries):
+            self._log.warn(
+                "connection {conid} did not report its close; removing it",
+                conid=conid,
+            )
+            self.remove(conid, TCP_CLOSED, "server shutdown")
+
+    def _finishShutdown(self) -> None:
+        for call in self._shutdownCalls:
+            if call.active():
+                call.cancel()
+        self._shutdownCalls = []
+        drained, self._drained = self._drained, []
+        for d in drained:
+            d.callback(None)
+
+    def _callFlow(self, conid: int, method: Callable[[], Any]) -> None:
+        try:
+            method()
+        except Exception:
+            self._log.failure("closing connection {conid} failed", conid=conid)
+
+    def _fire(
+        self, name: str, conid: int, entry: _Entry, now: float, **extra: Any
+    ) -> None:
+        event = ConnectionEvent(
+            name=name,
+            conid=conid,
+            transport=entry.transport,
+            local=entry.local,
+            remote=entry.remote,
+            time=now,
+            serverId=self.serverId,
+            **extra,
+        )
+        try:
+            self._bus.fire(event)
+        except Exception:
+            # The bus promises never to raise; if it does, it must not reach
+            # the transport.
+            self._log.failure("event bus raised on {name}", name=name)
