@@ -14,7 +14,7 @@ the job queues within a deadline, stop the handlers, then close the store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -32,7 +32,12 @@ class SIPCoreService(Service):
     @ivar listeners: the listener services, started last and stopped first.
     @ivar handlers: the enabled L{IEventHandler} providers, in order.
     @ivar queues: the job queues made for handlers (filled as they start).
+    @ivar registrar: the registrar, when the composition root sets one.
+    @ivar writes: the L{sipcore.location.ordering.PendingWrites} tracker.
     """
+
+    registrar: Any = None
+    writes: Any = None
 
     _log = Logger()
 
@@ -47,7 +52,7 @@ class SIPCoreService(Service):
         listeners: Sequence[Service],
         handlers: Sequence[IEventHandler],
         makeContext: Callable[[IEventHandler], Any],
-        queues: list[Any],
+        queues: Iterable[Any],
         initSchema: Callable[[], defer.Deferred[Any]] | None = None,
         expiryInterval: float = 60.0,
         drainDeadline: float = 10.0,

@@ -168,12 +168,109 @@ def buildService(options: Options, reactor: Any) -> Any:
     """
     Build the server from parsed options with the given reactor.
 
+    @return: the L{sipcore.service.SIPCoreService}.
     @raise HandlerConfigError: a handler is unknown, duplicated, failed to
-        import or is incompatible.
+        import, is incompatible, or was given options while not enabled.
     """
-    from sipcore._build import build
+    from sipcore.events.bus import EventBus
+    from sipcore.location import MemoryLocationStore
+    from sipcore.location.ordering import PendingWrites
+    from sipcore.plugin import HandlerContext
+    from sipcore.service import SIPCoreService
+    from sipcore.sip.core import SIPCore
+    from sipcore.sip.registrar import Registrar, RegistrarPolicy
+    from sipcore.transport.connections import ConnectionTable
+    from sipcore.transport.listen import ListenerService
 
-    return build(options, reactor)
+    names = options.handlerNames()
+    handlers = selectHandlers(findHandlers(), names)
+    stray = sorted(set(options["handler-option"]) - set(names))
+    if stray:
+        raise HandlerConfigError(
+            "--handler-option given for handler(s) not enabled: {}".format(", ".join(stray)))
+    serverId = options["server-id"]
+    bus = EventBus(reactor)
+    table = ConnectionTable(bus, reactor, serverId=serverId)
+    initSchema = None
+    if options["db"]:
+        from sipcore.location import PostgresLocationStore
+
+        store: Any = PostgresLocationStore(options["db"], reactor)
+        if options["db-init"]:
+            def initSchema() -> Any:
+                from sipcore.location.dbinit import initSchema as create
+
+                return create(store.pool)
+    else:
+        store = MemoryLocationStore(reactor)
+    writes = PendingWrites()
+    core = SIPCore(reactor, domains=options["domain"], maxSize=options["max-message-size"])
+    registrar = Registrar(
+        store,
+        reactor,
+        isLocalDomain=core.isLocal,
+        serverId=serverId,
+        policy=RegistrarPolicy(
+            defaultExpires=options["default-expires"],
+            minExpires=options["min-expires"],
+            maxExpires=options["max-expires"],
+            foreignDomainStatus=options["foreign-domain-status"],
+        ),
+        writes=writes,
+        isConnected=lambda conid: table.get(conid) is not None,
+    )
+    core.route("REGISTER", registrar)
+    listeners = [
+        ListenerService(
+            parseListen(spec), reactor, core, table,
+            maxSize=options["max-message-size"],
+            idleTimeout=options["idle-timeout"],
+        )
+        for spec in options["listen"]
+    ]
+    jobQueues: dict[str, Any] = {}
+
+    def makeContext(handler: Any) -> HandlerContext:
+        return HandlerContext(
+            serverId=serverId,
+            reactor=reactor,
+            store=store,
+            dbPool=getattr(store, "pool", None),
+            options=options["handler-option"].get(handler.name, {}),
+            writes=writes,
+            jobQueues=jobQueues,
+        )
+
+    service = SIPCoreService(
+        reactor=reactor,
+        serverId=serverId,
+        store=store,
+        bus=bus,
+        table=table,
+        core=core,
+        listeners=listeners,
+        handlers=handlers,
+        makeContext=makeContext,
+        queues=_QueueView(jobQueues),
+        initSchema=initSchema,
+        expiryInterval=options["expiry-interval"],
+        drainDeadline=options["drain-deadline"],
+    )
+    service.registrar = registrar
+    service.writes = writes
+    return service
+
+
+class _QueueView:
+    """
+    The job queues the handlers made, in the order they were made.
+    """
+
+    def __init__(self, queues: dict[str, Any]) -> None:
+        self._queues = queues
+
+    def __iter__(self) -> Any:
+        return iter(list(self._queues.values()))
 
 
 def makeService(options: Options) -> Any:

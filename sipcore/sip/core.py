@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from sipcore import __version__
 from sipcore.interfaces import IFlow, IMessageSink
 from sipcore.message import Request, Response, SIPParseError, parseMessage
+from sipcore.sip.transaction import OVERLOADED, TransactionLayer, responseAddress
 
 #: The option tags this server understands in C{Require}/C{Proxy-Require}.
 SUPPORTED = ("path", "outbound")
@@ -28,45 +31,46 @@ ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "MESSAGE", "IN
 
 SERVER = "sipcore/" + __version__
 
-RequestHandler = Callable[[Request, IFlow], None]
 ResponseHandler = Callable[[Response, IFlow], None]
 
 
-def responseAddress(request: Request, flow: IFlow) -> tuple[str, int]:
+class StatelessTransaction:
     """
-    Where a response to C{request} goes on an unreliable flow (RFC 3261
-    section 18.2.2 with RFC 3581's C{rport}): the source address of the
-    request, on the source port when the top Via asked for C{rport}, else on
-    the Via's sent-by port.
+    A request answered without a server transaction (a malformed request,
+    or one refused while the transaction table is full).
 
-    @return: C{(host, port)}.
+    @ivar request: the L{Request}.
+    @ivar flow: the L{IFlow} it came on.
     """
-    host, sourcePort = flow.remote
-    try:
-        vias = request.vias
-    except SIPParseError:
-        return flow.remote
-    if not vias:
-        return flow.remote
-    via = vias[0]
-    if via.rport is not None:
-        return host, sourcePort
-    if via.maddr:
-        return via.maddr, via.port or 5060
-    return host, via.port or 5060
+
+    def __init__(self, request: Request, flow: IFlow) -> None:
+        self.request = request
+        self.flow = flow
+
+    def respond(self, response: Response) -> bool:
+        """
+        Send C{response} back to the request's sender: over the connection
+        for streams, per L{responseAddress} for UDP.
+        """
+        data = response.serialize()
+        if self.flow.reliable:
+            return self.flow.send(data)
+        return self.flow.sendTo(data, responseAddress(self.request, self.flow))
 
 
-def sendResponse(response: Response, request: Request, flow: IFlow) -> bool:
+class ServerTransactionLike(Protocol):
     """
-    Send C{response} to C{request} back over C{flow}: over the connection
-    for streams, per L{responseAddress} for UDP.
-
-    @return: C{True} if handed to a live transport.
+    What request handlers get: a request, its flow, and a way to answer.
     """
-    data = response.serialize()
-    if flow.reliable:
-        return flow.send(data)
-    return flow.sendTo(data, responseAddress(request, flow))
+
+    request: Request
+    flow: IFlow
+
+    def respond(self, response: Response) -> bool: ...
+
+
+RequestHandler = Callable[[ServerTransactionLike], object]
+AckHandler = Callable[[Request, IFlow], object]
 
 
 @implementer(IMessageSink)
@@ -84,29 +88,50 @@ class SIPCore:
 
     def __init__(
         self,
+        clock: IReactorTime,
         domains: Iterable[str] = (),
         maxSize: int = 65536,
+        transactions: TransactionLayer | None = None,
     ) -> None:
+        """
+        @param clock: drives the transaction timers.
+        @param domains: the domains this server is responsible for.
+        @param maxSize: the largest message accepted, in bytes.
+        @param transactions: the transaction layer; by default one on
+            C{clock} with RFC 3261's timer values, this core as its user.
+        """
         self.domains = {d.lower() for d in domains}
         self.maxSize = maxSize
         self.stats: Counter[str] = Counter()
         self._handlers: dict[str, RequestHandler] = {}
         self._default: RequestHandler | None = None
         self._responseHandler: ResponseHandler | None = None
+        self._ackHandler: AckHandler | None = None
+        if transactions is None:
+            transactions = TransactionLayer(clock, self)
+        self.transactions = transactions
 
     # -- configuration -----------------------------------------------------
 
     def route(self, method: str, handler: RequestHandler) -> None:
         """
-        Send requests of C{method} (upper case) to C{handler(request, flow)}.
+        Send requests of C{method} (upper case) to C{handler(transaction)};
+        the transaction has C{request}, C{flow} and C{respond(response)}.
         """
         self._handlers[method.upper()] = handler
 
     def routeDefault(self, handler: RequestHandler) -> None:
         """
-        Send requests no other handler takes to C{handler(request, flow)}.
+        Send requests no other handler takes to C{handler(transaction)}.
         """
         self._default = handler
+
+    def routeAcks(self, handler: AckHandler) -> None:
+        """
+        Send every ACK no server transaction absorbs (the ACK for a 2xx,
+        which goes end to end) to C{handler(request, flow)}.
+        """
+        self._ackHandler = handler
 
     def routeResponses(self, handler: ResponseHandler) -> None:
         """
@@ -173,35 +198,68 @@ class SIPCore:
                 pass
             else:
                 self.stats["rejected"] += 1
-                sendResponse(response, request, flow)
+                StatelessTransaction(request, flow).respond(response)
                 return
         self.stats["dropped"] += 1
 
     def respond(
         self,
-        request: Request,
-        flow: IFlow,
+        tx: ServerTransactionLike,
         status: int,
         reason: str | None = None,
         headers: Iterable[tuple[str, str]] = (),
         toTag: str | None = None,
     ) -> Response:
         """
-        Build and send a response to C{request}.
+        Build a response to C{tx.request} and send it through C{tx}.
 
         @return: the L{Response} sent.
         """
-        response = Response.forRequest(request, status, reason, toTag=toTag)
+        response = Response.forRequest(tx.request, status, reason, toTag=toTag)
         for name, value in headers:
             response.headers.add(name, value)
         response.headers.set("Server", SERVER)
-        sendResponse(response, request, flow)
+        tx.respond(response)
         return response
 
+    # -- transaction user (server side) ----------------------------------
+
+    def ackReceived(self, request: Request, flow: IFlow) -> None:
+        """
+        An ACK that no server transaction absorbed.
+        """
+        if self._ackHandler is not None:
+            self._ackHandler(request, flow)
+        else:
+            self.stats["acksDropped"] += 1
+
+    def ackTimeout(self, tx: Any) -> None:
+        """
+        No ACK came for a final response to an INVITE (Timer H).
+        """
+        self.stats["ackTimeouts"] += 1
+
+    def transportError(self, tx: Any) -> None:
+        """
+        A response could not be sent: the flow has gone.
+        """
+        self.stats["transportErrors"] += 1
+
     def _dispatchRequest(self, request: Request, flow: IFlow) -> None:
+        found = self.transactions.requestReceived(request, flow)
+        if found is None:
+            return
+        if found is OVERLOADED:
+            self.stats["overloaded"] += 1
+            self.respond(StatelessTransaction(request, flow), 503, "Service Unavailable",
+                         headers=[("Retry-After", "5")])
+            return
+        tx, isNew = found
+        if not isNew:
+            return
         scheme = request.uri.scheme.lower()
         if scheme not in ("sip", "sips", "tel"):
-            self.respond(request, flow, 416, "Unsupported URI Scheme")
+            self.respond(tx, 416, "Unsupported URI Scheme")
             return
         unsupported = self._unsupported(request, "Proxy-Require")
         if request.method == "OPTIONS" and not request.uri.user and self.isLocal(
@@ -209,25 +267,26 @@ class SIPCore:
         ):
             unsupported += self._unsupported(request, "Require")
             if unsupported:
-                self._badExtension(request, flow, unsupported)
+                self._badExtension(tx, unsupported)
                 return
-            self._answerOptions(request, flow)
+            self._answerOptions(tx)
             return
         handler = self._handlers.get(request.method)
         if handler is not None:
             unsupported += self._unsupported(request, "Require")
         if unsupported:
-            self._badExtension(request, flow, unsupported)
+            self._badExtension(tx, unsupported)
             return
         if handler is None:
             handler = self._default
         if handler is None:
-            if request.method != "ACK":
-                self.respond(request, flow, 501, "Not Implemented")
+            self.respond(tx, 501, "Not Implemented")
             return
-        handler(request, flow)
+        handler(tx)
 
     def _dispatchResponse(self, response: Response, flow: IFlow) -> None:
+        if self.transactions.responseReceived(response, flow):
+            return
         if self._responseHandler is None:
             self.stats["responsesDropped"] += 1
             return
@@ -239,16 +298,12 @@ class SIPCore:
             if tag and tag.lower() not in SUPPORTED
         ]
 
-    def _badExtension(self, request: Request, flow: IFlow, tags: list[str]) -> None:
-        if request.method == "ACK":
-            return
-        self.respond(request, flow, 420, "Bad Extension",
-                     headers=[("Unsupported", ", ".join(tags))])
+    def _badExtension(self, tx: ServerTransactionLike, tags: list[str]) -> None:
+        self.respond(tx, 420, "Bad Extension", headers=[("Unsupported", ", ".join(tags))])
 
-    def _answerOptions(self, request: Request, flow: IFlow) -> None:
+    def _answerOptions(self, tx: ServerTransactionLike) -> None:
         self.respond(
-            request,
-            flow,
+            tx,
             200,
             "OK",
             headers=[

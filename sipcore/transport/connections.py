@@ -353,7 +353,7 @@ class ConnectionTable:
                 continue
             entry.shutdownReason = reason
             self._callFlow(conid, entry.flow.close)
-        if not self._shutdownCalls:
+        if self._entries and not self._shutdownCalls:
             self._shutdownCalls.append(
                 self._clock.callLater(self.closeGrace, self._abortRemaining)
             )

@@ -1,0 +1,493 @@
+# -*- test-case-name: tests.test_message_messages -*-
+"""
+SIP requests and responses as objects, and their serialization.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable
+from typing import Literal
+
+from sipcore.message._syntax import splitList
+from sipcore.message.address import Address, parseAddress, parseAddressList
+from sipcore.message.errors import SIPParseError
+from sipcore.message.headers import Headers, prettyName
+from sipcore.message.uri import URI, parseURI
+from sipcore.message.via import MAGIC_COOKIE, Via, parseViaList
+
+#: The largest CSeq sequence number (RFC 3261 section 8.1.1.5).
+MAX_CSEQ = 2**32 - 1
+
+#: The value C{expires} is clamped to (RFC 3261 says delta-seconds above
+#: this are to be taken as this).
+MAX_EXPIRES = 2**32 - 1
+
+_DIGITS = re.compile(r"[0-9]+")
+_METHOD = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+
+_REASONS = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    199: "Early Dialog Terminated",
+    200: "OK",
+    202: "Accepted",
+    204: "No Notification",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    412: "Conditional Request Failed",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    417: "Unknown Resource-Priority",
+    420: "Bad Extension",
+    421: "Extension Required",
+    422: "Session Interval Too Small",
+    423: "Interval Too Brief",
+    428: "Use Identity Header",
+    429: "Provide Referrer Identity",
+    430: "Flow Failed",
+    433: "Anonymity Disallowed",
+    436: "Bad Identity-Info",
+    437: "Unsupported Certificate",
+    438: "Invalid Identity Header",
+    439: "First Hop Lacks Outbound Support",
+    440: "Max-Breadth Exceeded",
+    469: "Bad Info Package",
+    470: "Consent Needed",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    485: "Ambiguous",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    489: "Bad Event",
+    491: "Request Pending",
+    493: "Undecipherable",
+    494: "Security Agreement Required",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    555: "Push Notification Service Not Supported",
+    580: "Precondition Failure",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+    607: "Unwanted",
+    608: "Rejected",
+}
+
+_CLASS_REASONS = {
+    1: "Provisional",
+    2: "Success",
+    3: "Redirection",
+    4: "Client Error",
+    5: "Server Error",
+    6: "Global Failure",
+}
+
+
+def reasonPhrase(status: int) -> str:
+    """
+    The usual reason phrase of a status code (RFC 3261 section 21 and
+    later RFCs), or a generic one for its class (C{"Client Error"} for an
+    unknown 4xx).
+    """
+    reason = _REASONS.get(status)
+    if reason is None:
+        reason = _CLASS_REASONS.get(status // 100, "Unknown")
+    return reason
+
+
+def generateTag() -> str:
+    """
+    A new random From/To tag (64 random bits, as 16 hex digits).
+    """
+    return secrets.token_hex(8)
+
+
+def generateBranch() -> str:
+    """
+    A new random Via branch: the RFC 3261 magic cookie C{z9hG4bK} followed
+    by 96 random bits in hex.
+    """
+    return MAGIC_COOKIE + secrets.token_hex(12)
+
+
+def _parseCSeq(value: str) -> tuple[int, str]:
+    parts = value.split()
+    if len(parts) != 2:
+        raise SIPParseError("Invalid CSeq")
+    number, method = parts
+    if _DIGITS.fullmatch(number) is None:
+        raise SIPParseError("Invalid CSeq")
+    if len(number.lstrip("0")) > 10:
+        raise SIPParseError("CSeq number too large")
+    sequence = int(number)
+    if sequence > MAX_CSEQ:
+        raise SIPParseError("CSeq number too large")
+    if _METHOD.fullmatch(method) is None:
+        raise SIPParseError("Invalid CSeq method")
+    return sequence, method
+
+
+def _parseMaxForwards(value: str) -> int:
+    value = value.strip()
+    if _DIGITS.fullmatch(value) is None or len(value.lstrip("0")) > 3:
+        raise SIPParseError("Invalid Max-Forwards")
+    hops = int(value)
+    if hops > 255:
+        raise SIPParseError("Invalid Max-Forwards")
+    return hops
+
+
+def _parseExpires(value: str) -> int:
+    value = value.strip()
+    if _DIGITS.fullmatch(value) is None:
+        raise SIPParseError("Invalid Expires")
+    if len(value.lstrip("0")) > 10:
+        return MAX_EXPIRES
+    return min(int(value), MAX_EXPIRES)
+
+
+def _headersFrom(headers: Headers | Iterable[tuple[str, str]] | None) -> Headers:
+    if headers is None:
+        return Headers()
+    if isinstance(headers, Headers):
+        return headers
+    return Headers(headers)
+
+
+class _Message:
+    """
+    What requests and responses share: headers, body and typed accessors.
+
+    Typed accessors parse on first use and are cached until the headers
+    change; they raise L{SIPParseError} if the header is malformed (or, for
+    C{callId}, C{cseq}, C{fromAddr} and C{toAddr}, missing).
+
+    @ivar headers: the L{Headers}.
+    @ivar body: the body bytes.
+    @ivar version: the SIP version of the start line, e.g. C{"SIP/2.0"}.
+    """
+
+    isRequest: bool
+    headers: Headers
+    body: bytes
+    version: str
+
+    def _startLine(self) -> str:
+        raise NotImplementedError()
+
+    def serialize(self) -> bytes:
+        """
+        The message as bytes for the wire.
+
+        Headers are written in order as C{name: value}, with exactly one
+        Content-Length giving the body's length (in place of the first
+        Content-Length line, keeping its spelling, or at the end).
+
+        @raise ValueError: if a start-line element, header name or value
+            contains CR or LF (header injection).
+        """
+        length = str(len(self.body))
+        lines = [self._startLine()]
+        wroteLength = False
+        for key, name, value in self.headers._entries:
+            if key == "content-length":
+                if wroteLength:
+                    continue
+                wroteLength = True
+                value = length
+            lines.append(name + ": " + value)
+        if not wroteLength:
+            lines.append("Content-Length: " + length)
+        lines.append("")
+        lines.append("")
+        text = "\r\n".join(lines)
+        if text.count("\r") != len(lines) - 1 or text.count("\n") != len(lines) - 1:
+            raise ValueError("CR or LF inside a SIP message field")
+        return text.encode("utf-8", "surrogateescape") + self.body
+
+    def __bytes__(self) -> bytes:
+        return self.serialize()
+
+    def _required(self, name: str) -> str:
+        value = self.headers.first(name)
+        if value is None:
+            raise SIPParseError("Missing " + prettyName(name) + " header")
+        return value
+
+    @property
+    def callId(self) -> str:
+        """
+        The Call-ID.
+
+        @raise SIPParseError: if it is missing.
+        """
+        return self._required("call-id").strip()
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        """
+        The CSeq as C{(number, method)}.
+
+        @raise SIPParseError: if it is missing or malformed.
+        """
+        return self.headers.cached("cseq", lambda: _parseCSeq(self._required("cseq")))
+
+    @property
+    def vias(self) -> list[Via]:
+        """
+        The Via values, topmost first.
+
+        @raise SIPParseError: if one is malformed.
+        """
+
+        def compute() -> list[Via]:
+            out: list[Via] = []
+            for line in self.headers.lines("via"):
+                out.extend(parseViaList(line))
+            return out
+
+        return list(self.headers.cached("vias", compute))
+
+    @property
+    def fromAddr(self) -> Address:
+        """
+        The From address.
+
+        @raise SIPParseError: if it is missing or malformed.
+        """
+        return self.headers.cached("from", lambda: parseAddress(self._required("from")))
+
+    @property
+    def toAddr(self) -> Address:
+        """
+        The To address.
+
+        @raise SIPParseError: if it is missing or malformed.
+        """
+        return self.headers.cached("to", lambda: parseAddress(self._required("to")))
+
+    @property
+    def contacts(self) -> list[Address] | Literal["*"]:
+        """
+        The Contact addresses in order (empty if there is no Contact), or
+        the string C{"*"} for a wildcard Contact.
+
+        @raise SIPParseError: if one is malformed, or C{*} is not alone.
+        """
+        result = self.headers.cached("contacts", lambda: _parseContacts(self.headers))
+        return result if result == "*" else list(result)
+
+    def _routeList(self, name: str) -> list[Address]:
+        def compute() -> list[Address]:
+            out: list[Address] = []
+            for line in self.headers.lines(name):
+                out.extend(parseAddressList(line, nameAddrOnly=True))
+            return out
+
+        return list(self.headers.cached(name, compute))
+
+    @property
+    def routes(self) -> list[Address]:
+        """
+        The Route addresses, in order.
+
+        @raise SIPParseError: if one is malformed or not in C{<>}.
+        """
+        return self._routeList("route")
+
+    @property
+    def recordRoutes(self) -> list[Address]:
+        """
+        The Record-Route addresses, in order.
+
+        @raise SIPParseError: if one is malformed or not in C{<>}.
+        """
+        return self._routeList("record-route")
+
+    @property
+    def maxForwards(self) -> int | None:
+        """
+        The Max-Forwards value (0-255), or C{None} if absent.
+
+        @raise SIPParseError: if it is malformed or above 255.
+        """
+        value = self.headers.first("max-forwards")
+        if value is None:
+            return None
+        return self.headers.cached("max-forwards", lambda: _parseMaxForwards(value))
+
+    @property
+    def expires(self) -> int | None:
+        """
+        The Expires header in seconds, clamped to 2**32-1, or C{None} if
+        absent.
+
+        @raise SIPParseError: if it is not a number.
+        """
+        value = self.headers.first("expires")
+        if value is None:
+            return None
+        return self.headers.cached("expires", lambda: _parseExpires(value))
+
+    @property
+    def contentType(self) -> str | None:
+        """
+        The Content-Type value as written, or C{None}.
+        """
+        return self.headers.first("content-type")
+
+
+def _parseContacts(headers: Headers) -> list[Address] | Literal["*"]:
+    lines = headers.lines("contact")
+    elements: list[str] = []
+    for line in lines:
+        elements.extend(splitList(line))
+    if len(elements) == 1 and elements[0] == "*":
+        return "*"
+    out = []
+    for element in elements:
+        if not element:
+            raise SIPParseError("Empty Contact value")
+        if element == "*":
+            raise SIPParseError("Contact '*' must be alone")
+        out.append(parseAddress(element))
+    return out
+
+
+class Request(_Message):
+    """
+    A SIP request.
+
+    @ivar method: the method, case-sensitive (C{"REGISTER"}).
+    @ivar uri: the Request-URI.
+    """
+
+    isRequest = True
+
+    def __init__(
+        self,
+        method: str,
+        uri: URI | str,
+        headers: Headers | Iterable[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        version: str = "SIP/2.0",
+    ) -> None:
+        """
+        @param uri: a L{URI}, or text that L{parseURI} accepts.
+        """
+        self.method = method
+        self.uri = parseURI(uri) if isinstance(uri, str) else uri
+        self.headers = _headersFrom(headers)
+        self.body = body
+        self.version = version
+
+    def _startLine(self) -> str:
+        return self.method + " " + str(self.uri) + " " + self.version
+
+    def __repr__(self) -> str:
+        return "<Request {} {}>".format(self.method, self.uri)
+
+
+class Response(_Message):
+    """
+    A SIP response.
+
+    @ivar status: the status code.
+    @ivar reason: the reason phrase.
+    """
+
+    isRequest = False
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: Headers | Iterable[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        version: str = "SIP/2.0",
+    ) -> None:
+        """
+        @param reason: the reason phrase; C{None} for L{reasonPhrase}.
+        """
+        self.status = status
+        self.reason = reasonPhrase(status) if reason is None else reason
+        self.headers = _headersFrom(headers)
+        self.body = body
+        self.version = version
+
+    def _startLine(self) -> str:
+        return self.version + " " + str(self.status) + " " + self.reason
+
+    def __repr__(self) -> str:
+        return "<Response {} {}>".format(self.status, self.reason)
+
+    @classmethod
+    def forRequest(
+        cls,
+        request: Request,
+        status: int,
+        reason: str | None = None,
+        toTag: str | None = None,
+    ) -> Response:
+        """
+        Start a response to C{request} (RFC 3261 section 8.2.6.2): all its
+        Via lines in order, then From, To, Call-ID and CSeq, copied as
+        written.
+
+        This works on the C{partial} request of a L{SIPParseError} too:
+        only the headers are needed, and whatever is missing is left out.
+
+        @param reason: the reason phrase; C{None} for L{reasonPhrase}.
+        @param toTag: a tag to add to To if To has none (a To that cannot
+            be parsed is copied unchanged).
+        """
+        headers = Headers()
+        entries = headers._entries
+        source = request.headers._entries
+        for key, _, value in source:
+            if key == "via":
+                entries.append(("via", "Via", value))
+        for key in ("from", "to", "call-id", "cseq"):
+            for entryKey, _, value in source:
+                if entryKey == key:
+                    if key == "to" and toTag is not None:
+                        try:
+                            hasTag = parseAddress(value).hasParam("tag")
+                        except SIPParseError:
+                            hasTag = True
+                        if not hasTag:
+                            value = value + ";tag=" + toTag
+                    entries.append((key, prettyName(key), value))
+                    break
+        return cls(status, reason, headers)
+

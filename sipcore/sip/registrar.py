@@ -1,0 +1,409 @@
+# -*- test-case-name: tests.test_registrar -*-
+"""
+The registrar (RFC 3261 section 10.3), with Path (RFC 3327) and the
+C{+sip.instance}/C{reg-id} Contact parameters of RFC 5626.
+
+Each REGISTER becomes one read of the AOR's bindings, one decision, and at
+most one save and one removal in the location store.  The C{200 OK} is sent
+only once the store says the change is durable.  While the store cannot be
+reached the answer is C{503} with C{Retry-After}.
+
+A binding registered over a stream connection records the connection's
+C{conid} and this node's C{server_id}; the C{location-cleanup} handler
+removes it when the connection closes.  The registrar tracks each REGISTER's
+work in L{PendingWrites} so a cleanup never overtakes it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from sipcore.interfaces import IFlow, ILocationStore
+from sipcore.location import Binding, StoreUnavailable
+from sipcore.location.binding import UDP_CONNECTION_ID, aorKey
+from sipcore.location.ordering import PendingWrites
+from sipcore.message import URI, Address, Request, Response, SIPParseError, parseURI
+from sipcore.sip.core import ServerTransactionLike
+
+#: Kamailio's request method bits (parser/msg_parser.h), for the C{methods}
+#: column of the location table.
+METHOD_BITS = {
+    "INVITE": 1, "CANCEL": 2, "ACK": 4, "BYE": 8, "INFO": 16, "REGISTER": 32,
+    "SUBSCRIBE": 64, "NOTIFY": 128, "MESSAGE": 256, "OPTIONS": 512, "PRACK": 1024,
+    "UPDATE": 2048, "REFER": 4096, "PUBLISH": 8192,
+}
+METHOD_OTHER = 524288
+
+#: Longest User-Agent kept (the column is VARCHAR(255)).
+MAX_USER_AGENT = 255
+
+#: Seconds a client is asked to wait while the store is away.
+RETRY_AFTER = 5
+
+
+class RegistrationRefused(Exception):
+    """
+    A REGISTER that must be answered with an error.
+    """
+
+    def __init__(self, status: int, reason: str,
+                 headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.headers = list(headers)
+
+
+@dataclass(frozen=True)
+class RegistrarPolicy:
+    """
+    The registrar's settings.
+
+    @ivar defaultExpires: granted when the request asks for none.
+    @ivar minExpires: shorter non-zero requests get C{423}.
+    @ivar maxExpires: longer requests are granted this.
+    @ivar foreignDomainStatus: C{403} or C{404} for a domain not served.
+    """
+
+    defaultExpires: int = 3600
+    minExpires: int = 60
+    maxExpires: int = 86400
+    foreignDomainStatus: int = 403
+
+
+def methodBits(allow: Iterable[str]) -> int | None:
+    """
+    Kamailio's C{methods} bitmask for the methods in an C{Allow} header.
+
+    @return: the mask, or C{None} when C{allow} is empty (all methods).
+    """
+    mask = 0
+    seen = False
+    for method in allow:
+        method = method.strip().upper()
+        if method:
+            seen = True
+            mask |= METHOD_BITS.get(method, METHOD_OTHER)
+    return mask if seen else None
+
+
+def contactKey(uri: URI) -> str:
+    """
+    A comparison key for a Contact URI, after RFC 3261 section 19.1.4:
+    scheme and host case-insensitive, user case-sensitive, the
+    C{transport}, C{user}, C{method}, C{ttl} and C{maddr} parameters
+    compared when present.
+    """
+    significant = ("transport", "user", "method", "ttl", "maddr")
+    params = sorted(
+        (name.lower(), (uri.param(name) or "").lower())
+        for name in significant
+        if uri.hasParam(name)
+    )
+    return "{}:{}@{}:{}{}".format(
+        uri.scheme.lower(), uri.user or "", (uri.host or "").lower(), uri.port or "",
+        "".join(";{}={}".format(k, v) for k, v in params),
+    )
+
+
+def socketName(flow: IFlow) -> str:
+    """
+    The C{socket} column value for a flow, Kamailio style
+    (C{proto:host:port}; WebSocket flows are on Kamailio's TCP/TLS sockets).
+    """
+    proto = {"ws": "tcp", "wss": "tls"}.get(flow.transport, flow.transport)
+    host, port = flow.local
+    if ":" in host:
+        host = "[" + host + "]"
+    return "{}:{}:{}".format(proto, host, port)
+
+
+def receivedURI(flow: IFlow) -> str:
+    """
+    The C{received} column value: where the REGISTER really came from.
+    """
+    host, port = flow.remote
+    if ":" in host:
+        host = "[" + host + "]"
+    return "sip:{}:{};transport={}".format(host, port, flow.transport)
+
+
+def _unquote(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    return value
+
+
+def newRuid() -> str:
+    """
+    A new record unique id.
+    """
+    return "sipcore-" + secrets.token_hex(12)
+
+
+class Registrar:
+    """
+    Answers REGISTER requests.
+
+    @ivar stats: counts of C{registered}, C{unregistered}, C{refused},
+        C{unavailable} answers.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        store: ILocationStore,
+        clock: IReactorTime,
+        isLocalDomain: Callable[[str], bool],
+        serverId: int = 0,
+        policy: RegistrarPolicy | None = None,
+        writes: PendingWrites | None = None,
+        isConnected: Callable[[int], bool] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.isLocalDomain = isLocalDomain
+        self.serverId = serverId
+        self.policy = policy or RegistrarPolicy()
+        self.writes = writes if writes is not None else PendingWrites()
+        self.isConnected = isConnected
+        self.stats: dict[str, int] = {
+            "registered": 0, "unregistered": 0, "refused": 0, "unavailable": 0,
+        }
+
+    def __call__(self, tx: ServerTransactionLike) -> defer.Deferred[Response | None]:
+        """
+        Handle one REGISTER server transaction.
+
+        @return: a L{Deferred} firing with the response sent (C{None} when
+            nothing could be sent); it never fails.
+        """
+        work = defer.Deferred.fromCoroutine(self._register(tx))
+        return self.writes.track(tx.flow.conid, work)
+
+    async def _register(self, tx: ServerTransactionLike) -> Response | None:
+        request = tx.request
+        try:
+            response = await self._process(request, tx.flow)
+        except RegistrationRefused as e:
+            self.stats["refused"] += 1
+            response = Response.forRequest(request, e.status, e.reason)
+            for name, value in e.headers:
+                response.headers.add(name, value)
+        except StoreUnavailable:
+            self.stats["unavailable"] += 1
+            response = Response.forRequest(request, 503, "Service Unavailable")
+            response.headers.set("Retry-After", str(RETRY_AFTER))
+        except Exception:
+            self._log.failure("REGISTER processing failed")
+            response = Response.forRequest(request, 500, "Server Internal Error")
+        if response is None:
+            return None
+        tx.respond(response)
+        return response
+
+    async def _process(self, request: Request, flow: IFlow) -> Response | None:
+        policy = self.policy
+        host = request.uri.host or ""
+        if request.uri.scheme.lower() not in ("sip", "sips") or not self.isLocalDomain(host):
+            raise RegistrationRefused(
+                policy.foreignDomainStatus,
+                "Forbidden" if policy.foreignDomainStatus == 403 else "Not Found",
+            )
+        try:
+            to = request.toAddr
+            contacts = request.contacts
+            headerExpires = request.expires
+        except SIPParseError as e:
+            raise RegistrationRefused(400, e.reason) from e
+        aorURI = to.uri
+        if aorURI.scheme.lower() not in ("sip", "sips") or not aorURI.host:
+            raise RegistrationRefused(400, "Address of record must be a SIP or SIPS URI")
+        if not aorURI.user:
+            raise RegistrationRefused(400, "Address of record has no user part")
+        if not self.isLocalDomain(aorURI.host):
+            raise RegistrationRefused(404, "Not Found")
+        username = aorURI.user
+        domain = aorURI.host.lower()
+        aor = aorKey(username, domain)
+        callId = request.callId
+        cseq = request.cseq[0]
+        now = self.clock.seconds()
+
+        existing = await self.store.lookup(aor, now)
+
+        if contacts == "*":
+            if headerExpires != 0 or len(request.headers.values("Contact")) != 1:
+                raise RegistrationRefused(
+                    400, "Wildcard Contact requires Expires: 0 and no other Contact")
+            self._checkOrder(existing, callId, cseq)
+            if existing:
+                await self.store.remove([b.ruid for b in existing])
+            self.stats["unregistered"] += 1
+            self._log.info("removed all {count} bindings of {aor}", count=len(existing),
+                           aor=aor)
+            return self._ok(request, [], now)
+
+        byKey = {self._bindingKey(b): b for b in existing}
+        toSave: list[Binding] = []
+        toRemove: list[str] = []
+        plannedKeys: set[str] = set()
+        path = ", ".join(request.headers.values("Path")) or None
+        userAgent = (request.headers.first("User-Agent") or "")[:MAX_USER_AGENT]
+        methods = methodBits(request.headers.values("Allow"))
+        conid = flow.conid
+        connectionId = conid if conid is not None else UDP_CONNECTION_ID
+        for contact in contacts:
+            expires = self._expiresOf(contact, headerExpires)
+            instance = _unquote(contact.param("+sip.instance"))
+            regId = self._regIdOf(contact)
+            key = self._key(contact.uri, instance, regId)
+            if key in plannedKeys:
+                continue
+            plannedKeys.add(key)
+            old = byKey.get(key)
+            if old is not None and old.callid == callId and cseq <= old.cseq:
+                raise RegistrationRefused(500, "Out of order CSeq for this Call-ID")
+            if expires == 0:
+                if old is not None:
+                    toRemove.append(old.ruid)
+                continue
+            toSave.append(Binding(
+                ruid=old.ruid if old is not None else newRuid(),
+                username=username,
+                domain=domain,
+                contact=str(contact.uri),
+                received=receivedURI(flow),
+                path=path,
+                expires=now + expires,
+                q=self._qOf(contact),
+                callid=callId,
+                cseq=cseq,
+                lastModified=now,
+                flags=0,
+                cflags=0,
+                userAgent=userAgent,
+                socket=socketName(flow),
+                methods=methods,
+                instance=instance,
+                regId=regId,
+                serverId=self.serverId,
+                connectionId=connectionId,
+                keepalive=1 if regId and flow.reliable else 0,
+                partition=0,
+            ))
+
+        if conid is not None and self.isConnected is not None and not self.isConnected(conid):
+            # The connection closed while this REGISTER waited for the store:
+            # a binding to it could never be reached, and its cleanup may
+            # already have run.  Write nothing and answer nobody.
+            self._log.info("dropped REGISTER for {aor}: connection {conid} closed meanwhile",
+                           aor=aor, conid=conid)
+            return None
+        if toRemove:
+            await self.store.remove(toRemove)
+        if toSave:
+            await self.store.save(toSave)
+        removed = set(toRemove)
+        current = {b.ruid: b for b in existing if b.ruid not in removed}
+        for binding in toSave:
+            current[binding.ruid] = binding
+        if toSave:
+            self.stats["registered"] += 1
+        elif toRemove:
+            self.stats["unregistered"] += 1
+        outbound = any(b.regId for b in toSave) and "outbound" in [
+            v.strip().lower() for v in request.headers.values("Supported")]
+        return self._ok(request, sorted(current.values(), key=lambda b: -b.q), now,
+                        path=path, outbound=outbound)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _checkOrder(self, existing: list[Binding], callId: str, cseq: int) -> None:
+        for binding in existing:
+            if binding.callid == callId and cseq <= binding.cseq:
+                raise RegistrationRefused(500, "Out of order CSeq for this Call-ID")
+
+    def _expiresOf(self, contact: Address, headerExpires: int | None) -> int:
+        policy = self.policy
+        raw = contact.param("expires")
+        if raw is not None:
+            raw = raw.strip()
+            if not raw.isdigit():
+                raise RegistrationRefused(400, "Invalid Contact expires parameter")
+            expires = int(raw)
+        elif headerExpires is not None:
+            expires = headerExpires
+        else:
+            expires = policy.defaultExpires
+        if expires == 0:
+            return 0
+        if expires < policy.minExpires:
+            raise RegistrationRefused(423, "Interval Too Brief",
+                                      [("Min-Expires", str(policy.minExpires))])
+        return min(expires, policy.maxExpires)
+
+    def _qOf(self, contact: Address) -> float:
+        raw = contact.param("q")
+        if raw is None:
+            return 1.0
+        try:
+            q = float(raw)
+        except ValueError:
+            q = -1.0
+        if not 0.0 <= q <= 1.0:
+            raise RegistrationRefused(400, "Invalid Contact q parameter")
+        return q
+
+    def _regIdOf(self, contact: Address) -> int:
+        raw = contact.param("reg-id")
+        if raw is None:
+            return 0
+        raw = raw.strip()
+        if not raw.isdigit() or not 1 <= int(raw) <= 2**31 - 1:
+            raise RegistrationRefused(400, "Invalid Contact reg-id parameter")
+        return int(raw)
+
+    def _key(self, uri: URI, instance: str | None, regId: int) -> str:
+        if instance and regId:
+            return "instance:{}:{}".format(instance, regId)
+        return "contact:" + contactKey(uri)
+
+    def _bindingKey(self, binding: Binding) -> str:
+        if binding.instance and binding.regId:
+            return "instance:{}:{}".format(binding.instance, binding.regId)
+        try:
+            return "contact:" + contactKey(parseURI(binding.contact))
+        except SIPParseError:
+            return "contact:" + binding.contact
+
+    def _ok(self, request: Request, bindings: list[Binding], now: float,
+            path: str | None = None, outbound: bool = False) -> Response:
+        response = Response.forRequest(request, 200, "OK")
+        for binding in bindings:
+            remaining = max(0, int(round(binding.expires - now)))
+            value = "<{}>;expires={}".format(binding.contact, remaining)
+            if binding.q != 1.0:
+                value += ";q={:g}".format(binding.q)
+            if binding.instance:
+                value += ';+sip.instance="{}"'.format(binding.instance)
+            if binding.regId:
+                value += ";reg-id={}".format(binding.regId)
+            response.headers.add("Contact", value)
+        if path:
+            response.headers.set("Path", path)
+        if outbound:
+            response.headers.set("Require", "outbound")
+        response.headers.set("Supported", "path, outbound")
+        return response
+

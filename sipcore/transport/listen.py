@@ -1,0 +1,377 @@
+# -*- test-case-name: tests.test_transport_listen -*-
+"""
+The C{--listen} option and the services that listen.
+
+A listen spec is C{TRANSPORT:PORT[:key=value...]}, for example
+C{udp:5060}, C{tcp:5060:interface=127.0.0.1},
+C{tls:5061:privateKey=key.pem:certKey=cert.pem} or
+C{ws:8080:interface=\\:\\:1}.  Stream transports map to a Twisted server
+endpoint description (C{tcp:...} or C{ssl:...}); UDP has no endpoint
+string and is opened with C{IReactorUDP.listenUDP}.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sipcore.message.framing import DEFAULT_MAX_SIZE
+from sipcore.transport.connections import ConnectionTable, addressOf
+from sipcore.transport.stream import DEFAULT_IDLE_TIMEOUT
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "TRANSPORTS",
+    "ListenSpec",
+    "ListenerService",
+    "parseListen",
+]
+
+#: What sipcore listens on when no C{--listen} is given.
+DEFAULT_LISTEN = ("udp:5060", "tcp:5060", "ws:8080")
+
+#: The transports a listen spec may name.
+TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
+
+_STREAM_KEYS = ("interface", "backlog")
+_TLS_KEYS = _STREAM_KEYS + ("privateKey", "certKey", "extraCertChain", "dhParameters")
+_KEYS = {
+    "udp": ("interface",),
+    "tcp": _STREAM_KEYS,
+    "ws": _STREAM_KEYS,
+    "tls": _TLS_KEYS,
+    "wss": _TLS_KEYS,
+}
+_FILE_KEYS = ("privateKey", "certKey", "extraCertChain", "dhParameters")
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """
+    One parsed C{--listen} value.
+
+    @ivar transport: one of L{TRANSPORTS}.
+    @ivar description: the Twisted server endpoint description for stream
+        transports (C{tcp:...} or C{ssl:...}); for UDP an equivalent text
+        (C{udp:PORT[:interface=...]}) used only in messages.
+    @ivar port: the port asked for (C{0}: any free port).
+    @ivar interface: the address to bind, C{""} for all IPv4 addresses.
+    @ivar options: the C{key=value} options as given (unescaped).
+    """
+
+    transport: str
+    description: str
+    port: int
+    interface: str = ""
+    options: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def secure(self) -> bool:
+        """
+        C{True} for TLS and WSS.
+        """
+        return self.transport in ("tls", "wss")
+
+
+def _split(text: str) -> list[str]:
+    """
+    Split on colons not escaped with a backslash, removing the escapes.
+    """
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, "\\"))
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def parseListen(text: str) -> ListenSpec:
+    """
+    Parse a C{--listen} value.
+
+    An IPv6 C{interface} may be escaped as endpoint strings want
+    (C{interface=\\:\\:1}), written plainly (C{interface=::1}, as the last
+    option) or in brackets (C{interface=[::1]}).
+
+    @param text: C{TRANSPORT:PORT[:key=value...]}.
+    @return: the L{ListenSpec}.
+    @raise ValueError: for an unknown transport, a missing or bad port, an
+        unknown or repeated option, or a TLS spec without a private key (or
+        naming a key or certificate file that does not exist).
+    """
+    parts = _split(text.strip())
+    transport = parts[0].lower()
+    if transport not in TRANSPORTS:
+        raise ValueError(
+            "bad listen spec {!r}: unknown transport {!r} (expected one of {})".format(
+                text, parts[0], ", ".join(TRANSPORTS)
+            )
+        )
+    if len(parts) < 2 or not parts[1]:
+        raise ValueError("bad listen spec {!r}: missing port (e.g. {}:5060)".format(text, transport))
+    portText = parts[1]
+    if not portText.isdigit() or int(portText) > 65535:
+        raise ValueError(
+            "bad listen spec {!r}: port must be a number from 0 to 65535, not {!r}".format(
+                text, portText
+            )
+        )
+    port = int(portText)
+
+    # Rejoin an unescaped IPv6 address: "interface=::1" splits into
+    # "interface=", "", "1".
+    pairs: list[str] = []
+    for part in parts[2:]:
+        if "=" not in part and pairs:
+            pairs[-1] += ":" + part
+        else:
+            pairs.append(part)
+
+    options: dict[str, str] = {}
+    allowed = _KEYS[transport]
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError("bad listen spec {!r}: expected key=value, not {!r}".format(text, pair))
+        if key not in allowed:
+            raise ValueError(
+                "bad listen spec {!r}: unknown option {!r} for {} (allowed: {})".format(
+                    text, key, transport, ", ".join(allowed)
+                )
+            )
+        if key in options:
+            raise ValueError("bad listen spec {!r}: option {!r} given twice".format(text, key))
+        options[key] = value
+
+    interface = options.get("interface", "")
+    if interface.startswith("[") and interface.endswith("]"):
+        interface = interface[1:-1]
+        options["interface"] = interface
+    if "backlog" in options and not options["backlog"].isdigit():
+        raise ValueError("bad listen spec {!r}: backlog must be a number".format(text))
+
+    if transport in ("tls", "wss"):
+        if not options.get("privateKey"):
+            raise ValueError(
+                "bad listen spec {!r}: {} needs privateKey=FILE (and certKey=FILE "
+                "unless the key file holds the certificate too)".format(text, transport)
+            )
+        for key in _FILE_KEYS:
+            path = options.get(key)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(
+                    "bad listen spec {!r}: {} file {!r} not found".format(text, key, path)
+                )
+
+    if transport == "udp":
+        description = "udp:{}".format(port)
+    else:
+        description = "{}:{}".format("ssl" if transport in ("tls", "wss") else "tcp", port)
+    for key, value in options.items():
+        description += ":{}={}".format(key, _escape(value))
+    return ListenSpec(transport, description, port, interface, options)
+
+
+class ListenerService(Service):
+    """
+    Listens on one L{ListenSpec} while running.
+
+    @ivar listeningPort: the L{twisted.internet.interfaces.IListeningPort}
+        while listening, else C{None}.
+    @ivar port: the port actually bound (useful with port C{0}), or C{None}
+        when not listening.
+    @ivar factory: the protocol factory (stream transports) or the
+        L{SIPDatagramProtocol} (UDP).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        spec: ListenSpec,
+        reactor: Any,
+        sink: Any,
+        table: ConnectionTable,
+        maxSize: int = DEFAULT_MAX_SIZE,
+        idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
+        **options: Any,
+    ) -> None:
+        """
+        @param spec: what to listen on.
+        @param reactor: provides C{IReactorTCP}, C{IReactorUDP},
+            C{IReactorSSL} and C{IReactorTime}.
+        @param sink: the L{sipcore.interfaces.IMessageSink}.
+        @param table: the L{ConnectionTable} (unused for UDP).
+        @param maxSize: the largest message accepted, in bytes.
+        @param idleTimeout: the stream idle timeout in seconds (C{0}: none).
+        @param options: passed to the factory: C{closeGrace} for TCP and TLS,
+            C{openHandshakeTimeout}, C{closeHandshakeTimeout},
+            C{autoPingInterval}, C{autoPingTimeout} for WS and WSS,
+            C{receiveBuffer} for UDP.
+        """
+        self.spec = spec
+        self.name = spec.description
+        self._reactor = reactor
+        self._sink = sink
+        self._table = table
+        self._maxSize = maxSize
+        self._idleTimeout = idleTimeout
+        self._options = options
+        self.factory: Any = None
+        self.listeningPort: Any = None
+        self.port: int | None = None
+        self._starting: Deferred[Any] | None = None
+        self._waiters: list[Deferred[Any]] = []
+        self._failure: Failure | None = None
+
+    def _buildFactory(self) -> Any:
+        spec = self.spec
+        if spec.transport == "udp":
+            from sipcore.transport.udp import SIPDatagramProtocol
+
+            return SIPDatagramProtocol(self._sink, self._maxSize, **self._options)
+        if spec.transport in ("tcp", "tls"):
+            from sipcore.transport.stream import SIPStreamFactory
+
+            return SIPStreamFactory(
+                self._sink,
+                self._table,
+                self._reactor,
+                transport=spec.transport,
+                maxSize=self._maxSize,
+                idleTimeout=self._idleTimeout,
+                **self._options,
+            )
+        from sipcore.transport.websocket import SIPWebSocketFactory
+
+        return SIPWebSocketFactory(
+            self._sink,
+            self._table,
+            self._reactor,
+            transport=spec.transport,
+            maxSize=self._maxSize,
+            idleTimeout=self._idleTimeout,
+            **self._options,
+        )
+
+    def _listen(self) -> Deferred[Any]:
+        """
+        Listen unless already listening or starting to.
+
+        @return: a new L{Deferred} firing with the listening port.
+        """
+        if self.listeningPort is not None:
+            return succeed(self.listeningPort)
+        waiter: Deferred[Any] = Deferred()
+        self._waiters.append(waiter)
+        if self._starting is not None:
+            return waiter
+        self._failure = None
+        spec = self.spec
+        try:
+            self.factory = self._buildFactory()
+            if spec.transport == "udp":
+                d: Deferred[Any] = succeed(
+                    self._reactor.listenUDP(spec.port, self.factory, interface=spec.interface)
+                )
+            else:
+                endpoint = serverFromString(self._reactor, spec.description)
+                d = endpoint.listen(self.factory)
+        except Exception:
+            d = fail()
+        self._starting = d
+        d.addCallbacks(self._listening, self._cannotListen)
+        return waiter
+
+    def _listening(self, listeningPort: Any) -> None:
+        self._starting = None
+        self.listeningPort = listeningPort
+        host, port = addressOf(listeningPort.getHost())
+        self.port = port
+        self._log.info(
+            "listening on {transport} {host}:{port}",
+            transport=self.spec.transport,
+            host=host,
+            port=port,
+        )
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(listeningPort)
+
+    def _cannotListen(self, failure: Failure) -> None:
+        self._starting = None
+        self._failure = failure
+        self._log.error(
+            "cannot listen on {spec}: {error}",
+            spec=self.spec.description,
+            error=failure.getErrorMessage(),
+        )
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(failure)
+
+    def getHost(self) -> Any:
+        """
+        @return: the bound address (an L{IPv4Address} or L{IPv6Address}), or
+            C{None} when not listening.
+        """
+        if self.listeningPort is None:
+            return None
+        return self.listeningPort.getHost()
+
+    def privilegedStartService(self) -> None:
+        # Bind before twistd drops privileges, so ports below 1024 work.
+        super().privilegedStartService()
+        # A failure is logged here and reported by startService.
+        self._listen().addErrback(lambda failure: None)
+
+    def startService(self) -> Deferred[Any]:  # type: ignore[override]
+        """
+        Start listening (unless L{privilegedStartService} already did).
+
+        @return: a L{Deferred} firing with the listening port, or failing
+            with the reason (e.g. L{twisted.internet.error.CannotListenError}),
+            which is logged.
+        """
+        super().startService()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            # privilegedStartService tried and failed (and logged it).
+            return fail(failure)
+        return self._listen()
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        Stop listening.  Live connections stay open: closing them is
+        L{ConnectionTable.closeAll}'s job.
+
+        @return: a L{Deferred} firing with C{None} once the port is closed.
+        """
+        super().stopService()
+        port, self.listeningPort = self.listeningPort, None
+        self.port = None
+        if port is None:
+            if self._starting is not None:
+                self._starting.cancel()
+            return succeed(None)
+        d = maybeDeferred(port.stopListening)
+        d.addCallback(lambda ignored: None)
+        return d

@@ -1,0 +1,304 @@
+# -*- test-case-name: tests.test_transport_stream -*-
+"""
+SIP over TCP and TLS: frame the byte stream into messages (RFC 3261
+section 18.3), answer CRLF keepalives (RFC 5626 section 3.5.1), enforce the
+idle timeout, and report every close to the L{ConnectionTable} exactly once.
+
+TLS uses the same protocol: the listening endpoint wraps it in TLS and the
+factory is built with C{transport='tls'}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT
+from sipcore.message.errors import SIPParseError
+from sipcore.message.framing import DEFAULT_MAX_SIZE, PING, StreamFramer
+from sipcore.transport.connections import (
+    ConnectionTable,
+    ShuttingDown,
+    StreamFlow,
+    addressOf,
+)
+
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "SIPStreamFactory",
+    "SIPStreamProtocol",
+    "classifyLoss",
+]
+
+#: Seconds without receiving a byte before a connection is aborted as
+#: C{tcp:timeout}.  Clients keep connections alive with CRLF pings (RFC
+#: 5626 suggests one every 95 to 120 seconds) or re-REGISTERs.
+DEFAULT_IDLE_TIMEOUT = 3600.0
+
+#: Seconds a connection we closed gracefully may take to go away before
+#: it is aborted (a peer that stops reading would keep it forever).
+DEFAULT_CLOSE_GRACE = 5.0
+
+#: The answer to a CRLF CRLF ping (RFC 5626 section 3.5.1).
+PONG = b"\r\n"
+
+
+def _isTLSError(error: BaseException) -> bool:
+    try:
+        from OpenSSL import SSL
+    except ImportError:  # pragma: no cover - twisted[tls] is required
+        return False
+    return isinstance(error, SSL.Error)
+
+
+def classifyLoss(reason: Failure, closedByServer: bool) -> tuple[str, str]:
+    """
+    Map the reason a Twisted transport gives for a lost connection to a
+    close event.
+
+    @param reason: the L{Failure} passed to C{connectionLost}.
+    @param closedByServer: C{True} if we started a graceful close.
+    @return: C{(eventName, reasonText)}: C{tcp:closed} for a clean close
+        (C{"closed by peer"} or C{"closed by server"}), C{tcp:reset} for
+        anything else, with the error's text (C{"aborted by server"},
+        C{"connection lost"}, C{"TLS error: ..."}).
+    """
+    error = reason.value
+    if isinstance(error, ConnectionDone):
+        return TCP_CLOSED, ("closed by server" if closedByServer else "closed by peer")
+    if _isTLSError(error):
+        return TCP_RESET, "TLS error: {}".format(reason.getErrorMessage())
+    if isinstance(error, ConnectionAborted):
+        return TCP_RESET, "aborted by server"
+    if isinstance(error, ConnectionLost):
+        # Twisted's own text is a long sentence; keep the detail only.
+        detail = " ".join(str(arg) for arg in error.args if arg)
+        return TCP_RESET, "connection lost: {}".format(detail) if detail else "connection lost"
+    return TCP_RESET, reason.getErrorMessage() or type(error).__name__
+
+
+class SIPStreamProtocol(Protocol):
+    """
+    One TCP or TLS connection carrying SIP.
+
+    @ivar flow: the L{StreamFlow} handed to the sink with every message
+        (C{None} until the connection is made).
+    @ivar factory: the L{SIPStreamFactory}.
+    """
+
+    _log = Logger()
+    factory: "SIPStreamFactory"
+
+    def __init__(self) -> None:
+        self.flow: StreamFlow | None = None
+        self._framer: StreamFramer | None = None
+        self._idleCall: IDelayedCall | None = None
+        self._abortCall: IDelayedCall | None = None
+        self._close: tuple[str, str] | None = None
+        self._closing = False
+        self._closedByServer = False
+        self._refused = False
+        self._lost = False
+
+    # -- Twisted ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self._framer = StreamFramer(factory.maxSize)
+        self.flow = StreamFlow(
+            self,
+            factory.transportName,
+            addressOf(self.transport.getHost()),
+            addressOf(self.transport.getPeer()),
+        )
+        try:
+            factory.table.add(self.flow)
+        except ShuttingDown:
+            self._refused = True
+            self._closing = True
+            self.transport.abortConnection()
+            return
+        self._resetIdle()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing or self._framer is None:
+            return
+        self._resetIdle()
+        try:
+            items = self._framer.feed(data)
+        except SIPParseError as e:
+            self._protocolError(e.reason)
+            return
+        sink = self.factory.sink
+        for item in items:
+            if self._closing:
+                break
+            if item is PING:
+                self.transport.write(PONG)
+                continue
+            try:
+                sink.messageReceived(item, self.flow)
+            except Exception:
+                self._log.failure(
+                    "sink raised on a message from connection {conid}",
+                    conid=self.flow.conid if self.flow else None,
+                )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._cancelTimers()
+        if self._refused or self.flow is None:
+            return
+        if self._close is not None:
+            kind, text = self._close
+        else:
+            kind, text = classifyLoss(reason, self._closedByServer)
+        try:
+            self.factory.table.remove(self.flow.conid, kind, text)
+        except Exception:
+            self._log.failure(
+                "reporting the close of connection {conid} failed",
+                conid=self.flow.conid,
+            )
+
+    # -- what the flow calls ----------------------------------------------
+
+    def _flowSend(self, data: bytes) -> bool:
+        if self._lost or self._closing or self.transport is None:
+            return False
+        self.transport.write(data)
+        return True
+
+    def _flowClose(self) -> None:
+        self._loseGracefully()
+
+    def _flowAbort(self) -> None:
+        if self._lost:
+            return
+        self._closing = True
+        self._closedByServer = True
+        self._cancelTimers()
+        self.transport.abortConnection()
+
+    # -- internals --------------------------------------------------------
+
+    def _setClose(self, kind: str, text: str) -> None:
+        """
+        Decide the close event now (the first decision wins).
+        """
+        if self._close is None:
+            self._close = (kind, text)
+
+    def _protocolError(self, reason: str) -> None:
+        """
+        The stream cannot be framed: let the sink answer what it can, then
+        close.
+        """
+        assert self._framer is not None
+        self._setClose(TCP_CLOSED, "protocol error: {}".format(reason))
+        try:
+            self.factory.sink.messageRejected(self._framer.buffered, reason, self.flow)
+        except Exception:
+            self._log.failure(
+                "sink raised on a rejected message from connection {conid}",
+                conid=self.flow.conid if self.flow else None,
+            )
+        self._loseGracefully()
+
+    def _loseGracefully(self) -> None:
+        if self._closing or self._lost:
+            return
+        self._closing = True
+        self._closedByServer = True
+        self._cancelTimers()
+        self.transport.loseConnection()
+        grace = self.factory.closeGrace
+        if grace > 0 and not self._lost:
+            self._abortCall = self.factory.clock.callLater(grace, self._graceExpired)
+
+    def _graceExpired(self) -> None:
+        self._abortCall = None
+        self._setClose(TCP_CLOSED, "closed by server (peer did not close in time)")
+        self.transport.abortConnection()
+
+    def _resetIdle(self) -> None:
+        timeout = self.factory.idleTimeout
+        if not timeout or self._closing:
+            return
+        if self._idleCall is not None and self._idleCall.active():
+            self._idleCall.reset(timeout)
+        else:
+            self._idleCall = self.factory.clock.callLater(timeout, self._idleExpired)
+
+    def _idleExpired(self) -> None:
+        self._idleCall = None
+        if self._closing or self._lost:
+            return
+        self._setClose(
+            TCP_TIMEOUT,
+            "idle timeout ({:g}s without data)".format(self.factory.idleTimeout),
+        )
+        self._closing = True
+        self._closedByServer = True
+        self.transport.abortConnection()
+
+    def _cancelTimers(self) -> None:
+        for name in ("_idleCall", "_abortCall"):
+            call = getattr(self, name)
+            setattr(self, name, None)
+            if call is not None and call.active():
+                call.cancel()
+
+
+class SIPStreamFactory(ServerFactory):
+    """
+    Builds a L{SIPStreamProtocol} for each accepted TCP or TLS connection.
+
+    @ivar transportName: C{'tcp'} or C{'tls'}.
+    """
+
+    protocol = SIPStreamProtocol
+
+    def __init__(
+        self,
+        sink: Any,
+        table: ConnectionTable,
+        clock: IReactorTime,
+        transport: str = "tcp",
+        maxSize: int = DEFAULT_MAX_SIZE,
+        idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
+        closeGrace: float = DEFAULT_CLOSE_GRACE,
+    ) -> None:
+        """
+        @param sink: the L{sipcore.interfaces.IMessageSink}.
+        @param table: the L{ConnectionTable} connections register in.
+        @param clock: the L{IReactorTime} for the idle and close timers.
+        @param transport: C{'tcp'} or C{'tls'}: the name flows and events
+            carry.
+        @param maxSize: the largest message accepted, in bytes.
+        @param idleTimeout: seconds without received data before the
+            connection is aborted (C{tcp:timeout}); C{0} disables it.
+        @param closeGrace: seconds a graceful close may take before the
+            connection is aborted.
+        @raise ValueError: for an unknown C{transport} or a bad limit.
+        """
+        if transport not in ("tcp", "tls"):
+            raise ValueError("stream transport must be 'tcp' or 'tls', not {!r}".format(transport))
+        if maxSize <= 0:
+            raise ValueError("maxSize must be positive")
+        if idleTimeout < 0:
+            raise ValueError("idleTimeout must not be negative")
+        self.sink = sink
+        self.table = table
+        self.clock = clock
+        self.transportName = transport
+        self.maxSize = maxSize
+        self.idleTimeout = idleTimeout
+        self.closeGrace = closeGrace

@@ -1,0 +1,179 @@
+# -*- test-case-name: tests.test_transport_udp -*-
+"""
+SIP over UDP: one datagram is one message (RFC 3261 section 18.3).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from sipcore.interfaces import IFlow
+from sipcore.message.framing import DEFAULT_MAX_SIZE
+from sipcore.transport.connections import addressOf
+
+__all__ = [
+    "DEFAULT_RECEIVE_BUFFER",
+    "DatagramFlow",
+    "SIPDatagramProtocol",
+]
+
+#: The socket receive buffer asked for (best effort; the kernel may cap it,
+#: see C{net.core.rmem_max} on Linux).
+DEFAULT_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+_PING = b"\r\n\r\n"
+_PONG = b"\r\n"
+
+
+@implementer(IFlow)
+class DatagramFlow:
+    """
+    The L{IFlow} of one UDP peer seen on one listening socket.
+
+    @ivar remote: C{(host, port)} of the peer.
+    @ivar local: C{(host, port)} of the listening socket.
+    """
+
+    transport = "udp"
+    conid = None
+    reliable = False
+
+    def __init__(self, protocol: "SIPDatagramProtocol", remote: Any) -> None:
+        """
+        @param protocol: the L{SIPDatagramProtocol} of the socket.
+        @param remote: the peer's address as the socket gave it (C{(host,
+            port)}, or the 4-tuple of IPv6).
+        """
+        self._protocol = protocol
+        self._address = remote
+        self.remote = addressOf(remote)
+        self.local = protocol.localAddress()
+
+    def __repr__(self) -> str:
+        return "<DatagramFlow udp {}:{} -> {}:{}>".format(*self.remote, *self.local)
+
+    def send(self, data: bytes) -> bool:
+        """
+        Send a datagram to the peer.
+
+        @return: C{True} if the socket took it.
+        """
+        return self._protocol.sendDatagram(data, self._address)
+
+    def sendTo(self, data: bytes, address: Any) -> bool:
+        """
+        Send a datagram to C{address} from the same socket.
+
+        @return: C{True} if the socket took it.
+        """
+        return self._protocol.sendDatagram(data, address)
+
+    def close(self) -> None:
+        """
+        Nothing to close for UDP.
+        """
+
+
+class SIPDatagramProtocol(DatagramProtocol):
+    """
+    One listening UDP socket carrying SIP.
+
+    @ivar received: datagrams handed to the sink.
+    @ivar keepalives: CRLF keepalive datagrams seen.
+    @ivar dropped: datagrams not handed on as messages: too large, empty,
+        or the sink failed on them.
+    @ivar sendErrors: datagrams the socket refused to send.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        sink: Any,
+        maxSize: int = DEFAULT_MAX_SIZE,
+        receiveBuffer: int = DEFAULT_RECEIVE_BUFFER,
+    ) -> None:
+        """
+        @param sink: the L{sipcore.interfaces.IMessageSink}.
+        @param maxSize: the largest datagram passed on as a message; a larger
+            one goes to C{sink.messageRejected}.
+        @param receiveBuffer: the C{SO_RCVBUF} to ask for (C{0}: leave the
+            system default).
+        """
+        self.sink = sink
+        self.maxSize = maxSize
+        self.receiveBuffer = receiveBuffer
+        self.received = 0
+        self.keepalives = 0
+        self.dropped = 0
+        self.sendErrors = 0
+        self._local: tuple[str, int] = ("", 0)
+
+    def startProtocol(self) -> None:
+        self._local = addressOf(self.transport.getHost())
+        if not self.receiveBuffer:
+            return
+        try:
+            handle = self.transport.getHandle()
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receiveBuffer)
+        except (AttributeError, OSError) as e:
+            self._log.info(
+                "could not set the UDP receive buffer to {size}: {error}",
+                size=self.receiveBuffer,
+                error=str(e),
+            )
+
+    def localAddress(self) -> tuple[str, int]:
+        """
+        @return: C{(host, port)} of the listening socket.
+        """
+        return self._local
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        try:
+            self._handle(datagram, addr)
+        except Exception:
+            self.dropped += 1
+            self._log.failure("UDP datagram from {addr} failed", addr=addr)
+
+    def _handle(self, datagram: bytes, addr: Any) -> None:
+        if not datagram.strip(b"\r\n"):
+            if not datagram:
+                self.dropped += 1
+                return
+            self.keepalives += 1
+            if datagram == _PING:
+                self.sendDatagram(_PONG, addr)
+            return
+        flow = DatagramFlow(self, addr)
+        if len(datagram) > self.maxSize:
+            self.dropped += 1
+            self.sink.messageRejected(datagram, "Message Too Large", flow)
+            return
+        self.received += 1
+        self.sink.messageReceived(datagram, flow)
+
+    def sendDatagram(self, data: bytes, address: Any) -> bool:
+        """
+        Write one datagram; never raises.
+
+        @return: C{True} if the socket took it.
+        """
+        if self.transport is None:
+            return False
+        try:
+            self.transport.write(data, address)
+        except Exception as e:
+            # ICMP errors, EMSGSIZE, a bad address from a Via header: not
+            # bugs, but nothing the caller can do either.
+            self.sendErrors += 1
+            self._log.debug(
+                "UDP send to {address} failed: {error}", address=address, error=str(e)
+            )
+            return False
+        return True

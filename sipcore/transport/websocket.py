@@ -1,0 +1,417 @@
+# -*- test-case-name: tests.test_transport_websocket -*-
+"""
+SIP over WebSocket (RFC 7118) with autobahn.
+
+The client must offer the C{sip} subprotocol; a handshake without it is
+refused with HTTP C{400 Bad Request} (RFC 6455 reserves C{426 Upgrade
+Required} for an unsupported protocol I{version}, and RFC 7118 names no
+status for a missing subprotocol).  Each WebSocket message carries one SIP
+message, as a text or binary frame.
+
+Every timer autobahn sets (opening and closing handshake timeouts,
+automatic pings) runs on the reactor given to L{SIPWebSocketFactory}, not
+on the global one, so tests with a fake clock see them all.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT
+from sipcore.message.framing import DEFAULT_MAX_SIZE
+from sipcore.transport.connections import (
+    ConnectionTable,
+    ShuttingDown,
+    StreamFlow,
+    addressOf,
+)
+from sipcore.transport.stream import DEFAULT_IDLE_TIMEOUT, PONG, classifyLoss
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_NORMAL",
+    "SIP_SUBPROTOCOL",
+    "SIPWebSocketFactory",
+    "SIPWebSocketProtocol",
+]
+
+#: The WebSocket subprotocol of RFC 7118.
+SIP_SUBPROTOCOL = "sip"
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_MESSAGE_TOO_BIG = 1009
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+_CONNECTING = WebSocketProtocol.STATE_CONNECTING
+
+
+class _ReactorCall:
+    """
+    A delayed call whose C{cancel} may be called after it ran (autobahn
+    does not always clear its references).
+    """
+
+    def __init__(self, call: IDelayedCall) -> None:
+        self._call = call
+
+    def cancel(self) -> None:
+        if self._call.active():
+            self._call.cancel()
+
+
+class _ReactorTimer:
+    """
+    Stands in for autobahn's batched timer (C{factory._batched_timer},
+    which uses txaio's global loop and rounds delays to whole seconds), so
+    every protocol timer runs on the injected reactor.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+
+    def call_later(self, delay: float, func: Callable[..., Any], *args: Any, **kwargs: Any) -> _ReactorCall:
+        return _ReactorCall(self._clock.callLater(delay, func, *args, **kwargs))
+
+
+class SIPWebSocketProtocol(WebSocketServerProtocol):
+    """
+    One WS or WSS connection carrying SIP.
+
+    @ivar sipFlow: the L{StreamFlow} handed to the sink (C{None} until the
+        TCP connection is made).
+    """
+
+    _log = Logger()
+    factory: "SIPWebSocketFactory"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sipFlow: StreamFlow | None = None
+        self._idleCall: IDelayedCall | None = None
+        self._close: tuple[str, str] | None = None
+        self._closedByServer = False
+        self._closing = False
+        self._refused = False
+        self._lost = False
+        self._lostReason: Failure = connectionDone
+        self._reported = False
+        self._wsOpen = False
+        self._rejected = False
+
+    # -- Twisted ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        factory = self.factory
+        self.sipFlow = StreamFlow(
+            self,
+            factory.transportName,
+            addressOf(self.transport.getHost()),
+            addressOf(self.transport.getPeer()),
+        )
+        try:
+            factory.table.add(self.sipFlow)
+        except ShuttingDown:
+            self._refused = True
+            self._closing = True
+            self.transport.abortConnection()
+            return
+        self._resetIdle()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused or self._lost:
+            return
+        self._resetIdle()
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._lostReason = reason
+        self._cancelIdle()
+        try:
+            super().connectionLost(reason)
+        finally:
+            # autobahn leaves its closing handshake timer behind when the
+            # peer drops the connection before answering our close frame.
+            call = getattr(self, "closeHandshakeTimeoutCall", None)
+            if call is not None:
+                call.cancel()
+                self.closeHandshakeTimeoutCall = None
+            self._report()
+
+    # -- autobahn ---------------------------------------------------------
+
+    def onConnect(self, request: Any) -> str:
+        """
+        Accept the handshake if the client offers the C{sip} subprotocol.
+
+        @raise ConnectionDeny: C{400} without it.
+        """
+        if SIP_SUBPROTOCOL in (request.protocols or []):
+            return SIP_SUBPROTOCOL
+        raise ConnectionDeny(
+            ConnectionDeny.BAD_REQUEST, "WebSocket subprotocol 'sip' required"
+        )
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        self._setClose(TCP_CLOSED, "websocket handshake refused: {}".format(reason))
+        self._closedByServer = True
+        super().failHandshake(reason, code, responseHeaders)
+
+    def onOpen(self) -> None:
+        if self._refused or self.sipFlow is None:
+            return
+        self._wsOpen = True
+        self.factory.table.websocketOpened(self.sipFlow.conid)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        total = self.message_data_total_length + length
+        if not self.failedByMe and not self._rejected and total > self.factory.maxSize:
+            # autobahn fails the connection with 1009 right after this (its
+            # maxMessagePayloadSize is our maxSize); let the sink count it.
+            self._rejected = True
+            self._setClose(TCP_CLOSED, "protocol error: Message Too Large")
+            prefix = b"".join(self.message_data or [])
+            try:
+                self.factory.sink.messageRejected(prefix, "Message Too Large", self.sipFlow)
+            except Exception:
+                self._log.failure(
+                    "sink raised on a rejected message from connection {conid}",
+                    conid=self._conid(),
+                )
+        super().onMessageFrameBegin(length)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._closing or self._lost:
+            return
+        if not payload.strip(b"\r\n"):
+            # A CRLF keepalive, as JsSIP and SIP.js send over WebSocket.
+            if payload == b"\r\n\r\n":
+                self._flowSend(PONG)
+            return
+        try:
+            self.factory.sink.messageReceived(payload, self.sipFlow)
+        except Exception:
+            self._log.failure(
+                "sink raised on a message from connection {conid}",
+                conid=self._conid(),
+            )
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._report()
+
+    # -- what the flow calls ----------------------------------------------
+
+    def _flowSend(self, data: bytes) -> bool:
+        if self._lost or self.state != _OPEN:
+            return False
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            isBinary = True
+        else:
+            isBinary = False
+        try:
+            self.sendMessage(data, isBinary=isBinary)
+        except Exception as e:
+            self._log.warn(
+                "cannot send {size} bytes on connection {conid}: {error}",
+                size=len(data),
+                conid=self._conid(),
+                error=str(e),
+            )
+            return False
+        return True
+
+    def _flowClose(self) -> None:
+        if self._lost or self._closing:
+            return
+        self._closing = True
+        self._closedByServer = True
+        self._cancelIdle()
+        if self.state == _OPEN:
+            if self.factory.table.shuttingDown:
+                # sendClose() only takes 1000 and 3000-4999; 1001 "going
+                # away" is the code for a server going down (RFC 6455
+                # section 7.4.1).
+                self.sendCloseFrame(CLOSE_GOING_AWAY, b"server shutdown")
+            else:
+                self.sendClose(CLOSE_NORMAL)
+        else:
+            self.transport.loseConnection()
+
+    def _flowAbort(self) -> None:
+        if self._lost:
+            return
+        self._closing = True
+        self._closedByServer = True
+        self._cancelIdle()
+        self.transport.abortConnection()
+
+    # -- internals --------------------------------------------------------
+
+    def _conid(self) -> int | None:
+        return self.sipFlow.conid if self.sipFlow is not None else None
+
+    def _setClose(self, kind: str, text: str) -> None:
+        if self._close is None:
+            self._close = (kind, text)
+
+    def _closeFrame(self) -> tuple[int | None, str | None]:
+        """
+        The code and reason of the close frame that began the closing
+        handshake (ours or the peer's), or C{(None, None)}.
+        """
+        if getattr(self, "closedByMe", False) and self.localCloseCode is not None:
+            raw = self.localCloseReason
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+            return self.localCloseCode, text
+        code = getattr(self, "remoteCloseCode", None)
+        if code is not None:
+            return code, self.remoteCloseReason
+        return None, None
+
+    def _classify(self) -> tuple[str, str]:
+        if self._close is not None:
+            return self._close
+        if getattr(self, "wasOpenHandshakeTimeout", False):
+            return TCP_TIMEOUT, "websocket handshake timeout"
+        if getattr(self, "wasClean", False):
+            if getattr(self, "closedByMe", False):
+                return TCP_CLOSED, "closed by server"
+            return TCP_CLOSED, "closed by peer"
+        if getattr(self, "failedByMe", False):
+            return TCP_CLOSED, "protocol error: {}".format(self._closeFrame()[1] or "websocket protocol violation")
+        if getattr(self, "closedByMe", False) or self._closedByServer:
+            if getattr(self, "wasCloseHandshakeTimeout", False):
+                return TCP_CLOSED, "closed by server (no close frame in reply)"
+            return TCP_CLOSED, "closed by server"
+        kind, text = classifyLoss(self._lostReason, False)
+        if self._wsOpen and kind == TCP_CLOSED:
+            return TCP_RESET, "closed by peer without a close frame"
+        return kind, text
+
+    def _report(self) -> None:
+        """
+        Tell the table how the connection ended (once).
+        """
+        if self._reported or not self._lost:
+            return
+        self._reported = True
+        if self._refused or self.sipFlow is None:
+            return
+        try:
+            kind, text = self._classify()
+            wsCode, wsReason = self._closeFrame()
+            self.factory.table.remove(self.sipFlow.conid, kind, text, wsCode, wsReason)
+        except Exception:
+            self._log.failure(
+                "reporting the close of connection {conid} failed",
+                conid=self._conid(),
+            )
+
+    def _resetIdle(self) -> None:
+        timeout = self.factory.idleTimeout
+        if not timeout or self._closing:
+            return
+        if self._idleCall is not None and self._idleCall.active():
+            self._idleCall.reset(timeout)
+        else:
+            self._idleCall = self.factory.clock.callLater(timeout, self._idleExpired)
+
+    def _idleExpired(self) -> None:
+        self._idleCall = None
+        if self._closing or self._lost:
+            return
+        self._setClose(
+            TCP_TIMEOUT,
+            "idle timeout ({:g}s without data)".format(self.factory.idleTimeout),
+        )
+        self._closing = True
+        self._closedByServer = True
+        self.transport.abortConnection()
+
+    def _cancelIdle(self) -> None:
+        call, self._idleCall = self._idleCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+
+class SIPWebSocketFactory(WebSocketServerFactory):
+    """
+    Builds a L{SIPWebSocketProtocol} for each accepted WS or WSS connection.
+
+    @ivar transportName: C{'ws'} or C{'wss'}.
+    """
+
+    protocol = SIPWebSocketProtocol
+
+    def __init__(
+        self,
+        sink: Any,
+        table: ConnectionTable,
+        clock: IReactorTime,
+        transport: str = "ws",
+        maxSize: int = DEFAULT_MAX_SIZE,
+        idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
+        openHandshakeTimeout: float = 5.0,
+        closeHandshakeTimeout: float = 1.0,
+        autoPingInterval: float = 0,
+        autoPingTimeout: float = 0,
+    ) -> None:
+        """
+        @param sink: the L{sipcore.interfaces.IMessageSink}.
+        @param table: the L{ConnectionTable}.
+        @param clock: the reactor; every timer (ours and autobahn's) uses it.
+        @param transport: C{'ws'} or C{'wss'}.
+        @param maxSize: the largest SIP message (WebSocket message payload)
+            accepted, in bytes; a larger one closes the connection with
+            C{1009}.
+        @param idleTimeout: seconds without received data before the
+            connection is aborted (C{tcp:timeout}); C{0} disables it.
+        @param openHandshakeTimeout: seconds a client has to complete the
+            WebSocket handshake.
+        @param closeHandshakeTimeout: seconds the peer has to answer our
+            close frame before the connection is dropped.
+        @param autoPingInterval: seconds between WebSocket pings (C{0}: no
+            pings).
+        @param autoPingTimeout: seconds to wait for a pong before dropping.
+        @raise ValueError: for an unknown C{transport} or a bad limit.
+        """
+        if transport not in ("ws", "wss"):
+            raise ValueError("websocket transport must be 'ws' or 'wss', not {!r}".format(transport))
+        if maxSize <= 0:
+            raise ValueError("maxSize must be positive")
+        if idleTimeout < 0:
+            raise ValueError("idleTimeout must not be negative")
+        super().__init__(protocols=[SIP_SUBPROTOCOL], server="sipcore", reactor=clock)
+        self._batched_timer = _ReactorTimer(clock)
+        self.setProtocolOptions(
+            webStatus=False,
+            failByDrop=False,
+            maxMessagePayloadSize=maxSize,
+            maxFramePayloadSize=maxSize,
+            openHandshakeTimeout=openHandshakeTimeout,
+            closeHandshakeTimeout=closeHandshakeTimeout,
+            autoPingInterval=autoPingInterval,
+            autoPingTimeout=autoPingTimeout,
+            allowNullOrigin=True,
+        )
+        self.sink = sink
+        self.table = table
+        self.clock = clock
+        self.transportName = transport
+        self.maxSize = maxSize
+        self.idleTimeout = idleTimeout

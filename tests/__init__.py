@@ -1,0 +1,3 @@
+"""
+sipcore tests.
+"""

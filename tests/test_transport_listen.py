@@ -1,0 +1,279 @@
+# -*- test-case-name: tests.test_transport_listen -*-
+"""
+Unit tests for L{sipcore.transport.listen}: the C{--listen} syntax and
+L{ListenerService} on a memory reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from sipcore.transport.connections import ConnectionTable
+from sipcore.transport.listen import DEFAULT_LISTEN, ListenerService, ListenSpec, parseListen
+from sipcore.transport.stream import SIPStreamFactory
+from sipcore.transport.udp import SIPDatagramProtocol
+from sipcore.transport.websocket import SIPWebSocketFactory
+from tests.test_transport_support import RecordingBus, RecordingSink, makeCertificate
+
+
+class ParseListenTests(SynchronousTestCase):
+    """
+    Tests for L{parseListen}.
+    """
+
+    def setUp(self) -> None:
+        directory = FilePath(self.mktemp())
+        self.key, self.cert = makeCertificate(directory)
+
+    def test_table(self) -> None:
+        """
+        Each accepted spec maps to its transport, endpoint description,
+        port and interface.
+        """
+        key, cert = self.key, self.cert
+        cases = [
+            ("udp:5060", ("udp", "udp:5060", 5060, "")),
+            ("UDP:0", ("udp", "udp:0", 0, "")),
+            (
+                "udp:5060:interface=127.0.0.1",
+                ("udp", "udp:5060:interface=127.0.0.1", 5060, "127.0.0.1"),
+            ),
+            ("udp:5060:interface=::1", ("udp", "udp:5060:interface=\\:\\:1", 5060, "::1")),
+            ("udp:5060:interface=\\:\\:1", ("udp", "udp:5060:interface=\\:\\:1", 5060, "::1")),
+            ("udp:5060:interface=[::1]", ("udp", "udp:5060:interface=\\:\\:1", 5060, "::1")),
+            ("tcp:5060", ("tcp", "tcp:5060", 5060, "")),
+            (
+                "tcp:5060:interface=::1:backlog=10",
+                ("tcp", "tcp:5060:interface=\\:\\:1:backlog=10", 5060, "::1"),
+            ),
+            ("ws:8080", ("ws", "tcp:8080", 8080, "")),
+            (
+                "ws:8080:interface=fe80::1",
+                ("ws", "tcp:8080:interface=fe80\\:\\:1", 8080, "fe80::1"),
+            ),
+            (
+                "tls:5061:privateKey={}:certKey={}".format(key, cert),
+                ("tls", "ssl:5061:privateKey={}:certKey={}".format(key, cert), 5061, ""),
+            ),
+            (
+                "wss:443:privateKey={}".format(key),
+                ("wss", "ssl:443:privateKey={}".format(key), 443, ""),
+            ),
+            ("tcp:65535", ("tcp", "tcp:65535", 65535, "")),
+        ]
+        for text, (transport, description, port, interface) in cases:
+            spec = parseListen(text)
+            self.assertEqual(
+                (spec.transport, spec.description, spec.port, spec.interface),
+                (transport, description, port, interface),
+                text,
+            )
+
+    def test_secure(self) -> None:
+        """
+        C{secure} is true for TLS and WSS only.
+        """
+        self.assertTrue(parseListen("tls:5061:privateKey=" + self.key).secure)
+        self.assertTrue(parseListen("wss:5061:privateKey=" + self.key).secure)
+        self.assertFalse(parseListen("ws:8080").secure)
+
+    def test_errors(self) -> None:
+        """
+        A bad spec raises L{ValueError} saying what is wrong.
+        """
+        cases = [
+            ("sctp:5060", "unknown transport 'sctp'"),
+            ("", "unknown transport ''"),
+            ("tcp", "missing port"),
+            ("tcp:", "missing port"),
+            ("tcp:http", "port must be a number"),
+            ("tcp:-1", "port must be a number"),
+            ("tcp:65536", "port must be a number"),
+            ("tcp:5060:colour=blue", "unknown option 'colour'"),
+            ("udp:5060:backlog=5", "unknown option 'backlog'"),
+            ("tcp:5060:privateKey=x", "unknown option 'privateKey'"),
+            ("tcp:5060:interface=1.2.3.4:interface=1.2.3.5", "given twice"),
+            ("tcp:5060:backlog=many", "backlog must be a number"),
+            ("tcp:5060:=x", "expected key=value"),
+            ("tls:5061", "needs privateKey"),
+            ("wss:5061:certKey=" + self.cert, "needs privateKey"),
+            ("tls:5061:privateKey=/nonexistent/key.pem", "privateKey file '/nonexistent/key.pem' not found"),
+            (
+                "tls:5061:privateKey={}:certKey=/nonexistent/c.pem".format(self.key),
+                "certKey file '/nonexistent/c.pem' not found",
+            ),
+        ]
+        for text, message in cases:
+            error = self.assertRaises(ValueError, parseListen, text)
+            self.assertIn(message, str(error), text)
+            self.assertIn(repr(text), str(error))
+
+    def test_defaults(self) -> None:
+        """
+        The defaults parse and name UDP and TCP 5060 and WS 8080.
+        """
+        specs = [parseListen(text) for text in DEFAULT_LISTEN]
+        self.assertEqual(
+            [(s.transport, s.port) for s in specs], [("udp", 5060), ("tcp", 5060), ("ws", 8080)]
+        )
+
+
+class UDPMemoryReactor(MemoryReactorClock):
+    """
+    A memory reactor that also fakes C{listenUDP}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udpServers: list[tuple[int, Any, str]] = []
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        self.udpServers.append((port, protocol, interface))
+        return FakeUDPPort(port or 40404, interface)
+
+
+class FakeUDPPort:
+    def __init__(self, port: int, interface: str) -> None:
+        self.port = port
+        self.interface = interface
+        self.stopped = False
+
+    def getHost(self) -> Any:
+        if ":" in self.interface:
+            return IPv6Address("UDP", self.interface, self.port)
+        return IPv4Address("UDP", self.interface or "0.0.0.0", self.port)
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class FailingReactor(UDPMemoryReactor):
+    def listenTCP(self, *args: Any, **kwargs: Any) -> Any:
+        raise CannotListenError("", 5060, OSError("Address already in use"))
+
+
+class ListenerServiceTests(SynchronousTestCase):
+    """
+    Tests for L{ListenerService}.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = UDPMemoryReactor()
+        self.sink = RecordingSink()
+        self.table = ConnectionTable(RecordingBus(), self.reactor)
+
+    def service(self, text: str, reactor: Any = None, **kwargs: Any) -> ListenerService:
+        return ListenerService(
+            parseListen(text), reactor or self.reactor, self.sink, self.table, **kwargs
+        )
+
+    def test_tcp(self) -> None:
+        """
+        A TCP listener listens with a L{SIPStreamFactory} on the spec's port
+        and interface, records the bound port and logs it once.
+        """
+        service = self.service("tcp:5070:interface=127.0.0.1", maxSize=2048, idleTimeout=9)
+        self.assertIsNone(service.port)
+        with capturedLogs() as logged:
+            port = self.successResultOf(service.startService())
+        [(portNumber, factory, _, interface)] = self.reactor.tcpServers
+        self.assertEqual((portNumber, interface), (5070, "127.0.0.1"))
+        self.assertIsInstance(factory, SIPStreamFactory)
+        self.assertEqual(
+            (factory.transportName, factory.maxSize, factory.idleTimeout, factory.table),
+            ("tcp", 2048, 9, self.table),
+        )
+        self.assertIs(service.listeningPort, port)
+        self.assertEqual(service.port, 5070)
+        self.assertIs(service.getHost(), port.getHost())
+        self.assertTrue(service.running)
+        messages = [e for e in logged if e.get("log_format", "").startswith("listening on")]
+        self.assertEqual(len(messages), 1)
+        self.assertEqual(messages[0]["transport"], "tcp")
+
+    def test_ws(self) -> None:
+        """
+        A WS listener listens with a L{SIPWebSocketFactory} whose reactor is
+        the service's.
+        """
+        service = self.service("ws:8080", closeHandshakeTimeout=0.5)
+        self.successResultOf(service.startService())
+        [(portNumber, factory, _, _)] = self.reactor.tcpServers
+        self.assertIsInstance(factory, SIPWebSocketFactory)
+        self.assertEqual((factory.transportName, factory.reactor), ("ws", self.reactor))
+        self.assertEqual(factory.closeHandshakeTimeout, 0.5)
+
+    def test_tls(self) -> None:
+        """
+        A TLS listener listens with SSL and a C{tls} stream factory.
+        """
+        key, cert = makeCertificate(FilePath(self.mktemp()))
+        service = self.service("tls:5061:privateKey={}:certKey={}".format(key, cert))
+        self.successResultOf(service.startService())
+        [(portNumber, factory, contextFactory, _, _)] = self.reactor.sslServers
+        self.assertEqual((portNumber, factory.transportName), (5061, "tls"))
+        self.assertIsNotNone(contextFactory)
+
+    def test_udp(self) -> None:
+        """
+        A UDP listener uses C{listenUDP} with the interface; with port 0 the
+        bound port is recorded.
+        """
+        service = self.service("udp:0:interface=::1", receiveBuffer=0)
+        self.successResultOf(service.startService())
+        [(portNumber, protocol, interface)] = self.reactor.udpServers
+        self.assertEqual((portNumber, interface), (0, "::1"))
+        self.assertIsInstance(protocol, SIPDatagramProtocol)
+        self.assertEqual(protocol.receiveBuffer, 0)
+        self.assertEqual(service.port, 40404)
+
+    def test_stop(self) -> None:
+        """
+        C{stopService} stops listening and forgets the port.
+        """
+        service = self.service("udp:5060")
+        self.successResultOf(service.startService())
+        udpPort = service.listeningPort
+        self.assertIsNone(self.successResultOf(service.stopService()))
+        self.assertTrue(udpPort.stopped)
+        self.assertIsNone(service.port)
+        self.assertIsNone(service.listeningPort)
+        self.assertFalse(service.running)
+
+    def test_privilegedStart(self) -> None:
+        """
+        C{privilegedStartService} binds; C{startService} then does not bind
+        again.
+        """
+        service = self.service("tcp:506")
+        service.privilegedStartService()
+        self.assertEqual(len(self.reactor.tcpServers), 1)
+        self.successResultOf(service.startService())
+        self.assertEqual(len(self.reactor.tcpServers), 1)
+
+    def test_cannotListen(self) -> None:
+        """
+        A listen failure fails the L{Deferred} of C{startService} and is
+        logged once.
+        """
+        service = self.service("tcp:5060", reactor=FailingReactor())
+        with capturedLogs() as logged:
+            service.privilegedStartService()
+            self.failureResultOf(service.startService(), CannotListenError)
+        self.assertIsNone(service.port)
+        errors = [e for e in logged if e.get("log_format", "").startswith("cannot listen")]
+        self.assertEqual(len(errors), 1)
+
+    def test_spec(self) -> None:
+        """
+        The service is named after its spec's description.
+        """
+        service = ListenerService(ListenSpec("ws", "tcp:1", 1), self.reactor, self.sink, self.table)
+        self.assertEqual(service.name, "tcp:1")

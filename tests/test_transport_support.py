@@ -1,0 +1,165 @@
+# -*- test-case-name: tests.test_transport_stream -*-
+"""
+Fakes shared by the transport tests (no tests here): a recording event bus,
+a recording message sink that answers C{OPTIONS}, and a throwaway TLS
+certificate.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.filepath import FilePath
+
+from sipcore.events import ConnectionEvent
+
+OPTIONS = (
+    b"OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
+    b"Via: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK-1\r\n"
+    b"Call-ID: 1@test\r\n"
+    b"CSeq: 1 OPTIONS\r\n"
+    b"Content-Length: 0\r\n"
+    b"\r\n"
+)
+
+OK = b"SIP/2.0 200 OK\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+
+
+class RecordingBus:
+    """
+    An event bus that records what was fired and lets a test wait for an
+    event.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[ConnectionEvent] = []
+        self._waiters: list[tuple[Callable[[ConnectionEvent], bool], Deferred[ConnectionEvent]]] = []
+
+    def fire(self, event: ConnectionEvent) -> Deferred[None]:
+        self.events.append(event)
+        for waiter in list(self._waiters):
+            match, d = waiter
+            if match(event):
+                self._waiters.remove(waiter)
+                d.callback(event)
+        return succeed(None)
+
+    def names(self, conid: int | None = None) -> list[str]:
+        """
+        The names of the events fired (for one connection), in order.
+        """
+        return [e.name for e in self.events if conid is None or e.conid == conid]
+
+    def named(self, name: str, conid: int | None = None) -> list[ConnectionEvent]:
+        return [e for e in self.events if e.name == name and (conid is None or e.conid == conid)]
+
+    def waitFor(
+        self,
+        names: str | tuple[str, ...],
+        conid: int | None = None,
+        remotePort: int | None = None,
+    ) -> Deferred[ConnectionEvent]:
+        """
+        @param names: an event name, or several (any of them matches).
+        @param conid: only an event of this connection.
+        @param remotePort: only an event whose remote port is this.
+        @return: a L{Deferred} firing with the first matching event,
+            already fired or not.
+        """
+        if isinstance(names, str):
+            names = (names,)
+
+        def match(event: ConnectionEvent) -> bool:
+            return (
+                event.name in names
+                and (conid is None or event.conid == conid)
+                and (remotePort is None or event.remote[1] == remotePort)
+            )
+
+        for event in self.events:
+            if match(event):
+                return succeed(event)
+        d: Deferred[ConnectionEvent] = Deferred()
+        self._waiters.append((match, d))
+        return d
+
+
+class RecordingSink:
+    """
+    A message sink that records messages and rejections and answers an
+    C{OPTIONS} request with a canned C{200 OK}.
+    """
+
+    def __init__(self, answer: bool = True) -> None:
+        self.received: list[tuple[bytes, Any]] = []
+        self.rejected: list[tuple[bytes, str, Any]] = []
+        self.answer = answer
+        self._waiters: list[Deferred[tuple[bytes, Any]]] = []
+
+    def messageReceived(self, data: bytes, flow: Any) -> None:
+        self.received.append((data, flow))
+        if self.answer and data.startswith(b"OPTIONS "):
+            flow.send(OK)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback((data, flow))
+
+    def messageRejected(self, data: bytes, reason: str, flow: Any) -> None:
+        self.rejected.append((data, reason, flow))
+
+    def waitForMessage(self) -> Deferred[tuple[bytes, Any]]:
+        d: Deferred[tuple[bytes, Any]] = Deferred()
+        self._waiters.append(d)
+        return d
+
+
+def makeCertificate(directory: FilePath) -> tuple[str, str]:
+    """
+    Write a throwaway self-signed certificate for C{localhost} and
+    C{127.0.0.1}, and its key.
+
+    @return: C{(keyPath, certPath)}.
+    """
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    directory.makedirs(ignoreExistingDirectory=True)
+    keyPath = directory.child("key.pem")
+    certPath = directory.child("cert.pem")
+    keyPath.setContent(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    certPath.setContent(cert.public_bytes(serialization.Encoding.PEM))
+    return keyPath.path, certPath.path

@@ -1,0 +1,16 @@
+# -*- test-case-name: tests.test_packaging -*-
+"""
+sipcore's built-in handler plugins.  Each is a light descriptor; its
+implementation is imported only when the handler is enabled.
+"""
+
+from sipcore.events import CLOSE_EVENTS
+from sipcore.plugin import LazyHandler
+
+locationCleanup = LazyHandler(
+    "location-cleanup",
+    "Remove the bindings of a closed stream connection from the location store",
+    CLOSE_EVENTS,
+    implementation="sipcore.handlers.cleanup.LocationCleanup",
+    priority=10,
+)
