@@ -29,9 +29,7 @@ def parser() -> argparse.ArgumentParser:
     """
     @return: the argument parser of the C{sipcore} command.
     """
-    top = argparse.ArgumentParser(
-        prog="sipcore", description="sipcore administrative commands."
-    )
+    top = argparse.ArgumentParser(prog="sipcore", description="sipcore administrative commands.")
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     db = commands.add_parser("db", help="manage the location database")
@@ -52,8 +50,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="DSN",
         required=True,
         help=(
-            "libpq connection string or URI, for example "
-            "'host=127.0.0.1 dbname=sip user=sipcore'"
+            "libpq connection string or URI, for example 'host=127.0.0.1 dbname=sip user=sipcore'"
         ),
     )
     init.add_argument(

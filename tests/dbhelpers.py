@@ -129,11 +129,12 @@ async def createTestSchema(testCase: TestCase, withLocation: bool = True) -> Tes
         admin = await connect(reactor, base)
     except Exception as e:
         reason = "PostgreSQL not reachable at {} ({}); set SIPCORE_TEST_DSN".format(
-            describeDsn(base), str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            describeDsn(base),
+            str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
         )
         if databaseRequired():
             testCase.fail(reason + " (SIPCORE_REQUIRE_DB=1)")
-        raise SkipTest(reason)
+        raise SkipTest(reason) from None
 
     token = secrets.token_hex(6)
     name = "sipcore_test_" + token
@@ -142,9 +143,7 @@ async def createTestSchema(testCase: TestCase, withLocation: bool = True) -> Tes
 
     async def drop() -> None:
         try:
-            await admin.runOperation(
-                sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name))
-            )
+            await admin.runOperation(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
         finally:
             admin.close()
 

@@ -237,7 +237,9 @@ class LocationStoreContractMixin:
         C{remove} deletes the named bindings and answers how many it found;
         unknown C{ruid}s count for nothing.
         """
-        await self.store.save([makeBinding(ruid="r1"), makeBinding(ruid="r2"), makeBinding(ruid="r3")])
+        await self.store.save(
+            [makeBinding(ruid="r1"), makeBinding(ruid="r2"), makeBinding(ruid="r3")]
+        )
         self.assertEqual(await self.store.remove(["r1", "r3", "unknown"]), 2)  # type: ignore[attr-defined]
         self.assertEqual(await self.store.remove(["r1"]), 0)  # type: ignore[attr-defined]
         self.assertEqual(await self.store.remove([]), 0)  # type: ignore[attr-defined]

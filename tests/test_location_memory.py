@@ -61,7 +61,9 @@ class MemoryLocationStoreTests(SynchronousTestCase):
         leaves nothing behind in the indexes.
         """
         self.successResultOf(
-            self.store.save([makeBinding(ruid="a", connectionId=1), makeBinding(ruid="b", connectionId=2)])
+            self.store.save(
+                [makeBinding(ruid="a", connectionId=1), makeBinding(ruid="b", connectionId=2)]
+            )
         )
         self.successResultOf(self.store.remove(["a"]))
         self.successResultOf(self.store.removeExpired(NOW + 10**6))

@@ -24,8 +24,8 @@ from twisted.internet.endpoints import (
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
 from twisted.internet.task import deferLater
-from twisted.python.filepath import FilePath
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
 from sipcore.events import (

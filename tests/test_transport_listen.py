@@ -271,9 +271,23 @@ class ListenerServiceTests(SynchronousTestCase):
         errors = [e for e in logged if e.get("log_format", "").startswith("cannot listen")]
         self.assertEqual(len(errors), 1)
 
-    def test_spec(self) -> None:
+    def test_name(self) -> None:
         """
-        The service is named after its spec's description.
+        The service is named after its transport and description.
         """
         service = ListenerService(ListenSpec("ws", "tcp:1", 1), self.reactor, self.sink, self.table)
-        self.assertEqual(service.name, "tcp:1")
+        self.assertEqual(service.name, "ws tcp:1")
+
+    def test_optionsFiltered(self) -> None:
+        """
+        Each listener takes the options of its transport and ignores the
+        others, so one set serves all; an option nobody knows is an error.
+        """
+        options = dict(receiveBuffer=0, closeGrace=1.5, closeHandshakeTimeout=0.25)
+        for text in ("udp:0", "tcp:0", "ws:0"):
+            self.successResultOf(self.service(text, **options).startService())
+        self.assertEqual(self.reactor.udpServers[0][1].receiveBuffer, 0)
+        tcpFactory, wsFactory = (server[1] for server in self.reactor.tcpServers)
+        self.assertEqual(tcpFactory.closeGrace, 1.5)
+        self.assertEqual(wsFactory.closeHandshakeTimeout, 0.25)
+        self.assertRaises(TypeError, self.service, "tcp:0", colour="blue")

@@ -425,4 +425,9 @@ class ClassifyLossTests(SynchronousTestCase):
         self.assertEqual(
             classifyLoss(Failure(ConnectionAborted()), False), (TCP_RESET, "aborted by server")
         )
-        self.assertEqual(classifyLoss(Failure(ConnectionLost("x")), False)[0], TCP_RESET)
+        self.assertEqual(
+            classifyLoss(Failure(ConnectionLost()), False), (TCP_RESET, "connection lost")
+        )
+        self.assertEqual(
+            classifyLoss(Failure(ConnectionLost("x")), False), (TCP_RESET, "connection lost: x")
+        )

@@ -210,9 +210,7 @@ def checkBinding(binding: Binding) -> None:
         if value is None and nullable:
             continue
         if not isinstance(value, str):
-            raise InvalidBinding(
-                "{} must be text, not {}".format(name, type(value).__name__)
-            )
+            raise InvalidBinding("{} must be text, not {}".format(name, type(value).__name__))
         if len(value) > limit:
             raise InvalidBinding(
                 "{} is {} characters long; the location table allows {}".format(
@@ -230,9 +228,7 @@ def checkBinding(binding: Binding) -> None:
         if value is None and nullable:
             continue
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidBinding(
-                "{} must be an integer, not {}".format(name, type(value).__name__)
-            )
+            raise InvalidBinding("{} must be an integer, not {}".format(name, type(value).__name__))
         if not _INT32_MIN <= value <= _INT32_MAX:
             raise InvalidBinding("{} = {} is out of the 32-bit range".format(name, value))
     for name in ("expires", "lastModified"):

@@ -373,9 +373,7 @@ class _Detector(reconnection.DeadConnectionDetector):
             return
         d = self._store._open(self.reconnectable)
         d.addCallbacks(self._attemptSucceeded, self._attemptFailed)
-        d.addErrback(
-            lambda f: self._store._log.failure("reconnection bookkeeping failed", f)
-        )
+        d.addErrback(lambda f: self._store._log.failure("reconnection bookkeeping failed", f))
 
     def _attemptSucceeded(self, ignored: object) -> None:
         if self._stopped:
@@ -608,11 +606,15 @@ class PostgresLocationStore:
         if "\x00" in aor:
             # No binding can hold a NUL, and PostgreSQL refuses it in text.
             return defer.succeed([])
+        try:
+            when = _posixTime(now)
+        except TypeError:
+            return defer.fail(Failure())
         username, domain = splitAor(aor)
         if domain:
-            statement, params = _LOOKUP, (username, domain, float(now))
+            statement, params = _LOOKUP, (username, domain, when)
         else:
-            statement, params = _LOOKUP_NO_DOMAIN, (username, float(now))
+            statement, params = _LOOKUP_NO_DOMAIN, (username, when)
         d = self._run("lookup", "runQuery", statement, params)
         return d.addCallback(lambda rows: [_rowToBinding(row) for row in rows])
 
@@ -668,7 +670,11 @@ class PostgresLocationStore:
         """
         See L{ILocationStore.removeExpired}.
         """
-        return self._count("removeExpired", _REMOVE_EXPIRED, (float(now),))
+        try:
+            when = _posixTime(now)
+        except TypeError:
+            return defer.fail(Failure())
+        return self._count("removeExpired", _REMOVE_EXPIRED, (when,))
 
     def purgeServer(self, serverId: int) -> defer.Deferred[int]:
         """
@@ -731,9 +737,7 @@ class PostgresLocationStore:
             if timedOut and isinstance(result, Failure):
                 return Failure(
                     StoreUnavailable(
-                        "database unavailable: no answer within {} s".format(
-                            self._operationTimeout
-                        )
+                        "database unavailable: no answer within {} s".format(self._operationTimeout)
                     )
                 )
             return result
@@ -823,6 +827,12 @@ class PostgresLocationStore:
                 "database unavailable: {reason}; retrying in the background",
                 reason=self._lastError,
             )
+
+
+def _posixTime(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("now must be a POSIX time, not {}".format(type(value).__name__))
+    return float(value)
 
 
 def _integer(value: Any, name: str) -> int:

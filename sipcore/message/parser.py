@@ -34,19 +34,17 @@ _COMPACT_GET = COMPACT_FORMS.get
 #: Headers every request and response must have.
 REQUIRED_HEADERS = ("via", "from", "to", "call-id", "cseq")
 
-#: Headers that may appear only once.
-SINGLE_HEADERS = frozenset(
-    {
-        "call-id",
-        "from",
-        "to",
-        "cseq",
-        "max-forwards",
-        "content-length",
-        "content-type",
-        "expires",
-        "min-expires",
-    }
+#: Headers that may appear only once, in the order they are checked.
+SINGLE_HEADERS = (
+    "call-id",
+    "from",
+    "to",
+    "cseq",
+    "max-forwards",
+    "content-length",
+    "content-type",
+    "expires",
+    "min-expires",
 )
 
 

@@ -73,6 +73,25 @@ RequestHandler = Callable[[ServerTransactionLike], object]
 AckHandler = Callable[[Request, IFlow], object]
 
 
+def stampVia(request: Request, flow: IFlow) -> None:
+    """
+    Record where a request really came from in its top Via (RFC 3261
+    section 18.2.1, RFC 3581): C{received} when the sent-by host is not the
+    source address or the sender asked for C{rport}, and the source port in
+    C{rport} when it asked.
+    """
+    via = request.vias[0]
+    host, port = flow.remote
+    stamped = via
+    if via.rport is not None:
+        stamped = stamped.withParam("rport", str(port))
+    if via.rport is not None or (via.host or "").lower() != host.lower():
+        stamped = stamped.withParam("received", host)
+    if stamped is not via:
+        request.headers.removeFirst("Via")
+        request.headers.add("Via", str(stamped), first=True)
+
+
 @implementer(IMessageSink)
 class SIPCore:
     """
@@ -246,6 +265,7 @@ class SIPCore:
         self.stats["transportErrors"] += 1
 
     def _dispatchRequest(self, request: Request, flow: IFlow) -> None:
+        stampVia(request, flow)
         found = self.transactions.requestReceived(request, flow)
         if found is None:
             return

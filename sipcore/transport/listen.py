@@ -51,6 +51,17 @@ _KEYS = {
 }
 _FILE_KEYS = ("privateKey", "certKey", "extraCertChain", "dhParameters")
 
+#: The factory options each transport takes; L{ListenerService} passes a
+#: listener only its own, so one set of options can serve every listener.
+_FACTORY_OPTIONS = {
+    "udp": ("receiveBuffer",),
+    "tcp": ("closeGrace",),
+    "tls": ("closeGrace",),
+    "ws": ("openHandshakeTimeout", "closeHandshakeTimeout", "autoPingInterval", "autoPingTimeout"),
+    "wss": ("openHandshakeTimeout", "closeHandshakeTimeout", "autoPingInterval", "autoPingTimeout"),
+}
+_ALL_FACTORY_OPTIONS = frozenset(name for names in _FACTORY_OPTIONS.values() for name in names)
+
 
 @dataclass(frozen=True)
 class ListenSpec:
@@ -222,19 +233,26 @@ class ListenerService(Service):
         @param table: the L{ConnectionTable} (unused for UDP).
         @param maxSize: the largest message accepted, in bytes.
         @param idleTimeout: the stream idle timeout in seconds (C{0}: none).
-        @param options: passed to the factory: C{closeGrace} for TCP and TLS,
+        @param options: factory options; each listener uses those of its
+            transport and ignores the others: C{closeGrace} (TCP, TLS),
             C{openHandshakeTimeout}, C{closeHandshakeTimeout},
-            C{autoPingInterval}, C{autoPingTimeout} for WS and WSS,
-            C{receiveBuffer} for UDP.
+            C{autoPingInterval}, C{autoPingTimeout} (WS, WSS),
+            C{receiveBuffer} (UDP).
+        @raise TypeError: for an option no transport knows.
         """
+        unknown = set(options) - _ALL_FACTORY_OPTIONS
+        if unknown:
+            raise TypeError("unknown listener options: {}".format(", ".join(sorted(unknown))))
         self.spec = spec
-        self.name = spec.description
+        self.name = "{} {}".format(spec.transport, spec.description)
         self._reactor = reactor
         self._sink = sink
         self._table = table
         self._maxSize = maxSize
         self._idleTimeout = idleTimeout
-        self._options = options
+        self._options = {
+            key: value for key, value in options.items() if key in _FACTORY_OPTIONS[spec.transport]
+        }
         self.factory: Any = None
         self.listeningPort: Any = None
         self.port: int | None = None

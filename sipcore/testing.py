@@ -1,0 +1,121 @@
+# -*- test-case-name: tests.test_testing -*-
+"""
+Fakes for testing code that uses sipcore, plugin authors' included.
+
+  - L{FakeFlow}: an L{IFlow} that records what is sent.
+  - L{RecordingBus}: an L{IEventBus} that records what is fired.
+  - L{MemoryLocationStore} (re-exported): the in-memory store.
+  - L{connectionEvent}: build a L{ConnectionEvent} with defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from sipcore.events import TCP_CLOSED, ConnectionEvent
+from sipcore.interfaces import IEventBus, IFlow
+from sipcore.location import MemoryLocationStore
+
+__all__ = ["FakeFlow", "MemoryLocationStore", "RecordingBus", "connectionEvent"]
+
+
+@implementer(IFlow)
+class FakeFlow:
+    """
+    A flow that keeps what is sent through it.
+
+    @ivar sent: C{list} of C{(data, address)}; C{address} is C{None} for
+        L{send}.
+    @ivar closed: whether L{close} was called.
+    """
+
+    def __init__(
+        self,
+        transport: str = "udp",
+        conid: int | None = None,
+        local: tuple[str, int] = ("127.0.0.1", 5060),
+        remote: tuple[str, int] = ("127.0.0.1", 40000),
+    ) -> None:
+        self.transport = transport
+        self.conid = conid
+        self.local = local
+        self.remote = remote
+        self.reliable = transport != "udp"
+        self.sent: list[tuple[bytes, tuple[str, int] | None]] = []
+        self.closed = False
+
+    def send(self, data: bytes) -> bool:
+        if self.closed:
+            return False
+        self.sent.append((data, None))
+        return True
+
+    def sendTo(self, data: bytes, address: tuple[str, int]) -> bool:
+        if self.closed:
+            return False
+        self.sent.append((data, None if self.reliable else tuple(address)))  # type: ignore[arg-type]
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def messages(self) -> list[Any]:
+        """
+        Everything sent, parsed.
+        """
+        from sipcore.message import parseMessage
+
+        return [parseMessage(data) for data, _ in self.sent]
+
+
+@implementer(IEventBus)
+class RecordingBus:
+    """
+    A bus that records fired events and delivers them to its subscribers.
+
+    @ivar fired: every event fired, in order.
+    """
+
+    def __init__(self) -> None:
+        self.fired: list[ConnectionEvent] = []
+        self.handlers: list[Any] = []
+
+    def subscribe(self, handler: Any) -> None:
+        self.handlers.append(handler)
+
+    def unsubscribe(self, handler: Any) -> None:
+        if handler in self.handlers:
+            self.handlers.remove(handler)
+
+    def fire(self, event: ConnectionEvent) -> defer.Deferred[None]:
+        self.fired.append(event)
+        for handler in list(self.handlers):
+            if event.name in handler.events:
+                handler.handle(event)
+        return defer.succeed(None)
+
+    def drain(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def names(self) -> list[str]:
+        """
+        The names of the events fired, in order.
+        """
+        return [event.name for event in self.fired]
+
+
+def connectionEvent(name: str = TCP_CLOSED, conid: int = 1, **fields: Any) -> ConnectionEvent:
+    """
+    A L{ConnectionEvent} with plausible defaults for the fields not given.
+    """
+    values: dict[str, Any] = {
+        "transport": "tcp",
+        "local": ("127.0.0.1", 5060),
+        "remote": ("127.0.0.1", 40000),
+        "time": 0.0,
+    }
+    values.update(fields)
+    return ConnectionEvent(name=name, conid=conid, **values)

@@ -1,0 +1,229 @@
+"""
+Tests for L{sipcore.sip.core}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from sipcore.interfaces import IMessageSink
+from sipcore.message import Response, parseMessage
+from sipcore.sip.core import SIPCore
+from sipcore.testing import FakeFlow
+
+
+def request(
+    method: str = "OPTIONS",
+    uri: str = "sip:example.com",
+    extra: str = "",
+    via: str = "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKcore1",
+    cseqMethod: str | None = None,
+    body: bytes = b"",
+) -> bytes:
+    head = (
+        "{method} {uri} SIP/2.0\r\n"
+        "Via: {via}\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:alice@example.com>;tag=a1\r\n"
+        "To: <sip:bob@example.com>\r\n"
+        "Call-ID: core-call-1\r\n"
+        "CSeq: 1 {cseqMethod}\r\n"
+        "{extra}"
+        "Content-Length: {length}\r\n\r\n"
+    ).format(method=method, uri=uri, via=via, cseqMethod=cseqMethod or method,
+             extra=extra, length=len(body))
+    return head.encode() + body
+
+
+class CoreTests(SynchronousTestCase):
+    """
+    The core answers what it can itself and hands the rest on.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.core = SIPCore(self.clock, domains=["example.com"])
+        self.flow = FakeFlow("udp", remote=("192.0.2.1", 40000))
+
+    def responses(self) -> list[Response]:
+        return [m for m in self.flow.messages() if isinstance(m, Response)]
+
+    def test_interface(self) -> None:
+        """
+        L{SIPCore} provides L{IMessageSink}.
+        """
+        self.assertTrue(verifyObject(IMessageSink, self.core))
+
+    def test_optionsToServer(self) -> None:
+        """
+        OPTIONS addressed to the server itself is answered C{200} with
+        Allow, Accept and Supported, sent back to the source address on the
+        Via's port.
+        """
+        self.core.messageReceived(request(), self.flow)
+        [response] = self.responses()
+        self.assertEqual(response.status, 200)
+        self.assertIn("REGISTER", response.headers.values("Allow"))
+        self.assertIn("OPTIONS", response.headers.values("Allow"))
+        self.assertIsNotNone(response.headers.first("Accept"))
+        self.assertIsNotNone(response.headers.first("Supported"))
+        self.assertEqual(response.callId, "core-call-1")
+        self.assertEqual(self.flow.sent[0][1], ("192.0.2.1", 5070))
+
+    def test_optionsToLocalAddress(self) -> None:
+        """
+        OPTIONS to the address the server listens on counts as addressed to
+        the server.
+        """
+        self.core.messageReceived(request(uri="sip:127.0.0.1:5060"), self.flow)
+        self.assertEqual([r.status for r in self.responses()], [200])
+
+    def test_rportStamped(self) -> None:
+        """
+        A request asking for C{rport} gets its answer on the source port,
+        and the response's Via says C{received} and C{rport}.
+        """
+        self.core.messageReceived(
+            request(via="SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKcore2;rport"), self.flow)
+        [response] = self.responses()
+        self.assertEqual(self.flow.sent[0][1], ("192.0.2.1", 40000))
+        via = response.vias[0]
+        self.assertEqual(via.received, "192.0.2.1")
+        self.assertEqual(via.rport, 40000)
+
+    def test_retransmissionAbsorbed(self) -> None:
+        """
+        A retransmitted request is answered from the transaction (the same
+        response again) without reaching the handler a second time.
+        """
+        seen = []
+        self.core.route("MESSAGE", lambda tx: (seen.append(tx), tx.respond(
+            Response.forRequest(tx.request, 202))))
+        data = request("MESSAGE", "sip:bob@example.com")
+        self.core.messageReceived(data, self.flow)
+        self.core.messageReceived(data, self.flow)
+        self.assertEqual(len(seen), 1)
+        self.assertEqual([r.status for r in self.responses()], [202, 202])
+
+    def test_malformedAnswered400WithReason(self) -> None:
+        """
+        A request whose CSeq method disagrees with its method is answered
+        C{400} with a reason phrase that says what is wrong.
+        """
+        self.core.messageReceived(request("OPTIONS", cseqMethod="INVITE"), self.flow)
+        [response] = self.responses()
+        self.assertEqual(response.status, 400)
+        self.assertIn("CSeq", response.reason)
+        self.assertEqual(self.core.stats["rejected"], 1)
+
+    def test_garbageDropped(self) -> None:
+        """
+        Bytes that are no SIP message at all are dropped and counted.
+        """
+        self.core.messageReceived(b"\x00\xffnot sip\r\n\r\n", self.flow)
+        self.assertEqual(self.flow.sent, [])
+        self.assertEqual(self.core.stats["dropped"], 1)
+
+    def test_versionNotSupported(self) -> None:
+        """
+        A request in an unknown SIP version is answered C{505}.
+        """
+        data = request().replace(b"OPTIONS sip:example.com SIP/2.0",
+                                 b"OPTIONS sip:example.com SIP/7.0")
+        self.core.messageReceived(data, self.flow)
+        self.assertEqual([r.status for r in self.responses()], [505])
+
+    def test_unknownScheme(self) -> None:
+        """
+        A Request-URI of an unknown scheme is answered C{416}.
+        """
+        self.core.messageReceived(request(uri="nobodyKnowsThisScheme:x"), self.flow)
+        self.assertEqual([r.status for r in self.responses()], [416])
+
+    def test_proxyRequireUnknown(self) -> None:
+        """
+        An option tag the server does not support in Proxy-Require is
+        answered C{420} listing it in Unsupported.
+        """
+        self.core.messageReceived(request(extra="Proxy-Require: foo, path\r\n"), self.flow)
+        [response] = self.responses()
+        self.assertEqual(response.status, 420)
+        self.assertEqual(response.headers.values("Unsupported"), ["foo"])
+
+    def test_routedByMethod(self) -> None:
+        """
+        A request goes to the handler routed for its method, with a server
+        transaction that can answer it.
+        """
+        seen = []
+        self.core.route("REGISTER", seen.append)
+        self.core.messageReceived(request("REGISTER"), self.flow)
+        [tx] = seen
+        self.assertEqual(tx.request.method, "REGISTER")
+        self.assertIs(tx.flow, self.flow)
+
+    def test_notImplemented(self) -> None:
+        """
+        With no handler for the method and no default handler, the answer
+        is C{501}.
+        """
+        self.core.messageReceived(request("INFO", "sip:bob@example.com"), self.flow)
+        self.assertEqual([r.status for r in self.responses()], [501])
+
+    def test_handlerErrorContained(self) -> None:
+        """
+        A handler that raises does not take the core down: the error is
+        logged and counted and the next message is served.
+        """
+        def broken(tx: object) -> None:
+            raise RuntimeError("bug")
+
+        self.core.route("MESSAGE", broken)
+        self.core.messageReceived(request("MESSAGE", "sip:bob@example.com"), self.flow)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.core.stats["errors"], 1)
+        self.core.messageReceived(request(via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKx"),
+                                  self.flow)
+        self.assertEqual([r.status for r in self.responses()], [200])
+
+    def test_rejectedFramingAnswered(self) -> None:
+        """
+        A message the transport could not frame is answered with the reason
+        when its headers allow a response.
+        """
+        flow = FakeFlow("tcp", conid=1)
+        data = request().replace(b"Content-Length: 0", b"Content-Length: 99999999")
+        self.core.messageRejected(data, "Invalid Content-Length", flow)
+        [response] = [m for m in flow.messages()]
+        self.assertEqual(response.status, 400)
+        self.assertEqual(response.reason, "Invalid Content-Length")
+
+    def test_rejectedGarbageDropped(self) -> None:
+        """
+        A rejected stream prefix with nothing to answer is dropped and
+        counted.
+        """
+        flow = FakeFlow("tcp", conid=1)
+        self.core.messageRejected(b"x" * 100, "Message Too Large", flow)
+        self.assertEqual(flow.sent, [])
+        self.assertEqual(self.core.stats["dropped"], 1)
+
+    def test_responseWithoutTransactionDropped(self) -> None:
+        """
+        A response that matches no transaction is counted and dropped.
+        """
+        data = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKnone\r\n"
+                b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\n"
+                b"Call-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        self.core.messageReceived(data, self.flow)
+        self.assertEqual(self.flow.sent, [])
+        self.assertEqual(self.core.stats["responsesDropped"], 1)
+
+    def test_parsedResponsesRoundTrip(self) -> None:
+        """
+        What the core sends parses as SIP.
+        """
+        self.core.messageReceived(request(), self.flow)
+        parseMessage(self.flow.sent[0][0])

@@ -1,0 +1,375 @@
+"""
+Tests for L{sipcore.sip.registrar}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from sipcore.location import MemoryLocationStore, StoreUnavailable
+from sipcore.location.ordering import PendingWrites
+from sipcore.message import Response, parseMessage
+from sipcore.sip.core import StatelessTransaction
+from sipcore.sip.registrar import Registrar, RegistrarPolicy, contactKey, methodBits
+from sipcore.testing import FakeFlow
+
+START = 1_700_000_000.0
+
+
+def register(
+    contacts: list[str] | None = None,
+    expires: int | None = None,
+    callId: str = "reg-call-1",
+    cseq: int = 1,
+    to: str = "<sip:alice@example.com>",
+    uri: str = "sip:example.com",
+    extra: str = "",
+) -> bytes:
+    lines = [
+        "REGISTER {} SIP/2.0".format(uri),
+        "Via: SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKreg{}".format(cseq),
+        "Max-Forwards: 70",
+        "From: {};tag=r1".format(to),
+        "To: {}".format(to),
+        "Call-ID: {}".format(callId),
+        "CSeq: {} REGISTER".format(cseq),
+    ]
+    for contact in contacts or []:
+        lines.append("Contact: {}".format(contact))
+    if expires is not None:
+        lines.append("Expires: {}".format(expires))
+    if extra:
+        lines.append(extra.rstrip("\r\n"))
+    lines.append("Content-Length: 0")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class SlowStore(MemoryLocationStore):
+    """
+    A memory store whose writes wait until the test lets them through.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.held: list[defer.Deferred[None]] = []
+
+    def save(self, bindings: Any) -> defer.Deferred[None]:
+        bindings = list(bindings)
+        gate: defer.Deferred[None] = defer.Deferred()
+        self.held.append(gate)
+        gate.addCallback(lambda _: super(SlowStore, self).save(bindings))
+        return gate
+
+
+class DownStore(MemoryLocationStore):
+    """
+    A store whose database is away.
+    """
+
+    def lookup(self, aor: str, now: float) -> defer.Deferred[Any]:
+        return defer.fail(StoreUnavailable("database away"))
+
+
+class RegistrarTests(SynchronousTestCase):
+    """
+    REGISTER handling per RFC 3261 section 10.3.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store = MemoryLocationStore(self.clock)
+        self.connected: set[int] = {5}
+        self.registrar = self.makeRegistrar(self.store)
+
+    def makeRegistrar(self, store: Any, **policy: Any) -> Registrar:
+        return Registrar(
+            store, self.clock, isLocalDomain=lambda host: host.lower() == "example.com",
+            serverId=3, policy=RegistrarPolicy(**policy), writes=PendingWrites(),
+            isConnected=self.connected.__contains__,
+        )
+
+    def send(self, data: bytes, flow: FakeFlow | None = None,
+             registrar: Registrar | None = None) -> Response | None:
+        flow = flow or FakeFlow("udp", remote=("192.0.2.1", 40000))
+        before = len(flow.sent)
+        tx = StatelessTransaction(parseMessage(data), flow)  # type: ignore[arg-type]
+        d = (registrar or self.registrar)(tx)
+        self.successResultOf(d)
+        sent = flow.sent[before:]
+        if not sent:
+            return None
+        [(raw, _)] = sent
+        response = parseMessage(raw)
+        assert isinstance(response, Response)
+        return response
+
+    def bindings(self) -> list[Any]:
+        return self.successResultOf(self.store.lookup("alice@example.com", self.clock.seconds()))
+
+    def test_registerOverUDP(self) -> None:
+        """
+        A REGISTER over UDP stores a binding with the request's facts, not
+        bound to a connection, and the C{200} lists it with its expiry.
+        """
+        response = self.send(register(["<sip:alice@192.0.2.1:5070>"],
+                                      extra="User-Agent: phone/1.0\r\nAllow: INVITE, BYE"))
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        [contact] = response.contacts
+        self.assertEqual(str(contact.uri), "sip:alice@192.0.2.1:5070")
+        self.assertEqual(contact.param("expires"), "3600")
+        [binding] = self.bindings()
+        self.assertEqual(binding.username, "alice")
+        self.assertEqual(binding.domain, "example.com")
+        self.assertEqual(binding.connectionId, -1)
+        self.assertEqual(binding.serverId, 3)
+        self.assertEqual(binding.callid, "reg-call-1")
+        self.assertEqual(binding.cseq, 1)
+        self.assertEqual(binding.expires, START + 3600)
+        self.assertEqual(binding.userAgent, "phone/1.0")
+        self.assertEqual(binding.received, "sip:192.0.2.1:40000;transport=udp")
+        self.assertEqual(binding.socket, "udp:127.0.0.1:5060")
+        self.assertEqual(binding.methods, methodBits(["INVITE", "BYE"]))
+
+    def test_registerOverStream(self) -> None:
+        """
+        A REGISTER over a stream connection records its connection id.
+        """
+        flow = FakeFlow("ws", conid=5)
+        response = self.send(register(["<sip:alice@df7jal23ls0d.invalid;transport=ws>"]), flow)
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        [binding] = self.bindings()
+        self.assertEqual(binding.connectionId, 5)
+        self.assertEqual(binding.socket, "tcp:127.0.0.1:5060")
+
+    def test_expiresParameterWins(self) -> None:
+        """
+        A Contact's C{expires} parameter overrides the Expires header.
+        """
+        self.send(register(["<sip:a@192.0.2.1>;expires=120", "<sip:b@192.0.2.1>"],
+                           expires=600))
+        expiries = sorted(b.expires - START for b in self.bindings())
+        self.assertEqual(expiries, [120, 600])
+
+    def test_tooBrief(self) -> None:
+        """
+        A non-zero expiry below the minimum is answered C{423} with
+        Min-Expires, and nothing is stored.
+        """
+        response = self.send(register(["<sip:a@192.0.2.1>"], expires=10))
+        assert response is not None
+        self.assertEqual(response.status, 423)
+        self.assertEqual(response.headers.first("Min-Expires"), "60")
+        self.assertEqual(self.bindings(), [])
+
+    def test_tooLongClamped(self) -> None:
+        """
+        An expiry above the maximum is granted as the maximum.
+        """
+        response = self.send(register(["<sip:a@192.0.2.1>"], expires=10**9))
+        assert response is not None
+        self.assertEqual(response.contacts[0].param("expires"), "86400")
+
+    def test_refreshKeepsRecord(self) -> None:
+        """
+        Registering the same contact again with a higher CSeq refreshes the
+        same record (same ruid) instead of adding another.
+        """
+        self.send(register(["<sip:a@192.0.2.1>"], expires=100))
+        [first] = self.bindings()
+        self.clock.advance(50)
+        self.send(register(["<sip:a@192.0.2.1>"], expires=100, cseq=2))
+        [second] = self.bindings()
+        self.assertEqual(first.ruid, second.ruid)
+        self.assertEqual(second.expires, START + 150)
+        self.assertEqual(second.cseq, 2)
+
+    def test_outOfOrderCSeqRefused(self) -> None:
+        """
+        A REGISTER with the same Call-ID and a CSeq not above the stored one
+        is refused with C{500}, and the binding is unchanged.
+        """
+        self.send(register(["<sip:a@192.0.2.1>"], cseq=5, expires=100))
+        response = self.send(register(["<sip:a@192.0.2.1>"], cseq=4, expires=3000))
+        assert response is not None
+        self.assertEqual(response.status, 500)
+        [binding] = self.bindings()
+        self.assertEqual(binding.expires, START + 100)
+
+    def test_otherCallIdAccepted(self) -> None:
+        """
+        A lower CSeq under another Call-ID (a rebooted phone) is accepted.
+        """
+        self.send(register(["<sip:a@192.0.2.1>"], cseq=5))
+        response = self.send(register(["<sip:a@192.0.2.1>"], cseq=1, callId="other"))
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertEqual([b.callid for b in self.bindings()], ["other"])
+
+    def test_unregisterOne(self) -> None:
+        """
+        C{expires=0} removes that contact only.
+        """
+        self.send(register(["<sip:a@192.0.2.1>", "<sip:b@192.0.2.1>"]))
+        response = self.send(register(["<sip:a@192.0.2.1>;expires=0"], cseq=2))
+        assert response is not None
+        self.assertEqual([str(c.uri) for c in response.contacts], ["sip:b@192.0.2.1"])
+        self.assertEqual([b.contact for b in self.bindings()], ["sip:b@192.0.2.1"])
+
+    def test_wildcardRemovesAll(self) -> None:
+        """
+        C{Contact: *} with C{Expires: 0} removes every binding of the AOR,
+        and no other AOR's.
+        """
+        self.send(register(["<sip:a@192.0.2.1>", "<sip:b@192.0.2.1>"]))
+        self.send(register(["<sip:c@192.0.2.1>"], to="<sip:carol@example.com>"))
+        response = self.send(register(["*"], expires=0, cseq=2))
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers.values("Contact"), [])
+        self.assertEqual(self.bindings(), [])
+        self.assertEqual(len(self.successResultOf(
+            self.store.lookup("carol@example.com", self.clock.seconds()))), 1)
+
+    def test_wildcardNeedsExpiresZero(self) -> None:
+        """
+        C{Contact: *} without C{Expires: 0} is answered C{400}.
+        """
+        self.send(register(["<sip:a@192.0.2.1>"]))
+        response = self.send(register(["*"], cseq=2))
+        assert response is not None
+        self.assertEqual(response.status, 400)
+        self.assertEqual(len(self.bindings()), 1)
+
+    def test_query(self) -> None:
+        """
+        A REGISTER without Contact lists the current bindings, highest q
+        first, and changes nothing.
+        """
+        self.send(register(["<sip:a@192.0.2.1>;q=0.2", "<sip:b@192.0.2.1>;q=0.9"]))
+        response = self.send(register([], cseq=2))
+        assert response is not None
+        self.assertEqual([str(c.uri) for c in response.contacts],
+                         ["sip:b@192.0.2.1", "sip:a@192.0.2.1"])
+        self.assertEqual([c.param("q") for c in response.contacts], ["0.9", "0.2"])
+
+    def test_foreignDomain(self) -> None:
+        """
+        A REGISTER for a domain the server does not serve is answered as
+        configured: C{403} by default, C{404} when asked.
+        """
+        data = register(["<sip:a@192.0.2.1>"], uri="sip:elsewhere.org",
+                        to="<sip:alice@elsewhere.org>")
+        response = self.send(data)
+        assert response is not None
+        self.assertEqual(response.status, 403)
+        other = self.makeRegistrar(self.store, foreignDomainStatus=404)
+        response = self.send(data, registrar=other)
+        assert response is not None
+        self.assertEqual(response.status, 404)
+
+    def test_nonSipAddressOfRecord(self) -> None:
+        """
+        An AOR that is not a SIP or SIPS URI is answered C{400}.
+        """
+        response = self.send(register(["<sip:a@192.0.2.1>"], to="<isbn:2983792873>"))
+        assert response is not None
+        self.assertEqual(response.status, 400)
+
+    def test_pathAndOutbound(self) -> None:
+        """
+        Path is stored and echoed; C{+sip.instance} and C{reg-id} are stored,
+        and an outbound registration gets C{Require: outbound}.
+        """
+        flow = FakeFlow("tcp", conid=5)
+        response = self.send(register(
+            ['<sip:a@192.0.2.1;transport=tcp>;+sip.instance="<urn:uuid:00000000-0000-1000'
+             '-8000-000A95A0E128>";reg-id=1'],
+            extra="Path: <sip:edge.example.com;lr>\r\nSupported: outbound, path"), flow)
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers.first("Path"), "<sip:edge.example.com;lr>")
+        self.assertEqual(response.headers.first("Require"), "outbound")
+        [binding] = self.bindings()
+        self.assertEqual(binding.path, "<sip:edge.example.com;lr>")
+        self.assertEqual(binding.instance, "<urn:uuid:00000000-0000-1000-8000-000A95A0E128>")
+        self.assertEqual(binding.regId, 1)
+
+    def test_sameInstanceReplaces(self) -> None:
+        """
+        With outbound, a new contact for the same instance and reg-id
+        replaces the old binding (the flow changed, the device did not).
+        """
+        instance = '+sip.instance="<urn:uuid:1>";reg-id=1'
+        self.send(register(["<sip:a@192.0.2.1:1111>;" + instance]))
+        self.send(register(["<sip:a@192.0.2.1:2222>;" + instance], cseq=2))
+        self.assertEqual([b.contact for b in self.bindings()], ["sip:a@192.0.2.1:2222"])
+
+    def test_storeUnavailable(self) -> None:
+        """
+        While the store cannot be reached the answer is C{503} with
+        Retry-After.
+        """
+        registrar = self.makeRegistrar(DownStore(self.clock))
+        response = self.send(register(["<sip:a@192.0.2.1>"]), registrar=registrar)
+        assert response is not None
+        self.assertEqual(response.status, 503)
+        self.assertIsNotNone(response.headers.first("Retry-After"))
+
+    def test_noAnswerBeforeCommit(self) -> None:
+        """
+        The C{200} is sent only after the store says the write is durable,
+        and the work is tracked for the connection until then.
+        """
+        store = SlowStore(self.clock)
+        writes = PendingWrites()
+        registrar = Registrar(store, self.clock, isLocalDomain=lambda h: True, serverId=3,
+                              writes=writes, isConnected=self.connected.__contains__)
+        flow = FakeFlow("tcp", conid=5)
+        tx = StatelessTransaction(parseMessage(register(["<sip:a@192.0.2.1>"])), flow)  # type: ignore[arg-type]
+        d = registrar(tx)
+        self.assertEqual(flow.sent, [])
+        settled = writes.settled([5])
+        self.assertNoResult(settled)
+        store.held[0].callback(None)
+        self.successResultOf(d)
+        self.successResultOf(settled)
+        self.assertEqual([m.status for m in flow.messages()], [200])
+
+    def test_closedConnectionNotWritten(self) -> None:
+        """
+        A REGISTER whose connection closed before the write is neither
+        stored nor answered.
+        """
+        flow = FakeFlow("tcp", conid=9)
+        response = self.send(register(["<sip:a@192.0.2.1>"]), flow)
+        self.assertIsNone(response)
+        self.assertEqual(self.bindings(), [])
+
+    def test_hostileValuesStoredVerbatim(self) -> None:
+        """
+        Quotes, semicolons and non-ASCII text in a user agent are stored as
+        text; an oversized one is cut to the column's size.
+        """
+        agent = "x'; DROP TABLE location; -- \u00e9\u6f22" + "y" * 1000
+        self.send(register(["<sip:a@192.0.2.1>"], extra="User-Agent: " + agent))
+        [binding] = self.bindings()
+        self.assertEqual(binding.userAgent, agent[:255])
+
+    def test_contactKey(self) -> None:
+        """
+        Contact comparison ignores the case of scheme and host and the
+        order of the significant parameters, but not the user.
+        """
+        from sipcore.message import parseURI
+
+        self.assertEqual(contactKey(parseURI("SIP:a@HOST;transport=tcp;foo=1")),
+                         contactKey(parseURI("sip:a@host;transport=TCP")))
+        self.assertNotEqual(contactKey(parseURI("sip:A@host")),
+                            contactKey(parseURI("sip:a@host")))
