@@ -488,7 +488,7 @@ class JobQueue:
         """
         exponent = min(self._consecutiveFailures - 1, 62)
         base = min(self.maxBackoff, self.initialBackoff * (2.0**exponent))
-        return 0.0
+        return base * (1.0 - self.jitter * self._random.random())
 
     def _afterBatch(self, delay: float | None = None) -> None:
         """

@@ -209,9 +209,7 @@ class ConnectionTableTests(SynchronousTestCase):
                 (conid, "because", 12.5, "tcp"),
             )
             self.assertIsNone(event.wsCode)
-        self.assertEqual(
-            self.table.closed, {TCP_CLOSED: 1, TCP_RESET: 1, TCP_TIMEOUT: 1}
-        )
+        self.assertEqual(self.table.closed, {TCP_CLOSED: 1, TCP_RESET: 1, TCP_TIMEOUT: 1})
 
     def test_removeIdempotent(self) -> None:
         """
@@ -308,9 +306,7 @@ class ConnectionTableTests(SynchronousTestCase):
         self.assertEqual(len(self.table), 0)
         for conid in conids:
             self.assertEqual(self.bus.names(conid), [TCP_CONNECTED, TCP_CLOSED])
-        self.assertEqual(
-            {e.reason for e in self.bus.named(TCP_CLOSED)}, {"going down"}
-        )
+        self.assertEqual({e.reason for e in self.bus.named(TCP_CLOSED)}, {"going down"})
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_closeAllWaits(self) -> None:

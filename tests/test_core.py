@@ -32,8 +32,14 @@ def request(
         "CSeq: 1 {cseqMethod}\r\n"
         "{extra}"
         "Content-Length: {length}\r\n\r\n"
-    ).format(method=method, uri=uri, via=via, cseqMethod=cseqMethod or method,
-             extra=extra, length=len(body))
+    ).format(
+        method=method,
+        uri=uri,
+        via=via,
+        cseqMethod=cseqMethod or method,
+        extra=extra,
+        length=len(body),
+    )
     return head.encode() + body
 
 
@@ -86,7 +92,8 @@ class CoreTests(SynchronousTestCase):
         and the response's Via says C{received} and C{rport}.
         """
         self.core.messageReceived(
-            request(via="SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKcore2;rport"), self.flow)
+            request(via="SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKcore2;rport"), self.flow
+        )
         [response] = self.responses()
         self.assertEqual(self.flow.sent[0][1], ("192.0.2.1", 40000))
         via = response.vias[0]
@@ -99,8 +106,10 @@ class CoreTests(SynchronousTestCase):
         response again) without reaching the handler a second time.
         """
         seen = []
-        self.core.route("MESSAGE", lambda tx: (seen.append(tx), tx.respond(
-            Response.forRequest(tx.request, 202))))
+        self.core.route(
+            "MESSAGE",
+            lambda tx: (seen.append(tx), tx.respond(Response.forRequest(tx.request, 202))),
+        )
         data = request("MESSAGE", "sip:bob@example.com")
         self.core.messageReceived(data, self.flow)
         self.core.messageReceived(data, self.flow)
@@ -130,8 +139,9 @@ class CoreTests(SynchronousTestCase):
         """
         A request in an unknown SIP version is answered C{505}.
         """
-        data = request().replace(b"OPTIONS sip:example.com SIP/2.0",
-                                 b"OPTIONS sip:example.com SIP/7.0")
+        data = request().replace(
+            b"OPTIONS sip:example.com SIP/2.0", b"OPTIONS sip:example.com SIP/7.0"
+        )
         self.core.messageReceived(data, self.flow)
         self.assertEqual([r.status for r in self.responses()], [505])
 
@@ -177,6 +187,7 @@ class CoreTests(SynchronousTestCase):
         A handler that raises does not take the core down: the error is
         logged and counted and the next message is served.
         """
+
         def broken(tx: object) -> None:
             raise RuntimeError("bug")
 
@@ -184,8 +195,9 @@ class CoreTests(SynchronousTestCase):
         self.core.messageReceived(request("MESSAGE", "sip:bob@example.com"), self.flow)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(self.core.stats["errors"], 1)
-        self.core.messageReceived(request(via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKx"),
-                                  self.flow)
+        self.core.messageReceived(
+            request(via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKx"), self.flow
+        )
         self.assertEqual([r.status for r in self.responses()], [200])
 
     def test_rejectedFramingAnswered(self) -> None:
@@ -214,9 +226,11 @@ class CoreTests(SynchronousTestCase):
         """
         A response that matches no transaction is counted and dropped.
         """
-        data = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKnone\r\n"
-                b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\n"
-                b"Call-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        data = (
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKnone\r\n"
+            b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\n"
+            b"Call-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
         self.core.messageReceived(data, self.flow)
         self.assertEqual(self.flow.sent, [])
         self.assertEqual(self.core.stats["responsesDropped"], 1)

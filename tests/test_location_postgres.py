@@ -423,6 +423,33 @@ class PostgresLocationStoreTests(PostgresStoreTestBase):
         with self.assertRaises(StoreUnavailable):
             await d
 
+    async def test_poolForHandlers(self) -> None:
+        """
+        C{store.pool} exists before C{start} (calls on it fail with
+        C{ConnectionDead} until then) and, once started, runs statements
+        such as L{initSchema}.
+        """
+        from txpostgres.reconnection import ConnectionDead
+
+        fresh = self.makeStore()
+        self.assertIsNotNone(fresh.pool)
+        with self.assertRaises(ConnectionDead):
+            await fresh.pool.runQuery("SELECT 1")
+        await fresh.start()
+        self.assertEqual(await fresh.pool.runQuery("SELECT 1"), [(1,)])
+        self.assertFalse(await initSchema(fresh.pool))
+
+    async def test_restart(self) -> None:
+        """
+        A store closed and started again works with a new pool.
+        """
+        first = self.store.pool
+        await self.store.close()
+        await self.store.start()
+        self.assertIsNot(self.store.pool, first)
+        await self.store.save([makeBinding()])
+        self.assertEqual(len(await self.store.lookup("alice@example.com", NOW)), 1)
+
     async def test_availableAfterStart(self) -> None:
         """
         After C{start} against a reachable server the store is available.

@@ -32,7 +32,9 @@ class ParseAddressTests(SynchronousTestCase):
         space before C{<} is optional (RFC 4475 lwsdisp).
         """
         self.assertEqual(parseAddress("A. Bell <sip:a@b>").displayName, "A. Bell")
-        self.assertEqual(parseAddress("caller<sip:caller@example.com>;tag=323").displayName, "caller")
+        self.assertEqual(
+            parseAddress("caller<sip:caller@example.com>;tag=323").displayName, "caller"
+        )
 
     def test_noDisplayName(self) -> None:
         """
@@ -88,7 +90,9 @@ class ParseAddressTests(SynchronousTestCase):
         Addresses may hold any URI scheme (RFC 4475 unksm2).
         """
         self.assertEqual(parseAddress("isbn:2983792873").uri.scheme, "isbn")
-        self.assertEqual(parseAddress("<http://www.example.com>;tag=3").uri.opaque, "//www.example.com")
+        self.assertEqual(
+            parseAddress("<http://www.example.com>;tag=3").uri.opaque, "//www.example.com"
+        )
 
     def test_controlCharsInQuotedPair(self) -> None:
         """

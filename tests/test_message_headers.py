@@ -168,9 +168,7 @@ class HeadersTests(SynchronousTestCase):
         """
         headers = self.makeHeaders()
         headers.set("Via", "SIP/2.0/TLS new.example.com")
-        self.assertEqual(
-            [name for name, _ in headers], ["Via", "Call-ID", "Contact", "Date"]
-        )
+        self.assertEqual([name for name, _ in headers], ["Via", "Call-ID", "Contact", "Date"])
         self.assertEqual(headers.lines("v"), ["SIP/2.0/TLS new.example.com"])
 
     def test_setAppendsWhenAbsent(self) -> None:
@@ -220,9 +218,7 @@ class HeadersTests(SynchronousTestCase):
         the rest of its line.
         """
         headers = self.makeHeaders()
-        self.assertEqual(
-            headers.removeFirst("via"), "SIP/2.0/UDP a.example.com;branch=z9hG4bK1"
-        )
+        self.assertEqual(headers.removeFirst("via"), "SIP/2.0/UDP a.example.com;branch=z9hG4bK1")
         self.assertEqual(
             headers.lines("via"), ["SIP/2.0/TCP b.example.com", "SIP/2.0/UDP c.example.com"]
         )

@@ -183,7 +183,11 @@ class RequestTests(SynchronousTestCase):
         request = Request(
             "INVITE",
             "sip:h",
-            [("Route", "<sip:p1;lr>, <sip:p2;lr>"), ("Route", "<sip:p3;lr>"), ("Record-Route", "<sip:rr;lr>")],
+            [
+                ("Route", "<sip:p1;lr>, <sip:p2;lr>"),
+                ("Route", "<sip:p3;lr>"),
+                ("Record-Route", "<sip:rr;lr>"),
+            ],
         )
         self.assertEqual([route.uri.host for route in request.routes], ["p1", "p2", "p3"])
         self.assertEqual([route.uri.host for route in request.recordRoutes], ["rr"])
@@ -225,7 +229,9 @@ class ResponseTests(SynchronousTestCase):
         """
         A To that already has a tag keeps it.
         """
-        request = parseMessage(REGISTER.replace(b"To: Bob <sips:bob@example.com>", b"t: sip:b@h;tag=old"))
+        request = parseMessage(
+            REGISTER.replace(b"To: Bob <sips:bob@example.com>", b"t: sip:b@h;tag=old")
+        )
         assert isinstance(request, Request)
         response = Response.forRequest(request, 486, toTag="new")
         self.assertEqual(response.headers.first("to"), "sip:b@h;tag=old")

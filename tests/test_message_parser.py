@@ -76,45 +76,78 @@ VALID: list[tuple[str, bytes]] = [
     ("Max-Forwards 255 with leading zeros", replaced("Max-Forwards", "Max-Forwards: 000255")),
     ("CSeq 2**32-1", replaced("CSeq", "CSeq: 4294967295 OPTIONS")),
     ("CSeq 0", replaced("CSeq", "CSeq: 0 OPTIONS")),
-    ("compact headers", build([
-        "OPTIONS sip:bob@example.com SIP/2.0",
-        "v: SIP/2.0/UDP pc.example.com;branch=z9hG4bK74bf9",
-        "f: <sip:alice@example.com>;tag=1",
-        "t: sip:bob@example.com",
-        "i: abc",
-        "CSeq: 1 OPTIONS",
-        "m: <sip:alice@pc.example.com>",
-        "l: 0",
-    ])),
-    ("lower-case names and no space after colon", build([
-        "OPTIONS sip:bob@example.com SIP/2.0",
-        "via:SIP/2.0/UDP pc.example.com;branch=z9hG4bK74bf9",
-        "from:<sip:alice@example.com>;tag=1",
-        "to:sip:bob@example.com",
-        "call-id:abc",
-        "cseq:1 OPTIONS",
-    ])),
-    ("folded headers", build([
-        "OPTIONS sip:bob@example.com SIP/2.0",
-        "Via: SIP/2.0/UDP pc.example.com",
-        "\t;branch=z9hG4bK74bf9",
-        "From:",
-        "   <sip:alice@example.com>;tag=1",
-        "To: sip:bob@example.com",
-        "Call-ID: abc",
-        "CSeq: 1",
-        " OPTIONS",
-    ])),
-    ("several Via lines and lists", added("Via: SIP/2.0/TCP a.example.com, SIP/2.0/TLS [::1]:5061;branch=z9hG4bKx")),
-    ("Route and Record-Route", added("Route: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>", "Record-Route: \"P\" <sip:rr.example.com;lr>")),
+    (
+        "compact headers",
+        build(
+            [
+                "OPTIONS sip:bob@example.com SIP/2.0",
+                "v: SIP/2.0/UDP pc.example.com;branch=z9hG4bK74bf9",
+                "f: <sip:alice@example.com>;tag=1",
+                "t: sip:bob@example.com",
+                "i: abc",
+                "CSeq: 1 OPTIONS",
+                "m: <sip:alice@pc.example.com>",
+                "l: 0",
+            ]
+        ),
+    ),
+    (
+        "lower-case names and no space after colon",
+        build(
+            [
+                "OPTIONS sip:bob@example.com SIP/2.0",
+                "via:SIP/2.0/UDP pc.example.com;branch=z9hG4bK74bf9",
+                "from:<sip:alice@example.com>;tag=1",
+                "to:sip:bob@example.com",
+                "call-id:abc",
+                "cseq:1 OPTIONS",
+            ]
+        ),
+    ),
+    (
+        "folded headers",
+        build(
+            [
+                "OPTIONS sip:bob@example.com SIP/2.0",
+                "Via: SIP/2.0/UDP pc.example.com",
+                "\t;branch=z9hG4bK74bf9",
+                "From:",
+                "   <sip:alice@example.com>;tag=1",
+                "To: sip:bob@example.com",
+                "Call-ID: abc",
+                "CSeq: 1",
+                " OPTIONS",
+            ]
+        ),
+    ),
+    (
+        "several Via lines and lists",
+        added("Via: SIP/2.0/TCP a.example.com, SIP/2.0/TLS [::1]:5061;branch=z9hG4bKx"),
+    ),
+    (
+        "Route and Record-Route",
+        added(
+            "Route: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>",
+            'Record-Route: "P" <sip:rr.example.com;lr>',
+        ),
+    ),
     ("wildcard Contact", replaced("Contact", "Contact: *")),
-    ("several Contacts", replaced("Contact", "Contact: <sip:a@h1>;q=0.1, \"B, C\" <sip:b@h2>, sip:c@h3;expires=0")),
+    (
+        "several Contacts",
+        replaced("Contact", 'Contact: <sip:a@h1>;q=0.1, "B, C" <sip:b@h2>, sip:c@h3;expires=0'),
+    ),
     ("Expires", added("Expires: 0")),
     ("Date in RFC 1123 form", added("Date: Sat, 13 Nov 2010 23:29:00 GMT")),
-    ("unknown headers and odd values", added("X-Foo: ;;,,<>\"", "Y:", "Z-%!: a\x01b")),
-    ("tel Request-URI", build(["OPTIONS tel:+12015550123;phone-context=x SIP/2.0"] + BASE_LINES[1:])),
+    ("unknown headers and odd values", added('X-Foo: ;;,,<>"', "Y:", "Z-%!: a\x01b")),
+    (
+        "tel Request-URI",
+        build(["OPTIONS tel:+12015550123;phone-context=x SIP/2.0"] + BASE_LINES[1:]),
+    ),
     ("unknown scheme Request-URI", build(["OPTIONS urn:service:sos SIP/2.0"] + BASE_LINES[1:])),
-    ("IPv6 Request-URI", build(["OPTIONS sip:[2001:db8::1]:5060;transport=tcp SIP/2.0"] + BASE_LINES[1:])),
+    (
+        "IPv6 Request-URI",
+        build(["OPTIONS sip:[2001:db8::1]:5060;transport=tcp SIP/2.0"] + BASE_LINES[1:]),
+    ),
     ("lower-case sip version", build(["OPTIONS sip:bob@example.com sip/2.0"] + BASE_LINES[1:])),
     ("leading CRLFs", b"\r\n\r\n" + build(BASE_LINES)),
     ("status line without reason", RESPONSE.replace(b"200 OK", b"200")),
@@ -166,9 +199,21 @@ INVALID: list[tuple[str, bytes, int]] = [
     ("empty Via element", replaced("Via", "Via: SIP/2.0/UDP a;branch=z9hG4bK1,"), 400),
     ("bad Date", added("Date: yesterday"), 400),
     ("Request-URI in <>", build(["OPTIONS <sip:bob@example.com> SIP/2.0"] + BASE_LINES[1:]), 400),
-    ("Request-URI with headers", build(["OPTIONS sip:bob@example.com?Subject=x SIP/2.0"] + BASE_LINES[1:]), 400),
-    ("Request-URI with space", build(["OPTIONS sip:bob@example.com ;lr SIP/2.0"] + BASE_LINES[1:]), 400),
-    ("Request-Line with tab", build(["OPTIONS\tsip:bob@example.com SIP/2.0"] + BASE_LINES[1:]), 400),
+    (
+        "Request-URI with headers",
+        build(["OPTIONS sip:bob@example.com?Subject=x SIP/2.0"] + BASE_LINES[1:]),
+        400,
+    ),
+    (
+        "Request-URI with space",
+        build(["OPTIONS sip:bob@example.com ;lr SIP/2.0"] + BASE_LINES[1:]),
+        400,
+    ),
+    (
+        "Request-Line with tab",
+        build(["OPTIONS\tsip:bob@example.com SIP/2.0"] + BASE_LINES[1:]),
+        400,
+    ),
     ("Request-Line without version", build(["OPTIONS sip:bob@example.com"] + BASE_LINES[1:]), 400),
     ("bad version", build(["OPTIONS sip:bob@example.com SIP/2"] + BASE_LINES[1:]), 400),
     ("HTTP request", build(["GET / HTTP/1.1", "Host: x"]), 400),
@@ -228,18 +273,21 @@ class ValidTableTests(SynchronousTestCase):
         """
         After a successful parse the typed accessors do not raise.
         """
-        for _, data in VALID:
+        for description, data in VALID:
             message = parseMessage(data)
-            message.callId
-            message.cseq
-            message.vias
-            message.fromAddr
-            message.toAddr
-            message.contacts
-            message.maxForwards
-            message.expires
-            message.routes
-            message.recordRoutes
+            values = (
+                message.callId,
+                message.cseq,
+                message.vias,
+                message.fromAddr,
+                message.toAddr,
+                message.contacts,
+                message.maxForwards,
+                message.expires,
+                message.routes,
+                message.recordRoutes,
+            )
+            self.assertTrue(values[2], description)
 
 
 class InvalidTableTests(SynchronousTestCase):
@@ -294,7 +342,9 @@ class ParseDetailsTests(SynchronousTestCase):
         Folded lines become one value with single spaces.
         """
         message = parseMessage(dict(VALID)["folded headers"])
-        self.assertEqual(message.headers.lines("via"), ["SIP/2.0/UDP pc.example.com ;branch=z9hG4bK74bf9"])
+        self.assertEqual(
+            message.headers.lines("via"), ["SIP/2.0/UDP pc.example.com ;branch=z9hG4bK74bf9"]
+        )
         self.assertEqual(message.headers.lines("from"), ["<sip:alice@example.com>;tag=1"])
         self.assertEqual(message.cseq, (1, "OPTIONS"))
 

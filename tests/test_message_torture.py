@@ -227,7 +227,8 @@ class ValidFactsTests(SynchronousTestCase):
         Extension transports are kept.
         """
         self.assertEqual(
-            [via.transport for via in parse("transports").vias], ["UDP", "SCTP", "TLS", "UNKNOWN", "TCP"]
+            [via.transport for via in parse("transports").vias],
+            ["UDP", "SCTP", "TLS", "UNKNOWN", "TCP"],
         )
 
     def test_mpart01(self) -> None:
@@ -318,9 +319,13 @@ class ValidFactsTests(SynchronousTestCase):
         noDelim = parse("via-received-param-no-delim").vias[0]
         self.assertEqual((noDelim.received, noDelim.branch), ("2001:db8::9:255", "z9hG4bKas3"))
         withDelim = parse("via-received-param-with-delim").vias[0]
-        self.assertEqual((withDelim.received, withDelim.branch), ("2001:db8::9:255", "z9hG4bKas3-111"))
+        self.assertEqual(
+            (withDelim.received, withDelim.branch), ("2001:db8::9:255", "z9hG4bKas3-111")
+        )
         mixed = parse("mult-ip-in-header").vias
-        self.assertEqual([via.host for via in mixed], ["2001:db8::9:1", "192.0.2.1", "2001:db8::9:255"])
+        self.assertEqual(
+            [via.host for via in mixed], ["2001:db8::9:1", "192.0.2.1", "2001:db8::9:255"]
+        )
         self.assertEqual(mixed[0].port, 6050)
         self.assertEqual(mixed[2].received, "192.0.2.200")
         mapped = parse("ipv4-mapped-ipv6")

@@ -19,7 +19,9 @@ class ParseSIPURITests(SynchronousTestCase):
         """
         User, password, host, port, parameters and headers are all read.
         """
-        uri = parseURI("sips:alice:secret@Example.COM:5061;transport=tls;lr;maddr=10.0.0.1?subject=hi&x=")
+        uri = parseURI(
+            "sips:alice:secret@Example.COM:5061;transport=tls;lr;maddr=10.0.0.1?subject=hi&x="
+        )
         self.assertEqual(uri.scheme, "sips")
         self.assertEqual(uri.user, "alice")
         self.assertEqual(uri.password, "secret")
@@ -34,7 +36,9 @@ class ParseSIPURITests(SynchronousTestCase):
         A URI may have just a host.
         """
         uri = parseURI("sip:example.com")
-        self.assertEqual((uri.user, uri.password, uri.host, uri.port), (None, None, "example.com", None))
+        self.assertEqual(
+            (uri.user, uri.password, uri.host, uri.port), (None, None, "example.com", None)
+        )
         self.assertEqual(uri.params, ())
 
     def test_schemeCaseInsensitive(self) -> None:
@@ -148,10 +152,18 @@ class OtherSchemeTests(SynchronousTestCase):
         Unknown schemes keep everything after the colon.
         """
         for text, scheme, opaque in [
-            ("nobodyKnowsThisScheme:totallyopaquecontent", "nobodyknowsthisscheme", "totallyopaquecontent"),
+            (
+                "nobodyKnowsThisScheme:totallyopaquecontent",
+                "nobodyknowsthisscheme",
+                "totallyopaquecontent",
+            ),
             ("soap.beep://192.0.2.103:3002", "soap.beep", "//192.0.2.103:3002"),
             ("isbn:2983792873", "isbn", "2983792873"),
-            ("urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6", "urn", "uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6"),
+            (
+                "urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+                "urn",
+                "uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+            ),
         ]:
             uri = parseURI(text)
             self.assertEqual((uri.scheme, uri.opaque, uri.host), (scheme, opaque, None))
@@ -197,7 +209,7 @@ class InvalidURITests(SynchronousTestCase):
             "sip:12",
             "sip:us%zzer@host",
             "sip:user@host%",
-            "sip:a\"b@host",
+            'sip:a"b@host',
             "tel:",
             "tel:abc xyz",
             "tel:12;",

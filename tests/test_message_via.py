@@ -19,7 +19,9 @@ class ParseViaTests(SynchronousTestCase):
         """
         Transport, host, port and the usual parameters are read.
         """
-        via = parseVia("SIP/2.0/udp pc33.example.com:5066;branch=z9hG4bK776asdhds;received=192.0.2.1;rport=5061;maddr=224.2.0.1;ttl=16")
+        via = parseVia(
+            "SIP/2.0/udp pc33.example.com:5066;branch=z9hG4bK776asdhds;received=192.0.2.1;rport=5061;maddr=224.2.0.1;ttl=16"
+        )
         self.assertEqual((via.protocol, via.version, via.transport), ("SIP", "2.0", "UDP"))
         self.assertEqual((via.host, via.port), ("pc33.example.com", 5066))
         self.assertEqual(via.branch, "z9hG4bK776asdhds")
@@ -41,14 +43,19 @@ class ParseViaTests(SynchronousTestCase):
         LWS is allowed around C{/}, C{:}, C{;} and C{=} (RFC 4475 wsinv).
         """
         via = parseVia("SIP  /   2.0 /UDP   192.0.2.2 : 5060  ;  branch  =   z9hG4bK9ikj8 ;rport")
-        self.assertEqual((via.transport, via.host, via.port, via.branch), ("UDP", "192.0.2.2", 5060, "z9hG4bK9ikj8"))
+        self.assertEqual(
+            (via.transport, via.host, via.port, via.branch),
+            ("UDP", "192.0.2.2", 5060, "z9hG4bK9ikj8"),
+        )
 
     def test_ipv6(self) -> None:
         """
         An IPv6 sent-by is held without brackets; C{received} may be given
         with or without brackets (RFC 5118 4.5).
         """
-        via = parseVia("SIP/2.0/UDP [2001:db8::9:1]:6050;received=2001:db8::9:255;branch=z9hG4bKas3")
+        via = parseVia(
+            "SIP/2.0/UDP [2001:db8::9:1]:6050;received=2001:db8::9:255;branch=z9hG4bKas3"
+        )
         self.assertEqual((via.host, via.port), ("2001:db8::9:1", 6050))
         self.assertEqual(via.received, "2001:db8::9:255")
         self.assertEqual(via.branch, "z9hG4bKas3")
@@ -60,7 +67,7 @@ class ParseViaTests(SynchronousTestCase):
         """
         Unknown transports and parameters are kept.
         """
-        via = parseVia("SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKx;alias;x-y=\"q v\"")
+        via = parseVia('SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKx;alias;x-y="q v"')
         self.assertEqual(via.transport, "WSS")
         self.assertEqual(via.params[1:], (("alias", None), ("x-y", '"q v"')))
         self.assertEqual(via.param("alias"), "")
@@ -126,9 +133,13 @@ class ViaObjectTests(SynchronousTestCase):
         """
         via = parseVia("SIP/2.0/UDP h;rport;branch=z9hG4bKx")
         updated = via.withParam("received", "192.0.2.9").withParam("rport", "5062")
-        self.assertEqual(str(updated), "SIP/2.0/UDP h;rport=5062;branch=z9hG4bKx;received=192.0.2.9")
+        self.assertEqual(
+            str(updated), "SIP/2.0/UDP h;rport=5062;branch=z9hG4bKx;received=192.0.2.9"
+        )
         self.assertEqual(updated.rport, 5062)
-        self.assertEqual(str(updated.withoutParam("received")), "SIP/2.0/UDP h;rport=5062;branch=z9hG4bKx")
+        self.assertEqual(
+            str(updated.withoutParam("received")), "SIP/2.0/UDP h;rport=5062;branch=z9hG4bKx"
+        )
 
     def test_build(self) -> None:
         """

@@ -88,13 +88,18 @@ class RegistrarTests(SynchronousTestCase):
 
     def makeRegistrar(self, store: Any, **policy: Any) -> Registrar:
         return Registrar(
-            store, self.clock, isLocalDomain=lambda host: host.lower() == "example.com",
-            serverId=3, policy=RegistrarPolicy(**policy), writes=PendingWrites(),
+            store,
+            self.clock,
+            isLocalDomain=lambda host: host.lower() == "example.com",
+            serverId=3,
+            policy=RegistrarPolicy(**policy),
+            writes=PendingWrites(),
             isConnected=self.connected.__contains__,
         )
 
-    def send(self, data: bytes, flow: FakeFlow | None = None,
-             registrar: Registrar | None = None) -> Response | None:
+    def send(
+        self, data: bytes, flow: FakeFlow | None = None, registrar: Registrar | None = None
+    ) -> Response | None:
         flow = flow or FakeFlow("udp", remote=("192.0.2.1", 40000))
         before = len(flow.sent)
         tx = StatelessTransaction(parseMessage(data), flow)  # type: ignore[arg-type]
@@ -116,8 +121,11 @@ class RegistrarTests(SynchronousTestCase):
         A REGISTER over UDP stores a binding with the request's facts, not
         bound to a connection, and the C{200} lists it with its expiry.
         """
-        response = self.send(register(["<sip:alice@192.0.2.1:5070>"],
-                                      extra="User-Agent: phone/1.0\r\nAllow: INVITE, BYE"))
+        response = self.send(
+            register(
+                ["<sip:alice@192.0.2.1:5070>"], extra="User-Agent: phone/1.0\r\nAllow: INVITE, BYE"
+            )
+        )
         assert response is not None
         self.assertEqual(response.status, 200)
         [contact] = response.contacts
@@ -152,8 +160,7 @@ class RegistrarTests(SynchronousTestCase):
         """
         A Contact's C{expires} parameter overrides the Expires header.
         """
-        self.send(register(["<sip:a@192.0.2.1>;expires=120", "<sip:b@192.0.2.1>"],
-                           expires=600))
+        self.send(register(["<sip:a@192.0.2.1>;expires=120", "<sip:b@192.0.2.1>"], expires=600))
         expiries = sorted(b.expires - START for b in self.bindings())
         self.assertEqual(expiries, [120, 600])
 
@@ -234,8 +241,10 @@ class RegistrarTests(SynchronousTestCase):
         self.assertEqual(response.status, 200)
         self.assertEqual(response.headers.values("Contact"), [])
         self.assertEqual(self.bindings(), [])
-        self.assertEqual(len(self.successResultOf(
-            self.store.lookup("carol@example.com", self.clock.seconds()))), 1)
+        self.assertEqual(
+            len(self.successResultOf(self.store.lookup("carol@example.com", self.clock.seconds()))),
+            1,
+        )
 
     def test_wildcardNeedsExpiresZero(self) -> None:
         """
@@ -255,8 +264,9 @@ class RegistrarTests(SynchronousTestCase):
         self.send(register(["<sip:a@192.0.2.1>;q=0.2", "<sip:b@192.0.2.1>;q=0.9"]))
         response = self.send(register([], cseq=2))
         assert response is not None
-        self.assertEqual([str(c.uri) for c in response.contacts],
-                         ["sip:b@192.0.2.1", "sip:a@192.0.2.1"])
+        self.assertEqual(
+            [str(c.uri) for c in response.contacts], ["sip:b@192.0.2.1", "sip:a@192.0.2.1"]
+        )
         self.assertEqual([c.param("q") for c in response.contacts], ["0.9", "0.2"])
 
     def test_foreignDomain(self) -> None:
@@ -264,8 +274,9 @@ class RegistrarTests(SynchronousTestCase):
         A REGISTER for a domain the server does not serve is answered as
         configured: C{403} by default, C{404} when asked.
         """
-        data = register(["<sip:a@192.0.2.1>"], uri="sip:elsewhere.org",
-                        to="<sip:alice@elsewhere.org>")
+        data = register(
+            ["<sip:a@192.0.2.1>"], uri="sip:elsewhere.org", to="<sip:alice@elsewhere.org>"
+        )
         response = self.send(data)
         assert response is not None
         self.assertEqual(response.status, 403)
@@ -288,10 +299,16 @@ class RegistrarTests(SynchronousTestCase):
         and an outbound registration gets C{Require: outbound}.
         """
         flow = FakeFlow("tcp", conid=5)
-        response = self.send(register(
-            ['<sip:a@192.0.2.1;transport=tcp>;+sip.instance="<urn:uuid:00000000-0000-1000'
-             '-8000-000A95A0E128>";reg-id=1'],
-            extra="Path: <sip:edge.example.com;lr>\r\nSupported: outbound, path"), flow)
+        response = self.send(
+            register(
+                [
+                    '<sip:a@192.0.2.1;transport=tcp>;+sip.instance="<urn:uuid:00000000-0000-1000'
+                    '-8000-000A95A0E128>";reg-id=1'
+                ],
+                extra="Path: <sip:edge.example.com;lr>\r\nSupported: outbound, path",
+            ),
+            flow,
+        )
         assert response is not None
         self.assertEqual(response.status, 200)
         self.assertEqual(response.headers.first("Path"), "<sip:edge.example.com;lr>")
@@ -329,8 +346,14 @@ class RegistrarTests(SynchronousTestCase):
         """
         store = SlowStore(self.clock)
         writes = PendingWrites()
-        registrar = Registrar(store, self.clock, isLocalDomain=lambda h: True, serverId=3,
-                              writes=writes, isConnected=self.connected.__contains__)
+        registrar = Registrar(
+            store,
+            self.clock,
+            isLocalDomain=lambda h: True,
+            serverId=3,
+            writes=writes,
+            isConnected=self.connected.__contains__,
+        )
         flow = FakeFlow("tcp", conid=5)
         tx = StatelessTransaction(parseMessage(register(["<sip:a@192.0.2.1>"])), flow)  # type: ignore[arg-type]
         d = registrar(tx)
@@ -369,7 +392,8 @@ class RegistrarTests(SynchronousTestCase):
         """
         from sipcore.message import parseURI
 
-        self.assertEqual(contactKey(parseURI("SIP:a@HOST;transport=tcp;foo=1")),
-                         contactKey(parseURI("sip:a@host;transport=TCP")))
-        self.assertNotEqual(contactKey(parseURI("sip:A@host")),
-                            contactKey(parseURI("sip:a@host")))
+        self.assertEqual(
+            contactKey(parseURI("SIP:a@HOST;transport=tcp;foo=1")),
+            contactKey(parseURI("sip:a@host;transport=TCP")),
+        )
+        self.assertNotEqual(contactKey(parseURI("sip:A@host")), contactKey(parseURI("sip:a@host")))

@@ -310,8 +310,9 @@ class InviteClientTransactionTests(_ClientMixin, SynchronousTestCase):
 
     def setUp(self) -> None:
         self.setUpClient()
-        self.request = makeRequest(extra="Route: <sip:p1.example.com;lr>\r\n"
-                                   "Route: <sip:p2.example.com;lr>\r\n")
+        self.request = makeRequest(
+            extra="Route: <sip:p1.example.com;lr>\r\nRoute: <sip:p2.example.com;lr>\r\n"
+        )
 
     def test_startsCalling(self) -> None:
         """
@@ -445,8 +446,11 @@ class InviteClientTransactionTests(_ClientMixin, SynchronousTestCase):
         tx = self.send(self.request)
         self._failure(tx)
         self.clock.advance(2)
-        self.assertTrue(self.layer.responseReceived(
-            makeResponse(self.request, 486, toTag="callee-1"), self.flow))
+        self.assertTrue(
+            self.layer.responseReceived(
+                makeResponse(self.request, 486, toTag="callee-1"), self.flow
+            )
+        )
         self.assertEqual(len(self.tu.events), 1)
         self.assertEqual([m.method for m in self.flow.messages()], ["INVITE", "ACK", "ACK"])
         self.assertEqual(self.flow.sent[1][1], self.flow.sent[2][1])
@@ -1753,8 +1757,7 @@ class ClientMatchingTests(_ClientMixin, SynchronousTestCase):
         self.assertEqual(inviteTx.state, CALLING)
         self.layer.responseReceived(makeResponse(invite, 487), self.flow)
         self.assertEqual(inviteTx.state, COMPLETED)
-        self.assertEqual([(e[2], e[3]) for e in self.tu.events],
-                         [(200, cancelTx), (487, inviteTx)])
+        self.assertEqual([(e[2], e[3]) for e in self.tu.events], [(200, cancelTx), (487, inviteTx)])
 
     def test_duplicateRefused(self) -> None:
         """
@@ -1858,8 +1861,9 @@ class RobustnessTests(SynchronousTestCase):
         tx = self.layer.sendRequest(request, self.flow, None, self.tu)
         self.assertTrue(self.layer.responseReceived(makeResponse(request, 200), self.flow))
         self.assertEqual(tx.state, COMPLETED)
-        tx2 = self.layer.sendRequest(makeRequest("OPTIONS", branch="z9hG4bK-x"),
-                                     self.flow, None, self.tu)
+        tx2 = self.layer.sendRequest(
+            makeRequest("OPTIONS", branch="z9hG4bK-x"), self.flow, None, self.tu
+        )
         self.clock.advance(32)
         self.assertEqual(tx2.state, TERMINATED)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
@@ -1882,6 +1886,7 @@ class RobustnessTests(SynchronousTestCase):
         """
         A flow raising in C{sendTo} counts as a transport error.
         """
+
         def boom(data: bytes, address: Any) -> bool:
             raise OSError("boom")
 
@@ -1939,8 +1944,7 @@ class NoTimerLeakTests(SynchronousTestCase):
                 layer.responseReceived(makeResponse(request, status), flow)
                 server.respond(makeResponse(request, status))
             if statuses and statuses[-1] >= 300 and method == "INVITE":
-                layer.requestReceived(buildAckForNon2xx(request, makeResponse(request, 486)),
-                                      flow)
+                layer.requestReceived(buildAckForNon2xx(request, makeResponse(request, 486)), flow)
             clock.advance(40)
             self.assertEqual(client.state, TERMINATED, (transport, method, statuses))
             self.assertEqual(server.state, TERMINATED, (transport, method, statuses))

@@ -506,9 +506,7 @@ class LoopbackTests(TestCase):
         yield deferLater(reactor, 0, lambda: None)
         self.assertEvents(tcpConid, [TCP_CONNECTED, TCP_CLOSED])
         self.assertEvents(wsConid, WS_OPEN_AND_CLOSE + [TCP_CLOSED])
-        self.assertEqual(
-            [e.reason for e in self.bus.named(TCP_CLOSED)], ["server shutdown"] * 2
-        )
+        self.assertEqual([e.reason for e in self.bus.named(TCP_CLOSED)], ["server shutdown"] * 2)
         self.assertEqual(self.bus.named(WEBSOCKET_CLOSED)[0].wsCode, 1001)
         yield tcpClient.lost.addTimeout(WAIT, reactor)
         _, code, _ = yield wsClient.closed.addTimeout(WAIT, reactor)

@@ -104,7 +104,10 @@ class ParseListenTests(SynchronousTestCase):
             ("tcp:5060:=x", "expected key=value"),
             ("tls:5061", "needs privateKey"),
             ("wss:5061:certKey=" + self.cert, "needs privateKey"),
-            ("tls:5061:privateKey=/nonexistent/key.pem", "privateKey file '/nonexistent/key.pem' not found"),
+            (
+                "tls:5061:privateKey=/nonexistent/key.pem",
+                "privateKey file '/nonexistent/key.pem' not found",
+            ),
             (
                 "tls:5061:privateKey={}:certKey=/nonexistent/c.pem".format(self.key),
                 "certKey file '/nonexistent/c.pem' not found",
@@ -134,7 +137,9 @@ class UDPMemoryReactor(MemoryReactorClock):
         super().__init__()
         self.udpServers: list[tuple[int, Any, str]] = []
 
-    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> Any:
         self.udpServers.append((port, protocol, interface))
         return FakeUDPPort(port or 40404, interface)
 

@@ -62,7 +62,9 @@ class StreamTestsMixin:
             closeGrace=5.0,
         )
 
-    def connect(self, local: Any = LOCAL, peer: Any = PEER) -> tuple[SIPStreamProtocol, AbortableTransport]:
+    def connect(
+        self, local: Any = LOCAL, peer: Any = PEER
+    ) -> tuple[SIPStreamProtocol, AbortableTransport]:
         protocol = self.factory.buildProtocol(peer)
         transport = AbortableTransport(hostAddress=local, peerAddress=peer)
         protocol.makeConnection(transport)
@@ -232,9 +234,7 @@ class StreamCloseTests(StreamTestsMixin, SynchronousTestCase):
         self.clock.advance(0.1)
         self.assertTrue(transport.aborted)
         self.lose(protocol, ConnectionAborted())
-        self.assertClosedWith(
-            protocol, TCP_CLOSED, "closed by server (peer did not close in time)"
-        )
+        self.assertClosedWith(protocol, TCP_CLOSED, "closed by server (peer did not close in time)")
 
     def test_reset(self) -> None:
         """

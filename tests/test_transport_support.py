@@ -35,7 +35,9 @@ class RecordingBus:
 
     def __init__(self) -> None:
         self.events: list[ConnectionEvent] = []
-        self._waiters: list[tuple[Callable[[ConnectionEvent], bool], Deferred[ConnectionEvent]]] = []
+        self._waiters: list[
+            tuple[Callable[[ConnectionEvent], bool], Deferred[ConnectionEvent]]
+        ] = []
 
     def fire(self, event: ConnectionEvent) -> Deferred[None]:
         self.events.append(event)

@@ -67,15 +67,14 @@ class DatagramTests(SynchronousTestCase):
         """
         C{startProtocol} asks for the configured C{SO_RCVBUF}.
         """
-        self.assertEqual(
-            self.transport.sock.options, [(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
-        )
+        self.assertEqual(self.transport.sock.options, [(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
 
     def test_receiveBufferBestEffort(self) -> None:
         """
         A socket that refuses the option, or a transport without a handle,
         does not stop the protocol.
         """
+
         class NoHandle:
             def getHost(self) -> IPv4Address:
                 return IPv4Address("UDP", "127.0.0.1", 5060)

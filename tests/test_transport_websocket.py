@@ -423,7 +423,9 @@ class CloseTests(WebSocketTestsMixin, SynchronousTestCase):
         self.assertEvents(
             protocol, [TCP_CONNECTED, WEBSOCKET_CONNECTED, WEBSOCKET_CLOSED, TCP_CLOSED]
         )
-        self.assertEqual(self.event(TCP_CLOSED).reason, "closed by server (no close frame in reply)")
+        self.assertEqual(
+            self.event(TCP_CLOSED).reason, "closed by server (no close frame in reply)"
+        )
 
     def test_serverCloseThenDrop(self) -> None:
         """

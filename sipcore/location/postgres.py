@@ -470,9 +470,13 @@ class PostgresLocationStore:
         (C{"lookup"}, C{"save"}, C{"remove"}, C{"removeConnections"},
         C{"removeExpired"}, C{"purgeServer"}).  Calls with nothing to do
         (no bindings, no ruids, no conids) send nothing and count nothing.
-    @ivar pool: the C{txpostgres.ConnectionPool} while started, else
-        C{None}.  Handlers that own tables of their own may run statements
-        on it (L{sipcore.interfaces.IHandlerContext.dbPool}).
+    @ivar pool: the C{txpostgres.ConnectionPool} (built at construction,
+        connected by L{start}).  Handlers that own tables of their own may
+        run statements on it (L{sipcore.interfaces.IHandlerContext.dbPool});
+        its calls go to live connections, are bounded by C{operationTimeout},
+        and fail with C{txpostgres.reconnection.ConnectionDead} while no
+        connection is alive (or before L{start}).  A L{start} after L{close}
+        builds a new pool.
     """
 
     _log = Logger()
@@ -541,7 +545,9 @@ class PostgresLocationStore:
         self._retryImmediately = retryImmediately
         self._random = random.Random()
         self.statementCount: Counter[str] = Counter()
-        self.pool: _Pool | None = None
+        self.pool = _Pool(self, reactor, minConnections)
+        self._running = False
+        self._poolUsed = False
         self._alive: set[_Connection] = set()
         self._state: bool | None = None
         self._starting = False
@@ -566,15 +572,19 @@ class PostgresLocationStore:
             is away, the store logs C{database unavailable} and keeps trying
             in the background (see L{available}).
         """
-        if self.pool is not None:
+        if self._running:
             return defer.succeed(None)
-        pool = self.pool = _Pool(self, self._reactor, self._size)
+        if self._poolUsed:
+            # Closed before: its connections are stopped for good.
+            self.pool = _Pool(self, self._reactor, self._size)
+        pool = self.pool
+        self._running = self._poolUsed = True
         self._starting = True
         attempts = [self._startConnection(conn) for conn in pool.allConnections]
 
         def started(ignored: object) -> None:
             self._starting = False
-            if self.pool is pool and not self._alive:
+            if self._running and self.pool is pool and not self._alive:
                 self._setAvailable(False)
 
         return defer.DeferredList(attempts, consumeErrors=True).addCallback(started)
@@ -586,9 +596,10 @@ class PostgresLocationStore:
 
         @return: L{Deferred} firing with C{None}.
         """
-        pool, self.pool = self.pool, None
-        if pool is None:
+        if not self._running:
             return defer.succeed(None)
+        self._running = False
+        pool = self.pool
         for conn in pool.allConnections:
             conn.detector.stop()
         self._alive.clear()
@@ -692,7 +703,7 @@ class PostgresLocationStore:
 
     def _run(self, kind: str, method: str, statement: str, params: Any) -> defer.Deferred[Any]:
         pool = self.pool
-        if pool is None:
+        if not self._running:
             return defer.fail(StoreUnavailable("the location store is not started"))
         if not self._alive:
             return defer.fail(StoreUnavailable("database unavailable: " + self._lastError))
@@ -795,7 +806,7 @@ class PostgresLocationStore:
         return self._open(conn).addCallbacks(opened, failed)
 
     def _connectionMade(self, conn: _Connection) -> None:
-        if self.pool is None or conn not in self.pool.allConnections:
+        if not self._running or conn not in self.pool.allConnections:
             return
         self._alive.add(conn)
         self._setAvailable(True)
@@ -803,7 +814,7 @@ class PostgresLocationStore:
     def _connectionLost(self, conn: _Connection, f: Failure) -> None:
         self._alive.discard(conn)
         self._lastError = _describe(f)
-        if not self._alive and not self._starting and self.pool is not None:
+        if not self._alive and not self._starting and self._running:
             self._setAvailable(False)
 
     def _reconnectFailed(self, f: Failure) -> None:

@@ -10,6 +10,7 @@ matching is linear in the input length (no catastrophic backtracking).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from sipcore.message.errors import SIPParseError
 
@@ -27,7 +28,8 @@ DISPLAY_TOKENS = re.compile("[" + TOKEN_CHARS + "]+(?:[ \t]+[" + TOKEN_CHARS + "
 
 _QUOTED_PAIR = re.compile(r"\\(.)", re.S)
 
-Params = tuple[tuple[str, "str | None"], ...]
+#: Parameters as C{(name, value)} pairs; objects store them as a tuple.
+Params = Sequence[tuple[str, "str | None"]]
 
 
 def skipWhitespace(text: str, pos: int) -> int:
@@ -85,10 +87,10 @@ def parseParams(text: str, pos: int, what: str) -> tuple[tuple[str, str | None],
     @raise SIPParseError: on an empty parameter, a bad name or value, an
         unterminated quoted string, or anything else left over.
     """
-    params = []
+    params: list[tuple[str, str | None]] = []
     match = _PARAM.match(text, pos)
     while match is not None:
-        params.append(match.group(1, 2))
+        params.append((match.group(1), match.group(2)))
         pos = match.end()
         match = _PARAM.match(text, pos)
     if skipWhitespace(text, pos) != len(text):
@@ -100,7 +102,9 @@ def formatParams(params: Params) -> str:
     """
     Serialize parameters as C{;name=value} pairs.
     """
-    return "".join(";" + name if value is None else ";" + name + "=" + value for name, value in params)
+    return "".join(
+        ";" + name if value is None else ";" + name + "=" + value for name, value in params
+    )
 
 
 def findParam(params: Params, name: str) -> tuple[bool, str | None]:
@@ -116,7 +120,9 @@ def findParam(params: Params, name: str) -> tuple[bool, str | None]:
     return False, None
 
 
-def replaceParam(params: Params, name: str, value: str | None) -> Params:
+def replaceParam(
+    params: Params, name: str, value: str | None
+) -> tuple[tuple[str, str | None], ...]:
     """
     @return: C{params} with every parameter called C{name} (any case)
         removed and C{(name, value)} put where the first one was, or at
@@ -137,7 +143,7 @@ def replaceParam(params: Params, name: str, value: str | None) -> Params:
     return tuple(out)
 
 
-def removeParam(params: Params, name: str) -> Params:
+def removeParam(params: Params, name: str) -> tuple[tuple[str, str | None], ...]:
     """
     @return: C{params} without any parameter called C{name} (any case).
     """

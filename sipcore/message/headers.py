@@ -311,9 +311,7 @@ class Headers:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        return [entry[0::2] for entry in self._entries] == [
-            entry[0::2] for entry in other._entries
-        ]
+        return [entry[0::2] for entry in self._entries] == [entry[0::2] for entry in other._entries]
 
     def __repr__(self) -> str:
         return "Headers({!r})".format(self.items())

@@ -490,4 +490,3 @@ class Response(_Message):
                     entries.append((key, prettyName(key), value))
                     break
         return cls(status, reason, headers)
-

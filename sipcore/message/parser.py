@@ -71,15 +71,16 @@ def _splitHeaders(
     error: SIPParseError | None = None
     logical: list[str] = lines
     if folded:
-        logical = []
+        groups: list[list[str]] = []
         for line in lines:
             if line[:1] in (" ", "\t"):
-                if not logical:
+                if not groups:
                     error = error or SIPParseError("Continuation line before any header")
                     continue
-                logical[-1] += "\r\n" + line
+                groups[-1].append(line)
             else:
-                logical.append(line)
+                groups.append([line])
+        logical = ["\r\n".join(group) for group in groups]
     if len(logical) > maxHeaders:
         raise SIPParseError("Too many headers")
     entries: list[tuple[str, str, str]] = []
@@ -127,7 +128,9 @@ def _parseStartLine(line: str, headers: Headers) -> tuple[_Message | None, SIPPa
     if len(parts) != 3 or not all(parts):
         words = line.split()
         if len(words) >= 3 and words[-1][:4].upper() == "SIP/" and TOKEN.fullmatch(words[0]):
-            partial = Request(words[0], invalidURI(" ".join(words[1:-1])), headers, version=words[-1])
+            partial = Request(
+                words[0], invalidURI(" ".join(words[1:-1])), headers, version=words[-1]
+            )
             return partial, SIPParseError("Invalid Request-Line")
         return None, SIPParseError("Invalid Request-Line")
     method, uriText, version = parts
@@ -178,19 +181,19 @@ def _validate(message: _Message, entries: list[tuple[str, str, str]]) -> None:
     number, method = message.cseq
     if isinstance(message, Request) and method != message.method:
         raise SIPParseError("CSeq method does not match the request")
-    message.vias
-    message.fromAddr
-    message.toAddr
+    _ = message.vias
+    _ = message.fromAddr
+    _ = message.toAddr
     if "max-forwards" in counts:
-        message.maxForwards
+        _ = message.maxForwards
     if "expires" in counts:
-        message.expires
+        _ = message.expires
     if "contact" in counts:
-        message.contacts
+        _ = message.contacts
     if "route" in counts:
-        message.routes
+        _ = message.routes
     if "record-route" in counts:
-        message.recordRoutes
+        _ = message.recordRoutes
     if "date" in counts:
         for value in message.headers.lines("date"):
             if _DATE.fullmatch(value) is None:

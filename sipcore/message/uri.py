@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
@@ -82,7 +83,7 @@ class URI:
     host: str | None = None
     port: int | None = None
     params: Params = ()
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: Sequence[tuple[str, str]] = ()
     opaque: str | None = None
     _raw: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
