@@ -32,12 +32,15 @@ class SIPCoreService(Service):
     @ivar listeners: the listener services, started last and stopped first.
     @ivar handlers: the enabled L{IEventHandler} providers, in order.
     @ivar queues: the job queues made for handlers (filled as they start).
+    @ivar startFailure: the L{Failure} that stopped the start, if any (it
+        is logged, and the reactor is stopped when running).
     @ivar registrar: the registrar, when the composition root sets one.
     @ivar writes: the L{sipcore.location.ordering.PendingWrites} tracker.
     """
 
     registrar: Any = None
     writes: Any = None
+    startFailure: Any = None
 
     _log = Logger()
 
@@ -83,6 +86,7 @@ class SIPCoreService(Service):
         return self.ready
 
     def _startFailed(self, failure: Any) -> None:
+        self.startFailure = failure
         self._log.failure("sipcore failed to start", failure)
         stop = getattr(self.reactor, "stop", None)
         if stop is not None and getattr(self.reactor, "running", False):
@@ -164,6 +168,9 @@ class SIPCoreService(Service):
             if listener.running:
                 await self._safely("stop listener", listener.stopService)
         await self._safely("close connections", self.table.closeAll)
+        transactions = getattr(self.core, "transactions", None)
+        if transactions is not None:
+            await self._safely("end transactions", transactions.terminateAll)
         await self._safely("deliver pending events", self.bus.drain)
         if self._expiry is not None and self._expiry.running:
             self._expiry.stop()

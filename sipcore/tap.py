@@ -9,6 +9,7 @@ C{MemoryReactor}.
 
 from __future__ import annotations
 
+import copy
 import sys
 from typing import Any
 
@@ -131,6 +132,8 @@ class Options(usage.Options):
             self["listen"] = list(DEFAULT_LISTEN)
         if self["foreign-domain-status"] not in (403, 404):
             raise usage.UsageError("--foreign-domain-status must be 403 or 404")
+        if self["db-init"] and not self["db"]:
+            raise usage.UsageError("--db-init needs --db")
         if self["min-expires"] > self["max-expires"]:
             raise usage.UsageError("--min-expires must not exceed --max-expires")
         if not self["domain"]:
@@ -175,7 +178,7 @@ def buildService(options: Options, reactor: Any) -> Any:
     from sipcore.events.bus import EventBus
     from sipcore.location import MemoryLocationStore
     from sipcore.location.ordering import PendingWrites
-    from sipcore.plugin import HandlerContext
+    from sipcore.plugin import HandlerContext, LazyHandler
     from sipcore.service import SIPCoreService
     from sipcore.sip.core import SIPCore
     from sipcore.sip.registrar import Registrar, RegistrarPolicy
@@ -183,7 +186,12 @@ def buildService(options: Options, reactor: Any) -> Any:
     from sipcore.transport.listen import ListenerService
 
     names = options.handlerNames()
-    handlers = selectHandlers(findHandlers(), names)
+    # Plugin descriptors are module-level objects: give this service its
+    # own copies, so two services in one process never share a started one.
+    handlers = [
+        copy.copy(h) if isinstance(h, LazyHandler) else h
+        for h in selectHandlers(findHandlers(), names)
+    ]
     stray = sorted(set(options["handler-option"]) - set(names))
     if stray:
         raise HandlerConfigError(

@@ -13,13 +13,21 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 
 from sipcore.events import TCP_CLOSED, ConnectionEvent
 from sipcore.interfaces import IEventBus, IFlow
 from sipcore.location import MemoryLocationStore
 
-__all__ = ["FakeFlow", "MemoryLocationStore", "RecordingBus", "connectionEvent"]
+__all__ = [
+    "FakeFlow",
+    "MemoryLocationStore",
+    "RecordingBus",
+    "UDPMemoryReactor",
+    "connectionEvent",
+]
 
 
 @implementer(IFlow)
@@ -119,3 +127,37 @@ def connectionEvent(name: str = TCP_CLOSED, conid: int = 1, **fields: Any) -> Co
     }
     values.update(fields)
     return ConnectionEvent(name=name, conid=conid, **values)
+
+
+class UDPMemoryReactor(MemoryReactorClock):
+    """
+    A L{MemoryReactorClock} that also fakes C{listenUDP}, so a whole
+    sipcore service can be built and started on it.
+
+    @ivar udpServers: C{list} of C{(port, protocol, interface)}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udpServers: list[tuple[int, Any, str]] = []
+
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> Any:
+        self.udpServers.append((port, protocol, interface))
+        return _FakeUDPPort(port or 40404, interface)
+
+
+class _FakeUDPPort:
+    def __init__(self, port: int, interface: str) -> None:
+        self.port = port
+        self.interface = interface
+        self.stopped = False
+
+    def getHost(self) -> Any:
+        if ":" in self.interface:
+            return IPv6Address("UDP", self.interface, self.port)
+        return IPv4Address("UDP", self.interface or "0.0.0.0", self.port)
+
+    def stopListening(self) -> None:
+        self.stopped = True

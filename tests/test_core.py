@@ -241,3 +241,22 @@ class CoreTests(SynchronousTestCase):
         """
         self.core.messageReceived(request(), self.flow)
         parseMessage(self.flow.sent[0][0])
+
+
+class MalformedWithoutHeadersTests(SynchronousTestCase):
+    """
+    A malformed request is answered only when it carries what a response
+    needs.
+    """
+
+    def test_noViaNoAnswer(self) -> None:
+        """
+        A rejected request without Via is dropped, not answered with a
+        response that has no Via.
+        """
+        core = SIPCore(Clock(), domains=["example.com"])
+        flow = FakeFlow("tcp", conid=1)
+        core.messageRejected(b"INVITE sip:x SIP/2.0\r\nContent-Length: -5\r\n\r\n",
+                             "Invalid Content-Length", flow)
+        self.assertEqual(flow.sent, [])
+        self.assertEqual(core.stats["dropped"], 1)

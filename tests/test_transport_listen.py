@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError
-from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
+from sipcore.testing import UDPMemoryReactor
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.listen import DEFAULT_LISTEN, ListenerService, ListenSpec, parseListen
 from sipcore.transport.stream import SIPStreamFactory
@@ -126,37 +125,6 @@ class ParseListenTests(SynchronousTestCase):
         self.assertEqual(
             [(s.transport, s.port) for s in specs], [("udp", 5060), ("tcp", 5060), ("ws", 8080)]
         )
-
-
-class UDPMemoryReactor(MemoryReactorClock):
-    """
-    A memory reactor that also fakes C{listenUDP}.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.udpServers: list[tuple[int, Any, str]] = []
-
-    def listenUDP(
-        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
-    ) -> Any:
-        self.udpServers.append((port, protocol, interface))
-        return FakeUDPPort(port or 40404, interface)
-
-
-class FakeUDPPort:
-    def __init__(self, port: int, interface: str) -> None:
-        self.port = port
-        self.interface = interface
-        self.stopped = False
-
-    def getHost(self) -> Any:
-        if ":" in self.interface:
-            return IPv6Address("UDP", self.interface, self.port)
-        return IPv4Address("UDP", self.interface or "0.0.0.0", self.port)
-
-    def stopListening(self) -> None:
-        self.stopped = True
 
 
 class FailingReactor(UDPMemoryReactor):

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -30,6 +31,9 @@ ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "MESSAGE", "IN
          "UPDATE", "PRACK", "SUBSCRIBE", "NOTIFY", "REFER")
 
 SERVER = "sipcore/" + __version__
+
+#: What a malformed request must carry to be answered (RFC 3261 8.2.6).
+_ANSWERABLE = ("Via", "From", "To", "Call-ID", "CSeq")
 
 ResponseHandler = Callable[[Response, IFlow], None]
 
@@ -70,6 +74,10 @@ class ServerTransactionLike(Protocol):
 
 
 RequestHandler = Callable[[ServerTransactionLike], object]
+
+#: A guard (L{SIPCore.addGuard}): returns C{True} (or a Deferred firing
+#: with it) to let the request go on, C{False} once it has answered it.
+RequestGuard = Callable[[ServerTransactionLike], "bool | defer.Deferred[bool]"]
 AckHandler = Callable[[Request, IFlow], object]
 
 
@@ -129,6 +137,10 @@ class SIPCore:
         if transactions is None:
             transactions = TransactionLayer(clock, self)
         self.transactions = transactions
+        # security: guards run before a request's handler (authentication);
+        # the limiter may refuse a message before it is parsed (rate limit).
+        self._guards: list[RequestGuard] = []
+        self.limiter: Any = None
 
     # -- configuration -----------------------------------------------------
 
@@ -158,6 +170,16 @@ class SIPCore:
         """
         self._responseHandler = handler
 
+    def addGuard(self, guard: RequestGuard) -> None:
+        """
+        Run C{guard(transaction)} on every new request before its handler
+        (after the core's own checks and answers, e.g. to C{OPTIONS} for
+        the server itself).  Guards run in the order added; the first to
+        answer C{False} stops the request: it has answered it.  A guard
+        that raises or fails gets the request answered C{500}.
+        """
+        self._guards.append(guard)
+
     def isLocal(self, host: str | None, flow: IFlow | None = None) -> bool:
         """
         Whether C{host} names this server: one of its domains or the local
@@ -174,6 +196,9 @@ class SIPCore:
 
     def messageReceived(self, data: bytes, flow: IFlow) -> None:
         self.stats["received"] += 1
+        if self.limiter is not None and not self.limiter.admit(data, flow):
+            self.stats["rateLimited"] += 1
+            return
         try:
             message = parseMessage(data, maxSize=self.maxSize)
         except SIPParseError as e:
@@ -209,7 +234,9 @@ class SIPCore:
         the parsed part holds what a response needs; drop it otherwise.
         """
         request = error.partial
-        if isinstance(request, Request):
+        if isinstance(request, Request) and all(
+            name in request.headers for name in _ANSWERABLE
+        ):
             try:
                 response = Response.forRequest(request, error.status, error.reason)
                 response.headers.set("Server", SERVER)
@@ -302,7 +329,33 @@ class SIPCore:
         if handler is None:
             self.respond(tx, 501, "Not Implemented")
             return
+        if self._guards:
+            self._guarded(tx, handler)
+            return
         handler(tx)
+
+    def _guarded(self, tx: ServerTransactionLike, handler: RequestHandler) -> None:
+        """
+        Run the guards, then C{handler} if every guard let the request on.
+        """
+        d: defer.Deferred[bool] = defer.succeed(True)
+        for guard in self._guards:
+            d.addCallback(lambda go, guard=guard: go and guard(tx))
+
+        def done(go: bool) -> None:
+            if go:
+                handler(tx)
+
+        def failed(failure: Any) -> None:
+            self.stats["errors"] += 1
+            self._log.failure("a guard or handler failed on a {method} from {peer}",
+                              failure, method=tx.request.method, peer=tx.flow.remote)
+            try:
+                self.respond(tx, 500, "Server Internal Error")
+            except Exception:
+                pass
+
+        d.addCallback(done).addErrback(failed)
 
     def _dispatchResponse(self, response: Response, flow: IFlow) -> None:
         if self.transactions.responseReceived(response, flow):

@@ -35,8 +35,10 @@ from sipcore.events import (
 from sipcore.interfaces import IFlow
 
 __all__ = [
+    "ConnectionRefused",
     "ConnectionTable",
     "ShuttingDown",
+    "TooManyConnections",
     "StreamFlow",
     "addressOf",
 ]
@@ -50,10 +52,24 @@ DEFAULT_CLOSE_GRACE = 2.0
 _conids = itertools.count(1)
 
 
-class ShuttingDown(Exception):
+class ConnectionRefused(Exception):
+    """
+    L{ConnectionTable.add} refused a connection: the caller must drop it,
+    and no connection event fires for it (it never opened).
+    """
+
+
+class ShuttingDown(ConnectionRefused):
     """
     L{ConnectionTable.add} refused a connection because the table is
     closing every connection (server shutdown).
+    """
+
+
+class TooManyConnections(ConnectionRefused):
+    """
+    L{ConnectionTable.add} refused a connection because a connection limit
+    (in total, or from one source address) is reached.
     """
 
 
@@ -163,6 +179,13 @@ class ConnectionTable:
     @ivar closed: C{dict} from each close event name (L{CLOSE_EVENTS}) to the
         number of connections that ended with it.
     @ivar refused: C{int}, connections refused during shutdown.
+    @ivar refusedByLimit: C{dict} with the connections refused because
+        C{maxConnections} (key C{"total"}) or C{maxPerSource} (key
+        C{"perSource"}) was reached.
+    @ivar maxConnections: the most live connections at once (C{0}: no
+        limit).
+    @ivar maxPerSource: the most live connections from one source address
+        (C{0}: no limit).
     @ivar shuttingDown: C{True} once L{closeAll} was called: new connections
         are refused from then on.
     """
@@ -175,6 +198,9 @@ class ConnectionTable:
         clock: IReactorTime,
         serverId: int = 0,
         closeGrace: float = DEFAULT_CLOSE_GRACE,
+        maxConnections: int = 0,
+        maxPerSource: int = 0,
+        logInterval: float = 60.0,
     ) -> None:
         """
         @param bus: an L{sipcore.interfaces.IEventBus} provider (only C{fire}
@@ -184,7 +210,14 @@ class ConnectionTable:
         @param serverId: this node's C{server_id}, copied into every event.
         @param closeGrace: seconds L{closeAll} lets a connection close
             gracefully before aborting it.
+        @param maxConnections: the most live connections (C{0}: no limit).
+        @param maxPerSource: the most live connections from one source
+            address (C{0}: no limit).
+        @param logInterval: seconds between two log lines about refusals
+            from the same source.
         """
+        from sipcore.sip.limits import LogThrottle
+
         self._bus = bus
         self._clock = clock
         self.serverId = serverId
@@ -192,6 +225,11 @@ class ConnectionTable:
         self._entries: dict[int, _Entry] = {}
         self.opened = 0
         self.refused = 0
+        self.maxConnections = maxConnections
+        self.maxPerSource = maxPerSource
+        self.refusedByLimit: dict[str, int] = {"total": 0, "perSource": 0}
+        self._perSource: dict[str, int] = {}
+        self._throttle = LogThrottle(clock, logInterval)
         self.closed: dict[str, int] = {name: 0 for name in CLOSE_EVENTS}
         self.shuttingDown = False
         self._drained: list[Deferred[None]] = []
@@ -233,10 +271,19 @@ class ConnectionTable:
             in this process.
         @raise ShuttingDown: if L{closeAll} was called; the caller must drop
             the connection (no event fires for it).
+        @raise TooManyConnections: if C{maxConnections} connections are
+            live, or C{maxPerSource} from the flow's source address; the
+            caller must drop the connection (no event fires for it).
         """
         if self.shuttingDown:
             self.refused += 1
             raise ShuttingDown("server is shutting down")
+        source = flow.remote[0]
+        if self.maxConnections and len(self._entries) >= self.maxConnections:
+            self._refuseByLimit("total", source, self.maxConnections)
+        if self.maxPerSource and self._perSource.get(source, 0) >= self.maxPerSource:
+            self._refuseByLimit("perSource", source, self.maxPerSource)
+        self._perSource[source] = self._perSource.get(source, 0) + 1
         conid = next(_conids)
         now = self._clock.seconds()
         entry = _Entry(flow, flow.transport, flow.local, flow.remote, now)
@@ -295,6 +342,11 @@ class ConnectionTable:
         entry = self._entries.pop(conid, None)
         if entry is None:
             return False
+        left = self._perSource.get(entry.remote[0], 1) - 1
+        if left > 0:
+            self._perSource[entry.remote[0]] = left
+        else:
+            self._perSource.pop(entry.remote[0], None)
         if entry.shutdownReason is not None:
             kind = TCP_CLOSED
             reason = entry.shutdownReason
@@ -359,7 +411,27 @@ class ConnectionTable:
             )
         return d
 
+    def connectionsFrom(self, host: str) -> int:
+        """
+        @return: the number of live connections from source address C{host}.
+        """
+        return self._perSource.get(host, 0)
+
     # -- internals --------------------------------------------------------
+
+    def _refuseByLimit(self, which: str, source: str, limit: int) -> None:
+        self.refusedByLimit[which] += 1
+        suppressed = self._throttle.hit((which, source))
+        if suppressed is not None:
+            self._log.warn(
+                "connection from {source} refused: {what} limit of {limit} reached "
+                "({suppressed} more refused since the last report)",
+                source=source,
+                what="connection" if which == "total" else "per-source connection",
+                limit=limit,
+                suppressed=suppressed,
+            )
+        raise TooManyConnections("{} connection limit {} reached".format(which, limit))
 
     def _abortRemaining(self) -> None:
         """

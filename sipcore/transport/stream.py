@@ -23,13 +23,14 @@ from sipcore.message.errors import SIPParseError
 from sipcore.message.framing import DEFAULT_MAX_SIZE, PING, StreamFramer
 from sipcore.transport.connections import (
     ConnectionTable,
-    ShuttingDown,
+    ConnectionRefused,
     StreamFlow,
     addressOf,
 )
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MESSAGE_TIMEOUT",
     "SIPStreamFactory",
     "SIPStreamProtocol",
     "classifyLoss",
@@ -39,6 +40,13 @@ __all__ = [
 #: C{tcp:timeout}.  Clients keep connections alive with CRLF pings (RFC
 #: 5626 suggests one every 95 to 120 seconds) or re-REGISTERs.
 DEFAULT_IDLE_TIMEOUT = 3600.0
+
+#: Seconds a message may take to arrive once its first byte came (more
+#: exactly: while part of a message is buffered, seconds without a complete
+#: message).  The idle timeout restarts on every byte, so a client that
+#: trickles bytes would hold its connection (and a buffer) forever without
+#: this; it is cut off as C{tcp:timeout}.
+DEFAULT_MESSAGE_TIMEOUT = 20.0
 
 #: Seconds a connection we closed gracefully may take to go away before
 #: it is aborted (a peer that stops reading would keep it forever).
@@ -99,6 +107,7 @@ class SIPStreamProtocol(Protocol):
         self._framer: StreamFramer | None = None
         self._idleCall: IDelayedCall | None = None
         self._abortCall: IDelayedCall | None = None
+        self._messageCall: IDelayedCall | None = None
         self._close: tuple[str, str] | None = None
         self._closing = False
         self._closedByServer = False
@@ -118,7 +127,7 @@ class SIPStreamProtocol(Protocol):
         )
         try:
             factory.table.add(self.flow)
-        except ShuttingDown:
+        except ConnectionRefused:
             self._refused = True
             self._closing = True
             self.transport.abortConnection()
@@ -148,6 +157,7 @@ class SIPStreamProtocol(Protocol):
                     "sink raised on a message from connection {conid}",
                     conid=self.flow.conid if self.flow else None,
                 )
+        self._checkPartial(bool(items))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._lost:
@@ -249,8 +259,37 @@ class SIPStreamProtocol(Protocol):
         self._closedByServer = True
         self.transport.abortConnection()
 
+    def _checkPartial(self, progress: bool) -> None:
+        """
+        Start the message timer when part of a message is buffered; stop it
+        when nothing is, and restart it when a message completed.
+        """
+        timeout = self.factory.messageTimeout
+        if not timeout or self._closing or self._framer is None:
+            return
+        call = self._messageCall
+        if call is not None and (progress or not self._framer.buffered):
+            self._messageCall = None
+            if call.active():
+                call.cancel()
+        if self._framer.buffered and self._messageCall is None:
+            self._messageCall = self.factory.clock.callLater(timeout, self._messageExpired)
+
+    def _messageExpired(self) -> None:
+        self._messageCall = None
+        if self._closing or self._lost:
+            return
+        self._setClose(
+            TCP_TIMEOUT,
+            "message timeout (incomplete message for {:g}s)".format(self.factory.messageTimeout),
+        )
+        self._closing = True
+        self._closedByServer = True
+        self._cancelTimers()
+        self.transport.abortConnection()
+
     def _cancelTimers(self) -> None:
-        for name in ("_idleCall", "_abortCall"):
+        for name in ("_idleCall", "_abortCall", "_messageCall"):
             call = getattr(self, name)
             setattr(self, name, None)
             if call is not None and call.active():
@@ -275,6 +314,7 @@ class SIPStreamFactory(ServerFactory):
         maxSize: int = DEFAULT_MAX_SIZE,
         idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
         closeGrace: float = DEFAULT_CLOSE_GRACE,
+        messageTimeout: float = DEFAULT_MESSAGE_TIMEOUT,
     ) -> None:
         """
         @param sink: the L{sipcore.interfaces.IMessageSink}.
@@ -287,6 +327,9 @@ class SIPStreamFactory(ServerFactory):
             connection is aborted (C{tcp:timeout}); C{0} disables it.
         @param closeGrace: seconds a graceful close may take before the
             connection is aborted.
+        @param messageTimeout: seconds part of a message may stay buffered
+            without a message completing before the connection is aborted
+            (C{tcp:timeout}); C{0} disables it.
         @raise ValueError: for an unknown C{transport} or a bad limit.
         """
         if transport not in ("tcp", "tls"):
@@ -295,6 +338,8 @@ class SIPStreamFactory(ServerFactory):
             raise ValueError("maxSize must be positive")
         if idleTimeout < 0:
             raise ValueError("idleTimeout must not be negative")
+        if messageTimeout < 0:
+            raise ValueError("messageTimeout must not be negative")
         self.sink = sink
         self.table = table
         self.clock = clock
@@ -302,3 +347,4 @@ class SIPStreamFactory(ServerFactory):
         self.maxSize = maxSize
         self.idleTimeout = idleTimeout
         self.closeGrace = closeGrace
+        self.messageTimeout = messageTimeout

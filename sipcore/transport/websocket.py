@@ -29,7 +29,7 @@ from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT
 from sipcore.message.framing import DEFAULT_MAX_SIZE
 from sipcore.transport.connections import (
     ConnectionTable,
-    ShuttingDown,
+    ConnectionRefused,
     StreamFlow,
     addressOf,
 )
@@ -121,7 +121,7 @@ class SIPWebSocketProtocol(WebSocketServerProtocol):
         )
         try:
             factory.table.add(self.sipFlow)
-        except ShuttingDown:
+        except ConnectionRefused:
             self._refused = True
             self._closing = True
             self.transport.abortConnection()

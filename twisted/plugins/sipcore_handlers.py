@@ -4,7 +4,7 @@ sipcore's built-in handler plugins.  Each is a light descriptor; its
 implementation is imported only when the handler is enabled.
 """
 
-from sipcore.events import CLOSE_EVENTS
+from sipcore.events import ALL_EVENTS, CLOSE_EVENTS
 from sipcore.plugin import LazyHandler
 
 locationCleanup = LazyHandler(
@@ -13,4 +13,12 @@ locationCleanup = LazyHandler(
     CLOSE_EVENTS,
     implementation="sipcore.handlers.cleanup.LocationCleanup",
     priority=10,
+)
+
+connectionAudit = LazyHandler(
+    "connection-audit",
+    "Record every connection open and close in the connection_events PostgreSQL table",
+    ALL_EVENTS,
+    implementation="sipcore.handlers.audit.ConnectionAudit",
+    priority=50,
 )

@@ -1,0 +1,882 @@
+# -*- test-case-name: tests.test_auth -*-
+"""
+Digest authentication (RFC 3261 section 22, RFC 8760, RFC 7616's
+C{SHA-256}) as a guard of L{sipcore.sip.core.SIPCore}.
+
+L{DigestAuthenticator} is called for each new server transaction before
+its handler.  It challenges C{REGISTER} with C{401} and C{WWW-Authenticate}
+(the registrar's challenge) and, when configured, other methods from local
+users with C{407} and C{Proxy-Authenticate} (the proxy's challenge).  The
+realm is the domain of the identity the request acts for: the To URI's host
+for C{REGISTER}, the From URI's host for other requests.
+
+Credentials come from a L{CredentialSource}: L{MemoryCredentials} (filled
+in code or from a file with L{loadCredentialFile}), or
+L{PostgresCredentials}, which reads Kamailio's C{subscriber} table
+(C{auth_db}, table version 7).
+
+Nonces are stateless and signed (L{Nonces}): HMAC-SHA256 over an issue
+time and random bytes with a secret, so every node sharing the secret
+verifies them.  An expired nonce whose response is right is answered with
+a new challenge with C{stale=true}.  Replay: the highest nonce-count seen
+per nonce is kept in a bounded LRU; a count not above it is refused.
+
+Secrets are never logged: not passwords, not ha1 values, not the
+Authorization header, not the nonce secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import hmac
+import os
+import secrets
+import struct
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from sipcore.message import Request, Response, SIPParseError, generateTag, parseURI
+
+__all__ = [
+    "ALGORITHMS",
+    "CredentialSource",
+    "CredentialsUnavailable",
+    "DEFAULT_AUTH_METHODS",
+    "DEFAULT_NONCE_LIFETIME",
+    "DigestAuthenticator",
+    "Identity",
+    "MemoryCredentials",
+    "NonceState",
+    "Nonces",
+    "PostgresCredentials",
+    "Subscriber",
+    "digestResponse",
+    "hashHex",
+    "initSubscriberSchema",
+    "loadCredentialFile",
+    "parseDigest",
+    "subscriberSchemaSQL",
+]
+
+#: The digest algorithms supported, by their RFC 8760 names, with the hash
+#: function each uses.
+ALGORITHMS: dict[str, Callable[..., Any]] = {
+    "SHA-256": hashlib.sha256,
+    "MD5": hashlib.md5,
+}
+
+#: The hex length of each algorithm's digest.
+_HEX_LENGTH = {"SHA-256": 64, "MD5": 32}
+
+#: The methods challenged unless configured otherwise.
+DEFAULT_AUTH_METHODS = ("REGISTER",)
+
+#: Methods that can never be challenged (RFC 3261 section 22.1).
+UNCHALLENGEABLE = frozenset({"ACK", "CANCEL"})
+
+#: Seconds a nonce stays valid.
+DEFAULT_NONCE_LIFETIME = 300.0
+
+#: Nonces whose highest nonce-count is remembered.
+DEFAULT_MAX_TRACKED_NONCES = 20000
+
+#: Seconds a nonce issued "in the future" (another node's clock ahead of
+#: ours) is still accepted.
+CLOCK_SKEW = 30.0
+
+#: Requests a failed authentication costs in the source's rate bucket.
+DEFAULT_FAILURE_COST = 10.0
+
+#: Seconds a client is asked to wait while the credential store is away.
+RETRY_AFTER = 5
+
+_NONCE_PREFIX = b"sipcore-nonce-v1"
+_NONCE_RAW = 8 + 8 + 16
+
+
+def hashHex(algorithm: str, text: str) -> str:
+    """
+    @return: the hex digest of C{text} (UTF-8) with C{algorithm}.
+    """
+    return str(ALGORITHMS[algorithm](text.encode("utf-8")).hexdigest())
+
+
+def digestResponse(
+    algorithm: str,
+    ha1: str,
+    nonce: str,
+    nc: str,
+    cnonce: str,
+    qop: str,
+    method: str,
+    uri: str,
+) -> str:
+    """
+    The C{response} of RFC 2617/7616 for C{qop=auth}:
+    C{H(HA1:nonce:nc:cnonce:qop:H(method:uri))}.
+    """
+    ha2 = hashHex(algorithm, "{}:{}".format(method, uri))
+    return hashHex(algorithm, ":".join((ha1, nonce, nc, cnonce, qop, ha2)))
+
+
+# ---------------------------------------------------------------------------
+# Credentials
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    """
+    What is stored for one user, as in Kamailio's C{subscriber} table.
+
+    @ivar username: the user part.
+    @ivar domain: the domain (also the realm).
+    @ivar password: the plain password, or C{None}/C{""}.
+    @ivar ha1: C{H(username:domain:password)}: 32 hex digits for MD5, 64
+        for SHA-256; or C{None}/C{""}.
+    @ivar ha1b: C{MD5(username@domain:domain:password)}, for clients that
+        send C{username@domain} as their user name; or C{None}/C{""}.
+    @ivar ha1Sha256: a SHA-256 ha1 besides an MD5 one in C{ha1} (credential
+        files may give both; Kamailio's table has one C{ha1} column).
+    """
+
+    username: str
+    domain: str
+    password: str | None = None
+    ha1: str | None = None
+    ha1b: str | None = None
+    ha1Sha256: str | None = None
+
+    def __repr__(self) -> str:
+        # Never show secrets, even in a traceback or a debug log.
+        return "<Subscriber {}@{}>".format(self.username, self.domain)
+
+    def ha1For(self, algorithm: str, realm: str, authUser: str) -> str | None:
+        """
+        The HA1 for a response computed by C{authUser} in C{realm}.
+
+        @param authUser: the C{username} the client sent: this subscriber's
+            user name, or C{username@domain}.
+        @return: the hex HA1, or C{None} if nothing stored allows computing
+            it for C{algorithm}.
+        """
+        if self.password:
+            return hashHex(algorithm, "{}:{}:{}".format(authUser, realm, self.password))
+        if "@" in authUser:
+            if algorithm == "MD5" and self.ha1b and len(self.ha1b) == 32:
+                return self.ha1b.lower()
+            return None
+        for value in (self.ha1, self.ha1Sha256):
+            if value and len(value) == _HEX_LENGTH[algorithm]:
+                return value.lower()
+        return None
+
+
+class CredentialsUnavailable(Exception):
+    """
+    The credential store cannot be read now (database away).
+    """
+
+
+class CredentialSource(Protocol):
+    """
+    Where L{DigestAuthenticator} finds subscribers.
+    """
+
+    def lookup(self, username: str, domain: str) -> defer.Deferred[Subscriber | None]:
+        """
+        @return: a L{Deferred} firing with the L{Subscriber}, or C{None} if
+            there is none; failing with L{CredentialsUnavailable} when the
+            store cannot be read.
+        """
+
+
+class MemoryCredentials:
+    """
+    Subscribers kept in memory.
+    """
+
+    def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
+        self._subscribers: dict[tuple[str, str], Subscriber] = {}
+        for subscriber in subscribers:
+            self.add(subscriber)
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def add(self, subscriber: Subscriber) -> None:
+        """
+        Add (or replace) a subscriber.
+        """
+        self._subscribers[(subscriber.username, subscriber.domain.lower())] = subscriber
+
+    def lookup(self, username: str, domain: str) -> defer.Deferred[Subscriber | None]:
+        return defer.succeed(self._subscribers.get((username, domain.lower())))
+
+
+def _isHex(text: str, length: int | None = None) -> bool:
+    return (length is None or len(text) == length) and all(
+        c in "0123456789abcdefABCDEF" for c in text
+    ) and bool(text)
+
+
+def loadCredentialFile(path: str) -> MemoryCredentials:
+    """
+    Read a credential file: one C{user@domain:SECRET} per line, where
+    C{SECRET} is a plain password, or C{ha1=HEX} (a 32-digit MD5 or 64-digit
+    SHA-256 ha1 computed with the domain as realm; both may be given,
+    separated by a comma).  A password that itself starts with C{ha1=} or
+    C{password=} is written C{password=...}.  Blank lines and lines starting
+    with C{#} are ignored.
+
+    @raise ValueError: for a malformed line (the message names the line
+        number, never its content) or an unreadable file.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError("cannot read credential file {!r}: {}".format(
+            path, getattr(e, "strerror", None) or type(e).__name__)) from None
+    source = MemoryCredentials()
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        aor, sep, secret = text.partition(":")
+        user, at, domain = aor.rpartition("@")
+        if not (sep and at and user and domain and secret):
+            raise ValueError(
+                "credential file {!r} line {}: expected user@domain:password "
+                "or user@domain:ha1=HEX".format(path, number))
+        if secret.startswith("password="):
+            source.add(Subscriber(user, domain.lower(), password=secret[len("password="):]))
+        elif secret.startswith("ha1="):
+            md5 = sha256 = None
+            for value in secret[4:].split(","):
+                value = value.strip()
+                if _isHex(value, 32):
+                    md5 = value
+                elif _isHex(value, 64):
+                    sha256 = value
+                else:
+                    raise ValueError(
+                        "credential file {!r} line {}: ha1 must be 32 (MD5) or 64 "
+                        "(SHA-256) hex digits".format(path, number))
+            source.add(Subscriber(user, domain.lower(), ha1=md5, ha1Sha256=sha256))
+        else:
+            source.add(Subscriber(user, domain.lower(), password=secret))
+    return source
+
+
+_SUBSCRIBER_QUERY = (
+    "SELECT password, ha1, ha1b FROM subscriber WHERE username = %s AND domain = %s"
+)
+
+
+class PostgresCredentials:
+    """
+    Subscribers in Kamailio's C{subscriber} table, read through a
+    C{txpostgres} pool (the location store's: C{PostgresLocationStore.pool}).
+
+    A failed read fails the lookup with L{CredentialsUnavailable}; the
+    change between readable and unreadable is logged once each way.
+
+    @ivar lookups: statements sent.
+    """
+
+    _log = Logger()
+
+    def __init__(self, pool: Any) -> None:
+        """
+        @param pool: a started C{txpostgres.ConnectionPool} (or anything
+            with C{runQuery(statement, params)}).
+        """
+        self.pool = pool
+        self.lookups = 0
+        self._failing = False
+
+    def lookup(self, username: str, domain: str) -> defer.Deferred[Subscriber | None]:
+        self.lookups += 1
+        try:
+            d = self.pool.runQuery(_SUBSCRIBER_QUERY, (username, domain.lower()))
+        except Exception as e:
+            d = defer.fail(e)
+        return d.addCallbacks(self._found, self._failed,
+                              callbackArgs=(username, domain.lower()))
+
+    def _found(self, rows: Any, username: str, domain: str) -> Subscriber | None:
+        if self._failing:
+            self._failing = False
+            self._log.info("subscriber table readable again")
+        if not rows:
+            return None
+        password, ha1, ha1b = rows[0]
+        return Subscriber(username, domain, password or None, ha1 or None, ha1b or None)
+
+    def _failed(self, failure: Any) -> None:
+        if not self._failing:
+            self._failing = True
+            # The error text, never the parameters.
+            self._log.warn("cannot read the subscriber table: {error}",
+                           error=type(failure.value).__name__)
+        raise CredentialsUnavailable("subscriber table unavailable")
+
+
+def subscriberSchemaSQL() -> str:
+    """
+    @return: the text of the shipped C{subscriber.sql} (Kamailio's
+        C{subscriber} table, version 7, for PostgreSQL).
+    """
+    return resources.files("sipcore.location").joinpath("subscriber.sql").read_text("utf-8")
+
+
+def initSubscriberSchema(runner: Any) -> defer.Deferred[None]:
+    """
+    Create the C{subscriber} table (and Kamailio's C{version} table) if
+    missing.  Idempotent.
+
+    @param runner: a connected C{txpostgres.Connection} or started pool.
+    @return: a L{Deferred} firing with C{None}, or failing with the
+        C{psycopg2} error.
+    """
+    def interaction(cursor: Any) -> Any:
+        return cursor.execute(subscriberSchemaSQL())
+
+    return defer.maybeDeferred(runner.runInteraction, interaction).addCallback(lambda _: None)
+
+
+# ---------------------------------------------------------------------------
+# Nonces
+
+
+class NonceState(enum.Enum):
+    """
+    What L{Nonces.check} found.
+    """
+
+    VALID = "valid"
+    STALE = "stale"
+    INVALID = "invalid"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes | None:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError):
+        return None
+
+
+class Nonces:
+    """
+    Signed, expiring nonces with nonce-count replay protection.
+
+    A nonce is C{base64url(time_ms[8] random[8] mac[16])} with C{mac} the
+    first 16 bytes of C{HMAC-SHA256(secret, prefix time_ms random)}.
+
+    Replay protection keeps the highest nonce-count accepted for each nonce
+    in an LRU of C{maxTracked} entries.  When an entry is evicted, every
+    nonce issued up to the evicted one's time and not tracked any more is
+    treated as used up (the client gets a new nonce), so eviction never
+    reopens a replay.  The tracking is per node: nodes sharing the secret
+    verify each other's nonces but do not share their counts.
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        clock: IReactorTime,
+        lifetime: float = DEFAULT_NONCE_LIFETIME,
+        maxTracked: int = DEFAULT_MAX_TRACKED_NONCES,
+    ) -> None:
+        """
+        @raise ValueError: for an empty secret or a non-positive limit.
+        """
+        if not secret:
+            raise ValueError("the nonce secret must not be empty")
+        if not lifetime > 0:
+            raise ValueError("lifetime must be positive")
+        if maxTracked < 1:
+            raise ValueError("maxTracked must be positive")
+        self._secret = secret
+        self._clock = clock
+        self.lifetime = lifetime
+        self.maxTracked = maxTracked
+        self._counts: OrderedDict[str, int] = OrderedDict()
+        self._horizon = -1
+
+    def __repr__(self) -> str:
+        return "<Nonces lifetime={:g}s tracked={}>".format(self.lifetime, len(self._counts))
+
+    def _mac(self, head: bytes) -> bytes:
+        return hmac.new(self._secret, _NONCE_PREFIX + head, hashlib.sha256).digest()[:16]
+
+    def issue(self) -> str:
+        """
+        @return: a new nonce.
+        """
+        millis = int(self._clock.seconds() * 1000)
+        head = struct.pack(">Q", max(0, millis)) + secrets.token_bytes(8)
+        return _b64(head + self._mac(head))
+
+    def _issuedAt(self, nonce: str) -> int | None:
+        if len(nonce) > 64:
+            return None
+        raw = _unb64(nonce)
+        if raw is None or len(raw) != _NONCE_RAW:
+            return None
+        head, mac = raw[:16], raw[16:]
+        if not hmac.compare_digest(mac, self._mac(head)):
+            return None
+        return int(struct.unpack(">Q", head[:8])[0])
+
+    def check(self, nonce: str) -> NonceState:
+        """
+        @return: L{NonceState.INVALID} if C{nonce} was not made with this
+            secret (or comes from too far in the future),
+            L{NonceState.STALE} if it expired, else L{NonceState.VALID}.
+        """
+        issued = self._issuedAt(nonce)
+        if issued is None:
+            return NonceState.INVALID
+        age = self._clock.seconds() - issued / 1000.0
+        if age < -CLOCK_SKEW:
+            return NonceState.INVALID
+        if age > self.lifetime:
+            return NonceState.STALE
+        return NonceState.VALID
+
+    def use(self, nonce: str, nc: int) -> bool:
+        """
+        Record nonce-count C{nc} for a valid C{nonce}.
+
+        @return: C{True} if C{nc} is above every count accepted for it
+            before; C{False} for a replay (or a nonce forgotten by the LRU).
+        """
+        issued = self._issuedAt(nonce)
+        if issued is None:
+            return False
+        last = self._counts.get(nonce)
+        if last is None:
+            if issued <= self._horizon:
+                return False
+        elif nc <= last:
+            return False
+        self._counts[nonce] = nc
+        self._counts.move_to_end(nonce)
+        while len(self._counts) > self.maxTracked:
+            evicted, _ = self._counts.popitem(last=False)
+            when = self._issuedAt(evicted)
+            if when is not None:
+                self._horizon = max(self._horizon, when)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+# ---------------------------------------------------------------------------
+# Parsing credentials
+
+
+_TOKEN_END = frozenset(' \t,="')
+
+
+def parseDigest(value: str) -> dict[str, str] | None:
+    """
+    Parse a C{Digest} credentials value (C{Authorization} or
+    C{Proxy-Authorization}).
+
+    @return: the parameters, names lower-cased, quoted values unquoted;
+        C{None} if the scheme is not C{Digest}.
+    @raise ValueError: if the parameters are malformed (an unterminated
+        quoted string, a parameter without a value, a repeated parameter).
+    """
+    text = value.strip()
+    scheme, _, rest = text.partition(" ")
+    if scheme.lower() != "digest":
+        return None
+    params: dict[str, str] = {}
+    i, n = 0, len(rest)
+    while i < n:
+        while i < n and rest[i] in " \t,":
+            i += 1
+        if i >= n:
+            break
+        start = i
+        while i < n and rest[i] not in _TOKEN_END:
+            i += 1
+        name = rest[start:i].lower()
+        while i < n and rest[i] in " \t":
+            i += 1
+        if not name or i >= n or rest[i] != "=":
+            raise ValueError("malformed Digest parameter")
+        i += 1
+        while i < n and rest[i] in " \t":
+            i += 1
+        if i < n and rest[i] == '"':
+            i += 1
+            chars: list[str] = []
+            while True:
+                if i >= n:
+                    raise ValueError("unterminated quoted string")
+                c = rest[i]
+                if c == "\\" and i + 1 < n:
+                    chars.append(rest[i + 1])
+                    i += 2
+                    continue
+                if c == '"':
+                    i += 1
+                    break
+                chars.append(c)
+                i += 1
+            val = "".join(chars)
+        else:
+            start = i
+            while i < n and rest[i] not in " \t,":
+                i += 1
+            val = rest[start:i]
+            if not val:
+                raise ValueError("malformed Digest parameter")
+        if name in params:
+            raise ValueError("repeated Digest parameter")
+        params[name] = val
+    return params
+
+
+# ---------------------------------------------------------------------------
+# The guard
+
+
+@dataclass(frozen=True)
+class Identity:
+    """
+    Who a request was authenticated as.
+    """
+
+    username: str
+    domain: str
+
+    def __str__(self) -> str:
+        return "{}@{}".format(self.username, self.domain)
+
+
+class _Refusal(Exception):
+    """
+    Answer the request with C{status} (and maybe a fresh challenge).
+    """
+
+    def __init__(self, status: int, reason: str, challenge: bool = False,
+                 stale: bool = False, failed: bool = False, why: str = "") -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.challenge = challenge
+        self.stale = stale
+        self.failed = failed
+        self.why = why or reason
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class DigestAuthenticator:
+    """
+    A guard for L{sipcore.sip.core.SIPCore.addGuard} that demands Digest
+    credentials.
+
+    A request is challenged when its method is in C{methods} (never ACK or
+    CANCEL) and the domain it acts for (To host for C{REGISTER}, From host
+    otherwise) is one of ours (C{isLocalDomain}); requests for other
+    domains pass untouched (the registrar refuses foreign domains; calls
+    from foreign users cannot be authenticated here).
+
+    On success the transaction gets an C{authenticated} attribute (an
+    L{Identity}) and, for requests other than REGISTER, the credentials for
+    our realm are removed from the request so they are not forwarded.
+
+    @ivar stats: a L{Counter} of C{challenged} (no credentials for our
+        realm), C{authenticated}, C{failed} (wrong password or unknown
+        user), C{stale}, C{replayed}, C{forbidden} (user mismatch),
+        C{malformed}, C{unavailable} (credential store away).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        credentials: CredentialSource,
+        clock: IReactorTime,
+        isLocalDomain: Callable[[str], bool],
+        secret: bytes | None = None,
+        methods: Iterable[str] = DEFAULT_AUTH_METHODS,
+        algorithms: Sequence[str] = ("SHA-256", "MD5"),
+        nonceLifetime: float = DEFAULT_NONCE_LIFETIME,
+        maxTrackedNonces: int = DEFAULT_MAX_TRACKED_NONCES,
+        limiter: Any = None,
+        failureCost: float = DEFAULT_FAILURE_COST,
+        logInterval: float = 60.0,
+    ) -> None:
+        """
+        @param credentials: the L{CredentialSource}.
+        @param clock: the L{IReactorTime} for nonce times.
+        @param isLocalDomain: whether a host is one of our domains.
+        @param secret: the nonce secret shared by every node; C{None}: a
+            random one for this process (logged as generated, never shown).
+        @param methods: the methods to challenge (upper case).
+        @param algorithms: the algorithms offered, preferred first (each
+            gets its own challenge header, RFC 8760 section 2.4).
+        @param nonceLifetime: seconds a nonce is valid.
+        @param maxTrackedNonces: nonces whose count is remembered.
+        @param limiter: a L{sipcore.sip.limits.RateLimiter} charged
+            C{failureCost} requests per failed authentication, or C{None}.
+        @raise ValueError: for an unknown algorithm or an empty list.
+        """
+        from sipcore.sip.limits import LogThrottle
+
+        algorithms = [a.upper() for a in algorithms]
+        for algorithm in algorithms:
+            if algorithm not in ALGORITHMS:
+                raise ValueError("unsupported digest algorithm {!r} (supported: {})".format(
+                    algorithm, ", ".join(ALGORITHMS)))
+        if not algorithms:
+            raise ValueError("at least one digest algorithm is needed")
+        if secret is None:
+            secret = secrets.token_bytes(32)
+            self._log.info(
+                "generated a random nonce secret for this process: nonces will not "
+                "verify on other nodes or after a restart (set --auth-secret)")
+        self.credentials = credentials
+        self.isLocalDomain = isLocalDomain
+        self.nonces = Nonces(secret, clock, nonceLifetime, maxTrackedNonces)
+        self.methods = frozenset(m.upper() for m in methods) - UNCHALLENGEABLE
+        self.algorithms = tuple(algorithms)
+        self.limiter = limiter
+        self.failureCost = failureCost
+        self.stats: Counter[str] = Counter()
+        self._throttle = LogThrottle(clock, logInterval)
+        self._unavailable = False
+
+    def __repr__(self) -> str:
+        return "<DigestAuthenticator methods={} algorithms={}>".format(
+            ",".join(sorted(self.methods)), ",".join(self.algorithms))
+
+    # -- the guard ----------------------------------------------------------
+
+    def __call__(self, tx: Any) -> defer.Deferred[bool]:
+        """
+        Check one new server transaction.
+
+        @return: a L{Deferred} firing with C{True} if the request may go on
+            to its handler, C{False} if it was answered here (challenge,
+            400, 403 or 503).  It does not fail.
+        """
+        request: Request = tx.request
+        if request.method not in self.methods:
+            return defer.succeed(True)
+        try:
+            target = request.toAddr if request.method == "REGISTER" else request.fromAddr
+        except SIPParseError:
+            return defer.succeed(True)  # the handler answers a malformed request
+        realm = (target.uri.host or "").lower()
+        if not realm or not self.isLocalDomain(realm):
+            return defer.succeed(True)
+        d = defer.Deferred.fromCoroutine(self._check(tx, request, realm, target.uri.user or ""))
+        return d.addErrback(self._crashed, tx)
+
+    def _crashed(self, failure: Any, tx: Any) -> bool:
+        self._log.failure("authentication of a request failed", failure)
+        self._send(tx, 500, "Server Internal Error")
+        return False
+
+    async def _check(self, tx: Any, request: Request, realm: str, targetUser: str) -> bool:
+        proxy = request.method != "REGISTER"
+        header = "Proxy-Authorization" if proxy else "Authorization"
+        try:
+            identity = await self._verify(request, realm, header, targetUser, tx.flow)
+        except _Refusal as refusal:
+            self._refuse(tx, refusal, realm, proxy)
+            return False
+        tx.authenticated = identity
+        if proxy:
+            self._stripCredentials(request, header, realm)
+        self.stats["authenticated"] += 1
+        return True
+
+    async def _verify(self, request: Request, realm: str, header: str, targetUser: str,
+                      flow: Any) -> Identity:
+        params = self._credentialsFor(request, header, realm)
+        if params is None:
+            self.stats["challenged"] += 1
+            raise _Refusal(0, "", challenge=True)
+        for name in ("username", "nonce", "uri", "response"):
+            if not params.get(name):
+                self.stats["malformed"] += 1
+                raise _Refusal(400, "Bad Request (Authorization lacks {})".format(name))
+        algorithm = params.get("algorithm", "MD5").upper()
+        if algorithm not in self.algorithms:
+            self.stats["malformed"] += 1
+            raise _Refusal(0, "", challenge=True,
+                           why="unsupported digest algorithm")
+        qop = params.get("qop")
+        if qop is None or qop.lower() != "auth":
+            self.stats["malformed"] += 1
+            raise _Refusal(400, "Bad Request (qop=auth required)")
+        nc, cnonce = params.get("nc", ""), params.get("cnonce", "")
+        if not _isHex(nc, 8) or not cnonce:
+            self.stats["malformed"] += 1
+            raise _Refusal(400, "Bad Request (nc and cnonce required)")
+        if not self._sameURI(params["uri"], request):
+            self.stats["malformed"] += 1
+            raise _Refusal(400, "Bad Request (digest uri does not match Request-URI)")
+        nonce = params["nonce"]
+        state = self.nonces.check(nonce)
+        if state is NonceState.INVALID:
+            self.stats["challenged"] += 1
+            raise _Refusal(0, "", challenge=True, why="unknown nonce")
+        authUser = params["username"]
+        user, at, userDomain = authUser.partition("@")
+        if at and userDomain.lower() != realm:
+            self.stats["failed"] += 1
+            raise _Refusal(0, "", challenge=True, failed=True, why="wrong domain")
+        try:
+            subscriber = await self.credentials.lookup(user, realm)
+        except Exception:
+            self.stats["unavailable"] += 1
+            if not self._unavailable:
+                self._unavailable = True
+                self._log.warn("credentials unavailable: answering 503 to authenticated requests")
+            raise _Refusal(503, "Service Unavailable") from None
+        if self._unavailable:
+            self._unavailable = False
+            self._log.info("credentials available again")
+        expected = None
+        if subscriber is not None:
+            ha1 = subscriber.ha1For(algorithm, realm, authUser)
+            if ha1 is not None:
+                expected = digestResponse(algorithm, ha1, nonce, nc, cnonce, "auth",
+                                          request.method, params["uri"])
+        given = params["response"].lower()
+        if expected is None or not hmac.compare_digest(expected.encode(), given.encode()):
+            self.stats["failed"] += 1
+            raise _Refusal(0, "", challenge=True, failed=True,
+                           why="unknown user" if subscriber is None else "wrong credentials")
+        if state is NonceState.STALE:
+            self.stats["stale"] += 1
+            raise _Refusal(0, "", challenge=True, stale=True, why="stale nonce")
+        if not self.nonces.use(nonce, int(nc, 16)):
+            self.stats["replayed"] += 1
+            raise _Refusal(0, "", challenge=True, stale=True, why="nonce-count replayed")
+        if user != targetUser:
+            self.stats["forbidden"] += 1
+            raise _Refusal(403, "Forbidden (authenticated user does not match {})".format(
+                "To" if request.method == "REGISTER" else "From"),
+                why="user mismatch")
+        return Identity(user, realm)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _credentialsFor(self, request: Request, header: str,
+                        realm: str) -> dict[str, str] | None:
+        """
+        The Digest credentials for C{realm}, or C{None}.
+
+        @raise _Refusal: C{400} for malformed credentials.
+        """
+        for line in request.headers.lines(header):
+            try:
+                params = parseDigest(line)
+            except ValueError:
+                self.stats["malformed"] += 1
+                raise _Refusal(400, "Bad Request (malformed {})".format(header)) from None
+            if params is not None and params.get("realm", "").lower() == realm:
+                return params
+        return None
+
+    @staticmethod
+    def _sameURI(uri: str, request: Request) -> bool:
+        try:
+            return str(parseURI(uri)) == str(request.uri)
+        except SIPParseError:
+            return uri == str(request.uri)
+
+    @staticmethod
+    def _stripCredentials(request: Request, header: str, realm: str) -> None:
+        lines = request.headers.lines(header)
+        keep = []
+        for line in lines:
+            try:
+                params = parseDigest(line)
+            except ValueError:
+                params = None
+            if params is None or params.get("realm", "").lower() != realm:
+                keep.append(line)
+        if len(keep) != len(lines):
+            request.headers.remove(header)
+            for line in keep:
+                request.headers.add(header, line)
+
+    def _refuse(self, tx: Any, refusal: _Refusal, realm: str, proxy: bool) -> None:
+        flow = tx.flow
+        if refusal.failed and self.limiter is not None:
+            self.limiter.penalize(flow, self.failureCost)
+        if refusal.why and (refusal.failed or refusal.status in (400, 403)
+                            or refusal.stale):
+            host = flow.remote[0]
+            suppressed = self._throttle.hit(("auth", host))
+            if suppressed is not None:
+                self._log.warn(
+                    "authentication refused for a {method} from {host} in realm {realm}: "
+                    "{why} ({suppressed} more refusals since the last report)",
+                    method=tx.request.method, host=host, realm=realm,
+                    why=refusal.why, suppressed=suppressed)
+        if not refusal.challenge:
+            headers = [("Retry-After", str(RETRY_AFTER))] if refusal.status == 503 else []
+            self._send(tx, refusal.status, refusal.reason, headers)
+            return
+        nonce = self.nonces.issue()
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        headers = []
+        for algorithm in self.algorithms:
+            value = "Digest realm={}, nonce={}, algorithm={}, qop=\"auth\"".format(
+                _quote(realm), _quote(nonce), algorithm)
+            if refusal.stale:
+                value += ", stale=true"
+            headers.append((name, value))
+        if proxy:
+            self._send(tx, 407, "Proxy Authentication Required", headers)
+        else:
+            self._send(tx, 401, "Unauthorized", headers)
+
+    @staticmethod
+    def _send(tx: Any, status: int, reason: str,
+              headers: Iterable[tuple[str, str]] = ()) -> None:
+        from sipcore.sip.core import SERVER
+
+        response = Response.forRequest(tx.request, status, reason, toTag=generateTag())
+        for name, value in headers:
+            response.headers.add(name, value)
+        response.headers.set("Server", SERVER)
+        tx.respond(response)
+
+
+def secretFromOptions(value: str | None) -> bytes | None:
+    """
+    The nonce secret from C{--auth-secret}, else the environment variable
+    C{SIPCORE_AUTH_SECRET}, else C{None} (a random one per process).
+    """
+    text = value or os.environ.get("SIPCORE_AUTH_SECRET") or ""
+    return text.encode("utf-8") if text else None

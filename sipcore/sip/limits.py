@@ -1,0 +1,315 @@
+# -*- test-case-name: tests.test_limits -*-
+"""
+Per-source request-rate limiting, and the log throttle every limit uses.
+
+L{TokenBuckets} keeps one token bucket per source address in bounded
+memory.  L{RateLimiter} is what L{sipcore.sip.core.SIPCore} consults for
+every received message that is not a response: within the bucket the
+message goes on; a source that has emptied its bucket gets C{503 Service
+Unavailable} with C{Retry-After} for up to C{overdraft} more requests; past
+that its requests are dropped silently (answering a flood would double it).
+
+L{LogThrottle} makes a limit log once per source per interval, not once per
+packet: the first hit of an interval is logged, with the number of hits
+suppressed since the previous line.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from sipcore.interfaces import IFlow
+
+__all__ = [
+    "DEFAULT_LOG_INTERVAL",
+    "DEFAULT_MAX_SOURCES",
+    "LogThrottle",
+    "RateLimiter",
+    "TokenBuckets",
+    "Verdict",
+]
+
+#: Seconds between two log lines about the same source and limit.
+DEFAULT_LOG_INTERVAL = 60.0
+
+#: Sources whose bucket state is kept; the least recently seen are
+#: forgotten first (a forgotten source starts again with a full bucket).
+DEFAULT_MAX_SOURCES = 10000
+
+
+class Verdict(enum.Enum):
+    """
+    What to do with one request from a source.
+    """
+
+    #: Within the rate: process it.
+    ADMIT = "admit"
+    #: Over the rate: answer C{503} with C{Retry-After}.
+    REFUSE = "refuse"
+    #: Far over the rate: drop it without an answer.
+    DROP = "drop"
+
+
+class LogThrottle:
+    """
+    Decides whether an event about a key (a source, a limit) is logged now.
+
+    Memory is bounded: at most C{maxKeys} keys are remembered, the least
+    recently logged forgotten first.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        interval: float = DEFAULT_LOG_INTERVAL,
+        maxKeys: int = DEFAULT_MAX_SOURCES,
+    ) -> None:
+        """
+        @param clock: where the time comes from.
+        @param interval: seconds between two log lines for one key.
+        @param maxKeys: how many keys to remember.
+        """
+        self._clock = clock
+        self.interval = interval
+        self.maxKeys = maxKeys
+        # key -> [time of the last line, hits suppressed since]
+        self._keys: OrderedDict[Hashable, list[float]] = OrderedDict()
+
+    def hit(self, key: Hashable) -> int | None:
+        """
+        Record one event about C{key}.
+
+        @return: C{None} if it must not be logged (one was logged less than
+            C{interval} ago); otherwise the number of events suppressed
+            since the last line logged for C{key}.
+        """
+        now = self._clock.seconds()
+        entry = self._keys.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return None
+        suppressed = int(entry[1]) if entry is not None else 0
+        self._keys[key] = [now, 0]
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.maxKeys:
+            self._keys.popitem(last=False)
+        return suppressed
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class TokenBuckets:
+    """
+    One token bucket per key, in bounded memory.
+
+    A bucket holds up to C{burst} tokens and refills at C{rate} tokens a
+    second.  A request takes one token.  When the bucket holds less than one
+    token the request is refused, and the bucket may go into debt down to
+    C{-overdraft} tokens; a request that would go deeper is dropped (and
+    costs nothing, so the debt is paid back at C{rate}).
+
+    @ivar rate: tokens per second (requests per second sustained).
+    @ivar burst: bucket size (requests accepted at once after a quiet time).
+    @ivar overdraft: requests refused with an answer before the rest are
+        dropped.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        rate: float,
+        burst: float,
+        overdraft: float,
+        maxSources: int = DEFAULT_MAX_SOURCES,
+    ) -> None:
+        """
+        @raise ValueError: if C{rate} or C{burst} is not positive, or
+            C{overdraft} or C{maxSources} is negative.
+        """
+        if not rate > 0:
+            raise ValueError("rate must be positive")
+        if not burst >= 1:
+            raise ValueError("burst must be at least 1")
+        if overdraft < 0:
+            raise ValueError("overdraft must not be negative")
+        if maxSources < 1:
+            raise ValueError("maxSources must be positive")
+        self._clock = clock
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.overdraft = float(overdraft)
+        self.maxSources = maxSources
+        # key -> [tokens, time of the last update]
+        self._buckets: OrderedDict[Hashable, list[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _bucket(self, key: Hashable) -> list[float]:
+        now = self._clock.seconds()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = [self.burst, now]
+            self._buckets[key] = bucket
+            while len(self._buckets) > self.maxSources:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            elapsed = max(0.0, now - bucket[1])
+            bucket[0] = min(self.burst, bucket[0] + elapsed * self.rate)
+            bucket[1] = now
+        return bucket
+
+    def take(self, key: Hashable) -> Verdict:
+        """
+        One request from C{key}.
+
+        @return: the L{Verdict}.
+        """
+        bucket = self._bucket(key)
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return Verdict.ADMIT
+        if bucket[0] - 1.0 >= -self.overdraft:
+            bucket[0] -= 1.0
+            return Verdict.REFUSE
+        return Verdict.DROP
+
+    def penalize(self, key: Hashable, cost: float) -> None:
+        """
+        Take C{cost} tokens from C{key}'s bucket (down to the overdraft
+        floor), e.g. for a failed authentication.
+        """
+        bucket = self._bucket(key)
+        bucket[0] = max(-self.overdraft - 1.0, bucket[0] - cost)
+
+    def retryAfter(self, key: Hashable) -> int:
+        """
+        @return: whole seconds (at least 1) until C{key}'s bucket holds a
+            token again.
+        """
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 1
+        missing = 1.0 - bucket[0]
+        return max(1, int(math.ceil(missing / self.rate)))
+
+
+class RateLimiter:
+    """
+    Applies L{TokenBuckets} keyed by source address to received messages.
+
+    @ivar stats: a L{Counter} of C{admitted}, C{refused} (answered 503),
+        C{dropped} (dropped silently), C{exempt} (from an exempt address)
+        and C{penalized} (tokens taken for failed authentications).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        rate: float = 50.0,
+        burst: float = 200.0,
+        overdraft: float = 50.0,
+        exempt: Iterable[str] = (),
+        maxSources: int = DEFAULT_MAX_SOURCES,
+        logInterval: float = DEFAULT_LOG_INTERVAL,
+    ) -> None:
+        """
+        @param clock: the L{IReactorTime}.
+        @param rate: requests per second a source may send, sustained.
+        @param burst: requests a source may send at once.
+        @param overdraft: requests over the rate answered C{503} before the
+            rest are dropped.
+        @param exempt: source addresses never limited (peer proxies, load
+            balancers, monitoring).
+        @param maxSources: sources remembered at most.
+        @param logInterval: seconds between log lines about one source.
+        """
+        self.buckets = TokenBuckets(clock, rate, burst, overdraft, maxSources)
+        self.exempt = frozenset(address.lower() for address in exempt)
+        self.throttle = LogThrottle(clock, logInterval, maxSources)
+        self.stats: Counter[str] = Counter()
+
+    def admit(self, data: bytes, flow: IFlow) -> bool:
+        """
+        Decide whether a received message may be processed; answer or drop
+        it if not.
+
+        Responses (data starting with C{SIP/}) are always admitted: they
+        answer our own requests.
+
+        @param data: the message as received.
+        @param flow: the L{IFlow} it came on.
+        @return: C{True} to process the message; C{False} if it was
+            answered with C{503} or dropped.
+        """
+        if data[:4].upper() == b"SIP/":
+            return True
+        host = flow.remote[0].lower()
+        if host in self.exempt:
+            self.stats["exempt"] += 1
+            return True
+        verdict = self.buckets.take(host)
+        if verdict is Verdict.ADMIT:
+            self.stats["admitted"] += 1
+            return True
+        if verdict is Verdict.REFUSE:
+            self.stats["refused"] += 1
+            self._answer(data, flow, self.buckets.retryAfter(host))
+        else:
+            self.stats["dropped"] += 1
+        suppressed = self.throttle.hit(host)
+        if suppressed is not None:
+            self._log.warn(
+                "rate limit: source {host} exceeds {rate:g} requests/s "
+                "({suppressed} requests refused or dropped since the last report)",
+                host=host,
+                rate=self.buckets.rate,
+                suppressed=suppressed,
+            )
+        return False
+
+    def penalize(self, flow: IFlow, cost: float) -> None:
+        """
+        Charge the source of C{flow} C{cost} extra requests (a failed
+        authentication costs more than a request, which slows password
+        guessing down).
+        """
+        host = flow.remote[0].lower()
+        if host in self.exempt:
+            return
+        self.stats["penalized"] += 1
+        self.buckets.penalize(host, cost)
+
+    def _answer(self, data: bytes, flow: IFlow, retryAfter: int) -> None:
+        """
+        Answer C{503} with C{Retry-After} if the message is a request that
+        can be answered (not an ACK, parsable up to its headers).
+        """
+        from sipcore.message import Request, Response, SIPParseError, parseMessage
+        from sipcore.sip.core import SERVER, StatelessTransaction, stampVia
+
+        try:
+            request: Any = parseMessage(data, maxSize=max(len(data), 1))
+        except SIPParseError:
+            return
+        if not isinstance(request, Request) or request.method == "ACK":
+            return
+        try:
+            stampVia(request, flow)
+            response = Response.forRequest(request, 503, "Service Unavailable")
+            response.headers.set("Retry-After", str(retryAfter))
+            response.headers.set("Server", SERVER)
+            StatelessTransaction(request, flow).respond(response)
+        except (SIPParseError, ValueError, IndexError):
+            return

@@ -1,0 +1,224 @@
+"""
+Tests for L{sipcore.tap}: options and the service they build.
+"""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from sipcore.events import TCP_CLOSED
+from sipcore.events.plugins import HandlerConfigError
+from sipcore.location import Binding
+from sipcore.tap import Options, buildService, listHandlers
+from sipcore.testing import UDPMemoryReactor, connectionEvent
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Command-line options of C{twistd sipcore}.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Without options: UDP and TCP on 5060, WebSocket on 8080, the
+        in-memory store, server id 0 and the location-cleanup handler.
+        """
+        options = parse()
+        self.assertEqual(options["listen"], ["udp:5060", "tcp:5060", "ws:8080"])
+        self.assertEqual(options["db"], "")
+        self.assertEqual(options["server-id"], 0)
+        self.assertEqual(options.handlerNames(), ["location-cleanup"])
+
+    def test_listenReplacesDefaults(self) -> None:
+        """
+        Any C{--listen} replaces the default listeners.
+        """
+        options = parse("--listen", "tcp:5070", "--listen", "ws:0:interface=127.0.0.1")
+        self.assertEqual(options["listen"], ["tcp:5070", "ws:0:interface=127.0.0.1"])
+
+    def test_badListen(self) -> None:
+        """
+        A listener of an unknown transport is a usage error naming it.
+        """
+        e = self.assertRaises(usage.UsageError, parse, "--listen", "sctp:5060")
+        self.assertIn("sctp:5060", str(e))
+
+    def test_handlers(self) -> None:
+        """
+        C{--handler} adds to the defaults, C{--disable-handler} removes one,
+        and C{--handler-option} collects options per handler.
+        """
+        options = parse("--handler", "connection-audit", "--disable-handler",
+                        "location-cleanup", "--handler-option", "connection-audit:a=b=c")
+        self.assertEqual(options.handlerNames(), ["connection-audit"])
+        self.assertEqual(options["handler-option"], {"connection-audit": {"a": "b=c"}})
+
+    def test_badHandlerOption(self) -> None:
+        """
+        A handler option without C{NAME:key=value} shape is a usage error.
+        """
+        self.assertRaises(usage.UsageError, parse, "--handler-option", "nokey")
+
+    def test_dbInitNeedsDb(self) -> None:
+        """
+        C{--db-init} without C{--db} is a usage error.
+        """
+        self.assertRaises(usage.UsageError, parse, "--db-init")
+
+    def test_expiresBounds(self) -> None:
+        """
+        A minimum expiry above the maximum is refused, and so is a
+        foreign-domain status other than 403 or 404.
+        """
+        self.assertRaises(usage.UsageError, parse, "--min-expires", "100",
+                          "--max-expires", "50")
+        self.assertRaises(usage.UsageError, parse, "--foreign-domain-status", "500")
+
+
+class BuildServiceTests(SynchronousTestCase):
+    """
+    L{buildService} wires the parts together; the service starts and stops
+    them in order.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = UDPMemoryReactor()
+
+    def build(self, *args: str) -> object:
+        return buildService(parse(*args), self.reactor)
+
+    def test_startListens(self) -> None:
+        """
+        Starting the service listens on every configured endpoint after the
+        handlers started.
+        """
+        service = self.build()
+        self.successResultOf(service.startService())  # type: ignore[attr-defined]
+        self.assertEqual([port for port, _, _ in self.reactor.udpServers], [5060])
+        self.assertEqual(sorted(port for port, *_ in self.reactor.tcpServers), [5060, 8080])
+        self.assertEqual([h.name for h in service.handlers], ["location-cleanup"])  # type: ignore[attr-defined]
+        self.assertEqual([q.name for q in service.queues], ["location-cleanup"])  # type: ignore[attr-defined]
+
+    def test_unknownHandler(self) -> None:
+        """
+        An unknown handler name stops the build with an error naming it.
+        """
+        e = self.assertRaises(HandlerConfigError, self.build, "--handler", "no-such-handler")
+        self.assertIn("no-such-handler", str(e))
+
+    def test_optionForDisabledHandler(self) -> None:
+        """
+        Options for a handler that is not enabled are refused: they are a
+        typo or a forgotten C{--handler}.
+        """
+        e = self.assertRaises(HandlerConfigError, self.build,
+                              "--handler-option", "connection-audt:x=1")
+        self.assertIn("connection-audt", str(e))
+
+    def test_badHandlerOptionValue(self) -> None:
+        """
+        A handler option the handler cannot use fails the start with a
+        clear message.
+        """
+        service = self.build("--handler-option", "location-cleanup:batch-size=many")
+        service.startService()  # type: ignore[attr-defined]
+        failure = service.startFailure  # type: ignore[attr-defined]
+        self.assertIsNotNone(failure)
+        self.assertIn("batch-size", str(failure.value))
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_startPurgesOwnConnectionBoundRows(self) -> None:
+        """
+        At start the node deletes its own connection-bound bindings and
+        keeps UDP ones and other nodes' rows.
+        """
+        service = self.build("--server-id", "4")
+        store = service.store  # type: ignore[attr-defined]
+        now = self.reactor.seconds()
+
+        def binding(ruid: str, serverId: int, conid: int) -> Binding:
+            return Binding(ruid=ruid, username="u", domain="example.com",
+                           contact="sip:u@192.0.2.1", expires=now + 600,
+                           serverId=serverId, connectionId=conid)
+
+        self.successResultOf(store.save([binding("a", 4, 17), binding("b", 4, -1),
+                                         binding("c", 5, 17)]))
+        self.successResultOf(service.startService())  # type: ignore[attr-defined]
+        remaining = self.successResultOf(store.lookup("u@example.com", now))
+        self.assertEqual(sorted(b.ruid for b in remaining), ["b", "c"])
+
+    def test_expiryTimer(self) -> None:
+        """
+        The expiry timer removes expired bindings at its interval.
+        """
+        service = self.build("--expiry-interval", "30")
+        store = service.store  # type: ignore[attr-defined]
+        now = self.reactor.seconds()
+        self.successResultOf(store.save([Binding(
+            ruid="x", username="u", domain="example.com", contact="sip:u@192.0.2.1",
+            expires=now + 40)]))
+        self.successResultOf(service.startService())  # type: ignore[attr-defined]
+        self.reactor.advance(30)
+        self.assertEqual(len(store.allBindings()), 1)
+        self.reactor.advance(30)
+        self.assertEqual(store.allBindings(), [])
+
+    def test_closeEventRemovesBindings(self) -> None:
+        """
+        A close event on the bus reaches location-cleanup, which removes
+        that connection's bindings (and no other) through its job queue.
+        """
+        service = self.build("--server-id", "2")
+        store = service.store  # type: ignore[attr-defined]
+        now = self.reactor.seconds()
+        self.successResultOf(service.startService())  # type: ignore[attr-defined]
+        self.successResultOf(store.save([
+            Binding(ruid=str(conid), username="u", domain="example.com",
+                    contact="sip:u@192.0.2.1:{}".format(conid), expires=now + 600,
+                    serverId=2, connectionId=conid)
+            for conid in (7, 8)]))
+        service.bus.fire(connectionEvent(TCP_CLOSED, conid=7))  # type: ignore[attr-defined]
+        self.reactor.advance(1)
+        self.assertEqual([b.connectionId for b in store.allBindings()], [8])
+
+    def test_stopDrainsAndCloses(self) -> None:
+        """
+        Stopping stops listening, drains the cleanup queue and leaves no
+        timer behind.
+        """
+        service = self.build()
+        self.successResultOf(service.startService())  # type: ignore[attr-defined]
+        service.bus.fire(connectionEvent(TCP_CLOSED, conid=3))  # type: ignore[attr-defined]
+        d = service.stopService()  # type: ignore[attr-defined]
+        self.reactor.advance(1)
+        self.successResultOf(d)
+        self.assertEqual([q.depth for q in service.queues], [0])  # type: ignore[attr-defined]
+        self.assertEqual([s.running for s in service.listeners],  # type: ignore[attr-defined]
+                         [False, False, False])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class ListHandlersTests(SynchronousTestCase):
+    """
+    C{--list-handlers} describes the handler plugins found.
+    """
+
+    def test_builtinListed(self) -> None:
+        """
+        The built-in location-cleanup handler is listed with its events.
+        """
+        out = StringIO()
+        listHandlers(out)
+        text = out.getvalue()
+        self.assertIn("location-cleanup", text)
+        self.assertIn(TCP_CLOSED, text)
