@@ -445,10 +445,10 @@ class JobQueue:
             self._failingSince = self._clock.seconds()
             self._log.error(
                 "job queue {queue}: a batch of {count} items failed; keeping them "
-                "and retrying with backoff: {log_failure.value!r}",
+                "and retrying with backoff: {error}",
                 queue=self.name,
                 count=len(batch),
-                log_failure=failure,
+                error=repr(failure.value),
             )
         self._restore(batch, countAttempt=True)
         self._afterBatch(self._backoff())

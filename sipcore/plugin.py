@@ -63,6 +63,7 @@ __all__ = [
     "OptionError",
     "boolean",
     "choice",
+    "describeHandler",
     "handles",
     "integer",
     "number",
@@ -602,3 +603,61 @@ class Handler:
         @return: C{None} or a L{Deferred}.
         """
         return None
+
+
+# ---------------------------------------------------------------------------
+# Describing handlers (twistd sipcore --list-handlers)
+
+
+def describeHandler(provider: Any) -> tuple[list[str], str | None]:
+    """
+    Describe a handler plugin for C{--list-handlers}: its description,
+    events, priority, API version, limits and, for a L{LazyHandler}, its
+    implementation (imported, to check it can be) and declared options.
+
+    @param provider: an L{IEventHandler} provider.
+    @return: the indented lines, and a problem (C{str}) when the
+        implementation cannot be imported, else C{None}.
+    """
+    lines = [
+        "    " + str(provider.description),
+        "    events:         " + ", ".join(provider.events),
+        "    priority:       {}".format(provider.priority),
+        "    API version:    {}".format(provider.apiVersion),
+    ]
+    limits = []
+    for attribute in ("timeout", "concurrency", "backlog"):
+        value = getattr(provider, attribute, None)
+        limits.append(
+            "{} {}".format(attribute, "(bus default)" if value is None else value)
+        )
+    lines.append("    limits:         " + ", ".join(limits))
+    implementation = getattr(provider, "implementation", None)
+    if not isinstance(implementation, str):
+        return lines, None
+    try:
+        factory = namedAny(implementation)
+    except Exception as e:
+        problem = "cannot import its implementation {}: {}: {}".format(
+            implementation, type(e).__name__, e
+        )
+        lines.append("    implementation: {} (CANNOT IMPORT: {}: {})".format(
+            implementation, type(e).__name__, e))
+        return lines, problem
+    lines.append("    implementation: " + implementation)
+    spec = getattr(factory, "options", None)
+    if isinstance(spec, Mapping) and all(isinstance(o, Option) for o in spec.values()):
+        if spec:
+            lines.append("    options:")
+            width = max(len(name) for name in spec)
+            for name, option in sorted(spec.items()):
+                lines.append(
+                    "      {} (default {!r}){}".format(
+                        name.ljust(width),
+                        option.default,
+                        "  " + option.help if option.help else "",
+                    )
+                )
+        else:
+            lines.append("    options:        (none)")
+    return lines, None

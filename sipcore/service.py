@@ -94,9 +94,7 @@ class SIPCoreService(Service):
 
     async def _start(self) -> None:
         await self.store.start()
-        if self._initSchema is not None:
-            await self._initSchema()
-        await self._purgeOwnRows()
+        await self._prepareStore()
         for handler in self.handlers:
             await defer.maybeDeferred(handler.start, self._makeContext(handler))
             self._started.append(handler)
@@ -113,37 +111,70 @@ class SIPCoreService(Service):
         for listener in self.listeners:
             await defer.maybeDeferred(listener.startService)
 
-    async def _purgeOwnRows(self) -> None:
+    async def _prepareStore(self) -> None:
         """
-        Connection ids do not survive a restart: delete this node's rows
-        that are bound to a connection.  A database that is away does not
-        stop the start; the purge is retried by the expiry timer's backstop.
-        """
-        try:
-            count = await self.store.purgeServer(self.serverId)
-        except Exception as e:
-            self._purgePending = True
-            self._log.warn(
-                "could not purge connection-bound bindings of server_id {serverId} "
-                "at start ({error}); will retry",
-                serverId=self.serverId, error=str(e))
-        else:
-            self._purgePending = False
-            self._log.info(
-                "purged {count} connection-bound bindings of server_id {serverId} at start",
-                count=count, serverId=self.serverId)
+        Create the schema when asked, then purge this node's
+        connection-bound rows (connection ids do not survive a restart).
 
-    _purgePending = False
+        A database that is away does not stop the start: the step is
+        retried every L{backstopRetryInterval} seconds until it succeeds.
+        A schema of another version does stop it.
+        """
+        from sipcore.location.dbinit import SchemaVersionMismatch
+
+        try:
+            if self._initSchema is not None and not self._schemaReady:
+                created = await self._initSchema()
+                self._schemaReady = True
+                self._log.info("location schema {what}",
+                               what="created" if created else "already present")
+            count = await self.store.purgeServer(self.serverId)
+        except SchemaVersionMismatch:
+            raise
+        except Exception as e:
+            if not self._backstopPending:
+                self._log.warn(
+                    "could not prepare the location store ({error}); retrying every "
+                    "{interval} s", error=str(e) or type(e).__name__,
+                    interval=self.backstopRetryInterval)
+            self._backstopPending = True
+            if self._backstopRetry is None:
+                self._backstopRetry = task.LoopingCall(self._retryPrepare)
+                self._backstopRetry.clock = self.reactor
+                self._backstopRetry.start(self.backstopRetryInterval, now=False)
+            return
+        self._backstopPending = False
+        if self._backstopRetry is not None and self._backstopRetry.running:
+            self._backstopRetry.stop()
+        self._backstopRetry = None
+        self._log.info(
+            "purged {count} connection-bound bindings of server_id {serverId} at start",
+            count=count, serverId=self.serverId)
+
+    def _retryPrepare(self) -> defer.Deferred[None]:
+        d = defer.Deferred.fromCoroutine(self._prepareStore())
+        d.addErrback(self._startFailed)
+        return d
+
+    _backstopPending = False
+    _expiryFailing = False
+    _backstopRetry: task.LoopingCall | None = None
+    _schemaReady = False
+    #: Seconds between attempts to prepare a store that was away at start.
+    backstopRetryInterval = 5.0
 
     async def _expire(self) -> None:
-        if self._purgePending:
-            await self._purgeOwnRows()
         try:
             count = await self.store.removeExpired(self.reactor.seconds())
         except Exception as e:
-            self._log.warn("expiry of bindings failed ({error}); will retry",
-                           error=str(e))
+            if not self._expiryFailing:
+                self._log.warn("expiry of bindings failed ({error}); will retry",
+                               error=str(e) or type(e).__name__)
+            self._expiryFailing = True
             return
+        if self._expiryFailing:
+            self._log.info("expiry of bindings works again")
+            self._expiryFailing = False
         if count:
             self._log.info("removed {count} expired bindings", count=count)
 
@@ -174,6 +205,8 @@ class SIPCoreService(Service):
         await self._safely("deliver pending events", self.bus.drain)
         if self._expiry is not None and self._expiry.running:
             self._expiry.stop()
+        if self._backstopRetry is not None and self._backstopRetry.running:
+            self._backstopRetry.stop()
         left = 0
         for queue in self.queues:
             remaining = await self._safely(

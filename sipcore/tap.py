@@ -55,6 +55,8 @@ class Options(usage.Options):
     optFlags = [
         ["db-init", None, "Create the location schema at start if it is missing."],
         ["list-handlers", None, "List the handler plugins found and exit."],
+        # security
+        ["auth-db", None, "Authenticate with Kamailio's subscriber table in --db."],
     ]
 
     optParameters = [
@@ -75,6 +77,39 @@ class Options(usage.Options):
         ["max-expires", None, 86400, "Longest registration granted.", _positiveInt],
         ["foreign-domain-status", None, 403,
          "Status for a REGISTER to a domain this server does not serve (403 or 404).", int],
+        # security (docs/security.rst)
+        ["auth-file", None, "",
+         "Authenticate with the users in this file (user@domain:password or "
+         "user@domain:ha1=HEX per line)."],
+        ["auth-secret", None, "",
+         "Nonce signing secret shared by all nodes (default: $SIPCORE_AUTH_SECRET, "
+         "else random per process)."],
+        ["auth-methods", None, "REGISTER",
+         "Comma-separated methods to challenge (e.g. REGISTER,INVITE,MESSAGE,SUBSCRIBE)."],
+        ["auth-algorithms", None, "SHA-256,MD5",
+         "Digest algorithms offered, preferred first (SHA-256, MD5)."],
+        ["nonce-lifetime", None, 300.0, "Seconds a digest nonce stays valid.", _positiveFloat],
+        ["max-connections", None, 10000,
+         "Most stream connections at once (0: no limit).", _positiveInt],
+        ["max-connections-per-source", None, 256,
+         "Most stream connections from one IP address (0: no limit).", _positiveInt],
+        ["rate-limit", None, 50.0,
+         "Requests per second one IP address may send (0: no limit).", _positiveFloat],
+        ["rate-burst", None, 200.0, "Requests one IP address may send at once.",
+         _positiveFloat],
+        ["rate-overdraft", None, 50.0,
+         "Requests over the rate answered 503 before the rest are dropped.", _positiveFloat],
+        ["max-transactions", None, 50000,
+         "Most transactions in flight; more get 503 (0: no limit).", _positiveInt],
+        ["message-timeout", None, 20.0,
+         "Seconds a partly received stream message may take to complete (0: no limit).",
+         _positiveFloat],
+        ["ws-ping-interval", None, 60.0,
+         "Seconds between WebSocket pings (0: no pings).", _positiveFloat],
+        ["ws-ping-timeout", None, 20.0,
+         "Seconds to wait for a WebSocket pong before closing.", _positiveFloat],
+        ["limit-log-interval", None, 60.0,
+         "Seconds between two log lines about one limit and source.", _positiveFloat],
     ]
 
     def __init__(self) -> None:
@@ -84,6 +119,8 @@ class Options(usage.Options):
         self["handler"] = []
         self["disable-handler"] = []
         self["handler-option"] = {}
+        self["ws-origin"] = []
+        self["rate-exempt"] = []
 
     def opt_listen(self, spec: str) -> None:
         """
@@ -125,7 +162,47 @@ class Options(usage.Options):
                 "--handler-option {!r}: expected NAME:key=value".format(spec))
         self["handler-option"].setdefault(name, {})[key] = value
 
+    # config file (docs/configuration.rst)
+    _argv: list[str] = []
+    _configFile: Any = None
+
+    def parseOptions(self, options: Any = None) -> None:
+        # Remember the command line: the config file sets only what it lacks.
+        self._argv = list(sys.argv[1:] if options is None else options)
+        usage.Options.parseOptions(self, options)
+
+    def opt_config(self, path: str) -> None:
+        """
+        Read options from this INI file: a [sipcore] section whose keys are
+        these long option names, and [handler:NAME] sections of handler
+        options. The command line overrides the file.
+        """
+        from sipcore.config import readConfig
+
+        if self._configFile is not None:
+            raise usage.UsageError("--config may be given only once")
+        self._configFile = readConfig(path)
+        self["config"] = path
+
+    def opt_ws_origin(self, pattern: str) -> None:
+        """
+        Allow WebSocket handshakes with this Origin (* is a wildcard, e.g.
+        https://*.example.com; '*' allows all). Repeatable. Default: only
+        the host connected to and the --domain hosts.
+        """
+        self["ws-origin"].append(pattern)
+
+    def opt_rate_exempt(self, address: str) -> None:
+        """
+        An IP address the request-rate limit does not apply to. Repeatable.
+        """
+        self["rate-exempt"].append(address)
+
     def postOptions(self) -> None:
+        if self._configFile is not None:
+            from sipcore.config import applyConfig
+
+            applyConfig(self, self._configFile, self._argv)
         if self["list-handlers"]:
             return
         if not self["listen"]:
@@ -138,6 +215,7 @@ class Options(usage.Options):
             raise usage.UsageError("--min-expires must not exceed --max-expires")
         if not self["domain"]:
             self["domain"] = ["localhost", "127.0.0.1"]
+        _checkSecurityOptions(self)
 
     def handlerNames(self) -> list[str]:
         """
@@ -228,11 +306,13 @@ def buildService(options: Options, reactor: Any) -> Any:
         isConnected=lambda conid: table.get(conid) is not None,
     )
     core.route("REGISTER", registrar)
+    listenerOptions = _buildSecurity(options, reactor, core, table, store)  # security
     listeners = [
         ListenerService(
             parseListen(spec), reactor, core, table,
             maxSize=options["max-message-size"],
             idleTimeout=options["idle-timeout"],
+            **listenerOptions,
         )
         for spec in options["listen"]
     ]
@@ -267,6 +347,104 @@ def buildService(options: Options, reactor: Any) -> Any:
     service.registrar = registrar
     service.writes = writes
     return service
+
+
+# -- security ----------------------------------------------------------------
+
+
+def _checkSecurityOptions(options: Options) -> None:
+    """
+    Validate the security options (C{postOptions}); load C{--auth-file}.
+
+    @raise usage.UsageError: for a bad value.
+    """
+    from sipcore.sip.auth import ALGORITHMS, loadCredentialFile
+
+    if options["auth-db"] and not options["db"]:
+        raise usage.UsageError("--auth-db needs --db")
+    options["auth-credentials"] = None
+    if options["auth-file"]:
+        if options["auth-db"]:
+            raise usage.UsageError("give --auth-file or --auth-db, not both")
+        try:
+            options["auth-credentials"] = loadCredentialFile(options["auth-file"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+    algorithms = [a.strip().upper() for a in options["auth-algorithms"].split(",") if a.strip()]
+    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    if unknown or not algorithms:
+        raise usage.UsageError("--auth-algorithms: supported are {}".format(
+            ", ".join(ALGORITHMS)))
+    options["auth-algorithms"] = ",".join(algorithms)
+    if options["nonce-lifetime"] <= 0:
+        raise usage.UsageError("--nonce-lifetime must be positive")
+    if options["rate-limit"] and options["rate-burst"] < 1:
+        raise usage.UsageError("--rate-burst must be at least 1")
+    if options["ws-ping-interval"] and not options["ws-ping-timeout"]:
+        raise usage.UsageError("--ws-ping-interval needs a positive --ws-ping-timeout")
+
+
+def _buildSecurity(options: Options, reactor: Any, core: Any, table: Any,
+                   store: Any) -> dict[str, Any]:
+    """
+    Wire the security controls (docs/security.rst): connection limits,
+    the transaction cap, the request-rate limit, digest authentication,
+    and the listener options (message timeout, WebSocket keepalive and
+    Origin policy, per-listener message sizes).
+
+    @return: the keyword options for every L{ListenerService}.
+    """
+    from twisted.logger import Logger
+
+    from sipcore.sip.auth import DigestAuthenticator, PostgresCredentials, secretFromOptions
+    from sipcore.sip.limits import RateLimiter
+
+    log = Logger(namespace="sipcore.security")
+    interval = options["limit-log-interval"]
+    table.maxConnections = options["max-connections"]
+    table.maxPerSource = options["max-connections-per-source"]
+    table._throttle.interval = interval
+    core.transactions.maxTransactions = options["max-transactions"] or 2**62
+    sizes = [int(parseListen(spec).options.get("maxSize", 0)) for spec in options["listen"]]
+    core.maxSize = max([options["max-message-size"]] + sizes)
+    limiter = None
+    if options["rate-limit"]:
+        limiter = RateLimiter(
+            reactor,
+            rate=options["rate-limit"],
+            burst=options["rate-burst"],
+            overdraft=options["rate-overdraft"],
+            exempt=options["rate-exempt"],
+            logInterval=interval,
+        )
+        core.limiter = limiter
+    credentials = options.get("auth-credentials")
+    if options["auth-db"]:
+        credentials = PostgresCredentials(store.pool)
+    if credentials is not None:
+        methods = [m.strip().upper() for m in options["auth-methods"].split(",") if m.strip()]
+        core.addGuard(DigestAuthenticator(
+            credentials,
+            reactor,
+            isLocalDomain=core.isLocal,
+            secret=secretFromOptions(options["auth-secret"]),
+            methods=methods,
+            algorithms=options["auth-algorithms"].split(","),
+            nonceLifetime=options["nonce-lifetime"],
+            limiter=limiter,
+            logInterval=interval,
+        ))
+        log.info("digest authentication on for {methods}", methods=", ".join(methods))
+    else:
+        log.warn("authentication is off (no --auth-file or --auth-db): "
+                 "any client may register any address of record")
+    return {
+        "messageTimeout": options["message-timeout"],
+        "autoPingInterval": options["ws-ping-interval"],
+        "autoPingTimeout": options["ws-ping-timeout"],
+        "allowedOrigins": options["ws-origin"] or None,
+        "originDomains": options["domain"],
+    }
 
 
 class _QueueView:

@@ -8,6 +8,11 @@ C{tls:5061:privateKey=key.pem:certKey=cert.pem} or
 C{ws:8080:interface=\\:\\:1}.  Stream transports map to a Twisted server
 endpoint description (C{tcp:...} or C{ssl:...}); UDP has no endpoint
 string and is opened with C{IReactorUDP.listenUDP}.
+
+Every transport also takes C{maxSize=BYTES}: the largest message that
+listener accepts (default: the server-wide C{--max-message-size}), e.g.
+C{udp:5060:maxSize=8192} or C{ws:8080:maxSize=16384}.  It is sipcore's,
+not part of the endpoint description.
 """
 
 from __future__ import annotations
@@ -40,10 +45,12 @@ DEFAULT_LISTEN = ("udp:5060", "tcp:5060", "ws:8080")
 #: The transports a listen spec may name.
 TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 
-_STREAM_KEYS = ("interface", "backlog")
+_STREAM_KEYS = ("interface", "backlog", "maxSize")
 _TLS_KEYS = _STREAM_KEYS + ("privateKey", "certKey", "extraCertChain", "dhParameters")
+#: Keys sipcore reads itself and keeps out of the endpoint description.
+_OWN_KEYS = ("maxSize",)
 _KEYS = {
-    "udp": ("interface",),
+    "udp": ("interface", "maxSize"),
     "tcp": _STREAM_KEYS,
     "ws": _STREAM_KEYS,
     "tls": _TLS_KEYS,
@@ -53,12 +60,21 @@ _FILE_KEYS = ("privateKey", "certKey", "extraCertChain", "dhParameters")
 
 #: The factory options each transport takes; L{ListenerService} passes a
 #: listener only its own, so one set of options can serve every listener.
+_WS_OPTIONS = (
+    "openHandshakeTimeout",
+    "closeHandshakeTimeout",
+    "autoPingInterval",
+    "autoPingTimeout",
+    "messageTimeout",
+    "allowedOrigins",
+    "originDomains",
+)
 _FACTORY_OPTIONS = {
     "udp": ("receiveBuffer",),
-    "tcp": ("closeGrace",),
-    "tls": ("closeGrace",),
-    "ws": ("openHandshakeTimeout", "closeHandshakeTimeout", "autoPingInterval", "autoPingTimeout"),
-    "wss": ("openHandshakeTimeout", "closeHandshakeTimeout", "autoPingInterval", "autoPingTimeout"),
+    "tcp": ("closeGrace", "messageTimeout"),
+    "tls": ("closeGrace", "messageTimeout"),
+    "ws": _WS_OPTIONS,
+    "wss": _WS_OPTIONS,
 }
 _ALL_FACTORY_OPTIONS = frozenset(name for names in _FACTORY_OPTIONS.values() for name in names)
 
@@ -178,6 +194,10 @@ def parseListen(text: str) -> ListenSpec:
         options["interface"] = interface
     if "backlog" in options and not options["backlog"].isdigit():
         raise ValueError("bad listen spec {!r}: backlog must be a number".format(text))
+    if "maxSize" in options and not (
+        options["maxSize"].isdigit() and int(options["maxSize"]) > 0
+    ):
+        raise ValueError("bad listen spec {!r}: maxSize must be a positive number".format(text))
 
     if transport in ("tls", "wss"):
         if not options.get("privateKey"):
@@ -197,7 +217,8 @@ def parseListen(text: str) -> ListenSpec:
     else:
         description = "{}:{}".format("ssl" if transport in ("tls", "wss") else "tcp", port)
     for key, value in options.items():
-        description += ":{}={}".format(key, _escape(value))
+        if key not in _OWN_KEYS:
+            description += ":{}={}".format(key, _escape(value))
     return ListenSpec(transport, description, port, interface, options)
 
 
@@ -236,7 +257,8 @@ class ListenerService(Service):
         @param options: factory options; each listener uses those of its
             transport and ignores the others: C{closeGrace} (TCP, TLS),
             C{openHandshakeTimeout}, C{closeHandshakeTimeout},
-            C{autoPingInterval}, C{autoPingTimeout} (WS, WSS),
+            C{autoPingInterval}, C{autoPingTimeout}, C{allowedOrigins},
+            C{originDomains} (WS, WSS), C{messageTimeout} (TCP, TLS, WS, WSS),
             C{receiveBuffer} (UDP).
         @raise TypeError: for an option no transport knows.
         """
@@ -248,7 +270,7 @@ class ListenerService(Service):
         self._reactor = reactor
         self._sink = sink
         self._table = table
-        self._maxSize = maxSize
+        self._maxSize = int(spec.options.get("maxSize", maxSize))
         self._idleTimeout = idleTimeout
         self._options = {
             key: value for key, value in options.items() if key in _FACTORY_OPTIONS[spec.transport]

@@ -22,8 +22,8 @@ from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT
 from sipcore.message.errors import SIPParseError
 from sipcore.message.framing import DEFAULT_MAX_SIZE, PING, StreamFramer
 from sipcore.transport.connections import (
-    ConnectionTable,
     ConnectionRefused,
+    ConnectionTable,
     StreamFlow,
     addressOf,
 )

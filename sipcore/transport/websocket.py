@@ -8,6 +8,19 @@ Required} for an unsupported protocol I{version}, and RFC 7118 names no
 status for a missing subprotocol).  Each WebSocket message carries one SIP
 message, as a text or binary frame.
 
+Origin policy: a browser says which page opened the connection in the
+C{Origin} header.  By default (C{allowedOrigins=None}) an origin is allowed
+when its host is the host the client connected to (the C{Host} header) or
+one of C{originDomains} (the server's domains); otherwise the list of
+patterns decides (C{*} matches anything: C{https://*.example.com}).  A
+refused origin gets HTTP C{403 Forbidden} at the handshake.  A request
+without C{Origin} (not from a browser) is allowed: non-browser clients can
+send any Origin they like, so the check protects browsers' users only.
+
+Keepalive: autobahn pings every C{autoPingInterval} seconds; no pong within
+C{autoPingTimeout} closes the connection as C{tcp:timeout} (and
+C{websocket:closed}).
+
 Every timer autobahn sets (opening and closing handshake timeouts,
 automatic pings) runs on the reactor given to L{SIPWebSocketFactory}, not
 on the global one, so tests with a fake clock see them all.
@@ -15,9 +28,12 @@ on the global one, so tests with a fake clock see them all.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.util import wildcards2patterns
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -28,12 +44,17 @@ from twisted.python.failure import Failure
 from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT
 from sipcore.message.framing import DEFAULT_MAX_SIZE
 from sipcore.transport.connections import (
-    ConnectionTable,
     ConnectionRefused,
+    ConnectionTable,
     StreamFlow,
     addressOf,
 )
-from sipcore.transport.stream import DEFAULT_IDLE_TIMEOUT, PONG, classifyLoss
+from sipcore.transport.stream import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MESSAGE_TIMEOUT,
+    PONG,
+    classifyLoss,
+)
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -50,6 +71,10 @@ SIP_SUBPROTOCOL = "sip"
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_MESSAGE_TOO_BIG = 1009
+
+#: Seconds between WebSocket pings, and to wait for the pong.
+DEFAULT_PING_INTERVAL = 60.0
+DEFAULT_PING_TIMEOUT = 20.0
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CONNECTING = WebSocketProtocol.STATE_CONNECTING
@@ -98,6 +123,7 @@ class SIPWebSocketProtocol(WebSocketServerProtocol):
         super().__init__()
         self.sipFlow: StreamFlow | None = None
         self._idleCall: IDelayedCall | None = None
+        self._messageCall: IDelayedCall | None = None
         self._close: tuple[str, str] | None = None
         self._closedByServer = False
         self._closing = False
@@ -133,6 +159,7 @@ class SIPWebSocketProtocol(WebSocketServerProtocol):
             return
         self._resetIdle()
         super().dataReceived(data)
+        self._checkPartial()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._lost:
@@ -159,6 +186,16 @@ class SIPWebSocketProtocol(WebSocketServerProtocol):
 
         @raise ConnectionDeny: C{400} without it.
         """
+        origin = request.origin or ""
+        if origin and not self.factory.originAllowed(origin, request.host or ""):
+            self._setClose(TCP_CLOSED, "websocket handshake refused: origin not allowed")
+            suppressed = self.factory.originThrottle.hit(origin)
+            if suppressed is not None:
+                self._log.warn(
+                    "websocket origin {origin!r} refused ({suppressed} more refusals "
+                    "since the last report)", origin=origin[:200], suppressed=suppressed)
+            self.factory.originsRefused += 1
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
         if SIP_SUBPROTOCOL in (request.protocols or []):
             return SIP_SUBPROTOCOL
         raise ConnectionDeny(
@@ -193,7 +230,16 @@ class SIPWebSocketProtocol(WebSocketServerProtocol):
                 )
         super().onMessageFrameBegin(length)
 
+    def onAutoPingTimeout(self) -> None:
+        self._setClose(
+            TCP_TIMEOUT,
+            "websocket ping timeout (no pong within {:g}s)".format(self.autoPingTimeout),
+        )
+        self._closedByServer = True
+        super().onAutoPingTimeout()
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self._cancelMessageTimer()
         if self._closing or self._lost:
             return
         if not payload.strip(b"\r\n"):
@@ -347,6 +393,39 @@ class SIPWebSocketProtocol(WebSocketServerProtocol):
         call, self._idleCall = self._idleCall, None
         if call is not None and call.active():
             call.cancel()
+        self._cancelMessageTimer()
+
+    def _cancelMessageTimer(self) -> None:
+        call, self._messageCall = self._messageCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _checkPartial(self) -> None:
+        """
+        While part of a WebSocket message is buffered, run the message
+        timer (restarted by L{onMessage} when a message completes).
+        """
+        timeout = self.factory.messageTimeout
+        if not timeout or self._closing or self._lost or self.state != _OPEN:
+            return
+        partial = bool(self.data) or bool(getattr(self, "inside_message", False))
+        if not partial:
+            self._cancelMessageTimer()
+        elif self._messageCall is None:
+            self._messageCall = self.factory.clock.callLater(timeout, self._messageExpired)
+
+    def _messageExpired(self) -> None:
+        self._messageCall = None
+        if self._closing or self._lost:
+            return
+        self._setClose(
+            TCP_TIMEOUT,
+            "message timeout (incomplete message for {:g}s)".format(self.factory.messageTimeout),
+        )
+        self._closing = True
+        self._closedByServer = True
+        self._cancelIdle()
+        self.transport.abortConnection()
 
 
 class SIPWebSocketFactory(WebSocketServerFactory):
@@ -370,6 +449,9 @@ class SIPWebSocketFactory(WebSocketServerFactory):
         closeHandshakeTimeout: float = 1.0,
         autoPingInterval: float = 0,
         autoPingTimeout: float = 0,
+        messageTimeout: float = DEFAULT_MESSAGE_TIMEOUT,
+        allowedOrigins: Sequence[str] | None = None,
+        originDomains: Iterable[str] = (),
     ) -> None:
         """
         @param sink: the L{sipcore.interfaces.IMessageSink}.
@@ -387,7 +469,16 @@ class SIPWebSocketFactory(WebSocketServerFactory):
             close frame before the connection is dropped.
         @param autoPingInterval: seconds between WebSocket pings (C{0}: no
             pings).
-        @param autoPingTimeout: seconds to wait for a pong before dropping.
+        @param autoPingTimeout: seconds to wait for a pong before dropping
+            (C{tcp:timeout}).
+        @param messageTimeout: seconds part of a WebSocket message may stay
+            buffered without a message completing before the connection is
+            aborted (C{tcp:timeout}); C{0} disables it.
+        @param allowedOrigins: C{Origin} patterns allowed (C{*} is a
+            wildcard; C{["*"]} allows every origin), or C{None} for the
+            same-host policy (see the module docstring).
+        @param originDomains: hosts the same-host policy also allows (the
+            server's domains).
         @raise ValueError: for an unknown C{transport} or a bad limit.
         """
         if transport not in ("ws", "wss"):
@@ -415,3 +506,37 @@ class SIPWebSocketFactory(WebSocketServerFactory):
         self.transportName = transport
         self.maxSize = maxSize
         self.idleTimeout = idleTimeout
+        if messageTimeout < 0:
+            raise ValueError("messageTimeout must not be negative")
+        self.messageTimeout = messageTimeout
+        self.allowedOrigins = None if allowedOrigins is None else list(allowedOrigins)
+        self._originPatterns = (
+            None if allowedOrigins is None
+            else wildcards2patterns([o.lower().rstrip("/") for o in allowedOrigins]))
+        self.originDomains = frozenset(d.lower() for d in originDomains)
+        self.originsRefused = 0
+        from sipcore.sip.limits import LogThrottle
+
+        self.originThrottle = LogThrottle(clock)
+
+    def originAllowed(self, origin: str, host: str) -> bool:
+        """
+        Whether a handshake with C{Origin: origin} on C{Host: host} is
+        allowed.
+
+        @param origin: the C{Origin} header value (not empty).
+        @param host: the C{Host} header's host, without port.
+        """
+        origin = origin.strip().lower().rstrip("/")
+        if self._originPatterns is not None:
+            return any(pattern.match(origin) for pattern in self._originPatterns)
+        try:
+            originHost = urlsplit(origin).hostname
+        except ValueError:
+            return False
+        if not originHost:
+            return False
+        host = host.strip().lower()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        return originHost == host or originHost in self.originDomains

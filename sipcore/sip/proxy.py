@@ -1,0 +1,979 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The stateful proxy (RFC 3261 section 16): it routes every request the core
+does not answer itself to the registered users of the server's domains,
+over the very connection each one registered on, and along the Route set
+for requests inside a dialog.
+
+One L{Proxy} is the core's default handler (C{core.routeDefault(proxy)}),
+its ACK handler (C{core.routeAcks(proxy.ackReceived)}) and its handler of
+responses that match no client transaction
+(C{core.routeResponses(proxy.responseReceived)}).
+
+Per request (one server transaction) it keeps a response context: the
+branches it forked to (one client transaction each), the responses they
+got, and timer C for INVITE branches.  See C{docs/routing.rst}.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sipcore.interfaces import IFlow, ILocationStore
+from sipcore.location import Binding, StoreUnavailable
+from sipcore.location.binding import aorKey
+from sipcore.message import (
+    URI,
+    Request,
+    Response,
+    SIPParseError,
+    Via,
+    generateTag,
+    parseAddressList,
+    parseURI,
+)
+from sipcore.sip.routing import (
+    FLOW_PARAM,
+    FlowTokens,
+    NextHop,
+    NoRoute,
+    chooseBest,
+    isIPLiteral,
+    loopHash,
+    loopHashOfBranch,
+    nextHopOf,
+    parseReceived,
+    proxyBranch,
+    statelessBranch,
+)
+from sipcore.sip.transaction import (
+    ACCEPTED,
+    PROCEEDING,
+    TRYING,
+    buildCancel,
+    responseAddress,
+)
+
+__all__ = ["DEFAULT_TIMER_C", "Proxy", "ProxyPolicy"]
+
+#: Seconds an INVITE branch may go without a provisional response before
+#: it is cancelled (RFC 3261 16.6 step 11: more than 3 minutes... we use
+#: exactly 3 minutes, as is common).
+DEFAULT_TIMER_C = 180.0
+
+#: Methods whose initial requests the proxy record-routes.
+RECORD_ROUTE_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+@dataclass(frozen=True)
+class ProxyPolicy:
+    """
+    The proxy's settings.
+
+    @ivar timerC: seconds an INVITE branch waits for its next provisional
+        response before it is cancelled (and the caller gets C{408}).
+    @ivar forwardForeign: whether initial requests for domains this server
+        does not serve are forwarded (by the host and port in the URI, IP
+        literals only).  When false they are refused with
+        C{foreignStatus}.  In-dialog requests routed through this proxy's
+        own Record-Route are always forwarded.
+    @ivar foreignStatus: the status for a refused foreign request.
+    @ivar advertiseHost: the host put in Via and Record-Route for a
+        listener bound to the wildcard address; by default the first
+        domain.
+    @ivar recordRoute: whether to record-route dialog-creating requests.
+    """
+
+    timerC: float = DEFAULT_TIMER_C
+    forwardForeign: bool = False
+    foreignStatus: int = 403
+    advertiseHost: str | None = None
+    recordRoute: bool = True
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.headers = list(headers)
+
+
+@dataclass
+class _Target:
+    """
+    One place a request is forked to.
+
+    @ivar uri: the new Request-URI, or C{None} to keep it.
+    @ivar conid: deliver over this connection of this node.
+    @ivar hop: else deliver to this address.
+    @ivar routes: C{Route} values to put on top (a binding's Path).
+    @ivar failStatus: the status of the branch when it cannot be sent.
+    @ivar binding: the binding this target comes from, if any.
+    """
+
+    uri: URI | None = None
+    conid: int | None = None
+    hop: NextHop | None = None
+    routes: list[str] = field(default_factory=list)
+    failStatus: int = 503
+    failReason: str = "Service Unavailable"
+    binding: Binding | None = None
+
+
+@dataclass
+class _Decision:
+    """
+    Where a request goes: the request to copy for each branch (own Route
+    entries removed), and either targets or an address of record to look
+    up.
+    """
+
+    request: Request
+    targets: list[_Target]
+    aor: str | None = None
+    loopHash: str = ""
+
+
+class _IgnoreResponses:
+    """
+    The TU of the CANCELs the proxy sends: their responses mean nothing.
+    """
+
+    def responseReceived(self, response: Response, tx: Any) -> None:
+        pass
+
+    def timeout(self, tx: Any) -> None:
+        pass
+
+    def transportError(self, tx: Any) -> None:
+        pass
+
+
+_IGNORE = _IgnoreResponses()
+
+
+class _Branch:
+    """
+    One forked request: the client transaction's TU.
+
+    @ivar final: the branch's final response (C{None} while pending).
+    @ivar local: whether C{final} was made by the proxy (timeout,
+        unreachable) rather than received.
+    """
+
+    def __init__(self, context: _ResponseContext, target: _Target) -> None:
+        self.context = context
+        self.target = target
+        self.request: Request | None = None
+        self.flow: IFlow | None = None
+        self.address: tuple[str, int] | None = None
+        self.tx: Any = None
+        self.final: Response | None = None
+        self.local = False
+        self.provisional = False
+        self.cancelStatus: int | None = None
+        self.cancelSent = False
+        self._timerC: IDelayedCall | None = None
+        self._guard: IDelayedCall | None = None
+
+    def __repr__(self) -> str:
+        return "<_Branch {} final={}>".format(
+            self.request.uri if self.request is not None else None,
+            self.final.status if self.final is not None else None)
+
+    @property
+    def done(self) -> bool:
+        return self.final is not None
+
+    # -- client transaction TU ---------------------------------------------
+
+    def responseReceived(self, response: Response, tx: Any) -> None:
+        self.context.branchResponse(self, response)
+
+    def timeout(self, tx: Any) -> None:
+        self.fail(408, "Request Timeout")
+
+    def transportError(self, tx: Any) -> None:
+        self.fail(self.target.failStatus, self.target.failReason)
+
+    # -- timers ---------------------------------------------------------------
+
+    def startTimerC(self) -> None:
+        self.stopTimers()
+        proxy = self.context.proxy
+        self._timerC = proxy.clock.callLater(proxy.policy.timerC, self._timerCFired)
+
+    def _timerCFired(self) -> None:
+        self._timerC = None
+        if self.done:
+            return
+        self.context.proxy.stats["timerC"] += 1
+        if self.provisional:
+            self.cancel(408)
+        else:
+            # Behave as if the transaction had received a 408 (16.8).
+            if self.tx is not None:
+                self.tx.terminate()
+            self.fail(408, "Request Timeout")
+
+    def _guardFired(self) -> None:
+        self._guard = None
+        if self.done:
+            return
+        # The callee never answered the CANCEL with a final response.
+        if self.tx is not None:
+            self.tx.terminate()
+        status = self.cancelStatus or 487
+        self.fail(status, "Request Timeout" if status == 408 else "Request Terminated")
+
+    def stopTimers(self) -> None:
+        for call in (self._timerC, self._guard):
+            if call is not None and call.active():
+                call.cancel()
+        self._timerC = self._guard = None
+
+    # -- actions --------------------------------------------------------------
+
+    def cancel(self, status: int) -> None:
+        """
+        Cancel this branch (an INVITE): send a CANCEL now if a provisional
+        response came, else as soon as one comes (RFC 3261 9.1).
+        """
+        if self.done or self.cancelStatus is not None:
+            return
+        self.cancelStatus = status
+        if self.provisional:
+            self._sendCancel()
+
+    def _sendCancel(self) -> None:
+        if self.cancelSent or self.request is None or self.flow is None:
+            return
+        self.cancelSent = True
+        proxy = self.context.proxy
+        try:
+            proxy.transactions.sendRequest(
+                buildCancel(self.request), self.flow, self.address, _IGNORE)
+        except ValueError:
+            proxy._log.failure("could not send CANCEL for {branch!r}", branch=self)
+        proxy.stats["cancelsSent"] += 1
+        if self._timerC is not None and self._timerC.active():
+            self._timerC.cancel()
+        self._timerC = None
+        self._guard = proxy.clock.callLater(
+            proxy.transactions.timers.timeout, self._guardFired)
+
+    def provisionalReceived(self, status: int) -> None:
+        if status == 100:
+            return
+        self.provisional = True
+        if self.cancelStatus is not None:
+            self._sendCancel()
+        elif self._timerC is not None:
+            self.startTimerC()
+
+    def fail(self, status: int, reason: str) -> None:
+        """
+        End the branch with a response made by the proxy.
+        """
+        if self.done:
+            return
+        response = Response.forRequest(self.context.request, status, reason, toTag=generateTag())
+        self.context.branchFinal(self, response, local=True)
+
+
+class _ResponseContext:
+    """
+    The response context of one request (RFC 3261 16.7).
+    """
+
+    def __init__(self, proxy: Proxy, tx: Any) -> None:
+        self.proxy = proxy
+        self.tx = tx
+        self.request: Request = tx.request
+        self.isInvite = self.request.method == "INVITE"
+        self.branches: list[_Branch] = []
+        self.finalSent = False
+        self.cancelled = False
+        self.starting = True
+        self.finals: list[tuple[Response, bool]] = []
+
+    # -- upstream -------------------------------------------------------------
+
+    def sendUpstream(self, response: Response) -> None:
+        """
+        Send a response to the caller through the server transaction; a
+        2xx to INVITE the transaction no longer takes (it already sent a
+        final response) goes statelessly over the same flow.
+        """
+        tx = self.tx
+        if tx.state in (TRYING, PROCEEDING, ACCEPTED):
+            tx.respond(response)
+            return
+        if self.isInvite and 200 <= response.status < 300:
+            data = response.serialize()
+            if tx.flow.reliable:
+                tx.flow.send(data)
+            else:
+                tx.flow.sendTo(data, responseAddress(self.request, tx.flow))
+            self.proxy.stats["lateSuccessForwarded"] += 1
+
+    def respondLocally(self, status: int, reason: str,
+                       headers: Iterable[tuple[str, str]] = ()) -> None:
+        """
+        Send a final response made by the proxy (if none was sent yet).
+        """
+        if self.finalSent:
+            return
+        self.finalSent = True
+        self.proxy.core.respond(self.tx, status, reason, headers=headers, toTag=generateTag())
+        self.proxy._forget(self)
+
+    # -- branches -----------------------------------------------------------------
+
+    def start(self, targets: list[_Target], decision: _Decision) -> None:
+        for target in targets:
+            branch = _Branch(self, target)
+            self.branches.append(branch)
+            self.proxy._send(self, branch, decision)
+        self.starting = False
+        self._maybeFinish()
+
+    def branchResponse(self, branch: _Branch, response: Response) -> None:
+        if response.headers.removeFirst("Via") is None or not response.headers.lines("Via"):
+            # Nothing left to send it to.
+            self.proxy.stats["responsesWithoutVia"] += 1
+            return
+        status = response.status
+        if status < 200:
+            branch.provisionalReceived(status)
+            if status != 100 and not self.finalSent and not self.cancelled:
+                self.sendUpstream(response)
+            return
+        if 200 <= status < 300:
+            if branch.final is None:
+                branch.final = response
+                branch.stopTimers()
+            if self.isInvite:
+                self.sendUpstream(response)
+                if not self.finalSent:
+                    self.finalSent = True
+                    self.proxy._forget(self)
+                self.cancelOthers(branch, 200)
+            elif not self.finalSent:
+                self.finalSent = True
+                self.sendUpstream(response)
+                self.proxy._forget(self)
+            self._maybeFinish()
+            return
+        if branch.done:
+            return
+        local = False
+        if status == 487 and branch.cancelStatus == 408:
+            # Cancelled by timer C: the caller learns of a timeout.
+            response = Response.forRequest(self.request, 408, "Request Timeout",
+                                           toTag=generateTag())
+            local = True
+        self.branchFinal(branch, response, local=local)
+
+    def branchFinal(self, branch: _Branch, response: Response, local: bool) -> None:
+        if branch.done:
+            return
+        branch.final = response
+        branch.local = local
+        branch.stopTimers()
+        self.finals.append((response, local))
+        if self.isInvite and response.status >= 600:
+            self.cancelOthers(branch, 600)
+        self._maybeFinish()
+
+    def cancelOthers(self, winner: _Branch | None, status: int) -> None:
+        for other in self.branches:
+            if other is not winner and not other.done and other.request is not None:
+                if other.request.method == "INVITE":
+                    other.cancel(status)
+
+    def cancel(self) -> None:
+        """
+        The caller sent CANCEL: answer the INVITE with 487 and cancel every
+        pending branch.
+        """
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self.respondLocally(487, "Request Terminated")
+        self.cancelOthers(None, 487)
+        self._maybeFinish()
+
+    def _maybeFinish(self) -> None:
+        if self.starting:
+            return
+        pending = [branch for branch in self.branches if not branch.done]
+        if pending:
+            return
+        if not self.finalSent:
+            self.finalSent = True
+            if self.finals:
+                self.sendUpstream(chooseBest(self.finals))
+            else:
+                self.proxy.core.respond(self.tx, 480, "Temporarily Unavailable",
+                                        toTag=generateTag())
+        self.proxy._forget(self)
+        self.proxy._live.discard(self)
+
+    def stop(self) -> None:
+        for branch in self.branches:
+            branch.stopTimers()
+
+
+class Proxy:
+    """
+    The stateful proxy.
+
+    @ivar stats: a L{Counter}: C{forwarded} (branches sent), C{acksForwarded},
+        C{strayForwarded}, C{strayDropped}, C{staleBindings}, C{cancelsSent},
+        C{timerC}, and one C{status:NNN} per final response the proxy
+        generated itself.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        core: Any,
+        store: ILocationStore,
+        clock: IReactorTime,
+        table: Any,
+        listeners: Callable[[], Iterable[Any]],
+        serverId: int = 0,
+        policy: ProxyPolicy | None = None,
+        staleBinding: Callable[[Binding], object] | None = None,
+        flowTokens: FlowTokens | None = None,
+    ) -> None:
+        """
+        @param core: the L{sipcore.sip.core.SIPCore} (its C{transactions},
+            C{domains} and C{respond} are used).
+        @param store: where bindings are looked up.
+        @param clock: for timer C.
+        @param table: the L{ConnectionTable}: C{get(conid)} gives the flow
+            of a live connection, iterating gives every live flow.
+        @param listeners: returns the L{ListenerService}s (read when a
+            request is routed, so after they started): their
+            C{spec.transport}, C{getHost()} and, for UDP, C{factory} (the
+            L{SIPDatagramProtocol} requests are sent from).
+        @param serverId: this node's C{server_id}; only bindings with it
+            are delivered over a connection.
+        @param staleBinding: called with a binding whose connection is gone
+            (the composition root removes it from the store); may return a
+            Deferred, whose failure is logged.
+        @param flowTokens: the signer of Record-Route flow tokens (a new
+            random key by default).
+        """
+        self.core = core
+        self.transactions = core.transactions
+        self.store = store
+        self.clock = clock
+        self.table = table
+        self.listeners = listeners
+        self.serverId = serverId
+        self.policy = policy or ProxyPolicy()
+        self.staleBinding = staleBinding
+        self.tokens = flowTokens or FlowTokens()
+        self.stats: Counter[str] = Counter()
+        self._contexts: dict[Any, _ResponseContext] = {}
+        self._live: set[_ResponseContext] = set()
+
+    def install(self) -> None:
+        """
+        Make this proxy the core's default request handler, its ACK
+        handler and its stray response handler.
+        """
+        self.core.routeDefault(self)
+        self.core.routeAcks(self.ackReceived)
+        self.core.routeResponses(self.responseReceived)
+
+    def stop(self) -> None:
+        """
+        Cancel every timer the proxy holds (shutdown).
+        """
+        for context in list(self._live):
+            context.stop()
+        self._live.clear()
+        self._contexts.clear()
+
+    # -- local addresses ------------------------------------------------------
+
+    def _advertised(self, host: str) -> str:
+        if host in _WILDCARD_HOSTS:
+            if self.policy.advertiseHost:
+                return self.policy.advertiseHost
+            domains = sorted(self.core.domains)
+            return domains[0] if domains else "127.0.0.1"
+        return host
+
+    def _listening(self) -> list[tuple[str, str, str, int, Any]]:
+        """
+        C{(transport, bound host, advertised host, port, listener)} of each
+        listener listening now.
+        """
+        out = []
+        for listener in self.listeners():
+            address = listener.getHost()
+            if address is None:
+                continue
+            host = str(getattr(address, "host", ""))
+            port = int(getattr(address, "port", 0))
+            out.append((listener.spec.transport, host.lower(), self._advertised(host).lower(),
+                        port, listener))
+        return out
+
+    def isOwn(self, host: str | None, port: int | None) -> bool:
+        """
+        Whether C{host:port} names this proxy: a domain (without a port, or
+        with a listener's port) or a listener's address.
+        """
+        if not host:
+            return False
+        host = host.lower()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        isDomain = host in self.core.domains
+        if port is None and isDomain:
+            return True
+        for _, bound, advertised, listenPort, _ in self._listening():
+            if host not in (bound, advertised) and not isDomain and bound not in _WILDCARD_HOSTS:
+                continue
+            if host not in (bound, advertised) and not isDomain:
+                continue
+            if port is None or port == listenPort:
+                return True
+        return False
+
+    def _side(self, flow: IFlow) -> tuple[str, str, int]:
+        """
+        C{(transport, host, port)} of this proxy on C{flow}, for Via and
+        Record-Route.
+        """
+        host, port = flow.local
+        return flow.transport, self._advertised(host), port
+
+    # -- requests ---------------------------------------------------------------
+
+    def __call__(self, tx: Any) -> defer.Deferred[None]:
+        """
+        Route one new request (the core's default handler).
+
+        @return: a L{Deferred} that fires when routing decided (the
+            branches are sent or the request was answered); it never fails.
+        """
+        d = defer.Deferred.fromCoroutine(self._handle(tx))
+        d.addErrback(self._handleFailed, tx)
+        return d
+
+    def _handleFailed(self, failure: Failure, tx: Any) -> None:
+        self._log.failure("routing {method} failed", failure, method=tx.request.method)
+        try:
+            self.core.respond(tx, 500, "Server Internal Error", toTag=generateTag())
+        except Exception:
+            self._log.failure("could not answer 500")
+
+    def _refuse(self, tx: Any, status: int, reason: str,
+                headers: Iterable[tuple[str, str]] = ()) -> None:
+        self.stats["status:{}".format(status)] += 1
+        self.core.respond(tx, status, reason, headers=headers, toTag=generateTag())
+
+    async def _handle(self, tx: Any) -> None:
+        request = tx.request
+        if request.method == "CANCEL":
+            self._cancelReceived(tx)
+            return
+        try:
+            decision = self._route(request, tx.flow)
+        except _Refused as e:
+            self._refuse(tx, e.status, e.reason, e.headers)
+            return
+        context = _ResponseContext(self, tx)
+        if context.isInvite:
+            self._contexts[tx] = context
+        self._live.add(context)
+        targets = decision.targets
+        if decision.aor is not None:
+            try:
+                bindings = await self.store.lookup(decision.aor, self.clock.seconds())
+            except StoreUnavailable:
+                self._live.discard(context)
+                context.respondLocally(503, "Service Unavailable", [("Retry-After", "5")])
+                return
+            except Exception:
+                self._live.discard(context)
+                self._log.failure("location lookup of {aor} failed", aor=decision.aor)
+                context.respondLocally(500, "Server Internal Error")
+                return
+            if context.cancelled or context.finalSent:
+                self._live.discard(context)
+                return
+            if not bindings:
+                self._live.discard(context)
+                self.stats["status:404"] += 1
+                context.respondLocally(404, "Not Found")
+                return
+            targets = [self._bindingTarget(binding) for binding in bindings]
+        context.start(targets, decision)
+
+    def _route(self, request: Request, flow: IFlow, stateless: bool = False) -> _Decision:
+        """
+        Decide where a request goes (RFC 3261 16.3 to 16.5).
+
+        @raise _Refused: with the answer when it goes nowhere.
+        """
+        try:
+            maxForwards = request.maxForwards
+            routes = request.routes
+            hashValue = loopHash(request)
+            toTag = request.toAddr.tag
+        except SIPParseError as e:
+            raise _Refused(400, e.reason) from None
+        if maxForwards == 0:
+            raise _Refused(483, "Too Many Hops")
+        if not stateless and self._looped(request, hashValue):
+            raise _Refused(482, "Loop Detected")
+        headers = request.headers.copy()
+        uri = request.uri
+        # Strict routing by the previous hop (16.4): the Request-URI is a
+        # Record-Route value of ours; the real one is the last Route.
+        if uri.isSIP and uri.hasParam("lr") and not uri.user and routes and self.isOwn(
+                uri.host, uri.port):
+            uri = routes[-1].uri
+            routes = routes[:-1]
+            headers.remove("Route")
+            for route in routes:
+                headers.add("Route", str(route))
+        stripped: list[URI] = []
+        while routes and routes[0].uri.isSIP and self.isOwn(routes[0].uri.host,
+                                                            routes[0].uri.port):
+            stripped.append(routes.pop(0).uri)
+            headers.removeFirst("Route")
+        base = Request(request.method, uri, headers, request.body, request.version)
+        if maxForwards is None:
+            base.headers.set("Max-Forwards", "70")
+        else:
+            base.headers.set("Max-Forwards", str(maxForwards - 1))
+        decision = _Decision(base, [], loopHash=hashValue)
+        routed = bool(stripped)
+
+        # A flow token in our own Route entry names the connection of the
+        # other side of the dialog.
+        for conid in self.tokens.fromURIs(stripped):
+            if conid == flow.conid:
+                continue
+            if self.table.get(conid) is None:
+                raise _Refused(430, "Flow Failed")
+            decision.targets.append(_Target(conid=conid, failStatus=430,
+                                            failReason="Flow Failed"))
+            return decision
+
+        if routes:
+            if not (routed or self.policy.forwardForeign):
+                raise self._foreign()
+            decision.targets.append(self._hopTarget(routes[0].uri))
+            return decision
+        if self._isOwnURI(uri):
+            if stateless:
+                raise _Refused(404, "Not Found")
+            if toTag and not uri.user:
+                raise _Refused(481, "Call/Transaction Does Not Exist")
+            if not uri.user or not uri.host:
+                raise _Refused(404, "Not Found")
+            decision.aor = aorKey(uri.user, uri.host.lower())
+            return decision
+        if not (routed or self.policy.forwardForeign):
+            raise self._foreign()
+        decision.targets.append(self._hopTarget(uri))
+        return decision
+
+    def _foreign(self) -> _Refused:
+        status = self.policy.foreignStatus
+        return _Refused(status, "Forbidden (relaying denied)" if status == 403 else "Not Found")
+
+    def _isOwnURI(self, uri: URI) -> bool:
+        if uri.scheme not in ("sip", "sips"):
+            return False
+        return self.isOwn(uri.host, uri.port)
+
+    def _hopTarget(self, uri: URI) -> _Target:
+        try:
+            hop = nextHopOf(uri)
+        except NoRoute as e:
+            raise _Refused(e.status, e.reason) from None
+        return _Target(hop=hop)
+
+    def _looped(self, request: Request, hashValue: str) -> bool:
+        """
+        Whether a Via of ours carries the loop hash of this very request
+        (16.3 step 4): it came back unchanged.
+        """
+        for via in request.vias:
+            if loopHashOfBranch(via.branch) == hashValue and self.isOwn(via.host, via.port):
+                return True
+        return False
+
+    def _bindingTarget(self, binding: Binding) -> _Target:
+        """
+        Where a binding is reached: over its connection when it is bound to
+        one of this node, else along its Path, else at the address the
+        REGISTER came from (UDP), else at its Contact.
+        """
+        try:
+            contact = parseURI(binding.contact)
+        except SIPParseError:
+            return _Target(failStatus=480, failReason="Temporarily Unavailable",
+                           binding=binding)
+        target = _Target(uri=contact, failStatus=480, failReason="Temporarily Unavailable",
+                         binding=binding)
+        if binding.path:
+            try:
+                path = parseAddressList(binding.path, nameAddrOnly=True)
+            except SIPParseError:
+                path = []
+            while path and self.isOwn(path[0].uri.host, path[0].uri.port):
+                path.pop(0)
+            if path:
+                target.routes = [str(address) for address in path]
+                try:
+                    target.hop = nextHopOf(path[0].uri)
+                except NoRoute:
+                    pass
+                return target
+        if binding.connectionId > 0:
+            if binding.serverId == self.serverId:
+                target.conid = binding.connectionId
+            return target
+        received = parseReceived(binding.received)
+        if received is not None:
+            target.hop = received
+            return target
+        try:
+            target.hop = nextHopOf(contact)
+        except NoRoute:
+            pass
+        return target
+
+    # -- sending ---------------------------------------------------------------
+
+    def _udpFlow(self, hop: NextHop) -> IFlow | None:
+        from sipcore.transport.udp import DatagramFlow
+
+        for transport, _, _, _, listener in self._listening():
+            if transport == "udp" and listener.factory is not None:
+                return DatagramFlow(listener.factory, (hop.host, hop.port))
+        return None
+
+    def _connectionTo(self, hop: NextHop) -> IFlow | None:
+        """
+        A live connection of C{hop}'s transport to its address (connection
+        reuse: the proxy opens no connections).
+        """
+        for flow in self.table:
+            if flow.transport == hop.transport and tuple(flow.remote) == (hop.host, hop.port):
+                return flow  # type: ignore[no-any-return]
+        return None
+
+    def _resolve(self, target: _Target) -> tuple[IFlow, tuple[str, int] | None] | None:
+        """
+        The flow (and address, for UDP) a target is sent on, or C{None}
+        when it cannot be reached now.
+        """
+        if target.conid is not None:
+            flow = self.table.get(target.conid)
+            if flow is None:
+                return None
+            return flow, None
+        hop = target.hop
+        if hop is None:
+            return None
+        if hop.transport == "udp":
+            udp = self._udpFlow(hop)
+            if udp is None:
+                return None
+            return udp, (hop.host, hop.port)
+        stream = self._connectionTo(hop)
+        if stream is None:
+            return None
+        return stream, None
+
+    def _staleBinding(self, binding: Binding) -> None:
+        self.stats["staleBindings"] += 1
+        self._log.info(
+            "binding {ruid} of {aor}: connection {conid} is gone; removing it",
+            ruid=binding.ruid, aor=binding.aor, conid=binding.connectionId)
+        if self.staleBinding is None:
+            return
+        d = defer.maybeDeferred(self.staleBinding, binding)
+        d.addErrback(lambda f: self._log.failure(
+            "removing stale binding {ruid} failed", f, ruid=binding.ruid))
+
+    def _recordRoutes(self, request: Request) -> bool:
+        if not self.policy.recordRoute or request.method not in RECORD_ROUTE_METHODS:
+            return False
+        try:
+            return request.toAddr.tag is None
+        except SIPParseError:
+            return False
+
+    def _recordRouteValue(self, side: tuple[str, str, int], tokens: list[str],
+                          double: bool) -> str:
+        transport, host, port = side
+        if ":" in host:
+            host = "[" + host + "]"
+        value = "<sip:{}:{};transport={};lr".format(host, port, transport)
+        if double:
+            value += ";r2=on"
+        if tokens:
+            value += ";{}={}".format(FLOW_PARAM, "-".join(tokens))
+        return value + ">"
+
+    def _via(self, flow: IFlow, branch: str) -> str:
+        transport, host, port = self._side(flow)
+        via = Via(transport.upper(), host, port, (("branch", branch),))
+        if transport == "udp":
+            via = via.withParam("rport")
+        return str(via)
+
+    def _send(self, context: _ResponseContext, branch: _Branch, decision: _Decision) -> None:
+        """
+        Build the branch's request (16.6) and send it in a client
+        transaction; a target that cannot be reached fails the branch at
+        once.
+        """
+        target = branch.target
+        resolved = self._resolve(target)
+        if resolved is None:
+            if target.binding is not None and target.conid is not None:
+                self._staleBinding(target.binding)
+            branch.fail(target.failStatus, target.failReason)
+            return
+        flow, address = resolved
+        base = decision.request
+        out = Request(base.method, target.uri or base.uri, base.headers.copy(), base.body,
+                      base.version)
+        for route in reversed(target.routes):
+            out.headers.add("Route", route, first=True)
+        inbound = context.tx.flow
+        if self._recordRoutes(base):
+            inSide = self._side(inbound)
+            outSide = self._side(flow)
+            inTokens = [self.tokens.make(inbound.conid)] if inbound.conid else []
+            outTokens = [self.tokens.make(flow.conid)] if flow.conid else []
+            if inSide == outSide:
+                tokens = inTokens + [t for t in outTokens if t not in inTokens]
+                out.headers.add("Record-Route",
+                                self._recordRouteValue(inSide, tokens, False), first=True)
+            else:
+                out.headers.add("Record-Route",
+                                self._recordRouteValue(inSide, inTokens, True), first=True)
+                out.headers.add("Record-Route",
+                                self._recordRouteValue(outSide, outTokens, True), first=True)
+        out.headers.add("Via", self._via(flow, proxyBranch(decision.loopHash)), first=True)
+        branch.request = out
+        branch.flow = flow
+        branch.address = address
+        self.stats["forwarded"] += 1
+        if out.method == "INVITE":
+            branch.startTimerC()
+        branch.tx = self.transactions.sendRequest(out, flow, address, branch)
+
+    # -- CANCEL ------------------------------------------------------------------
+
+    def _cancelReceived(self, tx: Any) -> None:
+        """
+        A CANCEL (16.10): 200 to it, then 487 to its INVITE and a CANCEL on
+        every pending branch; 481 when no INVITE matches.
+        """
+        invite = self.transactions.findInviteForCancel(tx.request)
+        if invite is None:
+            self._refuse(tx, 481, "Call/Transaction Does Not Exist")
+            return
+        self.core.respond(tx, 200, "OK", toTag=generateTag())
+        context = self._contexts.get(invite)
+        if context is not None:
+            context.cancel()
+
+    def _forget(self, context: _ResponseContext) -> None:
+        if self._contexts.get(context.tx) is context:
+            del self._contexts[context.tx]
+
+    # -- ACK for 2xx --------------------------------------------------------------
+
+    def ackReceived(self, request: Request, flow: IFlow) -> None:
+        """
+        An ACK no server transaction absorbed (the ACK for a 2xx): forward
+        it statelessly along its Route set or by its Request-URI (16.11);
+        drop it when it goes nowhere.
+        """
+        try:
+            decision = self._route(request, flow, stateless=True)
+            (target,) = decision.targets
+        except (_Refused, ValueError):
+            self.stats["acksDropped"] += 1
+            return
+        resolved = self._resolve(target)
+        if resolved is None:
+            self.stats["acksDropped"] += 1
+            return
+        out = decision.request
+        if target.uri is not None:
+            out.uri = target.uri
+        outFlow, address = resolved
+        out.headers.add("Via", self._via(outFlow, statelessBranch(request)), first=True)
+        data = out.serialize()
+        sent = outFlow.send(data) if outFlow.reliable or address is None else outFlow.sendTo(
+            data, address)
+        self.stats["acksForwarded" if sent else "acksDropped"] += 1
+
+    # -- responses without a transaction ----------------------------------------
+
+    def responseReceived(self, response: Response, flow: IFlow) -> None:
+        """
+        A response that matched no client transaction.  A 2xx to INVITE
+        whose top Via is ours is forwarded statelessly (RFC 6026 section
+        7.1); everything else is dropped and counted.
+        """
+        try:
+            vias = response.vias
+            method = response.cseq[1]
+        except SIPParseError:
+            self.stats["strayDropped"] += 1
+            return
+        if not (200 <= response.status < 300 and method == "INVITE" and len(vias) >= 2
+                and self.isOwn(vias[0].host, vias[0].port)):
+            self.stats["strayDropped"] += 1
+            return
+        response.headers.removeFirst("Via")
+        upstream = vias[1]
+        host = upstream.received or upstream.host
+        rport = upstream.rport
+        port = rport if isinstance(rport, int) and not isinstance(rport, bool) else (
+            upstream.port or 5060)
+        transport = upstream.transport.lower()
+        if not isIPLiteral(host):
+            self.stats["strayDropped"] += 1
+            return
+        resolved = self._resolve(_Target(hop=NextHop(transport, host, port)))
+        if resolved is None:
+            self.stats["strayDropped"] += 1
+            return
+        outFlow, address = resolved
+        data = response.serialize()
+        sent = outFlow.send(data) if outFlow.reliable or address is None else outFlow.sendTo(
+            data, address)
+        self.stats["strayForwarded" if sent else "strayDropped"] += 1

@@ -1,0 +1,295 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The proxy's pure decisions (no I/O): next hops without DNS, Via branches
+with loop detection, flow tokens for Record-Route, and the choice of the
+best final response (RFC 3261 section 16.7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sipcore.message import URI, Request, Response, SIPParseError, parseURI
+from sipcore.message.via import MAGIC_COOKIE
+
+__all__ = [
+    "ACK_BRANCH_PREFIX",
+    "BRANCH_PREFIX",
+    "FLOW_PARAM",
+    "FlowTokens",
+    "NextHop",
+    "NoRoute",
+    "chooseBest",
+    "isIPLiteral",
+    "loopHash",
+    "nextHopOf",
+    "parseReceived",
+    "proxyBranch",
+    "statelessBranch",
+]
+
+#: Branches of requests this proxy forwards statefully start with this,
+#: followed by the loop hash, a dot and random text.
+BRANCH_PREFIX = MAGIC_COOKIE + "sc"
+
+#: Branches of ACKs for 2xx forwarded statelessly start with this.
+ACK_BRANCH_PREFIX = MAGIC_COOKIE + "sa"
+
+#: The Record-Route URI parameter carrying flow tokens.
+FLOW_PARAM = "ftok"
+
+_LOOP_HASH_LENGTH = 16
+_DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "ws": 80, "tls": 5061, "wss": 443}
+_TRANSPORTS = frozenset(_DEFAULT_PORTS)
+
+
+class NoRoute(Exception):
+    """
+    A URI names no next hop this proxy can reach without DNS.
+
+    @ivar status: the response status to answer with.
+    @ivar reason: the reason phrase.
+    """
+
+    def __init__(self, reason: str, status: int = 404) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """
+    Where a request goes next.
+
+    @ivar transport: C{"udp"}, C{"tcp"}, C{"tls"}, C{"ws"} or C{"wss"}.
+    @ivar host: an IP address (IPv6 without brackets).
+    @ivar port: the port.
+    """
+
+    transport: str
+    host: str
+    port: int
+
+
+def isIPLiteral(host: str | None) -> bool:
+    """
+    Whether C{host} is an IPv4 or IPv6 address (not a name that would need
+    DNS).
+    """
+    if not host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def nextHopOf(uri: URI) -> NextHop:
+    """
+    The next hop a SIP URI names, without DNS (RFC 3263 is not used):
+    the C{maddr} is ignored, the host must be an IP literal, the port
+    defaults by transport (5060, or 5061 for TLS and C{sips}), the
+    transport is the C{transport} parameter (UDP when absent, TLS for
+    C{sips}).
+
+    @raise NoRoute: for a non-SIP URI, a host name, or an unknown
+        transport.
+    """
+    if not uri.isSIP:
+        raise NoRoute("Not Found (no route for a {} URI)".format(uri.scheme or "non-SIP"))
+    if not isIPLiteral(uri.host):
+        raise NoRoute("Not Found (no DNS-free route to {})".format(uri.host))
+    transport = (uri.param("transport") or "").lower()
+    if not transport:
+        transport = "tls" if uri.scheme == "sips" else "udp"
+    if transport not in _TRANSPORTS:
+        raise NoRoute("Not Found (unsupported transport {})".format(transport))
+    if uri.scheme == "sips" and transport == "tcp":
+        transport = "tls"
+    port = uri.port or _DEFAULT_PORTS[transport]
+    assert uri.host is not None
+    return NextHop(transport, uri.host, port)
+
+
+def parseReceived(received: str | None) -> NextHop | None:
+    """
+    The address of a binding's C{received} value (C{"sip:HOST:PORT;
+    transport=udp"}, as the registrar writes it).
+
+    @return: the L{NextHop}, or C{None} when there is none or it cannot be
+        parsed.
+    """
+    if not received:
+        return None
+    try:
+        return nextHopOf(parseURI(received))
+    except (SIPParseError, NoRoute):
+        return None
+
+
+def loopHash(request: Request) -> str:
+    """
+    The loop-detection hash of a request as received (RFC 3261 16.3 step 4
+    and 16.6 step 8): Request-URI, From and To tags, Call-ID, CSeq number,
+    C{Proxy-Require} and C{Proxy-Authorization}.  The top Via is left out,
+    so a request that comes back unchanged through other hops is a loop,
+    while one whose Request-URI was retargeted is a spiral.
+
+    @raise SIPParseError: if From, To, Call-ID or CSeq is malformed.
+    """
+    parts = [
+        str(request.uri),
+        request.fromAddr.tag or "",
+        request.toAddr.tag or "",
+        request.callId,
+        str(request.cseq[0]),
+        "\x00".join(request.headers.lines("Proxy-Require")),
+        "\x00".join(request.headers.lines("Proxy-Authorization")),
+    ]
+    digest = hashlib.sha256("\x01".join(parts).encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:_LOOP_HASH_LENGTH]
+
+
+def proxyBranch(hashValue: str) -> str:
+    """
+    A new branch for a forwarded request: the magic cookie, C{sc}, the
+    loop hash of the request received, a dot and 64 random bits.
+    """
+    return BRANCH_PREFIX + hashValue + "." + secrets.token_hex(8)
+
+
+def loopHashOfBranch(branch: str | None) -> str | None:
+    """
+    The loop hash inside a branch made by L{proxyBranch}, or C{None}.
+    """
+    if not branch or not branch.startswith(BRANCH_PREFIX):
+        return None
+    value, dot, _ = branch[len(BRANCH_PREFIX):].partition(".")
+    if not dot or len(value) != _LOOP_HASH_LENGTH:
+        return None
+    return value
+
+
+def statelessBranch(request: Request) -> str:
+    """
+    The branch for an ACK forwarded statelessly (RFC 3261 16.11): derived
+    from the received top Via branch, Request-URI, Call-ID and CSeq, so a
+    retransmitted ACK gets the same branch.
+    """
+    via = request.vias[0]
+    parts = [via.branch or "", str(via), str(request.uri), request.callId,
+             str(request.cseq[0])]
+    digest = hashlib.sha256("\x01".join(parts).encode("utf-8", "surrogateescape"))
+    return ACK_BRANCH_PREFIX + digest.hexdigest()[:24]
+
+
+class FlowTokens:
+    """
+    Signed connection ids for Record-Route (after RFC 5626 section 5.2):
+    a WebSocket client's Contact (C{sip:x@y.invalid;transport=ws}) cannot
+    be reached, so the Record-Route entry facing it names its connection,
+    and in-dialog requests routed through that entry go back over it.
+
+    A token is C{CONID.MAC}, the MAC an HMAC-SHA256 of the conid under a
+    random key made per process, so a token cannot be forged and dies with
+    the process (conids restart at 1).
+    """
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key if key is not None else secrets.token_bytes(32)
+
+    def _mac(self, conid: int) -> str:
+        return hmac.new(self._key, str(conid).encode("ascii"), hashlib.sha256).hexdigest()[:16]
+
+    def make(self, conid: int) -> str:
+        """
+        @return: the token for connection C{conid}.
+        """
+        return "{}.{}".format(conid, self._mac(conid))
+
+    def check(self, token: str) -> int | None:
+        """
+        @return: the conid a token names, or C{None} if it is not one of
+            ours (malformed, or made with another key).
+        """
+        conid, dot, mac = token.partition(".")
+        if not dot or not conid.isdigit() or len(conid) > 12:
+            return None
+        if not hmac.compare_digest(mac, self._mac(int(conid))):
+            return None
+        return int(conid)
+
+    def fromURIs(self, uris: Iterable[URI]) -> list[int]:
+        """
+        The valid conids named by the flow tokens of C{uris}, in order.
+        """
+        conids: list[int] = []
+        for uri in uris:
+            value = uri.param(FLOW_PARAM)
+            if not value:
+                continue
+            for token in value.split("-"):
+                conid = self.check(token)
+                if conid is not None and conid not in conids:
+                    conids.append(conid)
+        return conids
+
+
+#: Statuses preferred within the 4xx class, because they let the caller
+#: retry (RFC 3261 16.7 step 6).
+_PREFERRED_4XX = (401, 407, 415, 420, 484)
+
+
+def chooseBest(responses: Sequence[tuple[Response, bool]]) -> Response:
+    """
+    Choose the response to send upstream once every branch has a final
+    response (RFC 3261 16.7 step 6 and 7).
+
+    A 6xx wins; otherwise the lowest class.  Within the 4xx class 401,
+    407, 415, 420 and 484 are preferred; within a class a response
+    received from downstream is preferred over one the proxy generated
+    (a timeout or an unreachable branch), then the earliest.  A chosen 503
+    becomes a 500 (RFC 3261 16.7 step 6).  A chosen 401 or 407 carries
+    the C{WWW-Authenticate} and C{Proxy-Authenticate} values of every 401
+    and 407 received (step 7).
+
+    @param responses: C{(response, local)} pairs in arrival order,
+        C{local} true for responses the proxy made itself; not empty,
+        final responses (300-699) only.
+    @return: the response to send (a new object when it was changed).
+    """
+    if not responses:
+        raise ValueError("no responses to choose from")
+    sixes = [pair for pair in responses if pair[0].status >= 600]
+    if sixes:
+        candidates = sixes
+    else:
+        lowest = min(response.status // 100 for response, _ in responses)
+        candidates = [pair for pair in responses if pair[0].status // 100 == lowest]
+        if lowest == 4:
+            preferred = [pair for pair in candidates if pair[0].status in _PREFERRED_4XX]
+            if preferred:
+                candidates = preferred
+    received = [pair for pair in candidates if not pair[1]]
+    best = (received or candidates)[0][0]
+    if best.status == 503:
+        changed = Response(500, "Server Internal Error", best.headers.copy(), best.body)
+        changed.headers.remove("Retry-After")
+        return changed
+    if best.status in (401, 407):
+        out = Response(best.status, best.reason, best.headers.copy(), best.body)
+        for other, _ in responses:
+            if other is best or other.status not in (401, 407):
+                continue
+            for name in ("WWW-Authenticate", "Proxy-Authenticate"):
+                for value in other.headers.lines(name):
+                    out.headers.add(name, value)
+        return out
+    return best
