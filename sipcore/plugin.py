@@ -649,15 +649,25 @@ def describeHandler(provider: Any) -> tuple[list[str], str | None]:
     if isinstance(spec, Mapping) and all(isinstance(o, Option) for o in spec.values()):
         if spec:
             lines.append("    options:")
-            width = max(len(name) for name in spec)
+            shown = {name: _showDefault(option.default) for name, option in spec.items()}
+            width = max(len("{} = {}".format(name, shown[name])) for name in spec)
             for name, option in sorted(spec.items()):
                 lines.append(
-                    "      {} (default {!r}){}".format(
-                        name.ljust(width),
-                        option.default,
-                        "  " + option.help if option.help else "",
-                    )
+                    "      {}  {}".format(
+                        "{} = {}".format(name, shown[name]).ljust(width), option.help
+                    ).rstrip()
                 )
         else:
             lines.append("    options:        (none)")
     return lines, None
+
+
+def _showDefault(value: Any) -> str:
+    """
+    An option's default as it would be written on the command line.
+    """
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or value == "":
+        return "(empty)"
+    return str(value)

@@ -34,6 +34,7 @@ class SIPCoreService(Service):
     @ivar queues: the job queues made for handlers (filled as they start).
     @ivar startFailure: the L{Failure} that stopped the start, if any (it
         is logged, and the reactor is stopped when running).
+    @ivar metricsService: the service answering C{GET /metrics}, or C{None}.
     @ivar registrar: the registrar, when the composition root sets one.
     @ivar writes: the L{sipcore.location.ordering.PendingWrites} tracker.
     """
@@ -41,6 +42,7 @@ class SIPCoreService(Service):
     registrar: Any = None
     writes: Any = None
     startFailure: Any = None
+    metricsService: Any = None
 
     _log = Logger()
 
@@ -110,6 +112,8 @@ class SIPCoreService(Service):
                 lambda f: self._log.failure("expiry timer stopped", f))
         for listener in self.listeners:
             await defer.maybeDeferred(listener.startService)
+        if self.metricsService is not None:
+            await defer.maybeDeferred(self.metricsService.startService)
 
     async def _prepareStore(self) -> None:
         """
@@ -195,6 +199,8 @@ class SIPCoreService(Service):
     async def _stop(self) -> None:
         if self.ready is not None and not self.ready.called:
             self.ready.cancel()
+        if self.metricsService is not None and self.metricsService.running:
+            await self._safely("stop metrics", self.metricsService.stopService)
         for listener in reversed(self.listeners):
             if listener.running:
                 await self._safely("stop listener", listener.stopService)

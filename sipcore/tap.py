@@ -57,6 +57,10 @@ class Options(usage.Options):
         ["list-handlers", None, "List the handler plugins found and exit."],
         # security
         ["auth-db", None, "Authenticate with Kamailio's subscriber table in --db."],
+        # proxy (docs/routing.rst)
+        ["forward-foreign", None,
+         "Forward initial requests for other domains to the IP address and port in "
+         "their Request-URI (default: refuse them with 403)."],
     ]
 
     optParameters = [
@@ -75,8 +79,18 @@ class Options(usage.Options):
          _positiveInt],
         ["min-expires", None, 60, "Shortest registration accepted (else 423).", _positiveInt],
         ["max-expires", None, 86400, "Longest registration granted.", _positiveInt],
+        ["metrics-listen", None, "",
+         "Endpoint serving GET /metrics (Prometheus text), e.g. "
+         "tcp:9060:interface=127.0.0.1; empty: off."],
         ["foreign-domain-status", None, 403,
          "Status for a REGISTER to a domain this server does not serve (403 or 404).", int],
+        # proxy (docs/routing.rst)
+        ["timer-c", None, 180.0,
+         "Seconds an INVITE branch may wait for its next provisional response before "
+         "it is cancelled and the caller gets 408.", _positiveFloat],
+        ["advertise-host", None, "",
+         "Host put in Via and Record-Route for listeners bound to the wildcard address "
+         "(default: the first --domain)."],
         # security (docs/security.rst)
         ["auth-file", None, "",
          "Authenticate with the users in this file (user@domain:password or "
@@ -120,7 +134,7 @@ class Options(usage.Options):
         self["disable-handler"] = []
         self["handler-option"] = {}
         self["ws-origin"] = []
-        self["rate-exempt"] = []
+        self["limit-exempt"] = []
 
     def opt_listen(self, spec: str) -> None:
         """
@@ -192,11 +206,13 @@ class Options(usage.Options):
         """
         self["ws-origin"].append(pattern)
 
-    def opt_rate_exempt(self, address: str) -> None:
+    def opt_limit_exempt(self, address: str) -> None:
         """
-        An IP address the request-rate limit does not apply to. Repeatable.
+        An IP address the per-source limits (request rate, connections) do
+        not apply to. Repeatable; replaces the default (127.0.0.1 and ::1);
+        'none' exempts no address.
         """
-        self["rate-exempt"].append(address)
+        self["limit-exempt"].append(address)
 
     def postOptions(self) -> None:
         if self._configFile is not None:
@@ -209,6 +225,15 @@ class Options(usage.Options):
             self["listen"] = list(DEFAULT_LISTEN)
         if self["foreign-domain-status"] not in (403, 404):
             raise usage.UsageError("--foreign-domain-status must be 403 or 404")
+        if self["metrics-listen"]:
+            from twisted.internet.endpoints import serverFromString
+            from twisted.internet.testing import MemoryReactor
+
+            try:
+                serverFromString(MemoryReactor(), self["metrics-listen"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(
+                    "--metrics-listen {!r}: {}".format(self["metrics-listen"], e)) from e
         if self["db-init"] and not self["db"]:
             raise usage.UsageError("--db-init needs --db")
         if self["min-expires"] > self["max-expires"]:
@@ -228,19 +253,38 @@ class Options(usage.Options):
         return names
 
 
-def listHandlers(out: Any = None) -> str:
+def listHandlers(out: Any = None, package: Any = None) -> str:
     """
-    Describe every handler plugin found.
+    Describe every handler plugin found (name, whether it is on by default,
+    description, events, priority, API version, limits, implementation and
+    options), then every problem met while looking for them.
 
-    @return: the text written to C{out} (default stdout).
+    @param out: where to write (default stdout).
+    @param package: the plugin package to search (default
+        C{twisted.plugins}).
+    @return: the text written.
     """
-    found = findHandlers()
-    lines = []
+    from sipcore.events.plugins import HANDLER_API_VERSION, discoverHandlers
+    from sipcore.plugin import describeHandler
+
+    found = discoverHandlers(package)
+    problems = [str(problem) for problem in found.problems]
+    lines = ["Handler plugins (this sipcore implements handler API version {}):".format(
+        HANDLER_API_VERSION)]
     for name in sorted(found):
-        handler = found[name]
-        lines.append("{}\n    {}\n    events: {}".format(
-            name, handler.description, ", ".join(handler.events)))
-    text = "\n".join(lines) + "\n" if lines else "no handler plugins found\n"
+        if name in DEFAULT_HANDLERS:
+            state = "on by default; disable with --disable-handler " + name
+        else:
+            state = "off by default; enable with --handler " + name
+        described, problem = describeHandler(found[name])
+        lines += ["", "{}  [{}]".format(name, state)] + described
+        if problem is not None:
+            problems.append("{}: {}".format(name, problem))
+    if not found:
+        lines += ["", "no handler plugins found"]
+    if problems:
+        lines += ["", "Problems:"] + ["    " + problem for problem in problems]
+    text = "\n".join(lines) + "\n"
     (out or sys.stdout).write(text)
     return text
 
@@ -346,10 +390,67 @@ def buildService(options: Options, reactor: Any) -> Any:
     )
     service.registrar = registrar
     service.writes = writes
+    service.metricsService = _buildMetrics(options, reactor, service)
+    # proxy (docs/routing.rst): routes what the core and the registrar do not
+    # answer; it reads the listeners' bound addresses only once they listen.
+    service.proxy = _buildProxy(options, reactor, core, store, table, listeners)
     return service
 
 
+def _buildMetrics(options: Options, reactor: Any, service: Any) -> Any:
+    """
+    The C{GET /metrics} service, or C{None} without C{--metrics-listen}.
+    """
+    if not options["metrics-listen"]:
+        return None
+    from twisted.application import strports
+    from twisted.web.server import Site
+
+    from sipcore.metrics import MetricsResource
+
+    site = Site(MetricsResource(service))
+    site.noisy = False
+    return strports.service(options["metrics-listen"], site, reactor=reactor)
+
+
+def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: Any,
+                listeners: list[Any]) -> Any:
+    """
+    Build the stateful proxy and make it the core's default handler.  A
+    binding whose connection is gone is removed from the store.
+    """
+    from twisted.logger import Logger
+
+    from sipcore.sip.proxy import Proxy, ProxyPolicy
+
+    log = Logger(namespace="sipcore.proxy")
+
+    def staleBinding(binding: Any) -> Any:
+        d = store.remove([binding.ruid])
+        d.addErrback(lambda f: log.error(
+            "could not remove stale binding {ruid}: {error}", ruid=binding.ruid,
+            error=f.getErrorMessage()))
+        return d
+
+    proxy = Proxy(
+        core, store, reactor, table, lambda: listeners,
+        serverId=options["server-id"],
+        policy=ProxyPolicy(
+            timerC=options["timer-c"],
+            forwardForeign=bool(options["forward-foreign"]),
+            advertiseHost=options["advertise-host"] or None,
+        ),
+        staleBinding=staleBinding,
+    )
+    proxy.install()
+    return proxy
+
+
 # -- security ----------------------------------------------------------------
+
+#: Source addresses the per-source limits skip unless --limit-exempt says
+#: otherwise: loopback traffic comes from this host (tests, a local SBC).
+DEFAULT_LIMIT_EXEMPT = ("127.0.0.1", "::1")
 
 
 def _checkSecurityOptions(options: Options) -> None:
@@ -362,6 +463,8 @@ def _checkSecurityOptions(options: Options) -> None:
 
     if options["auth-db"] and not options["db"]:
         raise usage.UsageError("--auth-db needs --db")
+    exempt = options["limit-exempt"] or list(DEFAULT_LIMIT_EXEMPT)
+    options["limit-exempt"] = [a.lower() for a in exempt if a.lower() != "none"]
     options["auth-credentials"] = None
     if options["auth-file"]:
         if options["auth-db"]:
@@ -403,6 +506,7 @@ def _buildSecurity(options: Options, reactor: Any, core: Any, table: Any,
     interval = options["limit-log-interval"]
     table.maxConnections = options["max-connections"]
     table.maxPerSource = options["max-connections-per-source"]
+    table.exempt = frozenset(options["limit-exempt"])
     table._throttle.interval = interval
     core.transactions.maxTransactions = options["max-transactions"] or 2**62
     sizes = [int(parseListen(spec).options.get("maxSize", 0)) for spec in options["listen"]]
@@ -414,7 +518,7 @@ def _buildSecurity(options: Options, reactor: Any, core: Any, table: Any,
             rate=options["rate-limit"],
             burst=options["rate-burst"],
             overdraft=options["rate-overdraft"],
-            exempt=options["rate-exempt"],
+            exempt=options["limit-exempt"],
             logInterval=interval,
         )
         core.limiter = limiter

@@ -551,11 +551,7 @@ class Proxy:
         if port is None and isDomain:
             return True
         for _, bound, advertised, listenPort, _ in self._listening():
-            if host not in (bound, advertised) and not isDomain and bound not in _WILDCARD_HOSTS:
-                continue
-            if host not in (bound, advertised) and not isDomain:
-                continue
-            if port is None or port == listenPort:
+            if (isDomain or host in (bound, advertised)) and port in (None, listenPort):
                 return True
         return False
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -201,6 +201,7 @@ class ConnectionTable:
         maxConnections: int = 0,
         maxPerSource: int = 0,
         logInterval: float = 60.0,
+        exempt: Iterable[str] = (),
     ) -> None:
         """
         @param bus: an L{sipcore.interfaces.IEventBus} provider (only C{fire}
@@ -215,6 +216,7 @@ class ConnectionTable:
             address (C{0}: no limit).
         @param logInterval: seconds between two log lines about refusals
             from the same source.
+        @param exempt: source addresses C{maxPerSource} does not apply to.
         """
         from sipcore.sip.limits import LogThrottle
 
@@ -227,6 +229,7 @@ class ConnectionTable:
         self.refused = 0
         self.maxConnections = maxConnections
         self.maxPerSource = maxPerSource
+        self.exempt = frozenset(exempt)
         self.refusedByLimit: dict[str, int] = {"total": 0, "perSource": 0}
         self._perSource: dict[str, int] = {}
         self._throttle = LogThrottle(clock, logInterval)
@@ -281,7 +284,8 @@ class ConnectionTable:
         source = flow.remote[0]
         if self.maxConnections and len(self._entries) >= self.maxConnections:
             self._refuseByLimit("total", source, self.maxConnections)
-        if self.maxPerSource and self._perSource.get(source, 0) >= self.maxPerSource:
+        if (self.maxPerSource and self._perSource.get(source, 0) >= self.maxPerSource
+                and source not in self.exempt):
             self._refuseByLimit("perSource", source, self.maxPerSource)
         self._perSource[source] = self._perSource.get(source, 0) + 1
         conid = next(_conids)

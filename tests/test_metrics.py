@@ -1,0 +1,97 @@
+"""
+Tests for L{sipcore.metrics}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, readBody
+
+from sipcore.events import TCP_CLOSED
+from sipcore.metrics import collect, render
+from sipcore.tap import Options, buildService
+from sipcore.testing import UDPMemoryReactor, connectionEvent
+from tests.serverhelpers import startServer
+
+
+class CollectTests(SynchronousTestCase):
+    """
+    L{collect} reads the counters of every part of a running service.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = UDPMemoryReactor()
+        options = Options()
+        options.parseOptions([])
+        self.service = buildService(options, self.reactor)
+        self.successResultOf(self.service.startService())
+        self.addCleanup(self.service.stopService)
+
+    def sample(self, name: str, **labels: str) -> float:
+        for sampleName, sampleLabels, value in collect(self.service):
+            if sampleName == name and sampleLabels == labels:
+                return value
+        raise AssertionError("no sample {} {}".format(name, labels))
+
+    def test_handlerAndQueueCounts(self) -> None:
+        """
+        A close event shows up in the handler's counters and the cleanup
+        queue's processed count.
+        """
+        self.service.bus.fire(connectionEvent(TCP_CLOSED, conid=4))
+        self.reactor.advance(1)
+        self.assertEqual(self.sample("sipcore_handler_events_total",
+                                     handler="location-cleanup", outcome="fired"), 1)
+        self.assertEqual(self.sample("sipcore_jobqueue", queue="location-cleanup",
+                                     counter="processed"), 1)
+        self.assertEqual(self.sample("sipcore_store_available"), 1)
+        self.assertEqual(self.sample("sipcore_connections_open"), 0)
+
+    def test_render(self) -> None:
+        """
+        The text format has one HELP and TYPE line per metric, counters
+        end in C{_total}, and label values are escaped.
+        """
+        text = render([
+            ("sipcore_x_total", {"a": 'q"uote'}, 2.0),
+            ("sipcore_x_total", {"a": "b"}, 3.0),
+            ("sipcore_y", {}, 0.5),
+        ])
+        self.assertEqual(text.splitlines(), [
+            "# HELP sipcore_x_total sipcore_x_total",
+            "# TYPE sipcore_x_total counter",
+            'sipcore_x_total{a="q\\"uote"} 2',
+            'sipcore_x_total{a="b"} 3',
+            "# HELP sipcore_y sipcore_y",
+            "# TYPE sipcore_y gauge",
+            "sipcore_y 0.5",
+        ])
+
+    def test_badEndpoint(self) -> None:
+        """
+        An unusable C{--metrics-listen} is a usage error.
+        """
+        self.assertRaises(usage.UsageError, Options().parseOptions,
+                          ["--metrics-listen", "nonsense:1"])
+
+
+class EndpointTests(TestCase):
+    """
+    C{--metrics-listen} serves the metrics over HTTP.
+    """
+
+    async def test_get(self) -> None:
+        """
+        C{GET /metrics} answers the Prometheus text with the live numbers.
+        """
+        service = await startServer(self, "--metrics-listen", "tcp:0:interface=127.0.0.1",
+                                    transports=("tcp",))
+        port = service.metricsService._waitingForPort.result.getHost().port
+        response = await Agent(reactor).request(
+            b"GET", "http://127.0.0.1:{}/metrics".format(port).encode())
+        body = (await readBody(response)).decode()
+        self.assertEqual(response.code, 200)
+        self.assertIn("sipcore_connections_open 0", body)
+        self.assertIn('sipcore_jobqueue{counter="depth",queue="location-cleanup"} 0', body)
