@@ -119,6 +119,7 @@ class CleanupPipelineMixin:
             keeper.transport.write(b"\r\n\r\n")
             await task.deferLater(reactor, 0.7, lambda: None)
         await self.gone("idle")
+        await idle.waiters.lost
         self.assertEqual(len(await self.rows("keeper")), 1)  # type: ignore[attr-defined]
 
     async def test_shutdownRemovesBindings(self) -> None:

@@ -654,6 +654,8 @@ class Proxy:
             headers.remove("Route")
             for route in routes:
                 headers.add("Route", str(route))
+        # Strict routing by the previous hop counts as routed through us.
+        routed = uri is not request.uri
         stripped: list[URI] = []
         while routes and routes[0].uri.isSIP and self.isOwn(routes[0].uri.host,
                                                             routes[0].uri.port):
@@ -665,7 +667,7 @@ class Proxy:
         else:
             base.headers.set("Max-Forwards", str(maxForwards - 1))
         decision = _Decision(base, [], loopHash=hashValue)
-        routed = bool(stripped)
+        routed = routed or bool(stripped)
 
         # A flow token in our own Route entry names the connection of the
         # other side of the dialog.

@@ -382,15 +382,6 @@ class _Transaction:
         for name in list(self._calls):
             if name not in keep:
                 self._cancelTimer(name)
-        self._log.debug(
-            "{kind} {method} {branch}: {old} -> {new} on {event}",
-            kind=type(self).__name__,
-            method=self.method,
-            branch=self.branch,
-            old=old,
-            new=state,
-            event=event,
-        )
         if state == TERMINATED and self._onTerminated is not None:
             onTerminated, self._onTerminated = self._onTerminated, None
             onTerminated(self)

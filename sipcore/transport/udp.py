@@ -168,12 +168,11 @@ class SIPDatagramProtocol(DatagramProtocol):
             return False
         try:
             self.transport.write(data, address)
-        except Exception as e:
+        except Exception:
             # ICMP errors, EMSGSIZE, a bad address from a Via header: not
             # bugs, but nothing the caller can do either.
+            # Counted, not logged: a log line per packet would let any
+            # sender fill the log.
             self.sendErrors += 1
-            self._log.debug(
-                "UDP send to {address} failed: {error}", address=address, error=str(e)
-            )
             return False
         return True

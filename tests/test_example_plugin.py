@@ -1,0 +1,767 @@
+# -*- test-case-name: tests.test_example_plugin -*-
+"""
+Third-party handler plugins, end to end.
+
+The example package in examples/sipcore-webhook is installed into a
+temporary directory (with pip when it can build wheels here, else with
+setuptools' own build, which uses the same package discovery), then:
+
+  - a fresh C{twistd sipcore --list-handlers} finds it;
+  - its own test suite passes from the installed copy;
+  - in this process, C{findHandlers} finds it and C{--handler webhook}
+    enables it in a real service on loopback, where it POSTs the
+    C{tcp:closed} of a real TCP connection to a small HTTP server;
+  - its failure (a URL nobody listens on), together with a handler that
+    raises, does not stop location-cleanup.
+
+It also checks that each broken plugin is refused with a clear message
+through C{Options} and C{buildService}: one that does not provide the
+interface, a duplicate name, a module that raises at import, a version
+mismatch, an unknown name, an implementation that cannot be imported.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, reactor, utils
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web import resource, server
+from zope.interface.verify import verifyObject
+
+import twisted.plugins
+from sipcore.events import TCP_CLOSED
+from sipcore.events.plugins import HANDLER_API_VERSION, HandlerConfigError, findHandlers
+from sipcore.interfaces import IEventHandler
+from sipcore.location import Binding
+from sipcore.plugin import (
+    Handler,
+    HandlerContext,
+    HandlerError,
+    HandlerImportError,
+    LazyHandler,
+    Option,
+    OptionError,
+    boolean,
+    choice,
+    handles,
+    integer,
+    number,
+    parseOptions,
+    text,
+)
+from sipcore.tap import Options, buildService, makeService
+from sipcore.testing import UDPMemoryReactor, connectionEvent
+from tests.serverhelpers import connectTCP, registerRequest, startServer, waitUntil
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "sipcore-webhook"
+
+_counter = itertools.count()
+
+# ---------------------------------------------------------------------------
+# Installing the example package (once per test run)
+
+_installed: dict[str, str] = {}
+
+
+async def _run(*args: str, cwd: str, env: dict[str, str] | None = None) -> tuple[str, int]:
+    out, err, code = await utils.getProcessOutputAndValue(
+        sys.executable, list(args), env=env if env is not None else dict(os.environ),
+        path=cwd, reactor=reactor,
+    )
+    return (out + err).decode("utf-8", "replace"), code
+
+
+async def installExample() -> tuple[str, str]:
+    """
+    Install examples/sipcore-webhook into a temporary directory, once.
+
+    C{pip install --no-deps --target} needs to build a wheel; without the
+    C{wheel} package (setuptools < 70.1) it cannot, offline, and the
+    package is built with setuptools' C{build_py} instead, which finds the
+    packages and copies the same files.
+
+    @return: the directory to put on C{sys.path}, and how it was made
+        (C{"pip"} or C{"setuptools"}).
+    """
+    if _installed:
+        return _installed["target"], _installed["method"]
+    base = tempfile.mkdtemp(prefix="sipcore-webhook-")
+    atexit.register(shutil.rmtree, base, True)
+    source = os.path.join(base, "src")
+    shutil.copytree(
+        EXAMPLE,
+        source,
+        ignore=shutil.ignore_patterns(
+            "_trial_temp*", "build", "*.egg-info", "dropin.cache", "__pycache__"
+        ),
+    )
+    target = os.path.join(base, "site")
+    output, code = await _run(
+        "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+        "--disable-pip-version-check", "--target", target, source, cwd=base,
+    )
+    method = "pip"
+    if code != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        output, code = await _run(
+            "-c", "import setuptools; setuptools.setup()",
+            "build", "--build-base", os.path.join(base, "build"),
+            "build_py", "--build-lib", target,
+            cwd=source,
+        )
+        method = "setuptools"
+    if code != 0:
+        raise AssertionError("cannot install the example package:\n" + output)
+    _installed.update(target=target, method=method)
+    return target, method
+
+
+def useInstalled(testCase: TestCase, target: str) -> None:
+    """
+    Make the installed example importable and discoverable in this process
+    for the test: C{target} on C{sys.path}, and its C{twisted/plugins} in
+    C{twisted.plugins.__path__} (computed when C{twisted.plugins} was first
+    imported, so adding to C{sys.path} alone is not enough).
+    """
+    testCase.patch(sys, "path", [target] + sys.path)
+    testCase.patch(
+        twisted.plugins,
+        "__path__",
+        list(twisted.plugins.__path__) + [os.path.join(target, "twisted", "plugins")],
+    )
+
+    def forget() -> None:
+        for name in list(sys.modules):
+            if name.startswith("sipcore_webhook") or name == "twisted.plugins.sipcore_webhook_plugin":
+                del sys.modules[name]
+
+    testCase.addCleanup(forget)
+
+
+def freshEnvironment(target: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in [target, str(ROOT), env.get("PYTHONPATH", "")] if p
+    )
+    return env
+
+
+# ---------------------------------------------------------------------------
+# Plugin directories for the refusal tests
+
+
+def addPluginDirectory(testCase: SynchronousTestCase, modules: dict[str, str]) -> dict[str, str]:
+    """
+    Add a directory of plugin modules to C{twisted.plugins.__path__} for
+    the test (what installing a package with those modules does).
+
+    @param modules: module name (a unique suffix is added) to source.
+    @return: the given names mapped to the unique module names.
+    """
+    directory = os.path.join(testCase.mktemp(), "twisted", "plugins")
+    os.makedirs(directory)
+    unique = {}
+    for name, source in modules.items():
+        moduleName = "sipcore_test_{}_{}_{}".format(name, os.getpid(), next(_counter))
+        unique[name] = moduleName
+        with open(os.path.join(directory, moduleName + ".py"), "w") as f:
+            f.write(textwrap.dedent(source))
+    testCase.patch(twisted.plugins, "__path__", list(twisted.plugins.__path__) + [directory])
+
+    def forget() -> None:
+        for moduleName in unique.values():
+            sys.modules.pop("twisted.plugins." + moduleName, None)
+
+    testCase.addCleanup(forget)
+    return unique
+
+
+class Exploding:
+    """
+    A handler implementation that raises on every event.
+    """
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+
+    def handle(self, event: Any) -> None:
+        raise RuntimeError("exploding handler")
+
+
+EXPLODE = """
+from sipcore.plugin import LazyHandler
+explode = LazyHandler(
+    "explode", "raises on every close", ("tcp:closed", "tcp:reset", "tcp:timeout"),
+    implementation="tests.test_example_plugin.Exploding", priority=0,
+)
+"""
+
+NONPROVIDER = """
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+from sipcore.interfaces import IEventHandler
+
+@implementer(IPlugin, IEventHandler)
+class NoHandle:
+    name = "nohandle"
+    description = "lacks handle()"
+    events = ("tcp:closed",)
+    priority = 1
+    apiVersion = 1
+
+    def start(self, context):
+        pass
+
+    def stop(self):
+        pass
+
+nohandle = NoHandle()
+"""
+
+DUPLICATE = """
+from sipcore.plugin import LazyHandler
+again = LazyHandler("location-cleanup", "a second location-cleanup", ("tcp:closed",),
+                    implementation="x.Y")
+"""
+
+BROKEN = """
+from sipcore.plugin import LazyHandler
+broken = LazyHandler("broken", "never seen", ("tcp:closed",), implementation="x.Y")
+raise RuntimeError("this plugin module is broken")
+"""
+
+FUTURE = """
+from sipcore.plugin import LazyHandler
+future = LazyHandler("future", "from the future", ("tcp:closed",),
+                     implementation="x.Y", apiVersion=99)
+"""
+
+MISSING = """
+from sipcore.plugin import LazyHandler
+missing = LazyHandler("missing", "its implementation is not installed", ("tcp:closed",),
+                      implementation="sipcore_no_such_package.handler.Missing")
+"""
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(["--listen", "tcp:0", *args])
+    return options
+
+
+class RefusalTests(SynchronousTestCase):
+    """
+    A configured handler that cannot be used stops sipcore before anything
+    starts, with a message naming the plugin and what is wrong.
+    """
+
+    def build(self, *args: str) -> Any:
+        return buildService(parse(*args), UDPMemoryReactor())
+
+    def test_doesNotProvideInterface(self) -> None:
+        """
+        A plugin that declares L{IEventHandler} but lacks C{handle} is
+        refused when configured, saying what is missing.
+        """
+        names = addPluginDirectory(self, {"nohandle": NONPROVIDER})
+        e = self.assertRaises(HandlerConfigError, self.build, "--handler", "nohandle")
+        message = str(e)
+        self.assertTrue(message.startswith("handler not available: 'nohandle'; known handlers: "))
+        self.assertIn(
+            "plugin problems: nohandle: <twisted.plugins.{0}.NoHandle object".format(
+                names["nohandle"]
+            ),
+            message,
+        )
+        self.assertIn("(plugin twisted.plugins.{}.nohandle)".format(names["nohandle"]), message)
+        self.assertIn("does not provide IEventHandler: ", message)
+        self.assertIn("The sipcore.interfaces.IEventHandler.handle(event) attribute was not "
+                      "provided.", message)
+
+    def test_duplicateName(self) -> None:
+        """
+        Two plugins named location-cleanup: neither is used, so the default
+        configuration refuses to start, naming both.
+        """
+        names = addPluginDirectory(self, {"dup": DUPLICATE})
+        e = self.assertRaises(HandlerConfigError, self.build)
+        message = str(e)
+        self.assertTrue(message.startswith("handler not available: 'location-cleanup'"), message)
+        self.assertIn("location-cleanup: 2 plugins use this name, so none is used: ", message)
+        self.assertIn("(plugin twisted.plugins.sipcore_handlers.locationCleanup)", message)
+        self.assertIn("(plugin twisted.plugins.{}.again)".format(names["dup"]), message)
+
+    def test_importError(self) -> None:
+        """
+        A plugin module that raises at import is named in the refusal of
+        a handler it would have provided.
+        """
+        names = addPluginDirectory(self, {"broken": BROKEN})
+        e = self.assertRaises(HandlerConfigError, self.build, "--handler", "broken")
+        self.assertEqual(
+            str(e).split("; plugin problems: ")[1],
+            "twisted.plugins.{}: failed to load: RuntimeError: this plugin module is "
+            "broken".format(names["broken"]),
+        )
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_versionMismatch(self) -> None:
+        """
+        A plugin written for another handler API version is refused,
+        saying which versions this sipcore implements.
+        """
+        addPluginDirectory(self, {"future": FUTURE})
+        e = self.assertRaises(HandlerConfigError, self.build, "--handler", "future")
+        self.assertIn(
+            "written for handler API version 99, but this sipcore implements "
+            "version(s) {}".format(HANDLER_API_VERSION),
+            str(e),
+        )
+
+    def test_unknownName(self) -> None:
+        """
+        A name no plugin has is refused, listing the known handlers;
+        C{makeService} turns it into an exit with the message.
+        """
+        e = self.assertRaises(HandlerConfigError, self.build, "--handler", "nope")
+        self.assertTrue(
+            str(e).startswith(
+                "handler not available: 'nope'; known handlers: connection-audit, "
+                "location-cleanup"
+            ),
+            str(e),
+        )
+        exit = self.assertRaises(SystemExit, makeService, parse("--handler", "nope"))
+        self.assertTrue(str(exit.code).startswith("sipcore: handler not available: 'nope'"))
+
+    def test_implementationMissing(self) -> None:
+        """
+        A plugin whose implementation cannot be imported is found (its
+        module is light) but fails sipcore's start with
+        L{HandlerImportError} naming the handler; nothing listens.
+        """
+        addPluginDirectory(self, {"missing": MISSING})
+        reactor = UDPMemoryReactor()
+        service = buildService(parse("--handler", "missing"), reactor)
+        service.startService()
+        failure = service.startFailure
+        self.assertIsInstance(failure.value, HandlerImportError)
+        self.assertTrue(
+            str(failure.value).startswith(
+                "handler 'missing': cannot import its implementation "
+                "'sipcore_no_such_package.handler.Missing': ObjectNotFound"
+            ),
+            str(failure.value),
+        )
+        self.assertEqual(reactor.tcpServers, [])
+        self.flushLoggedErrors(HandlerImportError)
+
+
+# ---------------------------------------------------------------------------
+# The installed example
+
+
+class WebhookReceiver(resource.Resource):
+    """
+    A tiny webhook endpoint that keeps the JSON documents POSTed to it.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posts: list[tuple[bytes | None, Any]] = []
+
+    def render_POST(self, request: Any) -> bytes:
+        self.posts.append((request.getHeader(b"content-type"), json.loads(request.content.read())))
+        request.setResponseCode(204)
+        return b""
+
+
+class InstalledExampleTests(TestCase):
+    """
+    The example package, installed like any third-party plugin.
+    """
+
+    async def setUp(self) -> None:
+        self.target, self.method = await installExample()
+
+    def test_installedLayout(self) -> None:
+        """
+        The plugin module is installed under twisted/plugins without any
+        C{__init__.py} in twisted/ or twisted/plugins/, beside its package.
+        """
+        target = Path(self.target)
+        self.assertTrue((target / "twisted" / "plugins" / "sipcore_webhook_plugin.py").is_file())
+        self.assertFalse((target / "twisted" / "__init__.py").exists())
+        self.assertFalse((target / "twisted" / "plugins" / "__init__.py").exists())
+        self.assertTrue((target / "sipcore_webhook" / "handler.py").is_file())
+
+    async def test_listedByFreshTwistd(self) -> None:
+        """
+        A fresh C{twistd sipcore --list-handlers}, run outside the checkout
+        with the installed package on its path, lists the webhook handler
+        and reports no problem.
+        """
+        outside = self.mktemp()
+        os.makedirs(outside)
+        output, code = await _run(
+            "-c", "from twisted.scripts.twistd import run; run()",
+            "sipcore", "--list-handlers",
+            cwd=outside, env=freshEnvironment(self.target),
+        )
+        self.assertEqual(code, 0, output)
+        self.assertIn("\nwebhook  [off by default; enable with --handler webhook]\n", output)
+        self.assertIn("    implementation: sipcore_webhook.handler.Webhook\n", output)
+        self.assertIn("      url = (empty)", output)
+        self.assertNotIn("Problems:", output)
+
+    async def test_ownTestsPass(self) -> None:
+        """
+        The package's own tests (written with L{sipcore.testing}) pass from
+        the installed copy.
+        """
+        output, code = await _run(
+            "-m", "twisted.trial", "sipcore_webhook",
+            cwd=self.target, env=freshEnvironment(self.target),
+        )
+        self.assertEqual(code, 0, output)
+        self.assertIn("PASSED", output)
+
+    def test_discovered(self) -> None:
+        """
+        C{findHandlers} finds the installed plugin: a L{LazyHandler} that
+        provides L{IEventHandler}, defined in the installed module.
+        """
+        useInstalled(self, self.target)
+        found = findHandlers()
+        self.assertEqual(found.problems, [])
+        webhook = found["webhook"]
+        self.assertIsInstance(webhook, LazyHandler)
+        self.assertTrue(verifyObject(IEventHandler, webhook))
+        module = sys.modules["twisted.plugins.sipcore_webhook_plugin"]
+        self.assertTrue(module.__file__.startswith(self.target), module.__file__)
+
+    async def test_postsCloseOfRealConnection(self) -> None:
+        """
+        Enabled by name, the webhook POSTs the C{tcp:closed} of a real
+        loopback TCP connection as JSON.
+        """
+        useInstalled(self, self.target)
+        receiver = WebhookReceiver()
+        http = reactor.listenTCP(0, server.Site(receiver), interface="127.0.0.1")
+        self.addCleanup(http.stopListening)
+        service = await startServer(
+            self,
+            "--handler", "webhook",
+            "--handler-option",
+            "webhook:url=http://127.0.0.1:{}/sip-events".format(http.getHost().port),
+            transports=("tcp",),
+        )
+        self.assertEqual([h.name for h in service.handlers], ["location-cleanup", "webhook"])
+        client = await connectTCP(service.ports["tcp"])
+        clientPort = client.localPort
+        client.transport.loseConnection()
+        await waitUntil(lambda: service.bus.stats("webhook").succeeded == 1, what="the POST")
+        [(contentType, document)] = receiver.posts
+        self.assertEqual(contentType, b"application/json")
+        self.assertEqual(document["event"], TCP_CLOSED)
+        self.assertEqual(document["transport"], "tcp")
+        self.assertEqual(document["remote"], ["127.0.0.1", clientPort])
+        self.assertEqual(document["local"], ["127.0.0.1", service.ports["tcp"]])
+        self.assertIsInstance(document["conid"], int)
+        self.assertEqual(service.bus.stats("webhook").failed, 0)
+
+    async def test_failureDoesNotStopCleanup(self) -> None:
+        """
+        With the webhook pointed at a port nobody listens on, and a handler
+        that raises running before location-cleanup, a binding registered
+        over TCP is still removed when the connection closes; both
+        failures are logged and counted.
+        """
+        useInstalled(self, self.target)
+        addPluginDirectory(self, {"explode": EXPLODE})
+        closed = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        deadPort = closed.getHost().port
+        await closed.stopListening()
+        service = await startServer(
+            self,
+            "--handler", "webhook",
+            "--handler", "explode",
+            "--handler-option", "webhook:url=http://127.0.0.1:{}/".format(deadPort),
+            transports=("tcp",),
+        )
+        client = await connectTCP(service.ports["tcp"])
+        response = await client.request(
+            registerRequest("tcp", "alice", localPort=client.localPort)
+        )
+        self.assertEqual(response.status, 200)
+
+        def bindings() -> Any:
+            return service.store.lookup("alice@example.com", reactor.seconds())
+
+        self.assertEqual(len(await bindings()), 1)
+        client.transport.loseConnection()
+        await waitUntil(
+            lambda: service.bus.stats("webhook").failed == 1
+            and service.bus.stats("explode").failed == 1,
+            what="both failures",
+        )
+
+        async def gone() -> bool:
+            return await bindings() == []
+
+        await waitUntil(gone, what="the binding to go")
+        self.assertEqual(service.bus.stats("location-cleanup").failed, 0)
+        self.assertEqual(service.bus.stats("location-cleanup").succeeded, 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
+
+
+# ---------------------------------------------------------------------------
+# The plugin author's API (sipcore.plugin)
+
+
+class SlowHandler:
+    """
+    A handler implementation whose Deferreds never fire by themselves.
+    """
+
+    def __init__(self, context: Any) -> None:
+        self.pending: list[defer.Deferred[None]] = []
+
+    def handle(self, event: Any) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+SLOW = """
+from sipcore.plugin import LazyHandler
+slow = LazyHandler(
+    "slow", "never answers", ("tcp:closed",),
+    implementation="tests.test_example_plugin.SlowHandler",
+    priority=0, timeout=5.0, concurrency=1, backlog=1,
+)
+"""
+
+
+class ServiceIsolationTests(SynchronousTestCase):
+    """
+    In a whole service, a slow plugin that runs before location-cleanup
+    does not delay it: its timeout, concurrency and backlog apply to it
+    alone.
+    """
+
+    def test_slowPluginIsolated(self) -> None:
+        """
+        Three close events: location-cleanup removes all three
+        connections' bindings at once, while the slow handler runs one,
+        queues one and drops one; its timeout frees the slot for the
+        queued one.
+        """
+        addPluginDirectory(self, {"slow": SLOW})
+        clock = UDPMemoryReactor()
+        service = buildService(parse("--handler", "slow", "--server-id", "2"), clock)
+        self.successResultOf(service.startService())
+        now = clock.seconds()
+        store = service.store
+        self.successResultOf(store.save([
+            Binding(ruid=str(conid), username="u", domain="example.com",
+                    contact="sip:u@192.0.2.1:{}".format(conid), expires=now + 600,
+                    serverId=2, connectionId=conid)
+            for conid in (1, 2, 3)]))
+        for conid in (1, 2, 3):
+            service.bus.fire(connectionEvent(TCP_CLOSED, conid=conid))
+        clock.advance(0.1)
+        self.assertEqual(store.allBindings(), [])
+        slow = service.bus.stats("slow")
+        self.assertEqual((slow.running, slow.waiting, slow.dropped), (1, 1, 1))
+        self.assertEqual(service.bus.stats("location-cleanup").succeeded, 3)
+        clock.advance(5.0)
+        self.assertEqual((slow.timedOut, slow.running, slow.waiting), (1, 1, 0))
+        clock.advance(5.0)
+        self.assertEqual((slow.timedOut, slow.running, slow.fired), (2, 0, 2))
+        self.successResultOf(service.stopService())
+
+
+class OptionParsingTests(SynchronousTestCase):
+    """
+    L{parseOptions} and the option parsers.
+    """
+
+    spec = {
+        "size": Option(integer(minimum=1, maximum=10), 5, "how many"),
+        "ratio": Option(number(minimum=0.0), 0.5),
+        "strict": Option(boolean, False),
+        "mode": Option(choice("fast", "safe"), "safe"),
+        "url": Option(text, ""),
+    }
+
+    def test_defaults(self) -> None:
+        """
+        Options not given get their defaults, unparsed.
+        """
+        self.assertEqual(
+            parseOptions("h", self.spec, {}),
+            {"size": 5, "ratio": 0.5, "strict": False, "mode": "safe", "url": ""},
+        )
+
+    def test_parsed(self) -> None:
+        """
+        Given options are parsed to their types.
+        """
+        values = parseOptions(
+            "h", self.spec,
+            {"size": " 10 ", "ratio": "2.5", "strict": "Yes", "mode": "fast", "url": " x "},
+        )
+        self.assertEqual(
+            values, {"size": 10, "ratio": 2.5, "strict": True, "mode": "fast", "url": " x "}
+        )
+
+    def test_unknown(self) -> None:
+        """
+        Unknown options are refused together, with the known ones.
+        """
+        e = self.assertRaises(OptionError, parseOptions, "h", self.spec, {"b": "1", "a": "2"})
+        self.assertEqual(
+            str(e),
+            "handler 'h': unknown options 'a', 'b'; known options: mode, ratio, size, strict, url",
+        )
+        self.assertIsInstance(e, ValueError)
+        self.assertIsInstance(e, HandlerError)
+
+    def test_invalid(self) -> None:
+        """
+        Each parser's refusal names the option, the value and the reason.
+        """
+        cases = [
+            ({"size": "x"}, "option size='x': must be an integer"),
+            ({"size": "0"}, "option size='0': must be at least 1"),
+            ({"size": "11"}, "option size='11': must be at most 10"),
+            ({"ratio": "nan"}, "option ratio='nan': must be a finite number"),
+            ({"ratio": "-1"}, "option ratio='-1': must be at least 0.0"),
+            ({"strict": "maybe"}, "option strict='maybe': must be yes or no (true/false, "
+                                  "on/off, 1/0)"),
+            ({"mode": "quick"}, "option mode='quick': must be one of fast, safe"),
+        ]
+        for given, message in cases:
+            e = self.assertRaises(OptionError, parseOptions, "h", self.spec, given)
+            self.assertEqual(str(e), "handler 'h': " + message)
+
+
+class HandlesTests(SynchronousTestCase):
+    """
+    L{handles} and L{Handler}'s dispatch.
+    """
+
+    def test_unknownEvent(self) -> None:
+        """
+        A misspelt event name is refused when the class is defined.
+        """
+        e = self.assertRaises(ValueError, handles, "tcp:close")
+        self.assertIn("unknown event name(s) 'tcp:close'", str(e))
+        self.assertRaises(ValueError, handles)
+
+    def test_twoMethodsForOneEvent(self) -> None:
+        """
+        Two methods of one class for the same event are refused.
+        """
+
+        def define() -> None:
+            class Twice(Handler):
+                @handles("tcp:closed")
+                def one(self, event: Any) -> None:
+                    pass
+
+                @handles("tcp:closed", "tcp:reset")
+                def two(self, event: Any) -> None:
+                    pass
+
+        e = self.assertRaises(TypeError, define)
+        self.assertEqual(str(e), "Twice: both one() and two() handle 'tcp:closed'")
+
+    def test_dispatchAndInheritance(self) -> None:
+        """
+        C{handle} calls the method for the event's name (a subclass may
+        replace one); other events return C{None}.
+        """
+
+        class Base(Handler):
+            @handles("tcp:closed", "tcp:reset")
+            def closed(self, event: Any) -> str:
+                return "base " + event.name
+
+        class Child(Base):
+            @handles("tcp:reset")
+            def reset(self, event: Any) -> str:
+                return "child " + event.name
+
+        handler = Child(HandlerContext(0, Clock(), None, handlerName="child"))
+        self.assertEqual(handler.name, "child")
+        self.assertEqual(handler.handle(connectionEvent(TCP_CLOSED)), "base tcp:closed")
+        self.assertEqual(handler.handle(connectionEvent("tcp:reset")), "child tcp:reset")
+        self.assertIsNone(handler.handle(connectionEvent("tcp:connected")))
+        self.assertEqual(Child.handledEvents(), ("tcp:closed", "tcp:reset"))
+        self.assertIsNone(handler.start())
+        self.assertIsNone(handler.stop())
+
+    def test_requireDatabase(self) -> None:
+        """
+        C{requireDatabase} returns the pool, or refuses without one.
+        """
+
+        class NeedsDb(Handler):
+            pass
+
+        pool = object()
+        self.assertIs(NeedsDb(HandlerContext(0, Clock(), None, dbPool=pool)).requireDatabase(),
+                      pool)
+        handler = NeedsDb(HandlerContext(0, Clock(), None, handlerName="needs-db"))
+        e = self.assertRaises(HandlerError, handler.requireDatabase)
+        self.assertIn("handler 'needs-db' needs a PostgreSQL database", str(e))
+
+    def test_lazyHandlerChecksEvents(self) -> None:
+        """
+        A descriptor subscribing to an event its L{Handler} has no method
+        for is refused at start; the context learns the handler's name.
+        """
+        descriptor = LazyHandler(
+            "partial", "closes only", ("tcp:closed", "tcp:timeout"),
+            implementation="tests.test_example_plugin.ClosedOnly",
+        )
+        context = HandlerContext(0, Clock(), None)
+        e = self.assertRaises(HandlerError, descriptor.start, context)
+        self.assertEqual(
+            str(e),
+            "handler 'partial' subscribes to tcp:timeout but its implementation "
+            "tests.test_example_plugin.ClosedOnly has no @handles method for it",
+        )
+        self.assertEqual(context.handlerName, "partial")
+        good = LazyHandler("closed-only", "closes only", ("tcp:closed",),
+                           implementation="tests.test_example_plugin.ClosedOnly")
+        self.assertIsNone(good.start(HandlerContext(0, Clock(), None)))
+        self.assertEqual(good.handle(connectionEvent(TCP_CLOSED)), "closed-only")
+
+
+class ClosedOnly(Handler):
+    """
+    Handles C{tcp:closed} only.
+    """
+
+    @handles("tcp:closed")
+    def closed(self, event: Any) -> str:
+        return self.name

@@ -1,0 +1,1038 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+Tests for L{sipcore.sip.proxy} and L{sipcore.sip.routing}: every routing
+decision of the stateful proxy, driven through the real core and
+transaction layer with a L{task.Clock}, fake flows and the memory store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.trial.unittest import SynchronousTestCase
+
+from sipcore.location import Binding
+from sipcore.message import Request, Response, parseMessage, parseURI
+from sipcore.sip.core import SIPCore
+from sipcore.sip.proxy import Proxy, ProxyPolicy
+from sipcore.sip.routing import (
+    ACK_BRANCH_PREFIX,
+    BRANCH_PREFIX,
+    FlowTokens,
+    NextHop,
+    NoRoute,
+    chooseBest,
+    loopHash,
+    nextHopOf,
+    proxyBranch,
+)
+from sipcore.testing import FakeFlow, MemoryLocationStore, RecordingBus
+from sipcore.transport.connections import ConnectionTable
+from sipcore.transport.udp import SIPDatagramProtocol
+
+UDP_PORT = 5060
+WS_PORT = 8080
+TCP_PORT = 5070
+
+
+class _Address:
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+
+
+class _Spec:
+    def __init__(self, transport: str) -> None:
+        self.transport = transport
+
+
+class FakeListener:
+    """
+    What the proxy reads of a L{ListenerService}.
+    """
+
+    def __init__(self, transport: str, port: int, factory: Any = None) -> None:
+        self.spec = _Spec(transport)
+        self.port = port
+        self.factory = factory
+
+    def getHost(self) -> _Address:
+        return _Address("127.0.0.1", self.port)
+
+
+class FakeDatagramTransport:
+    """
+    Records the datagrams a L{SIPDatagramProtocol} writes.
+    """
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, Any]] = []
+
+    def write(self, data: bytes, address: Any) -> None:
+        self.written.append((data, address))
+
+
+def sipRequest(
+    method: str = "INVITE",
+    uri: str = "sip:bob@example.com",
+    branch: str = "z9hG4bKcaller1",
+    via: str | None = None,
+    callId: str = "call-1",
+    cseq: int = 1,
+    toTag: str | None = None,
+    maxForwards: str | None = "70",
+    extra: tuple[tuple[str, str], ...] = (),
+    body: bytes = b"",
+) -> bytes:
+    lines = [
+        "{} {} SIP/2.0".format(method, uri),
+        "Via: " + (via or "SIP/2.0/UDP 127.0.0.1:40000;branch={};rport".format(branch)),
+    ]
+    if maxForwards is not None:
+        lines.append("Max-Forwards: " + maxForwards)
+    lines += [
+        "From: <sip:alice@example.com>;tag=alicetag",
+        "To: <sip:bob@example.com>" + (";tag=" + toTag if toTag else ""),
+        "Call-ID: " + callId,
+        "CSeq: {} {}".format(cseq, method),
+        "Contact: <sip:alice@127.0.0.1:40000>",
+    ]
+    lines += ["{}: {}".format(name, value) for name, value in extra]
+    lines.append("Content-Length: {}".format(len(body)))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class ProxyHarness:
+    """
+    A core, a transaction layer, a connection table, a memory store and a
+    proxy, on a L{task.Clock}; a UDP listener on 5060, TCP on 5070 and WS
+    on 8080, all on 127.0.0.1, domain example.com.
+    """
+
+    def __init__(self, policy: ProxyPolicy | None = None) -> None:
+        self.clock = task.Clock()
+        self.core = SIPCore(self.clock, domains=["example.com"])
+        self.table = ConnectionTable(RecordingBus(), self.clock)
+        self.store = MemoryLocationStore(self.clock)
+        self.udpProtocol = SIPDatagramProtocol(self.core, receiveBuffer=0)
+        self.udpProtocol.transport = FakeDatagramTransport()
+        self.udpProtocol._local = ("127.0.0.1", UDP_PORT)
+        self.listeners = [
+            FakeListener("udp", UDP_PORT, self.udpProtocol),
+            FakeListener("tcp", TCP_PORT),
+            FakeListener("ws", WS_PORT),
+        ]
+        self.stale: list[Binding] = []
+        self.proxy = Proxy(self.core, self.store, self.clock, self.table,
+                           lambda: self.listeners, policy=policy,
+                           staleBinding=self.stale.append)
+        self.proxy.install()
+        self.caller = FakeFlow("udp", local=("127.0.0.1", UDP_PORT),
+                               remote=("127.0.0.1", 40000))
+        self._ruids = 0
+
+    def connect(self, transport: str = "ws", port: int = 50000) -> FakeFlow:
+        """
+        A live stream connection (in the table) from C{127.0.0.1:port}.
+        """
+        local = WS_PORT if transport == "ws" else TCP_PORT
+        flow = FakeFlow(transport, local=("127.0.0.1", local), remote=("127.0.0.1", port))
+        self.table.add(flow)
+        return flow
+
+    def bind(self, user: str = "bob", flow: FakeFlow | None = None, **fields: Any) -> Binding:
+        """
+        Store a binding of C{user@example.com}: over C{flow}'s connection
+        when given, else the fields given.
+        """
+        self._ruids += 1
+        values: dict[str, Any] = {
+            "ruid": "ruid-{}".format(self._ruids),
+            "username": user,
+            "domain": "example.com",
+            "contact": "sip:{}@client{}.invalid;transport=ws".format(user, self._ruids),
+            "expires": self.clock.seconds() + 3600,
+            "lastModified": float(self._ruids),
+        }
+        if flow is not None:
+            values["connectionId"] = flow.conid
+            values["received"] = "sip:127.0.0.1:{};transport={}".format(
+                flow.remote[1], flow.transport)
+        values.update(fields)
+        binding = Binding(**values)
+        self.store.save([binding])
+        return binding
+
+    def send(self, data: bytes, flow: FakeFlow | None = None) -> None:
+        self.core.messageReceived(data, flow or self.caller)
+
+    def received(self, flow: FakeFlow) -> list[Any]:
+        return flow.messages()
+
+    def requestsOn(self, flow: FakeFlow, method: str | None = None) -> list[Request]:
+        return [m for m in flow.messages() if isinstance(m, Request)
+                and (method is None or m.method == method)]
+
+    def responsesTo(self, flow: FakeFlow) -> list[Response]:
+        return [m for m in flow.messages() if isinstance(m, Response)]
+
+    def statuses(self, flow: FakeFlow | None = None) -> list[int]:
+        return [r.status for r in self.responsesTo(flow or self.caller)]
+
+    def udpSent(self) -> list[tuple[Any, Any]]:
+        return [(parseMessage(data), address)
+                for data, address in self.udpProtocol.transport.written]
+
+    def answer(self, request: Request, status: int, flow: FakeFlow,
+               toTag: str = "bobtag", extra: tuple[tuple[str, str], ...] = ()) -> None:
+        """
+        Send a response to C{request} (as the callee received it) back over
+        C{flow}.
+        """
+        response = Response.forRequest(request, status, toTag=toTag)
+        for rr in request.headers.lines("Record-Route"):
+            response.headers.add("Record-Route", rr)
+        for name, value in extra:
+            response.headers.add(name, value)
+        self.core.messageReceived(response.serialize(), flow)
+
+
+class MaxForwardsAndLoopTests(SynchronousTestCase):
+    """
+    RFC 3261 16.3: Max-Forwards and loop detection.
+    """
+
+    def test_maxForwardsZero(self) -> None:
+        """
+        A request with Max-Forwards 0 is answered 483 and goes nowhere.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("MESSAGE", maxForwards="0"))
+        self.assertEqual(h.statuses(), [483])
+        self.assertEqual(bob.sent, [])
+
+    def test_maxForwardsDecremented(self) -> None:
+        """
+        The forwarded copy carries Max-Forwards one less than received.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("MESSAGE", maxForwards="5"))
+        [message] = h.requestsOn(bob)
+        self.assertEqual(message.maxForwards, 4)
+
+    def test_maxForwardsAdded(self) -> None:
+        """
+        A request without Max-Forwards is forwarded with Max-Forwards 70.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("MESSAGE", maxForwards=None))
+        [message] = h.requestsOn(bob)
+        self.assertEqual(message.maxForwards, 70)
+
+    def test_badMaxForwards(self) -> None:
+        """
+        A malformed Max-Forwards is answered 400.
+        """
+        h = ProxyHarness()
+        h.send(sipRequest("MESSAGE", maxForwards="many"))
+        self.assertEqual(h.statuses(), [400])
+
+    def test_loopDetected(self) -> None:
+        """
+        A request that carries a Via of ours whose branch holds the loop
+        hash of this very request came back unchanged: 482.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        first = parseMessage(sipRequest("MESSAGE"))
+        ours = "SIP/2.0/UDP 127.0.0.1:5060;branch={};rport".format(
+            proxyBranch(loopHash(first)))
+        looped = sipRequest("MESSAGE", via="SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKz;rport",
+                            extra=(("Via", ours),))
+        h.send(looped)
+        self.assertEqual(h.statuses(), [482])
+        self.assertEqual(bob.sent, [])
+
+    def test_spiralIsNotALoop(self) -> None:
+        """
+        A request with a Via of ours whose loop hash differs (its
+        Request-URI was retargeted) is a spiral and is forwarded.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        other = parseMessage(sipRequest("MESSAGE", uri="sip:carol@example.com"))
+        ours = "SIP/2.0/UDP 127.0.0.1:5060;branch={};rport".format(
+            proxyBranch(loopHash(other)))
+        h.send(sipRequest("MESSAGE", via="SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKz;rport",
+                          extra=(("Via", ours),)))
+        self.assertEqual(len(h.requestsOn(bob, "MESSAGE")), 1)
+
+
+class LocationTests(SynchronousTestCase):
+    """
+    Request-URI lookup in the location store and delivery over the
+    registered connection.
+    """
+
+    def test_noBinding(self) -> None:
+        """
+        A request for a user of our domain without a binding gets 404.
+        """
+        h = ProxyHarness()
+        h.send(sipRequest("MESSAGE"))
+        self.assertEqual(h.statuses(), [404])
+
+    def test_deliveredOverConnection(self) -> None:
+        """
+        A binding bound to a live connection of this node gets the request
+        over that connection, with the Contact as Request-URI and a Via of
+        ours on top carrying a proxy branch.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        binding = h.bind(flow=bob)
+        h.send(sipRequest("MESSAGE", body=b"hello"))
+        [message] = h.requestsOn(bob)
+        self.assertEqual(str(message.uri), binding.contact)
+        top = message.vias[0]
+        self.assertEqual((top.transport, top.host, top.port), ("WS", "127.0.0.1", WS_PORT))
+        self.assertTrue(top.branch.startswith(BRANCH_PREFIX))
+        self.assertEqual(message.vias[1].branch, "z9hG4bKcaller1")
+        self.assertEqual(message.body, b"hello")
+        self.assertEqual(message.headers.lines("Record-Route"), [])
+
+    def test_goneConnection(self) -> None:
+        """
+        When every binding's connection is gone the caller gets 480 at
+        once and each stale binding is handed to C{staleBinding}.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        binding = h.bind(flow=bob)
+        h.table.remove(bob.conid, "tcp:closed", "closed by peer")
+        h.send(sipRequest("INVITE"))
+        self.assertEqual(h.statuses(), [480])
+        self.assertEqual(h.stale, [binding])
+        self.assertEqual(h.proxy.stats["staleBindings"], 1)
+
+    def test_staleBindingFailureLogged(self) -> None:
+        """
+        A failing C{staleBinding} callback is logged; the caller still
+        gets 480.
+        """
+        h = ProxyHarness()
+        h.proxy.staleBinding = lambda binding: defer.fail(RuntimeError("db away"))
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.table.remove(bob.conid, "tcp:closed", "closed by peer")
+        h.send(sipRequest("MESSAGE"))
+        self.assertEqual(h.statuses(), [480])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_otherNodesConnection(self) -> None:
+        """
+        A binding bound to a connection of another node (and without Path)
+        cannot be reached from here: 480, and it is not removed.
+        """
+        h = ProxyHarness()
+        h.bind(connectionId=7, serverId=99, received="sip:127.0.0.1:50000;transport=ws")
+        h.send(sipRequest("MESSAGE"))
+        self.assertEqual(h.statuses(), [480])
+        self.assertEqual(h.stale, [])
+
+    def test_udpBindingUsesReceived(self) -> None:
+        """
+        A UDP binding is reached at the address its REGISTER came from
+        (C{received}), not the Contact host, from the UDP listener socket.
+        """
+        h = ProxyHarness()
+        h.bind(contact="sip:bob@192.0.2.10:5062", received="sip:127.0.0.1:41000;transport=udp")
+        h.send(sipRequest("MESSAGE"))
+        [(message, address)] = h.udpSent()
+        self.assertEqual(address, ("127.0.0.1", 41000))
+        self.assertEqual(str(message.uri), "sip:bob@192.0.2.10:5062")
+        self.assertEqual(message.vias[0].transport, "UDP")
+        self.assertEqual(message.vias[0].port, UDP_PORT)
+        self.assertIsNotNone(message.vias[0].rport)
+
+    def test_pathRoute(self) -> None:
+        """
+        A binding with a Path is reached along it: the Path becomes the
+        Route set and the request goes to its first hop.
+        """
+        h = ProxyHarness()
+        h.bind(contact="sip:bob@192.0.2.10", path="<sip:127.0.0.1:6000;lr>",
+               received="sip:127.0.0.1:41000;transport=udp")
+        h.send(sipRequest("MESSAGE"))
+        [(message, address)] = h.udpSent()
+        self.assertEqual(address, ("127.0.0.1", 6000))
+        self.assertEqual([str(r.uri) for r in message.routes], ["sip:127.0.0.1:6000;lr"])
+
+    def test_storeFailure(self) -> None:
+        """
+        A lookup that fails with an unexpected error is answered 500 and
+        logged.
+        """
+        h = ProxyHarness()
+        h.store.lookup = lambda aor, now: defer.fail(RuntimeError("broken"))  # type: ignore[method-assign]
+        h.send(sipRequest("MESSAGE"))
+        self.assertEqual(h.statuses(), [500])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_optionsToServerStillAnswered(self) -> None:
+        """
+        OPTIONS addressed to the server itself is answered 200 by the core;
+        OPTIONS to a user is proxied.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("OPTIONS", uri="sip:example.com"))
+        self.assertEqual(h.statuses(), [200])
+        h.send(sipRequest("OPTIONS", branch="z9hG4bKopt2"))
+        self.assertEqual(len(h.requestsOn(bob, "OPTIONS")), 1)
+
+    def test_retransmissionsCostOneTransaction(self) -> None:
+        """
+        However often the caller retransmits an INVITE, it is looked up and
+        forwarded once.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        for _ in range(20):
+            h.send(sipRequest("INVITE"))
+        self.assertEqual(len(h.requestsOn(bob, "INVITE")), 1)
+        self.assertEqual(h.store.statementCount["lookup"], 1)
+        self.assertEqual(h.core.transactions.serverTransactions, 1)
+        self.assertEqual(h.core.transactions.clientTransactions, 1)
+
+
+class RecordRouteTests(SynchronousTestCase):
+    """
+    Record-Route on dialog-creating requests.
+    """
+
+    def test_doubleRecordRoute(self) -> None:
+        """
+        An INVITE from UDP to a WebSocket binding gets two Record-Route
+        entries: the WS side on top (with the callee's flow token), the UDP
+        side below, both with C{lr}, the transport and C{r2=on}.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("INVITE"))
+        [invite] = h.requestsOn(bob)
+        top, below = [rr.uri for rr in invite.recordRoutes]
+        self.assertEqual((top.host, top.port, top.param("transport")),
+                         ("127.0.0.1", WS_PORT, "ws"))
+        self.assertEqual((below.host, below.port, below.param("transport")),
+                         ("127.0.0.1", UDP_PORT, "udp"))
+        for uri in (top, below):
+            self.assertTrue(uri.hasParam("lr"))
+            self.assertEqual(uri.param("r2"), "on")
+        self.assertEqual(h.proxy.tokens.fromURIs([top]), [bob.conid])
+        self.assertEqual(h.proxy.tokens.fromURIs([below]), [])
+
+    def test_singleRecordRoute(self) -> None:
+        """
+        Between two connections on the same WS listener one Record-Route
+        entry names both flows.
+        """
+        h = ProxyHarness()
+        alice = h.connect(port=50001)
+        bob = h.connect(port=50002)
+        h.bind(flow=bob)
+        h.send(sipRequest("INVITE", via="SIP/2.0/WS a.invalid;branch=z9hG4bKws1"), alice)
+        [invite] = h.requestsOn(bob)
+        [rr] = invite.recordRoutes
+        self.assertNotIn("r2", [name for name, _ in rr.uri.params])
+        self.assertEqual(h.proxy.tokens.fromURIs([rr.uri]), [alice.conid, bob.conid])
+
+    def test_noRecordRouteForMessage(self) -> None:
+        """
+        MESSAGE creates no dialog and is not record-routed.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("MESSAGE"))
+        [message] = h.requestsOn(bob)
+        self.assertEqual(message.headers.lines("Record-Route"), [])
+
+    def test_recordRouteDisabled(self) -> None:
+        """
+        With C{recordRoute=False} no Record-Route is added.
+        """
+        h = ProxyHarness(ProxyPolicy(recordRoute=False))
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("INVITE"))
+        [invite] = h.requestsOn(bob)
+        self.assertEqual(invite.headers.lines("Record-Route"), [])
+
+
+class RouteTests(SynchronousTestCase):
+    """
+    Loose routing of in-dialog requests (RFC 3261 16.4), foreign domains
+    and malformed Route headers.
+    """
+
+    def routeTo(self, h: ProxyHarness, flow: FakeFlow) -> str:
+        token = h.proxy.tokens.make(flow.conid)
+        return ("<sip:127.0.0.1:{};transport=udp;lr;r2=on>, "
+                "<sip:127.0.0.1:{};transport=ws;lr;r2=on;ftok={}>").format(
+                    UDP_PORT, WS_PORT, token)
+
+    def test_inDialogByFlowToken(self) -> None:
+        """
+        A BYE whose Route set names us (both double Record-Route entries)
+        goes over the connection its flow token names; our Route entries
+        are removed and the Request-URI is kept.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.send(sipRequest("BYE", uri="sip:bob@client.invalid;transport=ws", toTag="bobtag",
+                          extra=(("Route", self.routeTo(h, bob)),)))
+        [bye] = h.requestsOn(bob)
+        self.assertEqual(str(bye.uri), "sip:bob@client.invalid;transport=ws")
+        self.assertEqual(bye.headers.lines("Route"), [])
+        h.answer(bye, 200, bob)
+        self.assertEqual(h.statuses(), [200])
+
+    def test_tokenOfOwnConnectionIgnored(self) -> None:
+        """
+        The flow token of the connection a request came on is not used:
+        the request goes by its Request-URI (here a UDP address).
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.send(sipRequest("BYE", uri="sip:alice@127.0.0.1:40000", toTag="alicetag",
+                          via="SIP/2.0/WS b.invalid;branch=z9hG4bKbye1",
+                          extra=(("Route", self.routeTo(h, bob)),)), bob)
+        [(bye, address)] = h.udpSent()
+        self.assertEqual(bye.method, "BYE")
+        self.assertEqual(address, ("127.0.0.1", 40000))
+
+    def test_goneFlow(self) -> None:
+        """
+        An in-dialog request whose flow token names a closed connection
+        gets 430 Flow Failed.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        route = self.routeTo(h, bob)
+        h.table.remove(bob.conid, "tcp:closed", "closed by peer")
+        h.send(sipRequest("BYE", toTag="bobtag", extra=(("Route", route),)))
+        self.assertEqual(h.statuses(), [430])
+
+    def test_forgedToken(self) -> None:
+        """
+        A flow token not signed by this proxy is ignored.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        forged = FlowTokens(b"another key").make(bob.conid)
+        self.assertEqual(h.proxy.tokens.check(forged), None)
+        self.assertEqual(h.proxy.tokens.check("12"), None)
+        self.assertEqual(h.proxy.tokens.check("x.y"), None)
+        route = "<sip:127.0.0.1:{};transport=ws;lr;ftok={}>".format(WS_PORT, forged)
+        h.send(sipRequest("BYE", uri="sip:bob@client.invalid;transport=ws", toTag="t",
+                          extra=(("Route", route),)))
+        self.assertEqual(bob.sent, [])
+        self.assertEqual(h.statuses(), [404])
+
+    def test_remainingRouteFollowed(self) -> None:
+        """
+        After our own Route entry, the next Route entry is the next hop.
+        """
+        h = ProxyHarness()
+        route = "<sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:6000;lr>"
+        h.send(sipRequest("BYE", uri="sip:bob@192.0.2.1", toTag="t",
+                          extra=(("Route", route),)))
+        [(bye, address)] = h.udpSent()
+        self.assertEqual(address, ("127.0.0.1", 6000))
+        self.assertEqual([str(r.uri) for r in bye.routes], ["sip:127.0.0.1:6000;lr"])
+
+    def test_strictRoutingPreviousHop(self) -> None:
+        """
+        A Request-URI holding our Record-Route value (a strict router sent
+        it) is replaced by the last Route value (16.4).
+        """
+        h = ProxyHarness()
+        h.send(sipRequest("BYE", uri="sip:127.0.0.1:5060;lr", toTag="t",
+                          extra=(("Route", "<sip:bob@127.0.0.1:41000>"),)))
+        [(bye, address)] = h.udpSent()
+        self.assertEqual(str(bye.uri), "sip:bob@127.0.0.1:41000")
+        self.assertEqual(address, ("127.0.0.1", 41000))
+        self.assertEqual(bye.headers.lines("Route"), [])
+
+    def test_foreignRefused(self) -> None:
+        """
+        By default an initial request for another domain is refused with
+        403, and so is one with a preloaded foreign Route.
+        """
+        h = ProxyHarness()
+        h.send(sipRequest("INVITE", uri="sip:bob@192.0.2.1:5080"))
+        h.send(sipRequest("MESSAGE", branch="z9hG4bKm2",
+                          extra=(("Route", "<sip:192.0.2.1;lr>"),)))
+        self.assertEqual(h.statuses(), [403, 403])
+        self.assertEqual(h.udpSent(), [])
+
+    def test_foreignForwarded(self) -> None:
+        """
+        With C{forwardForeign} an initial request for an IP literal goes to
+        its host and port; a host name (which would need DNS) gets 404.
+        """
+        h = ProxyHarness(ProxyPolicy(forwardForeign=True))
+        h.send(sipRequest("MESSAGE", uri="sip:bob@127.0.0.1:41000"))
+        [(message, address)] = h.udpSent()
+        self.assertEqual(address, ("127.0.0.1", 41000))
+        h.send(sipRequest("MESSAGE", uri="sip:bob@elsewhere.example.org", branch="z9hG4bKm3"))
+        self.assertEqual(h.statuses(), [404])
+
+    def test_streamNextHopNeedsConnection(self) -> None:
+        """
+        A TCP next hop is reached over an existing connection to it; with
+        none the branch fails with 503, which the caller sees as 500.
+        """
+        h = ProxyHarness(ProxyPolicy(forwardForeign=True))
+        h.send(sipRequest("MESSAGE", uri="sip:bob@127.0.0.1:41000;transport=tcp"))
+        self.assertEqual(h.statuses(), [500])
+        peer = h.connect("tcp", 41000)
+        h.send(sipRequest("MESSAGE", uri="sip:bob@127.0.0.1:41000;transport=tcp",
+                          branch="z9hG4bKm4"))
+        self.assertEqual(len(h.requestsOn(peer, "MESSAGE")), 1)
+
+    def test_malformedRoute(self) -> None:
+        """
+        A malformed Route is answered 400, never a crash.
+        """
+        h = ProxyHarness()
+        for i, route in enumerate(["<sip:127.0.0.1;lr", "sip:127.0.0.1;lr", "<>", "<sip:@@>"]):
+            h.send(sipRequest("BYE", toTag="t", branch="z9hG4bKbad{}".format(i),
+                              extra=(("Route", route),)))
+        self.assertEqual(h.statuses(), [400, 400, 400, 400])
+        self.assertEqual(h.core.stats["errors"], 0)
+
+    def test_malformedRecordRouteInResponse(self) -> None:
+        """
+        A response with a malformed Record-Route is refused by the parser
+        and counted, without disturbing the transaction: a good response
+        that follows is relayed.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("INVITE"))
+        [invite] = h.requestsOn(bob)
+        h.answer(invite, 180, bob, extra=(("Record-Route", "<sip:broken"),))
+        self.assertEqual(h.statuses(), [])
+        self.assertEqual(h.core.stats["dropped"], 1)
+        h.answer(invite, 180, bob, extra=(("Record-Route", "<sip:127.0.0.1:9;lr>"),))
+        self.assertEqual(h.statuses(), [180])
+        self.assertEqual(h.core.stats["errors"], 0)
+
+
+class ResponseTests(SynchronousTestCase):
+    """
+    Responses back to the caller, forking and best-response choice
+    (RFC 3261 16.7).
+    """
+
+    def test_viaRemovedAndCallCompletes(self) -> None:
+        """
+        180 and 200 from the callee reach the caller without our Via; the
+        ACK for the 200 goes end to end along the Route set.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("INVITE"))
+        [invite] = h.requestsOn(bob)
+        h.answer(invite, 180, bob)
+        h.answer(invite, 200, bob)
+        responses = h.responsesTo(h.caller)
+        self.assertEqual([r.status for r in responses], [180, 200])
+        for response in responses:
+            self.assertEqual([v.branch for v in response.vias], ["z9hG4bKcaller1"])
+        routes = list(reversed(responses[1].headers.values("Record-Route")))
+        ack = sipRequest("ACK", uri=str(invite.uri), branch="z9hG4bKack1", toTag="bobtag",
+                         extra=(("Route", ", ".join(routes)),))
+        h.send(ack)
+        h.send(ack)
+        acks = h.requestsOn(bob, "ACK")
+        self.assertEqual(len(acks), 2)
+        self.assertTrue(acks[0].vias[0].branch.startswith(ACK_BRANCH_PREFIX))
+        self.assertEqual(acks[0].vias[0].branch, acks[1].vias[0].branch)
+        self.assertEqual(acks[0].headers.lines("Route"), [])
+        self.assertEqual(h.proxy.stats["acksForwarded"], 2)
+
+    def test_badAckDropped(self) -> None:
+        """
+        An ACK going nowhere (to our own domain, or along a flow token of
+        a closed connection) is dropped and counted; one with a malformed
+        Route never reaches the proxy (the parser refuses it) and nothing
+        is forwarded.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        token = h.proxy.tokens.make(bob.conid)
+        h.table.remove(bob.conid, "tcp:closed", "closed by peer")
+        h.send(sipRequest("ACK", toTag="t", branch="z9hG4bKa1"))
+        h.send(sipRequest("ACK", toTag="t", branch="z9hG4bKa2", extra=(
+            ("Route", "<sip:127.0.0.1:8080;transport=ws;lr;ftok={}>".format(token)),)))
+        self.assertEqual(h.proxy.stats["acksDropped"], 2)
+        h.send(sipRequest("ACK", toTag="t", branch="z9hG4bKa3", extra=(("Route", "<sip:x"),)))
+        self.assertEqual(h.proxy.stats["acksDropped"], 2)
+        self.assertEqual((h.udpSent(), bob.sent), ([], []))
+        self.assertEqual(h.core.stats["errors"], 0)
+
+    def fork(self, h: ProxyHarness, count: int = 2, method: str = "INVITE") -> tuple[
+            list[FakeFlow], list[Request]]:
+        flows = [h.connect(port=50000 + i) for i in range(count)]
+        for flow in flows:
+            h.bind(flow=flow)
+        h.send(sipRequest(method))
+        requests = [h.requestsOn(flow, method)[0] for flow in flows]
+        return flows, requests
+
+    def test_forkCancelsOthersOn2xx(self) -> None:
+        """
+        A request is forked to every binding; the first 2xx goes to the
+        caller at once and the other branches are cancelled.
+        """
+        h = ProxyHarness()
+        (a, b), (ia, ib) = self.fork(h)
+        h.answer(ia, 180, a, toTag="a")
+        h.answer(ib, 200, b, toTag="b")
+        self.assertEqual(h.statuses(), [180, 200])
+        [cancel] = h.requestsOn(a, "CANCEL")
+        self.assertEqual(cancel.vias[0].branch, ia.vias[0].branch)
+        h.answer(cancel, 200, a, toTag="a")
+        h.answer(ia, 487, a, toTag="a")
+        self.assertEqual(h.statuses(), [180, 200])
+        self.assertEqual(h.proxy._live, set())
+
+    def test_cancelAfterProvisional(self) -> None:
+        """
+        A branch cancelled before any provisional response gets its CANCEL
+        when its first provisional arrives (RFC 3261 9.1).
+        """
+        h = ProxyHarness()
+        (a, b), (ia, ib) = self.fork(h)
+        h.answer(ib, 200, b, toTag="b")
+        self.assertEqual(h.requestsOn(a, "CANCEL"), [])
+        h.answer(ia, 180, a, toTag="a")
+        self.assertEqual(len(h.requestsOn(a, "CANCEL")), 1)
+        self.assertEqual(h.statuses(), [200])
+
+    def test_everyTwoHundredForwarded(self) -> None:
+        """
+        A second 2xx from another fork goes to the caller too.
+        """
+        h = ProxyHarness()
+        (a, b), (ia, ib) = self.fork(h)
+        h.answer(ia, 200, a, toTag="a")
+        h.answer(ib, 200, b, toTag="b")
+        self.assertEqual(h.statuses(), [200, 200])
+
+    def test_bestOfFailures(self) -> None:
+        """
+        When every branch failed, the caller gets one response, chosen
+        only after the last branch answered.
+        """
+        h = ProxyHarness()
+        (a, b), (ia, ib) = self.fork(h)
+        h.answer(ia, 486, a, toTag="a")
+        self.assertEqual(h.statuses(), [])
+        h.answer(ib, 503, b, toTag="b")
+        self.assertEqual(h.statuses(), [486])
+
+    def test_sixHundredWins(self) -> None:
+        """
+        A 6xx cancels the other branches and is the response chosen.
+        """
+        h = ProxyHarness()
+        (a, b), (ia, ib) = self.fork(h)
+        h.answer(ib, 180, b, toTag="b")
+        h.answer(ia, 603, a, toTag="a")
+        self.assertEqual(len(h.requestsOn(b, "CANCEL")), 1)
+        h.answer(ib, 487, b, toTag="b")
+        self.assertEqual(h.statuses(), [180, 603])
+
+    def test_authChallengesAggregated(self) -> None:
+        """
+        A 401 and a 407 from two branches reach the caller as one response
+        carrying both challenges.
+        """
+        h = ProxyHarness()
+        (a, b), (ia, ib) = self.fork(h, method="MESSAGE")
+        h.answer(ia, 401, a, extra=(("WWW-Authenticate", 'Digest realm="a", nonce="1"'),))
+        h.answer(ib, 407, b, extra=(("Proxy-Authenticate", 'Digest realm="b", nonce="2"'),))
+        [response] = h.responsesTo(h.caller)
+        self.assertEqual(response.status, 401)
+        self.assertEqual(response.headers.lines("WWW-Authenticate"),
+                         ['Digest realm="a", nonce="1"'])
+        self.assertEqual(response.headers.lines("Proxy-Authenticate"),
+                         ['Digest realm="b", nonce="2"'])
+
+    def test_staleAndLiveBranches(self) -> None:
+        """
+        With one binding's connection gone and another answering, the
+        caller gets the live branch's answer and the stale binding is
+        removed.
+        """
+        h = ProxyHarness()
+        gone = h.connect(port=50009)
+        stale = h.bind(flow=gone)
+        h.table.remove(gone.conid, "tcp:closed", "closed by peer")
+        live = h.connect(port=50010)
+        h.bind(flow=live)
+        h.send(sipRequest("MESSAGE"))
+        [message] = h.requestsOn(live)
+        h.answer(message, 200, live)
+        self.assertEqual(h.statuses(), [200])
+        self.assertEqual(h.stale, [stale])
+
+    def test_strayTwoHundredForwarded(self) -> None:
+        """
+        A 2xx to INVITE matching no transaction, with our Via on top, is
+        forwarded statelessly to the next Via; other strays are dropped and
+        counted.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        via = ("SIP/2.0/WS 127.0.0.1:8080;branch=z9hG4bKscgone, "
+               "SIP/2.0/UDP 10.0.0.1:5060;received=127.0.0.1;rport=40000;branch=z9hG4bKc")
+        stray = Response(200, headers=[
+            ("Via", via), ("From", "<sip:a@example.com>;tag=1"),
+            ("To", "<sip:b@example.com>;tag=2"), ("Call-ID", "x"), ("CSeq", "1 INVITE")])
+        h.send(stray.serialize(), bob)
+        [(response, address)] = h.udpSent()
+        self.assertEqual(address, ("127.0.0.1", 40000))
+        self.assertEqual(len(response.vias), 1)
+        self.assertEqual(h.proxy.stats["strayForwarded"], 1)
+        ringing = Response(180, headers=stray.headers.copy())
+        h.send(ringing.serialize(), bob)
+        foreign = Response(200, headers=stray.headers.copy())
+        foreign.headers.set("Via", "SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKq")
+        h.send(foreign.serialize(), bob)
+        self.assertEqual(len(h.udpSent()), 1)
+        self.assertEqual(h.proxy.stats["strayDropped"], 2)
+
+
+class CancelAndTimerTests(SynchronousTestCase):
+    """
+    CANCEL from the caller, timer C and transaction timeouts.
+    """
+
+    def test_callerCancel(self) -> None:
+        """
+        A CANCEL from the caller gets 200, the INVITE gets 487, and the
+        pending branch is cancelled; the branch's own 487 is absorbed.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("INVITE"))
+        [invite] = h.requestsOn(bob)
+        h.answer(invite, 180, bob)
+        h.send(sipRequest("CANCEL"))
+        statuses = [(r.status, r.cseq[1]) for r in h.responsesTo(h.caller)]
+        self.assertEqual(statuses, [(180, "INVITE"), (200, "CANCEL"), (487, "INVITE")])
+        [cancel] = h.requestsOn(bob, "CANCEL")
+        h.answer(cancel, 200, bob)
+        h.answer(invite, 487, bob)
+        self.assertEqual(len(h.responsesTo(h.caller)), 3)
+        self.assertEqual(len(h.requestsOn(bob, "ACK")), 1)
+        self.assertEqual(h.proxy._live, set())
+
+    def test_cancelDuringLookup(self) -> None:
+        """
+        A CANCEL that arrives while the location lookup is in flight ends
+        the INVITE with 487 and nothing is forwarded.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        pending: defer.Deferred[list[Binding]] = defer.Deferred()
+        realLookup = h.store.lookup
+        h.store.lookup = lambda aor, now: pending  # type: ignore[method-assign]
+        h.send(sipRequest("INVITE"))
+        h.send(sipRequest("CANCEL"))
+        pending.callback(realLookup("bob@example.com", 0).result)
+        self.assertEqual(bob.sent, [])
+        self.assertEqual(h.statuses(), [200, 487])
+
+    def test_lateTwoHundredAfterCancel(self) -> None:
+        """
+        A 2xx that crosses the CANCEL still reaches the caller (statelessly,
+        the INVITE transaction having sent 487).
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("INVITE"))
+        [invite] = h.requestsOn(bob)
+        h.answer(invite, 180, bob)
+        h.send(sipRequest("CANCEL"))
+        h.answer(invite, 200, bob)
+        self.assertEqual(h.statuses()[-2:], [487, 200])
+        self.assertEqual(h.proxy.stats["lateSuccessForwarded"], 1)
+
+    def test_cancelWithoutInvite(self) -> None:
+        """
+        A CANCEL matching no INVITE gets 481.
+        """
+        h = ProxyHarness()
+        h.send(sipRequest("CANCEL"))
+        self.assertEqual(h.statuses(), [481])
+
+    def test_timerCAfterProvisional(self) -> None:
+        """
+        Timer C fires after a provisional response: the branch is
+        cancelled, and its 487 reaches the caller as 408.
+        """
+        h = ProxyHarness(ProxyPolicy(timerC=60))
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("INVITE"))
+        [invite] = h.requestsOn(bob)
+        h.clock.advance(30)
+        h.answer(invite, 180, bob)
+        h.clock.advance(59)
+        self.assertEqual(h.requestsOn(bob, "CANCEL"), [])
+        h.clock.advance(1)
+        [cancel] = h.requestsOn(bob, "CANCEL")
+        h.answer(cancel, 200, bob)
+        h.answer(invite, 487, bob)
+        self.assertEqual(h.statuses(), [100, 180, 408])
+        self.assertEqual(h.proxy.stats["timerC"], 1)
+
+    def test_timerCWithoutProvisional(self) -> None:
+        """
+        Timer C firing before any provisional response ends the branch as
+        if it had received 408.
+        """
+        h = ProxyHarness(ProxyPolicy(timerC=10))
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("INVITE"))
+        h.clock.advance(10)
+        self.assertEqual(h.statuses(), [100, 408])
+        self.assertEqual(h.requestsOn(bob, "CANCEL"), [])
+        self.assertEqual(h.core.transactions.clientTransactions, 0)
+
+    def test_cancelGuard(self) -> None:
+        """
+        A callee that never answers the CANCEL does not hold the branch
+        forever: after 64*T1 it ends.
+        """
+        h = ProxyHarness(ProxyPolicy(timerC=60))
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("INVITE"))
+        [invite] = h.requestsOn(bob)
+        h.answer(invite, 180, bob)
+        h.clock.advance(60)
+        self.assertEqual(len(h.requestsOn(bob, "CANCEL")), 1)
+        h.clock.advance(32)
+        self.assertEqual(h.statuses(), [180, 408])
+        self.assertEqual(h.proxy._live, set())
+
+    def test_nonInviteTimeout(self) -> None:
+        """
+        A MESSAGE nobody answers ends with 408 when the client transaction
+        times out (timer F).
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("MESSAGE"))
+        h.clock.advance(31.9)
+        self.assertEqual(h.statuses(), [])
+        h.clock.advance(0.2)
+        self.assertEqual(h.statuses(), [408])
+
+    def test_transportErrorOnSend(self) -> None:
+        """
+        A connection that refuses the request fails its branch with 480.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        bob.closed = True
+        h.send(sipRequest("MESSAGE"))
+        self.assertEqual(h.statuses(), [480])
+
+    def test_stopCancelsTimers(self) -> None:
+        """
+        L{Proxy.stop} cancels timer C of every pending branch.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("INVITE"))
+        h.proxy.stop()
+        h.core.transactions.terminateAll()
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class RoutingHelperTests(SynchronousTestCase):
+    """
+    The pure helpers of L{sipcore.sip.routing}.
+    """
+
+    def response(self, status: int, *headers: tuple[str, str]) -> Response:
+        return Response(status, headers=list(headers))
+
+    def test_chooseBestLowestClass(self) -> None:
+        """
+        Without a 6xx the lowest class wins; within 4xx the retryable
+        statuses are preferred, and received responses over local ones.
+        """
+        r486, r302, r404 = self.response(486), self.response(302), self.response(404)
+        self.assertIs(chooseBest([(r486, False), (r302, False)]), r302)
+        r401 = self.response(401)
+        self.assertEqual(chooseBest([(r486, False), (r401, False)]).status, 401)
+        local408 = self.response(408)
+        self.assertIs(chooseBest([(local408, True), (r404, False)]), r404)
+        self.assertIs(chooseBest([(local408, True)]), local408)
+
+    def test_chooseBestSixHundred(self) -> None:
+        """
+        A 6xx wins over any other class.
+        """
+        r603 = self.response(603)
+        self.assertIs(chooseBest([(self.response(302), False), (r603, False)]), r603)
+
+    def test_chooseBest503(self) -> None:
+        """
+        A chosen 503 becomes a 500 without Retry-After.
+        """
+        best = chooseBest([(self.response(503, ("Retry-After", "5")), False)])
+        self.assertEqual((best.status, best.headers.lines("Retry-After")), (500, []))
+        self.assertRaises(ValueError, chooseBest, [])
+
+    def test_nextHop(self) -> None:
+        """
+        Next hops come from IP literals with default ports per transport.
+        """
+        self.assertEqual(nextHopOf(parseURI("sip:a@127.0.0.1")),
+                         NextHop("udp", "127.0.0.1", 5060))
+        self.assertEqual(nextHopOf(parseURI("sips:a@[::1]")), NextHop("tls", "::1", 5061))
+        self.assertEqual(nextHopOf(parseURI("sip:a@127.0.0.1:99;transport=TCP")),
+                         NextHop("tcp", "127.0.0.1", 99))
+        for text in ("sip:a@example.com", "tel:+123", "sip:a@127.0.0.1;transport=sctp"):
+            self.assertRaises(NoRoute, nextHopOf, parseURI(text))

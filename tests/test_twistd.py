@@ -1,0 +1,96 @@
+"""
+C{twistd -n sipcore} as an operator runs it: it starts, says where it
+listens, answers OPTIONS over UDP, TCP and WebSocket, and stops cleanly on
+SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+from twisted.internet import defer, error, protocol, reactor
+from twisted.trial.unittest import TestCase
+
+from tests.serverhelpers import (
+    PATIENCE,
+    connectTCP,
+    connectWS,
+    listenUDP,
+    optionsRequest,
+    waitUntil,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Twistd(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = ""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data.decode("utf-8", "replace")
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: object) -> None:
+        value = getattr(reason, "value", None)
+        self.signal = getattr(value, "signal", None)
+        self.ended.callback(getattr(value, "exitCode", None))
+
+
+class TwistdTests(TestCase):
+    """
+    The twistd plugin end to end, in a child process.
+    """
+
+    timeout = 60
+
+    async def test_runAnswerStop(self) -> None:
+        """
+        The server logs each listener, answers OPTIONS on each transport and
+        exits with status 0 after SIGTERM, logging a clean stop.
+        """
+        proc = _Twistd()
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "sipcore", "--domain", "example.com",
+                "--listen", "udp:0:interface=127.0.0.1",
+                "--listen", "tcp:0:interface=127.0.0.1",
+                "--listen", "ws:0:interface=127.0.0.1"]
+        transport = reactor.spawnProcess(proc, sys.executable, args, env=env)
+
+        def kill() -> defer.Deferred[int]:
+            try:
+                transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+            return proc.ended
+
+        self.addCleanup(kill)
+        pattern = re.compile(r"listening on (udp|tcp|ws) 127\.0\.0\.1:(\d+)")
+        await waitUntil(lambda: len(pattern.findall(proc.output)) == 3, timeout=PATIENCE * 2,
+                        what="three listeners: " + proc.output[-500:])
+        ports = {kind: int(port) for kind, port in pattern.findall(proc.output)}
+
+        udp = listenUDP(self, ports["udp"])
+        self.assertEqual((await udp.request(optionsRequest("udp"))).status, 200)
+        tcp = await connectTCP(ports["tcp"])
+        self.assertEqual((await tcp.request(optionsRequest("tcp"))).status, 200)
+        ws = await connectWS(ports["ws"])
+        self.assertEqual((await ws.request(optionsRequest("ws"))).status, 200)
+
+        os.kill(transport.pid, signal.SIGTERM)
+        await proc.ended
+        # twistd ends by re-raising the signal it stopped for, so the exit
+        # status says SIGTERM; what matters is the orderly shutdown.
+        self.assertEqual(proc.signal, signal.SIGTERM, proc.output[-3000:])
+        self.assertIn("stopped cleanly", proc.output, proc.output[-3000:])
+        self.assertIn("Server Shut Down.", proc.output)
+        self.assertNotIn("Traceback", proc.output)
+        await tcp.waiters.lost
+        await ws.waiters.lost
