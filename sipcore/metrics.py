@@ -34,6 +34,8 @@ _HELP = {
     "sipcore_jobqueue": "Job queue counters and gauges.",
     "sipcore_store_available": "1 when the location store can reach its database.",
     "sipcore_store_statements_total": "Statements sent to the location store, by kind.",
+    "sipcore_reactor_lag_seconds": "Lag of a 10 ms repeating timer (SIPCORE_LAG_PROBE=1): "
+    "last, max since start, max of the last seconds.",
 }
 
 
@@ -92,6 +94,12 @@ def collect(service: Any) -> list[Sample]:
     samples.append(("sipcore_store_available", {}, 1.0 if available else 0.0))
     for kind, count in sorted(getattr(store, "statementCount", {}).items()):
         samples.append(("sipcore_store_statements_total", {"kind": kind}, float(count)))
+    probe = getattr(service, "lagProbe", None)
+    if probe is not None:
+        samples.append(("sipcore_reactor_lag_seconds", {"stat": "last"}, probe.last))
+        samples.append(("sipcore_reactor_lag_seconds", {"stat": "max"}, probe.max))
+        samples.append(("sipcore_reactor_lag_seconds", {"stat": "recent_max"},
+                        probe.recentMax()))
     return samples
 
 

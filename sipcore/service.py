@@ -34,6 +34,8 @@ class SIPCoreService(Service):
     @ivar queues: the job queues made for handlers (filled as they start).
     @ivar startFailure: the L{Failure} that stopped the start, if any (it
         is logged, and the reactor is stopped when running).
+    @ivar proxy: the proxy, when the composition root sets one; stopped
+        (its timers cancelled) after the connections closed.
     @ivar metricsService: the service answering C{GET /metrics}, or C{None}.
     @ivar registrar: the registrar, when the composition root sets one.
     @ivar writes: the L{sipcore.location.ordering.PendingWrites} tracker.
@@ -43,6 +45,7 @@ class SIPCoreService(Service):
     writes: Any = None
     startFailure: Any = None
     metricsService: Any = None
+    proxy: Any = None
 
     _log = Logger()
 
@@ -205,6 +208,8 @@ class SIPCoreService(Service):
             if listener.running:
                 await self._safely("stop listener", listener.stopService)
         await self._safely("close connections", self.table.closeAll)
+        if self.proxy is not None:
+            await self._safely("stop the proxy", self.proxy.stop)
         transactions = getattr(self.core, "transactions", None)
         if transactions is not None:
             await self._safely("end transactions", transactions.terminateAll)

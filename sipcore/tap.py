@@ -90,7 +90,7 @@ class Options(usage.Options):
          "it is cancelled and the caller gets 408.", _positiveFloat],
         ["advertise-host", None, "",
          "Host put in Via and Record-Route for listeners bound to the wildcard address "
-         "(default: the first --domain)."],
+         "(default: the alphabetically first --domain)."],
         # security (docs/security.rst)
         ["auth-file", None, "",
          "Authenticate with the users in this file (user@domain:password or "
@@ -124,6 +124,13 @@ class Options(usage.Options):
          "Seconds to wait for a WebSocket pong before closing.", _positiveFloat],
         ["limit-log-interval", None, 60.0,
          "Seconds between two log lines about one limit and source.", _positiveFloat],
+        # group commit (docs/database.rst)
+        ["group-commit-window", None, 0.002,
+         "With --db: seconds REGISTERs wait to share one location write (and one "
+         "lookup) statement.", _positiveFloat],
+        ["group-commit-max", None, 500,
+         "With --db: most bindings per group-committed statement (0: no group commit).",
+         _positiveInt],
     ]
 
     def __init__(self) -> None:
@@ -187,9 +194,7 @@ class Options(usage.Options):
 
     def opt_config(self, path: str) -> None:
         """
-        Read options from this INI file: a [sipcore] section whose keys are
-        these long option names, and [handler:NAME] sections of handler
-        options. The command line overrides the file.
+        Read options from an INI file ([sipcore], [handler:NAME]); the command line overrides it.
         """
         from sipcore.config import readConfig
 
@@ -333,6 +338,12 @@ def buildService(options: Options, reactor: Any) -> Any:
                 return create(store.pool)
     else:
         store = MemoryLocationStore(reactor)
+    # group commit (docs/database.rst): batch the REGISTERs' writes and reads.
+    if options["db"] and options["group-commit-max"]:
+        from sipcore.location.group import GroupCommitStore
+
+        store = GroupCommitStore(store, reactor, window=options["group-commit-window"],
+                                 maxBatch=options["group-commit-max"])
     writes = PendingWrites()
     core = SIPCore(reactor, domains=options["domain"], maxSize=options["max-message-size"])
     registrar = Registrar(
@@ -390,6 +401,12 @@ def buildService(options: Options, reactor: Any) -> Any:
     )
     service.registrar = registrar
     service.writes = writes
+    # group commit / benchmarks: the reactor lag probe (SIPCORE_LAG_PROBE=1)
+    from sipcore.lag import fromEnvironment
+
+    service.lagProbe = fromEnvironment(reactor)
+    if service.lagProbe is not None:
+        reactor.callWhenRunning(service.lagProbe.start)
     service.metricsService = _buildMetrics(options, reactor, service)
     # proxy (docs/routing.rst): routes what the core and the registrar do not
     # answer; it reads the listeners' bound addresses only once they listen.
@@ -524,7 +541,7 @@ def _buildSecurity(options: Options, reactor: Any, core: Any, table: Any,
         core.limiter = limiter
     credentials = options.get("auth-credentials")
     if options["auth-db"]:
-        credentials = PostgresCredentials(store.pool)
+        credentials = PostgresCredentials(store)  # its pool, read at each lookup
     if credentials is not None:
         methods = [m.strip().upper() for m in options["auth-methods"].split(",") if m.strip()]
         core.addGuard(DigestAuthenticator(

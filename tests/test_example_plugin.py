@@ -26,6 +26,7 @@ import atexit
 import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -33,6 +34,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from psycopg2 import sql
 from twisted.internet import defer, reactor, utils
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
@@ -63,7 +65,14 @@ from sipcore.plugin import (
 )
 from sipcore.tap import Options, buildService, makeService
 from sipcore.testing import UDPMemoryReactor, connectionEvent
-from tests.serverhelpers import connectTCP, registerRequest, startServer, waitUntil
+from tests.dbhelpers import createTestSchema
+from tests.serverhelpers import (
+    connectTCP,
+    connectWS,
+    registerRequest,
+    startServer,
+    waitUntil,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sipcore-webhook"
@@ -73,7 +82,7 @@ _counter = itertools.count()
 # ---------------------------------------------------------------------------
 # Installing the example package (once per test run)
 
-_installed: dict[str, str] = {}
+_installed: dict[str, tuple[str, str]] = {}
 
 
 async def _run(*args: str, cwd: str, env: dict[str, str] | None = None) -> tuple[str, int]:
@@ -84,26 +93,33 @@ async def _run(*args: str, cwd: str, env: dict[str, str] | None = None) -> tuple
     return (out + err).decode("utf-8", "replace"), code
 
 
-async def installExample() -> tuple[str, str]:
+def _temporaryDirectory(prefix: str) -> str:
+    base = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, base, True)
+    return base
+
+
+async def installPackage(source: Path) -> tuple[str, str]:
     """
-    Install examples/sipcore-webhook into a temporary directory, once.
+    Install the project in C{source} into a temporary directory, once per
+    test run, the way a user installs a third-party plugin.
 
     C{pip install --no-deps --target} needs to build a wheel; without the
     C{wheel} package (setuptools < 70.1) it cannot, offline, and the
-    package is built with setuptools' C{build_py} instead, which finds the
-    packages and copies the same files.
+    project is built with setuptools' C{build_py} instead, which finds the
+    packages (C{find_namespace:}) and copies the same files.
 
     @return: the directory to put on C{sys.path}, and how it was made
         (C{"pip"} or C{"setuptools"}).
     """
-    if _installed:
-        return _installed["target"], _installed["method"]
-    base = tempfile.mkdtemp(prefix="sipcore-webhook-")
-    atexit.register(shutil.rmtree, base, True)
-    source = os.path.join(base, "src")
+    key = str(source)
+    if key in _installed:
+        return _installed[key]
+    base = _temporaryDirectory("sipcore-plugin-")
+    copy = os.path.join(base, "src")
     shutil.copytree(
-        EXAMPLE,
         source,
+        copy,
         ignore=shutil.ignore_patterns(
             "_trial_temp*", "build", "*.egg-info", "dropin.cache", "__pycache__"
         ),
@@ -111,7 +127,7 @@ async def installExample() -> tuple[str, str]:
     target = os.path.join(base, "site")
     output, code = await _run(
         "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-        "--disable-pip-version-check", "--target", target, source, cwd=base,
+        "--disable-pip-version-check", "--target", target, copy, cwd=base,
     )
     method = "pip"
     if code != 0:
@@ -120,21 +136,29 @@ async def installExample() -> tuple[str, str]:
             "-c", "import setuptools; setuptools.setup()",
             "build", "--build-base", os.path.join(base, "build"),
             "build_py", "--build-lib", target,
-            cwd=source,
+            cwd=copy,
         )
         method = "setuptools"
     if code != 0:
-        raise AssertionError("cannot install the example package:\n" + output)
-    _installed.update(target=target, method=method)
+        raise AssertionError("cannot install {}:\n{}".format(source, output))
+    _installed[key] = (target, method)
     return target, method
+
+
+async def installExample() -> tuple[str, str]:
+    """
+    Install examples/sipcore-webhook (see L{installPackage}).
+    """
+    return await installPackage(EXAMPLE)
 
 
 def useInstalled(testCase: TestCase, target: str) -> None:
     """
-    Make the installed example importable and discoverable in this process
-    for the test: C{target} on C{sys.path}, and its C{twisted/plugins} in
-    C{twisted.plugins.__path__} (computed when C{twisted.plugins} was first
-    imported, so adding to C{sys.path} alone is not enough).
+    Make an installed plugin package importable and discoverable in this
+    process for the test: C{target} on C{sys.path}, and its
+    C{twisted/plugins} in C{twisted.plugins.__path__} (computed when
+    C{twisted.plugins} was first imported, so adding to C{sys.path} alone
+    is not enough).  Its modules are forgotten at cleanup.
     """
     testCase.patch(sys, "path", [target] + sys.path)
     testCase.patch(
@@ -144,8 +168,8 @@ def useInstalled(testCase: TestCase, target: str) -> None:
     )
 
     def forget() -> None:
-        for name in list(sys.modules):
-            if name.startswith("sipcore_webhook") or name == "twisted.plugins.sipcore_webhook_plugin":
+        for name, module in list(sys.modules.items()):
+            if (getattr(module, "__file__", None) or "").startswith(target):
                 del sys.modules[name]
 
     testCase.addCleanup(forget)
@@ -765,3 +789,151 @@ class ClosedOnly(Handler):
     @handles("tcp:closed")
     def closed(self, event: Any) -> str:
         return self.name
+
+
+# ---------------------------------------------------------------------------
+# The tutorial in docs/plugins.rst
+
+PLUGINS_DOC = ROOT / "docs" / "plugins.rst"
+
+_FILE_COMMENT = re.compile(r"^# ([A-Za-z0-9_./-]+\.[A-Za-z]+|MANIFEST\.in)$")
+
+
+def tutorialFiles(text: str) -> dict[str, str]:
+    """
+    The files of the tutorial: every C{code-block} whose first line is a
+    comment naming a relative path (C{# sipcore_wslog/handler.py}).
+
+    @return: path to content (the comment line included).
+    """
+    files: dict[str, str] = {}
+    lines = text.splitlines()
+    index = 0
+    while index < len(lines):
+        if not lines[index].startswith(".. code-block::"):
+            index += 1
+            continue
+        index += 1
+        block: list[str] = []
+        while index < len(lines) and (not lines[index].strip() or lines[index].startswith("   ")):
+            block.append(lines[index])
+            index += 1
+        body = textwrap.dedent("\n".join(block)).strip("\n") + "\n"
+        match = _FILE_COMMENT.match(body.splitlines()[0])
+        if match is not None:
+            files[match.group(1)] = body
+    return files
+
+
+_tutorial: dict[str, Path] = {}
+
+
+def writeTutorial() -> Path:
+    """
+    Write the tutorial's project into a temporary directory, once.
+    """
+    if "source" not in _tutorial:
+        source = Path(_temporaryDirectory("sipcore-wslog-")) / "sipcore-wslog"
+        for path, content in tutorialFiles(PLUGINS_DOC.read_text(encoding="utf-8")).items():
+            destination = source / path
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_text(content, encoding="utf-8")
+        _tutorial["source"] = source
+    return _tutorial["source"]
+
+
+class TutorialTests(TestCase):
+    """
+    The tutorial's plugin, extracted from docs/plugins.rst, installed and
+    run: what a reader following it ends up with works.
+    """
+
+    async def setUp(self) -> None:
+        self.source = writeTutorial()
+        self.target, self.method = await installPackage(self.source)
+
+    def test_files(self) -> None:
+        """
+        The tutorial gives every file of the project it describes, and no
+        C{__init__.py} in twisted/ or twisted/plugins/.
+        """
+        found = sorted(
+            str(path.relative_to(self.source)) for path in self.source.rglob("*")
+            if path.is_file()
+        )
+        self.assertEqual(
+            found,
+            [
+                "MANIFEST.in",
+                "pyproject.toml",
+                "setup.cfg",
+                "sipcore_wslog/__init__.py",
+                "sipcore_wslog/handler.py",
+                "sipcore_wslog/test/__init__.py",
+                "sipcore_wslog/test/test_handler.py",
+                "twisted/plugins/sipcore_wslog_plugin.py",
+            ],
+        )
+        self.assertTrue(
+            (Path(self.target) / "twisted" / "plugins" / "sipcore_wslog_plugin.py").is_file()
+        )
+        self.assertFalse((Path(self.target) / "twisted" / "__init__.py").exists())
+
+    async def test_ownTestsPass(self) -> None:
+        """
+        The tutorial's tests (Step 7) pass against the installed package.
+        """
+        output, code = await _run(
+            "-m", "twisted.trial", "sipcore_wslog",
+            cwd=self.target, env=freshEnvironment(self.target),
+        )
+        self.assertEqual(code, 0, output)
+        self.assertIn("PASSED (successes=5)", output)
+
+    async def test_listed(self) -> None:
+        """
+        C{--list-handlers} shows the handler as the tutorial says it does.
+        """
+        outside = self.mktemp()
+        os.makedirs(outside)
+        output, code = await _run(
+            "-c", "from twisted.scripts.twistd import run; run()",
+            "sipcore", "--list-handlers",
+            cwd=outside, env=freshEnvironment(self.target),
+        )
+        self.assertEqual(code, 0, output)
+        expected = output[output.index("\nwslog  [") + 1 :].split("\n\n")[0]
+        self.assertIn(
+            "\n".join("    " + line for line in expected.splitlines()),
+            PLUGINS_DOC.read_text(encoding="utf-8"),
+        )
+
+    async def test_writesRowOnWebSocketClose(self) -> None:
+        """
+        In a live sipcore with PostgreSQL, a WebSocket session that ends
+        with a close frame leaves one row in ws_sessions with its conid,
+        peer, duration and close code and reason.
+        """
+        schema = await createTestSchema(self)
+        useInstalled(self, self.target)
+        service = await startServer(
+            self, "--db", schema.dsn, "--server-id", "4", "--handler", "wslog",
+            transports=("ws",),
+        )
+        client = await connectWS(service.ports["ws"])
+        clientPort = client.localPort
+        client.sendClose(code=1000, reason="bye")
+        await client.waiters.lost
+        query = sql.SQL(
+            "SELECT server_id, connection_id, remote_host, remote_port, duration,"
+            " close_code, close_reason FROM {}.ws_sessions"
+        ).format(sql.Identifier(schema.name))
+        await waitUntil(
+            lambda: service.bus.stats("wslog").succeeded == 1, what="the INSERT"
+        )
+        [row] = await schema.admin.runQuery(query)
+        self.assertEqual(row[0], 4)
+        self.assertIsInstance(row[1], int)
+        self.assertEqual((row[2], row[3]), ("127.0.0.1", clientPort))
+        self.assertGreaterEqual(row[4], 0.0)
+        self.assertEqual((row[5], row[6]), (1000, "bye"))

@@ -43,9 +43,9 @@ from sipcore.transport.listen import ListenerService, parseListen
 from sipcore.transport.stream import SIPStreamFactory
 from sipcore.transport.websocket import SIPWebSocketFactory
 from tests.test_transport_stream import AbortableTransport
-from tests.test_transport_websocket import AbortableTransport as WSTransport
 from tests.test_transport_support import OPTIONS, RecordingBus, RecordingSink
 from tests.test_transport_websocket import TEXT, clientFrame
+from tests.test_transport_websocket import AbortableTransport as WSTransport
 
 LOCAL = IPv4Address("TCP", "127.0.0.1", 5060)
 

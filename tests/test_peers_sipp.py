@@ -128,7 +128,7 @@ class SippCallTests(TestCase):
             "-sf", os.path.join(SCENARIOS, scenario),
             "-t", "u1" if transport == "udp" else "t1",
             "-i", "127.0.0.1", "-p", str(port),
-            "-s", user, "-key", "callid", callId,
+            "-s", user, "-cid_str", callId + "-%u",
             "-m", "1", "-l", "1",
             "-timeout", "{}s".format(SIPP_TIMEOUT), "-timeout_error",
             "-nostdin", "-max_retrans", "5",

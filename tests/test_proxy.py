@@ -1036,3 +1036,52 @@ class RoutingHelperTests(SynchronousTestCase):
                          NextHop("tcp", "127.0.0.1", 99))
         for text in ("sip:a@example.com", "tel:+123", "sip:a@127.0.0.1;transport=sctp"):
             self.assertRaises(NoRoute, nextHopOf, parseURI(text))
+
+
+class CompositionTests(SynchronousTestCase):
+    """
+    L{sipcore.tap.buildService} wires the proxy.
+    """
+
+    def test_wired(self) -> None:
+        """
+        The built service's proxy is the core's default, ACK and stray
+        response handler, takes the proxy options, and removes a stale
+        binding from the store.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from sipcore.tap import Options, buildService
+
+        options = Options()
+        options.parseOptions(["--listen", "udp:0", "--timer-c", "42", "--forward-foreign",
+                              "--advertise-host", "192.0.2.1", "--server-id", "3"])
+        service = buildService(options, MemoryReactorClock())
+        proxy = service.proxy
+        core = service.core
+        self.assertIs(core._default, proxy)
+        self.assertEqual(core._ackHandler, proxy.ackReceived)
+        self.assertEqual(core._responseHandler, proxy.responseReceived)
+        self.assertEqual((proxy.policy.timerC, proxy.policy.forwardForeign,
+                          proxy.policy.advertiseHost, proxy.serverId),
+                         (42.0, True, "192.0.2.1", 3))
+        binding = Binding(ruid="r1", username="bob", domain="localhost",
+                          contact="sip:bob@x.invalid", expires=10.0**9)
+        service.store.save([binding])
+        proxy.staleBinding(binding)
+        self.assertEqual(service.store.allBindings(), [])
+
+    def test_defaults(self) -> None:
+        """
+        By default timer C is 180 s and foreign requests are refused.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from sipcore.tap import Options, buildService
+
+        options = Options()
+        options.parseOptions(["--listen", "udp:0"])
+        proxy = buildService(options, MemoryReactorClock()).proxy
+        self.assertEqual((proxy.policy.timerC, proxy.policy.forwardForeign,
+                          proxy.policy.foreignStatus, proxy.policy.advertiseHost),
+                         (180.0, False, 403, None))

@@ -240,7 +240,7 @@ class GroupCommitStore:
                 filling.aors.add(aor)
                 self._pendingAors[aor] += 1
         if len(filling.bindings) >= self.maxBatch:
-            self._close_filling()
+            self._closeFilling()
         return waiter
 
     def remove(self, ruids: Iterable[str]) -> defer.Deferred[int]:
@@ -276,7 +276,7 @@ class GroupCommitStore:
 
     def _write(self, run: Callable[[], defer.Deferred[Any]]) -> defer.Deferred[Any]:
         if self._filling is not None:
-            self._close_filling()
+            self._closeFilling()
         write = _Write(run)
         self._queue.append(write)
         self._pump()
@@ -285,9 +285,9 @@ class GroupCommitStore:
     def _windowPassed(self, batch: _SaveBatch) -> None:
         batch.timer = None
         if batch is self._filling:
-            self._close_filling()
+            self._closeFilling()
 
-    def _close_filling(self) -> None:
+    def _closeFilling(self) -> None:
         """
         Stop the filling batch from taking more calls and send it as soon
         as the writes before it are done.
@@ -370,7 +370,7 @@ class GroupCommitStore:
         @return: a L{Deferred} firing with C{None}; it never fails.
         """
         if self._filling is not None:
-            self._close_filling()
+            self._closeFilling()
         if self._running is None and not self._queue:
             return defer.succeed(None)
         return self._write(lambda: defer.succeed(None)).addCallback(lambda _: None)

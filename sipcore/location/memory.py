@@ -89,6 +89,23 @@ class MemoryLocationStore:
         found.sort(key=lookupOrder)
         return defer.succeed(found)
 
+    def lookupMany(self, aors: Iterable[str], now: float) -> defer.Deferred[dict[str, list[Binding]]]:
+        """
+        The unexpired bindings of several addresses of record at once (what
+        L{sipcore.location.group.GroupCommitStore} uses to batch lookups).
+
+        @return: a L{Deferred} firing with a C{dict} from each address of
+            record that has bindings to its list, in L{lookupOrder}.
+        """
+        self.statementCount["lookupMany"] += 1
+        found: dict[str, list[Binding]] = {}
+        for aor in set(aors):
+            bindings = [b for b in self._byAor.get(aor, {}).values() if not b.isExpired(now)]
+            if bindings:
+                bindings.sort(key=lookupOrder)
+                found[aor] = bindings
+        return defer.succeed(found)
+
     def save(self, bindings: Iterable[Binding]) -> defer.Deferred[None]:
         """
         See L{ILocationStore.save}.  Fails with

@@ -125,6 +125,12 @@ _LOOKUP_NO_DOMAIN = (
     " AND expires > (to_timestamp(%s) AT TIME ZONE 'UTC')" + _LOOKUP_ORDER
 ).format(_selectList())
 
+_LOOKUP_MANY = (
+    "SELECT {} FROM location WHERE (username, domain) IN"
+    " (SELECT * FROM unnest(%s::text[], %s::text[]))"
+    " AND expires > (to_timestamp(%s) AT TIME ZONE 'UTC')" + _LOOKUP_ORDER
+).format(_selectList())
+
 
 def _counted(delete: str) -> str:
     return "WITH gone AS ({} RETURNING 1) SELECT count(*) FROM gone".format(delete)
@@ -628,6 +634,60 @@ class PostgresLocationStore:
             statement, params = _LOOKUP_NO_DOMAIN, (username, when)
         d = self._run("lookup", "runQuery", statement, params)
         return d.addCallback(lambda rows: [_rowToBinding(row) for row in rows])
+
+    def lookupMany(self, aors: Iterable[str], now: float) -> defer.Deferred[dict[str, list[Binding]]]:
+        """
+        The unexpired bindings of several addresses of record with one
+        statement: C{SELECT ... WHERE (username, domain) IN (SELECT * FROM
+        unnest(%s::text[], %s::text[])) AND expires > ...}.  Addresses of
+        record without a domain (rare: the registrar always has one) are
+        read with one L{lookup} each.
+
+        @return: a L{Deferred} firing with a C{dict} from each address of
+            record that has bindings to its list, in L{lookup}'s order.
+            Fails with L{StoreUnavailable} when the database cannot answer.
+        """
+        try:
+            when = _posixTime(now)
+        except TypeError:
+            return defer.fail(Failure())
+        pairs: dict[tuple[str, str], str] = {}
+        bare: list[str] = []
+        for aor in set(aors):
+            if not isinstance(aor, str) or "\x00" in aor:
+                continue
+            username, domain = splitAor(aor)
+            if domain:
+                pairs[(username, domain)] = aor
+            else:
+                bare.append(aor)
+        found: dict[str, list[Binding]] = {}
+        work: list[defer.Deferred[Any]] = []
+        if pairs:
+            users = [u for u, _ in pairs]
+            domains = [d for _, d in pairs]
+
+            def grouped(rows: list[tuple[Any, ...]]) -> None:
+                for row in rows:
+                    aor = pairs.get((row[1], row[2]))
+                    if aor is not None:
+                        found.setdefault(aor, []).append(_rowToBinding(row))
+
+            work.append(
+                self._run("lookupMany", "runQuery", _LOOKUP_MANY, (users, domains, when))
+                .addCallback(grouped))
+        for aor in bare:
+
+            def single(bindings: list[Binding], aor: str = aor) -> None:
+                if bindings:
+                    found[aor] = bindings
+
+            work.append(self.lookup(aor, when).addCallback(single))
+        if not work:
+            return defer.succeed(found)
+        d = defer.gatherResults(work, consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure)
+        return d.addCallback(lambda _: found)
 
     def save(self, bindings: Iterable[Binding]) -> defer.Deferred[None]:
         """

@@ -298,7 +298,9 @@ class PostgresCredentials:
     def __init__(self, pool: Any) -> None:
         """
         @param pool: a started C{txpostgres.ConnectionPool} (or anything
-            with C{runQuery(statement, params)}).
+            with C{runQuery(statement, params)}), or a store with a C{pool}
+            attribute, read at each lookup (a restarted
+            L{sipcore.location.PostgresLocationStore} builds a new pool).
         """
         self.pool = pool
         self.lookups = 0
@@ -307,7 +309,8 @@ class PostgresCredentials:
     def lookup(self, username: str, domain: str) -> defer.Deferred[Subscriber | None]:
         self.lookups += 1
         try:
-            d = self.pool.runQuery(_SUBSCRIBER_QUERY, (username, domain.lower()))
+            runner = self.pool if hasattr(self.pool, "runQuery") else self.pool.pool
+            d = runner.runQuery(_SUBSCRIBER_QUERY, (username, domain.lower()))
         except Exception as e:
             d = defer.fail(e)
         return d.addCallbacks(self._found, self._failed,

@@ -1,0 +1,859 @@
+# -*- test-case-name: tests.test_bench -*-
+"""
+sipcore benchmarks: REGISTER throughput side by side with Kamailio and
+Twisted's own C{twisted.protocols.sip} registrar, the disconnect storm, and
+the memory of idle WebSocket connections.  See bench/README.md.
+
+Usage::
+
+    python bench/run.py [--quick] [--only NAME ...] [--storm N] [--out DIR]
+
+C{BENCH_QUICK=1} is the same as C{--quick}: a smoke run of a couple of
+minutes with short steps and a small storm, to check the benchmark works
+(its figures are not the ones to quote).
+
+Everything runs on 127.0.0.1.  Every loop is bounded in count and time;
+every process started is recorded by pid and stopped by that pid (SIGTERM,
+then SIGKILL after a grace period) whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+#: The pass criterion of a rate step: failed plus retransmitted REGISTERs
+#: below this fraction of the calls, and every call completed.
+MAX_BAD_FRACTION = 0.001
+
+
+def log(message: str) -> None:
+    print("[bench {}] {}".format(time.strftime("%H:%M:%S"), message), flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Processes: started here, stopped by pid.
+
+
+class Processes:
+    """
+    Every process the benchmark starts, so each is stopped by its pid.
+    """
+
+    def __init__(self) -> None:
+        self.running: dict[int, tuple[str, subprocess.Popen[Any]]] = {}
+
+    def start(self, name: str, argv: list[str], logPath: str, **kwargs: Any) -> subprocess.Popen[Any]:
+        out = open(logPath, "ab")
+        proc = subprocess.Popen(argv, stdout=kwargs.pop("stdout", out), stderr=out,
+                                stdin=kwargs.pop("stdin", subprocess.DEVNULL), **kwargs)
+        out.close()
+        self.running[proc.pid] = (name, proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+        """
+        SIGTERM the process by its pid, wait up to C{grace} seconds, then
+        SIGKILL it.
+        """
+        self.running.pop(proc.pid, None)
+        if proc.poll() is not None:
+            return
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+    def stopAll(self) -> None:
+        for _, proc in list(self.running.values()):
+            self.stop(proc, grace=5.0)
+
+
+PROCS = Processes()
+
+
+def cpuTicks(pid: int) -> int:
+    """
+    utime + stime of C{pid} in clock ticks (0 when it is gone).
+    """
+    try:
+        with open("/proc/{}/stat".format(pid)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def childPids(pid: int) -> list[int]:
+    """
+    C{pid} and its direct children (Kamailio's worker processes).
+    """
+    found = [pid]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/{}/stat".format(entry)) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            found.append(int(entry))
+    return found
+
+
+def postgresPids() -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/{}/comm".format(entry)) as f:
+                    if f.read().strip() == "postgres":
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def rssBytes(pid: int) -> int:
+    with open("/proc/{}/statm".format(pid)) as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def waitFor(check: Any, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return bool(check())
+
+
+def udpAnswers(port: int) -> bool:
+    """
+    Whether something answers an OPTIONS on C{port} over UDP.
+    """
+    message = (
+        "OPTIONS sip:{h}:{p} SIP/2.0\r\nVia: SIP/2.0/UDP {h}:9;branch=z9hG4bKprobe{t}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:probe@{h}>;tag=p\r\nTo: <sip:{h}>\r\n"
+        "Call-ID: probe{t}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).format(h=HOST, p=port, t=time.monotonic_ns())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.3)
+        s.bind((HOST, 0))
+        via = message.replace("{}:9".format(HOST), "{}:{}".format(HOST, s.getsockname()[1]))
+        s.sendto(via.encode(), (HOST, port))
+        try:
+            s.recvfrom(65536)
+            return True
+        except OSError:
+            return False
+
+
+def tcpOpen(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# What is compared with: installed here when possible.
+
+
+@dataclass
+class Environment:
+    skipped: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    dsn: str = ""
+    dbName: str = ""
+
+
+def install(env: Environment) -> None:
+    """
+    Install sipp and Kamailio from Debian's packages when missing and
+    possible (root with apt-get).
+    """
+    wanted = []
+    if shutil.which("sipp") is None:
+        wanted.append("sip-tester")
+    if shutil.which("kamailio") is None:
+        wanted += ["kamailio", "kamailio-postgres-modules"]
+    elif not os.path.exists(kamailioModule("db_postgres.so") or "/nonexistent"):
+        wanted.append("kamailio-postgres-modules")
+    if not wanted:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        log("cannot install {} (not root, or no apt-get)".format(" ".join(wanted)))
+        return
+    log("installing {}".format(" ".join(wanted)))
+    envVars = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, timeout=300, env=envVars,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq"] + wanted, check=True, timeout=600,
+                       env=envVars, stdout=subprocess.DEVNULL)
+    except (subprocess.SubprocessError, OSError) as e:
+        log("installation failed: {}".format(e))
+
+
+def kamailioModule(name: str) -> str | None:
+    for base in ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/kamailio/modules",
+                 "/usr/lib64/kamailio/modules"):
+        path = os.path.join(base, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def commandVersion(argv: list[str], pattern: str) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "not installed"
+    found = re.search(pattern, out.stdout + out.stderr)
+    return found.group(1) if found else "unknown"
+
+
+def prepareDatabase(env: Environment) -> bool:
+    """
+    Create (anew) the benchmark database with sipcore's schema, which is
+    Kamailio's usrloc schema (so both use the same table).
+    """
+    import psycopg2
+    import psycopg2.extensions
+
+    base = os.environ.get("SIPCORE_BENCH_DSN") or os.environ.get("SIPCORE_TEST_DSN") or (
+        "host=127.0.0.1 port=5432 dbname=test user=postgres")
+    env.dbName = "sipcore_bench"
+    try:
+        admin = psycopg2.connect(base, connect_timeout=5)
+    except psycopg2.Error as e:
+        env.skipped["postgresql"] = "PostgreSQL not reachable ({})".format(
+            str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        return False
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT version()")
+        env.versions["postgresql"] = cur.fetchone()[0].split(" on ")[0]
+        cur.execute("DROP DATABASE IF EXISTS sipcore_bench")
+        cur.execute("CREATE DATABASE sipcore_bench")
+    admin.close()
+    env.dsn = psycopg2.extensions.make_dsn(base, dbname=env.dbName)
+    conn = psycopg2.connect(env.dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur, open(os.path.join(ROOT, "sipcore", "location", "schema.sql")) as f:
+        cur.execute(f.read())
+    conn.close()
+    return True
+
+
+def dbQuery(env: Environment, statement: str) -> Any:
+    import psycopg2
+
+    conn = psycopg2.connect(env.dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return cur.fetchone()[0] if cur.description else None
+    finally:
+        conn.close()
+
+
+def kamailioUrl(env: Environment) -> str:
+    import psycopg2.extensions
+
+    parts = psycopg2.extensions.parse_dsn(env.dsn)
+    auth = parts.get("user", "postgres")
+    if parts.get("password"):
+        auth += ":" + parts["password"]
+    return "postgres://{}@{}:{}/{}".format(auth, parts.get("host", HOST),
+                                           parts.get("port", "5432"), parts["dbname"])
+
+
+# ---------------------------------------------------------------------------
+# Servers.
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[Any]
+    port: int
+    transports: tuple[str, ...]
+    includeChildren: bool = False
+    usesDatabase: bool = False
+    metricsPort: int | None = None
+
+    def pids(self) -> list[int]:
+        return childPids(self.proc.pid) if self.includeChildren else [self.proc.pid]
+
+    def cpuTicks(self) -> int:
+        return sum(cpuTicks(pid) for pid in self.pids())
+
+
+def startSipcore(name: str, outDir: str, env: Environment, db: bool,
+                 extra: list[str] = (), streamPorts: dict[str, int] | None = None) -> Server | None:
+    port = freePort()
+    metricsPort = freePort()
+    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=",
+            "--logfile", os.path.join(outDir, name + ".log"), "sipcore",
+            "--listen", "udp:{}:interface={}".format(port, HOST),
+            "--listen", "tcp:{}:interface={}".format(port, HOST),
+            "--domain", HOST, "--max-transactions", "0", "--rate-limit", "0",
+            "--max-connections", "0", "--max-connections-per-source", "0",
+            "--expiry-interval", "0", "--idle-timeout", "0", "--ws-ping-interval", "0",
+            "--metrics-listen", "tcp:{}:interface={}".format(metricsPort, HOST)]
+    for transport, streamPort in (streamPorts or {}).items():
+        argv += ["--listen", "{}:{}:interface={}".format(transport, streamPort, HOST)]
+    if db:
+        argv += ["--db", env.dsn]
+    argv += list(extra)
+    envVars = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   SIPCORE_LAG_PROBE="1")
+    proc = PROCS.start(name, argv, os.path.join(outDir, name + ".out"), env=envVars, cwd=ROOT)
+    server = Server(name, proc, port, ("udp", "tcp"), usesDatabase=db, metricsPort=metricsPort)
+    if not waitFor(lambda: proc.poll() is not None or udpAnswers(port), 30):
+        PROCS.stop(proc)
+        return None
+    if proc.poll() is not None:
+        return None
+    return server
+
+
+def startKamailio(name: str, outDir: str, env: Environment, db: bool) -> Server | None:
+    port = freePort()
+    template = os.path.join(BENCH, "kamailio-db.cfg" if db else "kamailio-memory.cfg")
+    with open(template) as f:
+        text = f.read()
+    children = os.environ.get("BENCH_KAMAILIO_CHILDREN", "4")
+    text = text.replace("@PORT@", str(port)).replace("@CHILDREN@", children)
+    if db:
+        text = text.replace("@DBURL@", kamailioUrl(env))
+    cfg = os.path.join(outDir, name + ".cfg")
+    with open(cfg, "w") as f:
+        f.write(text)
+    argv = ["kamailio", "-f", cfg, "-DD", "-E", "-m", "512", "-M", "32", "-w", outDir,
+            "-Y", outDir]
+    proc = PROCS.start(name, argv, os.path.join(outDir, name + ".out"))
+    server = Server(name, proc, port, ("udp", "tcp"), includeChildren=True, usesDatabase=db)
+    # Kamailio answers OPTIONS to itself with 404 from this cfg: any answer
+    # means it is up.
+    if not waitFor(lambda: proc.poll() is not None or udpAnswers(port), 30):
+        PROCS.stop(proc)
+        return None
+    if proc.poll() is not None:
+        return None
+    return server
+
+
+def startTwisted(name: str, outDir: str) -> Server | None:
+    port = freePort()
+    argv = [sys.executable, os.path.join(BENCH, "twisted_registrar.py"), str(port)]
+    proc = PROCS.start(name, argv, os.path.join(outDir, name + ".out"))
+    if not waitFor(lambda: proc.poll() is not None or udpAnswers(port), 20):
+        PROCS.stop(proc)
+        return None
+    if proc.poll() is not None:
+        return None
+    return Server(name, proc, port, ("udp",))
+
+
+def metrics(port: int) -> dict[str, float]:
+    """
+    The samples of sipcore's C{/metrics}, keyed by their text (name and
+    labels).
+    """
+    with urllib.request.urlopen("http://{}:{}/metrics".format(HOST, port), timeout=5) as r:
+        text = r.read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            found[key] = float(value)
+    return found
+
+
+# ---------------------------------------------------------------------------
+# REGISTER rate steps with sipp.
+
+
+@dataclass
+class Step:
+    rate: int
+    calls: int
+    successful: int
+    failed: int
+    retransmissions: int
+    elapsed: float
+    achieved: float
+    cpu: float
+    dbCpu: float
+    passed: bool
+
+
+def sippStep(server: Server, transport: str, rate: int, seconds: float, runId: str,
+             outDir: str) -> Step:
+    calls = max(1, int(rate * seconds))
+    stat = os.path.join(outDir, "sipp-{}-{}.csv".format(server.name, runId))
+    argv = ["sipp", "-sf", os.path.join(BENCH, "register.xml"), "-key", "run", runId,
+            "-i", HOST, "-p", str(freePort()), "{}:{}".format(HOST, server.port),
+            "-t", "u1" if transport == "udp" else "t1", "-r", str(rate), "-m", str(calls),
+            "-l", str(max(rate * 2, 100)), "-recv_timeout", "5000", "-max_reconnect", "0",
+            "-buff_size", str(4 * 1024 * 1024),
+            "-timeout", "{}s".format(int(seconds * 3 + 15)), "-timeout_error",
+            "-trace_stat", "-stf", stat, "-fd", "1", "-nostdin", "-nd"]
+    pgPids = postgresPids() if server.usesDatabase else []
+    before = server.cpuTicks()
+    pgBefore = sum(cpuTicks(p) for p in pgPids)
+    t0 = time.monotonic()
+    with open(os.path.join(outDir, "sipp.out"), "ab") as out:
+        proc = PROCS.start("sipp", argv, os.path.join(outDir, "sipp.err"), stdout=out)
+        try:
+            proc.wait(seconds * 3 + 30)
+        except subprocess.TimeoutExpired:
+            pass
+        PROCS.stop(proc)
+    wall = max(time.monotonic() - t0, 1e-6)
+    cpu = (server.cpuTicks() - before) / CLK_TCK / wall
+    dbCpu = (sum(cpuTicks(p) for p in pgPids) - pgBefore) / CLK_TCK / wall
+    row = readSippStats(stat)
+    successful = int(row.get("SuccessfulCall(C)", 0))
+    failed = int(row.get("FailedCall(C)", 0))
+    retrans = int(row.get("Retransmissions(C)", 0))
+    elapsed = parseElapsed(row.get("ElapsedTime(C)", "0"))
+    achieved = successful / elapsed if elapsed > 0 else 0.0
+    bad = failed + retrans + (calls - successful - failed)
+    passed = (successful == calls and bad <= MAX_BAD_FRACTION * calls
+              and achieved >= 0.9 * rate)
+    return Step(rate, calls, successful, failed, retrans, elapsed, achieved, cpu, dbCpu, passed)
+
+
+def readSippStats(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="latin-1") as f:
+            lines = [line.rstrip("\n") for line in f if line.strip()]
+    except OSError:
+        return {}
+    if len(lines) < 2:
+        return {}
+    header = lines[0].split(";")
+    return dict(zip(header, lines[-1].split(";")))
+
+
+def parseElapsed(text: str) -> float:
+    parts = text.split(":")
+    try:
+        if len(parts) == 4:
+            h, m, s, ms = (int(p) for p in parts)
+            return h * 3600 + m * 60 + s + ms / 1000
+        if len(parts) == 3:
+            h, m, s = parts
+            return int(h) * 3600 + int(m) * 60 + float(s)
+    except ValueError:
+        pass
+    return 0.0
+
+
+def findMaxRate(server: Server, transport: str, quick: bool, outDir: str) -> dict[str, Any]:
+    """
+    Step the REGISTER rate up until a step fails, then refine between the
+    last passing and the first failing rate.  Bounded: at most 16 steps.
+    """
+    seconds = 2.0 if quick else 8.0
+    factor = 2.0 if quick else 1.5
+    refinements = 0 if quick else 2
+    rate = 250
+    best: Step | None = None
+    failedAt: int | None = None
+    steps: list[Step] = []
+    for number in range(16):
+        step = sippStep(server, transport, rate, seconds,
+                        "{}{}{}".format(transport[0], number, int(time.time()) % 100000), outDir)
+        steps.append(step)
+        log("  {} {} {}/s: {} ok, {} failed, {} retrans, {:.0f}/s, cpu {:.0%}{}".format(
+            server.name, transport, rate, step.successful, step.failed, step.retransmissions,
+            step.achieved, step.cpu, " db {:.0%}".format(step.dbCpu) if step.dbCpu else "")
+            + ("" if step.passed else "  FAIL"))
+        if step.passed:
+            best = step
+            if failedAt is None:
+                rate = int(rate * factor)
+                if rate > 60000:
+                    break
+                continue
+        else:
+            failedAt = rate if failedAt is None else min(failedAt, rate)
+        if failedAt is not None:
+            if refinements <= 0:
+                break
+            low = best.rate if best is not None else 0
+            if failedAt - low < max(100, low * 0.1):
+                break
+            refinements -= 1
+            rate = (low + failedAt) // 2
+        time.sleep(0.5)
+    return {
+        "server": server.name,
+        "transport": transport,
+        "maxRate": best.rate if best else 0,
+        "achieved": round(best.achieved, 1) if best else 0,
+        "cpu": round(best.cpu, 3) if best else None,
+        "dbCpu": round(best.dbCpu, 3) if best and server.usesDatabase else None,
+        "steps": [step.__dict__ for step in steps],
+    }
+
+
+# ---------------------------------------------------------------------------
+# Disconnect storm and memory.
+
+
+def storm(env: Environment, transport: str, count: int, outDir: str) -> dict[str, Any]:
+    """
+    Register C{count} connections of C{transport} with sipcore on
+    PostgreSQL (group commit), drop them all at once, and measure: time
+    until every row is gone, the largest reactor lag in the server
+    meanwhile, DELETE statements per 100 connections, and the resident
+    memory per idle registered connection.
+    """
+    name = "storm-{}".format(transport)
+    streamPort = freePort()
+    server = startSipcore(name, outDir, env, db=True,
+                          streamPorts={transport: streamPort} if transport == "ws" else None)
+    if server is None:
+        return {"transport": transport, "error": "sipcore did not start"}
+    port = streamPort if transport == "ws" else server.port
+    result: dict[str, Any] = {"transport": transport, "connections": count}
+    try:
+        dbQuery(env, "TRUNCATE location")
+        time.sleep(1.0)
+        rssBefore = rssBytes(server.proc.pid)
+        client = PROCS.start(
+            name + "-client",
+            [sys.executable, os.path.join(BENCH, "storm_client.py"), transport, str(port),
+             str(count), "--hold", "600"],
+            os.path.join(outDir, name + "-client.err"),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = readLine(client, "READY", 300)
+        if ready is None:
+            result["error"] = "the client did not finish registering"
+            return result
+        _, registered, failed, took = ready.split()
+        result.update(registered=int(registered), registerFailed=int(failed),
+                      registerSeconds=float(took))
+        rows = dbQuery(env, "SELECT count(*) FROM location WHERE connection_id > 0")
+        result["rowsBefore"] = rows
+        time.sleep(2.0)
+        rssAfter = rssBytes(server.proc.pid)
+        result["rssPerConnection"] = round((rssAfter - rssBefore) / max(1, int(registered)))
+        before = metrics(server.metricsPort)
+        deletesBefore = before.get('sipcore_store_statements_total{kind="removeConnections"}', 0)
+        lag = before.get('sipcore_reactor_lag_seconds{stat="recent_max"}', 0.0)
+        result["lagBeforeDrop"] = lag
+        client.stdin.write("DROP\n")
+        client.stdin.flush()
+        t0 = time.monotonic()
+        maxLag = 0.0
+        gone = None
+        lastPoll = 0.0
+        deadline = t0 + 60
+        while time.monotonic() < deadline:
+            left = dbQuery(env, "SELECT count(*) FROM location WHERE connection_id > 0")
+            if left == 0 and gone is None:
+                gone = time.monotonic() - t0
+            if time.monotonic() - lastPoll > 0.25 or gone is not None:
+                lastPoll = time.monotonic()
+                sample = metrics(server.metricsPort)
+                maxLag = max(maxLag, sample.get('sipcore_reactor_lag_seconds{stat="recent_max"}',
+                                                0.0))
+            if gone is not None:
+                break
+            time.sleep(0.01)
+        time.sleep(1.0)
+        after = metrics(server.metricsPort)
+        maxLag = max(maxLag, after.get('sipcore_reactor_lag_seconds{stat="recent_max"}', 0.0))
+        deletes = after.get('sipcore_store_statements_total{kind="removeConnections"}', 0) - \
+            deletesBefore
+        result.update(
+            secondsUntilRowsGone=round(gone, 3) if gone is not None else None,
+            rowsLeft=dbQuery(env, "SELECT count(*) FROM location WHERE connection_id > 0"),
+            maxLagSeconds=round(maxLag, 4),
+            deleteStatements=int(deletes),
+            deletesPer100=round(100 * deletes / max(1, int(registered)), 3),
+        )
+        readLine(client, "DROPPED", 30)
+        PROCS.stop(client)
+    finally:
+        PROCS.stop(server.proc)
+    return result
+
+
+def readLine(proc: subprocess.Popen[Any], prefix: str, timeout: float) -> str | None:
+    import selectors
+
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            line = proc.stdout.readline()
+            if not line:
+                return None
+            if line.startswith(prefix):
+                return line.strip()
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Report.
+
+
+def machine(env: Environment) -> dict[str, Any]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    with open("/proc/meminfo") as f:
+        memory = int(f.readline().split()[1]) * 1024
+    import twisted
+
+    sys.path.insert(0, ROOT)
+    import sipcore
+
+    versions = dict(env.versions)
+    versions.update(
+        python=platform.python_version(),
+        twisted=twisted.__version__,
+        sipcore=sipcore.__version__,
+        kamailio=commandVersion(["kamailio", "-v"], r"version: kamailio (\S+)"),
+        sipp=commandVersion(["sipp", "-v"], r"SIPp (v[\w.\-]+)"),
+    )
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memoryGiB": round(memory / 2**30, 1),
+        "kernel": platform.release(),
+        "versions": versions,
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if not a or not b:
+        return None
+    return round(a / b, 2)
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    rates = {(r["server"], r["transport"]): r["maxRate"] for r in results["rates"]}
+    ratios = {
+        "sipcore-memory / kamailio-memory (udp)": (
+            ratio(rates.get(("sipcore-memory", "udp")), rates.get(("kamailio-memory", "udp"))),
+            0.6),
+        "sipcore-memory / twisted-sip (udp)": (
+            ratio(rates.get(("sipcore-memory", "udp")), rates.get(("twisted-sip", "udp"))), 1.0),
+        "sipcore-postgres / kamailio-db (udp)": (
+            ratio(rates.get(("sipcore-postgres", "udp")), rates.get(("kamailio-db", "udp"))),
+            1.0),
+        "sipcore-postgres / kamailio-db (tcp)": (
+            ratio(rates.get(("sipcore-postgres", "tcp")), rates.get(("kamailio-db", "tcp"))),
+            1.0),
+    }
+    return {name: {"ratio": value, "target": target,
+                   "met": None if value is None else value >= target}
+            for name, (value, target) in ratios.items()}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        "# sipcore benchmark results",
+        "",
+        "- date: {}{}".format(m["date"], " (quick mode: smoke run, not figures to quote)"
+                              if results["quick"] else ""),
+        "- machine: {} ({} cores, {} GiB), Linux {}".format(
+            m["cpu"], m["cores"], m["memoryGiB"], m["kernel"]),
+        "- versions: " + ", ".join("{} {}".format(k, v) for k, v in sorted(m["versions"].items())),
+        "",
+        "## REGISTER rate (highest with < 0.1% failed or retransmitted)",
+        "",
+        "| server | transport | REGISTER/s | server CPU | PostgreSQL CPU |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in results["rates"]:
+        lines.append("| {} | {} | {} | {} | {} |".format(
+            r["server"], r["transport"], r["maxRate"],
+            "{:.0%}".format(r["cpu"]) if r["cpu"] is not None else "-",
+            "{:.0%}".format(r["dbCpu"]) if r.get("dbCpu") is not None else "-"))
+    lines += ["", "## Ratios measured in this run", "",
+              "| comparison | ratio | target | met |", "|---|---:|---:|---|"]
+    for name, r in results["ratios"].items():
+        lines.append("| {} | {} | {} | {} |".format(
+            name, "-" if r["ratio"] is None else r["ratio"], r["target"],
+            "-" if r["met"] is None else ("yes" if r["met"] else "no")))
+    lines += ["", "## Disconnect storm (sipcore on PostgreSQL, group commit)", "",
+              "| transport | connections | rows gone after (s) | max reactor lag (ms) "
+              "| DELETEs per 100 connections | RSS per idle registered connection (bytes) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for s in results["storm"]:
+        if "error" in s:
+            lines.append("| {} | - | {} | | | |".format(s["transport"], s["error"]))
+            continue
+        lines.append("| {} | {} | {} | {:.1f} | {} | {} |".format(
+            s["transport"], s.get("registered"), s.get("secondsUntilRowsGone"),
+            1000 * s.get("maxLagSeconds", 0), s.get("deletesPer100"),
+            s.get("rssPerConnection")))
+    if results["skipped"]:
+        lines += ["", "## Skipped", ""]
+        for name, why in results["skipped"].items():
+            lines.append("- {}: {}".format(name, why))
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+
+
+SERVERS = ("sipcore-memory", "sipcore-postgres", "kamailio-memory", "kamailio-db", "twisted-sip")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        default=os.environ.get("BENCH_QUICK") == "1",
+                        help="smoke run: short steps, small storm (BENCH_QUICK=1)")
+    parser.add_argument("--only", action="append", choices=SERVERS + ("storm",),
+                        help="run only these parts (repeatable)")
+    parser.add_argument("--storm", type=int, default=None,
+                        help="connections in the disconnect storm (default 10000; quick 300)")
+    parser.add_argument("--transports", default=None,
+                        help="comma-separated transports for the rate steps "
+                             "(default udp,tcp; quick udp)")
+    parser.add_argument("--out", default=os.path.join(BENCH, "results"))
+    args = parser.parse_args(argv)
+    quick = args.quick
+    parts = set(args.only or SERVERS + ("storm",))
+    transports = (args.transports or ("udp" if quick else "udp,tcp")).split(",")
+    stormCount = args.storm if args.storm is not None else (300 if quick else 10000)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    outDir = os.path.join(args.out, stamp)
+    os.makedirs(outDir, exist_ok=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    env = Environment()
+    install(env)
+    if shutil.which("sipp") is None:
+        for name in SERVERS:
+            env.skipped[name] = "sipp (Debian package sip-tester) is not installed"
+    if shutil.which("kamailio") is None:
+        env.skipped["kamailio-memory"] = "kamailio is not installed (Debian package kamailio)"
+        env.skipped["kamailio-db"] = env.skipped["kamailio-memory"]
+    elif kamailioModule("db_postgres.so") is None:
+        env.skipped["kamailio-db"] = ("kamailio's db_postgres module is not installed "
+                                      "(Debian package kamailio-postgres-modules)")
+    haveDb = prepareDatabase(env)
+    if not haveDb:
+        for name in ("sipcore-postgres", "kamailio-db", "storm"):
+            env.skipped[name] = env.skipped["postgresql"]
+
+    results: dict[str, Any] = {"quick": quick, "rates": [], "storm": [], "skipped": {}}
+    try:
+        for name in SERVERS:
+            if name not in parts or name in env.skipped:
+                continue
+            log("starting {}".format(name))
+            if haveDb:
+                dbQuery(env, "TRUNCATE location")
+            if name == "sipcore-memory":
+                server = startSipcore(name, outDir, env, db=False)
+            elif name == "sipcore-postgres":
+                server = startSipcore(name, outDir, env, db=True)
+            elif name == "kamailio-memory":
+                server = startKamailio(name, outDir, env, db=False)
+            elif name == "kamailio-db":
+                server = startKamailio(name, outDir, env, db=True)
+            else:
+                server = startTwisted(name, outDir)
+            if server is None:
+                env.skipped[name] = "the server did not start (see {}.out)".format(name)
+                log("  " + env.skipped[name])
+                continue
+            try:
+                for transport in transports:
+                    if transport not in server.transports:
+                        continue
+                    results["rates"].append(findMaxRate(server, transport, quick, outDir))
+            finally:
+                PROCS.stop(server.proc)
+        if "storm" in parts and "storm" not in env.skipped:
+            for transport in ("tcp", "ws"):
+                log("disconnect storm: {} x {}".format(stormCount, transport))
+                outcome = storm(env, transport, stormCount, outDir)
+                log("  {}".format(outcome))
+                results["storm"].append(outcome)
+    finally:
+        PROCS.stopAll()
+
+    results["skipped"] = env.skipped
+    results["machine"] = machine(env)
+    results["ratios"] = summarize(results)
+    text = markdown(results)
+    for directory in (outDir, args.out):
+        with open(os.path.join(directory, "results.json" if directory == outDir
+                               else "latest.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        with open(os.path.join(directory, "results.md" if directory == outDir
+                               else "latest.md"), "w") as f:
+            f.write(text)
+    print(text)
+    for name, why in env.skipped.items():
+        log("skipped {}: {}".format(name, why))
+    log("results in {}".format(outDir))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        PROCS.stopAll()
