@@ -129,6 +129,7 @@ class IHandlerContext(Interface):
     """
 
     apiVersion = Attribute("C{int}: the handler API version this sipcore implements.")
+    handlerName = Attribute("C{str}: the name of the handler this context was made for.")
     serverId = Attribute("C{int}: this node's C{server_id}.")
     reactor = Attribute("The reactor (provides C{IReactorTime} at least).")
     store = Attribute("The L{ILocationStore} in use.")
@@ -161,6 +162,10 @@ class IEventHandler(Interface):
 
     A plugin module must stay light: the provider it exposes is a small
     descriptor that imports its implementation only in L{start}.
+
+    A provider may also have C{timeout} (seconds the bus waits for one
+    event), C{concurrency} (events handled at once) and C{backlog} (events
+    that may wait beyond that); each may be C{None} for the bus default.
     """
 
     name = Attribute("C{str}: unique name, used with C{--handler NAME}.")

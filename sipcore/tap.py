@@ -382,6 +382,7 @@ def buildService(options: Options, reactor: Any) -> Any:
             options=options["handler-option"].get(handler.name, {}),
             writes=writes,
             jobQueues=jobQueues,
+            handlerName=handler.name,
         )
 
     service = SIPCoreService(
