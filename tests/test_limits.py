@@ -629,6 +629,18 @@ class SecurityOptionsTests(SynchronousTestCase):
         self.assertEqual(guard.methods, frozenset({"REGISTER", "INVITE"}))
         self.assertEqual(guard.algorithms, ("SHA-256", "MD5"))
 
+    def test_authFromDatabase(self) -> None:
+        """
+        C{--auth-db} authenticates with the subscriber table through the
+        location store's pool.
+        """
+        from sipcore.sip.auth import PostgresCredentials
+
+        service = self.build("--db", "host=127.0.0.1 dbname=sipcore", "--auth-db")
+        [guard] = service.core._guards
+        self.assertIsInstance(guard.credentials, PostgresCredentials)
+        self.assertIs(guard.credentials.pool.pool, service.store.pool)
+
     def test_badSecurityOptions(self) -> None:
         """
         Contradictory or unusable security options are usage errors.
