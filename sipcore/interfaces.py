@@ -279,3 +279,26 @@ class ILocationStore(Interface):
 
         @return: L{Deferred} firing with the C{int} number removed.
         """
+
+
+# ---------------------------------------------------------------------------
+# Authentication
+
+
+class ICredentialSource(Interface):
+    """
+    Where digest authentication finds subscribers (Kamailio's C{subscriber}
+    table, a file, memory).
+    """
+
+    def lookup(username, domain):
+        """
+        Find a subscriber.
+
+        @param username: C{str}, the user part.
+        @param domain: C{str}, the realm (lower-cased domain).
+        @return: L{Deferred} firing with the L{sipcore.sip.auth.Subscriber},
+            or C{None} if there is none; failing with
+            L{sipcore.sip.auth.CredentialsUnavailable} when the source cannot
+            be read.
+        """

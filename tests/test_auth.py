@@ -677,3 +677,31 @@ class GuardFailureTests(SynchronousTestCase):
         source = PostgresCredentials(_FailingPool())
         self.failureResultOf(source.lookup("a", REALM), CredentialsUnavailable)
         self.assertIsInstance(Request("REGISTER", "sip:example.com"), Request)
+
+
+class CredentialSourceInterfaceTests(SynchronousTestCase):
+    """
+    The credential sources provide L{ICredentialSource}.
+    """
+
+    def test_memory(self) -> None:
+        """
+        L{MemoryCredentials} provides the interface.
+        """
+        from zope.interface.verify import verifyObject
+
+        from sipcore.interfaces import ICredentialSource
+        from sipcore.sip.auth import MemoryCredentials
+
+        self.assertTrue(verifyObject(ICredentialSource, MemoryCredentials()))
+
+    def test_postgres(self) -> None:
+        """
+        L{PostgresCredentials} provides the interface.
+        """
+        from zope.interface.verify import verifyObject
+
+        from sipcore.interfaces import ICredentialSource
+        from sipcore.sip.auth import PostgresCredentials
+
+        self.assertTrue(verifyObject(ICredentialSource, PostgresCredentials(object())))

@@ -68,15 +68,21 @@ class StreamFramer:
 
     def __init__(self, maxSize: int = DEFAULT_MAX_SIZE) -> None:
         self.maxSize = maxSize
-        self._buffer = b""
+        self._buffer = bytearray()
         self._broken = False
+        # How far the current message's header block was searched for its
+        # end, and the message's total length once its headers are read:
+        # a message trickled in a byte at a time is scanned once, not once
+        # per byte.
+        self._scanned = 0
+        self._needed: int | None = None
 
     @property
     def buffered(self) -> bytes:
         """
         The bytes received and not yet framed.
         """
-        return self._buffer
+        return bytes(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes | Ping]:
         """
@@ -90,38 +96,45 @@ class StreamFramer:
         """
         if self._broken:
             raise SIPParseError("Stream is out of sync")
-        self._buffer += data
+        buf = self._buffer
+        buf.extend(data)
         out: list[bytes | Ping] = []
         while True:
-            buf = self._buffer
-            if buf.startswith(_CRLF):
-                if buf.startswith(_PING):
-                    out.append(PING)
-                    self._buffer = buf[4:]
-                    continue
-                if len(buf) < 4 and _PING.startswith(buf):
+            if self._needed is None:
+                if buf[:1] == b"\r":
+                    # Between messages: a CRLF CRLF ping, or a lone CRLF (a
+                    # keepalive pong, or padding) that RFC 3261 section 7.5
+                    # says to ignore.  No start line begins with CR.
+                    if buf[:4] == _PING:
+                        out.append(PING)
+                        del buf[:4]
+                        continue
+                    if len(buf) < 4 and _PING.startswith(bytes(buf)):
+                        break
+                    if buf[:2] == _CRLF:
+                        del buf[:2]
+                        continue
+                end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
+                if end < 0:
+                    self._scanned = len(buf)
+                    if len(buf) > self.maxSize:
+                        self._broken = True
+                        raise SIPParseError("Message Too Large", status=413)
                     break
-                # A lone CRLF between messages (a keepalive pong, or
-                # padding): ignored, as RFC 3261 section 7.5 says.
-                self._buffer = buf[2:]
-                continue
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > self.maxSize:
+                try:
+                    length = contentLength(bytes(buf[:end])) or 0
+                except SIPParseError:
+                    self._broken = True
+                    raise
+                total = end + 4 + length
+                if total > self.maxSize:
                     self._broken = True
                     raise SIPParseError("Message Too Large", status=413)
+                self._needed = total
+            if len(buf) < self._needed:
                 break
-            try:
-                length = contentLength(buf[:end]) or 0
-            except SIPParseError:
-                self._broken = True
-                raise
-            total = end + 4 + length
-            if total > self.maxSize:
-                self._broken = True
-                raise SIPParseError("Message Too Large", status=413)
-            if len(buf) < total:
-                break
-            out.append(buf[:total])
-            self._buffer = buf[total:]
+            out.append(bytes(buf[: self._needed]))
+            del buf[: self._needed]
+            self._needed = None
+            self._scanned = 0
         return out

@@ -10,7 +10,7 @@ users with C{407} and C{Proxy-Authenticate} (the proxy's challenge).  The
 realm is the domain of the identity the request acts for: the To URI's host
 for C{REGISTER}, the From URI's host for other requests.
 
-Credentials come from a L{CredentialSource}: L{MemoryCredentials} (filled
+Credentials come from an L{ICredentialSource}: L{MemoryCredentials} (filled
 in code or from a file with L{loadCredentialFile}), or
 L{PostgresCredentials}, which reads Kamailio's C{subscriber} table
 (C{auth_db}, table version 7).
@@ -38,13 +38,16 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from sipcore.interfaces import ICredentialSource
 from sipcore.message import Request, Response, SIPParseError, generateTag, parseURI
+from sipcore.throttle import LogThrottle
 
 __all__ = [
     "ALGORITHMS",
@@ -186,19 +189,11 @@ class CredentialsUnavailable(Exception):
     """
 
 
-class CredentialSource(Protocol):
-    """
-    Where L{DigestAuthenticator} finds subscribers.
-    """
-
-    def lookup(self, username: str, domain: str) -> defer.Deferred[Subscriber | None]:
-        """
-        @return: a L{Deferred} firing with the L{Subscriber}, or C{None} if
-            there is none; failing with L{CredentialsUnavailable} when the
-            store cannot be read.
-        """
+#: Kept for type hints: any L{ICredentialSource} provider.
+CredentialSource = Any
 
 
+@implementer(ICredentialSource)
 class MemoryCredentials:
     """
     Subscribers kept in memory.
@@ -282,6 +277,7 @@ _SUBSCRIBER_QUERY = (
 )
 
 
+@implementer(ICredentialSource)
 class PostgresCredentials:
     """
     Subscribers in Kamailio's C{subscriber} table, read through a
@@ -648,7 +644,6 @@ class DigestAuthenticator:
             C{failureCost} requests per failed authentication, or C{None}.
         @raise ValueError: for an unknown algorithm or an empty list.
         """
-        from sipcore.sip.limits import LogThrottle
 
         algorithms = [a.upper() for a in algorithms]
         for algorithm in algorithms:

@@ -33,6 +33,7 @@ from sipcore.events import (
     ConnectionEvent,
 )
 from sipcore.interfaces import IFlow
+from sipcore.throttle import LogThrottle
 
 __all__ = [
     "ConnectionRefused",
@@ -218,7 +219,6 @@ class ConnectionTable:
             from the same source.
         @param exempt: source addresses C{maxPerSource} does not apply to.
         """
-        from sipcore.sip.limits import LogThrottle
 
         self._bus = bus
         self._clock = clock

@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 
 from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT
 from sipcore.message.framing import DEFAULT_MAX_SIZE
+from sipcore.throttle import LogThrottle
 from sipcore.transport.connections import (
     ConnectionRefused,
     ConnectionTable,
@@ -515,7 +516,6 @@ class SIPWebSocketFactory(WebSocketServerFactory):
             else wildcards2patterns([o.lower().rstrip("/") for o in allowedOrigins]))
         self.originDomains = frozenset(d.lower() for d in originDomains)
         self.originsRefused = 0
-        from sipcore.sip.limits import LogThrottle
 
         self.originThrottle = LogThrottle(clock)
 

@@ -1,0 +1,67 @@
+# -*- test-case-name: tests.test_limits -*-
+"""
+Log throttling: one line per key (a source, a limit) per interval, so a
+flood can never turn into a flood of log lines.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+
+from twisted.internet.interfaces import IReactorTime
+
+#: Seconds between two log lines about the same key.
+DEFAULT_LOG_INTERVAL = 60.0
+
+#: Keys remembered at most.
+DEFAULT_MAX_KEYS = 10000
+
+
+class LogThrottle:
+    """
+    Decides whether an event about a key (a source, a limit) is logged now.
+
+    Memory is bounded: at most C{maxKeys} keys are remembered, the least
+    recently logged forgotten first.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        interval: float = DEFAULT_LOG_INTERVAL,
+        maxKeys: int = DEFAULT_MAX_KEYS,
+    ) -> None:
+        """
+        @param clock: where the time comes from.
+        @param interval: seconds between two log lines for one key.
+        @param maxKeys: how many keys to remember.
+        """
+        self._clock = clock
+        self.interval = interval
+        self.maxKeys = maxKeys
+        # key -> [time of the last line, hits suppressed since]
+        self._keys: OrderedDict[Hashable, list[float]] = OrderedDict()
+
+    def hit(self, key: Hashable) -> int | None:
+        """
+        Record one event about C{key}.
+
+        @return: C{None} if it must not be logged (one was logged less than
+            C{interval} ago); otherwise the number of events suppressed
+            since the last line logged for C{key}.
+        """
+        now = self._clock.seconds()
+        entry = self._keys.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return None
+        suppressed = int(entry[1]) if entry is not None else 0
+        self._keys[key] = [now, 0]
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.maxKeys:
+            self._keys.popitem(last=False)
+        return suppressed
+
+    def __len__(self) -> int:
+        return len(self._keys)
