@@ -18,15 +18,14 @@ from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT
+from sipcore.events import TCP_CLOSED, TCP_RESET
 from sipcore.message.errors import SIPParseError
 from sipcore.message.framing import DEFAULT_MAX_SIZE, PING, StreamFramer
 from sipcore.transport.connections import (
-    ConnectionRefused,
     ConnectionTable,
     StreamFlow,
-    addressOf,
 )
+from sipcore.transport.lifecycle import StreamLifecycle
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -90,7 +89,7 @@ def classifyLoss(reason: Failure, closedByServer: bool) -> tuple[str, str]:
     return TCP_RESET, reason.getErrorMessage() or type(error).__name__
 
 
-class SIPStreamProtocol(Protocol):
+class SIPStreamProtocol(StreamLifecycle, Protocol):
     """
     One TCP or TLS connection carrying SIP.
 
@@ -117,22 +116,8 @@ class SIPStreamProtocol(Protocol):
     # -- Twisted ----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        factory = self.factory
-        self._framer = StreamFramer(factory.maxSize)
-        self.flow = StreamFlow(
-            self,
-            factory.transportName,
-            addressOf(self.transport.getHost()),
-            addressOf(self.transport.getPeer()),
-        )
-        try:
-            factory.table.add(self.flow)
-        except ConnectionRefused:
-            self._refused = True
-            self._closing = True
-            self.transport.abortConnection()
-            return
-        self._resetIdle()
+        self._framer = StreamFramer(self.factory.maxSize)
+        self.flow = self._join()
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing or self._framer is None:
@@ -157,7 +142,7 @@ class SIPStreamProtocol(Protocol):
                     "sink raised on a message from connection {conid}",
                     conid=self.flow.conid if self.flow else None,
                 )
-        self._checkPartial(bool(items))
+        self._partialMessage(bool(self._framer.buffered), bool(items))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._lost:
@@ -199,13 +184,6 @@ class SIPStreamProtocol(Protocol):
 
     # -- internals --------------------------------------------------------
 
-    def _setClose(self, kind: str, text: str) -> None:
-        """
-        Decide the close event now (the first decision wins).
-        """
-        if self._close is None:
-            self._close = (kind, text)
-
     def _protocolError(self, reason: str) -> None:
         """
         The stream cannot be framed: let the sink answer what it can, then
@@ -237,63 +215,6 @@ class SIPStreamProtocol(Protocol):
         self._abortCall = None
         self._setClose(TCP_CLOSED, "closed by server (peer did not close in time)")
         self.transport.abortConnection()
-
-    def _resetIdle(self) -> None:
-        timeout = self.factory.idleTimeout
-        if not timeout or self._closing:
-            return
-        if self._idleCall is not None and self._idleCall.active():
-            self._idleCall.reset(timeout)
-        else:
-            self._idleCall = self.factory.clock.callLater(timeout, self._idleExpired)
-
-    def _idleExpired(self) -> None:
-        self._idleCall = None
-        if self._closing or self._lost:
-            return
-        self._setClose(
-            TCP_TIMEOUT,
-            "idle timeout ({:g}s without data)".format(self.factory.idleTimeout),
-        )
-        self._closing = True
-        self._closedByServer = True
-        self.transport.abortConnection()
-
-    def _checkPartial(self, progress: bool) -> None:
-        """
-        Start the message timer when part of a message is buffered; stop it
-        when nothing is, and restart it when a message completed.
-        """
-        timeout = self.factory.messageTimeout
-        if not timeout or self._closing or self._framer is None:
-            return
-        call = self._messageCall
-        if call is not None and (progress or not self._framer.buffered):
-            self._messageCall = None
-            if call.active():
-                call.cancel()
-        if self._framer.buffered and self._messageCall is None:
-            self._messageCall = self.factory.clock.callLater(timeout, self._messageExpired)
-
-    def _messageExpired(self) -> None:
-        self._messageCall = None
-        if self._closing or self._lost:
-            return
-        self._setClose(
-            TCP_TIMEOUT,
-            "message timeout (incomplete message for {:g}s)".format(self.factory.messageTimeout),
-        )
-        self._closing = True
-        self._closedByServer = True
-        self._cancelTimers()
-        self.transport.abortConnection()
-
-    def _cancelTimers(self) -> None:
-        for name in ("_idleCall", "_abortCall", "_messageCall"):
-            call = getattr(self, name)
-            setattr(self, name, None)
-            if call is not None and call.active():
-                call.cancel()
 
 
 class SIPStreamFactory(ServerFactory):

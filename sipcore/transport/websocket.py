@@ -45,11 +45,10 @@ from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT
 from sipcore.message.framing import DEFAULT_MAX_SIZE
 from sipcore.throttle import LogThrottle
 from sipcore.transport.connections import (
-    ConnectionRefused,
     ConnectionTable,
     StreamFlow,
-    addressOf,
 )
+from sipcore.transport.lifecycle import StreamLifecycle
 from sipcore.transport.stream import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MESSAGE_TIMEOUT,
@@ -109,7 +108,7 @@ class _ReactorTimer:
         return _ReactorCall(self._clock.callLater(delay, func, *args, **kwargs))
 
 
-class SIPWebSocketProtocol(WebSocketServerProtocol):
+class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):
     """
     One WS or WSS connection carrying SIP.
 
@@ -139,21 +138,7 @@ class SIPWebSocketProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        factory = self.factory
-        self.sipFlow = StreamFlow(
-            self,
-            factory.transportName,
-            addressOf(self.transport.getHost()),
-            addressOf(self.transport.getPeer()),
-        )
-        try:
-            factory.table.add(self.sipFlow)
-        except ConnectionRefused:
-            self._refused = True
-            self._closing = True
-            self.transport.abortConnection()
-            return
-        self._resetIdle()
+        self.sipFlow = self._join()
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused or self._lost:
@@ -312,10 +297,6 @@ class SIPWebSocketProtocol(WebSocketServerProtocol):
     def _conid(self) -> int | None:
         return self.sipFlow.conid if self.sipFlow is not None else None
 
-    def _setClose(self, kind: str, text: str) -> None:
-        if self._close is None:
-            self._close = (kind, text)
-
     def _closeFrame(self) -> tuple[int | None, str | None]:
         """
         The code and reason of the close frame that began the closing
@@ -369,64 +350,18 @@ class SIPWebSocketProtocol(WebSocketServerProtocol):
                 conid=self._conid(),
             )
 
-    def _resetIdle(self) -> None:
-        timeout = self.factory.idleTimeout
-        if not timeout or self._closing:
-            return
-        if self._idleCall is not None and self._idleCall.active():
-            self._idleCall.reset(timeout)
-        else:
-            self._idleCall = self.factory.clock.callLater(timeout, self._idleExpired)
-
-    def _idleExpired(self) -> None:
-        self._idleCall = None
-        if self._closing or self._lost:
-            return
-        self._setClose(
-            TCP_TIMEOUT,
-            "idle timeout ({:g}s without data)".format(self.factory.idleTimeout),
-        )
-        self._closing = True
-        self._closedByServer = True
-        self.transport.abortConnection()
-
     def _cancelIdle(self) -> None:
-        call, self._idleCall = self._idleCall, None
-        if call is not None and call.active():
-            call.cancel()
-        self._cancelMessageTimer()
-
-    def _cancelMessageTimer(self) -> None:
-        call, self._messageCall = self._messageCall, None
-        if call is not None and call.active():
-            call.cancel()
+        self._cancelTimers()
 
     def _checkPartial(self) -> None:
         """
         While part of a WebSocket message is buffered, run the message
         timer (restarted by L{onMessage} when a message completes).
         """
-        timeout = self.factory.messageTimeout
-        if not timeout or self._closing or self._lost or self.state != _OPEN:
+        if self.state != _OPEN:
             return
         partial = bool(self.data) or bool(getattr(self, "inside_message", False))
-        if not partial:
-            self._cancelMessageTimer()
-        elif self._messageCall is None:
-            self._messageCall = self.factory.clock.callLater(timeout, self._messageExpired)
-
-    def _messageExpired(self) -> None:
-        self._messageCall = None
-        if self._closing or self._lost:
-            return
-        self._setClose(
-            TCP_TIMEOUT,
-            "message timeout (incomplete message for {:g}s)".format(self.factory.messageTimeout),
-        )
-        self._closing = True
-        self._closedByServer = True
-        self._cancelIdle()
-        self.transport.abortConnection()
+        self._partialMessage(partial, progress=False)
 
 
 class SIPWebSocketFactory(WebSocketServerFactory):
