@@ -88,6 +88,11 @@ _PRETTY = {
 }
 
 
+#: Names already canonicalised (bounded: names are attacker-chosen).
+_CANONICAL: dict[str, str] = {}
+_CANONICAL_MAX = 4096
+
+
 def canonicalName(name: str) -> str:
     """
     The lookup key of a header name: its long form, in lower case.
@@ -95,8 +100,20 @@ def canonicalName(name: str) -> str:
     >>> canonicalName("v")
     'via'
     """
+    try:
+        return _CANONICAL[name]
+    except KeyError:
+        pass
     lowered = name.strip().lower()
-    return COMPACT_FORMS.get(lowered, lowered)
+    key = COMPACT_FORMS.get(lowered, lowered)
+    if len(_CANONICAL) < _CANONICAL_MAX:
+        _CANONICAL[name] = key
+    return key
+
+
+#: Cache keys of L{Headers.cached} that are not the name of the header
+#: their value is derived from.
+_CACHE_SOURCES = {"vias": "via", "contacts": "contact"}
 
 
 def prettyName(name: str) -> str:
@@ -121,7 +138,9 @@ class Headers:
     lines come back unfolded).
 
     Typed values derived from the headers (parsed Via, CSeq, ...) may be
-    cached here with L{cached}; any change to the headers drops the cache.
+    cached here with L{cached}, under the (canonical) name of the header
+    they are derived from (or C{"vias"}, C{"contacts"}); a change to a
+    header drops what was cached for it.
     """
 
     __slots__ = ("_entries", "_cache")
@@ -157,9 +176,12 @@ class Headers:
             value = self._cache[key] = compute()
             return value
 
-    def _changed(self) -> None:
-        if self._cache:
-            self._cache = {}
+    def _changed(self, key: str) -> None:
+        cache = self._cache
+        if not cache:
+            return
+        for cacheKey in [k for k in cache if _CACHE_SOURCES.get(k, k) == key]:
+            del cache[cacheKey]
 
     def first(self, name: str) -> str | None:
         """
@@ -224,7 +246,7 @@ class Headers:
         if not placed:
             entries.append((key, name, value))
         self._entries = entries
-        self._changed()
+        self._changed(key)
 
     def add(self, name: str, value: str, first: bool = False) -> None:
         """
@@ -242,7 +264,7 @@ class Headers:
             self._entries.insert(index, entry)
         else:
             self._entries.append(entry)
-        self._changed()
+        self._changed(key)
 
     def remove(self, name: str) -> None:
         """
@@ -250,7 +272,7 @@ class Headers:
         """
         key = canonicalName(name)
         self._entries = [entry for entry in self._entries if entry[0] != key]
-        self._changed()
+        self._changed(key)
 
     def removeFirst(self, name: str) -> str | None:
         """
@@ -280,7 +302,7 @@ class Headers:
             else:
                 removed = value
                 del self._entries[index]
-            self._changed()
+            self._changed(key)
             return removed
         return None
 

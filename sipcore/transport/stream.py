@@ -225,6 +225,9 @@ class SIPStreamFactory(ServerFactory):
     """
 
     protocol = SIPStreamProtocol
+    # The listener logs one line when it listens; Twisted's own
+    # start/stop lines would repeat it.
+    noisy = False
 
     def __init__(
         self,

@@ -90,6 +90,7 @@ class SIPDatagramProtocol(DatagramProtocol):
     @ivar sendErrors: datagrams the socket refused to send.
     """
 
+    noisy = False
     _log = Logger()
 
     def __init__(

@@ -372,6 +372,9 @@ class SIPWebSocketFactory(WebSocketServerFactory):
     """
 
     protocol = SIPWebSocketProtocol
+    # The listener logs one line when it listens; Twisted's own
+    # start/stop lines would repeat it.
+    noisy = False
 
     def __init__(
         self,
