@@ -59,7 +59,12 @@ class StatelessTransaction:
         data = response.serialize()
         if self.flow.reliable:
             return self.flow.send(data)
-        return self.flow.sendTo(data, responseAddress(self.request, self.flow))
+        try:
+            address = responseAddress(self.request, self.flow)
+        except SIPParseError:
+            # A malformed Via: the source address is the best answer.
+            address = self.flow.remote
+        return self.flow.sendTo(data, address)
 
 
 class ServerTransactionLike(Protocol):
