@@ -54,6 +54,12 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     init.add_argument(
+        "--subscriber",
+        action="store_true",
+        help="also create Kamailio's subscriber table (version 7) for digest "
+        "authentication with --auth-db, if it is missing",
+    )
+    init.add_argument(
         "--connect-timeout",
         metavar="SECONDS",
         type=float,
@@ -101,14 +107,20 @@ async def _dbInit(reactor: Any, options: argparse.Namespace, out: TextIO, err: T
 
     try:
         created = await initSchema(conn)
+        if options.subscriber:
+            from sipcore.sip.auth import initSubscriberSchema
+
+            await initSubscriberSchema(conn)
     except SchemaVersionMismatch as e:
         err.write("sipcore: {}\n".format(e))
         return 1
     except Exception as e:
-        err.write("sipcore: creating the location schema failed: {}\n".format(_firstLine(e)))
+        err.write("sipcore: creating the schema failed: {}\n".format(_firstLine(e)))
         return 1
     finally:
         conn.close()
+    if options.subscriber:
+        out.write("subscriber table present (version 7)\n")
     if created:
         out.write("created location schema (version {})\n".format(LOCATION_TABLE_VERSION))
     else:

@@ -146,3 +146,19 @@ class DbInitTests(TestCase):
             ("location",),
         )
         self.assertEqual(rows, [(7,)])
+
+    async def test_subscriber(self) -> None:
+        """
+        With C{--subscriber} the command also creates Kamailio's subscriber
+        table, and a second run still succeeds.
+        """
+        schema = await createTestSchema(self, withLocation=False)
+        for _ in range(2):
+            out, err, code = await runCommand("db", "init", "--subscriber", "--db", schema.dsn)
+            self.assertEqual((err, code), ("", 0))
+            self.assertIn("subscriber table present (version 7)", out)
+        rows = await schema.admin.runQuery(
+            "SELECT table_version FROM {}.version WHERE table_name = %s".format(schema.name),
+            ("subscriber",),
+        )
+        self.assertEqual(rows, [(7,)])
