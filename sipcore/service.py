@@ -193,6 +193,15 @@ class SIPCoreService(Service):
         """
         return defer.Deferred.fromCoroutine(self._expire())
 
+    def privilegedStartService(self) -> None:
+        """
+        Nothing binds before L{startService}: sipcore listens only once its
+        store is ready and its handlers run.  Ports below 1024 (WebSocket on
+        80 or 443) need C{CAP_NET_BIND_SERVICE} or a proxy in front rather
+        than C{twistd --uid}.
+        """
+        Service.privilegedStartService(self)
+
     # -- stop ----------------------------------------------------------------
 
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
@@ -213,16 +222,28 @@ class SIPCoreService(Service):
         transactions = getattr(self.core, "transactions", None)
         if transactions is not None:
             await self._safely("end transactions", transactions.terminateAll)
-        await self._safely("deliver pending events", self.bus.drain)
         if self._expiry is not None and self._expiry.running:
             self._expiry.stop()
         if self._backstopRetry is not None and self._backstopRetry.running:
             self._backstopRetry.stop()
-        left = 0
-        for queue in self.queues:
-            remaining = await self._safely(
-                "drain job queue", queue.stop, self.drainDeadline)
-            left += remaining or 0
+        # One deadline covers both: the events still being delivered (they
+        # put work into the queues) and the queues draining, together.
+        end = self.reactor.seconds() + self.drainDeadline
+        delivering = self.bus.drain()
+        delivering.addTimeout(self.drainDeadline, self.reactor)
+        try:
+            await delivering
+        except defer.CancelledError:
+            self._log.warn("shutdown deadline passed with events still being delivered")
+        except Exception:
+            self._log.failure("shutdown step failed: deliver pending events")
+        remaining = max(0.0, end - self.reactor.seconds())
+        counts = await defer.gatherResults([
+            defer.Deferred.fromCoroutine(
+                self._safely("drain job queue " + queue.name, queue.stop, remaining))
+            for queue in self.queues
+        ])
+        left = sum(count or 0 for count in counts)
         for handler in reversed(self._started):
             self.bus.unsubscribe(handler)
             await self._safely("stop handler " + handler.name, handler.stop)

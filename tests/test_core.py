@@ -260,3 +260,32 @@ class MalformedWithoutHeadersTests(SynchronousTestCase):
                              "Invalid Content-Length", flow)
         self.assertEqual(flow.sent, [])
         self.assertEqual(core.stats["dropped"], 1)
+
+
+class ToTagTests(SynchronousTestCase):
+    """
+    Responses the server makes itself carry a To tag (RFC 3261 8.2.6.2).
+    """
+
+    def test_optionsTagged(self) -> None:
+        """
+        The C{200} to OPTIONS and a C{400} to a malformed request both add a
+        tag to an untagged To.
+        """
+        core = SIPCore(Clock(), domains=["example.com"])
+        flow = FakeFlow("udp", remote=("192.0.2.1", 40000))
+        core.messageReceived(request(), flow)
+        core.messageReceived(request("OPTIONS", cseqMethod="INVITE",
+                                     via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKtag2"), flow)
+        tags = [m.toAddr.tag for m in flow.messages()]
+        self.assertEqual(len(tags), 2)
+        self.assertTrue(all(tags), tags)
+
+    def test_trying100Untagged(self) -> None:
+        """
+        C{100 Trying} gets no tag.
+        """
+        from sipcore.message import parseMessage as parse
+
+        trying = Response.forRequest(parse(request()), 100)
+        self.assertIsNone(trying.toAddr.tag)

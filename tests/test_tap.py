@@ -208,6 +208,36 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
 
+class ShutdownDeadlineTests(SynchronousTestCase):
+    """
+    Shutdown drains every job queue within one C{--drain-deadline}, not one
+    deadline per queue.
+    """
+
+    def test_queuesDrainTogether(self) -> None:
+        """
+        Two queues whose batches never finish: the service has stopped once
+        the deadline has passed once.
+        """
+        from twisted.internet import defer
+
+        reactor = UDPMemoryReactor()
+        service = buildService(parse("--drain-deadline", "5"), reactor)
+        self.successResultOf(service.startService())
+        context = service._makeContext(service.handlers[0])
+        for name in ("slow-a", "slow-b"):
+            queue = context.makeJobQueue(name, lambda items: defer.Deferred())
+            queue.start()
+            queue.put(1)
+        reactor.advance(0)
+        stopped = service.stopService()
+        reactor.advance(4.9)
+        self.assertNoResult(stopped)
+        reactor.advance(0.2)
+        self.successResultOf(stopped)
+        self.flushLoggedErrors(defer.CancelledError)
+
+
 class ListHandlersTests(SynchronousTestCase):
     """
     C{--list-handlers} describes the handler plugins found.

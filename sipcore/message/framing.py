@@ -80,9 +80,16 @@ class StreamFramer:
     @property
     def buffered(self) -> bytes:
         """
-        The bytes received and not yet framed.
+        The bytes received and not yet framed (a copy).
         """
         return bytes(self._buffer)
+
+    @property
+    def pending(self) -> int:
+        """
+        How many bytes are received and not yet framed (no copy).
+        """
+        return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes | Ping]:
         """

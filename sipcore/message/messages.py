@@ -469,8 +469,12 @@ class Response(_Message):
 
         @param reason: the reason phrase; C{None} for L{reasonPhrase}.
         @param toTag: a tag to add to To if To has none (a To that cannot
-            be parsed is copied unchanged).
+            be parsed is copied unchanged).  When not given, a response
+            other than C{100} gets a new tag (RFC 3261 8.2.6.2: a UAS MUST
+            tag its responses); C{100 Trying} gets none.
         """
+        if toTag is None and status > 100:
+            toTag = generateTag()
         headers = Headers()
         entries = headers._entries
         source = request.headers._entries

@@ -142,7 +142,7 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
                     "sink raised on a message from connection {conid}",
                     conid=self.flow.conid if self.flow else None,
                 )
-        self._partialMessage(bool(self._framer.buffered), bool(items))
+        self._partialMessage(self._framer.pending > 0, bool(items))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._lost:
