@@ -15,37 +15,15 @@ backoff until the database answers again.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sipcore.events import CLOSE_EVENTS, ConnectionEvent
-
-#: Handler options and their defaults.
-DEFAULTS = {
-    "batch-size": 1000,
-    "batch-delay": 0.005,
-    "max-queue": 1000000,
-}
+from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT, ConnectionEvent
+from sipcore.plugin import Handler, Option, handles, integer, number
 
 
-def _option(options: dict[str, str], name: str, kind: type) -> Any:
-    raw = options.get(name)
-    if raw is None:
-        return DEFAULTS[name]
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ValueError(
-            "location-cleanup: option {} must be a number, not {!r}".format(name, raw)
-        ) from None
-    if value < 0:
-        raise ValueError("location-cleanup: option {} must not be negative".format(name))
-    return value
-
-
-class LocationCleanup:
+class LocationCleanup(Handler):
     """
     Removes the bindings of closed connections through a job queue.
 
@@ -55,29 +33,35 @@ class LocationCleanup:
 
     _log = Logger()
 
-    def __init__(self, context: Any) -> None:
-        unknown = set(context.options) - set(DEFAULTS)
-        if unknown:
-            raise ValueError("location-cleanup: unknown option(s): {}; known: {}".format(
-                ", ".join(sorted(unknown)), ", ".join(sorted(DEFAULTS))))
-        self.store = context.store
-        self.serverId = context.serverId
-        self.writes = context.writes
+    options = {
+        "batch-size": Option(integer(1), 1000, "connection ids per DELETE"),
+        "batch-delay": Option(
+            number(0), 0.005,
+            "seconds the queue waits after the first id before a batch starts"),
+        "max-queue": Option(
+            integer(1), 1000000, "connection ids that may wait; more are refused and counted"),
+    }
+
+    def __init__(self, context: object) -> None:
+        super().__init__(context)  # type: ignore[arg-type]
+        self.store = self.context.store
+        self.serverId = self.context.serverId
+        self.writes = self.context.writes
         self.removed = 0
-        self.queue = context.makeJobQueue(
+        self.queue = self.context.makeJobQueue(
             "location-cleanup",
             self._removeBatch,
-            batchSize=max(1, _option(context.options, "batch-size", int)),
-            batchDelay=_option(context.options, "batch-delay", float),
-            maxSize=max(1, _option(context.options, "max-queue", int)),
+            batchSize=self.option("batch-size"),
+            batchDelay=self.option("batch-delay"),
+            maxSize=self.option("max-queue"),
         )
 
-    def handle(self, event: ConnectionEvent) -> None:
+    @handles(TCP_CLOSED, TCP_RESET, TCP_TIMEOUT)
+    def connectionClosed(self, event: ConnectionEvent) -> None:
         """
         Queue the closed connection's id.  Returns at once.
         """
-        if event.name in CLOSE_EVENTS:
-            self.queue.put(event.conid)
+        self.queue.put(event.conid)
 
     def _removeBatch(self, conids: Sequence[int]) -> defer.Deferred[int]:
         return defer.Deferred.fromCoroutine(self._remove(list(conids)))
@@ -87,8 +71,3 @@ class LocationCleanup:
         count: int = await self.store.removeConnections(self.serverId, conids)
         self.removed += count
         return count
-
-    def stop(self) -> None:
-        """
-        Nothing to release: sipcore drains the queue at shutdown.
-        """

@@ -46,7 +46,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sipcore.interfaces import ICredentialSource
-from sipcore.message import Request, Response, SIPParseError, generateTag, parseURI
+from sipcore.message import Request, SIPParseError, parseURI
+from sipcore.message._syntax import quote
+from sipcore.sip.core import respond
 from sipcore.throttle import LogThrottle
 
 __all__ = [
@@ -588,10 +590,6 @@ class _Refusal(Exception):
         self.why = why or reason
 
 
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 class DigestAuthenticator:
     """
     A guard for L{sipcore.sip.core.SIPCore.addGuard} that demands Digest
@@ -697,7 +695,7 @@ class DigestAuthenticator:
 
     def _crashed(self, failure: Any, tx: Any) -> bool:
         self._log.failure("authentication of a request failed", failure)
-        self._send(tx, 500, "Server Internal Error")
+        respond(tx, 500, "Server Internal Error")
         return False
 
     async def _check(self, tx: Any, request: Request, realm: str, targetUser: str) -> bool:
@@ -843,32 +841,21 @@ class DigestAuthenticator:
                     why=refusal.why, suppressed=suppressed)
         if not refusal.challenge:
             headers = [("Retry-After", str(RETRY_AFTER))] if refusal.status == 503 else []
-            self._send(tx, refusal.status, refusal.reason, headers)
+            respond(tx, refusal.status, refusal.reason, headers)
             return
         nonce = self.nonces.issue()
         name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
         headers = []
         for algorithm in self.algorithms:
             value = "Digest realm={}, nonce={}, algorithm={}, qop=\"auth\"".format(
-                _quote(realm), _quote(nonce), algorithm)
+                quote(realm), quote(nonce), algorithm)
             if refusal.stale:
                 value += ", stale=true"
             headers.append((name, value))
         if proxy:
-            self._send(tx, 407, "Proxy Authentication Required", headers)
+            respond(tx, 407, "Proxy Authentication Required", headers)
         else:
-            self._send(tx, 401, "Unauthorized", headers)
-
-    @staticmethod
-    def _send(tx: Any, status: int, reason: str,
-              headers: Iterable[tuple[str, str]] = ()) -> None:
-        from sipcore.sip.core import SERVER
-
-        response = Response.forRequest(tx.request, status, reason, toTag=generateTag())
-        for name, value in headers:
-            response.headers.add(name, value)
-        response.headers.set("Server", SERVER)
-        tx.respond(response)
+            respond(tx, 401, "Unauthorized", headers)
 
 
 def secretFromOptions(value: str | None) -> bytes | None:

@@ -105,6 +105,29 @@ def stampVia(request: Request, flow: IFlow) -> None:
         request.headers.add("Via", str(stamped), first=True)
 
 
+def respond(
+    tx: ServerTransactionLike,
+    status: int,
+    reason: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    toTag: str | None = None,
+) -> Response:
+    """
+    Build a response to C{tx.request}, add C{headers} and the Server
+    header, and send it through C{tx}.
+
+    @param toTag: the To tag to add when To has none; by default a new one
+        (none on C{100}).
+    @return: the L{Response} sent.
+    """
+    response = Response.forRequest(tx.request, status, reason, toTag=toTag)
+    for name, value in headers:
+        response.headers.add(name, value)
+    response.headers.set("Server", SERVER)
+    tx.respond(response)
+    return response
+
+
 @implementer(IMessageSink)
 class SIPCore:
     """
@@ -262,16 +285,10 @@ class SIPCore:
         toTag: str | None = None,
     ) -> Response:
         """
-        Build a response to C{tx.request} and send it through C{tx}.
-
-        @return: the L{Response} sent.
+        Build a response to C{tx.request} and send it through C{tx}; see
+        L{respond}.
         """
-        response = Response.forRequest(tx.request, status, reason, toTag=toTag)
-        for name, value in headers:
-            response.headers.add(name, value)
-        response.headers.set("Server", SERVER)
-        tx.respond(response)
-        return response
+        return respond(tx, status, reason, headers, toTag)
 
     # -- transaction user (server side) ----------------------------------
 
