@@ -17,6 +17,7 @@ from sipcore.message._syntax import (
     QUOTED,
     Params,
     findParam,
+    formatParams,
     parseParams,
     quote,
     removeParam,
@@ -57,9 +58,7 @@ class Address:
         text = "<" + str(self.uri) + ">"
         if self.displayName is not None:
             text = quote(self.displayName) + " " + text
-        for name, value in self.params:
-            text += ";" + name if value is None else ";" + name + "=" + value
-        return text
+        return text + formatParams(self.params)
 
     def param(self, name: str) -> str | None:
         """

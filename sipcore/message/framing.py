@@ -6,6 +6,7 @@ Sans-IO framing of SIP messages on stream transports (RFC 3261 section
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sipcore.message.errors import SIPParseError
@@ -26,6 +27,28 @@ class Ping:
 PING = Ping()
 
 
+def checkedLength(values: Iterable[str | bytes]) -> int | None:
+    """
+    The body length declared by a message's Content-Length values.
+
+    @param values: the value of each Content-Length header (long form or
+        compact C{l}), as written.
+    @return: the length, or C{None} when there is no value.
+    @raise SIPParseError: if a value is not a decimal number of at most 10
+        digits, or two values disagree.
+    """
+    found: int | None = None
+    for value in values:
+        text = value.strip()
+        if not text.isdigit() or not text.isascii() or len(text) > 10:
+            raise SIPParseError("Invalid Content-Length")
+        length = int(text)
+        if found is not None and found != length:
+            raise SIPParseError("Conflicting Content-Length values")
+        found = length
+    return found
+
+
 def contentLength(headerBlock: bytes) -> int | None:
     """
     Read the Content-Length of a message from its header block.
@@ -34,26 +57,16 @@ def contentLength(headerBlock: bytes) -> int | None:
         line that ends them.
     @return: the declared body length, or C{None} if there is no
         Content-Length header (long form or compact C{l}).
-    @raise SIPParseError: if the value is not a non-negative decimal
-        number, or two values disagree.
+    @raise SIPParseError: as L{checkedLength}.
     """
-    found: int | None = None
+    values = []
     for line in headerBlock.split(b"\n")[1:]:
         if not line or line[:1] in (b" ", b"\t"):
             continue
         name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        if name.strip().lower() not in (b"content-length", b"l"):
-            continue
-        text = value.strip()
-        if not text.isdigit() or len(text) > 10:
-            raise SIPParseError("Invalid Content-Length")
-        length = int(text)
-        if found is not None and found != length:
-            raise SIPParseError("Conflicting Content-Length values")
-        found = length
-    return found
+        if sep and name.strip().lower() in (b"content-length", b"l"):
+            values.append(value)
+    return checkedLength(values)
 
 
 class StreamFramer:

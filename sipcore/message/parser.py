@@ -10,17 +10,16 @@ import re
 
 from sipcore.message._syntax import TOKEN
 from sipcore.message.errors import SIPParseError
+from sipcore.message.framing import DEFAULT_MAX_SIZE, checkedLength
 from sipcore.message.headers import COMPACT_FORMS, Headers, prettyName
 from sipcore.message.messages import Request, Response, _Message
 from sipcore.message.uri import invalidURI, parseURI
 
-DEFAULT_MAX_SIZE = 65536
 DEFAULT_MAX_HEADERS = 256
 DEFAULT_MAX_LINE_LENGTH = 8192
 
 _VERSION = re.compile(r"SIP/([0-9]+)\.([0-9]+)", re.I)
 _STATUS = re.compile(r"[1-6][0-9][0-9]")
-_CONTENT_LENGTH = re.compile(r"[0-9]{1,10}")
 _NO_WHITESPACE = re.compile(r"[^\s]+")
 _DATE = re.compile(
     r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{1,2} "
@@ -153,17 +152,7 @@ def _parseStartLine(line: str, headers: Headers) -> tuple[_Message | None, SIPPa
 
 
 def _contentLength(entries: list[tuple[str, str, str]]) -> int | None:
-    found: int | None = None
-    for key, _, value in entries:
-        if key != "content-length":
-            continue
-        if _CONTENT_LENGTH.fullmatch(value) is None:
-            raise SIPParseError("Invalid Content-Length")
-        length = int(value)
-        if found is not None and found != length:
-            raise SIPParseError("Conflicting Content-Length values")
-        found = length
-    return found
+    return checkedLength(value for key, _, value in entries if key == "content-length")
 
 
 def _validate(message: _Message, entries: list[tuple[str, str, str]]) -> None:

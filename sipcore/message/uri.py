@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
-from sipcore.message._syntax import Params, findParam, removeParam, replaceParam
+from sipcore.message._syntax import Params, findParam, formatParams, removeParam, replaceParam
 from sipcore.message.errors import SIPParseError
 
 _UNRESERVED = "A-Za-z0-9\\-_.!~*'()"
@@ -46,7 +46,10 @@ def unescape(text: str) -> str:
     return unquote(text, errors="surrogateescape")
 
 
-def _formatHost(host: str) -> str:
+def formatHost(host: str) -> str:
+    """
+    A host as it is written in a URI or Via: IPv6 addresses in brackets.
+    """
     return "[" + host + "]" if ":" in host else host
 
 
@@ -107,11 +110,10 @@ class URI:
             if self.host is not None:
                 parts.append("@")
         if self.host is not None:
-            parts.append(_formatHost(self.host))
+            parts.append(formatHost(self.host))
         if self.port is not None:
             parts.append(":" + str(self.port))
-        for name, value in self.params:
-            parts.append(";" + name if value is None else ";" + name + "=" + value)
+        parts.append(formatParams(self.params))
         if self.headers:
             parts.append("?" + "&".join(name + "=" + value for name, value in self.headers))
         return "".join(parts)
@@ -144,7 +146,7 @@ class URI:
         """
         if self.host is None:
             return ""
-        text = _formatHost(self.host)
+        text = formatHost(self.host)
         return text if self.port is None else text + ":" + str(self.port)
 
     def _findParam(self, name: str) -> tuple[bool, str | None]:

@@ -14,6 +14,7 @@ from sipcore.message._syntax import (
     TOKEN_CHARS,
     Params,
     findParam,
+    formatParams,
     parseParams,
     removeParam,
     replaceParam,
@@ -21,7 +22,7 @@ from sipcore.message._syntax import (
     splitList,
 )
 from sipcore.message.errors import SIPParseError
-from sipcore.message.uri import checkHost, parsePort
+from sipcore.message.uri import checkHost, formatHost, parsePort
 
 #: The branch prefix of RFC 3261 transactions.
 MAGIC_COOKIE = "z9hG4bK"
@@ -31,10 +32,6 @@ _SENT_PROTOCOL = re.compile(
 )
 _HOST = re.compile(r"[^\s:;\[\]]+")
 _DIGITS = re.compile(r"[0-9]+")
-
-
-def _formatHost(host: str) -> str:
-    return "[" + host + "]" if ":" in host else host
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,17 +61,15 @@ class Via:
             object.__setattr__(self, "params", tuple(self.params))
 
     def __str__(self) -> str:
-        text = self.protocol + "/" + self.version + "/" + self.transport + " " + self.sentBy
-        for name, value in self.params:
-            text += ";" + name if value is None else ";" + name + "=" + value
-        return text
+        return (self.protocol + "/" + self.version + "/" + self.transport + " " + self.sentBy
+                + formatParams(self.params))
 
     @property
     def sentBy(self) -> str:
         """
         The host (bracketed if IPv6) and port, as in the header.
         """
-        host = _formatHost(self.host)
+        host = formatHost(self.host)
         return host if self.port is None else host + ":" + str(self.port)
 
     def param(self, name: str) -> str | None:
