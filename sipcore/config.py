@@ -51,6 +51,8 @@ from typing import Any
 
 from twisted.python import usage
 
+from sipcore.plugin import boolean
+
 __all__ = ["ConfigFile", "NOT_IN_FILE", "applyConfig", "givenOnCommandLine", "readConfig"]
 
 #: The section of sipcore's own options.
@@ -65,8 +67,6 @@ NOT_IN_FILE = frozenset({"config", "help", "version"})
 #: The option whose file values merge with the command line's.
 _HANDLER_OPTION = "handler-option"
 
-_TRUE = frozenset({"1", "yes", "true", "on"})
-_FALSE = frozenset({"0", "no", "false", "off"})
 
 
 @dataclass
@@ -272,17 +272,18 @@ def _applyOne(
     dispatch: Any = options._dispatch[name]
     values = _lines(raw)
     if not takesValue:
-        word = raw.strip().lower()
-        if word in _TRUE:
+        try:
+            on = boolean(raw)
+        except ValueError:
+            raise config.error(
+                MAIN_SECTION, key, "a flag takes yes or no, not {!r}".format(raw.strip())
+            ) from None
+        if on:
             dispatch(name, None)
-        elif word in _FALSE:
+        else:
             if name not in options:
                 raise config.error(MAIN_SECTION, key, "this flag cannot be turned off")
             options[name] = 0
-        else:
-            raise config.error(
-                MAIN_SECTION, key, "a flag takes yes or no, not {!r}".format(raw.strip())
-            )
         return
     if isinstance(dispatch, usage.CoerceParameter):
         if len(values) > 1:

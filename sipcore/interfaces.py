@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_interfaces -*-
+# -*- test-case-name: tests.test_packaging,tests.test_plugins -*-
 """
 The public contracts of sipcore.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_tap,tests.test_cleanup_faults -*-
 """
 The running server as one Twisted service, with an ordered start and an
 ordered shutdown.

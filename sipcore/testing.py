@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_testing -*-
+# -*- test-case-name: tests.test_core,tests.test_tap -*-
 """
 Fakes for testing code that uses sipcore, plugin authors' included.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_events -*-
+# -*- test-case-name: tests.test_bus,tests.test_connections -*-
 """
 The event type carried by the bus.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cleanup -*-
+# -*- test-case-name: tests.test_tap,tests.test_cleanup_integration -*-
 """
 The C{location-cleanup} handler: when a stream connection closes, remove the
 bindings registered over it.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -104,14 +104,6 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
     def __init__(self) -> None:
         self.flow: StreamFlow | None = None
         self._framer: StreamFramer | None = None
-        self._idleCall: IDelayedCall | None = None
-        self._abortCall: IDelayedCall | None = None
-        self._messageCall: IDelayedCall | None = None
-        self._close: tuple[str, str] | None = None
-        self._closing = False
-        self._closedByServer = False
-        self._refused = False
-        self._lost = False
 
     # -- Twisted ----------------------------------------------------------
 

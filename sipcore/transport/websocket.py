@@ -122,13 +122,6 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.sipFlow: StreamFlow | None = None
-        self._idleCall: IDelayedCall | None = None
-        self._messageCall: IDelayedCall | None = None
-        self._close: tuple[str, str] | None = None
-        self._closedByServer = False
-        self._closing = False
-        self._refused = False
-        self._lost = False
         self._lostReason: Failure = connectionDone
         self._reported = False
         self._wsOpen = False
@@ -152,7 +145,7 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):
             return
         self._lost = True
         self._lostReason = reason
-        self._cancelIdle()
+        self._cancelTimers()
         try:
             super().connectionLost(reason)
         finally:
@@ -272,7 +265,7 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):
             return
         self._closing = True
         self._closedByServer = True
-        self._cancelIdle()
+        self._cancelTimers()
         if self.state == _OPEN:
             if self.factory.table.shuttingDown:
                 # sendClose() only takes 1000 and 3000-4999; 1001 "going
@@ -289,7 +282,7 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):
             return
         self._closing = True
         self._closedByServer = True
-        self._cancelIdle()
+        self._cancelTimers()
         self.transport.abortConnection()
 
     # -- internals --------------------------------------------------------
@@ -349,9 +342,6 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):
                 "reporting the close of connection {conid} failed",
                 conid=self._conid(),
             )
-
-    def _cancelIdle(self) -> None:
-        self._cancelTimers()
 
     def _checkPartial(self) -> None:
         """
