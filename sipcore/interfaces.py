@@ -271,12 +271,15 @@ class ILocationStore(Interface):
         @return: L{Deferred} firing with the C{int} number removed.
         """
 
-    def purgeServer(serverId):
+    def purgeServer(serverId, before):
         """
         Remove every binding of C{serverId} that is bound to a connection
-        (a C{connection_id} greater than zero).  Run at start: connection ids
-        do not survive a restart.
+        (a C{connection_id} greater than zero) and was last written before
+        C{before}.  Run at start: connection ids do not survive a restart,
+        and bindings written since the start (C{before}) are live.
 
+        @param serverId: C{int}.
+        @param before: C{float} POSIX time, the process's start.
         @return: L{Deferred} firing with the C{int} number removed.
         """
 

@@ -44,6 +44,9 @@ class SIPCoreService(Service):
     registrar: Any = None
     writes: Any = None
     startFailure: Any = None
+    #: When this service started: bindings older than this and bound to a
+    #: connection are purged (connection ids do not survive a restart).
+    startTime = 0.0
     metricsService: Any = None
     proxy: Any = None
 
@@ -86,6 +89,7 @@ class SIPCoreService(Service):
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
         Service.startService(self)
+        self.startTime = self.reactor.seconds()
         self.ready = defer.Deferred.fromCoroutine(self._start())
         self.ready.addErrback(self._startFailed)
         return self.ready
@@ -135,7 +139,7 @@ class SIPCoreService(Service):
                 self._schemaReady = True
                 self._log.info("location schema {what}",
                                what="created" if created else "already present")
-            count = await self.store.purgeServer(self.serverId)
+            count = await self.store.purgeServer(self.serverId, self.startTime)
         except SchemaVersionMismatch:
             raise
         except Exception as e:

@@ -318,11 +318,23 @@ class LocationStoreContractMixin:
         rows with the column default (C{0}) and other servers' bindings.
         """
         await self._connectionsFixture()
-        self.assertEqual(await self.store.purgeServer(1), 4)  # type: ignore[attr-defined]
+        self.assertEqual(await self.store.purgeServer(1, NOW + 1), 4)  # type: ignore[attr-defined]
         self.assertEqual(  # type: ignore[attr-defined]
             await self._remaining(), ["s1udp", "s1zero", "s2c1", "s2c2"]
         )
-        self.assertEqual(await self.store.purgeServer(1), 0)  # type: ignore[attr-defined]
+        self.assertEqual(await self.store.purgeServer(1, NOW + 1), 0)  # type: ignore[attr-defined]
+
+    async def test_purgeServerKeepsNewerBindings(self) -> None:
+        """
+        C{purgeServer} keeps bindings written at or after C{before}: they
+        were registered since the start and their connections are live.
+        """
+        await self.store.save([  # type: ignore[attr-defined]
+            makeBinding(ruid="old", serverId=1, connectionId=5, lastModified=NOW - 10),
+            makeBinding(ruid="new", serverId=1, connectionId=6, lastModified=NOW),
+        ])
+        self.assertEqual(await self.store.purgeServer(1, NOW), 1)  # type: ignore[attr-defined]
+        self.assertEqual(await self._remaining(), ["new"])  # type: ignore[attr-defined]
 
     async def test_hostileTextStoredExactly(self) -> None:
         """

@@ -494,7 +494,7 @@ class UnreachableDatabaseTests(TestCase):
             lambda: store.remove(["r"]),
             lambda: store.removeConnections(1, [1]),
             lambda: store.removeExpired(NOW),
-            lambda: store.purgeServer(1),
+            lambda: store.purgeServer(1, NOW),
         ]:
             with self.assertRaises(StoreUnavailable):
                 await call()
@@ -672,7 +672,8 @@ _operations = st.one_of(
         st.lists(st.sampled_from([-1, 0, 1, 2, 3]), max_size=3),
     ),
     st.tuples(st.just("removeExpired"), _times),
-    st.tuples(st.just("purgeServer"), st.sampled_from([1, 2])),
+    st.tuples(st.just("purgeServer"), st.sampled_from([1, 2]),
+              st.integers(0, 4).map(lambda t: _BASE + t)),
     st.tuples(st.just("lookup"), st.sampled_from(_AORS), _times),
 )
 

@@ -144,12 +144,13 @@ class BuildServiceTests(SynchronousTestCase):
         """
         service = self.build("--server-id", "4")
         store = service.store  # type: ignore[attr-defined]
+        self.reactor.advance(100)
         now = self.reactor.seconds()
 
         def binding(ruid: str, serverId: int, conid: int) -> Binding:
             return Binding(ruid=ruid, username="u", domain="example.com",
                            contact="sip:u@192.0.2.1", expires=now + 600,
-                           serverId=serverId, connectionId=conid)
+                           serverId=serverId, connectionId=conid, lastModified=now - 50)
 
         self.successResultOf(store.save([binding("a", 4, 17), binding("b", 4, -1),
                                          binding("c", 5, 17)]))

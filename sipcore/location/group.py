@@ -265,12 +265,12 @@ class GroupCommitStore:
         """
         return self._write(lambda: self.store.removeExpired(now))
 
-    def purgeServer(self, serverId: int) -> defer.Deferred[int]:
+    def purgeServer(self, serverId: int, before: float) -> defer.Deferred[int]:
         """
         See L{ILocationStore.purgeServer}; runs after the saves called
         before it.
         """
-        return self._write(lambda: self.store.purgeServer(serverId))
+        return self._write(lambda: self.store.purgeServer(serverId, before))
 
     # -- writes ------------------------------------------------------------------
 

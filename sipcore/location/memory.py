@@ -165,17 +165,20 @@ class MemoryLocationStore:
         ]
         return defer.succeed(self._discardAll(ruids))
 
-    def purgeServer(self, serverId: int) -> defer.Deferred[int]:
+    def purgeServer(self, serverId: int, before: float) -> defer.Deferred[int]:
         """
         See L{ILocationStore.purgeServer}: bindings of C{serverId} with a
-        C{connectionId} greater than zero go; UDP bindings (C{-1}) and rows
-        with the column default (C{0}) stay.
+        C{connectionId} greater than zero last written before C{before} go;
+        UDP bindings (C{-1}), rows with the column default (C{0}) and
+        bindings written since C{before} stay.
         """
         self.statementCount["purgeServer"] += 1
         ruids: set[str] = set()
         for (server, conid), members in self._byConnection.items():
             if server == serverId and conid > 0:
-                ruids.update(members)
+                ruids.update(
+                    ruid for ruid in members
+                    if self._byAor[self._aorOfRuid[ruid]][ruid].lastModified < before)
         return defer.succeed(self._discardAll(ruids))
 
     def allBindings(self) -> list[Binding]:

@@ -13,7 +13,8 @@ Every method sends one parameterized statement on one pooled connection:
   - C{removeConnections}: C{DELETE ... WHERE server_id = %s AND
     connection_id = ANY(%s)}
   - C{removeExpired}: C{DELETE ... WHERE expires <= ...}
-  - C{purgeServer}: C{DELETE ... WHERE server_id = %s AND connection_id > 0}
+  - C{purgeServer}: C{DELETE ... WHERE server_id = %s AND connection_id > 0
+    AND last_modified < %s}
 
 (each C{DELETE} is wrapped in C{WITH gone AS (... RETURNING 1) SELECT
 count(*) FROM gone} so the one statement also answers how many rows went).
@@ -143,7 +144,10 @@ _REMOVE_CONNECTIONS = _counted(
 _REMOVE_EXPIRED = _counted(
     "DELETE FROM location WHERE expires <= (to_timestamp(%s) AT TIME ZONE 'UTC')"
 )
-_PURGE_SERVER = _counted("DELETE FROM location WHERE server_id = %s AND connection_id > 0")
+_PURGE_SERVER = _counted(
+    "DELETE FROM location WHERE server_id = %s AND connection_id > 0"
+    " AND last_modified < (to_timestamp(%s) AT TIME ZONE 'UTC')"
+)
 
 _SET_STATEMENT_TIMEOUT = "SET statement_timeout = %s"
 
@@ -747,17 +751,19 @@ class PostgresLocationStore:
             return defer.fail(Failure())
         return self._count("removeExpired", _REMOVE_EXPIRED, (when,))
 
-    def purgeServer(self, serverId: int) -> defer.Deferred[int]:
+    def purgeServer(self, serverId: int, before: float) -> defer.Deferred[int]:
         """
         See L{ILocationStore.purgeServer}: rows of C{serverId} with
         C{connection_id > 0} (Kamailio writes C{-1} for UDP bindings; C{0}
-        is the column default), as Kamailio's C{db_clean_tcp} does at start.
+        is the column default), as Kamailio's C{db_clean_tcp} does at start,
+        last modified before C{before}.
         """
         try:
             server = _integer(serverId, "serverId")
+            when = _posixTime(before)
         except TypeError:
             return defer.fail(Failure())
-        return self._count("purgeServer", _PURGE_SERVER, (server,))
+        return self._count("purgeServer", _PURGE_SERVER, (server, when))
 
     # -- running statements ------------------------------------------------
 
