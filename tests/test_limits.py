@@ -208,16 +208,28 @@ class CoreRateLimitTests(SynchronousTestCase):
         self.core.messageReceived(options(99), self.flow)
         self.assertEqual(self.statuses(), [200])
 
-    def test_responsesNotLimited(self) -> None:
+    def test_responsesCharged(self) -> None:
         """
-        Responses are never limited (they answer our own requests).
+        Responses cost their source a token like requests: a flood of
+        responses empties the bucket, so the next request gets 503; over
+        the limit a response is dropped and counted, never answered and
+        never processed.
         """
-        for n in range(10):
-            self.core.messageReceived(options(n), self.flow)
-        before = dict(self.limiter.stats)
-        response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKx\r\n\r\n"
-        self.core.messageReceived(response, self.flow)
-        self.assertEqual(dict(self.limiter.stats), before)
+        handled: list[Any] = []
+        self.core.routeResponses(lambda response, flow: handled.append(response))
+        response = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKx\r\n"
+                    b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\n"
+                    b"Call-ID: r\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+        for _ in range(3):
+            self.core.messageReceived(response, self.flow)
+        self.assertEqual(len(handled), 2)
+        self.assertEqual(self.limiter.stats["admitted"], 2)
+        self.assertEqual(self.limiter.stats["dropped"], 1)
+        self.assertEqual(self.limiter.stats["responsesDropped"], 1)
+        self.assertEqual(self.limiter.stats["refused"], 0)
+        self.assertEqual(self.flow.sent, [])
+        self.core.messageReceived(options(1), self.flow)
+        self.assertEqual(self.statuses(), [503])
 
     def test_exempt(self) -> None:
         """

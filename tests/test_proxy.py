@@ -27,6 +27,7 @@ from sipcore.sip.routing import (
     nextHopOf,
     proxyBranch,
 )
+from sipcore.sip.transaction import sendToSender
 from sipcore.testing import FakeFlow, MemoryLocationStore, RecordingBus
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.udp import SIPDatagramProtocol
@@ -163,6 +164,18 @@ class ProxyHarness:
         binding = Binding(**values)
         self.store.save([binding])
         return binding
+
+    def signedRoute(self, transport: str = "udp", port: int = UDP_PORT, tokens: str = "",
+                    callId: str = "call-1", host: str = "127.0.0.1") -> str:
+        """
+        A Record-Route entry of the proxy, signed for C{callId}, as a UA
+        copies it into its Route set.
+        """
+        value = "<sip:{}:{};transport={};lr".format(host, port, transport)
+        if tokens:
+            value += ";ftok=" + tokens
+        signature = self.proxy.tokens.signRoute(transport, host, port, tokens, callId)
+        return value + ";rrsig={}>".format(signature)
 
     def send(self, data: bytes, flow: FakeFlow | None = None) -> None:
         self.core.messageReceived(data, flow or self.caller)
@@ -490,9 +503,8 @@ class RouteTests(SynchronousTestCase):
 
     def routeTo(self, h: ProxyHarness, flow: FakeFlow) -> str:
         token = h.proxy.tokens.make(flow.conid)
-        return ("<sip:127.0.0.1:{};transport=udp;lr;r2=on>, "
-                "<sip:127.0.0.1:{};transport=ws;lr;r2=on;ftok={}>").format(
-                    UDP_PORT, WS_PORT, token)
+        return "{}, {}".format(h.signedRoute("udp", UDP_PORT),
+                               h.signedRoute("ws", WS_PORT, token))
 
     def test_inDialogByFlowToken(self) -> None:
         """
@@ -538,7 +550,8 @@ class RouteTests(SynchronousTestCase):
 
     def test_forgedToken(self) -> None:
         """
-        A flow token not signed by this proxy is ignored.
+        A flow token not signed by this proxy is ignored: the request goes
+        by its (foreign) Request-URI, which is refused.
         """
         h = ProxyHarness()
         bob = h.connect()
@@ -550,14 +563,15 @@ class RouteTests(SynchronousTestCase):
         h.send(sipRequest("BYE", uri="sip:bob@client.invalid;transport=ws", toTag="t",
                           extra=(("Route", route),)))
         self.assertEqual(bob.sent, [])
-        self.assertEqual(h.statuses(), [404])
+        self.assertEqual(h.statuses(), [403])
 
     def test_remainingRouteFollowed(self) -> None:
         """
-        After our own Route entry, the next Route entry is the next hop.
+        After our own signed Route entry, the next Route entry is the next
+        hop.
         """
         h = ProxyHarness()
-        route = "<sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:6000;lr>"
+        route = h.signedRoute() + ", <sip:127.0.0.1:6000;lr>"
         h.send(sipRequest("BYE", uri="sip:bob@192.0.2.1", toTag="t",
                           extra=(("Route", route),)))
         [(bye, address)] = h.udpSent()
@@ -566,16 +580,103 @@ class RouteTests(SynchronousTestCase):
 
     def test_strictRoutingPreviousHop(self) -> None:
         """
-        A Request-URI holding our Record-Route value (a strict router sent
-        it) is replaced by the last Route value (16.4).
+        A Request-URI holding our (signed) Record-Route value (a strict
+        router sent it) is replaced by the last Route value (16.4).
         """
         h = ProxyHarness()
-        h.send(sipRequest("BYE", uri="sip:127.0.0.1:5060;lr", toTag="t",
+        uri = h.signedRoute()[1:-1]
+        h.send(sipRequest("BYE", uri=uri, toTag="t",
                           extra=(("Route", "<sip:bob@127.0.0.1:41000>"),)))
         [(bye, address)] = h.udpSent()
         self.assertEqual(str(bye.uri), "sip:bob@127.0.0.1:41000")
         self.assertEqual(address, ("127.0.0.1", 41000))
         self.assertEqual(bye.headers.lines("Route"), [])
+
+    def test_preloadedOwnRouteIsNoRelay(self) -> None:
+        """
+        A Route entry naming this proxy that it did not sign (a preloaded
+        C{Route: <sip:US;lr>, <sip:VICTIM;lr>}) does not make the request
+        "routed through us": without C{forwardForeign} it is refused with
+        403 and nothing (not even a retransmission) reaches the victim;
+        an ACK so routed is dropped.
+        """
+        h = ProxyHarness()
+        route = "<sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:6000;lr>"
+        h.send(sipRequest("INVITE", uri="sip:bob@127.0.0.1:6000", extra=(("Route", route),)))
+        h.send(sipRequest("BYE", uri="sip:bob@127.0.0.1:6000", toTag="t", branch="z9hG4bKb2",
+                          extra=(("Route", route),)))
+        h.send(sipRequest("ACK", uri="sip:bob@127.0.0.1:6000", toTag="t", branch="z9hG4bKa2",
+                          extra=(("Route", route),)))
+        h.clock.pump([0.5] * 70)
+        self.assertEqual(set(h.statuses()), {403})
+        self.assertEqual(h.proxy.stats["status:403"], 2)
+        self.assertEqual(h.udpSent(), [])
+        self.assertEqual(h.proxy.stats["acksDropped"], 1)
+
+    def test_signatureBoundToDialogAndEntry(self) -> None:
+        """
+        A signed entry of ours counts only for the Call-ID it was signed
+        for and unchanged: another dialog's entry, a changed flow token or
+        port, a forged signature and a strict-routing Request-URI without
+        a signature are all refused.
+        """
+        h = ProxyHarness()
+        victim = "<sip:127.0.0.1:6000;lr>"
+        otherCall = h.signedRoute(callId="another-call")
+        bob = h.connect()
+        tampered = h.signedRoute("ws", WS_PORT, h.proxy.tokens.make(bob.conid)).replace(
+            ";ftok=", ";ftok=9")
+        moved = h.signedRoute().replace(":5060;", ":5070;")
+        forged = "<sip:127.0.0.1:5060;transport=udp;lr;rrsig=00112233445566778899>"
+        for i, own in enumerate([otherCall, tampered, moved, forged]):
+            h.send(sipRequest("BYE", uri="sip:bob@127.0.0.1:6000", toTag="t",
+                              branch="z9hG4bKs{}".format(i),
+                              extra=(("Route", own + ", " + victim),)))
+        h.send(sipRequest("BYE", uri="sip:127.0.0.1:5060;lr", toTag="t", branch="z9hG4bKs9",
+                          extra=(("Route", victim),)))
+        self.assertEqual(h.udpSent(), [])
+        self.assertEqual(h.statuses(), [403, 403, 403, 403, 403])
+        self.assertEqual(bob.sent, [])
+
+    def test_preloadedOwnRouteToOwnDomain(self) -> None:
+        """
+        A UA using this proxy as its outbound proxy (an unsigned Route of
+        ours) still reaches the users of our domains.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("MESSAGE", extra=(("Route", "<sip:127.0.0.1:5060;lr>"),)))
+        [message] = h.requestsOn(bob, "MESSAGE")
+        self.assertEqual(message.headers.lines("Route"), [])
+
+    def test_preloadedRouteWithForwardForeign(self) -> None:
+        """
+        With C{forwardForeign} a preloaded Route set is followed.
+        """
+        h = ProxyHarness(ProxyPolicy(forwardForeign=True))
+        route = "<sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:6000;lr>"
+        h.send(sipRequest("MESSAGE", uri="sip:bob@192.0.2.1", extra=(("Route", route),)))
+        [(message, address)] = h.udpSent()
+        self.assertEqual(address, ("127.0.0.1", 6000))
+
+    def test_recordRouteSigned(self) -> None:
+        """
+        Every Record-Route entry the proxy inserts carries a signature
+        for the dialog's Call-ID, over its host, port, transport and flow
+        tokens.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("INVITE", callId="call-rr"))
+        [invite] = h.requestsOn(bob)
+        entries = [rr.uri for rr in invite.recordRoutes]
+        self.assertEqual(len(entries), 2)
+        for uri in entries:
+            self.assertTrue(h.proxy.tokens.isSignedRoute(uri, "call-rr"))
+            self.assertFalse(h.proxy.tokens.isSignedRoute(uri, "call-1"))
+        self.assertFalse(FlowTokens().isSignedRoute(entries[0], "call-rr"))
 
     def test_foreignRefused(self) -> None:
         """
@@ -805,31 +906,95 @@ class ResponseTests(SynchronousTestCase):
         self.assertEqual(h.statuses(), [200])
         self.assertEqual(h.stale, [stale])
 
+    def answeredInvite(self, h: ProxyHarness) -> tuple[FakeFlow, Request]:
+        """
+        An INVITE from the UDP caller to Bob on WebSocket, answered 200,
+        whose client transaction then ended (timer M, 64*T1).
+        """
+        bob = h.connect()
+        h.bind(flow=bob)
+        h.send(sipRequest("INVITE"))
+        [invite] = h.requestsOn(bob)
+        h.answer(invite, 200, bob)
+        self.assertEqual(h.statuses(), [200])
+        h.clock.advance(h.core.transactions.timers.timeout + 1)
+        self.assertEqual(h.core.transactions.clientTransactions, 0)
+        h.caller.sent.clear()
+        return bob, invite
+
     def test_strayTwoHundredForwarded(self) -> None:
         """
-        A 2xx to INVITE matching no transaction, with our Via on top, is
-        forwarded statelessly to the next Via; other strays are dropped and
-        counted.
+        A 2xx to INVITE matching no transaction, whose top Via is ours with
+        the branch of an INVITE the proxy forwarded, goes statelessly
+        to where that INVITE's responses went, without our Via; a 180
+        with that Via is dropped and counted.
         """
         h = ProxyHarness()
-        bob = h.connect()
-        via = ("SIP/2.0/WS 127.0.0.1:8080;branch=z9hG4bKscgone, "
-               "SIP/2.0/UDP 10.0.0.1:5060;received=127.0.0.1;rport=40000;branch=z9hG4bKc")
-        stray = Response(200, headers=[
-            ("Via", via), ("From", "<sip:a@example.com>;tag=1"),
-            ("To", "<sip:b@example.com>;tag=2"), ("Call-ID", "x"), ("CSeq", "1 INVITE")])
+        bob, invite = self.answeredInvite(h)
+        stray = Response.forRequest(invite, 200, toTag="bobtag2")
         h.send(stray.serialize(), bob)
-        [(response, address)] = h.udpSent()
-        self.assertEqual(address, ("127.0.0.1", 40000))
-        self.assertEqual(len(response.vias), 1)
+        [response] = h.responsesTo(h.caller)
+        self.assertEqual(response.status, 200)
+        self.assertEqual([v.branch for v in response.vias], ["z9hG4bKcaller1"])
+        self.assertEqual(h.caller.sent[0][1], ("127.0.0.1", 40000))
         self.assertEqual(h.proxy.stats["strayForwarded"], 1)
-        ringing = Response(180, headers=stray.headers.copy())
-        h.send(ringing.serialize(), bob)
-        foreign = Response(200, headers=stray.headers.copy())
-        foreign.headers.set("Via", "SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKq")
-        h.send(foreign.serialize(), bob)
-        self.assertEqual(len(h.udpSent()), 1)
-        self.assertEqual(h.proxy.stats["strayDropped"], 2)
+        h.send(Response.forRequest(invite, 180, toTag="bobtag3").serialize(), bob)
+        self.assertEqual(len(h.caller.sent), 1)
+        self.assertEqual(h.proxy.stats["strayDropped"], 1)
+
+    def test_strayTwoHundredNotReflected(self) -> None:
+        """
+        A stray 2xx is never sent to an address taken from it: one whose
+        top Via is ours but whose branch the proxy never issued is dropped
+        and counted (however its second Via's received/rport point at a
+        victim), and one with a branch of ours but a forged second Via
+        still goes to the INVITE's sender, not to the victim.
+        """
+        h = ProxyHarness()
+        bob, invite = self.answeredInvite(h)
+        victim = "SIP/2.0/UDP 10.0.0.1:5060;received=127.0.0.1;rport=45000;branch=z9hG4bKv"
+        forged = Response(200, headers=[
+            ("Via", "SIP/2.0/WS 127.0.0.1:8080;branch={}".format(
+                proxyBranch(loopHash(invite)))),
+            ("Via", victim), ("From", "<sip:a@example.com>;tag=1"),
+            ("To", "<sip:b@example.com>;tag=2"), ("Call-ID", "call-1"), ("CSeq", "1 INVITE")])
+        h.send(forged.serialize(), bob)
+        self.assertEqual((h.udpSent(), h.caller.sent), ([], []))
+        self.assertEqual(h.proxy.stats["strayUnknownBranch"], 1)
+        self.assertEqual(h.proxy.stats["strayDropped"], 1)
+        reflected = Response.forRequest(invite, 200, toTag="bobtag2")
+        reflected.headers.remove("Via")
+        reflected.headers.add("Via", invite.headers.lines("Via")[0])
+        reflected.headers.add("Via", victim)
+        h.send(reflected.serialize(), bob)
+        self.assertEqual(h.udpSent(), [])
+        self.assertEqual([address for _, address in h.caller.sent], [("127.0.0.1", 40000)])
+
+    def test_strayBranchForgotten(self) -> None:
+        """
+        An ended INVITE branch is remembered for 64*T1 after its client
+        transaction ended, and at most C{maxRecentBranches} of them: after
+        that its stray 2xx is dropped.
+        """
+        h = ProxyHarness()
+        bob, invite = self.answeredInvite(h)
+        h.clock.advance(h.core.transactions.timers.timeout)
+        h.send(Response.forRequest(invite, 200, toTag="late").serialize(), bob)
+        self.assertEqual(h.caller.sent, [])
+        self.assertEqual(h.proxy.stats["strayUnknownBranch"], 1)
+
+        h = ProxyHarness()
+        h.proxy.maxRecentBranches = 1
+        bob, first = self.answeredInvite(h)
+        h.send(sipRequest("INVITE", branch="z9hG4bKcaller2", callId="call-2"))
+        second = h.requestsOn(bob, "INVITE")[-1]
+        h.answer(second, 200, bob)
+        h.caller.sent.clear()
+        h.send(Response.forRequest(first, 200, toTag="x").serialize(), bob)
+        self.assertEqual(h.caller.sent, [])
+        h.clock.advance(h.core.transactions.timers.timeout + 1)
+        h.send(Response.forRequest(second, 200, toTag="y").serialize(), bob)
+        self.assertEqual([r.status for r in h.responsesTo(h.caller)], [200])
 
 
 class CancelAndTimerTests(SynchronousTestCase):
@@ -989,6 +1154,134 @@ class CancelAndTimerTests(SynchronousTestCase):
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
 
+class CountingListener(FakeListener):
+    """
+    A L{FakeListener} counting C{getHost} calls; C{None} until started.
+    """
+
+    def __init__(self, transport: str, port: int, factory: Any = None) -> None:
+        super().__init__(transport, port, factory)
+        self.calls = 0
+        self.started = True
+
+    def getHost(self) -> _Address | None:  # type: ignore[override]
+        self.calls += 1
+        return super().getHost() if self.started else None
+
+
+class CountingTable(ConnectionTable):
+    """
+    A L{ConnectionTable} counting iterations over its flows.
+    """
+
+    iterations = 0
+
+    def __iter__(self) -> Any:
+        self.iterations += 1
+        return super().__iter__()
+
+
+class PerPacketWorkTests(SynchronousTestCase):
+    """
+    The proxy's per-message work does not grow with its listeners or
+    connections.
+    """
+
+    def test_listenerAddressesReadOnce(self) -> None:
+        """
+        The listeners' addresses are read once they all have one, not for
+        every Route and Via checked; a listener not started yet is read
+        again until it is.
+        """
+        h = ProxyHarness()
+        h.listeners = [CountingListener(listener.spec.transport, listener.port,
+                                        listener.factory) for listener in h.listeners]
+        h.listeners[2].started = False
+        self.assertFalse(h.proxy.isOwn("127.0.0.1", WS_PORT))
+        h.listeners[2].started = True
+        self.assertTrue(h.proxy.isOwn("127.0.0.1", WS_PORT))
+        before = [listener.calls for listener in h.listeners]
+        bob = h.connect()
+        for n in range(10):
+            h.send(sipRequest("BYE", uri="sip:bob@client.invalid;transport=ws", toTag="t",
+                              branch="z9hG4bKn{}".format(n), extra=(
+                                  ("Route", RouteTests().routeTo(h, bob)),)))
+        self.assertEqual(len(h.requestsOn(bob, "BYE")), 10)
+        self.assertEqual([listener.calls for listener in h.listeners], before)
+        h.listeners = h.listeners[:1]
+        self.assertFalse(h.proxy.isOwn("127.0.0.1", WS_PORT))
+
+    def test_connectionIndex(self) -> None:
+        """
+        A stream next hop is found through an index: the table is scanned
+        again only after connections were opened or the indexed one
+        closed, not for every request.
+        """
+        h = ProxyHarness(ProxyPolicy(forwardForeign=True))
+        table = CountingTable(RecordingBus(), h.clock)
+        h.table = h.proxy.table = table
+        for port in range(42000, 42050):
+            h.connect("tcp", port)
+        peer = h.connect("tcp", 41000)
+        uri = "sip:bob@127.0.0.1:41000;transport=tcp"
+        for n in range(20):
+            h.send(sipRequest("MESSAGE", uri=uri, branch="z9hG4bKi{}".format(n)))
+        self.assertEqual(len(h.requestsOn(peer, "MESSAGE")), 20)
+        self.assertEqual(table.iterations, 1)
+        for n in range(5):
+            h.send(sipRequest("MESSAGE", uri="sip:bob@127.0.0.1:41001;transport=tcp",
+                              branch="z9hG4bKj{}".format(n)))
+        self.assertEqual(table.iterations, 1)
+        table.remove(peer.conid, "tcp:closed", "closed by peer")
+        again = h.connect("tcp", 41000)
+        h.send(sipRequest("MESSAGE", uri=uri, branch="z9hG4bKk"))
+        self.assertEqual(len(h.requestsOn(again, "MESSAGE")), 1)
+        self.assertEqual(h.statuses().count(500), 5)
+
+
+class SendToSenderTests(SynchronousTestCase):
+    """
+    L{sendToSender}, the one way responses go back to a request's sender.
+    """
+
+    def request(self, via: str) -> Request:
+        message = parseMessage(sipRequest("OPTIONS", via=via))
+        assert isinstance(message, Request)
+        return message
+
+    def test_reliable(self) -> None:
+        """
+        On a reliable flow the data goes over the connection.
+        """
+        flow = FakeFlow("tcp", remote=("192.0.2.1", 40000))
+        self.assertTrue(sendToSender(flow, self.request("SIP/2.0/TCP h;branch=z9hG4bKr"),
+                                     b"x"))
+        self.assertEqual(flow.sent, [(b"x", None)])
+
+    def test_unreliable(self) -> None:
+        """
+        On UDP the data goes to the source address, at the source port
+        with C{rport}, else at the Via port; an explicit address wins.
+        """
+        flow = FakeFlow("udp", remote=("192.0.2.1", 40000))
+        sendToSender(flow, self.request("SIP/2.0/UDP h:5062;branch=z9hG4bKu;rport"), b"a")
+        sendToSender(flow, self.request("SIP/2.0/UDP h:5062;branch=z9hG4bKu"), b"b")
+        sendToSender(flow, self.request("SIP/2.0/UDP h:5062;branch=z9hG4bKu"), b"c",
+                     ("192.0.2.9", 9))
+        self.assertEqual([address for _, address in flow.sent],
+                         [("192.0.2.1", 40000), ("192.0.2.1", 5062), ("192.0.2.9", 9)])
+
+    def test_malformedVia(self) -> None:
+        """
+        With a malformed top Via the source address of the flow is used.
+        """
+        flow = FakeFlow("udp", remote=("192.0.2.1", 40000))
+        request = Request("OPTIONS", parseURI("sip:example.com"))
+        request.headers.add("Via", "SIP/2.0/UDP ;;;")
+        sendToSender(flow, request, b"a")
+        self.assertEqual(flow.sent, [(b"a", ("192.0.2.1", 40000))])
+
+
 class RoutingHelperTests(SynchronousTestCase):
     """
     The pure helpers of L{sipcore.sip.routing}.
@@ -1025,6 +1318,24 @@ class RoutingHelperTests(SynchronousTestCase):
         self.assertEqual((best.status, best.headers.lines("Retry-After")), (500, []))
         self.assertRaises(ValueError, chooseBest, [])
 
+    def test_routeSignature(self) -> None:
+        """
+        A signed Record-Route entry verifies as a UA may copy it back:
+        with its IPv6 host bracketed, host and transport in another case,
+        parameters reordered; not with non-ASCII or missing signatures.
+        """
+        tokens = FlowTokens(b"k" * 32)
+        signature = tokens.signRoute("ws", "[2001:DB8::1]", 8080, "3.abc", "cid")
+        for text in ["sip:[2001:db8::1]:8080;transport=ws;lr;ftok=3.abc;rrsig={}",
+                     "sip:[2001:DB8::1]:8080;rrsig={};ftok=3.abc;TRANSPORT=WS;lr"]:
+            uri = parseURI(text.format(signature))
+            self.assertTrue(tokens.isSignedRoute(uri, "cid"))
+            self.assertFalse(tokens.isSignedRoute(uri, "cid2"))
+        for text in ["sip:[2001:db8::1]:8080;transport=ws;lr;ftok=3.abc",
+                     "sip:[2001:db8::1]:8080;transport=ws;lr;ftok=3.abc;rrsig=%C3%A9",
+                     "sip:[2001:db8::1]:8080;transport=ws;lr;rrsig=" + signature]:
+            self.assertFalse(tokens.isSignedRoute(parseURI(text), "cid"))
+
     def test_nextHop(self) -> None:
         """
         Next hops come from IP literals with default ports per transport.
@@ -1046,8 +1357,8 @@ class CompositionTests(SynchronousTestCase):
     def test_wired(self) -> None:
         """
         The built service's proxy is the core's default, ACK and stray
-        response handler, takes the proxy options, and removes a stale
-        binding from the store.
+        response handler, takes the proxy options, and removes the
+        bindings of a stale binding's connection from the store.
         """
         from twisted.internet.testing import MemoryReactorClock
 
@@ -1066,14 +1377,64 @@ class CompositionTests(SynchronousTestCase):
                           proxy.policy.advertiseHost, proxy.serverId),
                          (42.0, True, "192.0.2.1", 3))
         binding = Binding(ruid="r1", username="bob", domain="localhost",
-                          contact="sip:bob@x.invalid", expires=10.0**9)
+                          contact="sip:bob@x.invalid", expires=10.0**9, serverId=3,
+                          connectionId=5)
         service.store.save([binding])
         proxy.staleBinding(binding)
         self.assertEqual(service.store.allBindings(), [])
 
+    def test_staleBindingRemovedByConnection(self) -> None:
+        """
+        A stale binding is removed by its connection, not its ruid: when
+        the same contact re-registered over a new connection (the
+        registrar keeps the ruid) after the proxy read the old row, the
+        new row survives.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from sipcore.tap import Options, buildService
+
+        options = Options()
+        options.parseOptions(["--listen", "udp:0", "--server-id", "3"])
+        service = buildService(options, MemoryReactorClock())
+        old = Binding(ruid="r1", username="bob", domain="localhost",
+                      contact="sip:bob@x.invalid", expires=10.0**9, serverId=3,
+                      connectionId=5)
+        fresh = Binding(ruid="r1", username="bob", domain="localhost",
+                        contact="sip:bob@x.invalid", expires=10.0**9, serverId=3,
+                        connectionId=6)
+        service.store.save([fresh])
+        self.successResultOf(defer.maybeDeferred(service.proxy.staleBinding, old))
+        self.assertEqual(service.store.allBindings(), [fresh])
+
+    def test_staleBindingFailureLoggedOnce(self) -> None:
+        """
+        When the store cannot remove a stale binding's connection the
+        failure is logged exactly once.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.logger import LogLevel, capturedLogs
+
+        from sipcore.location import StoreUnavailable
+        from sipcore.tap import Options, buildService
+
+        options = Options()
+        options.parseOptions(["--listen", "udp:0"])
+        service = buildService(options, MemoryReactorClock())
+        service.store.removeConnections = lambda serverId, conids: defer.fail(
+            StoreUnavailable("database away"))
+        binding = Binding(ruid="r1", username="bob", domain="localhost",
+                          contact="sip:bob@x.invalid", expires=10.0**9, connectionId=5)
+        with capturedLogs() as events:
+            service.proxy._staleBinding(binding)
+        errors = [e for e in events if e["log_level"] >= LogLevel.warn]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("database away", str(errors[0].get("error")))
+
     def test_defaults(self) -> None:
         """
-        By default timer C is 180 s and foreign requests are refused.
+        By default timer C is 180 s, foreign requests are refused and the
+        advertised host is the first default domain.
         """
         from twisted.internet.testing import MemoryReactorClock
 
@@ -1084,4 +1445,22 @@ class CompositionTests(SynchronousTestCase):
         proxy = buildService(options, MemoryReactorClock()).proxy
         self.assertEqual((proxy.policy.timerC, proxy.policy.forwardForeign,
                           proxy.policy.foreignStatus, proxy.policy.advertiseHost),
-                         (180.0, False, 403, None))
+                         (180.0, False, 403, "localhost"))
+
+    def test_advertiseFirstDomain(self) -> None:
+        """
+        Without C{--advertise-host} a wildcard listener is advertised as
+        the first C{--domain} given on the command line (not the
+        alphabetically lowest).
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from sipcore.tap import Options, buildService
+
+        options = Options()
+        options.parseOptions(["--listen", "udp:0", "--domain", "zeta.example",
+                              "--domain", "alpha.example"])
+        proxy = buildService(options, MemoryReactorClock()).proxy
+        self.assertEqual(proxy._advertised("0.0.0.0"), "zeta.example")
+        self.assertEqual(proxy._side(FakeFlow("udp", local=("::", 5060))),
+                         ("udp", "zeta.example", 5060))

@@ -21,7 +21,7 @@ from zope.interface import implementer
 from sipcore import __version__
 from sipcore.interfaces import IFlow, IMessageSink
 from sipcore.message import Request, Response, SIPParseError, parseMessage
-from sipcore.sip.transaction import OVERLOADED, TransactionLayer, responseAddress
+from sipcore.sip.transaction import OVERLOADED, TransactionLayer, sendToSender
 
 #: The option tags this server understands in C{Require}/C{Proxy-Require}.
 SUPPORTED = ("path", "outbound")
@@ -54,17 +54,9 @@ class StatelessTransaction:
     def respond(self, response: Response) -> bool:
         """
         Send C{response} back to the request's sender: over the connection
-        for streams, per L{responseAddress} for UDP.
+        for streams, to the Via's address for UDP (L{sendToSender}).
         """
-        data = response.serialize()
-        if self.flow.reliable:
-            return self.flow.send(data)
-        try:
-            address = responseAddress(self.request, self.flow)
-        except SIPParseError:
-            # A malformed Via: the source address is the best answer.
-            address = self.flow.remote
-        return self.flow.sendTo(data, address)
+        return sendToSender(self.flow, self.request, response.serialize())
 
 
 class ServerTransactionLike(Protocol):

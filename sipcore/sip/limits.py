@@ -4,10 +4,12 @@ Per-source request-rate limiting, and the log throttle every limit uses.
 
 L{TokenBuckets} keeps one token bucket per source address in bounded
 memory.  L{RateLimiter} is what L{sipcore.sip.core.SIPCore} consults for
-every received message that is not a response: within the bucket the
-message goes on; a source that has emptied its bucket gets C{503 Service
-Unavailable} with C{Retry-After} for up to C{overdraft} more requests; past
-that its requests are dropped silently (answering a flood would double it).
+every received message: within the bucket the message goes on; a source
+that has emptied its bucket gets C{503 Service Unavailable} with
+C{Retry-After} for up to C{overdraft} more requests; past that its requests
+are dropped silently (answering a flood would double it).  Responses cost a
+token too, and over the limit are always dropped (a response is never
+answered).
 
 L{LogThrottle} makes a limit log once per source per interval, not once per
 packet: the first hit of an interval is logged, with the number of hits
@@ -160,8 +162,9 @@ class RateLimiter:
     Applies L{TokenBuckets} keyed by source address to received messages.
 
     @ivar stats: a L{Counter} of C{admitted}, C{refused} (answered 503),
-        C{dropped} (dropped silently), C{exempt} (from an exempt address)
-        and C{penalized} (tokens taken for failed authentications).
+        C{dropped} (dropped silently), C{responsesDropped} (the responses
+        among them), C{exempt} (from an exempt address) and C{penalized}
+        (tokens taken for failed authentications).
     """
 
     _log = Logger()
@@ -197,16 +200,16 @@ class RateLimiter:
         Decide whether a received message may be processed; answer or drop
         it if not.
 
-        Responses (data starting with C{SIP/}) are always admitted: they
-        answer our own requests.
+        Responses (data starting with C{SIP/}) cost a token of their
+        source's bucket like requests (a flood of forged responses is a
+        flood too), but they are never answered: over the limit they are
+        dropped and counted (C{dropped} and C{responsesDropped}).
 
         @param data: the message as received.
         @param flow: the L{IFlow} it came on.
         @return: C{True} to process the message; C{False} if it was
             answered with C{503} or dropped.
         """
-        if data[:4].upper() == b"SIP/":
-            return True
         host = flow.remote[0].lower()
         if host in self.exempt:
             self.stats["exempt"] += 1
@@ -215,7 +218,10 @@ class RateLimiter:
         if verdict is Verdict.ADMIT:
             self.stats["admitted"] += 1
             return True
-        if verdict is Verdict.REFUSE:
+        if data[:4].upper() == b"SIP/":
+            self.stats["dropped"] += 1
+            self.stats["responsesDropped"] += 1
+        elif verdict is Verdict.REFUSE:
             self.stats["refused"] += 1
             self._answer(data, flow, self.buckets.retryAfter(host))
         else:
@@ -224,7 +230,7 @@ class RateLimiter:
         if suppressed is not None:
             self._log.warn(
                 "rate limit: source {host} exceeds {rate:g} requests/s "
-                "({suppressed} requests refused or dropped since the last report)",
+                "({suppressed} messages refused or dropped since the last report)",
                 host=host,
                 rate=self.buckets.rate,
                 suppressed=suppressed,

@@ -17,7 +17,7 @@ got, and timer C for INVITE branches.  See C{docs/routing.rst}.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,11 +42,11 @@ from sipcore.message import (
 )
 from sipcore.sip.routing import (
     FLOW_PARAM,
+    SIGNATURE_PARAM,
     FlowTokens,
     NextHop,
     NoRoute,
     chooseBest,
-    isIPLiteral,
     loopHash,
     loopHashOfBranch,
     nextHopOf,
@@ -59,7 +59,7 @@ from sipcore.sip.transaction import (
     PROCEEDING,
     TRYING,
     buildCancel,
-    responseAddress,
+    sendToSender,
 )
 
 __all__ = ["DEFAULT_TIMER_C", "Proxy", "ProxyPolicy"]
@@ -71,6 +71,9 @@ DEFAULT_TIMER_C = 180.0
 
 #: Methods whose initial requests the proxy record-routes.
 RECORD_ROUTE_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+
+#: INVITE branches remembered at most after they ended (for stray 2xx).
+DEFAULT_MAX_RECENT_BRANCHES = 65536
 
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
@@ -84,13 +87,16 @@ class ProxyPolicy:
         response before it is cancelled (and the caller gets C{408}).
     @ivar forwardForeign: whether initial requests for domains this server
         does not serve are forwarded (by the host and port in the URI, IP
-        literals only).  When false they are refused with
+        literals only), and so are requests with a Route set this proxy
+        did not build.  When false they are refused with
         C{foreignStatus}.  In-dialog requests routed through this proxy's
-        own Record-Route are always forwarded.
+        own (signed) Record-Route are always forwarded.
     @ivar foreignStatus: the status for a refused foreign request.
     @ivar advertiseHost: the host put in Via and Record-Route for a
-        listener bound to the wildcard address; by default the first
-        domain.
+        listener bound to the wildcard address.  The composition root
+        passes C{--advertise-host}, else the first C{--domain} given; when
+        C{None} the alphabetically lowest of the core's domains is used
+        (the core keeps its domains as a set).
     @ivar recordRoute: whether to record-route dialog-creating requests.
     """
 
@@ -179,6 +185,7 @@ class _Branch:
         self.flow: IFlow | None = None
         self.address: tuple[str, int] | None = None
         self.tx: Any = None
+        self.branchId = ""
         self.final: Response | None = None
         self.local = False
         self.provisional = False
@@ -321,11 +328,7 @@ class _ResponseContext:
             tx.respond(response)
             return
         if self.isInvite and 200 <= response.status < 300:
-            data = response.serialize()
-            if tx.flow.reliable:
-                tx.flow.send(data)
-            else:
-                tx.flow.sendTo(data, responseAddress(self.request, tx.flow))
+            sendToSender(tx.flow, self.request, response.serialize())
             self.proxy.stats["lateSuccessForwarded"] += 1
 
     def respondLocally(self, status: int, reason: str,
@@ -364,6 +367,7 @@ class _ResponseContext:
             if branch.final is None:
                 branch.final = response
                 branch.stopTimers()
+                self.proxy._branchEnded(branch)
             if self.isInvite:
                 self.sendUpstream(response)
                 if not self.finalSent:
@@ -392,6 +396,7 @@ class _ResponseContext:
         branch.final = response
         branch.local = local
         branch.stopTimers()
+        self.proxy._branchEnded(branch)
         self.finals.append((response, local))
         if self.isInvite and response.status >= 600:
             self.cancelOthers(branch, 600)
@@ -436,14 +441,48 @@ class _ResponseContext:
             branch.stopTimers()
 
 
+@dataclass(frozen=True)
+class _Addresses:
+    """
+    What the proxy knows of its listeners.
+
+    @ivar listeners: the listener objects these addresses were read from.
+    @ivar entries: C{(transport, bound host, advertised host, port,
+        listener)} per listener listening.
+    @ivar hosts: every bound and advertised host.
+    @ivar pairs: every C{(host, port)} of a bound or advertised host.
+    @ivar ports: every listening port.
+    """
+
+    listeners: tuple[Any, ...]
+    entries: list[tuple[str, str, str, int, Any]]
+    hosts: frozenset[str]
+    pairs: frozenset[tuple[str, int]]
+    ports: frozenset[int]
+
+    @classmethod
+    def of(cls, listeners: tuple[Any, ...],
+           entries: list[tuple[str, str, str, int, Any]]) -> _Addresses:
+        hosts = set()
+        pairs = set()
+        for _, bound, advertised, port, _ in entries:
+            hosts.update((bound, advertised))
+            pairs.update(((bound, port), (advertised, port)))
+        return cls(listeners, entries, frozenset(hosts), frozenset(pairs),
+                   frozenset(entry[3] for entry in entries))
+
+
 class Proxy:
     """
     The stateful proxy.
 
     @ivar stats: a L{Counter}: C{forwarded} (branches sent), C{acksForwarded},
-        C{strayForwarded}, C{strayDropped}, C{staleBindings}, C{cancelsSent},
-        C{timerC}, and one C{status:NNN} per final response the proxy
-        generated itself.
+        C{strayForwarded}, C{strayDropped}, C{strayUnknownBranch} (stray
+        2xx dropped because their branch is not one of ours),
+        C{staleBindings}, C{cancelsSent}, C{timerC}, and one C{status:NNN}
+        per final response the proxy generated itself.
+    @ivar maxRecentBranches: how many ended INVITE branches are
+        remembered (for stray 2xx) at most.
     """
 
     _log = Logger()
@@ -459,6 +498,7 @@ class Proxy:
         policy: ProxyPolicy | None = None,
         staleBinding: Callable[[Binding], object] | None = None,
         flowTokens: FlowTokens | None = None,
+        maxRecentBranches: int = DEFAULT_MAX_RECENT_BRANCHES,
     ) -> None:
         """
         @param core: the L{sipcore.sip.core.SIPCore} (its C{transactions},
@@ -470,14 +510,18 @@ class Proxy:
         @param listeners: returns the L{ListenerService}s (read when a
             request is routed, so after they started): their
             C{spec.transport}, C{getHost()} and, for UDP, C{factory} (the
-            L{SIPDatagramProtocol} requests are sent from).
+            L{SIPDatagramProtocol} requests are sent from).  Their
+            addresses are read once, when every listener has one, and
+            again only if the listeners returned change.
         @param serverId: this node's C{server_id}; only bindings with it
             are delivered over a connection.
         @param staleBinding: called with a binding whose connection is gone
             (the composition root removes it from the store); may return a
             Deferred, whose failure is logged.
-        @param flowTokens: the signer of Record-Route flow tokens (a new
-            random key by default).
+        @param flowTokens: the signer of Record-Route flow tokens and
+            entries (a new random key by default).
+        @param maxRecentBranches: ended INVITE branches remembered at most
+            (the oldest are forgotten first).
         """
         self.core = core
         self.transactions = core.transactions
@@ -489,9 +533,19 @@ class Proxy:
         self.policy = policy or ProxyPolicy()
         self.staleBinding = staleBinding
         self.tokens = flowTokens or FlowTokens()
+        self.maxRecentBranches = maxRecentBranches
         self.stats: Counter[str] = Counter()
         self._contexts: dict[Any, _ResponseContext] = {}
         self._live: set[_ResponseContext] = set()
+        self._addresses: _Addresses | None = None
+        # (transport, host, port) -> flow; rebuilt when connections opened.
+        self._streams: dict[tuple[str, str, int], Any] = {}
+        self._streamsOpened = -1
+        # branch -> _Branch of each INVITE branch not ended yet.
+        self._liveInvites: dict[str, _Branch] = {}
+        # branch -> (forget at, upstream flow, request) of ended INVITE
+        # branches, oldest first.
+        self._endedInvites: OrderedDict[str, tuple[float, IFlow, Request]] = OrderedDict()
 
     def install(self) -> None:
         """
@@ -510,6 +564,8 @@ class Proxy:
             context.stop()
         self._live.clear()
         self._contexts.clear()
+        self._liveInvites.clear()
+        self._endedInvites.clear()
 
     # -- local addresses ------------------------------------------------------
 
@@ -521,21 +577,44 @@ class Proxy:
             return domains[0] if domains else "127.0.0.1"
         return host
 
+    def _ownAddresses(self) -> _Addresses:
+        """
+        The addresses of the listeners, read once every listener has one
+        (they do not change after start); read again when the listeners
+        returned by C{listeners()} change.
+        """
+        listeners = tuple(self.listeners())
+        cached = self._addresses
+        if cached is not None and len(cached.listeners) == len(listeners) and all(
+                a is b for a, b in zip(cached.listeners, listeners, strict=True)):
+            return cached
+        entries: list[tuple[str, str, str, int, Any]] = []
+        complete = True
+        for listener in listeners:
+            address = listener.getHost()
+            if address is None:
+                complete = False
+                continue
+            host = str(getattr(address, "host", ""))
+            port = int(getattr(address, "port", 0))
+            entries.append((listener.spec.transport, host.lower(),
+                            self._advertised(host).lower(), port, listener))
+        addresses = _Addresses.of(listeners, entries)
+        self._addresses = addresses if complete else None
+        return addresses
+
+    def invalidateAddresses(self) -> None:
+        """
+        Forget the listener addresses read so far (a listener moved).
+        """
+        self._addresses = None
+
     def _listening(self) -> list[tuple[str, str, str, int, Any]]:
         """
         C{(transport, bound host, advertised host, port, listener)} of each
         listener listening now.
         """
-        out = []
-        for listener in self.listeners():
-            address = listener.getHost()
-            if address is None:
-                continue
-            host = str(getattr(address, "host", ""))
-            port = int(getattr(address, "port", 0))
-            out.append((listener.spec.transport, host.lower(), self._advertised(host).lower(),
-                        port, listener))
-        return out
+        return self._ownAddresses().entries
 
     def isOwn(self, host: str | None, port: int | None) -> bool:
         """
@@ -547,13 +626,12 @@ class Proxy:
         host = host.lower()
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-        isDomain = host in self.core.domains
-        if port is None and isDomain:
-            return True
-        for _, bound, advertised, listenPort, _ in self._listening():
-            if (isDomain or host in (bound, advertised)) and port in (None, listenPort):
-                return True
-        return False
+        addresses = self._ownAddresses()
+        if host in self.core.domains:
+            return port is None or port in addresses.ports
+        if port is None:
+            return host in addresses.hosts
+        return (host, port) in addresses.pairs
 
     def _side(self, flow: IFlow) -> tuple[str, str, int]:
         """
@@ -637,6 +715,7 @@ class Proxy:
             routes = request.routes
             hashValue = loopHash(request)
             toTag = request.toAddr.tag
+            callId = request.callId
         except SIPParseError as e:
             raise _Refused(400, e.reason) from None
         if maxForwards == 0:
@@ -646,9 +725,11 @@ class Proxy:
         headers = request.headers.copy()
         uri = request.uri
         # Strict routing by the previous hop (16.4): the Request-URI is a
-        # Record-Route value of ours; the real one is the last Route.
-        if uri.isSIP and uri.hasParam("lr") and not uri.user and routes and self.isOwn(
-                uri.host, uri.port):
+        # Record-Route value of ours (signed); the real one is the last
+        # Route.
+        if (uri.isSIP and uri.hasParam("lr") and not uri.user and routes
+                and self.isOwn(uri.host, uri.port)
+                and self.tokens.isSignedRoute(uri, callId)):
             uri = routes[-1].uri
             routes = routes[:-1]
             headers.remove("Route")
@@ -661,13 +742,16 @@ class Proxy:
                                                             routes[0].uri.port):
             stripped.append(routes.pop(0).uri)
             headers.removeFirst("Route")
+        # Only an entry of ours that we signed for this dialog proves the
+        # request follows a Route set we built; any entry naming us (an
+        # outbound proxy's preloaded Route) is removed, but proves nothing.
+        routed = routed or any(self.tokens.isSignedRoute(u, callId) for u in stripped)
         base = Request(request.method, uri, headers, request.body, request.version)
         if maxForwards is None:
             base.headers.set("Max-Forwards", "70")
         else:
             base.headers.set("Max-Forwards", str(maxForwards - 1))
         decision = _Decision(base, [], loopHash=hashValue)
-        routed = routed or bool(stripped)
 
         # A flow token in our own Route entry names the connection of the
         # other side of the dialog.
@@ -780,11 +864,25 @@ class Proxy:
         """
         A live connection of C{hop}'s transport to its address (connection
         reuse: the proxy opens no connections).
+
+        Looked up in an index by C{(transport, host, port)}, which is
+        rebuilt from the table only when connections were opened since it
+        was built or when the connection it names has closed.
         """
-        for flow in self.table:
-            if flow.transport == hop.transport and tuple(flow.remote) == (hop.host, hop.port):
-                return flow  # type: ignore[no-any-return]
-        return None
+        key = (hop.transport, hop.host.lower(), hop.port)
+        flow = self._streams.get(key)
+        if flow is not None and self.table.get(flow.conid) is flow:
+            return flow  # type: ignore[no-any-return]
+        opened = self.table.opened
+        if flow is None and opened == self._streamsOpened:
+            return None
+        streams: dict[tuple[str, str, int], Any] = {}
+        for live in self.table:
+            host, port = live.remote[0], live.remote[1]
+            streams.setdefault((live.transport, str(host).lower(), int(port)), live)
+        self._streams = streams
+        self._streamsOpened = opened
+        return streams.get(key)
 
     def _resolve(self, target: _Target) -> tuple[IFlow, tuple[str, int] | None] | None:
         """
@@ -817,8 +915,20 @@ class Proxy:
         if self.staleBinding is None:
             return
         d = defer.maybeDeferred(self.staleBinding, binding)
-        d.addErrback(lambda f: self._log.failure(
-            "removing stale binding {ruid} failed", f, ruid=binding.ruid))
+        d.addErrback(self._staleBindingFailed, binding)
+
+    def _staleBindingFailed(self, failure: Failure, binding: Binding) -> None:
+        """
+        Log, once, that removing a stale binding failed: an unavailable
+        store as an error line, anything else with its traceback.
+        """
+        if failure.check(StoreUnavailable):
+            self._log.error(
+                "could not remove the bindings of gone connection {conid}: {error}",
+                conid=binding.connectionId, error=failure.getErrorMessage())
+            return
+        self._log.failure("removing the bindings of gone connection {conid} failed",
+                          failure, conid=binding.connectionId)
 
     def _recordRoutes(self, request: Request) -> bool:
         if not self.policy.recordRoute or request.method not in RECORD_ROUTE_METHODS:
@@ -829,16 +939,22 @@ class Proxy:
             return False
 
     def _recordRouteValue(self, side: tuple[str, str, int], tokens: list[str],
-                          double: bool) -> str:
+                          double: bool, callId: str) -> str:
+        """
+        A Record-Route entry of ours, signed for the dialog of C{callId}
+        (see L{FlowTokens.signRoute}).
+        """
         transport, host, port = side
         if ":" in host:
             host = "[" + host + "]"
         value = "<sip:{}:{};transport={};lr".format(host, port, transport)
         if double:
             value += ";r2=on"
-        if tokens:
-            value += ";{}={}".format(FLOW_PARAM, "-".join(tokens))
-        return value + ">"
+        flowTokens = "-".join(tokens)
+        if flowTokens:
+            value += ";{}={}".format(FLOW_PARAM, flowTokens)
+        signature = self.tokens.signRoute(transport, host, port, flowTokens, callId)
+        return value + ";{}={}>".format(SIGNATURE_PARAM, signature)
 
     def _via(self, flow: IFlow, branch: str) -> str:
         transport, host, port = self._side(flow)
@@ -872,23 +988,71 @@ class Proxy:
             outSide = self._side(flow)
             inTokens = [self.tokens.make(inbound.conid)] if inbound.conid else []
             outTokens = [self.tokens.make(flow.conid)] if flow.conid else []
+            callId = base.callId
             if inSide == outSide:
                 tokens = inTokens + [t for t in outTokens if t not in inTokens]
                 out.headers.add("Record-Route",
-                                self._recordRouteValue(inSide, tokens, False), first=True)
+                                self._recordRouteValue(inSide, tokens, False, callId),
+                                first=True)
             else:
                 out.headers.add("Record-Route",
-                                self._recordRouteValue(inSide, inTokens, True), first=True)
+                                self._recordRouteValue(inSide, inTokens, True, callId),
+                                first=True)
                 out.headers.add("Record-Route",
-                                self._recordRouteValue(outSide, outTokens, True), first=True)
-        out.headers.add("Via", self._via(flow, proxyBranch(decision.loopHash)), first=True)
+                                self._recordRouteValue(outSide, outTokens, True, callId),
+                                first=True)
+        branchId = proxyBranch(decision.loopHash)
+        out.headers.add("Via", self._via(flow, branchId), first=True)
         branch.request = out
         branch.flow = flow
         branch.address = address
+        branch.branchId = branchId
         self.stats["forwarded"] += 1
         if out.method == "INVITE":
             branch.startTimerC()
+            self._liveInvites[branchId] = branch
         branch.tx = self.transactions.sendRequest(out, flow, address, branch)
+
+    # -- INVITE branches remembered for stray 2xx ---------------------------------
+
+    def _branchEnded(self, branch: _Branch) -> None:
+        """
+        An INVITE branch got its final response: remember where a stray
+        2xx for it goes for 64*T1 after its client transaction ends (which
+        is up to 64*T1 after the final response), in bounded memory.
+        """
+        if self._liveInvites.pop(branch.branchId, None) is None:
+            return
+        now = self.clock.seconds()
+        ended = self._endedInvites
+        ended[branch.branchId] = (now + 2 * self.transactions.timers.timeout,
+                                  branch.context.tx.flow, branch.context.request)
+        self._forgetOldBranches(now)
+
+    def _forgetOldBranches(self, now: float) -> None:
+        ended = self._endedInvites
+        while ended:
+            branchId, (forgetAt, _, _) = next(iter(ended.items()))
+            if forgetAt > now and len(ended) <= self.maxRecentBranches:
+                break
+            del ended[branchId]
+
+    def _upstreamOf(self, branchId: str | None) -> tuple[IFlow, Request] | None:
+        """
+        Where responses for the INVITE branch C{branchId} go: the flow and
+        request of its server transaction, if the branch is one this proxy
+        sent and it is live or ended recently.
+        """
+        if not branchId:
+            return None
+        branch = self._liveInvites.get(branchId)
+        if branch is not None:
+            return branch.context.tx.flow, branch.context.request
+        self._forgetOldBranches(self.clock.seconds())
+        entry = self._endedInvites.get(branchId)
+        if entry is None:
+            return None
+        return entry[1], entry[2]
 
     # -- CANCEL ------------------------------------------------------------------
 
@@ -933,9 +1097,7 @@ class Proxy:
             out.uri = target.uri
         outFlow, address = resolved
         out.headers.add("Via", self._via(outFlow, statelessBranch(request)), first=True)
-        data = out.serialize()
-        sent = outFlow.send(data) if outFlow.reliable or address is None else outFlow.sendTo(
-            data, address)
+        sent = _sendOn(outFlow, address, out.serialize())
         self.stats["acksForwarded" if sent else "acksDropped"] += 1
 
     # -- responses without a transaction ----------------------------------------
@@ -943,12 +1105,16 @@ class Proxy:
     def responseReceived(self, response: Response, flow: IFlow) -> None:
         """
         A response that matched no client transaction.  A 2xx to INVITE
-        whose top Via is ours is forwarded statelessly (RFC 6026 section
-        7.1); everything else is dropped and counted.
+        whose top Via is ours, with the branch of an INVITE this proxy
+        forwarded (live, or ended less than 64*T1 after its transaction
+        ended) and its Call-ID, is forwarded statelessly (RFC 6026 section
+        7.1) to where that INVITE's responses went: never to an address
+        taken from the response.  Everything else is dropped and counted.
         """
         try:
             vias = response.vias
             method = response.cseq[1]
+            callId = response.callId
         except SIPParseError:
             self.stats["strayDropped"] += 1
             return
@@ -956,22 +1122,22 @@ class Proxy:
                 and self.isOwn(vias[0].host, vias[0].port)):
             self.stats["strayDropped"] += 1
             return
+        upstream = self._upstreamOf(vias[0].branch)
+        if upstream is None or upstream[1].callId != callId:
+            self.stats["strayUnknownBranch"] += 1
+            self.stats["strayDropped"] += 1
+            return
+        outFlow, request = upstream
         response.headers.removeFirst("Via")
-        upstream = vias[1]
-        host = upstream.received or upstream.host
-        rport = upstream.rport
-        port = rport if isinstance(rport, int) and not isinstance(rport, bool) else (
-            upstream.port or 5060)
-        transport = upstream.transport.lower()
-        if not isIPLiteral(host):
-            self.stats["strayDropped"] += 1
-            return
-        resolved = self._resolve(_Target(hop=NextHop(transport, host, port)))
-        if resolved is None:
-            self.stats["strayDropped"] += 1
-            return
-        outFlow, address = resolved
-        data = response.serialize()
-        sent = outFlow.send(data) if outFlow.reliable or address is None else outFlow.sendTo(
-            data, address)
+        sent = sendToSender(outFlow, request, response.serialize())
         self.stats["strayForwarded" if sent else "strayDropped"] += 1
+
+
+def _sendOn(flow: IFlow, address: tuple[str, int] | None, data: bytes) -> bool:
+    """
+    Send C{data} on C{flow}: to C{address} on an unreliable flow, over the
+    connection otherwise.
+    """
+    if flow.reliable or address is None:
+        return flow.send(data)
+    return flow.sendTo(data, address)

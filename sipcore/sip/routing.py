@@ -21,6 +21,7 @@ __all__ = [
     "ACK_BRANCH_PREFIX",
     "BRANCH_PREFIX",
     "FLOW_PARAM",
+    "SIGNATURE_PARAM",
     "FlowTokens",
     "NextHop",
     "NoRoute",
@@ -42,6 +43,9 @@ ACK_BRANCH_PREFIX = MAGIC_COOKIE + "sa"
 
 #: The Record-Route URI parameter carrying flow tokens.
 FLOW_PARAM = "ftok"
+
+#: The Record-Route URI parameter carrying the signature of the entry.
+SIGNATURE_PARAM = "rrsig"
 
 _LOOP_HASH_LENGTH = 16
 _DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "ws": 80, "tls": 5061, "wss": 443}
@@ -190,16 +194,36 @@ def statelessBranch(request: Request) -> str:
     return ACK_BRANCH_PREFIX + digest.hexdigest()[:24]
 
 
+def _sameText(received: str, expected: str) -> bool:
+    """
+    Compare a received MAC with the expected one in constant time (any
+    text: C{hmac.compare_digest} refuses non-ASCII C{str}).
+    """
+    return hmac.compare_digest(received.encode("utf-8", "surrogateescape"),
+                               expected.encode("ascii"))
+
+
 class FlowTokens:
     """
-    Signed connection ids for Record-Route (after RFC 5626 section 5.2):
-    a WebSocket client's Contact (C{sip:x@y.invalid;transport=ws}) cannot
-    be reached, so the Record-Route entry facing it names its connection,
-    and in-dialog requests routed through that entry go back over it.
+    Signed connection ids and signed Record-Route entries, under one random
+    key made per process.
 
-    A token is C{CONID.MAC}, the MAC an HMAC-SHA256 of the conid under a
-    random key made per process, so a token cannot be forged and dies with
-    the process (conids restart at 1).
+    Flow tokens (after RFC 5626 section 5.2): a WebSocket client's Contact
+    (C{sip:x@y.invalid;transport=ws}) cannot be reached, so the
+    Record-Route entry facing it names its connection, and in-dialog
+    requests routed through that entry go back over it.  A token is
+    C{CONID.MAC}, the MAC an HMAC-SHA256 of the conid.
+
+    Route signatures: every Record-Route entry the proxy inserts carries
+    C{rrsig=MAC}, an HMAC-SHA256 of the entry's transport, host, port and
+    flow tokens and of the dialog's Call-ID.  Only a Route entry with a
+    valid signature proves that a request follows a Route set this proxy
+    built (a preloaded C{Route: <sip:US;lr>, <sip:VICTIM;lr>} must not
+    make the proxy an open relay).
+
+    Neither can be forged without the key, and both die with the process
+    (conids restart at 1; in-dialog requests come back to the node that
+    record-routed them).
     """
 
     def __init__(self, key: bytes | None = None) -> None:
@@ -222,7 +246,7 @@ class FlowTokens:
         conid, dot, mac = token.partition(".")
         if not dot or not conid.isdigit() or len(conid) > 12:
             return None
-        if not hmac.compare_digest(mac, self._mac(int(conid))):
+        if not _sameText(mac, self._mac(int(conid))):
             return None
         return int(conid)
 
@@ -240,6 +264,42 @@ class FlowTokens:
                 if conid is not None and conid not in conids:
                     conids.append(conid)
         return conids
+
+    def _routeMac(self, transport: str, host: str, port: int | None, flowTokens: str,
+                  callId: str) -> str:
+        host = host.lower()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        parts = ["rr", transport.lower(), host, "" if port is None else str(port),
+                 flowTokens, callId]
+        data = "\x00".join(parts).encode("utf-8", "surrogateescape")
+        return hmac.new(self._key, data, hashlib.sha256).hexdigest()[:20]
+
+    def signRoute(self, transport: str, host: str, port: int | None, flowTokens: str,
+                  callId: str) -> str:
+        """
+        The signature of a Record-Route entry (the value of
+        L{SIGNATURE_PARAM}).
+
+        @param transport: the entry's C{transport} parameter.
+        @param host: its host (an IPv6 address with or without brackets).
+        @param port: its port, or C{None}.
+        @param flowTokens: its L{FLOW_PARAM} value, C{""} if none.
+        @param callId: the Call-ID of the request that creates the dialog.
+        """
+        return self._routeMac(transport, host, port, flowTokens, callId)
+
+    def isSignedRoute(self, uri: URI, callId: str) -> bool:
+        """
+        Whether C{uri} is a Record-Route entry this proxy signed for the
+        dialog of C{callId}.
+        """
+        signature = uri.param(SIGNATURE_PARAM)
+        if not signature or uri.host is None:
+            return False
+        expected = self._routeMac(uri.param("transport") or "", uri.host, uri.port,
+                                  uri.param(FLOW_PARAM) or "", callId)
+        return _sameText(signature.lower(), expected)
 
 
 #: Statuses preferred within the 4xx class, because they let the caller

@@ -34,7 +34,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from sipcore.interfaces import IFlow
-from sipcore.message import Headers, Request, Response
+from sipcore.message import Headers, Request, Response, SIPParseError
 
 __all__ = [
     "ACCEPTED",
@@ -62,6 +62,7 @@ __all__ = [
     "buildAckForNon2xx",
     "buildCancel",
     "responseAddress",
+    "sendToSender",
 ]
 
 #: The RFC 3261 branch prefix; a branch without it is matched by the RFC
@@ -272,6 +273,27 @@ def responseAddress(request: Request, flow: IFlow) -> tuple[str, int]:
     if via.rport is not None:
         return sourceHost, sourcePort
     return sourceHost, via.port or _DEFAULT_PORT
+
+
+def sendToSender(
+    flow: IFlow, request: Request, data: bytes, address: tuple[str, int] | None = None
+) -> bool:
+    """
+    Send C{data} (a response to C{request}) back to the request's sender:
+    over the connection on a reliable flow, else to C{address} or, without
+    one, to L{responseAddress} (the source address of C{flow} when the top
+    Via is malformed).
+
+    @return: whether the flow took the data.
+    """
+    if flow.reliable:
+        return flow.send(data)
+    if address is None:
+        try:
+            address = responseAddress(request, flow)
+        except (SIPParseError, IndexError):
+            address = flow.remote
+    return flow.sendTo(data, address)
 
 
 def _sentBy(via: Any) -> tuple[str, int]:
@@ -674,9 +696,7 @@ class ServerTransaction(_Transaction):
         )
 
     def _transmit(self, data: bytes) -> bool:
-        if self.reliable or self.responseAddress is None:
-            return self.flow.send(data)
-        return self.flow.sendTo(data, self.responseAddress)
+        return sendToSender(self.flow, self.request, data, self.responseAddress)
 
     def start(self) -> None:
         """
