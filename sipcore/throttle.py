@@ -6,6 +6,7 @@ flood can never turn into a flood of log lines.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from collections.abc import Hashable
 
@@ -65,3 +66,23 @@ class LogThrottle:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+def sourceKey(host: str) -> str:
+    """
+    The key per-source limits count a peer under.
+
+    One IPv6 host owns a whole /64 and can pick a fresh address for every
+    connection or request, so IPv6 sources are counted per /64; an
+    IPv4-mapped IPv6 address counts as its IPv4 address.  Anything that is
+    no IP address is used as it is, lower-cased.
+    """
+    if ":" not in host:
+        return host.lower()
+    try:
+        address = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host.lower()
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))

@@ -661,3 +661,39 @@ class SecurityOptionsTests(SynchronousTestCase):
                      ["--auth-file", "/nonexistent/users.txt"],
                      ["--ws-ping-timeout", "0"]):
             self.assertRaises(usage.UsageError, Options().parseOptions, args)
+
+
+class SourceKeyTests(SynchronousTestCase):
+    """
+    Per-source limits count an IPv6 source per /64 and an IPv4-mapped
+    address as its IPv4 address.
+    """
+
+    def test_keys(self) -> None:
+        """
+        Addresses of one /64 share a key; other /64s and IPv4 do not.
+        """
+        from sipcore.throttle import sourceKey
+
+        self.assertEqual(sourceKey("2001:db8:1:2::1"), sourceKey("2001:db8:1:2:ffff::9"))
+        self.assertNotEqual(sourceKey("2001:db8:1:2::1"), sourceKey("2001:db8:1:3::1"))
+        self.assertEqual(sourceKey("::ffff:192.0.2.7"), "192.0.2.7")
+        self.assertEqual(sourceKey("192.0.2.7"), "192.0.2.7")
+        self.assertEqual(sourceKey("Example.COM"), "example.com")
+
+    def test_rotatingAddressesShareBucket(self) -> None:
+        """
+        A host cycling through addresses of its /64 drains one bucket.
+        """
+        from twisted.internet.task import Clock
+
+        from sipcore.sip.limits import RateLimiter
+        from sipcore.testing import FakeFlow
+
+        limiter = RateLimiter(Clock(), rate=1, burst=2, overdraft=0)
+        admitted = [
+            limiter.admit(b"OPTIONS sip:x SIP/2.0\r\n\r\n",
+                          FakeFlow(remote=("2001:db8:0:1::{:x}".format(i), 5060)))
+            for i in range(1, 6)
+        ]
+        self.assertEqual(admitted, [True, True, False, False, False])

@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sipcore.interfaces import IFlow
-from sipcore.throttle import LogThrottle
+from sipcore.throttle import LogThrottle, sourceKey
 
 __all__ = [
     "DEFAULT_LOG_INTERVAL",
@@ -210,10 +210,11 @@ class RateLimiter:
         @return: C{True} to process the message; C{False} if it was
             answered with C{503} or dropped.
         """
-        host = flow.remote[0].lower()
-        if host in self.exempt:
+        address = flow.remote[0].lower()
+        if address in self.exempt:
             self.stats["exempt"] += 1
             return True
+        host = sourceKey(address)
         verdict = self.buckets.take(host)
         if verdict is Verdict.ADMIT:
             self.stats["admitted"] += 1
@@ -243,9 +244,10 @@ class RateLimiter:
         authentication costs more than a request, which slows password
         guessing down).
         """
-        host = flow.remote[0].lower()
-        if host in self.exempt:
+        address = flow.remote[0].lower()
+        if address in self.exempt:
             return
+        host = sourceKey(address)
         self.stats["penalized"] += 1
         self.buckets.penalize(host, cost)
 

@@ -33,7 +33,7 @@ from sipcore.events import (
     ConnectionEvent,
 )
 from sipcore.interfaces import IFlow
-from sipcore.throttle import LogThrottle
+from sipcore.throttle import LogThrottle, sourceKey
 
 __all__ = [
     "ConnectionRefused",
@@ -229,7 +229,7 @@ class ConnectionTable:
         self.refused = 0
         self.maxConnections = maxConnections
         self.maxPerSource = maxPerSource
-        self.exempt = frozenset(exempt)
+        self.exempt = frozenset(address.lower() for address in exempt)
         self.refusedByLimit: dict[str, int] = {"total": 0, "perSource": 0}
         self._perSource: dict[str, int] = {}
         self._throttle = LogThrottle(clock, logInterval)
@@ -281,11 +281,11 @@ class ConnectionTable:
         if self.shuttingDown:
             self.refused += 1
             raise ShuttingDown("server is shutting down")
-        source = flow.remote[0]
+        source = sourceKey(flow.remote[0])
         if self.maxConnections and len(self._entries) >= self.maxConnections:
             self._refuseByLimit("total", source, self.maxConnections)
         if (self.maxPerSource and self._perSource.get(source, 0) >= self.maxPerSource
-                and source not in self.exempt):
+                and flow.remote[0].lower() not in self.exempt):
             self._refuseByLimit("perSource", source, self.maxPerSource)
         self._perSource[source] = self._perSource.get(source, 0) + 1
         conid = next(_conids)
@@ -346,11 +346,12 @@ class ConnectionTable:
         entry = self._entries.pop(conid, None)
         if entry is None:
             return False
-        left = self._perSource.get(entry.remote[0], 1) - 1
+        source = sourceKey(entry.remote[0])
+        left = self._perSource.get(source, 1) - 1
         if left > 0:
-            self._perSource[entry.remote[0]] = left
+            self._perSource[source] = left
         else:
-            self._perSource.pop(entry.remote[0], None)
+            self._perSource.pop(source, None)
         if entry.shutdownReason is not None:
             kind = TCP_CLOSED
             reason = entry.shutdownReason
