@@ -325,12 +325,19 @@ class Server:
         return sum(cpuTicks(pid) for pid in self.pids())
 
 
+#: How sipcore is started: twistd, on the bounded epoll reactor
+#: (sipcore.reactor) unless BENCH_REACTOR=default.
+LAUNCH = ("import os, sys\n"
+          "if os.environ.get('BENCH_REACTOR') != 'default':\n"
+          "    import sipcore.reactor; sipcore.reactor.install()\n"
+          "from twisted.scripts.twistd import run; run()\n")
+
+
 def startSipcore(name: str, outDir: str, env: Environment, db: bool,
                  extra: list[str] = (), streamPorts: dict[str, int] | None = None) -> Server | None:
     port = freePort()
     metricsPort = freePort()
-    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=",
+    argv = [sys.executable, "-c", LAUNCH, "-n", "--pidfile=",
             "--logfile", os.path.join(outDir, name + ".log"), "sipcore",
             "--listen", "udp:{}:interface={}".format(port, HOST),
             "--listen", "tcp:{}:interface={}".format(port, HOST),
@@ -455,7 +462,9 @@ def sippStep(server: Server, transport: str, rate: int, seconds: float, runId: s
     successful = int(row.get("SuccessfulCall(C)", 0))
     failed = int(row.get("FailedCall(C)", 0))
     retrans = int(row.get("Retransmissions(C)", 0))
-    elapsed = parseElapsed(row.get("ElapsedTime(C)", "0"))
+    elapsed = epochOf(row.get("CurrentTime", "")) - epochOf(row.get("StartTime", ""))
+    if elapsed <= 0:
+        elapsed = parseElapsed(row.get("ElapsedTime(C)", "0"))
     achieved = successful / elapsed if elapsed > 0 else 0.0
     bad = failed + retrans + (calls - successful - failed)
     passed = (successful == calls and bad <= MAX_BAD_FRACTION * calls
@@ -472,21 +481,48 @@ def readSippStats(path: str) -> dict[str, str]:
     if len(lines) < 2:
         return {}
     header = lines[0].split(";")
-    return dict(zip(header, lines[-1].split(";")))
+    return dict(zip(header, lines[-1].split(";"), strict=False))
+
+
+def epochOf(text: str) -> float:
+    """
+    The POSIX time of one of sipp's time columns (C{date<TAB>time<TAB>epoch}).
+    """
+    try:
+        return float(text.split("\t")[-1])
+    except ValueError:
+        return 0.0
 
 
 def parseElapsed(text: str) -> float:
+    """
+    Seconds of an C{ElapsedTime} column: C{HH:MM:SS} or C{HH:MM:SS:micro}.
+    """
     parts = text.split(":")
     try:
         if len(parts) == 4:
-            h, m, s, ms = (int(p) for p in parts)
-            return h * 3600 + m * 60 + s + ms / 1000
+            h, m, s, micro = (int(p) for p in parts)
+            return h * 3600 + m * 60 + s + micro / 1e6
         if len(parts) == 3:
             h, m, s = parts
             return int(h) * 3600 + int(m) * 60 + float(s)
     except ValueError:
         pass
     return 0.0
+
+
+def quiesce(server: Server, timeout: float = 15.0) -> None:
+    """
+    Wait (at most C{timeout} seconds) until the server is idle again: less
+    than 10% of a core over half a second, e.g. after a failed step left
+    it a backlog of retransmissions.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = server.cpuTicks()
+        time.sleep(0.5)
+        if (server.cpuTicks() - before) / CLK_TCK < 0.05:
+            return
 
 
 def findMaxRate(server: Server, transport: str, quick: bool, outDir: str) -> dict[str, Any]:
@@ -526,7 +562,7 @@ def findMaxRate(server: Server, transport: str, quick: bool, outDir: str) -> dic
                 break
             refinements -= 1
             rate = (low + failedAt) // 2
-        time.sleep(0.5)
+        quiesce(server)
     return {
         "server": server.name,
         "transport": transport,
@@ -584,6 +620,14 @@ def storm(env: Environment, transport: str, count: int, outDir: str) -> dict[str
         deletesBefore = before.get('sipcore_store_statements_total{kind="removeConnections"}', 0)
         lag = before.get('sipcore_reactor_lag_seconds{stat="recent_max"}', 0.0)
         result["lagBeforeDrop"] = lag
+        profiler = None
+        pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        if os.environ.get("BENCH_PROFILE") == "1" and os.path.exists(pyspy):
+            # Where the drop's time goes: a py-spy flame graph of the server.
+            profiler = PROCS.start(name + "-py-spy", [
+                pyspy, "record", "-p", str(server.proc.pid), "-d", "8", "-r", "500",
+                "-f", "raw", "-o", os.path.join(outDir, name + "-drop.txt")], os.path.join(outDir, "py-spy.out"))
+            time.sleep(1.0)
         client.stdin.write("DROP\n")
         client.stdin.flush()
         t0 = time.monotonic()
@@ -617,6 +661,12 @@ def storm(env: Environment, transport: str, count: int, outDir: str) -> dict[str
         )
         readLine(client, "DROPPED", 30)
         PROCS.stop(client)
+        if profiler is not None:
+            try:
+                profiler.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+            PROCS.stop(profiler)
     finally:
         PROCS.stop(server.proc)
     return result
@@ -826,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 PROCS.stop(server.proc)
         if "storm" in parts and "storm" not in env.skipped:
-            for transport in ("tcp", "ws"):
+            for transport in os.environ.get("BENCH_STORM_TRANSPORTS", "tcp,ws").split(","):
                 log("disconnect storm: {} x {}".format(stormCount, transport))
                 outcome = storm(env, transport, stormCount, outDir)
                 log("  {}".format(outcome))

@@ -90,7 +90,7 @@ class Options(usage.Options):
          "it is cancelled and the caller gets 408.", _positiveFloat],
         ["advertise-host", None, "",
          "Host put in Via and Record-Route for listeners bound to the wildcard address "
-         "(default: the alphabetically first --domain)."],
+         "(default: the first --domain given)."],
         # security (docs/security.rst)
         ["auth-file", None, "",
          "Authenticate with the users in this file (user@domain:password or "
@@ -435,28 +435,27 @@ def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: An
                 listeners: list[Any]) -> Any:
     """
     Build the stateful proxy and make it the core's default handler.  A
-    binding whose connection is gone is removed from the store.
+    binding whose connection is gone is removed from the store by its
+    connection (the rows of that dead conid only: a re-registration of the
+    same contact over a new connection keeps its ruid and must survive);
+    the proxy logs a failure.  The advertised host defaults to the first
+    C{--domain} given.
     """
-    from twisted.logger import Logger
-
     from sipcore.sip.proxy import Proxy, ProxyPolicy
 
-    log = Logger(namespace="sipcore.proxy")
+    serverId = options["server-id"]
 
     def staleBinding(binding: Any) -> Any:
-        d = store.remove([binding.ruid])
-        d.addErrback(lambda f: log.error(
-            "could not remove stale binding {ruid}: {error}", ruid=binding.ruid,
-            error=f.getErrorMessage()))
-        return d
+        return store.removeConnections(serverId, [binding.connectionId])
 
+    domains = options["domain"]
     proxy = Proxy(
         core, store, reactor, table, lambda: listeners,
-        serverId=options["server-id"],
+        serverId=serverId,
         policy=ProxyPolicy(
             timerC=options["timer-c"],
             forwardForeign=bool(options["forward-foreign"]),
-            advertiseHost=options["advertise-host"] or None,
+            advertiseHost=options["advertise-host"] or (domains[0] if domains else None),
         ),
         staleBinding=staleBinding,
     )
@@ -590,6 +589,10 @@ def makeService(options: Options) -> Any:
         raise SystemExit(0)
     from twisted.internet import reactor
 
+    # group commit / performance: fewer garbage collector passes.
+    from sipcore.tuning import tuneGarbageCollector
+
+    reactor.callWhenRunning(tuneGarbageCollector)
     try:
         return buildService(options, reactor)
     except HandlerConfigError as e:

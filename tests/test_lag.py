@@ -51,3 +51,70 @@ class LagProbeTests(SynchronousTestCase):
         """
         self.assertIsNone(fromEnvironment(Clock(), {}))
         self.assertIsInstance(fromEnvironment(Clock(), {"SIPCORE_LAG_PROBE": "1"}), LagProbe)
+
+
+class BoundedReactorTests(SynchronousTestCase):
+    """
+    L{sipcore.reactor}: at most C{maxEvents} I/O events per reactor turn.
+    """
+
+    def test_pollCapped(self) -> None:
+        """
+        The capped poller asks the kernel for at most C{cap} events, and
+        passes every other call through.
+        """
+        from sipcore.reactor import _CappedPoller
+
+        asked = []
+
+        class Poller:
+            def poll(self, timeout: float, maxevents: int) -> list[int]:
+                asked.append((timeout, maxevents))
+                return []
+
+            def fileno(self) -> int:
+                return 42
+
+        capped = _CappedPoller(Poller(), 64)
+        capped.poll(1.0, 10000)
+        capped.poll(1.0, 3)
+        capped.poll(-1)
+        self.assertEqual(asked, [(1.0, 64), (1.0, 3), (-1, 64)])
+        self.assertEqual(capped.fileno(), 42)
+
+    def test_reactorRuns(self) -> None:
+        """
+        L{BoundedEPollReactor} is a working epoll reactor: it runs a timer
+        and stops.
+        """
+        from sipcore.reactor import BoundedEPollReactor
+
+        reactor = BoundedEPollReactor(maxEvents=2)
+        ran = []
+        reactor.callLater(0, ran.append, True)
+        reactor.callLater(0, reactor.stop)
+        reactor.run(installSignalHandlers=False)
+        self.assertEqual(ran, [True])
+        self.assertRaises(ValueError, BoundedEPollReactor, 0)
+
+
+class TuningTests(SynchronousTestCase):
+    """
+    L{sipcore.tuning.tuneGarbageCollector}.
+    """
+
+    def test_thresholdsSet(self) -> None:
+        """
+        The collector's thresholds become the ones given; the frozen objects
+        are released again afterwards so other tests see a normal heap.
+        """
+        import gc
+
+        from sipcore.tuning import tuneGarbageCollector
+
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        self.addCleanup(gc.unfreeze)
+        tuneGarbageCollector((5000, 7, 9))
+        self.assertEqual(gc.get_threshold(), (5000, 7, 9))
+        self.assertGreater(gc.get_freeze_count(), 0)

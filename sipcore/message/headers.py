@@ -111,9 +111,20 @@ def canonicalName(name: str) -> str:
     return key
 
 
-#: Cache keys of L{Headers.cached} that are not the name of the header
-#: their value is derived from.
-_CACHE_SOURCES = {"vias": "via", "contacts": "contact"}
+#: The cache keys of L{Headers.cached} known to depend on one header only,
+#: to that header's key: a change to another header keeps them.  Values
+#: cached under any other key are dropped on every change.
+_CACHE_SOURCES = {
+    "vias": "via",
+    "contacts": "contact",
+    "cseq": "cseq",
+    "from": "from",
+    "to": "to",
+    "route": "route",
+    "record-route": "record-route",
+    "max-forwards": "max-forwards",
+    "expires": "expires",
+}
 
 
 def prettyName(name: str) -> str:
@@ -138,9 +149,9 @@ class Headers:
     lines come back unfolded).
 
     Typed values derived from the headers (parsed Via, CSeq, ...) may be
-    cached here with L{cached}, under the (canonical) name of the header
-    they are derived from (or C{"vias"}, C{"contacts"}); a change to a
-    header drops what was cached for it.
+    cached here with L{cached}.  A change to a header drops the values
+    derived from it (the message accessors' keys, see C{_CACHE_SOURCES})
+    and every value cached under another key.
     """
 
     __slots__ = ("_entries", "_cache")
@@ -180,7 +191,7 @@ class Headers:
         cache = self._cache
         if not cache:
             return
-        for cacheKey in [k for k in cache if _CACHE_SOURCES.get(k, k) == key]:
+        for cacheKey in [k for k in cache if _CACHE_SOURCES.get(k, key) == key]:
             del cache[cacheKey]
 
     def first(self, name: str) -> str | None:

@@ -93,6 +93,10 @@ def methodBits(allow: Iterable[str]) -> int | None:
     return mask if seen else None
 
 
+#: The URI parameters compared when matching contacts (RFC 3261 19.1.4).
+_SIGNIFICANT_PARAMS = ("transport", "user", "method", "ttl", "maddr")
+
+
 def contactKey(uri: URI) -> str:
     """
     A comparison key for a Contact URI, after RFC 3261 section 19.1.4:
@@ -100,12 +104,15 @@ def contactKey(uri: URI) -> str:
     C{transport}, C{user}, C{method}, C{ttl} and C{maddr} parameters
     compared when present.
     """
-    significant = ("transport", "user", "method", "ttl", "maddr")
-    params = sorted(
-        (name.lower(), (uri.param(name) or "").lower())
-        for name in significant
-        if uri.hasParam(name)
-    )
+    params: list[tuple[str, str]] = []
+    if uri.params:
+        present = {name.lower() for name, _ in uri.params}
+        escaped = any("%" in name for name in present)
+        params = sorted(
+            (name, (uri.param(name) or "").lower())
+            for name in _SIGNIFICANT_PARAMS
+            if (escaped or name in present) and uri.hasParam(name)
+        )
     return "{}:{}@{}:{}{}".format(
         uri.scheme.lower(), uri.user or "", (uri.host or "").lower(), uri.port or "",
         "".join(";{}={}".format(k, v) for k, v in params),

@@ -1,0 +1,75 @@
+# -*- test-case-name: tests.test_lag -*-
+"""
+An epoll reactor that handles a bounded number of I/O events per turn.
+
+Twisted's epoll reactor asks the kernel for as many ready events as it has
+file descriptors, and handles them all before it runs any timer.  When
+10,000 connections close at once, that is one turn of 10,000
+C{connectionLost} calls: the reactor stalls for a second, and every timer
+(transaction retransmissions, keepalives, the job queues' batches) waits.
+L{BoundedEPollReactor} takes at most L{MAX_EVENTS} events per turn (the
+others stay ready in the kernel, level-triggered, for the next turn), so
+timers run between bursts and the stall is bounded by C{MAX_EVENTS} times
+the cost of one event.
+
+Install it before anything imports the global reactor::
+
+    import sipcore.reactor; sipcore.reactor.install()
+
+(C{bench/run.py} starts twistd that way.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.epollreactor import EPollReactor
+
+__all__ = ["MAX_EVENTS", "BoundedEPollReactor", "install"]
+
+#: Most I/O events handled in one reactor turn.
+MAX_EVENTS = 64
+
+
+class _CappedPoller:
+    """
+    An C{epoll} object whose C{poll} returns at most C{cap} events.
+    """
+
+    def __init__(self, poller: Any, cap: int) -> None:
+        self._poller = poller
+        self._cap = cap
+
+    def poll(self, timeout: float = -1, maxevents: int = -1) -> Any:
+        if maxevents <= 0 or maxevents > self._cap:
+            maxevents = self._cap
+        return self._poller.poll(timeout, maxevents)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._poller, name)
+
+
+class BoundedEPollReactor(EPollReactor):
+    """
+    L{EPollReactor} handling at most C{maxEvents} I/O events per turn.
+    """
+
+    def __init__(self, maxEvents: int = MAX_EVENTS) -> None:
+        if maxEvents < 1:
+            raise ValueError("maxEvents must be at least 1")
+        EPollReactor.__init__(self)
+        self._poller = _CappedPoller(self._poller, maxEvents)  # type: ignore[assignment]
+
+
+def install(maxEvents: int = MAX_EVENTS) -> BoundedEPollReactor:
+    """
+    Install L{BoundedEPollReactor} as the global reactor.
+
+    @raise twisted.internet.error.ReactorAlreadyInstalledError: if a
+        reactor is installed already.
+    """
+    from twisted.internet.main import installReactor
+
+    reactor = BoundedEPollReactor(maxEvents)
+    installReactor(reactor)
+    return reactor

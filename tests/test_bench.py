@@ -1,0 +1,130 @@
+"""
+Tests for the benchmark's own helpers (bench/): what it reads from sipp,
+how it judges a step, the table it writes, and the storm client's
+messages.  The benchmarks themselves are not run here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+if BENCH not in sys.path:
+    sys.path.insert(0, BENCH)
+
+import run  # noqa: E402
+import storm_client  # noqa: E402
+
+from sipcore.message import Request, parseMessage  # noqa: E402
+
+
+class SippStatsTests(SynchronousTestCase):
+    """
+    Reading sipp's statistics file.
+    """
+
+    def test_lastLineByHeader(self) -> None:
+        """
+        The last line of the C{-trace_stat} file is read by column name.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("StartTime;CurrentTime;ElapsedTime(C);SuccessfulCall(C);FailedCall(C);"
+                    "Retransmissions(C);\n")
+            f.write("d\t0\t100.0;d\t0\t101.0;00:00:01;10;0;0;\n")
+            f.write("d\t0\t100.0;d\t0\t108.25;00:00:08;4000;2;3;\n")
+        row = run.readSippStats(path)
+        self.assertEqual(row["SuccessfulCall(C)"], "4000")
+        self.assertEqual(row["Retransmissions(C)"], "3")
+        self.assertEqual(run.epochOf(row["CurrentTime"]) - run.epochOf(row["StartTime"]), 8.25)
+        self.assertEqual(run.parseElapsed(row["ElapsedTime(C)"]), 8.0)
+        self.assertEqual(run.parseElapsed("00:00:08:500000"), 8.5)
+
+    def test_missingFile(self) -> None:
+        """
+        A missing statistics file reads as nothing (the step then fails).
+        """
+        self.assertEqual(run.readSippStats(self.mktemp()), {})
+        self.assertEqual(run.parseElapsed("garbage"), 0.0)
+
+
+class ReportTests(SynchronousTestCase):
+    """
+    Ratios and the markdown table.
+    """
+
+    def results(self) -> dict:
+        rates = [
+            {"server": "sipcore-memory", "transport": "udp", "maxRate": 3000, "cpu": 0.9},
+            {"server": "kamailio-memory", "transport": "udp", "maxRate": 6000, "cpu": 0.5},
+            {"server": "twisted-sip", "transport": "udp", "maxRate": 2000, "cpu": 0.9},
+            {"server": "sipcore-postgres", "transport": "udp", "maxRate": 2000, "cpu": 0.9,
+             "dbCpu": 0.2},
+        ]
+        results = {"quick": False, "rates": rates, "skipped": {"kamailio-db": "not here"},
+                   "storm": [{"transport": "tcp", "registered": 10, "secondsUntilRowsGone": 0.5,
+                              "maxLagSeconds": 0.01, "deletesPer100": 10.0,
+                              "rssPerConnection": 3000}],
+                   "machine": {"date": "2026-01-01T00:00:00+00:00", "cpu": "cpu", "cores": 2,
+                               "memoryGiB": 24, "kernel": "6", "versions": {"sipp": "v3"}}}
+        results["ratios"] = run.summarize(results)
+        return results
+
+    def test_ratios(self) -> None:
+        """
+        Ratios are sipcore's rate over the other's, judged against their
+        targets; a comparison whose other side did not run has none.
+        """
+        ratios = self.results()["ratios"]
+        self.assertEqual(ratios["sipcore-memory / kamailio-memory (udp)"],
+                         {"ratio": 0.5, "target": 0.6, "met": False})
+        self.assertEqual(ratios["sipcore-memory / twisted-sip (udp)"],
+                         {"ratio": 1.5, "target": 1.0, "met": True})
+        self.assertEqual(ratios["sipcore-postgres / kamailio-db (udp)"]["ratio"], None)
+
+    def test_markdown(self) -> None:
+        """
+        The table names every server's rate, the ratios, the storm and what
+        was skipped and why.
+        """
+        text = run.markdown(self.results())
+        self.assertIn("| sipcore-memory | udp | 3000 | 90% | - |", text)
+        self.assertIn("| sipcore-memory / kamailio-memory (udp) | 0.5 | 0.6 | no |", text)
+        self.assertIn("| tcp | 10 | 0.5 | 10.0 | 10.0 | 3000 |", text)
+        self.assertIn("- kamailio-db: not here", text)
+
+
+class StormClientTests(SynchronousTestCase):
+    """
+    The storm client's REGISTER and WebSocket frames.
+    """
+
+    def test_registerParses(self) -> None:
+        """
+        The client's REGISTER is a valid SIP request for its own user, with
+        a Via and Contact of the transport used.
+        """
+        message = parseMessage(storm_client.register("s1x2", "ws", ("127.0.0.1", 5000), 8080))
+        assert isinstance(message, Request)
+        self.assertEqual(message.method, "REGISTER")
+        self.assertEqual(message.toAddr.uri.user, "s1x2")
+        self.assertEqual(message.vias[0].transport, "WS")
+        [contact] = message.contacts
+        self.assertEqual(contact.uri.param("transport"), "ws")
+
+    def test_wsFrameMasked(self) -> None:
+        """
+        A frame is a masked text frame whose payload unmasks to the message
+        (short and 16-bit lengths).
+        """
+        for payload in (b"x" * 10, b"y" * 400):
+            frame = storm_client.wsFrame(payload)
+            self.assertEqual(frame[0], 0x81)
+            self.assertTrue(frame[1] & 0x80)
+            offset = 2 if len(payload) < 126 else 4
+            mask = frame[offset:offset + 4]
+            body = frame[offset + 4:]
+            self.assertEqual(bytes(b ^ mask[i % 4] for i, b in enumerate(body)), payload)
