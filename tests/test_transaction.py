@@ -25,6 +25,7 @@ from sipcore.sip.transaction import (
     OVERLOADED,
     PROCEEDING,
     TERMINATED,
+    TIMER_UNANSWERED,
     TRYING,
     InviteClientTransaction,
     InviteServerTransaction,
@@ -1241,13 +1242,14 @@ class NonInviteServerTransactionTests(_ServerMixin, SynchronousTestCase):
 
     def test_created(self) -> None:
         """
-        A new request creates a transaction in Trying, no timer, nothing
-        sent (no automatic 100 for non-INVITE).
+        A new request creates a transaction in Trying with only the
+        unanswered-request safety timer, nothing sent (no automatic 100 for
+        non-INVITE).
         """
         tx = self.newServer(self.request)
         self.assertIsInstance(tx, NonInviteServerTransaction)
         self.assertEqual(tx.state, TRYING)
-        self.assertEqual(tx.timerNames, [])
+        self.assertEqual(tx.timerNames, [TIMER_UNANSWERED])
         self.clock.advance(10)
         self.assertEqual(self.flow.sent, [])
 
@@ -1950,3 +1952,52 @@ class NoTimerLeakTests(SynchronousTestCase):
             self.assertEqual(server.state, TERMINATED, (transport, method, statuses))
             self.assertEqual(layer.activeTransactions, 0)
             self.assertEqual(clock.getDelayedCalls(), [], (transport, method, statuses))
+
+
+class UnansweredServerTransactionTests(SynchronousTestCase):
+    """
+    A non-INVITE server transaction whose user never answers ends after
+    64*T1, leaving no timer and no table entry behind.
+    """
+
+    def test_endsAfterTimeout(self) -> None:
+        """
+        After 64 s (2*64*T1) without a final response the transaction is
+        gone and the user is told; a provisional response does not keep it
+        alive.
+        """
+        clock = Clock()
+
+        told: list[object] = []
+
+        class User:
+            def unanswered(self, tx: object) -> None:
+                told.append(tx)
+
+        layer = TransactionLayer(clock, User())
+        flow = FakeFlow(clock)
+        found = layer.requestReceived(makeRequest("MESSAGE"), flow)
+        assert found is not None and found is not OVERLOADED
+        tx, isNew = found
+        self.assertTrue(isNew)
+        tx.respond(Response.forRequest(tx.request, 180))
+        clock.advance(63.9)
+        self.assertEqual(layer.serverTransactions, 1)
+        clock.advance(0.2)
+        self.assertEqual(layer.serverTransactions, 0)
+        self.assertEqual(told, [tx])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_answeredStopsTimer(self) -> None:
+        """
+        A final response cancels the safety timer (Timer J takes over).
+        """
+        clock = Clock()
+        layer = TransactionLayer(clock, object())
+        flow = FakeFlow(clock, transport="tcp")
+        found = layer.requestReceived(makeRequest("MESSAGE"), flow)
+        assert found is not None and found is not OVERLOADED
+        tx, _ = found
+        tx.respond(Response.forRequest(tx.request, 200))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(layer.serverTransactions, 0)

@@ -299,6 +299,13 @@ class SIPCore:
         """
         self.stats["ackTimeouts"] += 1
 
+    def unanswered(self, tx: Any) -> None:
+        """
+        A request got no final response within 64*T1: its transaction
+        ended without one (a handler that never answers).
+        """
+        self.stats["unanswered"] += 1
+
     def transportError(self, tx: Any) -> None:
         """
         A response could not be sent: the flow has gone.

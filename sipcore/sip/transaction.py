@@ -123,6 +123,11 @@ TIMER_L = "L"
 TIMER_M = "M"
 #: The INVITE server transaction's 200 ms "send 100 Trying" timer.
 TIMER_TRYING = "100 Trying"
+#: A non-INVITE server transaction whose transaction user never sends a
+#: final response ends after 2*64*T1 (the client gave up at 64*T1, and a
+#: proxy's own 408 after its Timer F still gets through), so a request
+#: nobody answers cannot hold a transaction for ever.
+TIMER_UNANSWERED = "unanswered"
 
 
 class _Marker(enum.Enum):
@@ -840,7 +845,10 @@ class NonInviteServerTransaction(ServerTransaction):
 
     _INITIAL = TRYING
     _TRANSITIONS = {
+        (TRYING, _START): (None, "_startUnanswered"),
         (TRYING, _REQUEST): (None, None),
+        (TRYING, TIMER_UNANSWERED): (TERMINATED, "_unanswered"),
+        (PROCEEDING, TIMER_UNANSWERED): (TERMINATED, "_unanswered"),
         (TRYING, _PROVISIONAL): (PROCEEDING, "_sendResponse"),
         (TRYING, _SUCCESS): (COMPLETED, "_sendResponse"),
         (TRYING, _FAILURE): (COMPLETED, "_sendResponse"),
@@ -851,10 +859,18 @@ class NonInviteServerTransaction(ServerTransaction):
         (COMPLETED, _REQUEST): (None, "_resendLast"),
         (COMPLETED, TIMER_J): (TERMINATED, None),
     }
+    _KEEP = {(TRYING, PROCEEDING): (TIMER_UNANSWERED,)}
 
     def _enter(self, state: str) -> None:
         if state == COMPLETED:
             self._startTimer(TIMER_J, self.timers.j(self.reliable))
+
+    def _startUnanswered(self, arg: Any) -> None:
+        self._startTimer(TIMER_UNANSWERED, 2 * self.timers.timeout)
+
+    def _unanswered(self, arg: Any) -> None:
+        if hasattr(self.tu, "unanswered"):
+            self._notify("unanswered", self)
 
 
 # -- the layer ---------------------------------------------------------------
