@@ -26,8 +26,15 @@ from sipcore.transport.listen import DEFAULT_LISTEN, parseListen
 DEFAULT_HANDLERS: tuple[str, ...] = ("location-cleanup",)
 
 
+#: The location table's integer columns (server_id, expires offsets) are
+#: 32-bit signed.
+_INT32_MAX = 2**31 - 1
+
+
 def _positiveInt(value: str) -> int:
     number = int(value)
+    if number > _INT32_MAX:
+        raise ValueError("must be at most {}".format(_INT32_MAX))
     if number < 0:
         raise ValueError("must not be negative")
     return number
@@ -241,6 +248,8 @@ class Options(usage.Options):
                     "--metrics-listen {!r}: {}".format(self["metrics-listen"], e)) from e
         if self["db-init"] and not self["db"]:
             raise usage.UsageError("--db-init needs --db")
+        if self["max-expires"] > 10 * 365 * 86400:
+            raise usage.UsageError("--max-expires must be at most ten years (315360000)")
         if self["min-expires"] > self["max-expires"]:
             raise usage.UsageError("--min-expires must not exceed --max-expires")
         if not self["domain"]:

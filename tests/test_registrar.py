@@ -397,3 +397,57 @@ class RegistrarTests(SynchronousTestCase):
             contactKey(parseURI("sip:a@host;transport=TCP")),
         )
         self.assertNotEqual(contactKey(parseURI("sip:A@host")), contactKey(parseURI("sip:a@host")))
+
+
+class HostileRegisterTests(RegistrarTests):
+    """
+    Values that parse as SIP but cannot be stored are refused with 400,
+    without a traceback, and nothing is stored.
+    """
+
+    def test_unicodeDigitsRefused(self) -> None:
+        """
+        Superscript digits in C{expires} or C{reg-id} are refused with 400.
+        """
+        for contact in ('<sip:a@192.0.2.1>;expires="\u00b2"',
+                        '<sip:a@192.0.2.1>;+sip.instance="<urn:x>";reg-id="\u00b9"'):
+            response = self.send(register([contact]))
+            assert response is not None
+            self.assertEqual(response.status, 400, contact)
+        self.assertEqual(self.bindings(), [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_oversizedUserRefused(self) -> None:
+        """
+        A user part longer than the table's column is refused with 400.
+        """
+        user = "u" * 65
+        response = self.send(register(["<sip:a@192.0.2.1>"], to="<sip:{}@example.com>".format(
+            user)))
+        assert response is not None
+        self.assertEqual(response.status, 400)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class DroppedRegisterTests(SynchronousTestCase):
+    """
+    A REGISTER that is dropped (its connection closed meanwhile) ends its
+    server transaction.
+    """
+
+    def test_transactionEnded(self) -> None:
+        """
+        The transaction layer holds no transaction for it afterwards.
+        """
+        from sipcore.sip.transaction import TransactionLayer
+
+        clock = Clock()
+        layer = TransactionLayer(clock, object())
+        registrar = Registrar(MemoryLocationStore(clock), clock, isLocalDomain=lambda h: True,
+                              isConnected=lambda conid: False)
+        flow = FakeFlow("tcp", conid=3)
+        found = layer.requestReceived(parseMessage(register(["<sip:a@192.0.2.1>"])), flow)
+        tx, _ = found  # type: ignore[misc]
+        self.successResultOf(registrar(tx))
+        self.assertEqual(flow.sent, [])
+        self.assertEqual(layer.serverTransactions, 0)

@@ -68,6 +68,14 @@ class OptionsTests(SynchronousTestCase):
         """
         self.assertRaises(usage.UsageError, parse, "--handler-option", "nokey")
 
+    def test_outOfRangeNumbers(self) -> None:
+        """
+        A server id the table cannot hold, or an expiry beyond ten years, is
+        a usage error rather than a failure at every REGISTER.
+        """
+        self.assertRaises(usage.UsageError, parse, "--server-id", str(2**31))
+        self.assertRaises(usage.UsageError, parse, "--max-expires", str(10**10))
+
     def test_dbInitNeedsDb(self) -> None:
         """
         C{--db-init} without C{--db} is a usage error.

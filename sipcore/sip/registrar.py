@@ -16,6 +16,7 @@ work in L{PendingWrites} so a cleanup never overtakes it.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,11 +26,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sipcore.interfaces import IFlow, ILocationStore
-from sipcore.location import Binding, StoreUnavailable
+from sipcore.location import Binding, InvalidBinding, StoreUnavailable, checkBinding
 from sipcore.location.binding import UDP_CONNECTION_ID, aorKey
 from sipcore.location.ordering import PendingWrites
 from sipcore.message import URI, Address, Request, Response, SIPParseError, parseURI
 from sipcore.sip.core import ServerTransactionLike
+from sipcore.throttle import LogThrottle
 
 #: Kamailio's request method bits (parser/msg_parser.h), for the C{methods}
 #: column of the location table.
@@ -42,6 +44,9 @@ METHOD_OTHER = 524288
 
 #: Longest User-Agent kept (the column is VARCHAR(255)).
 MAX_USER_AGENT = 255
+
+#: A decimal number as a parameter may hold it (ASCII digits only).
+_DIGITS = re.compile(r"[0-9]{1,10}")
 
 #: Seconds a client is asked to wait while the store is away.
 RETRY_AFTER = 5
@@ -187,6 +192,7 @@ class Registrar:
         self.stats: dict[str, int] = {
             "registered": 0, "unregistered": 0, "refused": 0, "unavailable": 0,
         }
+        self._closedMeanwhile = LogThrottle(clock)
 
     def __call__(self, tx: ServerTransactionLike) -> defer.Deferred[Response | None]:
         """
@@ -207,6 +213,11 @@ class Registrar:
             response = Response.forRequest(request, e.status, e.reason)
             for name, value in e.headers:
                 response.headers.add(name, value)
+        except InvalidBinding as e:
+            # A value the location table cannot hold exactly (too long, out
+            # of range): the client's fault, refused without a traceback.
+            self.stats["refused"] += 1
+            response = Response.forRequest(request, 400, "Unstorable value: " + str(e)[:100])
         except StoreUnavailable:
             self.stats["unavailable"] += 1
             response = Response.forRequest(request, 503, "Service Unavailable")
@@ -215,6 +226,11 @@ class Registrar:
             self._log.failure("REGISTER processing failed")
             response = Response.forRequest(request, 500, "Server Internal Error")
         if response is None:
+            # Nobody to answer: end the transaction now rather than leave it
+            # waiting for a response that will never come.
+            terminate = getattr(tx, "terminate", None)
+            if terminate is not None:
+                terminate()
             return None
         tx.respond(response)
         return response
@@ -257,8 +273,9 @@ class Registrar:
             if existing:
                 await self.store.remove([b.ruid for b in existing])
             self.stats["unregistered"] += 1
-            self._log.info("removed all {count} bindings of {aor}", count=len(existing),
-                           aor=aor)
+            if existing:
+                self._log.info("removed all {count} bindings of {aor}", count=len(existing),
+                               aor=aor)
             return self._ok(request, [], now)
 
         byKey = {self._bindingKey(b): b for b in existing}
@@ -314,9 +331,15 @@ class Registrar:
             # The connection closed while this REGISTER waited for the store:
             # a binding to it could never be reached, and its cleanup may
             # already have run.  Write nothing and answer nobody.
-            self._log.info("dropped REGISTER for {aor}: connection {conid} closed meanwhile",
-                           aor=aor, conid=conid)
+            suppressed = self._closedMeanwhile.hit("closed meanwhile")
+            if suppressed is not None:
+                self._log.info(
+                    "dropped REGISTER for {aor}: connection {conid} closed meanwhile "
+                    "({suppressed} more since the last report)",
+                    aor=aor, conid=conid, suppressed=suppressed)
             return None
+        for binding in toSave:
+            checkBinding(binding)
         if toRemove:
             await self.store.remove(toRemove)
         if toSave:
@@ -345,8 +368,7 @@ class Registrar:
         policy = self.policy
         raw = contact.param("expires")
         if raw is not None:
-            raw = raw.strip()
-            if not raw.isdigit():
+            if _DIGITS.fullmatch(raw.strip()) is None:
                 raise RegistrationRefused(400, "Invalid Contact expires parameter")
             expires = int(raw)
         elif headerExpires is not None:
@@ -377,7 +399,7 @@ class Registrar:
         if raw is None:
             return 0
         raw = raw.strip()
-        if not raw.isdigit() or not 1 <= int(raw) <= 2**31 - 1:
+        if _DIGITS.fullmatch(raw) is None or not 1 <= int(raw) <= 2**31 - 1:
             raise RegistrationRefused(400, "Invalid Contact reg-id parameter")
         return int(raw)
 
@@ -387,12 +409,11 @@ class Registrar:
         return "contact:" + contactKey(uri)
 
     def _bindingKey(self, binding: Binding) -> str:
-        if binding.instance and binding.regId:
-            return "instance:{}:{}".format(binding.instance, binding.regId)
         try:
-            return "contact:" + contactKey(parseURI(binding.contact))
+            uri = parseURI(binding.contact)
         except SIPParseError:
             return "contact:" + binding.contact
+        return self._key(uri, binding.instance, binding.regId)
 
     def _ok(self, request: Request, bindings: list[Binding], now: float,
             path: str | None = None, outbound: bool = False) -> Response:
