@@ -122,6 +122,15 @@ class IEventBus(Interface):
             done (or timed out); it never fails.  Transports never wait on it.
         """
 
+    def drain():
+        """
+        Wait for every handler invocation in flight or queued (used at
+        shutdown).
+
+        @return: a L{Deferred} that fires with C{None} when none is left; it
+            never fails.
+        """
+
 
 class IHandlerContext(Interface):
     """
