@@ -13,113 +13,16 @@ tests skip, unless C{SIPCORE_REQUIRE_PEERS=1} (as C{.ci/run} sets).
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import shutil
 from typing import Any
 
 from psycopg2 import sql
-from twisted.internet import defer, protocol, reactor
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
 
 from tests.dbhelpers import createTestSchema
+from tests.peerhelpers import NodeScript, nodePath, startNode
 from tests.serverhelpers import startServer, waitUntil
-from tests.test_peers_sipp import peersRequired
-
-PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers")
-SCRIPT = os.path.join(PEERS, "calls.mjs")
-
-#: Seconds the script may run (it stops itself after 40).
-SCRIPT_TIMEOUT = 60.0
-
-
-def nodePath() -> str:
-    """
-    @return: the node executable, with SIP.js and ws installed.
-    @raise SkipTest: when either is missing (and peers are not required).
-    """
-    node = shutil.which("node")
-    problem = None
-    if node is None:
-        problem = "Node.js is not installed"
-    else:
-        for package in ("sip.js", "ws"):
-            if not os.path.isdir(os.path.join(PEERS, "node_modules", package)):
-                problem = "npm package {} is missing (run: npm ci --prefix tests/peers)".format(
-                    package)
-    if problem is not None:
-        if peersRequired():
-            raise AssertionError(problem + " and SIPCORE_REQUIRE_PEERS=1")
-        raise SkipTest(problem)
-    assert node is not None
-    return node
-
-
-class NodeScript(protocol.ProcessProtocol):
-    """
-    The running script: the JSON events it printed, a Deferred per event
-    name, and its exit code.
-    """
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.stderr = bytearray()
-        self._buffer = b""
-        self._waiting: dict[str, list[defer.Deferred[dict[str, Any]]]] = {}
-        self.ended: defer.Deferred[int] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "unparsed", "line": line.decode("utf-8", "replace")}
-            self.events.append(event)
-            for d in self._waiting.pop(event.get("event"), []):
-                d.callback(event)
-
-    def errReceived(self, data: bytes) -> None:
-        if len(self.stderr) < 100000:
-            self.stderr += data
-
-    def processEnded(self, reason: Any) -> None:
-        code = getattr(reason.value, "exitCode", None)
-        for waiters in self._waiting.values():
-            for d in waiters:
-                d.errback(AssertionError("script ended first: " + self.describe()))
-        self._waiting = {}
-        self.ended.callback(-1 if code is None else code)
-
-    def event(self, name: str) -> defer.Deferred[dict[str, Any]]:
-        """
-        A Deferred firing with the first event called C{name}.
-        """
-        for event in self.events:
-            if event.get("event") == name:
-                return defer.succeed(event)
-        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
-        self._waiting.setdefault(name, []).append(d)
-        return d
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [event for event in self.events if event.get("event") == name]
-
-    def describe(self) -> str:
-        return "events: {}\nstderr: {}".format(
-            json.dumps(self.events, indent=1)[-6000:],
-            self.stderr.decode("utf-8", "replace")[-3000:])
-
-    def kill(self) -> None:
-        if not self.ended.called:
-            try:
-                self.transport.signalProcess("KILL")
-            except Exception:
-                pass
 
 
 class WebSocketCallsMixin:
@@ -142,27 +45,20 @@ class WebSocketCallsMixin:
         """
         Run the script against a new server; return once it ended.
         """
-        node = nodePath()
+        nodePath()
         service = await self.server(*serverArgs)
         self.addCleanup(service.proxy.stop)  # type: ignore[attr-defined]
         alice = "alice" + secrets.token_hex(3)
         bob = "bob" + secrets.token_hex(3)
-        script = NodeScript()
-        args = [node, SCRIPT, "ws://127.0.0.1:{}".format(service.ports["ws"]), "example.com",
-                alice, bob]
-        reactor.spawnProcess(script, node, args, env=dict(os.environ), path=PEERS)
-        self.addCleanup(script.kill)  # type: ignore[attr-defined]
-        timer = reactor.callLater(SCRIPT_TIMEOUT, script.kill)
-        try:
-            await script.event("dropped")
-            # Let the server see the socket go before the last call.
-            await waitUntil(lambda: len(service.table) == 1, timeout=20,
-                            what="server to notice the dropped socket")
-            script.transport.write(b"go\n")
-            code = await script.ended
-        finally:
-            if timer.active():
-                timer.cancel()
+        script = startNode(self, "calls.mjs",  # type: ignore[arg-type]
+                           "ws://127.0.0.1:{}".format(service.ports["ws"]), "example.com",
+                           alice, bob)
+        await script.event("dropped")
+        # Let the server see the socket go before the last call.
+        await waitUntil(lambda: len(service.table) == 1, timeout=20,
+                        what="server to notice the dropped socket")
+        script.send("go")
+        code = await script.ended
         self.assertEqual(code, 0, script.describe())  # type: ignore[attr-defined]
         return service, script, bob
 

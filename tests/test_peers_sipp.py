@@ -11,94 +11,13 @@ sipp is a failure.
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
-import socket
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
-from tests.serverhelpers import startServer, waitUntil
-
-SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers", "sipp")
-
-#: Seconds one sipp run may take before sipp gives up (and fails).
-SIPP_TIMEOUT = 20
-
-#: Seconds the test waits for a sipp process beyond its own timeout.
-GRACE = 10.0
-
-
-def peersRequired() -> bool:
-    """
-    @return: whether a missing peer tool fails the tests
-        (C{SIPCORE_REQUIRE_PEERS=1}) instead of skipping them.
-    """
-    return os.environ.get("SIPCORE_REQUIRE_PEERS") == "1"
-
-
-def sippPath() -> str:
-    """
-    @return: the sipp executable.
-    @raise SkipTest: when sipp is not installed (and not required).
-    """
-    path = shutil.which("sipp")
-    if path is None:
-        message = "sipp is not installed (apt-get install sip-tester)"
-        if peersRequired():
-            raise AssertionError(message + " and SIPCORE_REQUIRE_PEERS=1")
-        raise SkipTest(message)
-    return path
-
-
-def freePort(kind: int) -> int:
-    """
-    A port on 127.0.0.1 that is free now (for sipp's C{-p}).
-    """
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class SippProcess(protocol.ProcessProtocol):
-    """
-    One sipp run: its output, and a Deferred firing with its exit code.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.output = bytearray()
-        self.ended: defer.Deferred[int] = defer.Deferred()
-        self.pid: int | None = None
-
-    def connectionMade(self) -> None:
-        self.pid = self.transport.pid
-        self.transport.closeStdin()
-
-    def outReceived(self, data: bytes) -> None:
-        if len(self.output) < 200000:
-            self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        code = getattr(reason.value, "exitCode", None)
-        self.ended.callback(-1 if code is None else code)
-
-    def kill(self) -> None:
-        """
-        Kill the process by its pid if it still runs.
-        """
-        if not self.ended.called:
-            try:
-                self.transport.signalProcess("KILL")
-            except Exception:
-                pass
-
-    def text(self) -> str:
-        return self.output.decode("utf-8", "replace")[-4000:]
+from tests.peerhelpers import sippFinished, startSipp, waitRegistered
+from tests.serverhelpers import startServer
 
 
 class SippCallTests(TestCase):
@@ -113,46 +32,6 @@ class SippCallTests(TestCase):
         self.addCleanup(service.proxy.stop)
         return service
 
-    def sipp(self, scenario: str, transport: str, proxyPort: int, user: str,
-             callId: str) -> SippProcess:
-        """
-        Start sipp with C{scenario} against the proxy; it is killed at
-        cleanup if it still runs.
-        """
-        kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-        port = freePort(kind)
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
-        args = [
-            sippPath(), "127.0.0.1:{}".format(proxyPort),
-            "-sf", os.path.join(SCENARIOS, scenario),
-            "-t", "u1" if transport == "udp" else "t1",
-            "-i", "127.0.0.1", "-p", str(port),
-            "-s", user, "-cid_str", callId + "-%u",
-            "-m", "1", "-l", "1",
-            "-timeout", "{}s".format(SIPP_TIMEOUT), "-timeout_error",
-            "-nostdin", "-max_retrans", "5",
-            "-trace_err", "-error_file", os.path.join(workdir, "errors.log"),
-        ]
-        process = SippProcess(scenario)
-        reactor.spawnProcess(process, args[0], args, env=dict(os.environ), path=workdir)
-        self.addCleanup(process.kill)
-        return process
-
-    async def finished(self, process: SippProcess) -> int:
-        timer = reactor.callLater(SIPP_TIMEOUT + GRACE, process.kill)
-        try:
-            return await process.ended
-        finally:
-            if timer.active():
-                timer.cancel()
-
-    async def registered(self, service: Any, aor: str) -> None:
-        async def bound() -> bool:
-            return bool(await service.store.lookup(aor, reactor.seconds()))
-
-        await waitUntil(bound, timeout=SIPP_TIMEOUT, what="registration of " + aor)
-
     async def call(self, transport: str, uas: str, uac: str) -> Any:
         """
         Register a sipp callee, run a sipp caller against it, and check
@@ -162,11 +41,11 @@ class SippCallTests(TestCase):
         port = service.ports[transport]
         user = "bob" + secrets.token_hex(3)
         callId = "sipcore-" + secrets.token_hex(8)
-        callee = self.sipp(uas, transport, port, user, callId)
-        await self.registered(service, user + "@example.com")
-        caller = self.sipp(uac, transport, port, user, callId)
-        callerCode = await self.finished(caller)
-        calleeCode = await self.finished(callee)
+        callee = startSipp(self, uas, transport, port, user, callId)
+        await waitRegistered(service, user + "@example.com")
+        caller = startSipp(self, uac, transport, port, user, callId)
+        callerCode = await sippFinished(caller)
+        calleeCode = await sippFinished(callee)
         self.assertEqual(
             (callerCode, calleeCode), (0, 0),
             "sipp caller:\n{}\nsipp callee:\n{}".format(caller.text(), callee.text()))

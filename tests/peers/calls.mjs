@@ -15,106 +15,14 @@
 // exits 0 when it ran to the end, 1 on any error or after DEADLINE_MS.
 
 import * as readline from "node:readline";
-import WebSocket from "ws";
-import {
-  Inviter,
-  Messager,
-  Registerer,
-  SessionState,
-  UserAgent,
-} from "sip.js";
+import { Inviter, Messager, SessionState, UserAgent } from "sip.js";
 
-// SIP.js's WebSocket transport uses the global WebSocket, which Node 20
-// does not have.
-globalThis.WebSocket = WebSocket;
+import { emit, fail, makeAgent, register, startDeadline, waitFor } from "./agents.mjs";
 
 const DEADLINE_MS = 40000;
 const [wsUrl, domain, aliceName, bobName] = process.argv.slice(2);
 
-function emit(event, fields = {}) {
-  process.stdout.write(JSON.stringify({ event, ...fields }) + "\n");
-}
-
-const deadline = setTimeout(() => {
-  emit("error", { message: "deadline passed" });
-  process.exit(1);
-}, DEADLINE_MS);
-
-const SDP = [
-  "v=0",
-  "o=- 1 1 IN IP4 127.0.0.1",
-  "s=-",
-  "c=IN IP4 127.0.0.1",
-  "t=0 0",
-  "m=audio 9 RTP/AVP 0",
-  "a=inactive",
-  "",
-].join("\r\n");
-
-// A session description handler without WebRTC: it offers and answers a
-// fixed inactive audio stream and accepts any remote description.
-class FakeSessionDescriptionHandler {
-  constructor() {
-    this.remote = undefined;
-  }
-  getDescription() {
-    return Promise.resolve({ body: SDP, contentType: "application/sdp" });
-  }
-  hasDescription(contentType) {
-    return contentType === "application/sdp";
-  }
-  setDescription(sdp) {
-    this.remote = sdp;
-    return Promise.resolve();
-  }
-  rollbackDescription() {
-    return Promise.resolve();
-  }
-  sendDtmf() {
-    return false;
-  }
-  close() {}
-}
-
-function makeAgent(name, delegate) {
-  return new UserAgent({
-    uri: UserAgent.makeURI(`sip:${name}@${domain}`),
-    transportOptions: { server: wsUrl },
-    sessionDescriptionHandlerFactory: () => new FakeSessionDescriptionHandler(),
-    logLevel: "error",
-    logBuiltinEnabled: false,
-    delegate,
-  });
-}
-
-function waitFor(emitter, wanted) {
-  return new Promise((resolve) => {
-    const listener = (state) => {
-      if (state === wanted) {
-        emitter.removeListener(listener);
-        resolve(state);
-      }
-    };
-    emitter.addListener(listener);
-  });
-}
-
-async function register(agent, name) {
-  await agent.start();
-  const registerer = new Registerer(agent, { expires: 300 });
-  const status = await new Promise((resolve, reject) => {
-    registerer
-      .register({
-        requestDelegate: {
-          onAccept: (response) => resolve(response.message.statusCode),
-          onReject: (response) => resolve(response.message.statusCode),
-        },
-      })
-      .catch(reject);
-  });
-  emit("registered", { user: name, status });
-  return registerer;
-}
+const deadline = startDeadline(DEADLINE_MS);
 
 // Resolves with the final status of an INVITE that bob cannot take.
 function callUnreachable(alice, target) {
@@ -142,8 +50,8 @@ async function main() {
     byeResolve = resolve;
   });
 
-  const alice = makeAgent(aliceName, {});
-  const bob = makeAgent(bobName, {
+  const alice = makeAgent(wsUrl, domain, aliceName, {});
+  const bob = makeAgent(wsUrl, domain, bobName, {
     onMessage(message) {
       const body = message.request.body;
       message.accept();
@@ -233,7 +141,4 @@ async function main() {
   process.exit(0);
 }
 
-main().catch((error) => {
-  emit("error", { message: String(error && error.stack ? error.stack : error) });
-  process.exit(1);
-});
+main().catch(fail);
