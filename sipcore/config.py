@@ -242,6 +242,7 @@ def applyConfig(options: usage.Options, config: ConfigFile, argv: Sequence[str])
     if fileHandlerOptions and not isinstance(byHandler, dict):
         raise config.error(MAIN_SECTION, None, "this sipcore takes no handler options")
     for _section, handler, optionKey, value in fileHandlerOptions:
+        assert isinstance(byHandler, dict)
         # The command line's value for the same handler and key wins.
         byHandler.setdefault(handler, {}).setdefault(optionKey, value)
 

@@ -49,6 +49,7 @@ class SIPCoreService(Service):
     startTime = 0.0
     metricsService: Any = None
     proxy: Any = None
+    lagProbe: Any = None
 
     _log = Logger()
 

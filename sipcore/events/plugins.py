@@ -211,7 +211,7 @@ def discoverHandlers(package: types.ModuleType | None = None) -> FoundHandlers:
     # nothing else of ours.
     from twisted.logger import globalLogPublisher
 
-    globalLogPublisher.addObserver(observe)
+    globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
     try:
         found = list(getPlugins(IEventHandler, package))
     except Exception as e:
@@ -221,20 +221,20 @@ def discoverHandlers(package: types.ModuleType | None = None) -> FoundHandlers:
             )
         ) from e
     finally:
-        globalLogPublisher.removeObserver(observe)
+        globalLogPublisher.removeObserver(observe)  # type: ignore[arg-type]
 
     problems: list[PluginProblem] = []
     files = _moduleFiles(package) if failures else {}
     seenModules: set[str] = set()
     for failure in failures:
         module = _failedModule(failure, files)
-        where = module if module is not None else "a plugin module in " + package.__name__
-        if where in seenModules:
+        place = module if module is not None else "a plugin module in " + package.__name__
+        if place in seenModules:
             continue
-        seenModules.add(where)
+        seenModules.add(place)
         problems.append(
             PluginProblem(
-                where,
+                place,
                 "failed to load: {}: {}".format(
                     failure.type.__name__ if failure.type else "?", failure.getErrorMessage()
                 ),

@@ -361,7 +361,7 @@ class SIPCore:
         """
         d: defer.Deferred[bool] = defer.succeed(True)
         for guard in self._guards:
-            d.addCallback(lambda go, guard=guard: go and guard(tx))
+            d.addCallback(lambda go, guard=guard: go and guard(tx))  # type: ignore[call-overload]
 
         def done(go: bool) -> None:
             if go:

@@ -463,8 +463,8 @@ class _Addresses:
     @classmethod
     def of(cls, listeners: tuple[Any, ...],
            entries: list[tuple[str, str, str, int, Any]]) -> _Addresses:
-        hosts = set()
-        pairs = set()
+        hosts: set[str] = set()
+        pairs: set[tuple[str, int]] = set()
         for _, bound, advertised, port, _ in entries:
             hosts.update((bound, advertised))
             pairs.update(((bound, port), (advertised, port)))

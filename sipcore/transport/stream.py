@@ -78,7 +78,7 @@ def classifyLoss(reason: Failure, closedByServer: bool) -> tuple[str, str]:
     error = reason.value
     if isinstance(error, ConnectionDone):
         return TCP_CLOSED, ("closed by server" if closedByServer else "closed by peer")
-    if _isTLSError(error):
+    if error is not None and _isTLSError(error):
         return TCP_RESET, "TLS error: {}".format(reason.getErrorMessage())
     if isinstance(error, ConnectionAborted):
         return TCP_RESET, "aborted by server"
@@ -216,7 +216,7 @@ class SIPStreamFactory(ServerFactory):
     @ivar transportName: C{'tcp'} or C{'tls'}.
     """
 
-    protocol = SIPStreamProtocol
+    protocol = SIPStreamProtocol  # type: ignore[assignment]
     # The listener logs one line when it listens; Twisted's own
     # start/stop lines would repeat it.
     noisy = False

@@ -116,11 +116,12 @@ class SIPDatagramProtocol(DatagramProtocol):
         self._local: tuple[str, int] = ("", 0)
 
     def startProtocol(self) -> None:
+        assert self.transport is not None
         self._local = addressOf(self.transport.getHost())
         if not self.receiveBuffer:
             return
         try:
-            handle = self.transport.getHandle()
+            handle = self.transport.getHandle()  # type: ignore[attr-defined]
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receiveBuffer)
         except (AttributeError, OSError) as e:
             self._log.info(

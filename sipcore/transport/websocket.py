@@ -108,7 +108,7 @@ class _ReactorTimer:
         return _ReactorCall(self._clock.callLater(delay, func, *args, **kwargs))
 
 
-class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):
+class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: ignore[misc]
     """
     One WS or WSS connection carrying SIP.
 
@@ -190,7 +190,8 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):
         if self._refused or self.sipFlow is None:
             return
         self._wsOpen = True
-        self.factory.table.websocketOpened(self.sipFlow.conid)
+        if self.sipFlow.conid is not None:
+            self.factory.table.websocketOpened(self.sipFlow.conid)
 
     def onMessageFrameBegin(self, length: int) -> None:
         total = self.message_data_total_length + length
@@ -212,7 +213,8 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):
     def onAutoPingTimeout(self) -> None:
         self._setClose(
             TCP_TIMEOUT,
-            "websocket ping timeout (no pong within {:g}s)".format(self.autoPingTimeout),
+            "websocket ping timeout (no pong within {:g}s)".format(
+                self.autoPingTimeout),  # type: ignore[attr-defined]
         )
         self._closedByServer = True
         super().onAutoPingTimeout()
@@ -361,7 +363,7 @@ class SIPWebSocketFactory(WebSocketServerFactory):
     @ivar transportName: C{'ws'} or C{'wss'}.
     """
 
-    protocol = SIPWebSocketProtocol
+    protocol = SIPWebSocketProtocol  # type: ignore[assignment]
     # The listener logs one line when it listens; Twisted's own
     # start/stop lines would repeat it.
     noisy = False
@@ -438,7 +440,8 @@ class SIPWebSocketFactory(WebSocketServerFactory):
         if messageTimeout < 0:
             raise ValueError("messageTimeout must not be negative")
         self.messageTimeout = messageTimeout
-        self.allowedOrigins = None if allowedOrigins is None else list(allowedOrigins)
+        origins = None if allowedOrigins is None else list(allowedOrigins)
+        self.allowedOrigins = origins  # type: ignore[assignment]
         self._originPatterns = (
             None if allowedOrigins is None
             else wildcards2patterns([o.lower().rstrip("/") for o in allowedOrigins]))
