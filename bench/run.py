@@ -334,12 +334,19 @@ LAUNCH = ("import os, sys\n"
 
 
 def startSipcore(name: str, outDir: str, env: Environment, db: bool,
-                 extra: list[str] = (), streamPorts: dict[str, int] | None = None) -> Server | None:
+                 extra: list[str] = (), streamPorts: dict[str, int] | None = None,
+                 workers: int = 0) -> Server | None:
     port = freePort()
     metricsPort = freePort()
-    argv = [sys.executable, "-c", LAUNCH, "-n", "--pidfile=",
-            "--logfile", os.path.join(outDir, name + ".log"), "sipcore",
-            "--listen", "udp:{}:interface={}".format(port, HOST),
+    if workers:
+        # sipcore.workers: N processes sharing the sockets (SO_REUSEPORT is
+        # not needed: the supervisor binds once, the workers adopt).
+        argv = [sys.executable, "-m", "sipcore.workers", "--workers", str(workers),
+                "--logfile", os.path.join(outDir, name + ".log"), "--"]
+    else:
+        argv = [sys.executable, "-c", LAUNCH, "-n", "--pidfile=",
+                "--logfile", os.path.join(outDir, name + ".log"), "sipcore"]
+    argv += ["--listen", "udp:{}:interface={}".format(port, HOST),
             "--listen", "tcp:{}:interface={}".format(port, HOST),
             "--domain", HOST, "--max-transactions", "0", "--rate-limit", "0",
             "--max-connections", "0", "--max-connections-per-source", "0",
@@ -351,9 +358,10 @@ def startSipcore(name: str, outDir: str, env: Environment, db: bool,
         argv += ["--db", env.dsn]
     argv += list(extra)
     envVars = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   SIPCORE_LAG_PROBE="1")
+                   SIPCORE_LAG_PROBE="1", SIPCORE_WORKERS_MEMORY="1")
     proc = PROCS.start(name, argv, os.path.join(outDir, name + ".out"), env=envVars, cwd=ROOT)
-    server = Server(name, proc, port, ("udp", "tcp"), usesDatabase=db, metricsPort=metricsPort)
+    server = Server(name, proc, port, ("udp", "tcp"), usesDatabase=db, metricsPort=metricsPort,
+                    includeChildren=bool(workers))
     if not waitFor(lambda: proc.poll() is not None or udpAnswers(port), 30):
         PROCS.stop(proc)
         return None
@@ -748,6 +756,18 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "sipcore-postgres / kamailio-db (tcp)": (
             ratio(rates.get(("sipcore-postgres", "tcp")), rates.get(("kamailio-db", "tcp"))),
             1.0),
+        "sipcore-memory-2w / kamailio-memory (udp)": (
+            ratio(rates.get(("sipcore-memory-2w", "udp")), rates.get(("kamailio-memory", "udp"))),
+            0.6),
+        "sipcore-memory-2w / twisted-sip (udp)": (
+            ratio(rates.get(("sipcore-memory-2w", "udp")), rates.get(("twisted-sip", "udp"))),
+            1.0),
+        "sipcore-postgres-2w / kamailio-db (udp)": (
+            ratio(rates.get(("sipcore-postgres-2w", "udp")), rates.get(("kamailio-db", "udp"))),
+            1.0),
+        "sipcore-postgres-2w / kamailio-db (tcp)": (
+            ratio(rates.get(("sipcore-postgres-2w", "tcp")), rates.get(("kamailio-db", "tcp"))),
+            1.0),
     }
     return {name: {"ratio": value, "target": target,
                    "met": None if value is None else value >= target}
@@ -803,7 +823,15 @@ def markdown(results: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------
 
 
-SERVERS = ("sipcore-memory", "sipcore-postgres", "kamailio-memory", "kamailio-db", "twisted-sip")
+SERVERS = ("sipcore-memory", "sipcore-memory-2w", "sipcore-postgres", "sipcore-postgres-2w",
+           "kamailio-memory", "kamailio-db", "twisted-sip")
+
+#: What the quick (smoke) run covers: each kind of server and the storm,
+#: once.
+QUICK_PARTS = ("sipcore-memory", "sipcore-postgres-2w", "kamailio-db", "twisted-sip", "storm")
+
+#: Workers of the multi-process variants (sipcore.workers).
+WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -821,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.path.join(BENCH, "results"))
     args = parser.parse_args(argv)
     quick = args.quick
-    parts = set(args.only or SERVERS + ("storm",))
+    parts = set(args.only or (QUICK_PARTS if quick else SERVERS + ("storm",)))
     transports = (args.transports or ("udp" if quick else "udp,tcp")).split(",")
     stormCount = args.storm if args.storm is not None else (300 if quick else 10000)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -843,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "(Debian package kamailio-postgres-modules)")
     haveDb = prepareDatabase(env)
     if not haveDb:
-        for name in ("sipcore-postgres", "kamailio-db", "storm"):
+        for name in ("sipcore-postgres", "sipcore-postgres-2w", "kamailio-db", "storm"):
             env.skipped[name] = env.skipped["postgresql"]
 
     results: dict[str, Any] = {"quick": quick, "rates": [], "storm": [], "skipped": {}}
@@ -858,6 +886,10 @@ def main(argv: list[str] | None = None) -> int:
                 server = startSipcore(name, outDir, env, db=False)
             elif name == "sipcore-postgres":
                 server = startSipcore(name, outDir, env, db=True)
+            elif name == "sipcore-memory-2w":
+                server = startSipcore(name, outDir, env, db=False, workers=WORKERS)
+            elif name == "sipcore-postgres-2w":
+                server = startSipcore(name, outDir, env, db=True, workers=WORKERS)
             elif name == "kamailio-memory":
                 server = startKamailio(name, outDir, env, db=False)
             elif name == "kamailio-db":

@@ -20,7 +20,7 @@ __all__ = ["GC_THRESHOLD", "tuneGarbageCollector"]
 
 #: Young-generation allocations between collections, and how many young
 #: (middle) collections before a middle (full) one.
-GC_THRESHOLD = (20000, 20, 100)
+GC_THRESHOLD = (50000, 50, 100)
 
 
 def tuneGarbageCollector(threshold: tuple[int, int, int] = GC_THRESHOLD) -> None:

@@ -118,3 +118,24 @@ class TuningTests(SynchronousTestCase):
         tuneGarbageCollector((5000, 7, 9))
         self.assertEqual(gc.get_threshold(), (5000, 7, 9))
         self.assertGreater(gc.get_freeze_count(), 0)
+
+
+class BoundedUDPTests(SynchronousTestCase):
+    """
+    L{sipcore.reactor.BoundedEPollReactor} bounds the datagrams a UDP port
+    reads per turn.
+    """
+
+    def test_listenUDPBounded(self) -> None:
+        """
+        A UDP port opened on the reactor reads at most C{maxUDPBytes} per
+        turn.
+        """
+        from twisted.internet.protocol import DatagramProtocol
+
+        from sipcore.reactor import BoundedEPollReactor
+
+        reactor = BoundedEPollReactor(maxUDPBytes=1000)
+        port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertEqual(port.maxThroughput, 1000)

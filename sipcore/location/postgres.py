@@ -7,6 +7,9 @@ Every method sends one parameterized statement on one pooled connection:
 
   - C{lookup}: C{SELECT ... FROM location WHERE username = %s AND domain =
     %s AND expires > ... ORDER BY q DESC, last_modified DESC, ruid}
+  - C{lookupMany} (several addresses of record, for group commit):
+    C{SELECT ... WHERE (username, domain) IN (SELECT * FROM
+    unnest(%s::text[], %s::text[])) AND expires > ...}
   - C{save}: one multi-row C{INSERT ... ON CONFLICT (ruid) DO UPDATE}
     (atomic: the statement is its own transaction)
   - C{remove}: C{DELETE ... WHERE ruid = ANY(%s)}

@@ -1,0 +1,284 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+Several sipcore processes serving the same ports.
+
+One Python process runs one reactor on one core.  This module starts
+C{--workers N} sipcore processes that share the listening sockets, the way
+Kamailio's children share its UDP socket: the supervisor binds every UDP,
+TCP and WS listening socket once, and each worker adopts the same sockets
+(C{adoptDatagramPort}, C{adoptStreamPort}).  The kernel hands each datagram
+to whichever worker reads first, and each new connection to whichever
+worker accepts it; a connection then stays with that worker.
+
+Usage::
+
+    python -m sipcore.workers --workers 2 [--logfile PATH] -- \\
+        --db "host=127.0.0.1 dbname=sip" --listen udp:5060 --listen tcp:5060 ...
+
+The options after C{--} are C{twistd sipcore}'s.  Worker C{i} runs with
+C{--server-id} I{base + i} (I{base} is the C{--server-id} given, default 0),
+so each worker's connection-bound bindings are its own (its location
+cleanup and its start-up purge touch only its rows).  Only worker 0 keeps
+C{--metrics-listen}.  Each worker logs to C{PATH.<i>} (or to standard
+output).  The supervisor forwards SIGTERM and SIGINT to every worker, and
+stops all of them when one exits.
+
+Limits:
+  - the location store must be shared: workers need C{--db}.  With the
+    in-memory store each worker would see only its own registrations
+    (C{SIPCORE_WORKERS_MEMORY=1} allows it anyway, for benchmarks only);
+  - TLS and WSS listeners are refused (each worker would need the socket
+    and its own TLS context; not done yet);
+  - workers run on L{sipcore.reactor.BoundedEPollReactor}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["SharedSockets", "bindShared", "main", "workerArguments"]
+
+#: The environment variable that passes the shared sockets to a worker:
+#: C{transport:interface:port:fd} entries separated by commas.
+ENV = "SIPCORE_WORKER_SOCKETS"
+
+
+class SharedSockets:
+    """
+    The listening sockets bound by the supervisor, by
+    C{(kind, interface, port)} where C{kind} is C{"udp"} or C{"tcp"}.
+    """
+
+    def __init__(self) -> None:
+        self.sockets: dict[tuple[str, str, int], socket.socket] = {}
+
+    def encode(self) -> str:
+        return ",".join(
+            "{}|{}|{}|{}".format(kind, interface, port, sock.fileno())
+            for (kind, interface, port), sock in self.sockets.items()
+        )
+
+    @staticmethod
+    def decode(text: str) -> dict[tuple[str, str, int], int]:
+        found: dict[tuple[str, str, int], int] = {}
+        for entry in filter(None, text.split(",")):
+            kind, interface, port, fd = entry.split("|")
+            found[(kind, interface, int(port))] = int(fd)
+        return found
+
+    def fds(self) -> list[int]:
+        return [sock.fileno() for sock in self.sockets.values()]
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close()
+
+
+def bindShared(specs: Sequence[str]) -> SharedSockets:
+    """
+    Bind the listening socket of every C{--listen} spec.
+
+    @raise ValueError: for a TLS or WSS spec.
+    @raise OSError: when a socket cannot be bound.
+    """
+    from sipcore.transport.listen import parseListen
+
+    shared = SharedSockets()
+    for text in specs:
+        spec = parseListen(text)
+        if spec.secure:
+            raise ValueError("--workers does not support {} listeners yet".format(
+                spec.transport))
+        kind = "udp" if spec.transport == "udp" else "tcp"
+        interface = spec.interface or ""
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((interface, spec.port))
+        if kind == "tcp":
+            sock.listen(int(spec.options.get("backlog", 1024)))
+        sock.setblocking(False)
+        sock.set_inheritable(True)
+        shared.sockets[(kind, interface, spec.port)] = sock
+    return shared
+
+
+def _option(args: list[str], name: str) -> tuple[str | None, list[str]]:
+    """
+    Take C{--name VALUE} or C{--name=VALUE} out of C{args}.
+
+    @return: the last value (or C{None}) and the other arguments.
+    """
+    value = None
+    rest: list[str] = []
+    items = iter(args)
+    for arg in items:
+        if arg == name:
+            value = next(items, None)
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1:]
+        else:
+            rest.append(arg)
+    return value, rest
+
+
+def workerArguments(options: list[str], index: int) -> list[str]:
+    """
+    The C{sipcore} options of worker C{index}: its own C{--server-id}, and
+    C{--metrics-listen} for worker 0 only.
+    """
+    serverId, rest = _option(options, "--server-id")
+    base = int(serverId) if serverId is not None else 0
+    metrics, rest = _option(rest, "--metrics-listen")
+    out = rest + ["--server-id", str(base + index)]
+    if metrics and index == 0:
+        out += ["--metrics-listen", metrics]
+    return out
+
+
+def listenSpecs(options: list[str]) -> list[str]:
+    from sipcore.transport.listen import DEFAULT_LISTEN
+
+    specs = []
+    items = iter(options)
+    for arg in items:
+        if arg == "--listen":
+            value = next(items, None)
+            if value is not None:
+                specs.append(value)
+        elif arg.startswith("--listen="):
+            specs.append(arg[len("--listen="):])
+    return specs or list(DEFAULT_LISTEN)
+
+
+# ---------------------------------------------------------------------------
+# The worker side.
+
+
+def adoptShared(reactor: Any, shared: dict[tuple[str, str, int], int]) -> None:
+    """
+    Make C{reactor.listenUDP} and C{reactor.listenTCP} adopt the shared
+    sockets instead of binding new ones, for the addresses that have one.
+    """
+    listenUDP = reactor.listenUDP
+    listenTCP = reactor.listenTCP
+
+    def family(interface: str) -> int:
+        return socket.AF_INET6 if ":" in interface else socket.AF_INET
+
+    def sharedUDP(port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        fd = shared.get(("udp", interface, port))
+        if fd is None:
+            return listenUDP(port, protocol, interface=interface, maxPacketSize=maxPacketSize)
+        return reactor.adoptDatagramPort(fd, family(interface), protocol, maxPacketSize)
+
+    def sharedTCP(port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        fd = shared.get(("tcp", interface, port))
+        if fd is None:
+            return listenTCP(port, factory, backlog=backlog, interface=interface)
+        return reactor.adoptStreamPort(fd, family(interface), factory)
+
+    reactor.listenUDP = sharedUDP
+    reactor.listenTCP = sharedTCP
+
+
+def runWorker(index: int, options: list[str], logfile: str | None) -> None:
+    """
+    Run worker C{index}: install the bounded reactor, adopt the shared
+    sockets, then run C{twistd sipcore} in this process.
+    """
+    import sipcore.reactor
+
+    reactor = sipcore.reactor.install()
+    adoptShared(reactor, SharedSockets.decode(os.environ.get(ENV, "")))
+    argv = ["twistd", "-n", "--pidfile="]
+    if logfile:
+        argv += ["--logfile", "{}.{}".format(logfile, index)]
+    argv += ["sipcore"] + workerArguments(options, index)
+    sys.argv = argv
+    from twisted.scripts.twistd import run
+
+    run()
+
+
+# ---------------------------------------------------------------------------
+# The supervisor.
+
+
+def supervise(count: int, options: list[str], logfile: str | None) -> int:
+    """
+    Bind the shared sockets, start C{count} workers, wait.
+
+    @return: the exit status: 0 when every worker stopped after a signal,
+        1 when one exited by itself (the others are then stopped).
+    """
+    hasDb = any(a == "--db" or a.startswith("--db=") for a in options)
+    if not hasDb and os.environ.get("SIPCORE_WORKERS_MEMORY") != "1":
+        print("sipcore.workers: workers need a shared location store (--db); "
+              "SIPCORE_WORKERS_MEMORY=1 allows the in-memory store for benchmarks",
+              file=sys.stderr)
+        return 2
+    try:
+        shared = bindShared(listenSpecs(options))
+    except (ValueError, OSError) as e:
+        print("sipcore.workers: {}".format(e), file=sys.stderr)
+        return 2
+    env = dict(os.environ, **{ENV: shared.encode()})
+    workers = []
+    for index in range(count):
+        argv = [sys.executable, "-m", "sipcore.workers", "--worker", str(index)]
+        if logfile:
+            argv += ["--logfile", logfile]
+        workers.append(subprocess.Popen(argv + ["--"] + options, env=env,
+                                        pass_fds=shared.fds()))
+    shared.close()
+    stopping = []
+
+    def stop(signum: int, frame: Any) -> None:
+        stopping.append(signum)
+        for worker in workers:
+            if worker.poll() is None:
+                os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    status = 0
+    while any(worker.poll() is None for worker in workers):
+        if not stopping and any(worker.poll() is not None for worker in workers):
+            status = 1
+            stop(signal.SIGTERM, None)
+        time.sleep(0.2)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    options: list[str] = []
+    if "--" in args:
+        cut = args.index("--")
+        args, options = args[:cut], args[cut + 1:]
+    parser = argparse.ArgumentParser(
+        prog="python -m sipcore.workers",
+        description="Run several sipcore processes sharing the listening sockets.")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--logfile", default=None)
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parsed = parser.parse_args(args)
+    if parsed.worker is not None:
+        runWorker(parsed.worker, options, parsed.logfile)
+        return 0
+    if parsed.workers < 1:
+        parser.error("--workers must be at least 1")
+    return supervise(parsed.workers, options, parsed.logfile)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
