@@ -623,6 +623,9 @@ def storm(env: Environment, transport: str, count: int, outDir: str) -> dict[str
         result["rowsBefore"] = rows
         time.sleep(2.0)
         rssAfter = rssBytes(server.proc.pid)
+        # Let the lag probe's recent window (5 s) forget the registration
+        # phase, so the lag read during the drop is the drop's.
+        time.sleep(4.0)
         result["rssPerConnection"] = round((rssAfter - rssBefore) / max(1, int(registered)))
         before = metrics(server.metricsPort)
         deletesBefore = before.get('sipcore_store_statements_total{kind="removeConnections"}', 0)

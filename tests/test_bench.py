@@ -6,19 +6,34 @@ messages.  The benchmarks themselves are not run here.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from types import ModuleType
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from sipcore.message import Request, parseMessage
+
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
-if BENCH not in sys.path:
-    sys.path.insert(0, BENCH)
 
-import run  # noqa: E402
-import storm_client  # noqa: E402
 
-from sipcore.message import Request, parseMessage  # noqa: E402
+def _load(name: str) -> ModuleType:
+    """
+    Import C{bench/<name>.py} under a name of its own (bench/ is not a
+    package).
+    """
+    spec = importlib.util.spec_from_file_location(
+        "sipcore_bench_" + name, os.path.join(BENCH, name + ".py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+run = _load("run")
+storm_client = _load("storm_client")
 
 
 class SippStatsTests(SynchronousTestCase):
