@@ -120,6 +120,8 @@ class SIPCoreService(Service):
                 lambda f: self._log.failure("expiry timer stopped", f))
         for listener in self.listeners:
             await defer.maybeDeferred(listener.startService)
+        if self.lagProbe is not None:
+            self.lagProbe.start()
         if self.metricsService is not None:
             await defer.maybeDeferred(self.metricsService.startService)
 
@@ -218,6 +220,8 @@ class SIPCoreService(Service):
             self.ready.cancel()
         if self.metricsService is not None and self.metricsService.running:
             await self._safely("stop metrics", self.metricsService.stopService)
+        if self.lagProbe is not None:
+            await self._safely("stop the lag probe", self.lagProbe.stop)
         for listener in reversed(self.listeners):
             if listener.running:
                 await self._safely("stop listener", listener.stopService)

@@ -415,8 +415,6 @@ def buildService(options: Options, reactor: Any) -> Any:
     from sipcore.lag import fromEnvironment
 
     service.lagProbe = fromEnvironment(reactor)
-    if service.lagProbe is not None:
-        reactor.callWhenRunning(service.lagProbe.start)
     service.metricsService = _buildMetrics(options, reactor, service)
     # proxy (docs/routing.rst): routes what the core and the registrar do not
     # answer; it reads the listeners' bound addresses only once they listen.

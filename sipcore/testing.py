@@ -140,11 +140,13 @@ class UDPMemoryReactor(MemoryReactorClock):
     def __init__(self) -> None:
         super().__init__()
         self.udpServers: list[tuple[int, Any, str]] = []
+        self.udpPacketSizes: list[int] = []
 
     def listenUDP(
         self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
     ) -> Any:
         self.udpServers.append((port, protocol, interface))
+        self.udpPacketSizes.append(maxPacketSize)
         return _FakeUDPPort(port or 40404, interface)
 
 

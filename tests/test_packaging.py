@@ -55,6 +55,21 @@ class PluginLayoutTests(TestCase):
             self.assertTrue(IPlugin.providedBy(plugin))
 
 
+class ReactorPluginTests(TestCase):
+    """
+    C{twistd --reactor sipcore-epoll} finds sipcore's reactor.
+    """
+
+    def test_found(self) -> None:
+        """
+        The reactor plugin is found and names L{sipcore.reactor}.
+        """
+        from twisted.application.reactors import IReactorInstaller
+
+        [plugin] = [p for p in getPlugins(IReactorInstaller) if p.shortName == "sipcore-epoll"]
+        self.assertEqual(plugin.moduleName, "sipcore.reactor")
+
+
 class WheelTests(TestCase):
     """
     A wheel built from the checkout carries the plugin modules and data
@@ -87,6 +102,7 @@ class WheelTests(TestCase):
         names = set(zipfile.ZipFile(self.wheel).namelist())
         for required in ("twisted/plugins/sipcore_server.py",
                          "twisted/plugins/sipcore_handlers.py",
+                         "twisted/plugins/sipcore_reactor.py",
                          "sipcore/location/schema.sql",
                          "sipcore/py.typed"):
             self.assertIn(required, names)

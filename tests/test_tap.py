@@ -116,6 +116,16 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual([h.name for h in service.handlers], ["location-cleanup"])  # type: ignore[attr-defined]
         self.assertEqual([q.name for q in service.queues], ["location-cleanup"])  # type: ignore[attr-defined]
 
+    def test_udpReadsWholeMessages(self) -> None:
+        """
+        The UDP listener reads datagrams up to the message size limit (not
+        Twisted's 8192-byte default, which would cut larger messages).
+        """
+        service = self.build("--max-message-size", "20000")
+        self.successResultOf(service.startService())  # type: ignore[attr-defined]
+        self.assertEqual(self.reactor.udpPacketSizes, [20001])
+        self.successResultOf(service.stopService())  # type: ignore[attr-defined]
+
     def test_unknownHandler(self) -> None:
         """
         An unknown handler name stops the build with an error naming it.

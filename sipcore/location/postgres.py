@@ -363,7 +363,7 @@ class _Detector(reconnection.DeadConnectionDetector):
         Treat the connection as dead (whatever C{f} is) and start
         reconnecting, unless that is already under way.
         """
-        if self.connectionIsDead or self._stopped:
+        if self.connectionIsDead or self._stopped:  # type: ignore[has-type]
             return
         self.connectionIsDead = True
         self.startReconnecting(f)
@@ -635,6 +635,7 @@ class PostgresLocationStore:
         except TypeError:
             return defer.fail(Failure())
         username, domain = splitAor(aor)
+        params: tuple[Any, ...]
         if domain:
             statement, params = _LOOKUP, (username, domain, when)
         else:
@@ -693,7 +694,7 @@ class PostgresLocationStore:
         if not work:
             return defer.succeed(found)
         d = defer.gatherResults(work, consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure)
+        d.addErrback(lambda f: f.value.subFailure)  # type: ignore[call-overload]
         return d.addCallback(lambda _: found)
 
     def save(self, bindings: Iterable[Binding]) -> defer.Deferred[None]:

@@ -294,13 +294,6 @@ class ConnectionTable:
         self._entries[conid] = entry
         flow.conid = conid
         self.opened += 1
-        self._log.debug(
-            "connection {conid} opened: {transport} from {host}:{port}",
-            conid=conid,
-            transport=entry.transport,
-            host=entry.remote[0],
-            port=entry.remote[1],
-        )
         self._fire(TCP_CONNECTED, conid, entry, now)
         return conid
 
@@ -358,12 +351,6 @@ class ConnectionTable:
         now = self._clock.seconds()
         duration = max(0.0, now - entry.openedAt)
         self.closed[kind] += 1
-        self._log.debug(
-            "connection {conid} ended ({kind}): {reason}",
-            conid=conid,
-            kind=kind,
-            reason=reason,
-        )
         if entry.websocketOpen:
             self._fire(
                 WEBSOCKET_CLOSED,

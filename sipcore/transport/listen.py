@@ -330,7 +330,9 @@ class ListenerService(Service):
             self.factory = self._buildFactory()
             if spec.transport == "udp":
                 d: Deferred[Any] = succeed(
-                    self._reactor.listenUDP(spec.port, self.factory, interface=spec.interface)
+                    self._reactor.listenUDP(
+                        spec.port, self.factory, interface=spec.interface,
+                        maxPacketSize=self._maxSize + 1)
                 )
             else:
                 endpoint = serverFromString(self._reactor, spec.description)

@@ -1,0 +1,12 @@
+# -*- test-case-name: tests.test_packaging -*-
+"""
+sipcore's bounded epoll reactor, for C{twistd --reactor sipcore-epoll}.
+"""
+
+from twisted.application.reactors import Reactor
+
+sipcoreEpoll = Reactor(
+    "sipcore-epoll",
+    "sipcore.reactor",
+    "epoll reactor that handles at most 64 events and 16 KiB of UDP per port per turn",
+)
