@@ -26,6 +26,7 @@ version 9) carries, with Kamailio's conventions for the values:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidBinding",
     "aorKey",
     "checkBinding",
+    "checkBindings",
     "splitAor",
 ]
 
@@ -241,6 +243,19 @@ def checkBinding(binding: Binding) -> None:
             )
     if not _isNumber(binding.q):
         raise InvalidBinding("q must be a finite number, not {!r}".format(binding.q))
+
+
+def checkBindings(bindings: Iterable[Binding]) -> list[Binding]:
+    """
+    Check a batch of bindings with L{checkBinding}.
+
+    @return: the batch as a list.
+    @raise InvalidBinding: for the first binding that cannot be stored.
+    """
+    batch = list(bindings)
+    for binding in batch:
+        checkBinding(binding)
+    return batch
 
 
 def _isNumber(value: object) -> bool:

@@ -43,7 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipcore.interfaces import ILocationStore
-from sipcore.location.binding import Binding, checkBinding
+from sipcore.location.binding import Binding, checkBindings
 
 __all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_WINDOW", "GroupCommitStore"]
 
@@ -218,10 +218,8 @@ class GroupCommitStore:
         filling.  Fires once the batch's statement has committed; fails
         with the batch's failure.
         """
-        batch = list(bindings)
         try:
-            for binding in batch:
-                checkBinding(binding)
+            batch = checkBindings(bindings)
         except ValueError:
             return defer.fail(Failure())
         if not batch:

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipcore.interfaces import ILocationStore
-from sipcore.location.binding import Binding, checkBinding
+from sipcore.location.binding import Binding, checkBindings
 
 __all__ = ["MemoryLocationStore", "lookupOrder"]
 
@@ -112,10 +112,8 @@ class MemoryLocationStore:
         L{sipcore.location.InvalidBinding} (and stores none of C{bindings})
         if one of them cannot be stored exactly.
         """
-        batch = list(bindings)
         try:
-            for binding in batch:
-                checkBinding(binding)
+            batch = checkBindings(bindings)
         except ValueError:
             return defer.fail(Failure())
         if not batch:
