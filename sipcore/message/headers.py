@@ -187,6 +187,16 @@ class Headers:
             value = self._cache[key] = compute()
             return value
 
+    def remember(self, key: str, value: _T) -> _T:
+        """
+        Cache a value derived from the headers under C{key}, as L{cached}
+        would have computed it (for a caller that has just built it).
+
+        @return: C{value}.
+        """
+        self._cache[key] = value
+        return value
+
     def _changed(self, key: str) -> None:
         cache = self._cache
         if not cache:

@@ -9,6 +9,7 @@ server itself, and hands requests to the handler registered for their method
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -21,7 +22,8 @@ from zope.interface import implementer
 from sipcore import __version__
 from sipcore.interfaces import IFlow, IMessageSink
 from sipcore.message import Request, Response, SIPParseError, parseMessage
-from sipcore.sip.transaction import OVERLOADED, TransactionLayer, sendToSender
+from sipcore.message.via import MAGIC_COOKIE, parseVia
+from sipcore.sip.transaction import OVERLOADED, TransactionLayer, sendToSender, sentBy
 
 #: The option tags this server understands in C{Require}/C{Proxy-Require}.
 SUPPORTED = ("path", "outbound")
@@ -36,6 +38,49 @@ SERVER = "sipcore/" + __version__
 _ANSWERABLE = ("Via", "From", "To", "Call-ID", "CSeq")
 
 ResponseHandler = Callable[[Response, IFlow], None]
+
+#: The first Via header line of a datagram (the top Via), for
+#: L{retransmissionKey}.
+_TOP_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*([^\r\n]*)\r\n", re.I)
+
+
+def retransmissionKey(data: bytes) -> tuple[str, str, int, str] | None:
+    """
+    The RFC 3261 server transaction key (top Via branch, sent-by host and
+    port, method) of a request datagram, read with a cheap scan of the raw
+    bytes instead of a full parse; C{None} whenever the scan is not
+    unambiguous (a response, leading CRLFs, an ACK, no header end, a top
+    Via line with several values, folded or malformed, a branch without
+    the magic cookie).
+
+    It is only a hint: the caller must also check the datagram is the
+    very one that created the transaction
+    (L{TransactionLayer.findRetransmission}).
+    """
+    space = data.find(b" ", 0, 32)
+    if space <= 0:
+        return None
+    method = data[:space]
+    if not (method.isalpha() and method.isupper()) or method == b"ACK":
+        return None
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    match = _TOP_VIA.search(data, 0, end + 2)
+    if match is None or data[match.end() : match.end() + 1] in (b" ", b"\t"):
+        return None
+    value = match.group(1)
+    if b"," in value:
+        return None
+    try:
+        via = parseVia(value.decode("utf-8", "surrogateescape").rstrip(" \t"))
+    except SIPParseError:
+        return None
+    branch = via.branch
+    if branch is None or not branch.startswith(MAGIC_COOKIE):
+        return None
+    host, port = sentBy(via)
+    return branch, host, port, method.decode("ascii")
 
 
 class StatelessTransaction:
@@ -93,8 +138,14 @@ def stampVia(request: Request, flow: IFlow) -> None:
     if via.rport is not None or (via.host or "").lower() != host.lower():
         stamped = stamped.withParam("received", host)
     if stamped is not via:
-        request.headers.removeFirst("Via")
-        request.headers.add("Via", str(stamped), first=True)
+        vias = request.vias
+        headers = request.headers
+        headers.removeFirst("Via")
+        headers.add("Via", str(stamped), first=True)
+        # The new top Via is already parsed: keep it (and the rest) cached
+        # rather than have the next reader parse it again.
+        vias[0] = stamped
+        headers.remember("vias", vias)
 
 
 def respond(
@@ -219,6 +270,8 @@ class SIPCore:
         if self.limiter is not None and not self.limiter.admit(data, flow):
             self.stats["rateLimited"] += 1
             return
+        if not flow.reliable and self._absorbRetransmission(data):
+            return
         try:
             message = parseMessage(data, maxSize=self.maxSize)
         except SIPParseError as e:
@@ -228,7 +281,7 @@ class SIPCore:
             if isinstance(message, Response):
                 self._dispatchResponse(message, flow)
             else:
-                self._dispatchRequest(message, flow)
+                self._dispatchRequest(message, flow, data)
         except Exception:
             self.stats["errors"] += 1
             self._log.failure("Unhandled error processing a message from {peer}",
@@ -247,6 +300,31 @@ class SIPCore:
         self._answerError(SIPParseError(reason, status=status, partial=partial), flow)
 
     # -- internals -----------------------------------------------------------
+
+    def _absorbRetransmission(self, data: bytes) -> bool:
+        """
+        Answer a datagram that repeats, byte for byte, the request of a
+        live server transaction from that transaction (its last response
+        replayed, if its state says so), without parsing it.
+
+        @return: whether C{data} was such a retransmission; C{False}: parse
+            and dispatch it normally.
+        """
+        try:
+            key = retransmissionKey(data)
+        except Exception:
+            return False
+        if key is None:
+            return False
+        tx = self.transactions.findRetransmission(*key, data)
+        if tx is None:
+            return False
+        try:
+            self.transactions.absorbRetransmission(tx)
+        except Exception:
+            self.stats["errors"] += 1
+            self._log.failure("Unhandled error replaying a response")
+        return True
 
     def _answerError(self, error: SIPParseError, flow: IFlow) -> None:
         """
@@ -312,7 +390,7 @@ class SIPCore:
         """
         self.stats["transportErrors"] += 1
 
-    def _dispatchRequest(self, request: Request, flow: IFlow) -> None:
+    def _dispatchRequest(self, request: Request, flow: IFlow, data: bytes | None = None) -> None:
         stampVia(request, flow)
         found = self.transactions.requestReceived(request, flow)
         if found is None:
@@ -325,6 +403,8 @@ class SIPCore:
         tx, isNew = found
         if not isNew:
             return
+        if data is not None and not flow.reliable:
+            tx.received = data
         scheme = request.uri.scheme.lower()
         if scheme not in ("sip", "sips", "tel"):
             self.respond(tx, 416, "Unsupported URI Scheme")

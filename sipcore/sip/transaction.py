@@ -301,7 +301,11 @@ def sendToSender(
     return flow.sendTo(data, address)
 
 
-def _sentBy(via: Any) -> tuple[str, int]:
+def sentBy(via: Any) -> tuple[str, int]:
+    """
+    A Via's sent-by as transactions match it: lower-cased host and the
+    port, 5060 (5061 for TLS and WSS) when the Via names none.
+    """
     port = via.port
     if not port:
         transport = (via.transport or "").upper()
@@ -315,7 +319,7 @@ def _viaKey(via: Any) -> tuple[str, str, int, str]:
     sent-by and branch (C{received}/C{rport}, which a server may add, are
     left out).
     """
-    host, port = _sentBy(via)
+    host, port = sentBy(via)
     return ((via.transport or "").upper(), host, port, via.branch or "")
 
 
@@ -695,6 +699,10 @@ class ServerTransaction(_Transaction):
     ) -> None:
         super().__init__(request, flow, clock, tu, timers or TimerValues(), onTerminated)
         self.lastResponse: Response | None = None
+        #: the datagram the request arrived in, when the core recorded it
+        #: (unreliable flows): a byte-identical datagram is a
+        #: retransmission (L{TransactionLayer.findRetransmission}).
+        self.received: bytes | None = None
         self._lastData = b""
         self.responseAddress: tuple[str, int] | None = (
             None if self.reliable else responseAddress(request, flow)
@@ -974,7 +982,7 @@ class TransactionLayer:
     @staticmethod
     def _key3261(request: Request, method: str) -> tuple[Any, ...]:
         via = request.vias[0]
-        host, port = _sentBy(via)
+        host, port = sentBy(via)
         return (via.branch, host, port, method)
 
     @staticmethod
@@ -1023,6 +1031,33 @@ class TransactionLayer:
             sentTag = _tag(sent.toAddr) if sent is not None else ""
             return tx if sentTag == _tag(request.toAddr) else None
         return self._servers2543.get(self._key2543(request, request.cseq[1]))
+
+    def findRetransmission(
+        self, branch: str, host: str, port: int, method: str, data: bytes
+    ) -> ServerTransaction | None:
+        """
+        The live server transaction whose request arrived in exactly the
+        datagram C{data}, found by the RFC 3261 key (top Via C{branch},
+        sent-by C{host} lower-cased and C{port} with the transport's
+        default filled in, C{method}) without parsing C{data}; C{None} if
+        there is none or its recorded datagram differs (then C{data} must
+        be parsed and matched normally).
+
+        @param branch: a branch starting with the magic cookie.
+        """
+        tx = self._servers.get((branch, host, port, method))
+        if tx is None or tx.received is None or tx.received != data:
+            return None
+        return tx
+
+    def absorbRetransmission(self, tx: ServerTransaction) -> None:
+        """
+        Feed a retransmission found by L{findRetransmission} to C{tx}, as
+        L{requestReceived} does for a parsed one: counted, and the last
+        response replayed if the state says so.
+        """
+        self.retransmissionsAbsorbed += 1
+        tx.requestRetransmitted(tx.request)
 
     def findInviteForCancel(self, cancel: Request) -> InviteServerTransaction | None:
         """

@@ -1,0 +1,142 @@
+# -*- test-case-name: tests.test_core -*-
+"""
+In-process REGISTER micro-benchmark: feeds REGISTER datagrams (the sipp
+scenario of C{bench/register.xml}, a new user each) straight into
+L{SIPCore.messageReceived} with the L{Registrar} on a L{MemoryLocationStore}
+and a L{FakeFlow}, on a clock that never moves: no sockets, no reactor.
+
+It prints REGISTERs per second for new requests, and for retransmissions
+(each REGISTER received again while its transaction is in Completed, as
+when sipp retransmits to a server that fell behind).
+
+    python bench/register_inprocess.py [--count N] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from twisted.internet.base import DelayedCall  # noqa: E402
+
+from sipcore.location import MemoryLocationStore  # noqa: E402
+from sipcore.sip.core import SIPCore  # noqa: E402
+from sipcore.sip.registrar import Registrar  # noqa: E402
+from sipcore.testing import FakeFlow  # noqa: E402
+
+_TEMPLATE = (
+    "REGISTER sip:127.0.0.1:5060 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{n}-1-0;rport\r\n"
+    "Max-Forwards: 70\r\n"
+    "From: <sip:u1x{n}@127.0.0.1:5060>;tag=4242SIPpTag{n}\r\n"
+    "To: <sip:u1x{n}@127.0.0.1:5060>\r\n"
+    "Call-ID: {n}-4242@127.0.0.1\r\n"
+    "CSeq: 1 REGISTER\r\n"
+    "Contact: <sip:u1x{n}@127.0.0.1:5070;transport=UDP>\r\n"
+    "Expires: 3600\r\n"
+    "User-Agent: sipp-bench\r\n"
+    "Content-Length: 0\r\n"
+    "\r\n"
+)
+
+
+def datagram(n: int) -> bytes:
+    """
+    The C{n}th REGISTER of the benchmark (user C{u1x<n>}).
+    """
+    return _TEMPLATE.format(n=n).encode("ascii")
+
+
+class FrozenClock:
+    """
+    An L{IReactorTime} whose time never moves: timers are scheduled and
+    cancelled but never fire.  (L{twisted.internet.task.Clock} sorts its
+    calls on every C{callLater}, which is quadratic with thousands of
+    transactions.)
+    """
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+        self.pending = 0
+
+    def seconds(self) -> float:
+        return self.now
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> DelayedCall:
+        self.pending += 1
+        return DelayedCall(self.now + delay, f, args, kw, self._cancel, self._reset,
+                           seconds=self.seconds)
+
+    def _cancel(self, call: DelayedCall) -> None:
+        self.pending -= 1
+
+    def _reset(self, call: DelayedCall) -> None:
+        pass
+
+    def getDelayedCalls(self) -> list[DelayedCall]:
+        return []
+
+
+def build() -> tuple[SIPCore, FakeFlow, FrozenClock]:
+    """
+    A core routing REGISTER to a registrar on an in-memory store.
+    """
+    clock = FrozenClock()
+    core = SIPCore(clock, domains=["127.0.0.1"])
+    registrar = Registrar(MemoryLocationStore(clock), clock, isLocalDomain=core.isLocal)
+    core.route("REGISTER", registrar)
+    flow = FakeFlow("udp", remote=("127.0.0.1", 5070))
+    return core, flow, clock
+
+
+def run(count: int, retransmit: bool) -> float:
+    """
+    Feed C{count} REGISTERs (each twice when C{retransmit}: the timed part
+    is then the second copies only) and return the rate per second.
+    """
+    core, flow, clock = build()
+    data = [datagram(n) for n in range(count)]
+    received = core.messageReceived
+    if retransmit:
+        for item in data:
+            received(item, flow)
+        del flow.sent[:]
+    start = time.perf_counter()
+    for i, item in enumerate(data):
+        received(item, flow)
+        if i % 1000 == 999:
+            del flow.sent[:]
+    elapsed = time.perf_counter() - start
+    answered = len(flow.sent) + (count // 1000) * 1000
+    assert answered == count, (answered, count)
+    return count / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        run(args.count, False)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        return
+    for name, retransmit in (("new REGISTERs", False), ("retransmissions", True)):
+        best = max(run(args.count, retransmit) for _ in range(args.rounds))
+        print("{:16s} {:9.0f} /s".format(name, best))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+# -*- test-case-name: tests.test_core_retransmission -*-
+"""
+Tests for the core's cheap retransmission path
+(L{sipcore.sip.core.SIPCore} answering a byte-identical UDP retransmission
+from its server transaction without parsing it) and for the stamped Via
+staying parsed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+import sipcore.sip.core as coremodule
+from sipcore.message import parseMessage
+from sipcore.sip.core import SIPCore, retransmissionKey, stampVia
+from sipcore.testing import FakeFlow
+from tests.test_core import request
+
+
+class CountingParse:
+    """
+    A stand-in for C{parseMessage} in L{sipcore.sip.core} counting calls.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, data: bytes, **kwargs: Any) -> Any:
+        self.calls += 1
+        return parseMessage(data, **kwargs)
+
+
+class RetransmissionPathTests(SynchronousTestCase):
+    """
+    A UDP retransmission of a live server transaction's request is answered
+    from the transaction without parsing; anything else is parsed.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.core = SIPCore(self.clock, domains=["example.com"])
+        self.handled: list[Any] = []
+        self.core.route("MESSAGE", self.handled.append)
+        self.flow = FakeFlow("udp", remote=("192.0.2.1", 40000))
+        self.parse = CountingParse()
+        self.patch(coremodule, "parseMessage", self.parse)
+
+    def answerFirst(self, data: bytes) -> Any:
+        self.core.messageReceived(data, self.flow)
+        self.assertEqual(len(self.handled), 1)
+        tx = self.handled[0]
+        self.core.respond(tx, 200, "OK")
+        self.assertEqual(len(self.flow.sent), 1)
+        return tx
+
+    def test_retransmissionReplayedWithoutParsing(self) -> None:
+        """
+        The same datagram again gets the last response replayed, byte for
+        byte to the same address, with no parse and no new handler call;
+        it is counted as absorbed.
+        """
+        data = request("MESSAGE", via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKrt1;rport")
+        self.answerFirst(data)
+        self.assertEqual(self.parse.calls, 1)
+        self.core.messageReceived(data, self.flow)
+        self.assertEqual(self.parse.calls, 1)
+        self.assertEqual(len(self.handled), 1)
+        self.assertEqual(len(self.flow.sent), 2)
+        self.assertEqual(self.flow.sent[1], self.flow.sent[0])
+        self.assertEqual(self.core.transactions.retransmissionsAbsorbed, 1)
+
+    def test_retransmissionWhileTrying(self) -> None:
+        """
+        A retransmission before the handler answered is absorbed without
+        parsing and without sending anything (Trying state).
+        """
+        data = request("MESSAGE", via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKrt2")
+        self.core.messageReceived(data, self.flow)
+        self.core.messageReceived(data, self.flow)
+        self.assertEqual(self.parse.calls, 1)
+        self.assertEqual(len(self.handled), 1)
+        self.assertEqual(self.flow.sent, [])
+        self.assertEqual(self.core.transactions.retransmissionsAbsorbed, 1)
+
+    def test_differentBytesSameBranchParsed(self) -> None:
+        """
+        A datagram with the same top Via but other bytes (here a malformed
+        CSeq) is parsed, and answered as the full path answers it (400),
+        not with the transaction's response.
+        """
+        via = "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKrt3"
+        self.answerFirst(request("MESSAGE", via=via))
+        bad = request("MESSAGE", via=via).replace(b"CSeq: 1 MESSAGE", b"CSeq: x MESSAGE")
+        self.core.messageReceived(bad, self.flow)
+        self.assertEqual(self.parse.calls, 2)
+        self.assertTrue(self.flow.sent[-1][0].startswith(b"SIP/2.0 400 "))
+
+    def test_differentMessageParsed(self) -> None:
+        """
+        A new request (another branch) is parsed and reaches the handler.
+        """
+        self.answerFirst(request("MESSAGE", via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKa"))
+        self.core.messageReceived(
+            request("MESSAGE", via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKb"), self.flow)
+        self.assertEqual(self.parse.calls, 2)
+        self.assertEqual(len(self.handled), 2)
+
+    def test_terminatedTransactionParsed(self) -> None:
+        """
+        Once the transaction has ended (Timer J), the same datagram is a new
+        request again: parsed and handed to the handler.
+        """
+        data = request("MESSAGE", via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKrt4")
+        self.answerFirst(data)
+        self.clock.advance(64 * 0.5 + 1)
+        self.core.messageReceived(data, self.flow)
+        self.assertEqual(self.parse.calls, 2)
+        self.assertEqual(len(self.handled), 2)
+
+    def test_streamsAlwaysParsed(self) -> None:
+        """
+        On a reliable flow there is no fast path: a repeated message is
+        parsed (and matched to its transaction the normal way).
+        """
+        flow = FakeFlow("tcp", conid=7, remote=("192.0.2.1", 40000))
+        data = request("MESSAGE", via="SIP/2.0/TCP 192.0.2.1:5070;branch=z9hG4bKrt5")
+        self.core.messageReceived(data, flow)
+        self.core.messageReceived(data, flow)
+        self.assertEqual(self.parse.calls, 2)
+        self.assertEqual(len(self.handled), 1)
+
+    def test_responseNotTaken(self) -> None:
+        """
+        A response is never taken for a retransmission.
+        """
+        self.assertIsNone(retransmissionKey(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\r\n"))
+
+
+class RetransmissionKeyTests(SynchronousTestCase):
+    """
+    L{retransmissionKey} reads the transaction key from raw bytes, or
+    gives up when the scan is not unambiguous.
+    """
+
+    def test_key(self) -> None:
+        """
+        Branch, lower-cased sent-by host, port (5060 by default), method.
+        """
+        self.assertEqual(
+            retransmissionKey(request("REGISTER", via="SIP/2.0/UDP Host.Example;branch=z9hG4bKk")),
+            ("z9hG4bKk", "host.example", 5060, "REGISTER"))
+        self.assertEqual(
+            retransmissionKey(request("REGISTER", via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKk")),
+            ("z9hG4bKk", "192.0.2.1", 5070, "REGISTER"))
+
+    def test_compactVia(self) -> None:
+        """
+        The compact form C{v:} is the top Via too.
+        """
+        data = request("REGISTER").replace(b"\r\nVia:", b"\r\nv :")
+        self.assertEqual(retransmissionKey(data)[0], "z9hG4bKcore1")  # type: ignore[index]
+
+    def test_ambiguous(self) -> None:
+        """
+        C{None} for: ACK, a lower-case method, leading CRLF, no blank line,
+        a top Via line with two values, a folded top Via, an RFC 2543
+        branch, no branch, a malformed Via.
+        """
+        cases = [
+            request("ACK"),
+            request("REGISTER").replace(b"REGISTER sip", b"register sip"),
+            b"\r\n" + request("REGISTER"),
+            request("REGISTER")[:-2],
+            request("REGISTER", via="SIP/2.0/UDP a;branch=z9hG4bKa, SIP/2.0/UDP b;branch=z9hG4bKb"),
+            request("REGISTER", via="SIP/2.0/UDP a;branch=z9hG4bKa\r\n ;rport"),
+            request("REGISTER", via="SIP/2.0/UDP a;branch=1234"),
+            request("REGISTER", via="SIP/2.0/UDP a;rport"),
+            request("REGISTER", via="SIP/2.0/UDP a:notaport;branch=z9hG4bKa"),
+        ]
+        for data in cases:
+            self.assertIsNone(retransmissionKey(data), data)
+
+
+class StampViaTests(SynchronousTestCase):
+    """
+    L{stampVia} leaves the stamped top Via parsed.
+    """
+
+    def test_stampedViaCached(self) -> None:
+        """
+        After stamping, C{vias} gives the stamped Via (equal to what a
+        parse of the new header gives) without parsing it again.
+        """
+        message = parseMessage(request(
+            "REGISTER", via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKs;rport, "
+            "SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKt"))
+        stampVia(message, FakeFlow("udp", remote=("198.51.100.7", 4444)))
+        self.assertIn("vias", message.headers._cache)
+        vias = message.vias
+        reparsed = parseMessage(message.serialize()).vias
+        self.assertEqual(vias, reparsed)
+        self.assertEqual(vias[0].received, "198.51.100.7")
+        self.assertEqual(vias[0].rport, 4444)
+        self.assertEqual(len(vias), 2)
