@@ -40,7 +40,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -255,7 +254,12 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
         if not stopping and any(worker.poll() is not None for worker in workers):
             status = 1
             stop(signal.SIGTERM, None)
-        time.sleep(0.2)
+        # The supervisor runs no reactor: wait for the next worker to exit
+        # without reaping it (poll() reaps it and keeps its status).
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            break
     return status
 
 
