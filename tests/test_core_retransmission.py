@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import sipcore.sip.core as coremodule
 from sipcore.message import parseMessage
-from sipcore.sip.core import SIPCore, retransmissionKey, stampVia
+from sipcore.sip.core import SIPCore, stampVia
 from sipcore.testing import FakeFlow
 from tests.test_core import request
 
@@ -132,57 +132,41 @@ class RetransmissionPathTests(SynchronousTestCase):
         self.assertEqual(self.parse.calls, 2)
         self.assertEqual(len(self.handled), 1)
 
-    def test_responseNotTaken(self) -> None:
+    def test_forgottenWhenTerminated(self) -> None:
         """
-        A response is never taken for a retransmission.
+        The recorded datagram is forgotten with its transaction: the layer
+        keeps no datagram of a terminated transaction.
         """
-        self.assertIsNone(retransmissionKey(
-            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\r\n"))
+        data = request("MESSAGE", via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKrt6")
+        self.answerFirst(data)
+        self.assertIs(self.core.transactions.findRetransmission(data), self.handled[0])
+        self.clock.advance(64 * 0.5 + 1)
+        self.assertIsNone(self.core.transactions.findRetransmission(data))
+        self.assertEqual(self.core.transactions._datagrams, {})
 
+    def test_rfc2543RetransmissionReplayed(self) -> None:
+        """
+        A request without the RFC 3261 branch cookie, repeated byte for
+        byte, is replayed from its transaction too.
+        """
+        data = request("MESSAGE", via="SIP/2.0/UDP 192.0.2.1:5070;branch=1234")
+        self.answerFirst(data)
+        self.core.messageReceived(data, self.flow)
+        self.assertEqual(self.parse.calls, 1)
+        self.assertEqual(self.flow.sent[1], self.flow.sent[0])
 
-class RetransmissionKeyTests(SynchronousTestCase):
-    """
-    L{retransmissionKey} reads the transaction key from raw bytes, or
-    gives up when the scan is not unambiguous.
-    """
-
-    def test_key(self) -> None:
+    def test_ackNeverAbsorbed(self) -> None:
         """
-        Branch, lower-cased sent-by host, port (5060 by default), method.
+        An ACK creates no transaction, so the same ACK datagram twice is
+        parsed twice (and handed to the ACK handler twice).
         """
-        self.assertEqual(
-            retransmissionKey(request("REGISTER", via="SIP/2.0/UDP Host.Example;branch=z9hG4bKk")),
-            ("z9hG4bKk", "host.example", 5060, "REGISTER"))
-        self.assertEqual(
-            retransmissionKey(request("REGISTER", via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKk")),
-            ("z9hG4bKk", "192.0.2.1", 5070, "REGISTER"))
-
-    def test_compactVia(self) -> None:
-        """
-        The compact form C{v:} is the top Via too.
-        """
-        data = request("REGISTER").replace(b"\r\nVia:", b"\r\nv :")
-        self.assertEqual(retransmissionKey(data)[0], "z9hG4bKcore1")  # type: ignore[index]
-
-    def test_ambiguous(self) -> None:
-        """
-        C{None} for: ACK, a lower-case method, leading CRLF, no blank line,
-        a top Via line with two values, a folded top Via, an RFC 2543
-        branch, no branch, a malformed Via.
-        """
-        cases = [
-            request("ACK"),
-            request("REGISTER").replace(b"REGISTER sip", b"register sip"),
-            b"\r\n" + request("REGISTER"),
-            request("REGISTER")[:-2],
-            request("REGISTER", via="SIP/2.0/UDP a;branch=z9hG4bKa, SIP/2.0/UDP b;branch=z9hG4bKb"),
-            request("REGISTER", via="SIP/2.0/UDP a;branch=z9hG4bKa\r\n ;rport"),
-            request("REGISTER", via="SIP/2.0/UDP a;branch=1234"),
-            request("REGISTER", via="SIP/2.0/UDP a;rport"),
-            request("REGISTER", via="SIP/2.0/UDP a:notaport;branch=z9hG4bKa"),
-        ]
-        for data in cases:
-            self.assertIsNone(retransmissionKey(data), data)
+        acks: list[Any] = []
+        self.core.routeAcks(lambda request, flow: acks.append(request))
+        data = request("ACK", via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKack")
+        self.core.messageReceived(data, self.flow)
+        self.core.messageReceived(data, self.flow)
+        self.assertEqual(self.parse.calls, 2)
+        self.assertEqual(len(acks), 2)
 
 
 class StampViaTests(SynchronousTestCase):

@@ -9,7 +9,6 @@ server itself, and hands requests to the handler registered for their method
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -22,8 +21,7 @@ from zope.interface import implementer
 from sipcore import __version__
 from sipcore.interfaces import IFlow, IMessageSink
 from sipcore.message import Request, Response, SIPParseError, parseMessage
-from sipcore.message.via import MAGIC_COOKIE, parseVia
-from sipcore.sip.transaction import OVERLOADED, TransactionLayer, sendToSender, sentBy
+from sipcore.sip.transaction import OVERLOADED, TransactionLayer, sendToSender
 
 #: The option tags this server understands in C{Require}/C{Proxy-Require}.
 SUPPORTED = ("path", "outbound")
@@ -38,50 +36,6 @@ SERVER = "sipcore/" + __version__
 _ANSWERABLE = ("Via", "From", "To", "Call-ID", "CSeq")
 
 ResponseHandler = Callable[[Response, IFlow], None]
-
-#: The first Via header line of a datagram (the top Via), for
-#: L{retransmissionKey}.
-_TOP_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*([^\r\n]*)\r\n", re.I)
-
-
-def retransmissionKey(data: bytes) -> tuple[str, str, int, str] | None:
-    """
-    The RFC 3261 server transaction key (top Via branch, sent-by host and
-    port, method) of a request datagram, read with a cheap scan of the raw
-    bytes instead of a full parse; C{None} whenever the scan is not
-    unambiguous (a response, leading CRLFs, an ACK, no header end, a top
-    Via line with several values, folded or malformed, a branch without
-    the magic cookie).
-
-    It is only a hint: the caller must also check the datagram is the
-    very one that created the transaction
-    (L{TransactionLayer.findRetransmission}).
-    """
-    space = data.find(b" ", 0, 32)
-    if space <= 0:
-        return None
-    method = data[:space]
-    if not (method.isalpha() and method.isupper()) or method == b"ACK":
-        return None
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    match = _TOP_VIA.search(data, 0, end + 2)
-    if match is None or data[match.end() : match.end() + 1] in (b" ", b"\t"):
-        return None
-    value = match.group(1)
-    if b"," in value:
-        return None
-    try:
-        via = parseVia(value.decode("utf-8", "surrogateescape").rstrip(" \t"))
-    except SIPParseError:
-        return None
-    branch = via.branch
-    if branch is None or not branch.startswith(MAGIC_COOKIE):
-        return None
-    host, port = sentBy(via)
-    return branch, host, port, method.decode("ascii")
-
 
 class StatelessTransaction:
     """
@@ -310,13 +264,7 @@ class SIPCore:
         @return: whether C{data} was such a retransmission; C{False}: parse
             and dispatch it normally.
         """
-        try:
-            key = retransmissionKey(data)
-        except Exception:
-            return False
-        if key is None:
-            return False
-        tx = self.transactions.findRetransmission(*key, data)
+        tx = self.transactions.findRetransmission(data)
         if tx is None:
             return False
         try:
@@ -404,7 +352,7 @@ class SIPCore:
         if not isNew:
             return
         if data is not None and not flow.reliable:
-            tx.received = data
+            self.transactions.recordDatagram(tx, data)
         scheme = request.uri.scheme.lower()
         if scheme not in ("sip", "sips", "tel"):
             self.respond(tx, 416, "Unsupported URI Scheme")

@@ -935,6 +935,8 @@ class TransactionLayer:
         self._acks2543: dict[tuple[Any, ...], InviteServerTransaction] = {}
         # (branch, method) -> tx
         self._clients: dict[tuple[str, str], ClientTransaction] = {}
+        # the datagram a live UDP server transaction's request came in -> tx
+        self._datagrams: dict[bytes, ServerTransaction] = {}
         self._serverKeys: dict[ServerTransaction, list[tuple[dict[Any, Any], Any]]] = {}
 
     # -- counters -----------------------------------------------------------
@@ -1032,23 +1034,27 @@ class TransactionLayer:
             return tx if sentTag == _tag(request.toAddr) else None
         return self._servers2543.get(self._key2543(request, request.cseq[1]))
 
-    def findRetransmission(
-        self, branch: str, host: str, port: int, method: str, data: bytes
-    ) -> ServerTransaction | None:
+    def findRetransmission(self, data: bytes) -> ServerTransaction | None:
         """
         The live server transaction whose request arrived in exactly the
-        datagram C{data}, found by the RFC 3261 key (top Via C{branch},
-        sent-by C{host} lower-cased and C{port} with the transport's
-        default filled in, C{method}) without parsing C{data}; C{None} if
-        there is none or its recorded datagram differs (then C{data} must
-        be parsed and matched normally).
-
-        @param branch: a branch starting with the magic cookie.
+        datagram C{data} (recorded with L{recordDatagram}), found without
+        parsing C{data}: byte-identical requests have the same transaction
+        key, so this is the transaction a parse would match.  C{None}: parse
+        C{data} and match it normally.
         """
-        tx = self._servers.get((branch, host, port, method))
-        if tx is None or tx.received is None or tx.received != data:
-            return None
-        return tx
+        return self._datagrams.get(data)
+
+    def recordDatagram(self, tx: ServerTransaction, data: bytes) -> None:
+        """
+        Remember that C{tx}'s request arrived in the datagram C{data}, for
+        L{findRetransmission}, until C{tx} terminates.
+        """
+        keys = self._serverKeys.get(tx)
+        if keys is None:
+            return
+        tx.received = data
+        self._datagrams[data] = tx
+        keys.append((self._datagrams, data))
 
     def absorbRetransmission(self, tx: ServerTransaction) -> None:
         """
