@@ -212,6 +212,34 @@ class HeadersTests(SynchronousTestCase):
         headers.remove("Route")
         self.assertEqual(len(headers), 3)
 
+    def test_replaceFirstElement(self) -> None:
+        """
+        C{replaceFirst} replaces the first element of a list header, keeping
+        the rest of its line and the other lines; for other headers the
+        first line; an absent header is added.
+        """
+        headers = self.makeHeaders()
+        headers.replaceFirst("v", "SIP/2.0/UDP z.example.com;received=192.0.2.1")
+        self.assertEqual(headers.values("via"), [
+            "SIP/2.0/UDP z.example.com;received=192.0.2.1",
+            "SIP/2.0/TCP b.example.com",
+            "SIP/2.0/UDP c.example.com",
+        ])
+        self.assertEqual(len(headers.lines("via")), 2)
+        headers.replaceFirst("Call-ID", "other@host")
+        self.assertEqual(headers.lines("call-id"), ["other@host"])
+        headers.replaceFirst("Route", "<sip:r.example.com;lr>")
+        self.assertEqual(headers.first("route"), "<sip:r.example.com;lr>")
+
+    def test_replaceFirstDropsCache(self) -> None:
+        """
+        Values cached from the header are dropped when it is replaced.
+        """
+        headers = self.makeHeaders()
+        headers.cached("vias", lambda: "old")
+        headers.replaceFirst("via", "SIP/2.0/UDP z.example.com")
+        self.assertEqual(headers.cached("vias", lambda: "new"), "new")
+
     def test_removeFirstElement(self) -> None:
         """
         C{removeFirst} removes the first element of a list header, leaving

@@ -14,6 +14,7 @@ from sipcore.message import (
     Request,
     Response,
     SIPParseError,
+    _random,
     generateBranch,
     generateTag,
     parseMessage,
@@ -294,3 +295,73 @@ class GeneratorTests(SynchronousTestCase):
         for branch in branches:
             self.assertTrue(branch.startswith(MAGIC_COOKIE))
             self.assertGreater(len(branch), len(MAGIC_COOKIE) + 16)
+
+
+class RandomPoolTests(SynchronousTestCase):
+    """
+    L{sipcore.message._random.RandomPool} hands out the bytes of
+    C{os.urandom} blocks, each once.
+    """
+
+    def setUp(self) -> None:
+        self.blocks: list[bytes] = []
+
+        def urandom(count: int) -> bytes:
+            block = bytes((len(self.blocks) * 16 + i) % 256 for i in range(count))
+            self.blocks.append(block)
+            return block
+
+        self.patch(_random.os, "urandom", urandom)
+
+    def test_eachByteOnce(self) -> None:
+        """
+        Successive values are consecutive slices of one block; when a value
+        does not fit in what is left, a new block is read and the rest of
+        the old one is not used.
+        """
+        pool = _random.RandomPool(block=8)
+        self.assertEqual(pool.hex(3), "000102")
+        self.assertEqual(pool.hex(3), "030405")
+        self.assertEqual(len(self.blocks), 1)
+        self.assertEqual(pool.hex(3), "101112")
+        self.assertEqual(len(self.blocks), 2)
+
+    def test_largerThanBlock(self) -> None:
+        """
+        A value larger than the block size gets a block of its own size.
+        """
+        pool = _random.RandomPool(block=4)
+        self.assertEqual(len(pool.hex(10)), 20)
+        self.assertEqual(len(self.blocks[0]), 10)
+
+    def test_reset(self) -> None:
+        """
+        After C{reset} (what a forked child does) the next value comes from
+        a new block.
+        """
+        pool = _random.RandomPool(block=8)
+        pool.hex(2)
+        pool.reset()
+        self.assertEqual(pool.hex(2), "1011")
+
+
+class RandomValuesTests(SynchronousTestCase):
+    """
+    Tags and branches are fresh random values.
+    """
+
+    def test_tagsDiffer(self) -> None:
+        """
+        Thousands of tags are all different, 16 hex digits each.
+        """
+        tags = {generateTag() for _ in range(5000)}
+        self.assertEqual(len(tags), 5000)
+        self.assertTrue(all(len(tag) == 16 and int(tag, 16) >= 0 for tag in tags))
+
+    def test_branch(self) -> None:
+        """
+        A branch is the magic cookie and 24 hex digits.
+        """
+        branch = generateBranch()
+        self.assertTrue(branch.startswith("z9hG4bK"))
+        self.assertEqual(len(branch), 7 + 24)

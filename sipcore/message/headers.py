@@ -327,6 +327,31 @@ class Headers:
             return removed
         return None
 
+    def replaceFirst(self, name: str, value: str) -> None:
+        """
+        Replace the first element of a header with C{value}, as a server
+        stamping C{received} on the top Via does: for a list header the
+        first comma-separated element (the rest of its line stays),
+        otherwise the first line.  If the header is absent, C{value} is
+        added as its first line.
+        """
+        key = canonicalName(name)
+        for index, (entryKey, entryName, old) in enumerate(self._entries):
+            if entryKey != key:
+                continue
+            if key in LIST_HEADERS and "," in old:
+                elements = [element for element in splitList(old) if element]
+                if not elements:
+                    continue
+                elements[0] = value
+                value = ", ".join(elements)
+            elif not old.strip():
+                continue
+            self._entries[index] = (key, entryName, value)
+            self._changed(key)
+            return
+        self.add(name, value, first=True)
+
     def copy(self) -> Headers:
         """
         @return: an independent copy.

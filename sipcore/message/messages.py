@@ -6,10 +6,10 @@ SIP requests and responses as objects, and their serialization.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterable
 from typing import Literal
 
+from sipcore.message._random import randomHex
 from sipcore.message._syntax import splitList
 from sipcore.message.address import Address, parseAddress, parseAddressList
 from sipcore.message.errors import SIPParseError
@@ -129,7 +129,7 @@ def generateTag() -> str:
     """
     A new random From/To tag (64 random bits, as 16 hex digits).
     """
-    return secrets.token_hex(8)
+    return randomHex(8)
 
 
 def generateBranch() -> str:
@@ -137,7 +137,7 @@ def generateBranch() -> str:
     A new random Via branch: the RFC 3261 magic cookie C{z9hG4bK} followed
     by 96 random bits in hex.
     """
-    return MAGIC_COOKIE + secrets.token_hex(12)
+    return MAGIC_COOKIE + randomHex(12)
 
 
 def _parseCSeq(value: str) -> tuple[int, str]:

@@ -21,6 +21,8 @@ from zope.interface import implementer
 from sipcore import __version__
 from sipcore.interfaces import IFlow, IMessageSink
 from sipcore.message import Request, Response, SIPParseError, parseMessage
+from sipcore.message._syntax import replaceParam
+from sipcore.message.via import Via
 from sipcore.sip.transaction import OVERLOADED, TransactionLayer, sendToSender
 
 #: The option tags this server understands in C{Require}/C{Proxy-Require}.
@@ -51,6 +53,59 @@ class StatelessTransaction:
         self.flow = flow
 
     def respond(self, response: Response) -> bool:
+        """
+        Send C{response} back to the request's sender: over the connection
+        for streams, to the Via's address for UDP (L{sendToSender}).
+        """
+        return sendToSender(self.flow, self.request, response.serialize())
+
+
+class ServerTransactionLike(Protocol):
+    """
+    What request handlers get: a request, its flow, and a way to answer.
+    """
+
+    request: Request
+    flow: IFlow
+
+    def respond(self, response: Response) -> bool: ...
+
+
+RequestHandler = Callable[[ServerTransactionLike], object]
+
+#: A guard (L{SIPCore.addGuard}): returns C{True} (or a Deferred firing
+#: with it) to let the request go on, C{False} once it has answered it.
+RequestGuard = Callable[[ServerTransactionLike], "bool | defer.Deferred[bool]"]
+AckHandler = Callable[[Request, IFlow], object]
+
+
+def stampVia(request: Request, flow: IFlow) -> None:
+    """
+    Record where a request really came from in its top Via (RFC 3261
+    section 18.2.1, RFC 3581): C{received} when the sent-by host is not the
+    source address or the sender asked for C{rport}, and the source port in
+    C{rport} when it asked.
+    """
+    vias = request.vias
+    via = vias[0]
+    host, port = flow.remote
+    rport = via.rport
+    if rport is None and (via.host or "").lower() == host.lower():
+        return
+    params = via.params
+    if rport is not None:
+        params = replaceParam(params, "rport", str(port))
+    stamped = Via(via.transport, via.host, via.port, replaceParam(params, "received", host),
+                  via.protocol, via.version)
+    headers = request.headers
+    headers.replaceFirst("Via", str(stamped))
+    # The new top Via is already parsed: keep it (and the rest) cached
+    # rather than have the next reader parse it again.
+    vias[0] = stamped
+    headers.remember("vias", vias)
+
+
+def respond(self, response: Response) -> bool:
         """
         Send C{response} back to the request's sender: over the connection
         for streams, to the Via's address for UDP (L{sendToSender}).

@@ -17,7 +17,6 @@ work in L{PendingWrites} so a cleanup never overtakes it.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ from sipcore.location import Binding, InvalidBinding, StoreUnavailable, checkBin
 from sipcore.location.binding import UDP_CONNECTION_ID, aorKey
 from sipcore.location.ordering import PendingWrites
 from sipcore.message import URI, Address, Request, Response, SIPParseError, parseURI
+from sipcore.message._random import randomHex
 from sipcore.sip.core import ServerTransactionLike
 from sipcore.throttle import LogThrottle
 
@@ -159,7 +159,7 @@ def newRuid() -> str:
     """
     A new record unique id.
     """
-    return "sipcore-" + secrets.token_hex(12)
+    return "sipcore-" + randomHex(12)
 
 
 class Registrar:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sipcore.message import URI, Request, Response, SIPParseError, parseURI
+from sipcore.message._random import randomHex
 from sipcore.message.via import MAGIC_COOKIE
 
 __all__ = [
@@ -166,7 +167,7 @@ def proxyBranch(hashValue: str) -> str:
     A new branch for a forwarded request: the magic cookie, C{sc}, the
     loop hash of the request received, a dot and 64 random bits.
     """
-    return BRANCH_PREFIX + hashValue + "." + secrets.token_hex(8)
+    return BRANCH_PREFIX + hashValue + "." + randomHex(8)
 
 
 def loopHashOfBranch(branch: str | None) -> str | None:
