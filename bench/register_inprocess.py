@@ -9,7 +9,10 @@ It prints REGISTERs per second of the process's CPU time for new requests, and f
 (each REGISTER received again while its transaction is in Completed, as
 when sipp retransmits to a server that fell behind).
 
-    python bench/register_inprocess.py [--count N] [--profile]
+    python bench/register_inprocess.py [--count N] [--profile] [--default-gc]
+
+The collector is tuned as the server tunes it (L{sipcore.tuning}) unless
+C{--default-gc} is given.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from sipcore.location import MemoryLocationStore  # noqa: E402
 from sipcore.sip.core import SIPCore  # noqa: E402
 from sipcore.sip.registrar import Registrar  # noqa: E402
 from sipcore.testing import FakeFlow  # noqa: E402
+from sipcore.tuning import tuneGarbageCollector  # noqa: E402
 
 _TEMPLATE = (
     "REGISTER sip:127.0.0.1:5060 SIP/2.0\r\n"
@@ -124,7 +128,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="keep CPython's collector thresholds (the server tunes them)")
     args = parser.parse_args()
+    if not args.default_gc:
+        tuneGarbageCollector()
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()

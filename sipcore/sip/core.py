@@ -105,58 +105,6 @@ def stampVia(request: Request, flow: IFlow) -> None:
     headers.remember("vias", vias)
 
 
-def respond(self, response: Response) -> bool:
-        """
-        Send C{response} back to the request's sender: over the connection
-        for streams, to the Via's address for UDP (L{sendToSender}).
-        """
-        return sendToSender(self.flow, self.request, response.serialize())
-
-
-class ServerTransactionLike(Protocol):
-    """
-    What request handlers get: a request, its flow, and a way to answer.
-    """
-
-    request: Request
-    flow: IFlow
-
-    def respond(self, response: Response) -> bool: ...
-
-
-RequestHandler = Callable[[ServerTransactionLike], object]
-
-#: A guard (L{SIPCore.addGuard}): returns C{True} (or a Deferred firing
-#: with it) to let the request go on, C{False} once it has answered it.
-RequestGuard = Callable[[ServerTransactionLike], "bool | defer.Deferred[bool]"]
-AckHandler = Callable[[Request, IFlow], object]
-
-
-def stampVia(request: Request, flow: IFlow) -> None:
-    """
-    Record where a request really came from in its top Via (RFC 3261
-    section 18.2.1, RFC 3581): C{received} when the sent-by host is not the
-    source address or the sender asked for C{rport}, and the source port in
-    C{rport} when it asked.
-    """
-    via = request.vias[0]
-    host, port = flow.remote
-    stamped = via
-    if via.rport is not None:
-        stamped = stamped.withParam("rport", str(port))
-    if via.rport is not None or (via.host or "").lower() != host.lower():
-        stamped = stamped.withParam("received", host)
-    if stamped is not via:
-        vias = request.vias
-        headers = request.headers
-        headers.removeFirst("Via")
-        headers.add("Via", str(stamped), first=True)
-        # The new top Via is already parsed: keep it (and the rest) cached
-        # rather than have the next reader parse it again.
-        vias[0] = stamped
-        headers.remember("vias", vias)
-
-
 def respond(
     tx: ServerTransactionLike,
     status: int,

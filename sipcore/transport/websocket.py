@@ -24,10 +24,19 @@ C{websocket:closed}).
 Every timer autobahn sets (opening and closing handshake timeouts,
 automatic pings) runs on the reactor given to L{SIPWebSocketFactory}, not
 on the global one, so tests with a fake clock see them all.
+
+Memory: most connections sit idle for hours, so an idle connection keeps
+only what a WebSocket needs once it is open.  The protocol options are
+read from the factory instead of being copied onto every connection; the
+opening handshake (request headers, response, key) is released when the
+WebSocket opens; the send queue autobahn uses for chopped or synchronous
+sends (which sipcore does not make), the UTF-8 validator and the unmasker
+of incoming frames exist only while they are in use.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -36,6 +45,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.util import wildcards2patterns
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
+from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -79,12 +89,55 @@ DEFAULT_PING_TIMEOUT = 20.0
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CONNECTING = WebSocketProtocol.STATE_CONNECTING
 
+#: What autobahn keeps of the opening handshake, needed only until the
+#: WebSocket is open: released then (set to C{None}).
+_HANDSHAKE_STATE = (
+    "http_request_data",
+    "http_status_line",
+    "http_headers",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_params",
+    "http_request_host",
+    "http_response_data",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+    "_wskey",
+    "_transport_details",
+)
+
+
+class _FactoryOption:
+    """
+    A protocol option read from the factory.
+
+    autobahn copies each option in C{CONFIG_ATTRS} from the factory onto
+    every connection unless the protocol already has it.  With this class
+    attribute in place the connection has it, so nothing is copied and the
+    connection reads the factory's value (an instance may still set its
+    own).  The factory's options must then not change while it has
+    connections; L{SIPWebSocketFactory} sets them once, in its constructor.
+    """
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        return getattr(instance.factory, self._name)
+
 
 class _ReactorCall:
     """
     A delayed call whose C{cancel} may be called after it ran (autobahn
     does not always clear its references).
     """
+
+    __slots__ = ("_call",)
 
     def __init__(self, call: IDelayedCall) -> None:
         self._call = call
@@ -119,6 +172,9 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
     _log = Logger()
     factory: "SIPWebSocketFactory"
 
+    _sendQueue: deque[tuple[bytes, bool]] | None = None
+    _utf8validator: Any = None
+
     def __init__(self) -> None:
         super().__init__()
         self.sipFlow: StreamFlow | None = None
@@ -126,6 +182,41 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
         self._reported = False
         self._wsOpen = False
         self._rejected = False
+
+    # -- autobahn's per-connection state, made when it is used -------------
+
+    @property
+    def send_queue(self) -> deque[tuple[bytes, bool]] | tuple[()]:
+        """
+        autobahn's queue of chopped or synchronous sends: empty (C{()})
+        until L{sendData} queues one.
+        """
+        return self._sendQueue if self._sendQueue is not None else ()
+
+    @send_queue.setter
+    def send_queue(self, queue: deque[tuple[bytes, bool]]) -> None:
+        self._sendQueue = queue if queue else None
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if (sync or chopsize) and self._sendQueue is None:
+            self._sendQueue = deque()
+        super().sendData(data, sync, chopsize)
+
+    @property
+    def utf8validator(self) -> Any:
+        """
+        autobahn's incremental UTF-8 validator for incoming text messages,
+        made when a text message begins and released when no message is
+        being received.
+        """
+        if self._utf8validator is None:
+            self._utf8validator = Utf8Validator()
+        return self._utf8validator
+
+    @utf8validator.setter
+    def utf8validator(self, validator: Any) -> None:
+        # autobahn sets a fresh one when the connection is made.
+        self._utf8validator = None
 
     # -- Twisted ----------------------------------------------------------
 
@@ -139,6 +230,7 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
         self._resetIdle()
         super().dataReceived(data)
         self._checkPartial()
+        self._releaseFrameState()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._lost:
@@ -187,6 +279,8 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
         super().failHandshake(reason, code, responseHeaders)
 
     def onOpen(self) -> None:
+        for name in _HANDSHAKE_STATE:
+            setattr(self, name, None)
         if self._refused or self.sipFlow is None:
             return
         self._wsOpen = True
@@ -354,6 +448,23 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
             return
         partial = bool(self.data) or bool(getattr(self, "inside_message", False))
         self._partialMessage(partial, progress=False)
+
+    def _releaseFrameState(self) -> None:
+        """
+        Between frames, drop the last frame's unmasker; between messages,
+        the UTF-8 validator.  autobahn makes a new unmasker for each frame
+        and resets the validator when a text message begins.
+        """
+        if self.state == _CONNECTING or getattr(self, "current_frame", None) is not None:
+            return
+        self.current_frame_masker = None
+        if not getattr(self, "inside_message", False):
+            self._utf8validator = None
+
+
+for _name in SIPWebSocketProtocol.CONFIG_ATTRS:
+    setattr(SIPWebSocketProtocol, _name, _FactoryOption(_name))
+del _name
 
 
 class SIPWebSocketFactory(WebSocketServerFactory):
