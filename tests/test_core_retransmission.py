@@ -132,6 +132,32 @@ class RetransmissionPathTests(SynchronousTestCase):
         self.assertEqual(self.parse.calls, 2)
         self.assertEqual(len(self.handled), 1)
 
+    def test_completedKeepsNothingParsed(self) -> None:
+        """
+        Once answered, the transaction's request holds no parsed values;
+        asked again, they are parsed from the (stamped) text.
+        """
+        data = request("MESSAGE", via="SIP/2.0/UDP 192.0.2.9:5070;branch=z9hG4bKrt7")
+        tx = self.answerFirst(data)
+        self.assertEqual(tx.request.headers._cache, {})
+        self.assertEqual(tx.request.vias[0].received, "192.0.2.1")
+
+    def test_oneReactorCallForManyTransactions(self) -> None:
+        """
+        The Timer J of many answered transactions takes one reactor call,
+        and none is left once they have all ended.
+        """
+        for n in range(50):
+            self.core.messageReceived(request(
+                "MESSAGE", via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKmany%d" % n), self.flow)
+        for tx in self.handled:
+            self.core.respond(tx, 200, "OK")
+        self.assertEqual(self.core.transactions.serverTransactions, 50)
+        self.assertLessEqual(len(self.clock.getDelayedCalls()), 2)
+        self.clock.advance(64 * 0.5 * 2 + 1)
+        self.assertEqual(self.core.transactions.serverTransactions, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_forgottenWhenTerminated(self) -> None:
         """
         The recorded datagram is forgotten with its transaction: the layer

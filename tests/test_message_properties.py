@@ -7,6 +7,7 @@ L{SIPParseError}, and what it accepts round-trips.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,7 @@ from sipcore.message import (
     parseURI,
     parseVia,
 )
+from sipcore.message import uri as uri_module
 
 TORTURE = FilePath(__file__).sibling("torture")
 SAMPLES = [path.getContent() for path in sorted(TORTURE.globChildren("*.dat"))]
@@ -319,3 +321,65 @@ class RoundTripTests(SynchronousTestCase):
             [(name, value) for name, value in parsed.headers if name.startswith("X-")],
             [(name, value.strip(" \t")) for name, value in extra],
         )
+
+
+#: Characters that matter to SIP URI syntax, for texts near the fast path's
+#: boundary.
+_URI_CHARS = "sSiIpP:@;=.%?&[]-_!~*'()+$,/ 0123456789abcdefxyz"
+
+
+def _outcome(parse: Any, text: str) -> tuple[object, ...]:
+    try:
+        uri = parse(text)
+    except SIPParseError as e:
+        return ("error", e.reason)
+    return ("uri", uri, str(uri))
+
+
+class FastURIPathTests(SynchronousTestCase):
+    """
+    L{sipcore.message.uri._parseFast} gives what the general parser gives,
+    or declines.
+    """
+
+    @SETTINGS
+    @given(st.text(_URI_CHARS, max_size=40).map(lambda t: "sip:" + t))
+    def test_nearMisses(self, text: str) -> None:
+        """
+        For texts built of URI syntax characters, the fast path's URI (when
+        it gives one) equals the general path's, which accepts the text.
+        """
+        fast = uri_module._parseFast(text)
+        if fast is not None:
+            self.assertEqual(("uri", fast, str(fast)), _outcome(uri_module._parseGeneral, text))
+
+    @SETTINGS
+    @given(sipURIs())
+    def test_built(self, uri: URI) -> None:
+        """
+        parseURI (fast path first) and the general path agree on built URIs.
+        """
+        text = str(uri)
+        self.assertEqual(_outcome(parseURI.__wrapped__, text),  # type: ignore[attr-defined]
+                         _outcome(uri_module._parseGeneral, text))
+
+    def test_declines(self) -> None:
+        """
+        Shapes the fast path leaves to the general path: IPv6, escapes,
+        passwords, URI headers, out-of-range ports and octets, tel URIs.
+        """
+        for text in ["sip:a@[::1]", "sip:a%41@h", "sip:a:pw@h", "sip:a@h?x=y",
+                     "sip:a@h:65536", "sip:a@256.0.0.1", "tel:+123", "sip:a;b=c@h"]:
+            self.assertIsNone(uri_module._parseFast(text), text)
+
+    def test_takes(self) -> None:
+        """
+        The common shapes are taken, with every component as the general
+        path reads it.
+        """
+        for text in ["sip:u1x1@127.0.0.1:5070;transport=UDP", "SIPS:Bob@Example.COM.",
+                     "sip:example.com;lr", "sip:1.2.3.4:65535;maddr=[2001:db8::1];x"]:
+            fast = uri_module._parseFast(text)
+            self.assertIsNotNone(fast, text)
+            self.assertEqual(fast, uri_module._parseGeneral(text))
+            self.assertEqual(str(fast), text)

@@ -115,6 +115,14 @@ def _parse(text: str) -> tuple[Address, bool]:
     """
     @return: the address and whether it was a C{name-addr} (had C{<>}).
     """
+    if text[:1] == "<":
+        # The usual shape, <uri> and parameters: what the general path
+        # below does for it, without its search for a display name.
+        close = text.find(">")
+        if close < 0:
+            raise SIPParseError("Unterminated <> in address")
+        uri = parseURI(text[1:close])
+        return Address(None, uri, parseParams(text, close + 1, "address parameters")), True
     end = len(text)
     pos = skipWhitespace(text, 0)
     if pos == end:

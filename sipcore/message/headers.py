@@ -197,6 +197,14 @@ class Headers:
         self._cache[key] = value
         return value
 
+    def forgetDerived(self) -> None:
+        """
+        Drop every value cached with L{cached} or L{remember} (they are
+        computed again when asked for): for a message kept only for
+        reference, so that what was parsed from it need not stay in memory.
+        """
+        self._cache = {}
+
     def _changed(self, key: str) -> None:
         cache = self._cache
         if not cache:

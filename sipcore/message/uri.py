@@ -25,7 +25,9 @@ _HNAME = re.compile("[" + _UNRESERVED + "%\\[\\]/?:+$]+")
 _HVALUE = re.compile("[" + _UNRESERVED + "%\\[\\]/?:+$]*")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
 _NUMERIC_HOST = re.compile(r"[0-9.]+")
-_IPV4 = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})")
+_OCTET = "(?:[01]?[0-9]{1,2}|2[0-4][0-9]|25[0-5])"
+#: A dotted-quad IPv4 address, each part 0-255 (leading zeros allowed).
+_IPV4 = re.compile(_OCTET + r"\." + _OCTET + r"\." + _OCTET + r"\." + _OCTET)
 _IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]+")
 _PORT = re.compile(r"[0-9]{1,5}")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
@@ -34,6 +36,19 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _TEL_NUMBER = re.compile(r"[0-9A-Fa-f*#+().\-]+")
 
 _SIP_SCHEMES = frozenset({"sip", "sips"})
+
+_FAST_PARAM = "[A-Za-z0-9\\-_.!~*'()\\[\\]/:&+$]+"
+#: The common shape of a SIP URI, which needs no further checks but the
+#: port range and an IPv4 host's octets: a user without escapes, C{;} or
+#: C{?}, no password, a host name or IPv4 address, and parameters without
+#: escapes.  Anything else takes the general path.
+_FAST_SIP = re.compile(
+    "([Ss][Ii][Pp][Ss]?):"
+    "(?:([A-Za-z0-9\\-_.!~*'()&=+$,/]+)@)?"
+    "([A-Za-z0-9_-]+(?:\\.[A-Za-z0-9_-]+)*\\.?)"
+    "(?::([0-9]{1,5}))?"
+    "((?:;" + _FAST_PARAM + "(?:=" + _FAST_PARAM + ")?)*)"
+)
 
 
 def unescape(text: str) -> str:
@@ -237,8 +252,7 @@ def checkHost(host: str) -> None:
         except ValueError:
             raise SIPParseError("Invalid IPv6 address") from None
     elif _NUMERIC_HOST.fullmatch(host) is not None:
-        match = _IPV4.fullmatch(host)
-        if match is None or any(int(octet) > 255 for octet in match.groups()):
+        if _IPV4.fullmatch(host) is None:
             raise SIPParseError("Invalid IPv4 address")
     elif _HOSTNAME.fullmatch(host) is None:
         raise SIPParseError("Invalid host")
@@ -336,6 +350,33 @@ def _parseTel(rest: str, text: str) -> URI:
     return URI("tel", number, None, None, None, params, (), None, text)
 
 
+def _parseFast(text: str) -> URI | None:
+    """
+    Parse a SIP URI of the common shape (L{_FAST_SIP}) as the general path
+    would; C{None} if it has another shape or needs the general path's
+    checks.
+    """
+    match = _FAST_SIP.fullmatch(text)
+    if match is None:
+        return None
+    scheme, user, host, portText, paramText = match.groups()
+    if _NUMERIC_HOST.fullmatch(host) is not None and _IPV4.fullmatch(host) is None:
+        return None
+    port = None
+    if portText is not None:
+        port = int(portText)
+        if port > 65535:
+            return None
+    params: Params = ()
+    if paramText:
+        pairs: list[tuple[str, str | None]] = []
+        for part in paramText[1:].split(";"):
+            name, sep, value = part.partition("=")
+            pairs.append((name, value) if sep else (name, None))
+        params = tuple(pairs)
+    return URI(scheme.lower(), user, None, host, port, params, (), None, text)
+
+
 @lru_cache(maxsize=1024)
 def parseURI(text: str) -> URI:
     """
@@ -348,6 +389,10 @@ def parseURI(text: str) -> URI:
 
     @raise SIPParseError: if C{text} is not a URI.
     """
+    return _parseFast(text) or _parseGeneral(text)
+
+
+def _parseGeneral(text: str) -> URI:
     colon = text.find(":")
     if colon <= 0 or _SCHEME.fullmatch(text, 0, colon) is None:
         raise SIPParseError("Invalid URI scheme")

@@ -35,6 +35,7 @@ from twisted.logger import Logger
 
 from sipcore.interfaces import IFlow
 from sipcore.message import Headers, Request, Response, SIPParseError
+from sipcore.sip.timers import TimerQueues
 
 __all__ = [
     "ACCEPTED",
@@ -871,6 +872,9 @@ class NonInviteServerTransaction(ServerTransaction):
 
     def _enter(self, state: str) -> None:
         if state == COMPLETED:
+            # From now on the request only identifies the transaction: what
+            # was parsed from it can go (it is parsed again if asked for).
+            self.request.headers.forgetDerived()
             self._startTimer(TIMER_J, self.timers.j(self.reliable))
 
     def _startUnanswered(self, arg: Any) -> None:
@@ -918,6 +922,8 @@ class TransactionLayer:
         tryingDelay: float = DEFAULT_TRYING_DELAY,
     ) -> None:
         self.clock = clock
+        # the transactions' timers, queued by delay (L{TimerQueues})
+        self._timerQueues = TimerQueues(clock)
         self.tu = tu
         self.timers = TimerValues(t1, t2, t4)
         self.maxTransactions = maxTransactions
@@ -1132,7 +1138,7 @@ class TransactionLayer:
             tx = InviteServerTransaction(
                 request,
                 flow,
-                self.clock,
+                self._timerQueues,
                 self.tu,
                 self.timers,
                 self._serverTerminated,
@@ -1140,7 +1146,7 @@ class TransactionLayer:
             )
         else:
             tx = NonInviteServerTransaction(
-                request, flow, self.clock, self.tu, self.timers, self._serverTerminated
+                request, flow, self._timerQueues, self.tu, self.timers, self._serverTerminated
             )
         keys: list[tuple[dict[Any, Any], Any]] = []
         if self._isRfc3261(tx.branch):
@@ -1205,7 +1211,7 @@ class TransactionLayer:
         if key in self._clients:
             raise ValueError("a client transaction already uses this branch and method")
         cls = InviteClientTransaction if request.method == "INVITE" else NonInviteClientTransaction
-        tx = cls(request, flow, address, self.clock, tu, self.timers, self._clientTerminated)
+        tx = cls(request, flow, address, self._timerQueues, tu, self.timers, self._clientTerminated)
         self._clients[key] = tx
         tx.start()
         return tx
