@@ -384,6 +384,11 @@ def _parseContacts(headers: Headers) -> list[Address] | Literal["*"]:
     return out
 
 
+#: The headers a response copies from its request after the Vias, in
+#: order, with the names it writes them with.
+_COPIED = {"from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
+
+
 class Request(_Message):
     """
     A SIP request.
@@ -475,22 +480,25 @@ class Response(_Message):
         """
         if toTag is None and status > 100:
             toTag = generateTag()
-        headers = Headers()
-        entries = headers._entries
-        source = request.headers._entries
-        for key, _, value in source:
+        vias: list[tuple[str, str, str]] = []
+        found: dict[str, str] = {}
+        for key, _, value in request.headers._entries:
             if key == "via":
-                entries.append(("via", "Via", value))
-        for key in ("from", "to", "call-id", "cseq"):
-            for entryKey, _, value in source:
-                if entryKey == key:
-                    if key == "to" and toTag is not None:
-                        try:
-                            hasTag = parseAddress(value).hasParam("tag")
-                        except SIPParseError:
-                            hasTag = True
-                        if not hasTag:
-                            value = value + ";tag=" + toTag
-                    entries.append((key, prettyName(key), value))
-                    break
+                vias.append(("via", "Via", value))
+            elif key in _COPIED and key not in found:
+                found[key] = value
+        entries = vias
+        for key, pretty in _COPIED.items():
+            value = found.get(key)
+            if value is None:
+                continue
+            if key == "to" and toTag is not None:
+                try:
+                    hasTag = request.toAddr.hasParam("tag")
+                except SIPParseError:
+                    hasTag = True
+                if not hasTag:
+                    value = value + ";tag=" + toTag
+            entries.append((key, pretty, value))
+        headers = Headers._fromEntries(entries)
         return cls(status, reason, headers)

@@ -55,14 +55,22 @@ def _checkVersion(version: str) -> None:
         raise SIPParseError("Version Not Supported", status=505)
 
 
+#: Header names as written (with any whitespace before the colon) already
+#: checked, to their C{(key, name)}.  Bounded: names are chosen by senders.
+_NAMES: dict[str, tuple[str, str]] = {}
+_NAMES_MAX = 4096
+
+
 def _splitHeaders(
-    lines: list[str], folded: bool, maxHeaders: int
+    lines: list[str], folded: bool, maxHeaders: int, bare: bool = True
 ) -> tuple[list[tuple[str, str, str]], SIPParseError | None]:
     """
     Turn header lines into C{(key, name, value)} entries, unfolding
     continuation lines.
 
     @param folded: whether any line starts with a space or a tab.
+    @param bare: whether the lines may hold a CR or LF (one not part of
+        a line end); C{False} skips the check of each value.
     @return: the entries that could be read and the first error met (the
         line in error is skipped).
     @raise SIPParseError: if there are more than C{maxHeaders} headers.
@@ -83,22 +91,31 @@ def _splitHeaders(
     if len(logical) > maxHeaders:
         raise SIPParseError("Too many headers")
     entries: list[tuple[str, str, str]] = []
+    names = _NAMES
     for line in logical:
-        name, sep, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not sep or _TOKEN_FULL(name) is None:
+        written, sep, value = line.partition(":")
+        if not sep:
             error = error or SIPParseError("Malformed header line")
             continue
+        known = names.get(written)
+        if known is None:
+            name = written.rstrip(" \t")
+            if _TOKEN_FULL(name) is None:
+                error = error or SIPParseError("Malformed header line")
+                continue
+            lowered = name.lower()
+            known = (_COMPACT_GET(lowered, lowered), name)
+            if len(names) < _NAMES_MAX:
+                names[written] = known
         if folded and "\r\n" in value:
             pieces = [piece.strip(" \t") for piece in value.split("\r\n")]
             value = " ".join(piece for piece in pieces if piece)
         else:
             value = value.strip(" \t")
-        if "\r" in value or "\n" in value:
+        if bare and ("\r" in value or "\n" in value):
             error = error or SIPParseError("Bare CR or LF in header")
             continue
-        lowered = name.lower()
-        entries.append((_COMPACT_GET(lowered, lowered), name, value))
+        entries.append((known[0], known[1], value))
     return entries, error
 
 
@@ -249,7 +266,9 @@ def parseMessage(
         raise SIPParseError("Line too long")
     startLine = lines[0]
     folded = "\r\n " in text or "\r\n\t" in text
-    entries, headerError = _splitHeaders(lines[1:], folded, maxHeaders)
+    lineEnds = len(lines) - 1
+    bare = text.count("\r") != lineEnds or text.count("\n") != lineEnds
+    entries, headerError = _splitHeaders(lines[1:], folded, maxHeaders, bare)
     headers = Headers._fromEntries(entries)
     if "\r" in startLine or "\n" in startLine:
         raise SIPParseError("Invalid start line")

@@ -30,6 +30,7 @@ from sipcore.location.binding import UDP_CONNECTION_ID, aorKey
 from sipcore.location.ordering import PendingWrites
 from sipcore.message import URI, Address, Request, Response, SIPParseError, parseURI
 from sipcore.message._random import randomHex
+from sipcore.message.uri import unescape
 from sipcore.sip.core import ServerTransactionLike
 from sipcore.throttle import LogThrottle
 
@@ -111,13 +112,19 @@ def contactKey(uri: URI) -> str:
     """
     params: list[tuple[str, str]] = []
     if uri.params:
-        present = {name.lower() for name, _ in uri.params}
-        escaped = any("%" in name for name in present)
-        params = sorted(
-            (name, (uri.param(name) or "").lower())
-            for name in _SIGNIFICANT_PARAMS
-            if (escaped or name in present) and uri.hasParam(name)
-        )
+        if any("%" in name for name, _ in uri.params):
+            # Escaped parameter names: let URI.param decode them.
+            params = sorted(
+                (name, (uri.param(name) or "").lower())
+                for name in _SIGNIFICANT_PARAMS if uri.hasParam(name)
+            )
+        else:
+            seen: dict[str, str] = {}
+            for name, value in uri.params:
+                lowered = name.lower()
+                if lowered in _SIGNIFICANT_PARAMS and lowered not in seen:
+                    seen[lowered] = "" if value is None else unescape(value).lower()
+            params = sorted(seen.items())
     return "{}:{}@{}:{}{}".format(
         uri.scheme.lower(), uri.user or "", (uri.host or "").lower(), uri.port or "",
         "".join(";{}={}".format(k, v) for k, v in params),
