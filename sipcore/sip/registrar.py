@@ -435,10 +435,11 @@ class Registrar:
             if binding.regId:
                 value += ";reg-id={}".format(binding.regId)
             response.headers.add("Contact", value)
+        # A new response has none of these yet: add, not set.
         if path:
-            response.headers.set("Path", path)
+            response.headers.add("Path", path)
         if outbound:
-            response.headers.set("Require", "outbound")
-        response.headers.set("Supported", "path, outbound")
+            response.headers.add("Require", "outbound")
+        response.headers.add("Supported", "path, outbound")
         return response
 
