@@ -89,8 +89,9 @@ DEFAULT_PING_TIMEOUT = 20.0
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CONNECTING = WebSocketProtocol.STATE_CONNECTING
 
-#: What autobahn keeps of the opening handshake, needed only until the
-#: WebSocket is open: released then (set to C{None}).
+#: What autobahn keeps of the opening handshake (and its transport
+#: details, for WAMP, which it completes just before C{onOpen}), needed
+#: only until the WebSocket is open: released then (set to C{None}).
 _HANDSHAKE_STATE = (
     "http_request_data",
     "http_status_line",
@@ -116,8 +117,9 @@ class _FactoryOption:
     every connection unless the protocol already has it.  With this class
     attribute in place the connection has it, so nothing is copied and the
     connection reads the factory's value (an instance may still set its
-    own).  The factory's options must then not change while it has
-    connections; L{SIPWebSocketFactory} sets them once, in its constructor.
+    own).  A change to the factory's options therefore applies to the open
+    connections too; L{SIPWebSocketFactory} sets them once, in its
+    constructor.
     """
 
     __slots__ = ("_name",)
@@ -186,10 +188,11 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
     # -- autobahn's per-connection state, made when it is used -------------
 
     @property
-    def send_queue(self) -> deque[tuple[bytes, bool]] | tuple[()]:
+    def send_queue(self) -> Any:
         """
-        autobahn's queue of chopped or synchronous sends: empty (C{()})
-        until L{sendData} queues one.
+        autobahn's queue of chopped or synchronous sends (sipcore makes
+        none): until L{sendData} makes the queue for such a send, C{()},
+        which autobahn only asks for its length.
         """
         return self._sendQueue if self._sendQueue is not None else ()
 
@@ -198,6 +201,10 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
         self._sendQueue = queue if queue else None
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """
+        Send raw bytes (autobahn's C{sendData}), making the send queue first
+        when autobahn will queue them.
+        """
         if (sync or chopsize) and self._sendQueue is None:
             self._sendQueue = deque()
         super().sendData(data, sync, chopsize)
@@ -205,9 +212,9 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
     @property
     def utf8validator(self) -> Any:
         """
-        autobahn's incremental UTF-8 validator for incoming text messages,
-        made when a text message begins and released when no message is
-        being received.
+        autobahn's incremental UTF-8 validator for incoming text messages:
+        released (by L{_releaseFrameState}) when no message is being
+        received, made again when a text message begins.
         """
         if self._utf8validator is None:
             self._utf8validator = Utf8Validator()
@@ -215,8 +222,7 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
 
     @utf8validator.setter
     def utf8validator(self, validator: Any) -> None:
-        # autobahn sets a fresh one when the connection is made.
-        self._utf8validator = None
+        self._utf8validator = validator
 
     # -- Twisted ----------------------------------------------------------
 
@@ -279,6 +285,10 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
         super().failHandshake(reason, code, responseHeaders)
 
     def onOpen(self) -> None:
+        """
+        The handshake completed: release what autobahn kept of it, and fire
+        C{websocket:connected}.
+        """
         for name in _HANDSHAKE_STATE:
             setattr(self, name, None)
         if self._refused or self.sipFlow is None:
@@ -462,6 +472,8 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
             self._utf8validator = None
 
 
+# autobahn's protocol options: read from the factory, not copied onto each
+# connection.
 for _name in SIPWebSocketProtocol.CONFIG_ATTRS:
     setattr(SIPWebSocketProtocol, _name, _FactoryOption(_name))
 del _name
