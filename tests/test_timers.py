@@ -81,6 +81,7 @@ class TimerQueuesTests(SynchronousTestCase):
         call.cancel()
         self.assertEqual(call.args, ())  # type: ignore[attr-defined]
         self.assertEqual(self.queues.pending(), 2)
+        self.assertEqual(len(self.queues.getDelayedCalls()), 1)
 
     def test_failureDoesNotStopOthers(self) -> None:
         """
@@ -121,3 +122,13 @@ class TimerQueuesTests(SynchronousTestCase):
         self.assertEqual(sorted(x for x in self.fired if x != "now"),
                          list(range(MAX_QUEUES + 3)))
         self.assertIn("now", self.fired)
+
+    def test_keywordArguments(self) -> None:
+        """
+        A timer with keyword arguments goes to the reactor and fires with
+        them.
+        """
+        got: list[object] = []
+        self.queues.callLater(1, lambda **kw: got.append(kw), a=1)
+        self.clock.advance(1)
+        self.assertEqual(got, [{"a": 1}])

@@ -489,9 +489,10 @@ class Response(_Message):
                 found[key] = value
         entries = vias
         for key, pretty in _COPIED.items():
-            value = found.get(key)
-            if value is None:
+            copied = found.get(key)
+            if copied is None:
                 continue
+            value = copied
             if key == "to" and toTag is not None:
                 try:
                     hasTag = request.toAddr.hasParam("tag")

@@ -87,6 +87,9 @@ class _DelayQueue:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def entries(self) -> list[QueuedCall]:
+        return list(self._entries)
+
     def schedule(self, func: Callable[..., Any], args: tuple[Any, ...]) -> QueuedCall:
         when = self._clock.seconds() + self._delay
         entries = self._entries
@@ -135,6 +138,7 @@ class _DelayQueue:
             self._call = self._clock.callLater(max(0.0, entries[0].time - now), self._expire)
 
 
+@implementer(IReactorTime)
 class TimerQueues:
     """
     C{callLater} and C{seconds} over a reactor, keeping the timers of each
@@ -150,19 +154,30 @@ class TimerQueues:
     def seconds(self) -> float:
         return self.clock.seconds()
 
-    def callLater(self, delay: float, func: Callable[..., Any], *args: Any) -> IDelayedCall:
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: object,
+                  **kwargs: object) -> IDelayedCall:
         """
-        Call C{func(*args)} after C{delay} seconds.
+        Call C{callable(*args, **kwargs)} after C{delay} seconds.
 
         @return: an L{IDelayedCall} whose C{cancel} and C{active} work;
-            C{delay} and C{reset} are not supported.
+            C{delay} and C{reset} are not supported on queued timers.
+            Timers with keyword arguments, a delay of zero or less, or a
+            delay beyond the first L{MAX_QUEUES} distinct ones go to the
+            reactor as they are.
         """
         queue = self._queues.get(delay)
-        if queue is None:
-            if delay <= 0 or len(self._queues) >= MAX_QUEUES:
-                return self.clock.callLater(delay, func, *args)
+        if queue is None or kwargs:
+            if kwargs or delay <= 0 or len(self._queues) >= MAX_QUEUES:
+                return self.clock.callLater(delay, callable, *args, **kwargs)
             queue = self._queues[delay] = _DelayQueue(self.clock, delay)
-        return queue.schedule(func, args)
+        return queue.schedule(callable, args)
+
+    def getDelayedCalls(self) -> list[IDelayedCall]:
+        """
+        The queued timers still active (not those handed to the reactor).
+        """
+        return [entry for queue in self._queues.values() for entry in queue.entries()
+                if entry.active()]
 
     def pending(self) -> int:
         """
