@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_timers -*-
 """
-Tests for L{sipcore.sip.timers}.
+Tests for L{sipcore.timers}.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from sipcore.sip.timers import MAX_QUEUES, TimerQueues
+from sipcore.timers import MAX_QUEUES, TimerQueues
 
 
 class TimerQueuesTests(SynchronousTestCase):

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipcore.interfaces import IEventBus
+from sipcore.timers import TimerQueues
 
 __all__ = ["EventBus", "HandlerStats"]
 
@@ -131,6 +132,9 @@ class EventBus:
             handlers without a C{backlog} attribute.
         """
         self._clock = clock
+        # one reactor call per timeout value, not one per invocation: a
+        # storm of close events starts thousands of invocations at once
+        self._timers = TimerQueues(clock)
         self.defaultTimeout = defaultTimeout
         self.defaultConcurrency = defaultConcurrency
         self.defaultBacklog = defaultBacklog
@@ -359,7 +363,7 @@ class EventBus:
         d.addCallbacks(succeeded, failed)
         d.addErrback(self._swallow, sub.name)
         if not finished:
-            timer = self._clock.callLater(sub.timeout, timedOut)
+            timer = self._timers.callLater(sub.timeout, timedOut)
 
     def _swallow(self, failure: Failure, name: str) -> None:
         if failure.check(CancelledError):

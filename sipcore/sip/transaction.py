@@ -35,7 +35,7 @@ from twisted.logger import Logger
 
 from sipcore.interfaces import IFlow
 from sipcore.message import Headers, Request, Response, SIPParseError
-from sipcore.sip.timers import TimerQueues
+from sipcore.timers import TimerQueues
 
 __all__ = [
     "ACCEPTED",
