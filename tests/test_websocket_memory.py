@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from sipcore.events import (
     TCP_CLOSED,
     TCP_CONNECTED,
+    TCP_RESET,
     TCP_TIMEOUT,
     WEBSOCKET_CLOSED,
     WEBSOCKET_CONNECTED,
@@ -137,6 +138,29 @@ class HandshakeReleaseTests(WebSocketTestsMixin, SynchronousTestCase):
         )
         wsClosed = self.event(WEBSOCKET_CLOSED)
         self.assertEqual((wsClosed.wsCode, wsClosed.wsReason), (1000, "bye"))
+
+    def test_teardownCountsAndQuiet(self) -> None:
+        """
+        A connection dropped by the peer is taken off autobahn's connection
+        count, fires its close events, and does not render its reason as text (autobahn's
+        debug line did, for every connection, even with debug off).
+        """
+        protocol, _ = self.open()
+        self.assertEqual(protocol.factory.countConnections, 1)
+        rendered: list[bool] = []
+
+        class Watched(Failure):
+            def __str__(self) -> str:
+                rendered.append(True)
+                return Failure.__str__(self)
+
+        protocol.connectionLost(Watched(ConnectionDone()))
+        self.assertEqual(protocol.factory.countConnections, 0)
+        # dropped without a closing handshake: a reset, as on any path
+        self.assertEvents(
+            protocol, [TCP_CONNECTED, WEBSOCKET_CONNECTED, WEBSOCKET_CLOSED, TCP_RESET]
+        )
+        self.assertEqual(rendered, [])
 
     def test_messageWithHandshake(self) -> None:
         """

@@ -238,6 +238,15 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
         self._checkPartial()
         self._releaseFrameState()
 
+    def _connectionLost(self, reason: Failure) -> None:
+        """
+        autobahn's server-side teardown, without its debug line: that line's
+        arguments are formatted even when debug logging is off, and
+        formatting C{reason} renders a traceback, for every connection.
+        """
+        WebSocketProtocol._connectionLost(self, reason)
+        self.factory.countConnections -= 1
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._lost:
             return
