@@ -238,7 +238,7 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
         self._checkPartial()
         self._releaseFrameState()
 
-    def _connectionLost(self, reason: Failure) -> None:
+    def _connectionLost(self, reason: Any) -> None:
         """
         autobahn's server-side teardown, without its debug line: that line's
         arguments are formatted even when debug logging is off, and
