@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -33,21 +34,28 @@ __all__ = ["QueuedCall", "TimerQueues"]
 MAX_QUEUES = 64
 
 
+#: Cancelled timers a queue may hold (waiting behind a live one) before it
+#: drops them all at once, when they are also more than half of it.
+COMPACT_AFTER = 1024
+
+
 @implementer(IDelayedCall)
 class QueuedCall:
     """
-    One timer in a L{_DelayQueue}: C{cancel()} and C{active()} as for a
-    L{DelayedCall}.  A cancelled timer drops its function and arguments at
-    once; its empty entry leaves the queue when it reaches the front.
+    One timer in a L{_DelayQueue}: C{cancel()}, C{active()} and
+    C{getTime()} as for a L{DelayedCall} (C{delay} and C{reset} are not
+    supported: a queued timer keeps its delay).  A cancelled timer drops its
+    function and arguments at once.
     """
 
-    __slots__ = ("time", "func", "args", "_queue")
+    __slots__ = ("time", "func", "args", "cancelled", "_queue")
 
     def __init__(self, time: float, func: Callable[..., Any], args: tuple[Any, ...],
                  queue: _DelayQueue) -> None:
         self.time = time
         self.func: Callable[..., Any] | None = func
         self.args = args
+        self.cancelled = False
         self._queue = queue
 
     def getTime(self) -> float:
@@ -57,10 +65,17 @@ class QueuedCall:
         return self.func is not None
 
     def cancel(self) -> None:
+        """
+        @raise AlreadyCancelled: if it was cancelled already.
+        @raise AlreadyCalled: if it has fired.
+        """
+        if self.cancelled:
+            raise AlreadyCancelled()
         if self.func is None:
-            raise ValueError("the timer has already fired or been cancelled")
+            raise AlreadyCalled()
         self.func = None
         self.args = ()
+        self.cancelled = True
         self._queue.cancelled()
 
     def delay(self, secondsLater: float) -> None:
@@ -73,7 +88,13 @@ class QueuedCall:
 class _DelayQueue:
     """
     The timers of one delay, in order of expiry, with one reactor call for
-    the front one.
+    the earliest.
+
+    Timers started later expire later, so the queue is a FIFO; only a clock
+    stepping back breaks that order.  The timers are therefore kept in
+    I{segments}, each in order: a timer that would expire before the last
+    one queued starts a new segment, and expiry takes the earliest front of
+    any segment.  There is one segment unless the clock stepped back.
     """
 
     _log = Logger()
@@ -81,61 +102,119 @@ class _DelayQueue:
     def __init__(self, clock: IReactorTime, delay: float) -> None:
         self._clock = clock
         self._delay = delay
-        self._entries: deque[QueuedCall] = deque()
+        self._segments: list[deque[QueuedCall]] = []
+        self._size = 0
+        self._cancelled = 0
         self._call: IDelayedCall | None = None
+        self._expiring = False
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._size
 
     def entries(self) -> list[QueuedCall]:
-        return list(self._entries)
+        return [entry for segment in self._segments for entry in segment]
 
     def schedule(self, func: Callable[..., Any], args: tuple[Any, ...]) -> QueuedCall:
         when = self._clock.seconds() + self._delay
-        entries = self._entries
-        if entries and when < entries[-1].time:
-            # The clock went back: never expire before the timers already
-            # queued, which keeps the queue in order.
-            when = entries[-1].time
         entry = QueuedCall(when, func, args, self)
-        entries.append(entry)
-        if self._call is None:
-            self._call = self._clock.callLater(self._delay, self._expire)
+        segments = self._segments
+        if segments and segments[-1] and segments[-1][-1].time <= when:
+            segments[-1].append(entry)
+        else:
+            segments.append(deque([entry]))
+        self._size += 1
+        if not self._expiring:
+            self._arm()
         return entry
 
     def cancelled(self) -> None:
         """
-        A timer was cancelled: drop the cancelled ones at the front, and
-        the reactor call when none is left.
+        A timer was cancelled: drop the cancelled timers at the fronts (or
+        all of them, when they are many), and the reactor call when no
+        timer is left.
         """
-        entries = self._entries
-        while entries and entries[0].func is None:
-            entries.popleft()
-        if not entries and self._call is not None:
-            if self._call.active():
-                self._call.cancel()
-            self._call = None
+        self._cancelled += 1
+        if self._cancelled > COMPACT_AFTER and 2 * self._cancelled > self._size:
+            self._compact()
+        else:
+            self._dropCancelledFronts()
+        if not self._expiring:
+            self._arm()
+
+    def _dropCancelledFronts(self) -> None:
+        emptied = False
+        for segment in self._segments:
+            while segment and segment[0].cancelled:
+                segment.popleft()
+                self._size -= 1
+                self._cancelled -= 1
+            emptied = emptied or not segment
+        if emptied:
+            self._segments = [segment for segment in self._segments if segment]
+
+    def _compact(self) -> None:
+        self._segments = [
+            kept for kept in (
+                deque(entry for entry in segment if not entry.cancelled)
+                for segment in self._segments
+            ) if kept
+        ]
+        self._size = sum(len(segment) for segment in self._segments)
+        self._cancelled = 0
+
+    def _earliest(self) -> deque[QueuedCall] | None:
+        best: deque[QueuedCall] | None = None
+        for segment in self._segments:
+            if segment and (best is None or segment[0].time < best[0].time):
+                best = segment
+        return best
+
+    def _arm(self) -> None:
+        """
+        Have the reactor call L{_expire} when the earliest timer is due (and
+        no reactor call when there is no timer).
+        """
+        segment = self._earliest()
+        call = self._call
+        if segment is None:
+            if call is not None:
+                if call.active():
+                    call.cancel()
+                self._call = None
+            return
+        due = segment[0].time
+        if call is not None and call.active():
+            if call.getTime() <= due:
+                return
+            call.cancel()
+        self._call = self._clock.callLater(max(0.0, due - self._clock.seconds()), self._expire)
 
     def _expire(self) -> None:
         self._call = None
         now = self._clock.seconds()
-        entries = self._entries
-        while entries and entries[0].time <= now:
-            entry = entries.popleft()
-            func = entry.func
-            if func is None:
-                continue
-            args = entry.args
-            entry.func = None
-            entry.args = ()
-            try:
-                func(*args)
-            except Exception:
-                self._log.failure("a timer of {delay} s failed", delay=self._delay)
-        while entries and entries[0].func is None:
-            entries.popleft()
-        if entries and self._call is None:
-            self._call = self._clock.callLater(max(0.0, entries[0].time - now), self._expire)
+        self._expiring = True
+        try:
+            while True:
+                segment = self._earliest()
+                if segment is None or segment[0].time > now:
+                    break
+                entry = segment.popleft()
+                self._size -= 1
+                if entry.cancelled:
+                    self._cancelled -= 1
+                    continue
+                func = entry.func
+                args = entry.args
+                entry.func = None
+                entry.args = ()
+                try:
+                    func(*args)  # type: ignore[misc]
+                except Exception:
+                    self._log.failure("a timer of {delay} s failed", delay=self._delay)
+        finally:
+            self._expiring = False
+        self._dropCancelledFronts()
+        self._arm()
 
 
 @implementer(IReactorTime)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sipcore.message import Request, Response, SIPParseError, parseMessage
+from sipcore.message import Request, Response, SIPParseError, parseMessage, parser
 
 BASE_LINES = [
     "OPTIONS sip:bob@example.com SIP/2.0",
@@ -392,6 +392,19 @@ class LimitsTests(SynchronousTestCase):
         self.assertIsInstance(parseMessage(data, maxSize=len(data)), Request)
         error = self.assertRaises(SIPParseError, parseMessage, data, maxSize=len(data) - 1)
         self.assertEqual(error.status, 413)
+
+    def test_longHeaderNamesNotRemembered(self) -> None:
+        """
+        Header names are remembered for the next message only when short:
+        long names chosen by a sender cannot fill memory.
+        """
+        longName = "X-" + "a" * 4000
+        short = "X-Short-Name"
+        data = build(BASE_LINES + [longName + ": 1", short + ": 2"])
+        message = parseMessage(data)
+        self.assertEqual(message.headers.first(longName), "1")
+        self.assertNotIn(longName, parser._NAMES)
+        self.assertIn(short, parser._NAMES)
 
     def test_defaultMaxSize(self) -> None:
         """

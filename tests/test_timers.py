@@ -5,10 +5,11 @@ Tests for L{sipcore.timers}.
 
 from __future__ import annotations
 
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from sipcore.timers import MAX_QUEUES, TimerQueues
+from sipcore.timers import COMPACT_AFTER, MAX_QUEUES, TimerQueues
 
 
 class TimerQueuesTests(SynchronousTestCase):
@@ -69,7 +70,8 @@ class TimerQueuesTests(SynchronousTestCase):
         third.cancel()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.queues.pending(), 0)
-        self.assertRaises(ValueError, third.cancel)
+        self.assertRaises(AlreadyCancelled, third.cancel)
+        self.assertRaises(AlreadyCalled, first.cancel)
 
     def test_cancelledReleaseArguments(self) -> None:
         """
@@ -132,3 +134,50 @@ class TimerQueuesTests(SynchronousTestCase):
         self.queues.callLater(1, lambda **kw: got.append(kw), a=1)
         self.clock.advance(1)
         self.assertEqual(got, [{"a": 1}])
+
+    def test_startedWhileExpiringKeepsOthersOnTime(self) -> None:
+        """
+        A timer started by a timer of the same delay as it fires does not
+        hold back the timers already queued behind the one that fired.
+        """
+        def first() -> None:
+            self.fired.append(("first", self.clock.seconds()))
+            self.queues.callLater(5, lambda: self.fired.append(("third", self.clock.seconds())))
+
+        self.queues.callLater(5, first)
+        self.clock.advance(3)
+        self.queues.callLater(5, lambda: self.fired.append(("second", self.clock.seconds())))
+        self.clock.pump([1] * 10)
+        self.assertEqual(self.fired, [("first", 5), ("second", 8), ("third", 10)])
+
+    def test_clockStepsBack(self) -> None:
+        """
+        After the clock steps back, a new timer fires one delay after it
+        was started (not after the timers started before the step), and
+        those still fire at their own time.
+        """
+        self.clock.advance(1000)
+        self.queues.callLater(30, self.fired.append, "before")
+        self.clock.rightNow -= 600
+        self.queues.callLater(30, self.fired.append, "after")
+        self.clock.advance(30)
+        self.assertEqual(self.fired, ["after"])
+        self.clock.advance(600)
+        self.assertEqual(self.fired, ["after", "before"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancelledCompacted(self) -> None:
+        """
+        Cancelled timers waiting behind a live one are dropped once they
+        are many and most of the queue.
+        """
+        live = self.queues.callLater(64, self.fired.append, "live")
+        calls = [self.queues.callLater(64, self.fired.append, n) for n in range(2 * COMPACT_AFTER)]
+        for call in calls:
+            call.cancel()
+        self.assertLess(self.queues.pending(), COMPACT_AFTER + 2)
+        self.assertTrue(live.active())
+        self.clock.advance(64)
+        self.assertEqual(self.fired, ["live"])
+        self.assertEqual(self.queues.pending(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -56,9 +56,11 @@ def _checkVersion(version: str) -> None:
 
 
 #: Header names as written (with any whitespace before the colon) already
-#: checked, to their C{(key, name)}.  Bounded: names are chosen by senders.
+#: checked, to their C{(key, name)}.  Bounded in count and in the length of
+#: a name: names are chosen by senders.
 _NAMES: dict[str, tuple[str, str]] = {}
 _NAMES_MAX = 4096
+_NAME_MAX_LENGTH = 32
 
 
 def _splitHeaders(
@@ -105,7 +107,7 @@ def _splitHeaders(
                 continue
             lowered = name.lower()
             known = (_COMPACT_GET(lowered, lowered), name)
-            if len(names) < _NAMES_MAX:
+            if len(written) <= _NAME_MAX_LENGTH and len(names) < _NAMES_MAX:
                 names[written] = known
         if folded and "\r\n" in value:
             pieces = [piece.strip(" \t") for piece in value.split("\r\n")]
