@@ -118,13 +118,16 @@ class _DelayQueue:
         when = self._clock.seconds() + self._delay
         entry = QueuedCall(when, func, args, self)
         segments = self._segments
+        self._size += 1
         if segments and segments[-1] and segments[-1][-1].time <= when:
+            # In order: the earliest timer, and so the reactor call, stay.
             segments[-1].append(entry)
+            if self._call is None and not self._expiring:
+                self._arm()
         else:
             segments.append(deque([entry]))
-        self._size += 1
-        if not self._expiring:
-            self._arm()
+            if not self._expiring:
+                self._arm()
         return entry
 
     def cancelled(self) -> None:
@@ -138,7 +141,9 @@ class _DelayQueue:
             self._compact()
         else:
             self._dropCancelledFronts()
-        if not self._expiring:
+        # The reactor call may come early (the front was dropped): it finds
+        # nothing due and re-arms.  It must go when no timer is left.
+        if not self._size and not self._expiring:
             self._arm()
 
     def _dropCancelledFronts(self) -> None:
