@@ -83,6 +83,14 @@ class StatementTests(SynchronousTestCase):
         self.assertTrue(statement.endswith("ON CONFLICT (run_id, seq) DO NOTHING"))
         self.assertRaises(ValueError, insertStatement, 0)
 
+    def test_columnsInOrder(self) -> None:
+        """
+        The INSERT names the columns in the order of L{COLUMNS}, which the
+        parameters follow.
+        """
+        head = insertStatement(1).split(" VALUES ")[0]
+        self.assertEqual(head, "INSERT INTO connection_events ({})".format(", ".join(COLUMNS)))
+
     def test_ddlHasNoParameters(self) -> None:
         """
         The DDL is parameter-free and idempotent (every object is created

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer, reactor, task, threads
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sipcore.location import (
     Binding,
@@ -24,6 +24,7 @@ from sipcore.location import (
     MemoryLocationStore,
     PostgresLocationStore,
     StoreUnavailable,
+    postgres,
 )
 from sipcore.location.dbinit import (
     LOCATION_TABLE_VERSION,
@@ -731,3 +732,38 @@ class MatchesMemoryStoreTests(PostgresStoreTestBase):
                 assert call(self.store.lookup, aor, 0) == expected, aor
 
         check()
+
+
+class StatementTextTests(SynchronousTestCase):
+    """
+    The store's fixed statement texts name the columns in the order its
+    parameters follow.
+    """
+
+    def test_insert(self) -> None:
+        """
+        The INSERT lists every column in order, one placeholder each (times
+        converted from POSIX seconds), and updates every column but ruid.
+        """
+        self.assertEqual(
+            postgres._INSERT_HEAD,
+            "INSERT INTO location ({}) VALUES ".format(", ".join(postgres._COLUMNS)))
+        placeholders = [
+            "(to_timestamp(%s) AT TIME ZONE 'UTC')" if column in postgres._TIME_COLUMNS
+            else "%s" for column in postgres._COLUMNS]
+        self.assertEqual(postgres._ROW, "(" + ", ".join(placeholders) + ")")
+        self.assertEqual(
+            postgres._INSERT_TAIL,
+            " ON CONFLICT (ruid) DO UPDATE SET " + ", ".join(
+                "{0} = EXCLUDED.{0}".format(c) for c in postgres._COLUMNS if c != "ruid"))
+
+    def test_select(self) -> None:
+        """
+        The lookups read every column in order, times as POSIX seconds.
+        """
+        expected = ", ".join(
+            "EXTRACT(EPOCH FROM {} AT TIME ZONE 'UTC')".format(column)
+            if column in postgres._TIME_COLUMNS else column for column in postgres._COLUMNS)
+        self.assertEqual(postgres._SELECT, "SELECT " + expected + " FROM location")
+        for statement in (postgres._LOOKUP, postgres._LOOKUP_NO_DOMAIN, postgres._LOOKUP_MANY):
+            self.assertTrue(statement.startswith(postgres._SELECT + " WHERE "), statement)

@@ -54,11 +54,14 @@ COLUMNS = (
     "ws_reason",
 )
 
-_PLACEHOLDERS = {"run_id": "CAST(%s AS uuid)", "event_time": "to_timestamp(%s)"}
+#: One row of values for L{_INSERT_HEAD}.
+_ROW = "(CAST(%s AS uuid), %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 
-_ROW = "(" + ", ".join(_PLACEHOLDERS.get(column, "%s") for column in COLUMNS) + ")"
-
-_INSERT_HEAD = "INSERT INTO connection_events ({}) VALUES ".format(", ".join(COLUMNS))
+_INSERT_HEAD = (
+    "INSERT INTO connection_events (run_id, seq, event_time, server_id, event, connection_id,"
+    " transport, local_host, local_port, remote_host, remote_port, reason, duration, ws_code,"
+    " ws_reason) VALUES "
+)
 _INSERT_TAIL = " ON CONFLICT (run_id, seq) DO NOTHING"
 
 #: psycopg2 errors that are a fault in the SQL or the schema rather than an

@@ -62,7 +62,8 @@ __all__ = ["PostgresLocationStore"]
 
 
 # ---------------------------------------------------------------------------
-# Statements.  Built from constants only; every value is a %s parameter.
+# Statements: fixed text, every value a %s parameter.  _COLUMNS is the
+# column order of the statements and of _bindingParams.
 
 _COLUMNS = (
     "ruid",
@@ -89,67 +90,75 @@ _COLUMNS = (
     "partition",
 )
 
+#: The columns stored as timestamps (given and read as POSIX seconds).
 _TIME_COLUMNS = frozenset({"expires", "last_modified"})
 
 
-def _selectList() -> str:
-    parts = []
-    for column in _COLUMNS:
-        if column in _TIME_COLUMNS:
-            parts.append("EXTRACT(EPOCH FROM {} AT TIME ZONE 'UTC')".format(column))
-        else:
-            parts.append(column)
-    return ", ".join(parts)
+#: The columns as read back: times as POSIX seconds.
+_SELECT = (
+    "SELECT ruid, username, domain, contact, received, path,"
+    " EXTRACT(EPOCH FROM expires AT TIME ZONE 'UTC'), q, callid, cseq,"
+    " EXTRACT(EPOCH FROM last_modified AT TIME ZONE 'UTC'), flags, cflags, user_agent,"
+    " socket, methods, instance, reg_id, server_id, connection_id, keepalive, partition"
+    " FROM location"
+)
 
+#: One row of values for L{_INSERT_HEAD}, times given as POSIX seconds.
+_ROW = (
+    "(%s, %s, %s, %s, %s, %s, (to_timestamp(%s) AT TIME ZONE 'UTC'), %s, %s, %s,"
+    " (to_timestamp(%s) AT TIME ZONE 'UTC'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
 
-def _rowPlaceholders() -> str:
-    parts = []
-    for column in _COLUMNS:
-        if column in _TIME_COLUMNS:
-            parts.append("(to_timestamp(%s) AT TIME ZONE 'UTC')")
-        else:
-            parts.append("%s")
-    return "(" + ", ".join(parts) + ")"
-
-
-_ROW = _rowPlaceholders()
-
-_INSERT_HEAD = "INSERT INTO location ({}) VALUES ".format(", ".join(_COLUMNS))
-_INSERT_TAIL = " ON CONFLICT (ruid) DO UPDATE SET {}".format(
-    ", ".join("{0} = EXCLUDED.{0}".format(c) for c in _COLUMNS if c != "ruid")
+_INSERT_HEAD = (
+    "INSERT INTO location (ruid, username, domain, contact, received, path, expires, q,"
+    " callid, cseq, last_modified, flags, cflags, user_agent, socket, methods, instance,"
+    " reg_id, server_id, connection_id, keepalive, partition) VALUES "
+)
+_INSERT_TAIL = (
+    " ON CONFLICT (ruid) DO UPDATE SET username = EXCLUDED.username,"
+    " domain = EXCLUDED.domain, contact = EXCLUDED.contact, received = EXCLUDED.received,"
+    " path = EXCLUDED.path, expires = EXCLUDED.expires, q = EXCLUDED.q,"
+    " callid = EXCLUDED.callid, cseq = EXCLUDED.cseq,"
+    " last_modified = EXCLUDED.last_modified, flags = EXCLUDED.flags,"
+    " cflags = EXCLUDED.cflags, user_agent = EXCLUDED.user_agent, socket = EXCLUDED.socket,"
+    " methods = EXCLUDED.methods, instance = EXCLUDED.instance, reg_id = EXCLUDED.reg_id,"
+    " server_id = EXCLUDED.server_id, connection_id = EXCLUDED.connection_id,"
+    " keepalive = EXCLUDED.keepalive, partition = EXCLUDED.partition"
 )
 
 _LOOKUP_ORDER = ' ORDER BY q DESC, last_modified DESC, ruid COLLATE "C"'
 _LOOKUP = (
-    "SELECT {} FROM location WHERE username = %s AND domain = %s"
+    _SELECT + " WHERE username = %s AND domain = %s"
     " AND expires > (to_timestamp(%s) AT TIME ZONE 'UTC')" + _LOOKUP_ORDER
-).format(_selectList())
+)
 _LOOKUP_NO_DOMAIN = (
-    "SELECT {} FROM location WHERE username = %s AND (domain IS NULL OR domain = '')"
+    _SELECT + " WHERE username = %s AND (domain IS NULL OR domain = '')"
     " AND expires > (to_timestamp(%s) AT TIME ZONE 'UTC')" + _LOOKUP_ORDER
-).format(_selectList())
-
+)
 _LOOKUP_MANY = (
-    "SELECT {} FROM location WHERE (username, domain) IN"
+    _SELECT + " WHERE (username, domain) IN"
     " (SELECT * FROM unnest(%s::text[], %s::text[]))"
     " AND expires > (to_timestamp(%s) AT TIME ZONE 'UTC')" + _LOOKUP_ORDER
-).format(_selectList())
-
-
-def _counted(delete: str) -> str:
-    return "WITH gone AS ({} RETURNING 1) SELECT count(*) FROM gone".format(delete)
-
-
-_REMOVE = _counted("DELETE FROM location WHERE ruid = ANY(%s)")
-_REMOVE_CONNECTIONS = _counted(
-    "DELETE FROM location WHERE server_id = %s AND connection_id = ANY(%s)"
 )
-_REMOVE_EXPIRED = _counted(
-    "DELETE FROM location WHERE expires <= (to_timestamp(%s) AT TIME ZONE 'UTC')"
+
+# The deletes answer with the number of rows removed.
+_REMOVE = (
+    "WITH gone AS (DELETE FROM location WHERE ruid = ANY(%s) RETURNING 1)"
+    " SELECT count(*) FROM gone"
 )
-_PURGE_SERVER = _counted(
-    "DELETE FROM location WHERE server_id = %s AND connection_id > 0"
-    " AND last_modified < (to_timestamp(%s) AT TIME ZONE 'UTC')"
+_REMOVE_CONNECTIONS = (
+    "WITH gone AS (DELETE FROM location WHERE server_id = %s AND connection_id = ANY(%s)"
+    " RETURNING 1) SELECT count(*) FROM gone"
+)
+_REMOVE_EXPIRED = (
+    "WITH gone AS (DELETE FROM location"
+    " WHERE expires <= (to_timestamp(%s) AT TIME ZONE 'UTC') RETURNING 1)"
+    " SELECT count(*) FROM gone"
+)
+_PURGE_SERVER = (
+    "WITH gone AS (DELETE FROM location WHERE server_id = %s AND connection_id > 0"
+    " AND last_modified < (to_timestamp(%s) AT TIME ZONE 'UTC') RETURNING 1)"
+    " SELECT count(*) FROM gone"
 )
 
 _SET_STATEMENT_TIMEOUT = "SET statement_timeout = %s"
