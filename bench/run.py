@@ -358,7 +358,7 @@ def startSipcore(name: str, outDir: str, env: Environment, db: bool,
         argv += ["--db", env.dsn]
     argv += list(extra)
     envVars = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   SIPCORE_LAG_PROBE="1", SIPCORE_WORKERS_MEMORY="1")
+                   SIPCORE_LAG_PROBE="1")
     proc = PROCS.start(name, argv, os.path.join(outDir, name + ".out"), env=envVars, cwd=ROOT)
     server = Server(name, proc, port, ("udp", "tcp"), usesDatabase=db, metricsPort=metricsPort,
                     includeChildren=bool(workers))

@@ -346,7 +346,11 @@ def buildService(options: Options, reactor: Any) -> Any:
 
                 return create(store.pool)
     else:
-        store = MemoryLocationStore(reactor)
+        from sipcore.workers import workerStore
+
+        # A worker of `python -m sipcore.workers` shares the store process's
+        # memory store; otherwise the bindings live in this process.
+        store = workerStore(reactor) or MemoryLocationStore(reactor)
     # group commit (docs/database.rst): batch the REGISTERs' writes and reads.
     if options["db"] and options["group-commit-max"]:
         from sipcore.location.group import GroupCommitStore

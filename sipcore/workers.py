@@ -23,10 +23,14 @@ C{--metrics-listen}.  Each worker logs to C{PATH.<i>} (or to standard
 output).  The supervisor forwards SIGTERM and SIGINT to every worker, and
 stops all of them when one exits.
 
+The location store is shared by every worker: with C{--db} it is the
+database; without, the supervisor also starts a store process that keeps the
+bindings in memory and serves them to each worker over a private socket pair
+(L{sipcore.location.shared}).  The store process outlives the workers (it
+ignores SIGINT, so a Ctrl-C reaches the workers and their shutdown can still
+remove bindings) and exits once the last worker's socket has closed.
+
 Limits:
-  - the location store must be shared: workers need C{--db}.  With the
-    in-memory store each worker would see only its own registrations
-    (C{SIPCORE_WORKERS_MEMORY=1} allows it anyway, for benchmarks only);
   - TLS and WSS listeners are refused (each worker would need the socket
     and its own TLS context; not done yet);
   - workers run on L{sipcore.reactor.BoundedEPollReactor}.
@@ -43,11 +47,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SharedSockets", "bindShared", "main", "workerArguments"]
+__all__ = ["SharedSockets", "bindShared", "main", "workerArguments", "workerStore"]
 
 #: The environment variable that passes the shared sockets to a worker:
 #: C{transport:interface:port:fd} entries separated by commas.
 ENV = "SIPCORE_WORKER_SOCKETS"
+
+#: The environment variable that passes a worker its end of the socket pair
+#: to the store process (a file descriptor number).
+STORE_ENV = "SIPCORE_WORKER_STORE"
+
+#: Seconds the supervisor waits for the store process to exit after the last
+#: worker, before killing it.
+STORE_EXIT_TIMEOUT = 10.0
 
 
 class SharedSockets:
@@ -189,6 +201,52 @@ def adoptShared(reactor: Any, shared: dict[tuple[str, str, int], int]) -> None:
     reactor.listenTCP = sharedTCP
 
 
+def workerStore(reactor: Any) -> Any:
+    """
+    The shared in-memory store of a worker started without C{--db}: a
+    L{sipcore.location.shared.SharedLocationStore} on the socket the
+    supervisor passed in L{STORE_ENV}, or C{None} outside such a worker.
+    The variable is taken out of the environment, so the socket is adopted
+    once.
+    """
+    fd = os.environ.pop(STORE_ENV, None)
+    if fd is None:
+        return None
+    from sipcore.location.shared import adoptStore
+
+    return adoptStore(reactor, int(fd))
+
+
+def runStore(fds: list[int], logfile: str | None) -> None:
+    """
+    Run the store process: one in-memory location store served on each
+    worker's socket, until every worker has closed its socket.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.error import ReactorNotRunning
+    from twisted.logger import FileLogObserver, formatEventAsClassicLogText, globalLogBeginner
+
+    from sipcore.location.shared import serveStore
+
+    # A Ctrl-C goes to the whole process group: the workers stop on it and
+    # may still remove bindings while they do; the store stays until they
+    # have closed their sockets.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out = open("{}.store".format(logfile), "a") if logfile else sys.stdout
+    globalLogBeginner.beginLoggingTo(
+        [FileLogObserver(out, lambda event: formatEventAsClassicLogText(event))],
+        redirectStandardIO=False)
+    def allGone() -> None:
+        # Every worker has closed its socket (or a signal stopped us first).
+        try:
+            reactor.stop()  # type: ignore[attr-defined]
+        except ReactorNotRunning:
+            pass
+
+    serveStore(reactor, fds, allGone)
+    reactor.run()  # type: ignore[attr-defined]
+
+
 def runWorker(index: int, options: list[str], logfile: str | None) -> None:
     """
     Run worker C{index}: install the bounded reactor, adopt the shared
@@ -220,25 +278,41 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
         1 when one exited by itself (the others are then stopped).
     """
     hasDb = any(a == "--db" or a.startswith("--db=") for a in options)
-    if not hasDb and os.environ.get("SIPCORE_WORKERS_MEMORY") != "1":
-        print("sipcore.workers: workers need a shared location store (--db); "
-              "SIPCORE_WORKERS_MEMORY=1 allows the in-memory store for benchmarks",
-              file=sys.stderr)
-        return 2
     try:
         shared = bindShared(listenSpecs(options))
     except (ValueError, OSError) as e:
         print("sipcore.workers: {}".format(e), file=sys.stderr)
         return 2
     env = dict(os.environ, **{ENV: shared.encode()})
+    env.pop(STORE_ENV, None)
+    store = None
+    workerEnds: list[socket.socket] = []
+    if not hasDb:
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(count)]
+        storeEnds = [pair[0] for pair in pairs]
+        workerEnds = [pair[1] for pair in pairs]
+        for sock in storeEnds + workerEnds:
+            sock.set_inheritable(True)
+        argv = [sys.executable, "-m", "sipcore.workers",
+                "--store", ",".join(str(sock.fileno()) for sock in storeEnds)]
+        if logfile:
+            argv += ["--logfile", logfile]
+        store = subprocess.Popen(argv, env=env, pass_fds=[sock.fileno() for sock in storeEnds])
+        for sock in storeEnds:
+            sock.close()
     workers = []
     for index in range(count):
         argv = [sys.executable, "-m", "sipcore.workers", "--worker", str(index)]
         if logfile:
             argv += ["--logfile", logfile]
-        workers.append(subprocess.Popen(argv + ["--"] + options, env=env,
-                                        pass_fds=shared.fds()))
+        workerEnv, fds = env, shared.fds()
+        if workerEnds:
+            workerEnv = dict(env, **{STORE_ENV: str(workerEnds[index].fileno())})
+            fds = fds + [workerEnds[index].fileno()]
+        workers.append(subprocess.Popen(argv + ["--"] + options, env=workerEnv, pass_fds=fds))
     shared.close()
+    for sock in workerEnds:
+        sock.close()
     stopping = []
 
     def stop(signum: int, frame: Any) -> None:
@@ -251,15 +325,26 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
     signal.signal(signal.SIGINT, stop)
     status = 0
     while any(worker.poll() is None for worker in workers):
-        if not stopping and any(worker.poll() is not None for worker in workers):
+        storeGone = store is not None and store.poll() is not None
+        if not stopping and (storeGone or any(worker.poll() is not None for worker in workers)):
             status = 1
             stop(signal.SIGTERM, None)
-        # The supervisor runs no reactor: wait for the next worker to exit
+        # The supervisor runs no reactor: wait for the next child to exit
         # without reaping it (poll() reaps it and keeps its status).
         try:
             os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
         except ChildProcessError:
             break
+    if store is not None:
+        # Every worker has closed its socket: the store process exits by
+        # itself.
+        try:
+            store.wait(STORE_EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            store.kill()
+            store.wait()
+        if store.returncode != 0 and not stopping:
+            status = 1
     return status
 
 
@@ -275,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--logfile", default=None)
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--store", default=None, help=argparse.SUPPRESS)
     parsed = parser.parse_args(args)
+    if parsed.store is not None:
+        runStore([int(fd) for fd in parsed.store.split(",")], parsed.logfile)
+        return 0
     if parsed.worker is not None:
         runWorker(parsed.worker, options, parsed.logfile)
         return 0

@@ -43,13 +43,6 @@ class WorkerArgumentsTests(SynchronousTestCase):
                          ["udp:5070", "tcp:5071"])
         self.assertEqual(workers.listenSpecs([]), ["udp:5060", "tcp:5060", "ws:8080"])
 
-    def test_needsDatabase(self) -> None:
-        """
-        Without C{--db} the supervisor refuses to start (status 2).
-        """
-        self.patch(workers.os, "environ", {})
-        self.assertEqual(workers.supervise(2, ["--listen", "udp:0"], None), 2)
-
 
 class SharedSocketTests(SynchronousTestCase):
     """

@@ -1,0 +1,334 @@
+"""
+Tests for L{sipcore.location.shared}: the in-memory store the workers of
+C{python -m sipcore.workers} share, over real socket pairs on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, error, protocol, reactor
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from sipcore import workers
+from sipcore.location import InvalidBinding, StoreUnavailable
+from sipcore.location.shared import SharedLocationStore, adoptStore, serveStore
+from tests.serverhelpers import PATIENCE, listenUDP, registerRequest, startServer, waitUntil
+from tests.test_location_contract import NOW, LocationStoreContractMixin, makeBinding
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Served:
+    """
+    A store served on one end of socket pairs, with clients on the others.
+    """
+
+    def __init__(self, testCase: TestCase) -> None:
+        self.testCase = testCase
+        self.allGone: defer.Deferred[None] = defer.Deferred()
+        self.factory = serveStore(reactor, [], allGone=lambda: self.allGone.callback(None))
+        # Runs after the clients' cleanups: the store ends of the pairs
+        # close once the clients have.
+        testCase.addCleanup(lambda: waitUntil(lambda: self.factory.connections == 0,
+                                              what="store connections to close"))
+
+    def pair(self) -> int:
+        """
+        A new socket pair: its store end is served, its other end returned
+        (a file descriptor).
+        """
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        reactor.adoptStreamConnection(mine.fileno(), socket.AF_UNIX, self.factory)
+        mine.close()
+        return theirs.detach()
+
+    def client(self) -> SharedLocationStore:
+        store = adoptStore(reactor, self.pair())
+        self.testCase.addCleanup(store.close)
+        return store
+
+
+class SharedLocationStoreContractTests(LocationStoreContractMixin, TestCase):
+    """
+    L{SharedLocationStore} keeps the L{ILocationStore} contract, through a
+    real socket to a store server.
+    """
+
+    def setUp(self) -> None:
+        self.served = _Served(self)
+        self.store = self.served.client()
+
+
+class SharingTests(TestCase):
+    """
+    Several clients see one set of bindings; operations of one client take
+    effect in the order it called them.
+    """
+
+    def setUp(self) -> None:
+        self.served = _Served(self)
+
+    async def test_clientsShare(self) -> None:
+        """
+        A binding saved through one client is found, refreshed and removed
+        through another.
+        """
+        first, second = self.served.client(), self.served.client()
+        binding = makeBinding(ruid="r1", serverId=1, connectionId=5)
+        await first.save([binding])
+        self.assertEqual(await second.lookup("alice@example.com", NOW), [binding])
+        self.assertEqual(await second.lookupMany(["alice@example.com", "bob@example.com"], NOW),
+                         {"alice@example.com": [binding]})
+        self.assertEqual(await second.removeConnections(1, [5]), 1)
+        self.assertEqual(await first.lookup("alice@example.com", NOW), [])
+
+    async def test_pipelinedInOrder(self) -> None:
+        """
+        Calls made without waiting are carried out in call order, and each
+        answer goes to its own call.
+        """
+        store = self.served.client()
+        saved = store.save([makeBinding(ruid="r1")])
+        found = store.lookup("alice@example.com", NOW)
+        removed = store.remove(["r1", "r2"])
+        after = store.lookup("alice@example.com", NOW)
+        results = await defer.gatherResults([saved, found, removed, after])
+        self.assertEqual(results, [None, [makeBinding(ruid="r1")], 1, []])
+
+    async def test_valuesSurvive(self) -> None:
+        """
+        Every field comes back exactly: non-ASCII text, C{None}s, fractional
+        times and C{q}.
+        """
+        store = self.served.client()
+        binding = makeBinding(ruid="r\u00e9", username="\u00e5sa", contact="sip:\u00e5sa@h",
+                              received=None, path="<sip:p;lr>", q=0.125,
+                              expires=NOW + 0.5, lastModified=NOW + 0.25, methods=None,
+                              instance='"<urn:uuid:1>"', regId=2)
+        await store.save([binding])
+        self.assertEqual(await store.lookup("\u00e5sa@example.com", NOW), [binding])
+
+    async def test_invalidBindingNotSent(self) -> None:
+        """
+        A binding the table cannot store fails the save in the worker with
+        L{InvalidBinding}; nothing is sent and nothing stored.
+        """
+        store = self.served.client()
+        failure = await self.assertFailure(
+            store.save([makeBinding(ruid="r1"), makeBinding(ruid="r2", contact="x" * 600)]),
+            InvalidBinding)
+        self.assertIn("contact", str(failure))
+        self.assertEqual(store.statementCount["save"], 0)
+        self.assertEqual(len(self.served.factory.store), 0)
+
+    async def test_closeWaitsForAnswers(self) -> None:
+        """
+        C{close} lets the answers still due arrive before it disconnects;
+        later calls fail with L{StoreUnavailable}.
+        """
+        store = self.served.client()
+        saved = store.save([makeBinding(ruid="r1")])
+        await store.close()
+        self.assertIsNone(await saved)
+        self.assertEqual(len(self.served.factory.store), 1)
+        await self.assertFailure(store.lookup("alice@example.com", NOW), StoreUnavailable)
+
+    async def test_allGone(self) -> None:
+        """
+        The server's C{allGone} runs once every client has closed.
+        """
+        first, second = self.served.client(), self.served.client()
+        await first.save([makeBinding(ruid="r1")])
+        await second.lookup("alice@example.com", NOW)
+        await first.close()
+        self.assertFalse(self.served.allGone.called)
+        await second.close()
+        await self.served.allGone
+
+
+class StoreGoneTests(TestCase):
+    """
+    When the store process goes away, the worker's calls fail with
+    L{StoreUnavailable} and one error line is logged.
+    """
+
+    async def test_pendingAndLaterCallsFail(self) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        store = adoptStore(reactor, theirs.detach())
+        self.addCleanup(store.close)
+        pending = store.lookup("alice@example.com", NOW)
+        mine.close()
+        await self.assertFailure(pending, StoreUnavailable)
+        await self.assertFailure(store.save([makeBinding()]), StoreUnavailable)
+        await self.assertFailure(store.removeConnections(1, [2]), StoreUnavailable)
+        gone = [e for e in events if "store is gone" in e.get("log_format", "")]
+        self.assertEqual(len(gone), 1)
+
+    def test_neverConnected(self) -> None:
+        """
+        A store that was never adopted fails every call at once.
+        """
+        store = SharedLocationStore(reactor)
+        self.failureResultOf(store.lookup("alice@example.com", NOW), StoreUnavailable)
+
+
+class _RawClient(protocol.Protocol):
+    """
+    Writes frames as they are given and collects the answers.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+    def answers(self) -> list[Any]:
+        out, rest = [], self.buffer
+        while len(rest) >= 4:
+            (length,) = struct.unpack("!I", rest[:4])
+            if len(rest) < 4 + length:
+                break
+            out.append(json.loads(rest[4:4 + length]))
+            rest = rest[4 + length:]
+        return out
+
+
+class BadRequestTests(TestCase):
+    """
+    The store server answers a malformed request with an error, logs it
+    once per connection and stays up for the next request.
+    """
+
+    async def test_malformed(self) -> None:
+        served = _Served(self)
+        client = _RawClient()
+        fd = served.pair()
+        reactor.adoptStreamConnection(fd, socket.AF_UNIX, protocol.Factory.forProtocol(
+            lambda: client))
+        os.close(fd)
+        self.addCleanup(lambda: (client.transport.loseConnection(), client.lost)[1])
+        frames = [
+            b"not json",
+            json.dumps(["dropTable", []]).encode(),
+            json.dumps(["lookup", ["alice@example.com"]]).encode(),
+            json.dumps(["removeConnections", [1, ["1"]]]).encode(),
+            json.dumps(["save", [[["too", "short"]]]]).encode(),
+            json.dumps(["save", [[[None] * 22]]]).encode(),
+            json.dumps(["remove", [["r1"]]]).encode(),
+        ]
+        for frame in frames:
+            client.transport.write(struct.pack("!I", len(frame)) + frame)
+        await waitUntil(lambda: len(client.answers()) == len(frames), what="answers")
+        answers = client.answers()
+        self.assertEqual([a[0] for a in answers], ["error"] * 6 + ["ok"])
+        self.assertEqual({a[1] for a in answers[:6]}, {"invalid"})
+        self.assertEqual(answers[-1], ["ok", 0])
+        self.assertEqual(len(served.factory.store), 0)
+
+
+class SharedRegistrarTests(TestCase):
+    """
+    Two sipcore services built as workers are (C{workers.STORE_ENV} set)
+    share one store: a contact registered through one is known to the
+    other.
+    """
+
+    async def startWorker(self, served: _Served) -> Any:
+        self.patch(os, "environ", dict(os.environ, **{workers.STORE_ENV: str(served.pair())}))
+        return await startServer(self, transports=("udp",))
+
+    async def test_registerThroughOneQueryThroughOther(self) -> None:
+        served = _Served(self)
+        first = await self.startWorker(served)
+        second = await self.startWorker(served)
+        self.assertIsInstance(first.registrar.store, SharedLocationStore)
+        one, two = listenUDP(self, first.ports["udp"]), listenUDP(self, second.ports["udp"])
+        response = await one.request(registerRequest("udp", "alice", callId="c1"))
+        self.assertEqual(response.status, 200)
+        contacts = (await two.request(registerRequest("udp", "alice", callId="c1", cseq=2,
+                                                      expires=0))).headers.values("Contact")
+        self.assertEqual(contacts, [])
+        self.assertEqual(len(served.factory.store), 0)
+        response = await two.request(registerRequest("udp", "bob", callId="c2"))
+        self.assertEqual(response.status, 200)
+        self.assertEqual([b.username for b in served.factory.store.allBindings()], ["bob"])
+
+
+class _Supervisor(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = ""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data.decode("utf-8", "replace")
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(getattr(reason.value, "exitCode", None))
+
+
+class WorkersWithoutDatabaseTests(TestCase):
+    """
+    C{python -m sipcore.workers} without C{--db} runs a store process the
+    workers share, and stops it after them.
+    """
+
+    timeout = 90
+
+    async def test_sharedAcrossWorkers(self) -> None:
+        proc = _Supervisor()
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env.pop(workers.STORE_ENV, None)
+        args = [sys.executable, "-m", "sipcore.workers", "--workers", "2", "--",
+                "--domain", "example.com", "--listen", "udp:0:interface=127.0.0.1"]
+        transport = reactor.spawnProcess(proc, sys.executable, args, env=env)
+
+        def kill() -> Any:
+            try:
+                transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+            return proc.ended
+
+        self.addCleanup(kill)
+        pattern = re.compile(r"listening on udp 127\.0\.0\.1:(\d+)")
+        await waitUntil(lambda: len(pattern.findall(proc.output)) == 2, timeout=PATIENCE * 3,
+                        what="two workers listening: " + proc.output[-2000:])
+        port = int(pattern.findall(proc.output)[0])
+        self.assertEqual({int(p) for p in pattern.findall(proc.output)}, {port})
+        contact = "<sip:alice@127.0.0.1:5999;transport=udp>"
+        response = await listenUDP(self, port).request(
+            registerRequest("udp", "alice", contact=contact, callId="c1"))
+        self.assertEqual(response.status, 200)
+        # Whichever worker reads each query, it answers with the binding.
+        for cseq in range(2, 42):
+            client = listenUDP(self, port)
+            query = registerRequest("udp", "alice", callId="q{}".format(cseq), contact="*",
+                                    expires=3600).replace(b"Contact: *\r\n", b"")
+            answer = await client.request(query)
+            self.assertEqual(answer.status, 200)
+            self.assertEqual(len(answer.headers.values("Contact")), 1, answer)
+        os.kill(transport.pid, signal.SIGTERM)
+        self.assertEqual(await proc.ended, 0, proc.output[-3000:])
+        self.assertEqual(proc.output.count("stopped cleanly"), 2, proc.output[-3000:])
+        self.assertNotIn("Traceback", proc.output)
+        self.assertNotIn("shared location store is gone", proc.output)
