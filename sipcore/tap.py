@@ -133,10 +133,11 @@ class Options(usage.Options):
          "Seconds between two log lines about one limit and source.", _positiveFloat],
         # group commit (docs/database.rst)
         ["group-commit-window", None, 0.002,
-         "With --db: seconds REGISTERs wait to share one location write (and one "
-         "lookup) statement.", _positiveFloat],
+         "With --db or the workers' shared store: seconds REGISTERs wait to share one "
+         "location write (and one lookup) statement.", _positiveFloat],
         ["group-commit-max", None, 500,
-         "With --db: most bindings per group-committed statement (0: no group commit).",
+         "With --db or the workers' shared store: most bindings per group-committed "
+         "statement (0: no group commit).",
          _positiveInt],
     ]
 
@@ -352,7 +353,7 @@ def buildService(options: Options, reactor: Any) -> Any:
         # memory store; otherwise the bindings live in this process.
         store = workerStore(reactor) or MemoryLocationStore(reactor)
     # group commit (docs/database.rst): batch the REGISTERs' writes and reads.
-    if options["db"] and options["group-commit-max"]:
+    if not isinstance(store, MemoryLocationStore) and options["group-commit-max"]:
         from sipcore.location.group import GroupCommitStore
 
         store = GroupCommitStore(store, reactor, window=options["group-commit-window"],

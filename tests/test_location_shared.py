@@ -21,6 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from sipcore import workers
 from sipcore.location import InvalidBinding, StoreUnavailable
+from sipcore.location.group import GroupCommitStore
 from sipcore.location.shared import SharedLocationStore, adoptStore, serveStore
 from tests.serverhelpers import PATIENCE, listenUDP, registerRequest, startServer, waitUntil
 from tests.test_location_contract import NOW, LocationStoreContractMixin, makeBinding
@@ -259,7 +260,9 @@ class SharedRegistrarTests(TestCase):
         served = _Served(self)
         first = await self.startWorker(served)
         second = await self.startWorker(served)
-        self.assertIsInstance(first.registrar.store, SharedLocationStore)
+        # Group commit batches the worker's store calls, as for --db.
+        self.assertIsInstance(first.registrar.store, GroupCommitStore)
+        self.assertIsInstance(first.registrar.store.store, SharedLocationStore)
         one, two = listenUDP(self, first.ports["udp"]), listenUDP(self, second.ports["udp"])
         response = await one.request(registerRequest("udp", "alice", callId="c1"))
         self.assertEqual(response.status, 200)

@@ -209,6 +209,25 @@ class RegistrarTests(SynchronousTestCase):
         [binding] = self.bindings()
         self.assertEqual(binding.expires, START + 100)
 
+    def test_sameCSeqIsRetransmission(self) -> None:
+        """
+        A REGISTER with the same Call-ID and CSeq as the one that wrote a
+        binding, in a new transaction (a retransmission read by another
+        worker), is answered C{200} with the binding, which is not written
+        again.
+        """
+        self.send(register(["<sip:a@192.0.2.1>"], cseq=5, expires=100))
+        saves = self.store.statementCount["save"]
+        self.clock.advance(10)
+        response = self.send(register(["<sip:a@192.0.2.1>"], cseq=5, expires=100))
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertEqual([str(c.uri) for c in response.contacts], ["sip:a@192.0.2.1"])
+        self.assertEqual(response.contacts[0].param("expires"), "90")
+        self.assertEqual(self.store.statementCount["save"], saves)
+        [binding] = self.bindings()
+        self.assertEqual(binding.expires, START + 100)
+
     def test_otherCallIdAccepted(self) -> None:
         """
         A lower CSeq under another Call-ID (a rebooted phone) is accepted.

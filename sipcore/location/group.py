@@ -2,7 +2,8 @@
 """
 Group commit: many REGISTERs' location writes in one statement.
 
-L{GroupCommitStore} wraps another L{ILocationStore} (the PostgreSQL store).
+L{GroupCommitStore} wraps another L{ILocationStore} (the PostgreSQL store, or a
+worker's L{sipcore.location.shared.SharedLocationStore}).
 C{save} calls that arrive within a short window (C{window} seconds, or until
 C{maxBatch} bindings are waiting) are written together with one call of the
 wrapped store's C{save}: one multi-row C{INSERT ... ON CONFLICT (ruid) DO

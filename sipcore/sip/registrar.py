@@ -304,7 +304,13 @@ class Registrar:
             plannedKeys.add(key)
             old = byKey.get(key)
             if old is not None and old.callid == callId and cseq <= old.cseq:
-                raise RegistrationRefused(500, "Out of order CSeq for this Call-ID")
+                if cseq < old.cseq:
+                    raise RegistrationRefused(500, "Out of order CSeq for this Call-ID")
+                # The same Call-ID and CSeq: a retransmission of the request
+                # that wrote this binding, reaching a process whose
+                # transactions never saw the first copy (workers share the
+                # UDP socket).  It is already applied: keep it, answer 200.
+                continue
             if expires == 0:
                 if old is not None:
                     toRemove.append(old.ruid)
