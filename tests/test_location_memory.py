@@ -113,6 +113,23 @@ class BindingTests(SynchronousTestCase):
         self.assertEqual(aorKey("bob", ""), "bob")
         self.assertEqual(aorKey("bob", "example.org"), "bob@example.org")
 
+    def test_checkRemembersOnlyPasses(self) -> None:
+        """
+        L{checkBinding} remembers a binding that passed, without changing
+        how it compares or prints; a refused binding is refused every time,
+        and a changed copy of a passed one is checked afresh.
+        """
+        good = makeBinding()
+        before = repr(good)
+        checkBinding(good)
+        checkBinding(good)
+        self.assertEqual(repr(good), before)
+        self.assertEqual(good, makeBinding())
+        bad = makeBinding(contact="x" * 513)
+        for _ in range(2):
+            self.assertRaises(InvalidBinding, checkBinding, bad)
+        self.assertRaises(InvalidBinding, checkBinding, dataclasses.replace(good, cseq=2**31))
+
     def test_splitAor(self) -> None:
         """
         L{splitAor} splits at the first C{"@"} and inverts L{aorKey}.

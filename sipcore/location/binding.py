@@ -195,6 +195,11 @@ class Binding:
         return self.expires <= now
 
 
+#: The attribute L{checkBinding} sets on a binding that passed (not a field:
+#: it takes no part in comparison, C{repr} or storage).
+_STORABLE = "_storable"
+
+
 def checkBinding(binding: Binding) -> None:
     """
     Check that the C{location} table can store C{binding} exactly.
@@ -207,6 +212,10 @@ def checkBinding(binding: Binding) -> None:
     """
     if not isinstance(binding, Binding):
         raise InvalidBinding("not a Binding: {!r}".format(type(binding).__name__))
+    if _STORABLE in binding.__dict__:
+        # Bindings are immutable: one that passed once passes again (the
+        # registrar, group commit and the store each check what they get).
+        return
     for name, (limit, nullable) in _TEXT_LIMITS.items():
         value = getattr(binding, name)
         if value is None and nullable:
@@ -243,6 +252,7 @@ def checkBinding(binding: Binding) -> None:
             )
     if not _isNumber(binding.q):
         raise InvalidBinding("q must be a finite number, not {!r}".format(binding.q))
+    object.__setattr__(binding, _STORABLE, True)
 
 
 def checkBindings(bindings: Iterable[Binding]) -> list[Binding]:
