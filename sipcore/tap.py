@@ -339,7 +339,9 @@ def buildService(options: Options, reactor: Any) -> Any:
     initSchema = None
     if options["db"]:
         from sipcore.location import PostgresLocationStore
+        from sipcore.workers import releaseWorkerStore
 
+        releaseWorkerStore()
         store: Any = PostgresLocationStore(options["db"], reactor)
         if options["db-init"]:
             def initSchema() -> Any:

@@ -212,9 +212,29 @@ def workerStore(reactor: Any) -> Any:
     fd = os.environ.pop(STORE_ENV, None)
     if fd is None:
         return None
+    from twisted.internet.error import ReactorNotRunning
+
     from sipcore.location.shared import adoptStore
 
-    return adoptStore(reactor, int(fd))
+    def lost() -> None:
+        # The store process is gone (or out of step): this worker cannot
+        # serve registrations any more.  Stop; the supervisor stops the rest.
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    return adoptStore(reactor, int(fd), onLost=lost)
+
+
+def releaseWorkerStore() -> None:
+    """
+    Close the socket to the store process of a worker that does not use it
+    (its configuration file names a database).
+    """
+    fd = os.environ.pop(STORE_ENV, None)
+    if fd is not None:
+        os.close(int(fd))
 
 
 def runStore(fds: list[int], logfile: str | None) -> None:
@@ -228,10 +248,12 @@ def runStore(fds: list[int], logfile: str | None) -> None:
 
     from sipcore.location.shared import serveStore
 
-    # A Ctrl-C goes to the whole process group: the workers stop on it and
-    # may still remove bindings while they do; the store stays until they
-    # have closed their sockets.
+    # A Ctrl-C, or a service manager's SIGTERM, goes to the whole process
+    # group: the workers stop on it and may still remove bindings while they
+    # do; the store stays until they have closed their sockets (the
+    # supervisor kills it if it outstays them).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     out = open("{}.store".format(logfile), "a") if logfile else sys.stdout
     globalLogBeginner.beginLoggingTo(
         [FileLogObserver(out, lambda event: formatEventAsClassicLogText(event))],
@@ -244,7 +266,7 @@ def runStore(fds: list[int], logfile: str | None) -> None:
             pass
 
     serveStore(reactor, fds, allGone)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined,call-arg]
 
 
 def runWorker(index: int, options: list[str], logfile: str | None) -> None:
@@ -275,7 +297,8 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
     Bind the shared sockets, start C{count} workers, wait.
 
     @return: the exit status: 0 when every worker stopped after a signal,
-        1 when one exited by itself (the others are then stopped).
+        1 when one exited by itself or the store process died (the others
+        are then stopped), or when the store process had to be killed.
     """
     hasDb = any(a == "--db" or a.startswith("--db=") for a in options)
     try:
@@ -324,9 +347,17 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     status = 0
-    while any(worker.poll() is None for worker in workers):
-        storeGone = store is not None and store.poll() is not None
-        if not stopping and (storeGone or any(worker.poll() is not None for worker in workers)):
+    while True:
+        # poll() every child each time: it reaps the ones that exited, so
+        # the wait below does not return at once for them again.
+        running = [worker for worker in workers if worker.poll() is None]
+        storeStatus = store.poll() if store is not None else None
+        if not running:
+            break
+        if not stopping and (len(running) < len(workers) or storeStatus not in (None, 0)):
+            # A worker exited by itself, or the store process died.  (It
+            # exits by itself, with status 0, once every worker has closed
+            # its socket: when they all found --db in a --config file.)
             status = 1
             stop(signal.SIGTERM, None)
         # The supervisor runs no reactor: wait for the next child to exit
@@ -335,6 +366,9 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
             os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
         except ChildProcessError:
             break
+    if not stopping:
+        # Every worker exited by itself.
+        status = 1
     if store is not None:
         # Every worker has closed its socket: the store process exits by
         # itself.
@@ -343,7 +377,6 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
         except subprocess.TimeoutExpired:
             store.kill()
             store.wait()
-        if store.returncode != 0 and not stopping:
             status = 1
     return status
 

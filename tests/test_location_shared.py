@@ -164,6 +164,10 @@ class StoreGoneTests(TestCase):
     """
 
     async def test_pendingAndLaterCallsFail(self) -> None:
+        """
+        The call waiting when the store's end closes and every later call
+        fail with L{StoreUnavailable}; one error line says so.
+        """
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
@@ -177,6 +181,54 @@ class StoreGoneTests(TestCase):
         await self.assertFailure(store.removeConnections(1, [2]), StoreUnavailable)
         gone = [e for e in events if "store is gone" in e.get("log_format", "")]
         self.assertEqual(len(gone), 1)
+
+    async def test_onLost(self) -> None:
+        """
+        C{onLost} is called when the connection is lost, not when the
+        worker closes the store; C{available} follows the connection.
+        """
+        lost: list[None] = []
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        store = adoptStore(reactor, theirs.detach(), onLost=lambda: lost.append(None))
+        self.assertTrue(store.available)
+        mine.close()
+        await waitUntil(lambda: lost, what="onLost")
+        self.assertFalse(store.available)
+        served = _Served(self)
+        closed = adoptStore(reactor, served.pair(), onLost=lambda: lost.append(None))
+        await closed.close()
+        await waitUntil(lambda: served.factory.connections == 0, what="the close")
+        self.assertFalse(closed.available)
+        self.assertEqual(len(lost), 1)
+
+    async def test_answerOutOfStep(self) -> None:
+        """
+        An answer whose id is not the one expected closes the connection:
+        the waiting call fails with L{StoreUnavailable}, C{onLost} runs.
+        """
+        lost: list[None] = []
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        store = adoptStore(reactor, theirs.detach(), onLost=lambda: lost.append(None))
+        self.addCleanup(mine.close)
+        pending = store.lookup("alice@example.com", NOW)
+        mine.sendall(_frame([99, "ok", []]))
+        await self.assertFailure(pending, StoreUnavailable)
+        self.assertEqual(len(lost), 1)
+
+    async def test_cancelledCall(self) -> None:
+        """
+        A call its caller cancelled takes its answer quietly; the calls
+        after it get theirs.
+        """
+        served = _Served(self)
+        store = served.client()
+        await store.save([makeBinding(ruid="r1")])
+        cancelled = store.lookup("alice@example.com", NOW)
+        after = store.lookup("alice@example.com", NOW)
+        cancelled.cancel()
+        self.failureResultOf(cancelled, defer.CancelledError)
+        self.assertEqual(await after, [makeBinding(ruid="r1")])
+        self.assertTrue(store.available)
 
     def test_neverConnected(self) -> None:
         """
@@ -212,37 +264,87 @@ class _RawClient(protocol.Protocol):
         return out
 
 
+def _frame(message: Any) -> bytes:
+    data = message if isinstance(message, bytes) else json.dumps(message).encode()
+    return struct.pack("!I", len(data)) + data
+
+
 class BadRequestTests(TestCase):
     """
     The store server answers a malformed request with an error, logs it
     once per connection and stays up for the next request.
     """
 
-    async def test_malformed(self) -> None:
-        served = _Served(self)
+    async def rawClient(self, served: _Served) -> _RawClient:
         client = _RawClient()
         fd = served.pair()
         reactor.adoptStreamConnection(fd, socket.AF_UNIX, protocol.Factory.forProtocol(
             lambda: client))
         os.close(fd)
         self.addCleanup(lambda: (client.transport.loseConnection(), client.lost)[1])
+        return client
+
+    async def test_malformed(self) -> None:
+        """
+        Bytes that are not JSON, JSON nested too deep to decode, an unknown
+        method, the wrong number or types of arguments and a binding with
+        values the table cannot hold are each answered with an C{invalid}
+        error, in order; a good request after them is served.
+        """
+        served = _Served(self)
+        client = await self.rawClient(served)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         frames = [
             b"not json",
-            json.dumps(["dropTable", []]).encode(),
-            json.dumps(["lookup", ["alice@example.com"]]).encode(),
-            json.dumps(["removeConnections", [1, ["1"]]]).encode(),
-            json.dumps(["save", [[["too", "short"]]]]).encode(),
-            json.dumps(["save", [[[None] * 22]]]).encode(),
-            json.dumps(["remove", [["r1"]]]).encode(),
+            b"[" * 100000 + b"]" * 100000,
+            [1, "dropTable", []],
+            [2, "lookup", ["alice@example.com"]],
+            [3, "removeConnections", [1, ["1"]]],
+            [4, "save", [[["too", "short"]]]],
+            [5, "save", [[[None] * 22]]],
+            [6, "remove", [["r1"]]],
         ]
         for frame in frames:
-            client.transport.write(struct.pack("!I", len(frame)) + frame)
+            client.transport.write(_frame(frame))
         await waitUntil(lambda: len(client.answers()) == len(frames), what="answers")
         answers = client.answers()
-        self.assertEqual([a[0] for a in answers], ["error"] * 6 + ["ok"])
-        self.assertEqual({a[1] for a in answers[:6]}, {"invalid"})
-        self.assertEqual(answers[-1], ["ok", 0])
+        self.assertEqual([a[1:3] for a in answers[:7]], [["error", "invalid"]] * 7)
+        self.assertEqual([a[0] for a in answers], [None, None, 1, 2, 3, 4, 5, 6])
+        self.assertEqual(answers[-1], [6, "ok", 0])
         self.assertEqual(len(served.factory.store), 0)
+        refused = [e for e in events if "store request refused" in e.get("log_format", "")]
+        self.assertEqual(len(refused), 1)
+
+    async def test_storeErrorLogged(self) -> None:
+        """
+        An error inside the store process is answered as C{unavailable}
+        (the worker's call fails with L{StoreUnavailable}) and logged with
+        its traceback.
+        """
+        served = _Served(self)
+
+        def broken(aor: str, now: float) -> Any:
+            raise RuntimeError("broken store")
+
+        self.patch(served.factory.store, "lookup", broken)
+        store = served.client()
+        failure = await self.assertFailure(store.lookup("alice@example.com", NOW),
+                                           StoreUnavailable)
+        self.assertIn("broken store", str(failure))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(await store.remove(["r1"]), 0)
+
+    async def test_refusedBindingIsInvalidBinding(self) -> None:
+        """
+        A binding the store process refuses fails the worker's call with
+        L{InvalidBinding}.
+        """
+        served = _Served(self)
+        store = served.client()
+        values = [None] * 22
+        await self.assertFailure(store._call("save", [[values]]), InvalidBinding)
 
 
 class SharedRegistrarTests(TestCase):
@@ -257,6 +359,11 @@ class SharedRegistrarTests(TestCase):
         return await startServer(self, transports=("udp",))
 
     async def test_registerThroughOneQueryThroughOther(self) -> None:
+        """
+        A REGISTER through one worker's port is seen by a REGISTER through
+        the other's (its un-registration), and the store holds what the
+        last one left.
+        """
         served = _Served(self)
         first = await self.startWorker(served)
         second = await self.startWorker(served)
@@ -289,15 +396,36 @@ class _Supervisor(protocol.ProcessProtocol):
         self.ended.callback(getattr(reason.value, "exitCode", None))
 
 
+def _children(pid: int) -> dict[int, str]:
+    """
+    The child processes of C{pid} and their command lines (from C{/proc}).
+    """
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/{}/stat".format(entry)) as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            if parent == pid:
+                with open("/proc/{}/cmdline".format(entry), "rb") as f:
+                    found[int(entry)] = f.read().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 class WorkersWithoutDatabaseTests(TestCase):
     """
     C{python -m sipcore.workers} without C{--db} runs a store process the
-    workers share, and stops it after them.
+    workers share, and stops it after them.  (Which worker reads a datagram
+    is the kernel's choice; L{SharedRegistrarTests} shows the sharing
+    between two known workers.)
     """
 
     timeout = 90
 
-    async def test_sharedAcrossWorkers(self) -> None:
+    async def startSupervisor(self) -> tuple[_Supervisor, Any, int]:
         proc = _Supervisor()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         env.pop(workers.STORE_ENV, None)
@@ -306,6 +434,11 @@ class WorkersWithoutDatabaseTests(TestCase):
         transport = reactor.spawnProcess(proc, sys.executable, args, env=env)
 
         def kill() -> Any:
+            for pid in _children(transport.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
             try:
                 transport.signalProcess("KILL")
             except error.ProcessExitedAlready:
@@ -316,8 +449,19 @@ class WorkersWithoutDatabaseTests(TestCase):
         pattern = re.compile(r"listening on udp 127\.0\.0\.1:(\d+)")
         await waitUntil(lambda: len(pattern.findall(proc.output)) == 2, timeout=PATIENCE * 3,
                         what="two workers listening: " + proc.output[-2000:])
-        port = int(pattern.findall(proc.output)[0])
-        self.assertEqual({int(p) for p in pattern.findall(proc.output)}, {port})
+        ports = {int(p) for p in pattern.findall(proc.output)}
+        self.assertEqual(len(ports), 1)
+        return proc, transport, ports.pop()
+
+    async def test_sharedAcrossWorkers(self) -> None:
+        """
+        A binding registered through the shared port is in the answer to
+        every later query, whichever worker reads it; SIGTERM stops both
+        workers cleanly, then the store process, and the supervisor exits 0.
+        """
+        proc, transport, port = await self.startSupervisor()
+        children = _children(transport.pid)
+        self.assertEqual(sorted("--store" in c for c in children.values()), [False, False, True])
         contact = "<sip:alice@127.0.0.1:5999;transport=udp>"
         response = await listenUDP(self, port).request(
             registerRequest("udp", "alice", contact=contact, callId="c1"))
@@ -335,3 +479,18 @@ class WorkersWithoutDatabaseTests(TestCase):
         self.assertEqual(proc.output.count("stopped cleanly"), 2, proc.output[-3000:])
         self.assertNotIn("Traceback", proc.output)
         self.assertNotIn("shared location store is gone", proc.output)
+        for pid in children:
+            self.assertFalse(os.path.exists("/proc/{}".format(pid)), "child {} left".format(pid))
+
+    async def test_storeDies(self) -> None:
+        """
+        When the store process dies, the workers stop and the supervisor
+        exits with status 1.
+        """
+        proc, transport, port = await self.startSupervisor()
+        children = _children(transport.pid)
+        [storePid] = [pid for pid, c in children.items() if "--store" in c]
+        os.kill(storePid, signal.SIGKILL)
+        self.assertEqual(await proc.ended, 1, proc.output[-3000:])
+        for pid in children:
+            self.assertFalse(os.path.exists("/proc/{}".format(pid)), "child {} left".format(pid))

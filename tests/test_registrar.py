@@ -14,7 +14,7 @@ from sipcore.location import MemoryLocationStore, StoreUnavailable
 from sipcore.location.ordering import PendingWrites
 from sipcore.message import Response, parseMessage
 from sipcore.sip.core import StatelessTransaction
-from sipcore.sip.registrar import Registrar, RegistrarPolicy, contactKey, methodBits
+from sipcore.sip.registrar import Registrar, RegistrarPolicy, contactKey, methodBits, ruidFor
 from sipcore.testing import FakeFlow
 
 START = 1_700_000_000.0
@@ -227,6 +227,53 @@ class RegistrarTests(SynchronousTestCase):
         self.assertEqual(self.store.statementCount["save"], saves)
         [binding] = self.bindings()
         self.assertEqual(binding.expires, START + 100)
+
+    def test_sameCSeqChangedIsRefused(self) -> None:
+        """
+        The same Call-ID and CSeq with a different request (another expiry,
+        or C{expires=0}) is no retransmission: C{500}, nothing changed.
+        """
+        self.send(register(["<sip:a@192.0.2.1>"], cseq=5, expires=100))
+        for changed in (register(["<sip:a@192.0.2.1>"], cseq=5, expires=300),
+                        register(["<sip:a@192.0.2.1>"], cseq=5, expires=0),
+                        register(["<sip:a@192.0.2.1>;q=0.5"], cseq=5, expires=100)):
+            response = self.send(changed)
+            assert response is not None
+            self.assertEqual(response.status, 500)
+        [binding] = self.bindings()
+        self.assertEqual((binding.expires, binding.q), (START + 100, 1.0))
+
+    def test_copiesNameTheSameRecord(self) -> None:
+        """
+        Two copies of one REGISTER taken by two registrars that do not see
+        each other's writes (the first copy's write still on its way) name
+        the same record: saved to one store, they leave one binding.
+        """
+        other = MemoryLocationStore(self.clock)
+        self.send(register(["<sip:a@192.0.2.1>"], cseq=5, expires=100))
+        self.send(register(["<sip:a@192.0.2.1>"], cseq=5, expires=100),
+                  registrar=self.makeRegistrar(other))
+        [first] = self.bindings()
+        [second] = self.successResultOf(other.lookup("alice@example.com", START))
+        self.assertEqual(first.ruid, second.ruid)
+        self.successResultOf(self.store.save([second]))
+        self.assertEqual(len(self.bindings()), 1)
+
+    def test_ruidsDiffer(self) -> None:
+        """
+        Record ids differ by address of record, contact, Call-ID and CSeq.
+        """
+        base = ruidFor("alice@example.com", "sip:a@h", "c1", 1)
+        self.assertEqual(base, ruidFor("alice@example.com", "sip:a@h", "c1", 1))
+        self.assertTrue(base.startswith("sipcore-"))
+        self.assertLessEqual(len(base), 64)
+        others = {ruidFor("bob@example.com", "sip:a@h", "c1", 1),
+                  ruidFor("alice@example.com", "sip:b@h", "c1", 1),
+                  ruidFor("alice@example.com", "sip:a@h", "c2", 1),
+                  ruidFor("alice@example.com", "sip:a@h", "c1", 2),
+                  ruidFor("alice@example.com", "sip:a@h\x00c1", "", 1)}
+        self.assertEqual(len(others), 5)
+        self.assertNotIn(base, others)
 
     def test_otherCallIdAccepted(self) -> None:
         """

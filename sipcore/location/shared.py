@@ -11,23 +11,31 @@ over that socket, so every worker sees every registration, as with the
 PostgreSQL store.
 
 The protocol: each message is a 32-bit length-prefixed JSON document.  A
-request is C{[method, arguments]}; the answer is C{["ok", result]} or
-C{["error", kind, text]}.  The store process answers requests in the order
-they came, one connection at a time, so one worker's operations take effect
-in the order it called them.  Requests written in one reactor turn leave in
-one write and their answers come back in one read: there is no window to
-wait for.
+request is C{[id, method, arguments]}; the answer is C{[id, "ok", result]}
+or C{[id, "error", kind, text]}.  The store process answers requests in the
+order they came, one connection at a time, so one worker's operations take
+effect in the order it called them; the worker checks each answer's id
+against the call it expects.  Requests written in one reactor turn leave in
+one write, and the worker's group commit (L{sipcore.location.group}) batches
+REGISTERs' calls further.
 
-Failures: a binding the table could not store is refused in the worker
-(L{sipcore.location.InvalidBinding}) before anything is sent.  When the store
-process is gone, every waiting and later call fails with
-L{sipcore.location.StoreUnavailable} (the registrar answers C{503}); the
-supervisor then stops the workers.  A malformed request is answered with an
-error and logged once per connection; the connection stays up.
+Failures:
+  - a binding the table could not store is refused in the worker
+    (L{sipcore.location.InvalidBinding}) before anything is sent;
+  - a malformed request is answered with an error (kind C{"invalid"}) and
+    logged once per connection, and the connection stays up; an error
+    inside the store process is logged with its traceback and answered as
+    C{"unavailable"};
+  - when the connection to the store process is lost (the process died, or
+    an answer made no sense), every waiting and later call fails with
+    L{sipcore.location.StoreUnavailable} (the registrar answers C{503}),
+    and the worker is told (C{onLost}): a worker of C{sipcore.workers}
+    stops, and the supervisor stops the others.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 from collections import Counter, deque
@@ -44,7 +52,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipcore.interfaces import ILocationStore
-from sipcore.location import StoreUnavailable
+from sipcore.location import InvalidBinding, StoreUnavailable
 from sipcore.location.binding import Binding, checkBindings
 from sipcore.location.memory import MemoryLocationStore
 
@@ -145,6 +153,7 @@ class _StoreServerProtocol(Int32StringReceiver):
     def __init__(self, factory: StoreServerFactory) -> None:
         self.factory = factory
         self._complained = False
+        self._failed = False
 
     def connectionMade(self) -> None:
         self.factory.connections += 1
@@ -153,25 +162,35 @@ class _StoreServerProtocol(Int32StringReceiver):
         self.factory.connectionGone()
 
     def stringReceived(self, data: bytes) -> None:
+        ident = None
         try:
-            method, arguments = json.loads(data)
+            request = json.loads(data)
+            if not isinstance(request, list) or len(request) != 3:
+                raise ValueError("a request is [id, method, arguments]")
+            ident, method, arguments = request
             checks, encode = _OPERATIONS[method]
             if not isinstance(arguments, list) or len(arguments) != len(checks):
                 raise ValueError("{} takes {} arguments".format(method, len(checks)))
             args = [check(arg) for check, arg in zip(checks, arguments, strict=True)]
-        except (ValueError, TypeError, KeyError) as e:
+        except Exception as e:  # anything a peer's bytes can cause, RecursionError too
             if not self._complained:
                 self._complained = True
                 self._log.error("store request refused: {error}", error=e)
-            self._reply(["error", "invalid", str(e)])
+            self._reply([ident, "error", "invalid", str(e)])
             return
-        result = defer.maybeDeferred(getattr(self.factory.store, method), *args)
-        result.addCallbacks(
-            lambda value: self._reply(["ok", encode(value)]),
-            lambda failure: self._reply(
-                ["error", "invalid" if failure.check(ValueError, TypeError) else "unavailable",
-                 failure.getErrorMessage()]),
-        )
+        d = defer.maybeDeferred(getattr(self.factory.store, method), *args)
+        d.addCallback(lambda value: [ident, "ok", encode(value)])
+        d.addErrback(self._storeFailed, ident, method)
+        d.addCallback(self._reply)
+
+    def _storeFailed(self, failure: Failure, ident: Any, method: str) -> list[Any]:
+        if failure.check(ValueError, TypeError):
+            # The store refused the values (checkBinding).
+            return [ident, "error", "invalid", failure.getErrorMessage()]
+        if not self._failed:
+            self._failed = True
+            self._log.failure("store operation {method} failed", failure, method=method)
+        return [ident, "error", "unavailable", failure.getErrorMessage()]
 
     def _reply(self, message: list[Any]) -> None:
         self.sendString(json.dumps(message, separators=(",", ":")).encode("utf-8"))
@@ -228,38 +247,57 @@ class _StoreClientProtocol(Int32StringReceiver):
     """
     Sends a worker's store operations and matches the answers to them, in
     order.
+
+    @ivar waiting: the calls sent and not answered yet: their id, their
+        L{Deferred} and how to decode their result.
+    @ivar drained: fires when no call is waiting any more (set by
+        L{SharedLocationStore.close}).
     """
 
     MAX_LENGTH = MAX_MESSAGE
+    _log = Logger()
 
     def __init__(self, store: SharedLocationStore) -> None:
         self.store = store
-        self.waiting: deque[tuple[defer.Deferred[Any], Callable[[Any], Any]]] = deque()
+        self.waiting: deque[tuple[int, defer.Deferred[Any], Callable[[Any], Any]]] = deque()
+        self.drained: defer.Deferred[None] | None = None
+        self._ids = itertools.count(1)
 
     def connectionMade(self) -> None:
         self.store._connected(self)
 
     def call(self, method: str, arguments: list[Any], decode: Callable[[Any], Any]) -> defer.Deferred[Any]:
+        ident = next(self._ids)
         d: defer.Deferred[Any] = defer.Deferred()
-        self.waiting.append((d, decode))
-        self.sendString(json.dumps([method, arguments], separators=(",", ":")).encode("utf-8"))
+        self.waiting.append((ident, d, decode))
+        self.sendString(json.dumps([ident, method, arguments], separators=(",", ":")).encode("utf-8"))
         return d
 
     def stringReceived(self, data: bytes) -> None:
-        if not self.waiting:
-            # An answer nobody asked for: the two sides are out of step.
-            _disconnect(self)
-            return
-        d, decode = self.waiting.popleft()
         try:
             answer = json.loads(data)
-            if answer[0] == "ok":
-                result = decode(answer[1])
-            elif answer[1] == "invalid":
-                raise ValueError(answer[2])
+            ident = answer[0]
+        except Exception:
+            ident = None
+        if not self.waiting or self.waiting[0][0] != ident:
+            self._log.error("an answer of the store process does not match the call "
+                            "it should answer; closing the connection")
+            _disconnect(self)
+            return
+        _, d, decode = self.waiting.popleft()
+        if not self.waiting and self.drained is not None:
+            self.drained.callback(None)
+        if d.called:
+            # Cancelled by its caller: the answer has nowhere to go.
+            return
+        try:
+            if answer[1] == "ok":
+                result = decode(answer[2])
+            elif answer[2] == "invalid":
+                raise InvalidBinding(answer[3])
             else:
-                raise StoreUnavailable(answer[2])
-        except (ValueError, TypeError, KeyError, IndexError, StoreUnavailable):
+                raise StoreUnavailable(answer[3])
+        except Exception:
             d.errback(Failure())
             return
         d.callback(result)
@@ -268,10 +306,13 @@ class _StoreClientProtocol(Int32StringReceiver):
         _disconnect(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.store._lost(reason)
         waiting, self.waiting = self.waiting, deque()
-        for d, _ in waiting:
-            d.errback(StoreUnavailable("the store process is gone"))
+        if self.drained is not None and not self.drained.called:
+            self.drained.callback(None)
+        self.store._lost(reason)
+        for _, d, _ in waiting:
+            if not d.called:
+                d.errback(StoreUnavailable("the store process is gone"))
 
 
 @implementer(ILocationStore)
@@ -282,16 +323,28 @@ class SharedLocationStore:
 
     @ivar statementCount: a L{Counter} of the operations sent, by method
         name, counted as the other stores count their statements.
+    @ivar onLost: called (with no argument) when the connection to the store
+        process is lost without L{close}.
     """
 
     _log = Logger()
 
-    def __init__(self, clock: IReactorTime | None = None) -> None:
+    def __init__(self, clock: IReactorTime | None = None,
+                 onLost: Callable[[], None] | None = None) -> None:
         self.clock = clock
+        self.onLost = onLost
         self.statementCount: Counter[str] = Counter()
         self._protocol: _StoreClientProtocol | None = None
         self._gone = False
         self._closing = False
+
+    @property
+    def available(self) -> bool:
+        """
+        C{True} while the store process can be reached (the
+        C{sipcore_store_available} metric).
+        """
+        return self._protocol is not None and not self._closing
 
     def buildProtocol(self) -> _StoreClientProtocol:
         return _StoreClientProtocol(self)
@@ -302,15 +355,20 @@ class SharedLocationStore:
     def _lost(self, reason: Failure | None) -> None:
         self._protocol = None
         self._gone = True
-        if not self._closing:
-            self._log.error("the shared location store is gone: {reason}",
-                            reason=reason.getErrorMessage() if reason else "closed")
+        if self._closing:
+            return
+        self._log.error("the shared location store is gone: {reason}",
+                        reason=reason.getErrorMessage() if reason else "closed")
+        if self.onLost is not None:
+            self.onLost()
 
     def _call(self, method: str, arguments: list[Any],
               decode: Callable[[Any], Any] = lambda value: value) -> defer.Deferred[Any]:
-        if self._protocol is None:
+        if self._protocol is None or self._closing:
             return defer.fail(StoreUnavailable(
-                "the store process is gone" if self._gone else "not connected to the store process"))
+                "the store is closed" if self._closing
+                else "the store process is gone" if self._gone
+                else "not connected to the store process"))
         self.statementCount[method] += 1
         return self._protocol.call(method, arguments, decode)
 
@@ -323,21 +381,24 @@ class SharedLocationStore:
 
     def close(self) -> defer.Deferred[None]:
         """
-        See L{ILocationStore.close}: answers still due arrive first, then
-        the connection closes.  The bindings stay in the store process.
+        See L{ILocationStore.close}: later calls fail at once; the answers
+        still due arrive first, then the connection closes.  The bindings
+        stay in the store process.
         """
         self._closing = True
         protocol = self._protocol
         if protocol is None:
             return defer.succeed(None)
-        pending = [d for d, _ in protocol.waiting]
-        done = defer.DeferredList(pending, consumeErrors=True) if pending else defer.succeed(None)
+        if protocol.waiting:
+            protocol.drained = defer.Deferred()
+            drained: defer.Deferred[None] = protocol.drained
+        else:
+            drained = defer.succeed(None)
 
         def disconnect(_: Any) -> None:
-            if protocol.transport is not None:
-                protocol.transport.loseConnection()
+            _disconnect(protocol)
 
-        return done.addCallback(disconnect)
+        return drained.addCallback(disconnect)
 
     def lookup(self, aor: str, now: float) -> defer.Deferred[list[Binding]]:
         """
@@ -405,13 +466,15 @@ class _ClientFactory(Factory):
         return self.store.buildProtocol()
 
 
-def adoptStore(reactor: Any, fd: int) -> SharedLocationStore:
+def adoptStore(reactor: Any, fd: int, onLost: Callable[[], None] | None = None) -> SharedLocationStore:
     """
     A L{SharedLocationStore} talking to the store process over the connected
     socket C{fd} (the worker's end of its socket pair; closed here, the
     reactor keeps its own copy).
+
+    @param onLost: see L{SharedLocationStore.onLost}.
     """
-    store = SharedLocationStore(reactor)
+    store = SharedLocationStore(reactor, onLost)
     reactor.adoptStreamConnection(fd, socket.AF_UNIX, _ClientFactory(store))
     socket.close(fd)
     return store

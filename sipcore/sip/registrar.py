@@ -16,6 +16,7 @@ work in L{PendingWrites} so a cleanup never overtakes it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,7 +30,6 @@ from sipcore.location import Binding, InvalidBinding, StoreUnavailable, checkBin
 from sipcore.location.binding import UDP_CONNECTION_ID, aorKey
 from sipcore.location.ordering import PendingWrites
 from sipcore.message import URI, Address, Request, Response, SIPParseError, parseURI
-from sipcore.message._random import randomHex
 from sipcore.message.uri import unescape
 from sipcore.sip.core import ServerTransactionLike
 from sipcore.throttle import LogThrottle
@@ -162,11 +162,33 @@ def _unquote(value: str | None) -> str | None:
     return value
 
 
-def newRuid() -> str:
+def ruidFor(aor: str, key: str, callId: str, cseq: int) -> str:
     """
-    A new record unique id.
+    The record unique id of a new binding: a digest of the address of
+    record, the contact's key, the Call-ID and the CSeq.  Two copies of one
+    REGISTER (a retransmission read by another worker while the first
+    copy's write is still on its way) name the same record, so the second
+    write replaces the first instead of adding a twin.
     """
-    return "sipcore-" + randomHex(12)
+    text = "\x00".join((aor, key, callId, str(cseq)))
+    return "sipcore-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+#: The binding fields a retransmission writes exactly as its first copy did
+#: (the expiry and modification times move with the clock; the node may be
+#: another worker).
+_REQUEST_FIELDS = ("contact", "received", "path", "q", "userAgent", "socket", "methods",
+                   "instance", "regId", "connectionId", "keepalive")
+
+
+def _sameRequest(old: Binding, new: Binding) -> bool:
+    """
+    @return: C{True} if C{new} is what the request that wrote C{old} would
+        write again (the same fields and the same expiry interval).
+    """
+    if any(getattr(old, name) != getattr(new, name) for name in _REQUEST_FIELDS):
+        return False
+    return abs((old.expires - old.lastModified) - (new.expires - new.lastModified)) < 0.001
 
 
 class Registrar:
@@ -303,42 +325,45 @@ class Registrar:
                 continue
             plannedKeys.add(key)
             old = byKey.get(key)
+            binding = None
+            if expires:
+                binding = Binding(
+                    ruid=old.ruid if old is not None else ruidFor(aor, key, callId, cseq),
+                    username=username,
+                    domain=domain,
+                    contact=str(contact.uri),
+                    received=receivedURI(flow),
+                    path=path,
+                    expires=now + expires,
+                    q=self._qOf(contact),
+                    callid=callId,
+                    cseq=cseq,
+                    lastModified=now,
+                    flags=0,
+                    cflags=0,
+                    userAgent=userAgent,
+                    socket=socketName(flow),
+                    methods=methods,
+                    instance=instance,
+                    regId=regId,
+                    serverId=self.serverId,
+                    connectionId=connectionId,
+                    keepalive=1 if regId and flow.reliable else 0,
+                    partition=0,
+                )
             if old is not None and old.callid == callId and cseq <= old.cseq:
-                if cseq < old.cseq:
+                if cseq < old.cseq or binding is None or not _sameRequest(old, binding):
                     raise RegistrationRefused(500, "Out of order CSeq for this Call-ID")
-                # The same Call-ID and CSeq: a retransmission of the request
-                # that wrote this binding, reaching a process whose
-                # transactions never saw the first copy (workers share the
-                # UDP socket).  It is already applied: keep it, answer 200.
+                # The same Call-ID, CSeq and contact as the request that
+                # wrote this binding: its retransmission, read by a process
+                # whose transactions never saw the first copy (workers share
+                # the UDP socket).  It is applied already: keep it, answer 200.
                 continue
-            if expires == 0:
+            if binding is None:
                 if old is not None:
                     toRemove.append(old.ruid)
                 continue
-            toSave.append(Binding(
-                ruid=old.ruid if old is not None else newRuid(),
-                username=username,
-                domain=domain,
-                contact=str(contact.uri),
-                received=receivedURI(flow),
-                path=path,
-                expires=now + expires,
-                q=self._qOf(contact),
-                callid=callId,
-                cseq=cseq,
-                lastModified=now,
-                flags=0,
-                cflags=0,
-                userAgent=userAgent,
-                socket=socketName(flow),
-                methods=methods,
-                instance=instance,
-                regId=regId,
-                serverId=self.serverId,
-                connectionId=connectionId,
-                keepalive=1 if regId and flow.reliable else 0,
-                partition=0,
-            ))
+            toSave.append(binding)
 
         if conid is not None and self.isConnected is not None and not self.isConnected(conid):
             # The connection closed while this REGISTER waited for the store:
