@@ -106,10 +106,49 @@ class ReportTests(SynchronousTestCase):
         was skipped and why.
         """
         text = run.markdown(self.results())
-        self.assertIn("| sipcore-memory | udp | 3000 | 90% | - |", text)
+        self.assertIn("| sipcore-memory | udp | 3000 | 3000 | 90% | - |", text)
         self.assertIn("| sipcore-memory / kamailio-memory (udp) | 0.5 | 0.6 | no |", text)
         self.assertIn("| tcp | 10 | 0.5 | 10.0 | 10.0 | 3000 |", text)
         self.assertIn("- kamailio-db: not here", text)
+
+
+class RoundsTests(SynchronousTestCase):
+    """
+    Several rounds of rate steps: each server's figure is its best round.
+    """
+
+    def test_bestOfRounds(self) -> None:
+        """
+        The best round's result is kept, with every round's rate in round
+        order and C{None} where a round did not measure that server.
+        """
+        def rate(server: str, value: int, cpu: float) -> dict[str, object]:
+            return {"server": server, "transport": "udp", "maxRate": value, "cpu": cpu}
+
+        rounds = [[rate("a", 1000, 0.9), rate("b", 500, 0.5)],
+                  [rate("b", 400, 0.4), rate("a", 1200, 0.95), rate("c", 7, 0.1)]]
+        best = {r["server"]: r for r in run.bestOfRounds(rounds)}
+        self.assertEqual(best["a"]["maxRate"], 1200)
+        self.assertEqual(best["a"]["cpu"], 0.95)
+        self.assertEqual(best["a"]["perRound"], [1000, 1200])
+        self.assertEqual(best["b"]["maxRate"], 500)
+        self.assertEqual(best["b"]["cpu"], 0.5)
+        self.assertEqual(best["b"]["perRound"], [500, 400])
+        self.assertEqual(best["c"]["perRound"], [None, 7])
+
+    def test_markdownShowsRounds(self) -> None:
+        """
+        The table shows each round's rate next to the figure.
+        """
+        results = {"quick": False, "roundCount": 2, "storm": [], "skipped": {},
+                   "rates": [{"server": "sipcore-memory", "transport": "udp", "maxRate": 1200,
+                              "cpu": 0.95, "perRound": [1000, 1200]}],
+                   "machine": {"date": "d", "cpu": "cpu", "cores": 2, "memoryGiB": 24,
+                               "kernel": "6", "versions": {}}}
+        results["ratios"] = run.summarize(results)
+        text = run.markdown(results)
+        self.assertIn("| sipcore-memory | udp | 1200 | 1000 / 1200 | 95% | - |", text)
+        self.assertIn("2 round(s)", text)
 
 
 class StormClientTests(SynchronousTestCase):
