@@ -6,12 +6,15 @@ the service itself, and small real SIP clients over UDP, TCP and WebSocket.
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
-from collections.abc import Callable
+import signal
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, error, protocol, reactor, task
 from twisted.internet.interfaces import IAddress
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -67,6 +70,58 @@ async def waitUntil(condition: Callable[[], Any], timeout: float = PATIENCE,
         if reactor.seconds() > deadline:
             raise AssertionError("timed out waiting for " + what)
         await task.deferLater(reactor, interval, lambda: None)
+
+
+class ChildProcess(protocol.ProcessProtocol):
+    """
+    A child process's output (standard output and error together), how it
+    ended (C{ended} fires with the exit code, C{None} after a signal) and
+    the signal that ended it, if one did (C{signal}).
+    """
+
+    def __init__(self) -> None:
+        self.output = ""
+        self.signal: int | None = None
+        self.ended: defer.Deferred[int | None] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data.decode("utf-8", "replace")
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:  # type: ignore[override]
+        value = getattr(reason, "value", None)
+        self.signal = getattr(value, "signal", None)
+        self.ended.callback(getattr(value, "exitCode", None))
+
+
+def spawnChild(testCase: TestCase, args: list[str], env: dict[str, str],
+               descendants: Callable[[int], Iterable[int]] | None = None,
+               ) -> tuple[ChildProcess, Any]:
+    """
+    Start C{sys.executable} with C{args}; at cleanup, SIGKILL it (and the
+    processes C{descendants(pid)} names first) if it still runs, and wait
+    for its end.
+
+    @return: the L{ChildProcess} and the process transport.
+    """
+    proc = ChildProcess()
+    transport = reactor.spawnProcess(proc, sys.executable, args, env=env)
+
+    def kill() -> defer.Deferred[int | None]:
+        for pid in descendants(transport.pid) if descendants and transport.pid else ():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
+        return proc.ended
+
+    testCase.addCleanup(kill)
+    return proc, transport
 
 
 def registerRequest(

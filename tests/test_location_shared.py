@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, error, protocol, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -23,7 +23,15 @@ from sipcore import workers
 from sipcore.location import InvalidBinding, StoreUnavailable
 from sipcore.location.group import GroupCommitStore
 from sipcore.location.shared import SharedLocationStore, adoptStore, serveStore
-from tests.serverhelpers import PATIENCE, listenUDP, registerRequest, startServer, waitUntil
+from tests.serverhelpers import (
+    PATIENCE,
+    ChildProcess,
+    listenUDP,
+    registerRequest,
+    spawnChild,
+    startServer,
+    waitUntil,
+)
 from tests.test_location_contract import NOW, LocationStoreContractMixin, makeBinding
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -382,20 +390,6 @@ class SharedRegistrarTests(TestCase):
         self.assertEqual([b.username for b in served.factory.store.allBindings()], ["bob"])
 
 
-class _Supervisor(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = ""
-        self.ended: defer.Deferred[int] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data.decode("utf-8", "replace")
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(getattr(reason.value, "exitCode", None))
-
-
 def _children(pid: int) -> dict[int, str]:
     """
     The child processes of C{pid} and their command lines (from C{/proc}).
@@ -425,27 +419,12 @@ class WorkersWithoutDatabaseTests(TestCase):
 
     timeout = 90
 
-    async def startSupervisor(self) -> tuple[_Supervisor, Any, int]:
-        proc = _Supervisor()
+    async def startSupervisor(self) -> tuple[ChildProcess, Any, int]:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         env.pop(workers.STORE_ENV, None)
         args = [sys.executable, "-m", "sipcore.workers", "--workers", "2", "--",
                 "--domain", "example.com", "--listen", "udp:0:interface=127.0.0.1"]
-        transport = reactor.spawnProcess(proc, sys.executable, args, env=env)
-
-        def kill() -> Any:
-            for pid in _children(transport.pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            try:
-                transport.signalProcess("KILL")
-            except error.ProcessExitedAlready:
-                pass
-            return proc.ended
-
-        self.addCleanup(kill)
+        proc, transport = spawnChild(self, args, env, descendants=_children)
         pattern = re.compile(r"listening on udp 127\.0\.0\.1:(\d+)")
         await waitUntil(lambda: len(pattern.findall(proc.output)) == 2, timeout=PATIENCE * 3,
                         what="two workers listening: " + proc.output[-2000:])

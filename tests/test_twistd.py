@@ -12,7 +12,6 @@ import signal
 import sys
 from pathlib import Path
 
-from twisted.internet import defer, error, protocol, reactor
 from twisted.trial.unittest import TestCase
 
 from tests.serverhelpers import (
@@ -21,26 +20,11 @@ from tests.serverhelpers import (
     connectWS,
     listenUDP,
     optionsRequest,
+    spawnChild,
     waitUntil,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class _Twistd(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = ""
-        self.ended: defer.Deferred[int] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data.decode("utf-8", "replace")
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: object) -> None:
-        value = getattr(reason, "value", None)
-        self.signal = getattr(value, "signal", None)
-        self.ended.callback(getattr(value, "exitCode", None))
 
 
 class TwistdTests(TestCase):
@@ -55,23 +39,13 @@ class TwistdTests(TestCase):
         The server logs each listener, answers OPTIONS on each transport and
         exits with status 0 after SIGTERM, logging a clean stop.
         """
-        proc = _Twistd()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "-n", "--pidfile=", "sipcore", "--domain", "example.com",
                 "--listen", "udp:0:interface=127.0.0.1",
                 "--listen", "tcp:0:interface=127.0.0.1",
                 "--listen", "ws:0:interface=127.0.0.1"]
-        transport = reactor.spawnProcess(proc, sys.executable, args, env=env)
-
-        def kill() -> defer.Deferred[int]:
-            try:
-                transport.signalProcess("KILL")
-            except error.ProcessExitedAlready:
-                pass
-            return proc.ended
-
-        self.addCleanup(kill)
+        proc, transport = spawnChild(self, args, env)
         pattern = re.compile(r"listening on (udp|tcp|ws) 127\.0\.0\.1:(\d+)")
         await waitUntil(lambda: len(pattern.findall(proc.output)) == 3, timeout=PATIENCE * 2,
                         what="three listeners: " + proc.output[-500:])

@@ -25,9 +25,14 @@ version 9) carries, with Kamailio's conventions for the values:
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
+from typing import TypeVar
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 __all__ = [
     "UDP_CONNECTION_ID",
@@ -36,6 +41,7 @@ __all__ = [
     "aorKey",
     "checkBinding",
     "checkBindings",
+    "checkedSave",
     "splitAor",
 ]
 
@@ -266,6 +272,32 @@ def checkBindings(bindings: Iterable[Binding]) -> list[Binding]:
     for binding in batch:
         checkBinding(binding)
     return batch
+
+
+_Store = TypeVar("_Store")
+
+
+def checkedSave(
+    save: Callable[[_Store, list[Binding]], defer.Deferred[None]],
+) -> Callable[[_Store, Iterable[Binding]], defer.Deferred[None]]:
+    """
+    Decorate a store's C{save}: the bindings are checked first
+    (L{checkBindings}; a binding the table cannot store fails the call with
+    L{InvalidBinding} and none is saved), an empty batch is answered at
+    once, and C{save} gets the checked batch as a list.
+    """
+
+    @functools.wraps(save)
+    def checked(self: _Store, bindings: Iterable[Binding]) -> defer.Deferred[None]:
+        try:
+            batch = checkBindings(bindings)
+        except ValueError:
+            return defer.fail(Failure())
+        if not batch:
+            return defer.succeed(None)
+        return save(self, batch)
+
+    return checked
 
 
 def _isNumber(value: object) -> bool:

@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipcore.interfaces import ILocationStore
-from sipcore.location.binding import Binding, checkBindings
+from sipcore.location.binding import Binding, checkedSave
 
 __all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_WINDOW", "GroupCommitStore"]
 
@@ -211,7 +211,8 @@ class GroupCommitStore:
             return self._lookupNow(aor, now)
         return self._barrier().addCallback(lambda _: self._lookupNow(aor, now))
 
-    def save(self, bindings: Iterable[Binding]) -> defer.Deferred[None]:
+    @checkedSave
+    def save(self, batch: list[Binding]) -> defer.Deferred[None]:
         """
         See L{ILocationStore.save}.  The bindings are checked here (a
         binding the table cannot store fails this call alone with
@@ -219,12 +220,6 @@ class GroupCommitStore:
         filling.  Fires once the batch's statement has committed; fails
         with the batch's failure.
         """
-        try:
-            batch = checkBindings(bindings)
-        except ValueError:
-            return defer.fail(Failure())
-        if not batch:
-            return defer.succeed(None)
         filling = self._filling
         if filling is None:
             filling = self._filling = _SaveBatch()

@@ -11,11 +11,10 @@ from collections.abc import Iterable, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipcore.interfaces import ILocationStore
-from sipcore.location.binding import Binding, checkBindings
+from sipcore.location.binding import Binding, checkedSave
 
 __all__ = ["MemoryLocationStore", "lookupOrder"]
 
@@ -106,18 +105,13 @@ class MemoryLocationStore:
                 found[aor] = bindings
         return defer.succeed(found)
 
-    def save(self, bindings: Iterable[Binding]) -> defer.Deferred[None]:
+    @checkedSave
+    def save(self, batch: list[Binding]) -> defer.Deferred[None]:
         """
         See L{ILocationStore.save}.  Fails with
         L{sipcore.location.InvalidBinding} (and stores none of C{bindings})
         if one of them cannot be stored exactly.
         """
-        try:
-            batch = checkBindings(bindings)
-        except ValueError:
-            return defer.fail(Failure())
-        if not batch:
-            return defer.succeed(None)
         self.statementCount["save"] += 1
         for binding in batch:
             self._discard(binding.ruid)

@@ -53,7 +53,7 @@ from zope.interface import implementer
 
 from sipcore.interfaces import ILocationStore
 from sipcore.location import InvalidBinding, StoreUnavailable
-from sipcore.location.binding import Binding, checkBindings
+from sipcore.location.binding import Binding, checkedSave
 from sipcore.location.memory import MemoryLocationStore
 
 __all__ = ["SharedLocationStore", "StoreServerFactory", "adoptStore", "serveStore"]
@@ -413,18 +413,13 @@ class SharedLocationStore:
         return self._call("lookupMany", [list(aors), now],
                           lambda found: {aor: _decodeBindings(bs) for aor, bs in found.items()})
 
-    def save(self, bindings: Iterable[Binding]) -> defer.Deferred[None]:
+    @checkedSave
+    def save(self, batch: list[Binding]) -> defer.Deferred[None]:
         """
         See L{ILocationStore.save}: the answer comes once the store process
         holds every binding.  Fails with L{sipcore.location.InvalidBinding}
         (and sends nothing) if one cannot be stored exactly.
         """
-        try:
-            batch = checkBindings(bindings)
-        except ValueError:
-            return defer.fail(Failure())
-        if not batch:
-            return defer.succeed(None)
         return self._call("save", [[_encodeBinding(b) for b in batch]])
 
     def remove(self, ruids: Iterable[str]) -> defer.Deferred[int]:
