@@ -5,6 +5,7 @@ how a worker's reactor adopts them.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -99,3 +100,33 @@ class SharedSocketTests(SynchronousTestCase):
         reactor.listenTCP(9999, None, interface="127.0.0.1")
         self.assertEqual(calls, [("adoptDatagramPort", 7), ("adoptStreamPort", 8),
                                  ("listenTCP", 9999)])
+
+
+class WorkerStoreTests(SynchronousTestCase):
+    """
+    A worker takes its socket to the store process from the environment
+    once.
+    """
+
+    def test_outsideWorkers(self) -> None:
+        """
+        Without the variable there is no shared store.
+        """
+        self.patch(workers.os, "environ", {})
+        self.assertIsNone(workers.workerStore(object()))
+
+    def test_releasedWithDatabase(self) -> None:
+        """
+        A worker whose configuration names a database closes its socket to
+        the store process (whose end then reads end-of-file) and forgets
+        the variable.
+        """
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(mine.close)
+        mine.settimeout(5)
+        environ = {workers.STORE_ENV: str(theirs.detach())}
+        self.patch(workers.os, "environ", environ)
+        workers.releaseWorkerStore()
+        self.assertEqual(environ, {})
+        self.assertEqual(mine.recv(10), b"")
+        workers.releaseWorkerStore()
