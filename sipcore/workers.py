@@ -24,8 +24,8 @@ output).  The supervisor forwards SIGTERM and SIGINT to every worker, and
 stops all of them when one exits.
 
 The location store is shared by every worker: with C{--db} it is the
-database; without, the supervisor also starts a store process that keeps the
-bindings in memory and serves them to each worker over a private socket pair
+database; without (and more than one worker), the supervisor also starts a
+store process that keeps the bindings in memory and serves them to each worker over a private socket pair
 (L{sipcore.location.shared}).  The store process outlives the workers (it
 ignores SIGINT, so a Ctrl-C reaches the workers and their shutdown can still
 remove bindings) and exits once the last worker's socket has closed.
@@ -310,7 +310,7 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
     env.pop(STORE_ENV, None)
     store = None
     workerEnds: list[socket.socket] = []
-    if not hasDb:
+    if not hasDb and count > 1:
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(count)]
         storeEnds = [pair[0] for pair in pairs]
         workerEnds = [pair[1] for pair in pairs]

@@ -419,15 +419,15 @@ class WorkersWithoutDatabaseTests(TestCase):
 
     timeout = 90
 
-    async def startSupervisor(self) -> tuple[ChildProcess, Any, int]:
+    async def startSupervisor(self, count: int = 2) -> tuple[ChildProcess, Any, int]:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         env.pop(workers.STORE_ENV, None)
-        args = [sys.executable, "-m", "sipcore.workers", "--workers", "2", "--",
+        args = [sys.executable, "-m", "sipcore.workers", "--workers", str(count), "--",
                 "--domain", "example.com", "--listen", "udp:0:interface=127.0.0.1"]
         proc, transport = spawnChild(self, args, env, descendants=_children)
         pattern = re.compile(r"listening on udp 127\.0\.0\.1:(\d+)")
-        await waitUntil(lambda: len(pattern.findall(proc.output)) == 2, timeout=PATIENCE * 3,
-                        what="two workers listening: " + proc.output[-2000:])
+        await waitUntil(lambda: len(pattern.findall(proc.output)) == count,
+                        timeout=PATIENCE * 3, what="workers listening: " + proc.output[-2000:])
         ports = {int(p) for p in pattern.findall(proc.output)}
         self.assertEqual(len(ports), 1)
         return proc, transport, ports.pop()
@@ -473,3 +473,17 @@ class WorkersWithoutDatabaseTests(TestCase):
         self.assertEqual(await proc.ended, 1, proc.output[-3000:])
         for pid in children:
             self.assertFalse(os.path.exists("/proc/{}".format(pid)), "child {} left".format(pid))
+
+    async def test_oneWorkerNoStore(self) -> None:
+        """
+        A single worker keeps its bindings itself: no store process runs,
+        and the worker registers and answers.
+        """
+        proc, transport, port = await self.startSupervisor(count=1)
+        children = _children(transport.pid)
+        self.assertEqual(len(children), 1)
+        self.assertNotIn("--store", "".join(children.values()))
+        response = await listenUDP(self, port).request(registerRequest("udp", "alice"))
+        self.assertEqual(response.status, 200)
+        os.kill(transport.pid, signal.SIGTERM)
+        self.assertEqual(await proc.ended, 0, proc.output[-3000:])
