@@ -244,7 +244,12 @@ def runStore(fds: list[int], logfile: str | None) -> None:
     """
     from twisted.internet import reactor
     from twisted.internet.error import ReactorNotRunning
-    from twisted.logger import FileLogObserver, formatEventAsClassicLogText, globalLogBeginner
+    from twisted.logger import (
+        FileLogObserver,
+        Logger,
+        formatEventAsClassicLogText,
+        globalLogBeginner,
+    )
 
     from sipcore.location.shared import serveStore
 
@@ -256,16 +261,18 @@ def runStore(fds: list[int], logfile: str | None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     out = open("{}.store".format(logfile), "a") if logfile else sys.stdout
     globalLogBeginner.beginLoggingTo(
-        [FileLogObserver(out, lambda event: formatEventAsClassicLogText(event))],
-        redirectStandardIO=False)
+        [FileLogObserver(out, formatEventAsClassicLogText)], redirectStandardIO=False)
+    log = Logger(namespace="sipcore.workers.store")
+
     def allGone() -> None:
-        # Every worker has closed its socket (or a signal stopped us first).
+        log.info("every worker has closed its socket; the store stops")
         try:
             reactor.stop()  # type: ignore[attr-defined]
         except ReactorNotRunning:
             pass
 
     serveStore(reactor, fds, allGone)
+    log.info("serving the shared location store to {count} workers", count=len(fds))
     reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined,call-arg]
 
 

@@ -458,6 +458,8 @@ class WorkersWithoutDatabaseTests(TestCase):
         self.assertEqual(proc.output.count("stopped cleanly"), 2, proc.output[-3000:])
         self.assertNotIn("Traceback", proc.output)
         self.assertNotIn("shared location store is gone", proc.output)
+        self.assertIn("serving the shared location store to 2 workers", proc.output)
+        self.assertIn("every worker has closed its socket; the store stops", proc.output)
         for pid in children:
             self.assertFalse(os.path.exists("/proc/{}".format(pid)), "child {} left".format(pid))
 
