@@ -346,9 +346,6 @@ class SharedLocationStore:
         """
         return self._protocol is not None and not self._closing
 
-    def buildProtocol(self) -> _StoreClientProtocol:
-        return _StoreClientProtocol(self)
-
     def _connected(self, protocol: _StoreClientProtocol) -> None:
         self._protocol = protocol
 
@@ -453,14 +450,6 @@ class SharedLocationStore:
         return self._call("purgeServer", [serverId, before])
 
 
-class _ClientFactory(Factory):
-    def __init__(self, store: SharedLocationStore) -> None:
-        self.store = store
-
-    def buildProtocol(self, addr: Any) -> _StoreClientProtocol:
-        return self.store.buildProtocol()
-
-
 def adoptStore(reactor: Any, fd: int, onLost: Callable[[], None] | None = None) -> SharedLocationStore:
     """
     A L{SharedLocationStore} talking to the store process over the connected
@@ -470,6 +459,7 @@ def adoptStore(reactor: Any, fd: int, onLost: Callable[[], None] | None = None) 
     @param onLost: see L{SharedLocationStore.onLost}.
     """
     store = SharedLocationStore(reactor, onLost)
-    reactor.adoptStreamConnection(fd, socket.AF_UNIX, _ClientFactory(store))
+    reactor.adoptStreamConnection(
+        fd, socket.AF_UNIX, Factory.forProtocol(lambda: _StoreClientProtocol(store)))
     socket.close(fd)
     return store

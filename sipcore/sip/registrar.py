@@ -316,6 +316,8 @@ class Registrar:
         methods = methodBits(request.headers.values("Allow"))
         conid = flow.conid
         connectionId = conid if conid is not None else UDP_CONNECTION_ID
+        received = receivedURI(flow)
+        socket = socketName(flow)
         for contact in contacts:
             expires = self._expiresOf(contact, headerExpires)
             instance = _unquote(contact.param("+sip.instance"))
@@ -332,7 +334,7 @@ class Registrar:
                     username=username,
                     domain=domain,
                     contact=str(contact.uri),
-                    received=receivedURI(flow),
+                    received=received,
                     path=path,
                     expires=now + expires,
                     q=self._qOf(contact),
@@ -342,7 +344,7 @@ class Registrar:
                     flags=0,
                     cflags=0,
                     userAgent=userAgent,
-                    socket=socketName(flow),
+                    socket=socket,
                     methods=methods,
                     instance=instance,
                     regId=regId,
