@@ -199,6 +199,9 @@ class Environment:
     versions: dict[str, str] = field(default_factory=dict)
     dsn: str = ""
     dbName: str = ""
+    #: Where sipcore's servers import the C{sipcore} package from: the
+    #: working tree, or a copy with the message layer compiled.
+    sipcoreTree: str = ROOT
 
 
 def install(env: Environment) -> None:
@@ -227,6 +230,32 @@ def install(env: Environment) -> None:
                        env=envVars, stdout=subprocess.DEVNULL)
     except (subprocess.SubprocessError, OSError) as e:
         log("installation failed: {}".format(e))
+
+
+def prepareSipcore(env: Environment, outDir: str, pure: bool) -> None:
+    """
+    Build a copy of the C{sipcore} package with its message layer compiled
+    by mypyc (L{sipcore.compiled}) for the servers to run, unless C{pure};
+    if that cannot be done, they run the Python source, and the table says
+    which.
+    """
+    if pure:
+        env.versions["sipcore message layer"] = "Python source (--pure)"
+        return
+    sys.path.insert(0, ROOT)
+    from sipcore import compiled
+
+    target = os.path.join(outDir, "sipcore-compiled")
+    log("compiling sipcore's message layer (mypyc)")
+    try:
+        compiled.build(target)
+    except (RuntimeError, OSError) as e:
+        reason = str(e).strip().splitlines()[0]
+        log("  not compiled: {}".format(reason))
+        env.versions["sipcore message layer"] = "Python source (not compiled: {})".format(reason)
+        return
+    env.sipcoreTree = target
+    env.versions["sipcore message layer"] = "compiled (mypyc)"
 
 
 def kamailioModule(name: str) -> str | None:
@@ -357,9 +386,14 @@ def startSipcore(name: str, outDir: str, env: Environment, db: bool,
     if db:
         argv += ["--db", env.dsn]
     argv += list(extra)
-    envVars = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   SIPCORE_LAG_PROBE="1")
-    proc = PROCS.start(name, argv, os.path.join(outDir, name + ".out"), env=envVars, cwd=ROOT)
+    # The package from env.sipcoreTree (the compiled copy) comes first; the
+    # working tree still gives twisted/plugins.  python -c and -m put the
+    # current directory first on the path: it is the same tree.
+    path = [env.sipcoreTree, ROOT] if env.sipcoreTree != ROOT else [ROOT]
+    envVars = dict(os.environ, SIPCORE_LAG_PROBE="1",
+                   PYTHONPATH=os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")]))
+    proc = PROCS.start(name, argv, os.path.join(outDir, name + ".out"), env=envVars,
+                       cwd=env.sipcoreTree)
     server = Server(name, proc, port, ("udp", "tcp"), usesDatabase=db, metricsPort=metricsPort,
                     includeChildren=bool(workers))
     if not waitFor(lambda: proc.poll() is not None or udpAnswers(port), 30):
@@ -903,6 +937,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds of the rate steps, in alternating server order "
                              "(default 2; quick 1)")
     parser.add_argument("--out", default=os.path.join(BENCH, "results"))
+    parser.add_argument("--pure", action="store_true",
+                        default=os.environ.get("BENCH_PURE") == "1",
+                        help="run sipcore from its Python source only (BENCH_PURE=1); "
+                             "by default its message layer is compiled with mypyc first")
     args = parser.parse_args(argv)
     quick = args.quick
     roundCount = max(1, args.rounds if args.rounds is not None else (1 if quick else 2))
@@ -917,6 +955,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = Environment()
     install(env)
+    prepareSipcore(env, outDir, args.pure)
     if shutil.which("sipp") is None:
         for name in SERVERS:
             env.skipped[name] = "sipp (Debian package sip-tester) is not installed"

@@ -103,6 +103,10 @@ class SIPCoreService(Service):
             stop()
 
     async def _start(self) -> None:
+        from sipcore.compiled import isCompiled
+
+        self._log.info("SIP message layer: {build}",
+                       build="compiled (mypyc)" if isCompiled() else "Python source")
         await self.store.start()
         await self._prepareStore()
         for handler in self.handlers:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
+from sipcore import compiled
 from tests.serverhelpers import (
     PATIENCE,
     connectTCP,
@@ -64,6 +65,8 @@ class TwistdTests(TestCase):
         # status says SIGTERM; what matters is the orderly shutdown.
         self.assertEqual(proc.signal, signal.SIGTERM, proc.output[-3000:])
         self.assertIn("stopped cleanly", proc.output, proc.output[-3000:])
+        self.assertIn("SIP message layer: " + (
+            "compiled (mypyc)" if compiled.isCompiled() else "Python source"), proc.output)
         self.assertIn("Server Shut Down.", proc.output)
         self.assertNotIn("Traceback", proc.output)
         await tcp.waiters.lost

@@ -171,9 +171,8 @@ class Headers:
         """
         Build from C{(key, name, value)} triples already canonicalised.
         """
-        self = cls.__new__(cls)
+        self = cls()
         self._entries = entries
-        self._cache = {}
         return self
 
     def cached(self, key: str, compute: Callable[[], _T]) -> _T:

@@ -105,6 +105,14 @@ def stampVia(request: Request, flow: IFlow) -> None:
     headers.remember("vias", vias)
 
 
+def _nextGuard(go: bool, guard: RequestGuard,
+               tx: ServerTransactionLike) -> bool | defer.Deferred[bool]:
+    """
+    Run C{guard} if the guards before it let the request on.
+    """
+    return go and guard(tx)
+
+
 def respond(
     tx: ServerTransactionLike,
     status: int,
@@ -392,22 +400,23 @@ class SIPCore:
         """
         d: defer.Deferred[bool] = defer.succeed(True)
         for guard in self._guards:
-            d.addCallback(lambda go, guard=guard: go and guard(tx))  # type: ignore[call-overload]
+            d.addCallback(_nextGuard, guard, tx)  # type: ignore[call-overload]
+        d.addCallback(self._guardsPassed, tx, handler)
+        d.addErrback(self._guardFailed, tx)
 
-        def done(go: bool) -> None:
-            if go:
-                handler(tx)
+    def _guardsPassed(self, go: bool, tx: ServerTransactionLike,
+                      handler: RequestHandler) -> None:
+        if go:
+            handler(tx)
 
-        def failed(failure: Any) -> None:
-            self.stats["errors"] += 1
-            self._log.failure("a guard or handler failed on a {method} from {peer}",
-                              failure, method=tx.request.method, peer=tx.flow.remote)
-            try:
-                self.respond(tx, 500, "Server Internal Error")
-            except Exception:
-                pass
-
-        d.addCallback(done).addErrback(failed)
+    def _guardFailed(self, failure: Any, tx: ServerTransactionLike) -> None:
+        self.stats["errors"] += 1
+        self._log.failure("a guard or handler failed on a {method} from {peer}",
+                          failure, method=tx.request.method, peer=tx.flow.remote)
+        try:
+            self.respond(tx, 500, "Server Internal Error")
+        except Exception:
+            pass
 
     def _dispatchResponse(self, response: Response, flow: IFlow) -> None:
         if self.transactions.responseReceived(response, flow):

@@ -242,11 +242,13 @@ class Registrar:
             response = Response.forRequest(request, e.status, e.reason)
             for name, value in e.headers:
                 response.headers.add(name, value)
-        except InvalidBinding as e:
+        except InvalidBinding as invalid:
             # A value the location table cannot hold exactly (too long, out
             # of range): the client's fault, refused without a traceback.
+            # (Its own name: a compiled module types a name by its first use.)
             self.stats["refused"] += 1
-            response = Response.forRequest(request, 400, "Unstorable value: " + str(e)[:100])
+            response = Response.forRequest(request, 400,
+                                           "Unstorable value: " + str(invalid)[:100])
         except StoreUnavailable:
             self.stats["unavailable"] += 1
             response = Response.forRequest(request, 503, "Service Unavailable")

@@ -589,8 +589,17 @@ class InviteClientTransaction(ClientTransaction):
         (ACCEPTED, TIMER_M): (TERMINATED, None),
     }
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        request: Request,
+        flow: IFlow,
+        address: tuple[str, int] | None,
+        clock: IReactorTime,
+        tu: Any,
+        timers: TimerValues | None = None,
+        onTerminated: Callable[[Any], None] | None = None,
+    ) -> None:
+        super().__init__(request, flow, address, clock, tu, timers, onTerminated)
         self.ack: Request | None = None
         self._ackData = b""
 
@@ -704,6 +713,9 @@ class ServerTransaction(_Transaction):
         #: (unreliable flows): a byte-identical datagram is a
         #: retransmission (L{TransactionLayer.findRetransmission}).
         self.received: bytes | None = None
+        #: who the request was authenticated as (a
+        #: L{sipcore.sip.auth.Identity}, set by the authentication guard).
+        self.authenticated: Any = None
         self._lastData = b""
         self.responseAddress: tuple[str, int] | None = (
             None if self.reliable else responseAddress(request, flow)
