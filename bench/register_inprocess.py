@@ -10,9 +10,15 @@ It prints REGISTERs per second of the process's CPU time for new requests, and f
 when sipp retransmits to a server that fell behind).
 
     python bench/register_inprocess.py [--count N] [--profile] [--default-gc]
+    python bench/register_inprocess.py --instructions
 
 The collector is tuned as the server tunes it (L{sipcore.tuning}) unless
-C{--default-gc} is given.
+C{--default-gc} is given.  C{--instructions} counts the CPU instructions of
+one new REGISTER with valgrind (C{apt-get install valgrind}): the
+difference between feeding 3,000 and 1,000 REGISTERs, divided by 2,000, a
+figure that does not depend on how fast or busy the host is.  It runs
+sipcore from this checkout: compiled if C{python -m sipcore.compiled build}
+was run in it, else the Python source.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ import argparse
 import cProfile
 import os
 import pstats
+import re
+import shutil
+import subprocess
 import sys
 import time
 from typing import Any
@@ -123,6 +132,45 @@ def run(count: int, retransmit: bool) -> float:
     return count / elapsed
 
 
+#: REGISTERs fed by the two runs of L{instructionsPerRegister}.
+_FEEDS = (1000, 3000)
+
+
+def feed(count: int) -> None:
+    """
+    Build the core and feed it the first C{count} of L{_FEEDS}[-1]
+    REGISTERs (all of them are made, so both runs make the same datagrams).
+    """
+    core, flow, clock = build()
+    data = [datagram(n) for n in range(_FEEDS[-1])]
+    for i, item in enumerate(data[:count]):
+        core.messageReceived(item, flow)
+        if i % 1000 == 999:
+            del flow.sent[:]
+
+
+def instructionsPerRegister(defaultGc: bool) -> int:
+    """
+    The CPU instructions of one new REGISTER, counted by valgrind's
+    callgrind over two runs of L{feed}.
+    """
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    counts = []
+    for count in _FEEDS:
+        argv = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                sys.executable, os.path.abspath(__file__), "--feed", str(count)]
+        if defaultGc:
+            argv.append("--default-gc")
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+        found = re.search(r"Collected : (\d+)", result.stderr)
+        if result.returncode != 0 or found is None:
+            raise SystemExit("valgrind failed:\n" + result.stderr[-2000:])
+        counts.append(int(found.group(1)))
+    return (counts[1] - counts[0]) // (_FEEDS[1] - _FEEDS[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=20000)
@@ -130,9 +178,22 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--default-gc", action="store_true",
                         help="keep CPython's collector thresholds (the server tunes them)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count the CPU instructions of one new REGISTER (valgrind)")
+    parser.add_argument("--feed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.instructions:
+        from sipcore.compiled import isCompiled
+
+        count = instructionsPerRegister(args.default_gc)
+        print("instructions per new REGISTER: {:,} ({})".format(
+            count, "compiled" if isCompiled() else "Python source"))
+        return
     if not args.default_gc:
         tuneGarbageCollector()
+    if args.feed is not None:
+        feed(args.feed)
+        return
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()

@@ -234,7 +234,7 @@ def install(env: Environment) -> None:
 
 def prepareSipcore(env: Environment, outDir: str, pure: bool) -> None:
     """
-    Build a copy of the C{sipcore} package with its message layer compiled
+    Build a copy of the C{sipcore} package with its hot path compiled
     by mypyc (L{sipcore.compiled}) for the servers to run, unless C{pure};
     if that cannot be done, they run the Python source, and the table says
     which.
@@ -246,7 +246,7 @@ def prepareSipcore(env: Environment, outDir: str, pure: bool) -> None:
     from sipcore import compiled
 
     target = os.path.join(outDir, "sipcore-compiled")
-    log("compiling sipcore's message layer (mypyc)")
+    log("compiling sipcore's hot path (mypyc)")
     try:
         compiled.build(target)
     except (RuntimeError, OSError) as e:

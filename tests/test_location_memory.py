@@ -18,6 +18,7 @@ from sipcore.location import (
     checkBinding,
     splitAor,
 )
+from sipcore.location import binding as bindingmodule
 from tests.test_location_contract import NOW, LocationStoreContractMixin, makeBinding, synchronously
 
 
@@ -151,6 +152,27 @@ class BindingTests(SynchronousTestCase):
         self.assertFalse(binding.boundToConnection)
         self.assertTrue(makeBinding(connectionId=3).boundToConnection)
         self.assertEqual((binding.q, binding.callid, binding.cseq), (1.0, "Default-Call-ID", 1))
+
+    def test_makeBinding(self) -> None:
+        """
+        L{binding.makeBinding} builds the binding the dataclass constructor
+        builds from the same fields: equal, same hash and repr, as frozen,
+        and checked like any other; a missing or unknown field is refused.
+        """
+        model = makeBinding(instance="<urn:uuid:1>", regId=2, path="<sip:p>")
+        values = dataclasses.asdict(model)
+        made = bindingmodule.makeBinding(dict(values))
+        self.assertEqual(made, model)
+        self.assertEqual(hash(made), hash(model))
+        self.assertEqual(repr(made), repr(model))
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, made, "contact", "x")
+        checkBinding(made)
+        self.assertRaises(InvalidBinding, checkBinding,
+                          bindingmodule.makeBinding(dict(values, cseq=2**31)))
+        missing = dict(values)
+        del missing["partition"]
+        self.assertRaises(TypeError, bindingmodule.makeBinding, missing)
+        self.assertRaises(TypeError, bindingmodule.makeBinding, dict(values, color="red"))
 
     def test_frozen(self) -> None:
         """

@@ -53,7 +53,7 @@ from zope.interface import implementer
 
 from sipcore.interfaces import ILocationStore
 from sipcore.location import InvalidBinding, StoreUnavailable
-from sipcore.location.binding import Binding, checkedSave
+from sipcore.location.binding import Binding, checkedSave, makeBinding
 from sipcore.location.memory import MemoryLocationStore
 
 __all__ = ["SharedLocationStore", "StoreServerFactory", "adoptStore", "serveStore"]
@@ -73,13 +73,8 @@ def _encodeBinding(binding: Binding) -> list[Any]:
 def _decodeBinding(values: list[Any]) -> Binding:
     if not isinstance(values, list) or len(values) != len(_FIELDS):
         raise ValueError("a binding has {} fields".format(len(_FIELDS)))
-    # The generated __init__ of a frozen dataclass sets each field through
-    # object.__setattr__; filling the instance's dictionary at once builds
-    # the same object in a fraction of the time.  The values are checked by
-    # the store (checkBinding) before they are kept.
-    binding = object.__new__(Binding)
-    binding.__dict__.update(zip(_FIELDS, values, strict=True))
-    return binding
+    # The values are checked by the store (checkBinding) before they are kept.
+    return makeBinding(dict(zip(_FIELDS, values, strict=True)))
 
 
 def _decodeBindings(values: Any) -> list[Binding]:
