@@ -531,6 +531,11 @@ class ClientTransaction(_Transaction):
         self.lastResponse: Response | None = None
         self._data = b""
         self._interval = self.timers.t1
+        #: the ACK an INVITE transaction sent for a non-2xx final response
+        #: (the ACK is part of the INVITE client transaction, RFC 3261
+        #: 17.1.1.3), and its bytes for retransmissions.
+        self.ack: Request | None = None
+        self._ackData = b""
 
     def _transmit(self, data: bytes) -> bool:
         if self.reliable or self.address is None:
@@ -588,20 +593,6 @@ class InviteClientTransaction(ClientTransaction):
         (ACCEPTED, _SUCCESS): (None, "_passToTU"),
         (ACCEPTED, TIMER_M): (TERMINATED, None),
     }
-
-    def __init__(
-        self,
-        request: Request,
-        flow: IFlow,
-        address: tuple[str, int] | None,
-        clock: IReactorTime,
-        tu: Any,
-        timers: TimerValues | None = None,
-        onTerminated: Callable[[Any], None] | None = None,
-    ) -> None:
-        super().__init__(request, flow, address, clock, tu, timers, onTerminated)
-        self.ack: Request | None = None
-        self._ackData = b""
 
     def _enter(self, state: str) -> None:
         if state == COMPLETED:
