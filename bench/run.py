@@ -38,6 +38,10 @@ from typing import Any
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
+# The sipcore of this checkout (its version, its compiler), also when run as
+# a script.
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -200,7 +204,7 @@ class Environment:
     dsn: str = ""
     dbName: str = ""
     #: Where sipcore's servers import the C{sipcore} package from: the
-    #: working tree, or a copy with the message layer compiled.
+    #: working tree, or a copy with the hot path compiled.
     sipcoreTree: str = ROOT
 
 
@@ -240,9 +244,8 @@ def prepareSipcore(env: Environment, outDir: str, pure: bool) -> None:
     which.
     """
     if pure:
-        env.versions["sipcore message layer"] = "Python source (--pure)"
+        env.versions["sipcore hot path"] = "Python source (--pure)"
         return
-    sys.path.insert(0, ROOT)
     from sipcore import compiled
 
     target = os.path.join(outDir, "sipcore-compiled")
@@ -252,10 +255,10 @@ def prepareSipcore(env: Environment, outDir: str, pure: bool) -> None:
     except (RuntimeError, OSError) as e:
         reason = str(e).strip().splitlines()[0]
         log("  not compiled: {}".format(reason))
-        env.versions["sipcore message layer"] = "Python source (not compiled: {})".format(reason)
+        env.versions["sipcore hot path"] = "Python source (not compiled: {})".format(reason)
         return
     env.sipcoreTree = target
-    env.versions["sipcore message layer"] = "compiled (mypyc)"
+    env.versions["sipcore hot path"] = "compiled (mypyc)"
 
 
 def kamailioModule(name: str) -> str | None:
@@ -752,10 +755,8 @@ def machine(env: Environment) -> dict[str, Any]:
         pass
     with open("/proc/meminfo") as f:
         memory = int(f.readline().split()[1]) * 1024
-    import twisted
-
-    sys.path.insert(0, ROOT)
     import sipcore
+    import twisted
 
     versions = dict(env.versions)
     versions.update(
@@ -940,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pure", action="store_true",
                         default=os.environ.get("BENCH_PURE") == "1",
                         help="run sipcore from its Python source only (BENCH_PURE=1); "
-                             "by default its message layer is compiled with mypyc first")
+                             "by default its hot path is compiled with mypyc first")
     args = parser.parse_args(argv)
     quick = args.quick
     roundCount = max(1, args.rounds if args.rounds is not None else (1 if quick else 2))

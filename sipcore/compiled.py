@@ -52,7 +52,7 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _SETUP = """\
 from setuptools import setup
 from mypyc.build import mypycify
-setup(name="sipcore-message-compiled", script_args=["build_ext", "--inplace"],
+setup(name="sipcore-compiled", script_args=["build_ext", "--inplace"],
       ext_modules=mypycify({paths!r}, group_name={group!r}, opt_level="3"))
 """
 
@@ -152,7 +152,7 @@ def clean(target: str | None = None) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sipcore.compiled",
-        description="Compile sipcore's message layer with mypyc, or remove it.")
+        description="Compile sipcore's hot path with mypyc, or remove it.")
     parser.add_argument("action", choices=("build", "clean", "status"))
     parser.add_argument("--target", default=None,
                         help="a directory for a compiled copy of the package "

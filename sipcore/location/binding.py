@@ -233,7 +233,7 @@ def checkBinding(binding: Binding) -> None:
         value = values[name]
         if value is None and nullable:
             continue
-        if type(value) is not str and not isinstance(value, str):
+        if not isinstance(value, str):
             raise InvalidBinding("{} must be text, not {}".format(name, type(value).__name__))
         if len(value) > limit:
             raise InvalidBinding(
@@ -251,7 +251,7 @@ def checkBinding(binding: Binding) -> None:
         value = values[name]
         if value is None and nullable:
             continue
-        if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+        if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidBinding("{} must be an integer, not {}".format(name, type(value).__name__))
         if not _INT32_MIN <= value <= _INT32_MAX:
             raise InvalidBinding("{} = {} is out of the 32-bit range".format(name, value))
