@@ -272,6 +272,10 @@ def runStore(fds: list[int], logfile: str | None) -> None:
             pass
 
     serveStore(reactor, fds, allGone)
+    # The store process holds every binding: it collects as the server does.
+    from sipcore.tuning import tuneGarbageCollector
+
+    reactor.callWhenRunning(tuneGarbageCollector)  # type: ignore[attr-defined]
     log.info("serving the shared location store to {count} workers", count=len(fds))
     reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined,call-arg]
 
