@@ -1310,6 +1310,23 @@ class NonInviteServerTransactionTests(_ServerMixin, SynchronousTestCase):
         self.assertFalse(tx.respond(makeResponse(self.request, 100)))
         self.assertEqual([m.status for m in self.flow.messages()], [200, 200])
 
+    def test_completedKeepsOnlyTheBytes(self) -> None:
+        """
+        A completed transaction lets go of the final response object (and
+        of what was parsed from the request) and replays the response's
+        bytes, identical to the first copy.
+        """
+        tx = self.newServer(self.request)
+        self.request.headers.remember("probe", 1)
+        tx.respond(makeResponse(self.request, 100))
+        self.assertIsNotNone(tx.lastResponse)
+        tx.respond(makeResponse(self.request, 404))
+        self.assertIsNone(tx.lastResponse)
+        self.assertEqual(self.request.headers.cached("probe", lambda: 2), 2)
+        self.receive(self.request)
+        self.assertEqual(self.flow.sent[-1], self.flow.sent[-2])
+        self.assertEqual([m.status for m in self.flow.messages()], [100, 404, 404])
+
     def test_timerJ(self) -> None:
         """
         Timer J ends Completed after 64*T1 on an unreliable flow; a
