@@ -17,6 +17,14 @@ hundreds of queued datagrams: with the PostgreSQL store and group commit
 this is the difference between answering within milliseconds and sipp's
 retransmissions piling up.
 
+It also dispatches a plain read event (readable, nothing else: nearly
+every event a busy server sees) without Twisted's per-event logging context
+(C{log.callWithLogger}, which copies a context dictionary for every event):
+the selectable's C{doRead} is called directly; an exception it raises is
+logged with the selectable's log prefix as Twisted logs it, and a reason it
+returns disconnects it as Twisted does.  Every other event (writable, hung
+up, an error) takes Twisted's own path.
+
 Install it before anything imports the global reactor::
 
     import sipcore.reactor; sipcore.reactor.install()
@@ -26,9 +34,14 @@ Install it before anything imports the global reactor::
 
 from __future__ import annotations
 
+import errno
+import sys
+from select import EPOLLIN
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionFdescWentAway
+from twisted.python import log
 
 __all__ = ["MAX_EVENTS", "BoundedEPollReactor", "install"]
 
@@ -72,6 +85,48 @@ class BoundedEPollReactor(EPollReactor):
         self.maxUDPBytes = maxUDPBytes
         self._poller = _CappedPoller(self._poller, maxEvents)  # type: ignore[assignment]
 
+    def doPoll(self, timeout: float | None) -> None:
+        """
+        Wait at most C{timeout} seconds (C{None}: until an event) for I/O
+        events and handle them; see the module docstring.
+        """
+        try:
+            events = self._poller.poll(-1 if timeout is None else timeout,
+                                       len(self._selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                return
+            raise
+        selectables = self._selectables
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            if event == EPOLLIN:
+                self._read(selectable)
+            else:
+                log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)
+
+    doIteration = doPoll
+
+    def _read(self, selectable: Any) -> None:
+        """
+        Handle a plain read event of C{selectable} as Twisted's
+        C{_doReadOrWrite} would, without a logging context around it.
+        """
+        inRead = False
+        try:
+            if selectable.fileno() == -1:
+                why: Any = ConnectionFdescWentAway("File descriptor lost")
+            else:
+                why = selectable.doRead()
+                inRead = True
+        except BaseException:
+            why = sys.exc_info()[1]
+            log.err(system=_logPrefix(selectable))
+        if why:
+            log.callWithLogger(selectable, self._disconnectSelectable, selectable, why, inRead)
+
     def listenUDP(self, *args: Any, **kwargs: Any) -> Any:
         port = EPollReactor.listenUDP(self, *args, **kwargs)
         port.maxThroughput = self.maxUDPBytes
@@ -81,6 +136,16 @@ class BoundedEPollReactor(EPollReactor):
         port = EPollReactor.adoptDatagramPort(self, *args, **kwargs)
         port.maxThroughput = self.maxUDPBytes
         return port
+
+
+def _logPrefix(selectable: Any) -> str:
+    """
+    The log prefix Twisted gives the events of C{selectable}.
+    """
+    try:
+        return str(selectable.logPrefix())
+    except Exception:
+        return "(buggy logPrefix method)"
 
 
 def install(maxEvents: int = MAX_EVENTS) -> BoundedEPollReactor:

@@ -1,10 +1,17 @@
 """
-Tests for L{sipcore.lag}, the reactor lag probe.
+Tests for L{sipcore.lag}, the reactor lag probe, and for the bounded
+reactor and collector tuning it watches over.
 """
 
 from __future__ import annotations
 
+import socket
+from typing import Any
+
+from twisted.internet import error
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.python import context, log
 from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore.lag import LagProbe, fromEnvironment
@@ -96,6 +103,119 @@ class BoundedReactorTests(SynchronousTestCase):
         reactor.run(installSignalHandlers=False)
         self.assertEqual(ran, [True])
         self.assertRaises(ValueError, BoundedEPollReactor, 0)
+
+
+class _Reader:
+    """
+    A selectable reading one end of a socket pair, recording what happens
+    to it.
+    """
+
+    def __init__(self, sock: socket.socket, onRead: Any) -> None:
+        self.sock = sock
+        self.onRead = onRead
+        self.read: list[bytes] = []
+        self.systems: list[str] = []
+        self.lost: list[Any] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "TestReader,7"
+
+    def doRead(self) -> Any:
+        self.read.append(self.sock.recv(100))
+        self.systems.append(context.get(log.ILogContext)["system"])
+        if not self.read[-1]:
+            return error.ConnectionDone()
+        return self.onRead()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost.append(reason)
+
+
+class BoundedDispatchTests(SynchronousTestCase):
+    """
+    L{BoundedEPollReactor} handles a plain read event without a logging
+    context, with Twisted's outcomes.
+    """
+
+    def reader(self, onRead: Any) -> tuple[Any, _Reader, socket.socket]:
+        from sipcore.reactor import BoundedEPollReactor
+
+        reactor = BoundedEPollReactor()
+        mine, theirs = socket.socketpair()
+        self.addCleanup(mine.close)
+        self.addCleanup(theirs.close)
+        mine.setblocking(False)
+        reader = _Reader(mine, onRead)
+        reactor.addReader(reader)
+        self.addCleanup(reactor.removeAll)
+        return reactor, reader, theirs
+
+    def test_read(self) -> None:
+        """
+        A readable selectable has its C{doRead} called once per event,
+        outside any logging context, and stays registered.
+        """
+        reactor, reader, peer = self.reader(lambda: None)
+        peer.send(b"one")
+        reactor.doPoll(0)
+        self.assertEqual(reader.read, [b"one"])
+        self.assertEqual(reader.systems, ["-"])
+        self.assertIn(reader, reactor.getReaders())
+        reactor.doPoll(0)
+        self.assertEqual(reader.read, [b"one"])
+        self.assertEqual(reader.lost, [])
+
+    def test_readReturnsReason(self) -> None:
+        """
+        A reason returned by C{doRead} disconnects the selectable: it is no
+        longer read and its C{connectionLost} gets the reason.
+        """
+        reactor, reader, peer = self.reader(lambda: error.ConnectionLost())
+        peer.send(b"x")
+        reactor.doPoll(0)
+        self.assertNotIn(reader, reactor.getReaders())
+        self.assertEqual(len(reader.lost), 1)
+        reader.lost[0].trap(error.ConnectionLost)
+
+    def test_readRaises(self) -> None:
+        """
+        An exception raised by C{doRead} is logged under the selectable's
+        log prefix and disconnects it with that exception.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def broken() -> None:
+            raise ZeroDivisionError("reader bug")
+
+        reactor, reader, peer = self.reader(broken)
+        peer.send(b"x")
+        reactor.doPoll(0)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertIn("TestReader,7", [e.get("log_system") for e in events])
+        self.assertNotIn(reader, reactor.getReaders())
+        self.assertEqual(len(reader.lost), 1)
+        reader.lost[0].trap(ZeroDivisionError)
+
+    def test_hangUpTakesTwistedsPath(self) -> None:
+        """
+        A read event with a hang-up is not a plain read event: Twisted's
+        own handling reads in the selectable's logging context, and the
+        end of the stream disconnects it.
+        """
+        reactor, reader, peer = self.reader(lambda: None)
+        peer.close()
+        reactor.doPoll(0)
+        self.assertEqual(reader.read, [b""])
+        self.assertEqual(reader.systems, ["TestReader,7"])
+        self.assertNotIn(reader, reactor.getReaders())
+        self.assertEqual(len(reader.lost), 1)
+        reader.lost[0].trap(error.ConnectionDone)
 
 
 class TuningTests(SynchronousTestCase):
