@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sipcore.interfaces import IFlow
-from sipcore.transport.udp import DatagramFlow, SIPDatagramProtocol
+from sipcore.transport.udp import MAX_FLOWS, DatagramFlow, SIPDatagramProtocol
 from tests.test_transport_support import OK, OPTIONS, RecordingSink
 
 PEER = ("192.0.2.9", 5070)
@@ -100,6 +100,28 @@ class DatagramTests(SynchronousTestCase):
         )
         self.assertEqual(self.transport.written, [(OK, PEER)])
         self.assertEqual(self.protocol.received, 1)
+
+    def test_flowPerPeer(self) -> None:
+        """
+        A peer's datagrams share one flow; another peer gets its own.  Past
+        L{MAX_FLOWS} peers the protocol forgets the flows it kept and makes
+        new ones.
+        """
+        self.assertEqual(self.protocol.maxFlows, MAX_FLOWS)
+        other = ("192.0.2.7", 5060)
+        self.protocol.datagramReceived(OPTIONS, PEER)
+        self.protocol.datagramReceived(OPTIONS, PEER)
+        self.protocol.datagramReceived(OPTIONS, other)
+        first, again, third = [flow for _, flow in self.sink.received]
+        self.assertIs(first, again)
+        self.assertIsNot(first, third)
+        self.assertEqual(third.remote, other)
+        self.protocol.maxFlows = 2
+        self.protocol.datagramReceived(OPTIONS, ("192.0.2.8", 5060))
+        self.protocol.datagramReceived(OPTIONS, PEER)
+        self.assertIsNot(self.sink.received[-1][1], first)
+        self.assertEqual(self.sink.received[-1][1].remote, PEER)
+        self.assertLessEqual(len(self.protocol._flows), 2)
 
     def test_ipv6Peer(self) -> None:
         """

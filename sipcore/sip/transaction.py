@@ -82,6 +82,9 @@ T4 = 5.0
 #: before sending C{100 Trying} itself (RFC 3261 17.2.1: 200 ms).
 DEFAULT_TRYING_DELAY = 0.2
 
+#: The server transaction tables, by index (L{TransactionLayer}).
+_SERVERS, _SERVERS_2543, _ACKS_2543 = 0, 1, 2
+
 #: Default cap on transactions in flight.
 DEFAULT_MAX_TRANSACTIONS = 50000
 
@@ -951,7 +954,15 @@ class TransactionLayer:
         self._clients: dict[tuple[str, str], ClientTransaction] = {}
         # the datagram a live UDP server transaction's request came in -> tx
         self._datagrams: dict[bytes, ServerTransaction] = {}
-        self._serverKeys: dict[ServerTransaction, list[tuple[dict[Any, Any], Any]]] = {}
+        # the keys a live server transaction is found by: (table, key)
+        # pairs, the table by its index in _serverTables.  Tuples of plain
+        # values, which the garbage collector stops tracking.
+        self._serverTables: tuple[dict[Any, Any], ...] = (
+            self._servers, self._servers2543, self._acks2543)
+        self._serverKeys: dict[ServerTransaction, tuple[tuple[int, Any], ...]] = {}
+        # One bound method for every transaction, not one each.
+        self._onServerTerminated = self._serverTerminated
+        self._onClientTerminated = self._clientTerminated
 
     # -- counters -----------------------------------------------------------
 
@@ -1063,12 +1074,10 @@ class TransactionLayer:
         Remember that C{tx}'s request arrived in the datagram C{data}, for
         L{findRetransmission}, until C{tx} terminates.
         """
-        keys = self._serverKeys.get(tx)
-        if keys is None:
+        if tx not in self._serverKeys:
             return
         tx.received = data
         self._datagrams[data] = tx
-        keys.append((self._datagrams, data))
 
     def absorbRetransmission(self, tx: ServerTransaction) -> None:
         """
@@ -1149,30 +1158,37 @@ class TransactionLayer:
                 self._timerQueues,
                 self.tu,
                 self.timers,
-                self._serverTerminated,
+                self._onServerTerminated,
                 tryingDelay=self.tryingDelay,
             )
         else:
             tx = NonInviteServerTransaction(
-                request, flow, self._timerQueues, self.tu, self.timers, self._serverTerminated
+                request, flow, self._timerQueues, self.tu, self.timers, self._onServerTerminated
             )
-        keys: list[tuple[dict[Any, Any], Any]] = []
+        keys: tuple[tuple[int, Any], ...]
         if self._isRfc3261(tx.branch):
-            keys.append((self._servers, self._key3261(request, request.method)))
+            keys = ((_SERVERS, self._key3261(request, request.method)),)
+        elif isinstance(tx, InviteServerTransaction):
+            keys = ((_SERVERS_2543, self._key2543(request, request.cseq[1])),
+                    (_ACKS_2543, self._ackKey2543(request)))
         else:
-            keys.append((self._servers2543, self._key2543(request, request.cseq[1])))
-            if isinstance(tx, InviteServerTransaction):
-                keys.append((self._acks2543, self._ackKey2543(request)))
-        for table, key in keys:
-            table[key] = tx
+            keys = ((_SERVERS_2543, self._key2543(request, request.cseq[1])),)
+        tables = self._serverTables
+        for index, key in keys:
+            tables[index][key] = tx
         self._serverKeys[tx] = keys
         tx.start()
         return tx
 
     def _serverTerminated(self, tx: ServerTransaction) -> None:
-        for table, key in self._serverKeys.pop(tx, []):
+        tables = self._serverTables
+        for index, key in self._serverKeys.pop(tx, ()):
+            table = tables[index]
             if table.get(key) is tx:
                 del table[key]
+        data = tx.received
+        if data is not None and self._datagrams.get(data) is tx:
+            del self._datagrams[data]
 
     def _notifyTU(self, name: str, *args: Any) -> None:
         try:
@@ -1219,7 +1235,8 @@ class TransactionLayer:
         if key in self._clients:
             raise ValueError("a client transaction already uses this branch and method")
         cls = InviteClientTransaction if request.method == "INVITE" else NonInviteClientTransaction
-        tx = cls(request, flow, address, self._timerQueues, tu, self.timers, self._clientTerminated)
+        tx = cls(request, flow, address, self._timerQueues, tu, self.timers,
+                 self._onClientTerminated)
         self._clients[key] = tx
         tx.start()
         return tx

@@ -18,6 +18,7 @@ from sipcore.transport.connections import addressOf
 
 __all__ = [
     "DEFAULT_RECEIVE_BUFFER",
+    "MAX_FLOWS",
     "DatagramFlow",
     "SIPDatagramProtocol",
 ]
@@ -25,6 +26,10 @@ __all__ = [
 #: The socket receive buffer asked for (best effort; the kernel may cap it,
 #: see C{net.core.rmem_max} on Linux).
 DEFAULT_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+#: Peers whose flow a UDP socket keeps for their next datagrams (past
+#: this many, it starts again from none).
+MAX_FLOWS = 4096
 
 _PING = b"\r\n\r\n"
 _PONG = b"\r\n"
@@ -88,6 +93,8 @@ class SIPDatagramProtocol(DatagramProtocol):
     @ivar dropped: datagrams not handed on as messages: too large, empty,
         or the sink failed on them.
     @ivar sendErrors: datagrams the socket refused to send.
+    @ivar maxFlows: peers whose flow is kept for their next datagrams
+        (L{MAX_FLOWS}).
     """
 
     noisy = False
@@ -114,10 +121,17 @@ class SIPDatagramProtocol(DatagramProtocol):
         self.dropped = 0
         self.sendErrors = 0
         self._local: tuple[str, int] = ("", 0)
+        # The flow of each recent peer: a flow holds nothing but the peer's
+        # address, so one serves all of a peer's datagrams (and the
+        # transactions they start hold one object between them, not one
+        # each).
+        self._flows: dict[Any, DatagramFlow] = {}
+        self.maxFlows = MAX_FLOWS
 
     def startProtocol(self) -> None:
         assert self.transport is not None
         self._local = addressOf(self.transport.getHost())
+        self._flows = {}
         if not self.receiveBuffer:
             return
         try:
@@ -152,7 +166,11 @@ class SIPDatagramProtocol(DatagramProtocol):
             if datagram == _PING:
                 self.sendDatagram(_PONG, addr)
             return
-        flow = DatagramFlow(self, addr)
+        flow = self._flows.get(addr)
+        if flow is None:
+            if len(self._flows) >= self.maxFlows:
+                self._flows = {}
+            flow = self._flows[addr] = DatagramFlow(self, addr)
         if len(datagram) > self.maxSize:
             self.dropped += 1
             self.sink.messageRejected(datagram, "Message Too Large", flow)
