@@ -419,7 +419,10 @@ def startKamailio(name: str, outDir: str, env: Environment, db: bool) -> Server 
     cfg = os.path.join(outDir, name + ".cfg")
     with open(cfg, "w") as f:
         f.write(text)
-    argv = ["kamailio", "-f", cfg, "-DD", "-E", "-m", "512", "-M", "32", "-w", outDir,
+    # 2 GiB of shared memory: usrloc keeps every binding there, and a UDP
+    # ladder leaves some 500,000 (with 512 MiB the TCP ladder after it
+    # found no memory for a connection).
+    argv = ["kamailio", "-f", cfg, "-DD", "-E", "-m", "2048", "-M", "32", "-w", outDir,
             "-Y", outDir]
     proc = PROCS.start(name, argv, os.path.join(outDir, name + ".out"))
     server = Server(name, proc, port, ("udp", "tcp"), includeChildren=True, usesDatabase=db)
