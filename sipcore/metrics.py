@@ -34,6 +34,13 @@ _HELP = {
     "sipcore_jobqueue": "Job queue counters and gauges.",
     "sipcore_store_available": "1 when the location store can reach its database.",
     "sipcore_store_statements_total": "Statements sent to the location store, by kind.",
+    "sipcore_auth_challenges_total": "Digest challenges sent (401 and 407).",
+    "sipcore_auth_successes_total": "Requests authenticated.",
+    "sipcore_auth_failures_total": "Failed authentications, by kind.",
+    "sipcore_auth_lockouts_total": "Accounts locked out after too many failed authentications.",
+    "sipcore_auth_locked_out_total": "Attempts refused with 403 because their account was "
+    "locked out.",
+    "sipcore_auth_unavailable_total": "Authentications answered 503: credentials unreadable.",
     "sipcore_reactor_lag_seconds": "Lag of a 10 ms repeating timer (SIPCORE_LAG_PROBE=1): "
     "last, max since start, max of the last seconds.",
 }
@@ -72,6 +79,19 @@ def collect(service: Any) -> list[Sample]:
     if registrar is not None:
         for outcome, count in sorted(registrar.stats.items()):
             samples.append(("sipcore_registrar_total", {"outcome": outcome}, float(count)))
+
+    authenticator = getattr(service, "authenticator", None)
+    if authenticator is not None:
+        from sipcore.sip.auth import FAILURE_KINDS
+
+        counts = authenticator.stats
+        samples.append(("sipcore_auth_challenges_total", {}, float(counts["challenged"])))
+        samples.append(("sipcore_auth_successes_total", {}, float(counts["authenticated"])))
+        for kind in FAILURE_KINDS:
+            samples.append(("sipcore_auth_failures_total", {"kind": kind}, float(counts[kind])))
+        samples.append(("sipcore_auth_lockouts_total", {}, float(counts["lockouts"])))
+        samples.append(("sipcore_auth_locked_out_total", {}, float(counts["lockedOut"])))
+        samples.append(("sipcore_auth_unavailable_total", {}, float(counts["unavailable"])))
 
     for handler, stats in sorted(service.bus.metrics().items()):
         for outcome in ("fired", "succeeded", "failed", "timedOut", "queued", "dropped"):

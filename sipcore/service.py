@@ -38,6 +38,8 @@ class SIPCoreService(Service):
         (its timers cancelled) after the connections closed.
     @ivar metricsService: the service answering C{GET /metrics}, or C{None}.
     @ivar registrar: the registrar, when the composition root sets one.
+    @ivar authenticator: the L{sipcore.sip.auth.DigestAuthenticator}
+        guarding the core, or C{None} (its counts are in the metrics).
     @ivar writes: the L{sipcore.location.ordering.PendingWrites} tracker.
     """
 
@@ -68,6 +70,7 @@ class SIPCoreService(Service):
         initSchema: Callable[[], defer.Deferred[Any]] | None = None,
         expiryInterval: float = 60.0,
         drainDeadline: float = 10.0,
+        authenticator: Any = None,
     ) -> None:
         self.reactor = reactor
         self.serverId = serverId
@@ -82,6 +85,7 @@ class SIPCoreService(Service):
         self._initSchema = initSchema
         self.expiryInterval = expiryInterval
         self.drainDeadline = drainDeadline
+        self.authenticator = authenticator
         self._expiry: task.LoopingCall | None = None
         self._started: list[IEventHandler] = []
         self.ready: defer.Deferred[None] | None = None

@@ -110,6 +110,14 @@ class Options(usage.Options):
         ["auth-algorithms", None, "SHA-256,MD5",
          "Digest algorithms offered, preferred first (SHA-256, MD5)."],
         ["nonce-lifetime", None, 300.0, "Seconds a digest nonce stays valid.", _positiveFloat],
+        ["auth-max-failures", None, 10,
+         "Failed authentications an account (user@realm) may have at once before it is "
+         "locked out (0: no per-account limit).", _positiveInt],
+        ["auth-failure-window", None, 600.0,
+         "Seconds in which an account gets its --auth-max-failures back.", _positiveFloat],
+        ["auth-lockout", None, 900.0,
+         "Seconds a locked-out account's attempts get 403 (except from the sources it "
+         "authenticated from recently).", _positiveFloat],
         ["max-connections", None, 10000,
          "Most stream connections at once (0: no limit).", _positiveInt],
         ["max-connections-per-source", None, 256,
@@ -378,6 +386,7 @@ def buildService(options: Options, reactor: Any) -> Any:
     )
     core.route("REGISTER", registrar)
     listenerOptions = _buildSecurity(options, reactor, core, table, store)  # security
+    authenticator = _buildAuthentication(options, reactor, core, store)
     listeners = [
         ListenerService(
             parseListen(spec), reactor, core, table,
@@ -415,6 +424,7 @@ def buildService(options: Options, reactor: Any) -> Any:
         initSchema=initSchema,
         expiryInterval=options["expiry-interval"],
         drainDeadline=options["drain-deadline"],
+        authenticator=authenticator,
     )
     service.registrar = registrar
     service.writes = writes
@@ -512,6 +522,11 @@ def _checkSecurityOptions(options: Options) -> None:
     options["auth-algorithms"] = ",".join(algorithms)
     if options["nonce-lifetime"] <= 0:
         raise usage.UsageError("--nonce-lifetime must be positive")
+    if options["auth-max-failures"] and not (
+            options["auth-failure-window"] > 0 and options["auth-lockout"] > 0):
+        raise usage.UsageError(
+            "--auth-failure-window and --auth-lockout must be positive "
+            "(--auth-max-failures 0 turns the per-account limit off)")
     if options["rate-limit"] and options["rate-burst"] < 1:
         raise usage.UsageError("--rate-burst must be at least 1")
     if options["ws-ping-interval"] and not options["ws-ping-timeout"]:
@@ -522,18 +537,14 @@ def _buildSecurity(options: Options, reactor: Any, core: Any, table: Any,
                    store: Any) -> dict[str, Any]:
     """
     Wire the security controls (docs/security.rst): connection limits,
-    the transaction cap, the request-rate limit, digest authentication,
-    and the listener options (message timeout, WebSocket keepalive and
-    Origin policy, per-listener message sizes).
+    the transaction cap, the request-rate limit, and the listener options
+    (message timeout, WebSocket keepalive and Origin policy, per-listener
+    message sizes).  Authentication is L{_buildAuthentication}'s.
 
     @return: the keyword options for every L{ListenerService}.
     """
-    from twisted.logger import Logger
-
-    from sipcore.sip.auth import DigestAuthenticator, PostgresCredentials, secretFromOptions
     from sipcore.sip.limits import RateLimiter
 
-    log = Logger(namespace="sipcore.security")
     interval = options["limit-log-interval"]
     table.maxConnections = options["max-connections"]
     table.maxPerSource = options["max-connections-per-source"]
@@ -553,26 +564,6 @@ def _buildSecurity(options: Options, reactor: Any, core: Any, table: Any,
             logInterval=interval,
         )
         core.limiter = limiter
-    credentials = options.get("auth-credentials")
-    if options["auth-db"]:
-        credentials = PostgresCredentials(store)  # its pool, read at each lookup
-    if credentials is not None:
-        methods = [m.strip().upper() for m in options["auth-methods"].split(",") if m.strip()]
-        core.addGuard(DigestAuthenticator(
-            credentials,
-            reactor,
-            isLocalDomain=core.isLocal,
-            secret=secretFromOptions(options["auth-secret"]),
-            methods=methods,
-            algorithms=options["auth-algorithms"].split(","),
-            nonceLifetime=options["nonce-lifetime"],
-            limiter=limiter,
-            logInterval=interval,
-        ))
-        log.info("digest authentication on for {methods}", methods=", ".join(methods))
-    else:
-        log.warn("authentication is off (no --auth-file or --auth-db): "
-                 "any client may register any address of record")
     return {
         "messageTimeout": options["message-timeout"],
         "autoPingInterval": options["ws-ping-interval"],
@@ -580,6 +571,47 @@ def _buildSecurity(options: Options, reactor: Any, core: Any, table: Any,
         "allowedOrigins": options["ws-origin"] or None,
         "originDomains": options["domain"],
     }
+
+
+def _buildAuthentication(options: Options, reactor: Any, core: Any, store: Any) -> Any:
+    """
+    Make digest authentication a guard of the core when a credential
+    source is configured (docs/security.rst); failed authentications cost
+    the source's rate bucket (C{core.limiter}, made by L{_buildSecurity})
+    and count for the account's guessing limit.
+
+    @return: the L{sipcore.sip.auth.DigestAuthenticator}, or C{None}.
+    """
+    from twisted.logger import Logger
+
+    from sipcore.sip.auth import DigestAuthenticator, PostgresCredentials, secretFromOptions
+
+    log = Logger(namespace="sipcore.security")
+    credentials = options.get("auth-credentials")
+    if options["auth-db"]:
+        credentials = PostgresCredentials(store)  # its pool, read at each lookup
+    if credentials is None:
+        log.warn("authentication is off (no --auth-file or --auth-db): "
+                 "any client may register any address of record")
+        return None
+    methods = [m.strip().upper() for m in options["auth-methods"].split(",") if m.strip()]
+    authenticator = DigestAuthenticator(
+        credentials,
+        reactor,
+        isLocalDomain=core.isLocal,
+        secret=secretFromOptions(options["auth-secret"]),
+        methods=methods,
+        algorithms=options["auth-algorithms"].split(","),
+        nonceLifetime=options["nonce-lifetime"],
+        limiter=core.limiter,
+        logInterval=options["limit-log-interval"],
+        maxFailures=options["auth-max-failures"],
+        failureWindow=options["auth-failure-window"],
+        lockout=options["auth-lockout"],
+    )
+    core.addGuard(authenticator)
+    log.info("digest authentication on for {methods}", methods=", ".join(methods))
+    return authenticator
 
 
 class _QueueView:

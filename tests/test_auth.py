@@ -21,6 +21,7 @@ from sipcore.message import Request, Response, parseMessage
 from sipcore.sip.auth import (
     CredentialsUnavailable,
     DigestAuthenticator,
+    GuessingLimits,
     Identity,
     MemoryCredentials,
     Nonces,
@@ -128,6 +129,9 @@ class AuthTestsMixin:
     """
 
     lifetime = 300.0
+    maxFailures = 3
+    failureWindow = 60.0
+    lockout = 600.0
 
     async def makeSource(self) -> Any:
         raise NotImplementedError()
@@ -139,7 +143,8 @@ class AuthTestsMixin:
         self.auth = DigestAuthenticator(
             self.source, self.clock, isLocalDomain=self.core.isLocal,
             secret=b"shared-secret", methods=["REGISTER", "INVITE"],
-            nonceLifetime=self.lifetime,
+            nonceLifetime=self.lifetime, maxFailures=self.maxFailures,
+            failureWindow=self.failureWindow, lockout=self.lockout,
         )
         self.core.addGuard(self.auth)
         self.handled: list[Any] = []
@@ -152,24 +157,26 @@ class AuthTestsMixin:
         self.core.routeDefault(handler)
         self.flow = FakeFlow("udp", remote=("192.0.2.1", 5070))
 
-    async def send(self, data: bytes) -> Response:
+    async def send(self, data: bytes, flow: FakeFlow | None = None) -> Response:
         """
-        Hand C{data} to the core; wait (bounded) for its answer.
+        Hand C{data} to the core as received on C{flow} (default
+        C{self.flow}); wait (bounded) for its answer.
         """
-        before = len(self.flow.sent)
-        self.core.messageReceived(data, self.flow)
+        flow = flow or self.flow
+        before = len(flow.sent)
+        self.core.messageReceived(data, flow)
         for _ in range(1000):
-            if len(self.flow.sent) > before:
+            if len(flow.sent) > before:
                 break
             await task.deferLater(reactor, 0.005, lambda: None)
-        [(raw, _)] = self.flow.sent[before:]
+        [(raw, _)] = flow.sent[before:]
         response = parseMessage(raw)
         assert isinstance(response, Response)
         return response
 
     async def challenge(self, method: str = "REGISTER", algorithm: str = "MD5",
-                        **kwargs: Any) -> dict[str, str]:
-        response = await self.send(request(method, **kwargs))
+                        flow: FakeFlow | None = None, **kwargs: Any) -> dict[str, str]:
+        response = await self.send(request(method, **kwargs), flow)
         [found] = [c for c in challenges(response) if c["algorithm"] == algorithm]
         return found
 
@@ -296,7 +303,7 @@ class AuthTestsMixin:
         response = await self.send(request(toUser="bob", auth=credentials(challenge)))
         self.assertEqual(response.status, 403)
         self.assertEqual(self.handled, [])
-        self.assertEqual(self.auth.stats["forbidden"], 1)
+        self.assertEqual(self.auth.stats["userMismatch"], 1)
 
     async def test_unsupportedAlgorithm(self) -> None:
         """
@@ -366,6 +373,128 @@ class AuthTestsMixin:
         self.assertEqual(response.status, 200)
         self.assertEqual(len(self.handled), 2)
 
+    async def test_nonceFromAnotherAddress(self) -> None:
+        """
+        Right credentials computed with a nonce issued to another address
+        get a fresh challenge, not C{stale=true} (the nonce is not ours
+        for this address), counted as C{foreignNonce}; the same answer
+        from the address the nonce was issued to, on another port (a NAT
+        rebinding), succeeds.
+        """
+        challenge = await self.challenge()
+        elsewhere = FakeFlow("udp", remote=("192.0.2.99", 5070))
+        response = await self.send(request(auth=credentials(challenge)), elsewhere)
+        self.assertEqual(response.status, 401)
+        self.assertTrue(all("stale" not in c for c in challenges(response)))
+        self.assertEqual(self.auth.stats["foreignNonce"], 1)
+        self.assertEqual(self.handled, [])
+        rebound = FakeFlow("tcp", remote=("192.0.2.1", 41234))
+        response = await self.send(request(auth=credentials(challenge)), rebound)
+        self.assertEqual(response.status, 200)
+
+    async def guess(self, flow: FakeFlow, user: str = "alice", times: int = 1,
+                    password: str = "guess") -> list[int]:
+        """
+        C{times} attempts for C{user} from C{flow}, each with a nonce of
+        its own.
+
+        @return: the statuses of the answers.
+        """
+        statuses = []
+        for _ in range(times):
+            challenge = await self.challenge(flow=flow, toUser=user)
+            response = await self.send(request(toUser=user, auth=credentials(
+                challenge, user=user, password=password)), flow)
+            statuses.append(response.status)
+        return statuses
+
+    async def test_lockout(self) -> None:
+        """
+        After C{maxFailures} failed authentications of an account, its
+        further attempts get C{403} without their password being checked,
+        even the right password, from any address (the guesser uses many);
+        the lockout is counted.  Other accounts are not affected.
+        """
+        guessers = [FakeFlow("udp", remote=("198.51.100.{}".format(n), 5060))
+                    for n in range(1, 5)]
+        statuses = []
+        for flow in guessers[:self.maxFailures]:
+            statuses += await self.guess(flow)
+        self.assertEqual(statuses, [401] * self.maxFailures)
+        lookups = getattr(self.source, "lookups", None)
+        self.assertEqual(await self.guess(guessers[-1], password=PASSWORD), [403])
+        self.assertEqual(getattr(self.source, "lookups", None), lookups)
+        challenge = await self.challenge(flow=guessers[0])
+        response = await self.send(request(auth=credentials(challenge)), guessers[0])
+        self.assertEqual((response.status, response.reason),
+                         (403, "Too many failed authentications"))
+        self.assertEqual(self.handled, [])
+        self.assertEqual((self.auth.stats["wrongPassword"], self.auth.stats["lockouts"],
+                          self.auth.stats["lockedOut"]), (self.maxFailures, 1, 2))
+        self.assertEqual(await self.guess(guessers[0], user="bob", password="bobs-" + PASSWORD),
+                         [200])
+
+    async def test_knownSourceNotLockedOut(self) -> None:
+        """
+        While an account is locked out, its own sources (addresses it
+        authenticated from before) still authenticate, on any port; an
+        address it never authenticated from does not.
+        """
+        self.assertEqual(await self.guess(self.flow, password=PASSWORD), [200])
+        guesser = FakeFlow("udp", remote=("198.51.100.1", 5060))
+        await self.guess(guesser, times=self.maxFailures)
+        self.assertEqual(self.auth.stats["lockouts"], 1)
+        rebound = FakeFlow("udp", remote=(self.flow.remote[0], 40001))
+        self.assertEqual(await self.guess(rebound, password=PASSWORD), [200])
+        newPhone = FakeFlow("udp", remote=("203.0.113.5", 5060))
+        self.assertEqual(await self.guess(newPhone, password=PASSWORD), [403])
+        self.assertEqual(len(self.handled), 2)
+
+    async def test_lockoutEnds(self) -> None:
+        """
+        C{lockout} seconds after it started, the account authenticates
+        from anywhere again.
+        """
+        guesser = FakeFlow("udp", remote=("198.51.100.1", 5060))
+        await self.guess(guesser, times=self.maxFailures)
+        self.clock.advance(self.lockout - 1)
+        self.assertEqual(await self.guess(guesser, password=PASSWORD), [403])
+        self.clock.advance(1)
+        self.assertEqual(await self.guess(guesser, password=PASSWORD), [200])
+
+    async def test_unknownUserLockedOutAlike(self) -> None:
+        """
+        A user name that does not exist is locked out after as many
+        failures as an existing one, with the same answers, so lockouts
+        do not tell which users exist; the name is never logged.
+        """
+        guesser = FakeFlow("udp", remote=("198.51.100.1", 5060))
+        with capturedLogs() as events:
+            statuses = await self.guess(guesser, user="mallory-x7", times=self.maxFailures + 1)
+        self.assertEqual(statuses, [401] * self.maxFailures + [403])
+        self.assertEqual((self.auth.stats["unknownUser"], self.auth.stats["lockouts"]),
+                         (self.maxFailures, 1))
+        texts = [formatEvent(e) or "" for e in events]
+        self.assertTrue([t for t in texts if "does not exist" in t and "locked out" in t])
+        self.assertFalse([t for t in texts if "mallory-x7" in t])
+
+    async def test_lockoutLoggedOncePerInterval(self) -> None:
+        """
+        A lockout is logged once per account per log interval, however
+        many attempts it refuses, with the account and never a password;
+        the next interval's line counts what was not logged.
+        """
+        with capturedLogs() as events:
+            for n in range(self.maxFailures + 5):
+                await self.guess(FakeFlow("udp", remote=("198.51.100.{}".format(n + 1), 5060)))
+            self.clock.advance(60)
+            await self.guess(FakeFlow("udp", remote=("198.51.100.200", 5060)))
+        lines = [formatEvent(e) or "" for e in events]
+        lockouts = [t for t in lines if "alice@example.com" in t]
+        self.assertEqual(len(lockouts), 2, lockouts)
+        self.assertIn("locked out for 600 s", lockouts[0])
+        self.assertIn("5 more lockout events", lockouts[1])
+
     async def test_noSecretsLogged(self) -> None:
         """
         Successes and every kind of refusal log nothing that contains the
@@ -380,10 +509,23 @@ class AuthTestsMixin:
             mismatch = credentials(challenge, nc=3)
             await self.send(request(toUser="bob", auth=mismatch))
             await self.send(request(auth=good))  # replay
+            elsewhere = FakeFlow("udp", remote=("192.0.2.99", 5070))
+            foreign = credentials(challenge, nc=4)
+            await self.send(request(auth=foreign), elsewhere)
+            guesses = []
+            for n in range(self.maxFailures):
+                guesser = FakeFlow("udp", remote=("198.51.100.{}".format(n + 1), 5060))
+                fresh = await self.challenge(flow=guesser)
+                guesses.append(credentials(fresh, password="guess-{}-{}".format(n, PASSWORD)))
+                await self.send(request(auth=guesses[-1]), guesser)
+            fresh = await self.challenge(flow=guesser)
+            locked = credentials(fresh)
+            self.assertEqual((await self.send(request(auth=locked), guesser)).status, 403)
         self.assertTrue(events)
+        self.assertEqual(self.auth.stats["lockouts"], 1)
         secretsSeen = [PASSWORD, ha1("alice"), ha1("alice", "SHA-256"), ha1("carol"),
-                       good, bad, mismatch]
-        for auth in (good, bad, mismatch):
+                       good, bad, mismatch, foreign, locked] + guesses
+        for auth in [good, bad, mismatch, foreign, locked] + guesses:
             secretsSeen.append(parseDigest(auth)["response"])  # type: ignore[index]
         for event in events:
             text = (formatEvent(event) or "") + repr(event)
@@ -485,8 +627,11 @@ class _FailingPool:
 
 class NonceTests(SynchronousTestCase):
     """
-    L{Nonces}: signed, expiring, replay-tracked in bounded memory.
+    L{Nonces}: signed, bound to a source address, expiring, replay-tracked
+    in bounded memory.
     """
+
+    source = "192.0.2.1"
 
     def test_signed(self) -> None:
         """
@@ -494,13 +639,42 @@ class NonceTests(SynchronousTestCase):
         """
         clock = Clock()
         nonces = Nonces(b"one", clock)
-        nonce = nonces.issue()
-        self.assertEqual(nonces.check(nonce), NonceState.VALID)
-        self.assertEqual(Nonces(b"one", clock).check(nonce), NonceState.VALID)
-        self.assertEqual(Nonces(b"two", clock).check(nonce), NonceState.INVALID)
+        nonce = nonces.issue(self.source)
+        self.assertEqual(nonces.check(nonce, self.source), NonceState.VALID)
+        self.assertEqual(Nonces(b"one", clock).check(nonce, self.source), NonceState.VALID)
+        self.assertEqual(Nonces(b"two", clock).check(nonce, self.source), NonceState.INVALID)
         tampered = ("A" if nonce[0] != "A" else "B") + nonce[1:]
         for bad in (tampered, "", "!!!", nonce + "AAAA", "x" * 500):
-            self.assertEqual(nonces.check(bad), NonceState.INVALID)
+            self.assertEqual(nonces.check(bad, self.source), NonceState.INVALID)
+
+    def test_boundToSource(self) -> None:
+        """
+        A nonce verifies only from the address it was issued to, on every
+        node sharing the secret; from any other address it is invalid (not
+        stale), and its nonce-count cannot be used there either.
+        """
+        clock = Clock()
+        nonces = Nonces(b"k", clock)
+        nonce = nonces.issue("192.0.2.1")
+        for other in ("192.0.2.2", "198.51.100.1", "2001:db8::1", ""):
+            self.assertEqual(nonces.check(nonce, other), NonceState.INVALID, other)
+        self.assertFalse(nonces.use(nonce, 1, "192.0.2.2"))
+        self.assertEqual(Nonces(b"k", clock).check(nonce, "192.0.2.1"), NonceState.VALID)
+        self.assertTrue(nonces.use(nonce, 1, "192.0.2.1"))
+
+    def test_sourceIsTheAddressAsLimitsCountIt(self) -> None:
+        """
+        The source is the IP address as the per-source limits count it:
+        case does not matter, an IPv4-mapped IPv6 address is its IPv4
+        address, and an IPv6 host is its /64 (its privacy addresses change
+        within it).
+        """
+        nonces = Nonces(b"k", Clock())
+        nonce = nonces.issue("192.0.2.7")
+        self.assertEqual(nonces.check(nonce, "::ffff:192.0.2.7"), NonceState.VALID)
+        nonce = nonces.issue("2001:DB8::1")
+        self.assertEqual(nonces.check(nonce, "2001:db8::abcd:1"), NonceState.VALID)
+        self.assertEqual(nonces.check(nonce, "2001:db8:0:1::1"), NonceState.INVALID)
 
     def test_expiry(self) -> None:
         """
@@ -510,22 +684,23 @@ class NonceTests(SynchronousTestCase):
         clock = Clock()
         clock.advance(1000)
         nonces = Nonces(b"k", clock, lifetime=10)
-        nonce = nonces.issue()
+        nonce = nonces.issue(self.source)
         clock.advance(10)
-        self.assertEqual(nonces.check(nonce), NonceState.VALID)
+        self.assertEqual(nonces.check(nonce, self.source), NonceState.VALID)
         clock.advance(0.01)
-        self.assertEqual(nonces.check(nonce), NonceState.STALE)
+        self.assertEqual(nonces.check(nonce, self.source), NonceState.STALE)
         future = Clock()
         future.advance(2000)
-        self.assertEqual(nonces.check(Nonces(b"k", future).issue()), NonceState.INVALID)
+        self.assertEqual(nonces.check(Nonces(b"k", future).issue(self.source), self.source),
+                         NonceState.INVALID)
 
     def test_counts(self) -> None:
         """
         Each nonce-count is accepted once, increasing only.
         """
         nonces = Nonces(b"k", Clock())
-        nonce = nonces.issue()
-        self.assertEqual([nonces.use(nonce, nc) for nc in (1, 1, 3, 2, 4)],
+        nonce = nonces.issue(self.source)
+        self.assertEqual([nonces.use(nonce, nc, self.source) for nc in (1, 1, 3, 2, 4)],
                          [True, False, True, False, True])
 
     def test_evictionNeverReopensReplay(self) -> None:
@@ -538,20 +713,170 @@ class NonceTests(SynchronousTestCase):
         nonces = Nonces(b"k", clock, maxTracked=2)
         issued = []
         for _ in range(3):
-            issued.append(nonces.issue())
+            issued.append(nonces.issue(self.source))
             clock.advance(1)
         for nonce in issued:
-            self.assertTrue(nonces.use(nonce, 1))
+            self.assertTrue(nonces.use(nonce, 1, self.source))
         self.assertEqual(len(nonces), 2)
-        self.assertFalse(nonces.use(issued[0], 2))
-        self.assertTrue(nonces.use(issued[2], 2))
-        self.assertTrue(nonces.use(nonces.issue(), 1))
+        self.assertFalse(nonces.use(issued[0], 2, self.source))
+        self.assertTrue(nonces.use(issued[2], 2, self.source))
+        self.assertTrue(nonces.use(nonces.issue(self.source), 1, self.source))
 
     def test_reprHidesSecret(self) -> None:
         """
         The secret is not in the repr.
         """
         self.assertNotIn("hunter2", repr(Nonces(b"hunter2", Clock())))
+
+
+class GuessingLimitsTests(SynchronousTestCase):
+    """
+    L{GuessingLimits}: a token bucket of failures per account, lockouts
+    that spare the account's known sources, bounded memory.
+    """
+
+    alice = Identity("alice", REALM)
+
+    def limits(self, **kwargs: Any) -> tuple[Clock, GuessingLimits]:
+        clock = Clock()
+        kwargs.setdefault("maxFailures", 3)
+        kwargs.setdefault("window", 60.0)
+        kwargs.setdefault("lockout", 300.0)
+        return clock, GuessingLimits(clock, **kwargs)
+
+    def test_bucket(self) -> None:
+        """
+        C{maxFailures} failures in a row lock the account; the allowance
+        comes back at C{maxFailures} per C{window}, so failures spread out
+        at that rate never lock it.
+        """
+        clock, limits = self.limits()
+        self.assertEqual([limits.failed(self.alice, True) for _ in range(2)], [False, False])
+        clock.advance(60)
+        self.assertEqual([limits.failed(self.alice, True) for _ in range(2)], [False, False])
+        for _ in range(30):
+            clock.advance(20)
+            self.assertFalse(limits.failed(self.alice, True))
+        self.assertFalse(limits.locked(self.alice, "198.51.100.1"))
+        # One failure left: the next one, coming faster, locks.
+        self.assertTrue(limits.failed(self.alice, True))
+        self.assertTrue(limits.locked(self.alice, "198.51.100.1"))
+        self.assertEqual(limits.lockouts, 1)
+
+    def test_lockoutLasts(self) -> None:
+        """
+        A lockout lasts C{lockout} seconds from the failure that started
+        it; failures during it (from known sources) do not prolong it, and
+        a success does not end it.
+        """
+        clock, limits = self.limits()
+        limits.succeeded(self.alice, "192.0.2.1")
+        for _ in range(3):
+            limits.failed(self.alice, True)
+        clock.advance(299)
+        self.assertFalse(limits.failed(self.alice, True))
+        limits.succeeded(self.alice, "192.0.2.1")
+        self.assertTrue(limits.locked(self.alice, "198.51.100.1"))
+        clock.advance(1)
+        self.assertFalse(limits.locked(self.alice, "198.51.100.1"))
+        self.assertEqual(limits.lockouts, 1)
+
+    def test_knownSources(self) -> None:
+        """
+        A source the account authenticated from is not locked out, for
+        C{knownSourceLifetime} after its last success; only the
+        C{knownSources} most recent are remembered.  Sources are addresses
+        as the per-source limits count them.
+        """
+        clock, limits = self.limits(knownSources=2, knownSourceLifetime=1000, lockout=5000)
+        for address in ("192.0.2.1", "192.0.2.2", "2001:db8::1"):
+            limits.succeeded(self.alice, address)
+            clock.advance(1)
+        for _ in range(3):
+            limits.failed(self.alice, True)
+        self.assertEqual(
+            [limits.locked(self.alice, a) for a in
+             ("192.0.2.1", "192.0.2.2", "2001:db8::2", "::ffff:192.0.2.2", "198.51.100.1")],
+            [True, False, False, False, True])
+        clock.advance(998)
+        self.assertFalse(limits.locked(self.alice, "192.0.2.2"))
+        clock.advance(2)
+        self.assertTrue(limits.locked(self.alice, "192.0.2.2"))
+
+    def test_accountsAreUserAndRealm(self) -> None:
+        """
+        Another user, or the same user name in another realm, has its own
+        allowance.
+        """
+        _, limits = self.limits()
+        for _ in range(3):
+            limits.failed(self.alice, True)
+        self.assertFalse(limits.locked(Identity("bob", REALM), "198.51.100.1"))
+        self.assertFalse(limits.locked(Identity("alice", "example.org"), "198.51.100.1"))
+
+    def test_unknownNamesCannotEvictAccounts(self) -> None:
+        """
+        User names that do not exist are kept in a bounded table of their
+        own: guessing any number of them keeps memory bounded and never
+        forgets an existing account's failures or known sources.
+        """
+        _, limits = self.limits(maxAccounts=10, maxUnknown=5)
+        limits.succeeded(self.alice, "192.0.2.1")
+        for _ in range(2):
+            limits.failed(self.alice, True)
+        for n in range(1000):
+            limits.failed(Identity("user{}".format(n), REALM), False)
+        self.assertEqual(len(limits), 6)
+        self.assertTrue(limits.isSubscriber(self.alice))
+        self.assertFalse(limits.isSubscriber(Identity("user999", REALM)))
+        self.assertTrue(limits.failed(self.alice, True))
+        self.assertFalse(limits.locked(self.alice, "192.0.2.1"))
+        self.assertTrue(limits.locked(self.alice, "198.51.100.1"))
+
+    def test_badLimits(self) -> None:
+        """
+        Limits that are not positive are refused.
+        """
+        clock = Clock()
+        for kwargs in ({"maxFailures": 0}, {"window": 0}, {"lockout": -1},
+                       {"knownSources": 0}, {"maxUnknown": 0}):
+            self.assertRaises(ValueError, GuessingLimits, clock, **kwargs)
+
+    def test_failuresInFlight(self) -> None:
+        """
+        Attempts that passed the lockout check while their credentials
+        were being read are refused once the read completes if failures
+        meanwhile locked the account: a guesser cannot get more guesses
+        by sending many at once to a slow credential store.
+        """
+        clock = Clock()
+        core = SIPCore(clock, domains=[REALM])
+        pending: list[defer.Deferred[Any]] = []
+
+        class SlowCredentials:
+            def lookup(self, username: str, domain: str) -> defer.Deferred[Any]:
+                d: defer.Deferred[Any] = defer.Deferred()
+                pending.append(d)
+                return d
+
+        auth = DigestAuthenticator(SlowCredentials(), clock, isLocalDomain=core.isLocal,
+                                   secret=b"k", maxFailures=3)
+        core.addGuard(auth)
+        core.route("REGISTER", lambda tx: core.respond(tx, 200))
+        flow = FakeFlow("udp", remote=("198.51.100.1", 5060))
+        core.messageReceived(request(), flow)
+        [first] = flow.messages()
+        challenge = challenges(first)[1]
+        flow.sent.clear()
+        for nc in range(1, 7):
+            core.messageReceived(request(auth=credentials(challenge, password="guess", nc=nc)),
+                                 flow)
+        self.assertEqual((len(pending), flow.sent), (6, []))
+        subscriber = Subscriber("alice", REALM, password=PASSWORD)
+        for d in pending:
+            d.callback(subscriber)
+        self.assertEqual([m.status for m in flow.messages()], [401, 401, 401, 403, 403, 403])
+        self.assertEqual(auth.stats["wrongPassword"], 3)
 
 
 class ParseDigestTests(SynchronousTestCase):

@@ -16,10 +16,18 @@ L{PostgresCredentials}, which reads Kamailio's C{subscriber} table
 (C{auth_db}, table version 7).
 
 Nonces are stateless and signed (L{Nonces}): HMAC-SHA256 over an issue
-time and random bytes with a secret, so every node sharing the secret
-verifies them.  An expired nonce whose response is right is answered with
-a new challenge with C{stale=true}.  Replay: the highest nonce-count seen
-per nonce is kept in a bounded LRU; a count not above it is refused.
+time, random bytes and the source address the nonce was issued to, with a
+secret, so every node sharing the secret verifies them, and a nonce sent
+from another address is not one of ours.  An expired nonce whose response
+is right is answered with a new challenge with C{stale=true}.  Replay: the
+highest nonce-count seen per nonce is kept in a bounded LRU; a count not
+above it is refused.
+
+Password guessing (L{GuessingLimits}): failed authentications are counted
+per account (user name and realm, whether the user exists or not); after
+too many, the account's further attempts get C{403} for a while without
+their password being checked, except from the sources the account
+authenticated from recently.
 
 Secrets are never logged: not passwords, not ha1 values, not the
 Authorization header, not the nonce secret.
@@ -49,15 +57,20 @@ from sipcore.interfaces import ICredentialSource
 from sipcore.message import Request, SIPParseError, parseURI
 from sipcore.message._syntax import quote
 from sipcore.sip.core import respond
-from sipcore.throttle import LogThrottle
+from sipcore.throttle import LogThrottle, sourceKey
 
 __all__ = [
     "ALGORITHMS",
     "CredentialSource",
     "CredentialsUnavailable",
     "DEFAULT_AUTH_METHODS",
+    "DEFAULT_FAILURE_WINDOW",
+    "DEFAULT_LOCKOUT",
+    "DEFAULT_MAX_FAILURES",
     "DEFAULT_NONCE_LIFETIME",
     "DigestAuthenticator",
+    "FAILURE_KINDS",
+    "GuessingLimits",
     "Identity",
     "MemoryCredentials",
     "NonceState",
@@ -104,7 +117,36 @@ DEFAULT_FAILURE_COST = 10.0
 #: Seconds a client is asked to wait while the credential store is away.
 RETRY_AFTER = 5
 
-_NONCE_PREFIX = b"sipcore-nonce-v1"
+#: Failed authentications an account may have at once before it is locked
+#: out (L{GuessingLimits}).
+DEFAULT_MAX_FAILURES = 10
+
+#: Seconds in which an account gets its whole allowance of failures back.
+DEFAULT_FAILURE_WINDOW = 600.0
+
+#: Seconds a locked-out account's attempts are refused.
+DEFAULT_LOCKOUT = 900.0
+
+#: Sources remembered per account as ones it authenticated from.
+DEFAULT_KNOWN_SOURCES = 8
+
+#: Seconds a source stays known to an account after its last success.
+DEFAULT_KNOWN_SOURCE_LIFETIME = 7 * 86400.0
+
+#: Accounts (existing users) whose failures and known sources are kept;
+#: the least recently seen are forgotten first.
+DEFAULT_MAX_ACCOUNTS = 100000
+
+#: User names that do not exist whose failures are kept (a table of their
+#: own, so guessing names cannot push real accounts out).
+DEFAULT_MAX_UNKNOWN_ACCOUNTS = 10000
+
+#: The kinds of failed authentication counted in
+#: L{DigestAuthenticator.stats} (and the metrics), by their key.
+FAILURE_KINDS = ("wrongPassword", "unknownUser", "staleNonce", "foreignNonce", "replayed",
+                 "userMismatch", "malformed")
+
+_NONCE_PREFIX = b"sipcore-nonce-v2"
 _NONCE_RAW = 8 + 8 + 16
 
 
@@ -382,10 +424,18 @@ def _unb64(text: str) -> bytes | None:
 
 class Nonces:
     """
-    Signed, expiring nonces with nonce-count replay protection.
+    Signed, expiring nonces bound to a source address, with nonce-count
+    replay protection.
 
     A nonce is C{base64url(time_ms[8] random[8] mac[16])} with C{mac} the
-    first 16 bytes of C{HMAC-SHA256(secret, prefix time_ms random)}.
+    first 16 bytes of C{HMAC-SHA256(secret, prefix time_ms random source)}.
+    C{source} is the IP address the challenge was sent to, as the per-source
+    limits count it (L{sipcore.throttle.sourceKey}: an IPv6 address by its
+    /64, an IPv4-mapped address as IPv4), never the port: a NAT may give a
+    client's flow a new port between the challenge and the answer, and a
+    TCP or WebSocket client may answer on a new connection.  The address is
+    not in the nonce; only a request from the same address verifies it, so
+    a nonce used from elsewhere is indistinguishable from a forged one.
 
     Replay protection keeps the highest nonce-count accepted for each nonce
     in an LRU of C{maxTracked} entries.  When an entry is evicted, every
@@ -421,35 +471,45 @@ class Nonces:
     def __repr__(self) -> str:
         return "<Nonces lifetime={:g}s tracked={}>".format(self.lifetime, len(self._counts))
 
-    def _mac(self, head: bytes) -> bytes:
-        return hmac.new(self._secret, _NONCE_PREFIX + head, hashlib.sha256).digest()[:16]
+    def _mac(self, head: bytes, source: str) -> bytes:
+        message = _NONCE_PREFIX + head + sourceKey(source).encode("utf-8", "replace")
+        return hmac.new(self._secret, message, hashlib.sha256).digest()[:16]
 
-    def issue(self) -> str:
+    def issue(self, source: str) -> str:
         """
-        @return: a new nonce.
+        @param source: the IP address of the client the nonce is for.
+        @return: a new nonce, valid from C{source} only.
         """
         millis = int(self._clock.seconds() * 1000)
         head = struct.pack(">Q", max(0, millis)) + secrets.token_bytes(8)
-        return _b64(head + self._mac(head))
+        return _b64(head + self._mac(head, source))
 
-    def _issuedAt(self, nonce: str) -> int | None:
+    @staticmethod
+    def _decode(nonce: str) -> bytes | None:
         if len(nonce) > 64:
             return None
         raw = _unb64(nonce)
         if raw is None or len(raw) != _NONCE_RAW:
             return None
+        return raw
+
+    def _issuedAt(self, nonce: str, source: str) -> int | None:
+        raw = self._decode(nonce)
+        if raw is None:
+            return None
         head, mac = raw[:16], raw[16:]
-        if not hmac.compare_digest(mac, self._mac(head)):
+        if not hmac.compare_digest(mac, self._mac(head, source)):
             return None
         return int(struct.unpack(">Q", head[:8])[0])
 
-    def check(self, nonce: str) -> NonceState:
+    def check(self, nonce: str, source: str) -> NonceState:
         """
+        @param source: the IP address the request came from.
         @return: L{NonceState.INVALID} if C{nonce} was not made with this
-            secret (or comes from too far in the future),
+            secret for C{source} (or comes from too far in the future),
             L{NonceState.STALE} if it expired, else L{NonceState.VALID}.
         """
-        issued = self._issuedAt(nonce)
+        issued = self._issuedAt(nonce, source)
         if issued is None:
             return NonceState.INVALID
         age = self._clock.seconds() - issued / 1000.0
@@ -459,14 +519,15 @@ class Nonces:
             return NonceState.STALE
         return NonceState.VALID
 
-    def use(self, nonce: str, nc: int) -> bool:
+    def use(self, nonce: str, nc: int, source: str) -> bool:
         """
-        Record nonce-count C{nc} for a valid C{nonce}.
+        Record nonce-count C{nc} for a valid C{nonce} sent from C{source}.
 
         @return: C{True} if C{nc} is above every count accepted for it
-            before; C{False} for a replay (or a nonce forgotten by the LRU).
+            before; C{False} for a replay (or a nonce forgotten by the LRU,
+            or one not issued to C{source}).
         """
-        issued = self._issuedAt(nonce)
+        issued = self._issuedAt(nonce, source)
         if issued is None:
             return False
         last = self._counts.get(nonce)
@@ -479,13 +540,166 @@ class Nonces:
         self._counts.move_to_end(nonce)
         while len(self._counts) > self.maxTracked:
             evicted, _ = self._counts.popitem(last=False)
-            when = self._issuedAt(evicted)
-            if when is not None:
+            raw = self._decode(evicted)  # verified when it was recorded
+            if raw is not None:
+                when = int(struct.unpack(">Q", raw[:8])[0])
                 self._horizon = max(self._horizon, when)
         return True
 
     def __len__(self) -> int:
         return len(self._counts)
+
+
+# ---------------------------------------------------------------------------
+# Password guessing
+
+
+class _Account:
+    """
+    What L{GuessingLimits} keeps about one account.
+
+    @ivar tokens: failures the account may still have before it is locked.
+    @ivar updated: when C{tokens} was last brought up to date.
+    @ivar lockedUntil: when its lockout ends (0: not locked).
+    @ivar sources: source address -> time of its last success.
+    """
+
+    __slots__ = ("tokens", "updated", "lockedUntil", "sources")
+
+    def __init__(self, tokens: float, now: float) -> None:
+        self.tokens = tokens
+        self.updated = now
+        self.lockedUntil = 0.0
+        self.sources: dict[str, float] = {}
+
+
+class GuessingLimits:
+    """
+    Per-account limits on failed authentications.
+
+    An account is a user name in a realm (an L{Identity}), whether such a
+    user exists or not.  Each has a token bucket of C{maxFailures} failures,
+    refilled at C{maxFailures} per C{window} seconds: C{maxFailures}
+    failures in a row, or more than C{maxFailures} per C{window} sustained,
+    lock it out for C{lockout} seconds.  While locked, its attempts are
+    refused (L{locked}), except those from its known sources: the source
+    addresses (L{sipcore.throttle.sourceKey}) it authenticated from in the
+    last C{knownSourceLifetime} seconds, C{knownSources} at most, so a
+    guesser elsewhere cannot lock a user out of their own phone.  A success
+    neither ends a lockout nor gives failures back.
+
+    Memory is bounded: accounts of existing users and user names that do
+    not exist are kept in two LRU tables (C{maxAccounts} and
+    C{maxUnknown} entries), so guessing user names never pushes a real
+    account's state out.
+
+    @ivar lockouts: lockouts started.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        maxFailures: int = DEFAULT_MAX_FAILURES,
+        window: float = DEFAULT_FAILURE_WINDOW,
+        lockout: float = DEFAULT_LOCKOUT,
+        knownSources: int = DEFAULT_KNOWN_SOURCES,
+        knownSourceLifetime: float = DEFAULT_KNOWN_SOURCE_LIFETIME,
+        maxAccounts: int = DEFAULT_MAX_ACCOUNTS,
+        maxUnknown: int = DEFAULT_MAX_UNKNOWN_ACCOUNTS,
+    ) -> None:
+        """
+        @raise ValueError: for a limit that is not positive.
+        """
+        if maxFailures < 1:
+            raise ValueError("maxFailures must be positive")
+        if not (window > 0 and lockout > 0 and knownSourceLifetime > 0):
+            raise ValueError("window, lockout and knownSourceLifetime must be positive")
+        if min(knownSources, maxAccounts, maxUnknown) < 1:
+            raise ValueError("knownSources, maxAccounts and maxUnknown must be positive")
+        self._clock = clock
+        self.maxFailures = maxFailures
+        self.window = float(window)
+        self.lockout = float(lockout)
+        self.knownSources = knownSources
+        self.knownSourceLifetime = float(knownSourceLifetime)
+        self.maxAccounts = maxAccounts
+        self.maxUnknown = maxUnknown
+        self._rate = maxFailures / self.window
+        self._accounts: OrderedDict[Identity, _Account] = OrderedDict()
+        self._unknown: OrderedDict[Identity, _Account] = OrderedDict()
+        self.lockouts = 0
+
+    def __repr__(self) -> str:
+        return "<GuessingLimits {} failures/{:g}s, lockout {:g}s>".format(
+            self.maxFailures, self.window, self.lockout)
+
+    def __len__(self) -> int:
+        return len(self._accounts) + len(self._unknown)
+
+    def _entry(self, account: Identity, exists: bool, now: float) -> _Account:
+        table = self._accounts if exists else self._unknown
+        limit = self.maxAccounts if exists else self.maxUnknown
+        entry = table.get(account)
+        if entry is None:
+            entry = table[account] = _Account(float(self.maxFailures), now)
+            while len(table) > limit:
+                table.popitem(last=False)
+        else:
+            table.move_to_end(account)
+            elapsed = max(0.0, now - entry.updated)
+            entry.tokens = min(float(self.maxFailures), entry.tokens + elapsed * self._rate)
+            entry.updated = now
+        return entry
+
+    def isSubscriber(self, account: Identity) -> bool:
+        """
+        @return: whether C{account} is kept as an existing user's (it had a
+            success, or a failure with a wrong password rather than an
+            unknown user name).
+        """
+        return account in self._accounts
+
+    def locked(self, account: Identity, source: str) -> bool:
+        """
+        @param source: the IP address the attempt comes from.
+        @return: whether an attempt for C{account} from C{source} is to be
+            refused without checking its password.
+        """
+        entry = self._accounts.get(account) or self._unknown.get(account)
+        now = self._clock.seconds()
+        if entry is None or entry.lockedUntil <= now:
+            return False
+        since = entry.sources.get(sourceKey(source))
+        return since is None or now - since > self.knownSourceLifetime
+
+    def failed(self, account: Identity, exists: bool) -> bool:
+        """
+        Count one failed authentication of C{account}.
+
+        @param exists: whether the user exists (a wrong password) or not
+            (an unknown user name).
+        @return: whether this failure locked the account out.
+        """
+        now = self._clock.seconds()
+        entry = self._entry(account, exists, now)
+        entry.tokens = max(0.0, entry.tokens - 1.0)
+        if entry.tokens >= 1.0 or entry.lockedUntil > now:
+            return False
+        entry.lockedUntil = now + self.lockout
+        self.lockouts += 1
+        return True
+
+    def succeeded(self, account: Identity, source: str) -> None:
+        """
+        Remember C{source} as one C{account} authenticated from.
+        """
+        now = self._clock.seconds()
+        sources = self._entry(account, True, now).sources
+        key = sourceKey(source)
+        sources.pop(key, None)
+        sources[key] = now
+        while len(sources) > self.knownSources:
+            del sources[next(iter(sources))]
 
 
 # ---------------------------------------------------------------------------
@@ -605,10 +819,24 @@ class DigestAuthenticator:
     L{Identity}) and, for requests other than REGISTER, the credentials for
     our realm are removed from the request so they are not forwarded.
 
-    @ivar stats: a L{Counter} of C{challenged} (no credentials for our
-        realm), C{authenticated}, C{failed} (wrong password or unknown
-        user), C{stale}, C{replayed}, C{forbidden} (user mismatch),
-        C{malformed}, C{unavailable} (credential store away).
+    Nonces are bound to the IP address of the request's flow
+    (C{flow.remote}, whatever the transport; not the port).  Failed
+    authentications are counted per account by L{GuessingLimits} (unless
+    C{maxFailures} is 0); a locked-out account's attempts get C{403 Too
+    many failed authentications} without their password being checked,
+    except from its known sources.  A lockout is logged once per account
+    (once per realm for user names that do not exist, which are never
+    logged) per C{logInterval}.
+
+    @ivar stats: a L{Counter} of C{challenged} (challenges sent),
+        C{authenticated}, C{failed} (C{wrongPassword} plus C{unknownUser},
+        each counted too), C{staleNonce} (a right answer with an expired
+        nonce), C{foreignNonce} (a nonce not issued to this source by a
+        node with our secret), C{replayed}, C{userMismatch}, C{malformed},
+        C{lockouts} (accounts locked out), C{lockedOut} (attempts refused
+        because their account was locked out), C{unavailable} (credential
+        store away).
+    @ivar guessing: the L{GuessingLimits}, or C{None}.
     """
 
     _log = Logger()
@@ -626,6 +854,9 @@ class DigestAuthenticator:
         limiter: Any = None,
         failureCost: float = DEFAULT_FAILURE_COST,
         logInterval: float = 60.0,
+        maxFailures: int = DEFAULT_MAX_FAILURES,
+        failureWindow: float = DEFAULT_FAILURE_WINDOW,
+        lockout: float = DEFAULT_LOCKOUT,
     ) -> None:
         """
         @param credentials: the L{CredentialSource}.
@@ -640,7 +871,16 @@ class DigestAuthenticator:
         @param maxTrackedNonces: nonces whose count is remembered.
         @param limiter: a L{sipcore.sip.limits.RateLimiter} charged
             C{failureCost} requests per failed authentication, or C{None}.
-        @raise ValueError: for an unknown algorithm or an empty list.
+        @param logInterval: seconds between log lines about one source's
+            refusals or one account's lockout.
+        @param maxFailures: failed authentications an account may have at
+            once before it is locked out (L{GuessingLimits}); 0: no
+            per-account limit.
+        @param failureWindow: seconds in which an account gets its
+            C{maxFailures} back.
+        @param lockout: seconds a locked-out account stays locked.
+        @raise ValueError: for an unknown algorithm or an empty list, or a
+            non-positive C{failureWindow} or C{lockout}.
         """
 
         algorithms = [a.upper() for a in algorithms]
@@ -662,6 +902,8 @@ class DigestAuthenticator:
         self.algorithms = tuple(algorithms)
         self.limiter = limiter
         self.failureCost = failureCost
+        self.guessing = (GuessingLimits(clock, maxFailures, failureWindow, lockout)
+                         if maxFailures else None)
         self.stats: Counter[str] = Counter()
         self._throttle = LogThrottle(clock, logInterval)
         self._unavailable = False
@@ -716,7 +958,6 @@ class DigestAuthenticator:
                       flow: Any) -> Identity:
         params = self._credentialsFor(request, header, realm)
         if params is None:
-            self.stats["challenged"] += 1
             raise _Refusal(0, "", challenge=True)
         for name in ("username", "nonce", "uri", "response"):
             if not params.get(name):
@@ -738,15 +979,19 @@ class DigestAuthenticator:
         if not self._sameURI(params["uri"], request):
             self.stats["malformed"] += 1
             raise _Refusal(400, "Bad Request (digest uri does not match Request-URI)")
-        nonce = params["nonce"]
-        state = self.nonces.check(nonce)
-        if state is NonceState.INVALID:
-            self.stats["challenged"] += 1
-            raise _Refusal(0, "", challenge=True, why="unknown nonce")
+        host = flow.remote[0]
         authUser = params["username"]
         user, at, userDomain = authUser.partition("@")
+        account = Identity(user.lower(), realm)
+        self._checkLockout(account, host, request)
+        nonce = params["nonce"]
+        state = self.nonces.check(nonce, host)
+        if state is NonceState.INVALID:
+            self.stats["foreignNonce"] += 1
+            raise _Refusal(0, "", challenge=True, why="unknown nonce")
         if at and userDomain.lower() != realm:
             self.stats["failed"] += 1
+            self.stats["unknownUser"] += 1
             raise _Refusal(0, "", challenge=True, failed=True, why="wrong domain")
         try:
             subscriber = await self.credentials.lookup(user, realm)
@@ -759,6 +1004,9 @@ class DigestAuthenticator:
         if self._unavailable:
             self._unavailable = False
             self._log.info("credentials available again")
+        # Failures of attempts that were in flight with this one may have
+        # locked the account while the credentials were read.
+        self._checkLockout(account, host, request)
         expected = None
         if subscriber is not None:
             ha1 = subscriber.ha1For(algorithm, realm, authUser)
@@ -768,20 +1016,81 @@ class DigestAuthenticator:
         given = params["response"].lower()
         if expected is None or not hmac.compare_digest(expected.encode(), given.encode()):
             self.stats["failed"] += 1
+            self.stats["unknownUser" if subscriber is None else "wrongPassword"] += 1
+            self._countFailure(account, subscriber is not None, host)
             raise _Refusal(0, "", challenge=True, failed=True,
                            why="unknown user" if subscriber is None else "wrong credentials")
         if state is NonceState.STALE:
-            self.stats["stale"] += 1
+            self.stats["staleNonce"] += 1
             raise _Refusal(0, "", challenge=True, stale=True, why="stale nonce")
-        if not self.nonces.use(nonce, int(nc, 16)):
+        if not self.nonces.use(nonce, int(nc, 16), host):
             self.stats["replayed"] += 1
             raise _Refusal(0, "", challenge=True, stale=True, why="nonce-count replayed")
         if user != targetUser:
-            self.stats["forbidden"] += 1
+            self.stats["userMismatch"] += 1
             raise _Refusal(403, "Forbidden (authenticated user does not match {})".format(
                 "To" if request.method == "REGISTER" else "From"),
                 why="user mismatch")
+        if self.guessing is not None:
+            self.guessing.succeeded(account, host)
         return Identity(user, realm)
+
+    # -- password guessing --------------------------------------------------
+
+    def _lockoutKey(self, account: Identity) -> tuple[str, str | None, str]:
+        """
+        The log throttle's key for C{account}'s lockout: the account for
+        an existing user; one per realm for user names that do not exist
+        (a guesser can make any number of them, and a user who typed a
+        password as their user name must not find it in the log).
+        """
+        assert self.guessing is not None
+        if self.guessing.isSubscriber(account):
+            return ("lockout", account.username, account.domain)
+        return ("lockout", None, account.domain)
+
+    def _checkLockout(self, account: Identity, host: str, request: Request) -> None:
+        """
+        @raise _Refusal: C{403} if C{account} is locked out for C{host}.
+        """
+        if self.guessing is None or not self.guessing.locked(account, host):
+            return
+        self.stats["lockedOut"] += 1
+        key = self._lockoutKey(account)
+        suppressed = self._throttle.hit(key)
+        if suppressed is not None:
+            self._log.warn(
+                "refused a {method} from {host} for {account}: locked out after too many "
+                "failed authentications ({suppressed} more lockout events since the last report)",
+                method=request.method, host=host, suppressed=suppressed,
+                account=self._accountText(key))
+        raise _Refusal(403, "Too many failed authentications", failed=True,
+                       why="account locked out")
+
+    def _countFailure(self, account: Identity, exists: bool, host: str) -> None:
+        """
+        Count a failed authentication of C{account}; log the lockout it
+        starts, if it does.
+        """
+        if self.guessing is None or not self.guessing.failed(account, exists):
+            return
+        self.stats["lockouts"] += 1
+        key = self._lockoutKey(account)
+        suppressed = self._throttle.hit(key)
+        if suppressed is not None:
+            self._log.warn(
+                "{account} locked out for {lockout:g} s after {failures} failed "
+                "authentications, the last from {host}; its known sources may still "
+                "authenticate ({suppressed} more lockout events since the last report)",
+                account=self._accountText(key), lockout=self.guessing.lockout,
+                failures=self.guessing.maxFailures, host=host, suppressed=suppressed)
+
+    @staticmethod
+    def _accountText(key: tuple[str, str | None, str]) -> str:
+        _, username, realm = key
+        if username is None:
+            return "a user name that does not exist in realm {}".format(realm)
+        return "account {}@{}".format(username, realm)
 
     # -- helpers ------------------------------------------------------------
 
@@ -843,7 +1152,8 @@ class DigestAuthenticator:
             headers = [("Retry-After", str(RETRY_AFTER))] if refusal.status == 503 else []
             respond(tx, refusal.status, refusal.reason, headers)
             return
-        nonce = self.nonces.issue()
+        self.stats["challenged"] += 1
+        nonce = self.nonces.issue(flow.remote[0])
         name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
         headers = []
         for algorithm in self.algorithms:
