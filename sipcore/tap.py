@@ -98,6 +98,9 @@ class Options(usage.Options):
         ["advertise-host", None, "",
          "Host put in Via and Record-Route for listeners bound to the wildcard address "
          "(default: the first --domain given)."],
+        ["max-branches", None, 10,
+         "Most branches a request to an address of record forks to (highest q first, "
+         "then the most recently registered).", _positiveInt],
         # security (docs/security.rst)
         ["auth-file", None, "",
          "Authenticate with the users in this file (user@domain:password or "
@@ -158,6 +161,7 @@ class Options(usage.Options):
         self["handler-option"] = {}
         self["ws-origin"] = []
         self["limit-exempt"] = []
+        self["trusted-peer"] = []
 
     def opt_listen(self, spec: str) -> None:
         """
@@ -234,6 +238,20 @@ class Options(usage.Options):
         'none' exempts no address.
         """
         self["limit-exempt"].append(address)
+
+    def opt_trusted_peer(self, spec: str) -> None:
+        """
+        An IP address or network (ADDRESS[/PREFIX], IPv4 or IPv6) of a proxy
+        whose Path headers in REGISTER are honoured. Repeatable; default
+        none: a REGISTER with Path gets 403.
+        """
+        from sipcore.sip.trust import parseNetwork
+
+        try:
+            parseNetwork(spec)
+        except ValueError as e:
+            raise usage.UsageError("--trusted-peer: {}".format(e)) from None
+        self["trusted-peer"].append(spec)
 
     def postOptions(self) -> None:
         if self._configFile is not None:
@@ -325,8 +343,9 @@ def buildService(options: Options, reactor: Any) -> Any:
     from sipcore.location.ordering import PendingWrites
     from sipcore.plugin import HandlerContext, LazyHandler
     from sipcore.service import SIPCoreService
-    from sipcore.sip.core import SIPCore
+    from sipcore.sip.core import SIPCore, supportedTags
     from sipcore.sip.registrar import Registrar, RegistrarPolicy
+    from sipcore.sip.trust import TrustedPeers
     from sipcore.transport.connections import ConnectionTable
     from sipcore.transport.listen import ListenerService
 
@@ -369,7 +388,9 @@ def buildService(options: Options, reactor: Any) -> Any:
         store = GroupCommitStore(store, reactor, window=options["group-commit-window"],
                                  maxBatch=options["group-commit-max"])
     writes = PendingWrites()
-    core = SIPCore(reactor, domains=options["domain"], maxSize=options["max-message-size"])
+    trustedPeers = TrustedPeers.fromStrings(options["trusted-peer"])
+    core = SIPCore(reactor, domains=options["domain"], maxSize=options["max-message-size"],
+                   supported=supportedTags(bool(trustedPeers)))
     registrar = Registrar(
         store,
         reactor,
@@ -380,6 +401,8 @@ def buildService(options: Options, reactor: Any) -> Any:
             minExpires=options["min-expires"],
             maxExpires=options["max-expires"],
             foreignDomainStatus=options["foreign-domain-status"],
+            trustedPeers=trustedPeers,
+            logInterval=options["limit-log-interval"],
         ),
         writes=writes,
         isConnected=lambda conid: table.get(conid) is not None,
@@ -466,6 +489,7 @@ def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: An
     C{--domain} given.
     """
     from sipcore.sip.proxy import Proxy, ProxyPolicy
+    from sipcore.sip.trust import TrustedPeers
 
     serverId = options["server-id"]
 
@@ -480,6 +504,8 @@ def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: An
             timerC=options["timer-c"],
             forwardForeign=bool(options["forward-foreign"]),
             advertiseHost=options["advertise-host"] or (domains[0] if domains else None),
+            maxBranches=options["max-branches"],
+            trustedPeers=TrustedPeers.fromStrings(options["trusted-peer"]),
         ),
         staleBinding=staleBinding,
     )
@@ -527,6 +553,8 @@ def _checkSecurityOptions(options: Options) -> None:
         raise usage.UsageError(
             "--auth-failure-window and --auth-lockout must be positive "
             "(--auth-max-failures 0 turns the per-account limit off)")
+    if options["max-branches"] < 1:
+        raise usage.UsageError("--max-branches must be at least 1")
     if options["rate-limit"] and options["rate-burst"] < 1:
         raise usage.UsageError("--rate-burst must be at least 1")
     if options["ws-ping-interval"] and not options["ws-ping-timeout"]:

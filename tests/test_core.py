@@ -10,7 +10,7 @@ from zope.interface.verify import verifyObject
 
 from sipcore.interfaces import IMessageSink
 from sipcore.message import Response, parseMessage
-from sipcore.sip.core import SIPCore
+from sipcore.sip.core import SIPCore, supportedTags
 from sipcore.testing import FakeFlow
 
 
@@ -157,10 +157,31 @@ class CoreTests(SynchronousTestCase):
         An option tag the server does not support in Proxy-Require is
         answered C{420} listing it in Unsupported.
         """
-        self.core.messageReceived(request(extra="Proxy-Require: foo, path\r\n"), self.flow)
+        self.core.messageReceived(request(extra="Proxy-Require: foo, outbound\r\n"),
+                                  self.flow)
         [response] = self.responses()
         self.assertEqual(response.status, 420)
         self.assertEqual(response.headers.values("Unsupported"), ["foo"])
+
+    def test_pathOnlyWhenAccepted(self) -> None:
+        """
+        By default (no trusted peers) C{path} is neither advertised in the
+        OPTIONS answer nor accepted in C{Require}; a core made with
+        C{supportedTags(True)} does both.
+        """
+        self.core.messageReceived(request(extra="Require: path\r\n"), self.flow)
+        self.core.messageReceived(
+            request(via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKcore2"), self.flow)
+        refused, answered = self.responses()
+        self.assertEqual((refused.status, refused.headers.values("Unsupported")),
+                         (420, ["path"]))
+        self.assertEqual(answered.headers.values("Supported"), ["outbound"])
+        core = SIPCore(self.clock, domains=["example.com"], supported=supportedTags(True))
+        flow = FakeFlow("udp", remote=("192.0.2.1", 40000))
+        core.messageReceived(request(extra="Require: path\r\n"), flow)
+        [response] = [m for m in flow.messages() if isinstance(m, Response)]
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers.values("Supported"), ["path", "outbound"])
 
     def test_routedByMethod(self) -> None:
         """

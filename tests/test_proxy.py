@@ -28,6 +28,7 @@ from sipcore.sip.routing import (
     proxyBranch,
 )
 from sipcore.sip.transaction import sendToSender
+from sipcore.sip.trust import TrustedPeers
 from sipcore.testing import FakeFlow, MemoryLocationStore, RecordingBus
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.udp import SIPDatagramProtocol
@@ -379,16 +380,52 @@ class LocationTests(SynchronousTestCase):
 
     def test_pathRoute(self) -> None:
         """
-        A binding with a Path is reached along it: the Path becomes the
-        Route set and the request goes to its first hop.
+        A binding with a Path registered by a trusted peer is reached along
+        it: the Path becomes the Route set and the request goes to its
+        first hop.
         """
-        h = ProxyHarness()
+        h = ProxyHarness(ProxyPolicy(trustedPeers=TrustedPeers.fromStrings(["127.0.0.0/8"])))
         h.bind(contact="sip:bob@192.0.2.10", path="<sip:127.0.0.1:6000;lr>",
                received="sip:127.0.0.1:41000;transport=udp")
         h.send(sipRequest("MESSAGE"))
         [(message, address)] = h.udpSent()
         self.assertEqual(address, ("127.0.0.1", 6000))
         self.assertEqual([str(r.uri) for r in message.routes], ["sip:127.0.0.1:6000;lr"])
+
+    def test_untrustedPathIgnored(self) -> None:
+        """
+        A stored Path whose REGISTER came from a source that is not a
+        trusted peer (or from no known source) is not followed: the
+        binding is reached at its own flow, with its Contact as
+        Request-URI, and no Route is added.
+        """
+        h = ProxyHarness(ProxyPolicy(trustedPeers=TrustedPeers.fromStrings(["10.0.0.0/8"])))
+        h.bind(contact="sip:bob@192.0.2.10", path="<sip:127.0.0.5:25099;lr>",
+               received="sip:127.0.0.1:41000;transport=udp")
+        h.bind(contact="sip:bob@127.0.0.1:42000", path="<sip:127.0.0.5:25099;lr>",
+               received=None)
+        h.send(sipRequest("MESSAGE"))
+        sent = sorted((address, str(message.uri), message.headers.lines("Route"))
+                      for message, address in h.udpSent())
+        self.assertEqual(sent, [(("127.0.0.1", 41000), "sip:bob@192.0.2.10", []),
+                                (("127.0.0.1", 42000), "sip:bob@127.0.0.1:42000", [])])
+        self.assertEqual(h.proxy.stats["pathIgnored"], 2)
+
+    def test_forkCappedByMaxBranches(self) -> None:
+        """
+        A request to an address of record with more bindings than
+        C{maxBranches} forks to that many: the highest C{q} first, then
+        the most recently registered.
+        """
+        h = ProxyHarness(ProxyPolicy(maxBranches=3))
+        for port, q, modified in [(41001, 0.5, 9.0), (41002, 1.0, 1.0), (41003, 0.9, 5.0),
+                                  (41004, 1.0, 2.0), (41005, 0.1, 10.0)]:
+            h.bind(contact="sip:bob@127.0.0.1:{}".format(port), q=q, lastModified=modified,
+                   received="sip:127.0.0.1:{};transport=udp".format(port))
+        h.send(sipRequest("MESSAGE"))
+        ports = [address[1] for _, address in h.udpSent()]
+        self.assertEqual(ports, [41004, 41002, 41003])
+        self.assertEqual(h.proxy.stats["forksCapped"], 1)
 
     def test_storeFailure(self) -> None:
         """
@@ -455,7 +492,8 @@ class RecordRouteTests(SynchronousTestCase):
             self.assertTrue(uri.hasParam("lr"))
             self.assertEqual(uri.param("r2"), "on")
         self.assertEqual(h.proxy.tokens.fromURIs([top]), [bob.conid])
-        self.assertEqual(h.proxy.tokens.fromURIs([below]), [])
+        self.assertEqual(h.proxy.tokens.fromURIs([below]),
+                         [NextHop("udp", "127.0.0.1", 40000)])
 
     def test_singleRecordRoute(self) -> None:
         """
@@ -502,9 +540,23 @@ class RouteTests(SynchronousTestCase):
     """
 
     def routeTo(self, h: ProxyHarness, flow: FakeFlow) -> str:
+        """
+        The Route set the caller (UDP, 127.0.0.1:40000) holds for a dialog
+        with C{flow}: both double Record-Route entries of ours.
+        """
         token = h.proxy.tokens.make(flow.conid)
-        return "{}, {}".format(h.signedRoute("udp", UDP_PORT),
+        caller = h.proxy.tokens.makeAddress("127.0.0.1", 40000)
+        return "{}, {}".format(h.signedRoute("udp", UDP_PORT, caller),
                                h.signedRoute("ws", WS_PORT, token))
+
+    def udpRoute(self, h: ProxyHarness, callId: str = "call-1") -> str:
+        """
+        Our single Record-Route entry of a dialog between two UDP peers,
+        the caller at 127.0.0.1:40000 and the callee at 127.0.0.1:41000.
+        """
+        tokens = "-".join([h.proxy.tokens.makeAddress("127.0.0.1", 40000),
+                           h.proxy.tokens.makeAddress("127.0.0.1", 41000)])
+        return h.signedRoute("udp", UDP_PORT, tokens, callId=callId)
 
     def test_inDialogByFlowToken(self) -> None:
         """
@@ -524,17 +576,110 @@ class RouteTests(SynchronousTestCase):
 
     def test_tokenOfOwnConnectionIgnored(self) -> None:
         """
-        The flow token of the connection a request came on is not used:
-        the request goes by its Request-URI (here a UDP address).
+        The flow token of the connection a request came on is not where it
+        goes: it goes to the other side's flow (here the caller's UDP
+        address), whatever its Request-URI names.
         """
         h = ProxyHarness()
         bob = h.connect()
-        h.send(sipRequest("BYE", uri="sip:alice@127.0.0.1:40000", toTag="alicetag",
+        h.send(sipRequest("BYE", uri="sip:alice@192.0.2.66:6000", toTag="alicetag",
                           via="SIP/2.0/WS b.invalid;branch=z9hG4bKbye1",
                           extra=(("Route", self.routeTo(h, bob)),)), bob)
         [(bye, address)] = h.udpSent()
         self.assertEqual(bye.method, "BYE")
         self.assertEqual(address, ("127.0.0.1", 40000))
+        self.assertEqual(str(bye.uri), "sip:alice@192.0.2.66:6000")
+
+    def test_dialogWithItself(self) -> None:
+        """
+        When the signed entries name only the flow the request came on (a
+        user calling itself), the request goes back over that flow.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        route = h.signedRoute("ws", WS_PORT, h.proxy.tokens.make(bob.conid))
+        h.send(sipRequest("BYE", uri="sip:bob@192.0.2.66:6000", toTag="bobtag",
+                          via="SIP/2.0/WS b.invalid;branch=z9hG4bKself",
+                          extra=(("Route", route),)), bob)
+        self.assertEqual(len(h.requestsOn(bob, "BYE")), 1)
+        self.assertEqual(h.udpSent(), [])
+
+    def test_udpDialogBothWays(self) -> None:
+        """
+        An INVITE between two UDP peers gets one Record-Route entry naming
+        both; the callee's BYE goes to the caller's address and the
+        caller's ACK to the callee's, whatever their Request-URIs name.
+        """
+        h = ProxyHarness()
+        h.bind(contact="sip:bob@192.0.2.10:5062", received="sip:127.0.0.1:41000;transport=udp")
+        h.send(sipRequest("INVITE"))
+        [(invite, address)] = h.udpSent()
+        self.assertEqual(address, ("127.0.0.1", 41000))
+        [rr] = invite.recordRoutes
+        self.assertEqual(h.proxy.tokens.fromURIs([rr.uri]),
+                         [NextHop("udp", "127.0.0.1", 40000), NextHop("udp", "127.0.0.1", 41000)])
+        callee = FakeFlow("udp", local=("127.0.0.1", UDP_PORT), remote=("127.0.0.1", 41000))
+        h.send(sipRequest("BYE", uri="sip:alice@192.0.2.66:6000", toTag="alicetag",
+                          via="SIP/2.0/UDP 127.0.0.1:41000;branch=z9hG4bKbye2;rport",
+                          extra=(("Route", str(rr)),)), callee)
+        h.send(sipRequest("ACK", uri="sip:bob@192.0.2.66:6000", toTag="bobtag",
+                          branch="z9hG4bKack2", extra=(("Route", str(rr)),)))
+        sent = [(m.method, address) for m, address in h.udpSent()[1:]]
+        self.assertEqual(sent, [("BYE", ("127.0.0.1", 40000)), ("ACK", ("127.0.0.1", 41000))])
+
+    def test_ownDialogEntryIsNoRelay(self) -> None:
+        """
+        A caller that holds a signed entry of its own dialog cannot use it
+        to reach another address: neither a Route after it nor the
+        Request-URI chooses the next hop, the other side of the dialog
+        does; a signed entry naming no flow proves nothing.
+        """
+        h = ProxyHarness()
+        victim = "<sip:127.0.0.1:6000;lr>"
+        h.send(sipRequest("INVITE", uri="sip:bob@127.0.0.1:6000", toTag="t",
+                          extra=(("Route", self.udpRoute(h) + ", " + victim),)))
+        h.send(sipRequest("INVITE", uri="sip:bob@127.0.0.1:6000", toTag="t",
+                          branch="z9hG4bKnoflow",
+                          extra=(("Route", h.signedRoute() + ", " + victim),)))
+        h.send(sipRequest("MESSAGE", uri="sip:bob@127.0.0.1:6000", toTag="t",
+                          branch="z9hG4bKnoflow2", extra=(("Route", h.signedRoute()),)))
+        h.clock.pump([0.5] * 70)
+        self.assertEqual({address for _, address in h.udpSent()}, {("127.0.0.1", 41000)})
+        self.assertEqual(h.proxy.stats["status:403"], 2)
+
+    def test_unsignedEntryTokenIgnored(self) -> None:
+        """
+        A valid flow token in an entry of ours that is not signed for the
+        request's dialog (copied from another dialog's entry) names no
+        flow.
+        """
+        h = ProxyHarness()
+        bob = h.connect()
+        token = h.proxy.tokens.make(bob.conid)
+        for i, route in enumerate([
+                "<sip:127.0.0.1:{};transport=ws;lr;ftok={}>".format(WS_PORT, token),
+                h.signedRoute("ws", WS_PORT, token, callId="another-call")]):
+            h.send(sipRequest("BYE", uri="sip:bob@client.invalid;transport=ws", toTag="t",
+                              branch="z9hG4bKu{}".format(i), extra=(("Route", route),)))
+        self.assertEqual(bob.sent, [])
+        self.assertEqual(h.statuses(), [403, 403])
+
+    def test_addressTokens(self) -> None:
+        """
+        A UDP peer's token names its address (IPv4 or IPv6) and port; a
+        changed address, port or MAC is not one of ours.
+        """
+        tokens = FlowTokens(b"k" * 32)
+        v4 = tokens.makeAddress("192.0.2.1", 5060)
+        v6 = tokens.makeAddress("2001:db8::1", 65535)
+        self.assertEqual(tokens.check(v4), NextHop("udp", "192.0.2.1", 5060))
+        self.assertEqual(tokens.check(v6), NextHop("udp", "2001:db8::1", 65535))
+        body, _, mac = v4.partition(".")
+        for forged in [body[:-1] + "5." + mac, "u" + "c0000202" + body[9:] + "." + mac,
+                       body + "." + mac[:-1] + "0", FlowTokens(b"x" * 32).makeAddress(
+                           "192.0.2.1", 5060), "u123.abc", "u" + "g" * 12 + "." + mac,
+                       "\u00b2." + mac]:
+            self.assertIsNone(tokens.check(forged), forged)
 
     def test_goneFlow(self) -> None:
         """
@@ -565,17 +710,17 @@ class RouteTests(SynchronousTestCase):
         self.assertEqual(bob.sent, [])
         self.assertEqual(h.statuses(), [403])
 
-    def test_remainingRouteFollowed(self) -> None:
+    def test_remainingRouteKept(self) -> None:
         """
-        After our own signed Route entry, the next Route entry is the next
-        hop.
+        After our own signed Route entry the remaining Route entries stay
+        in the request, which goes to the other side's flow.
         """
         h = ProxyHarness()
-        route = h.signedRoute() + ", <sip:127.0.0.1:6000;lr>"
+        route = self.udpRoute(h) + ", <sip:127.0.0.1:6000;lr>"
         h.send(sipRequest("BYE", uri="sip:bob@192.0.2.1", toTag="t",
                           extra=(("Route", route),)))
         [(bye, address)] = h.udpSent()
-        self.assertEqual(address, ("127.0.0.1", 6000))
+        self.assertEqual(address, ("127.0.0.1", 41000))
         self.assertEqual([str(r.uri) for r in bye.routes], ["sip:127.0.0.1:6000;lr"])
 
     def test_strictRoutingPreviousHop(self) -> None:
@@ -584,13 +729,17 @@ class RouteTests(SynchronousTestCase):
         router sent it) is replaced by the last Route value (16.4).
         """
         h = ProxyHarness()
-        uri = h.signedRoute()[1:-1]
+        uri = self.udpRoute(h)[1:-1]
         h.send(sipRequest("BYE", uri=uri, toTag="t",
                           extra=(("Route", "<sip:bob@127.0.0.1:41000>"),)))
-        [(bye, address)] = h.udpSent()
+        h.send(sipRequest("BYE", uri=uri, toTag="t", branch="z9hG4bKstrict2",
+                          extra=(("Route", "<sip:bob@127.0.0.1:6000>"),)))
+        [(bye, address), (other, otherAddress)] = h.udpSent()
         self.assertEqual(str(bye.uri), "sip:bob@127.0.0.1:41000")
         self.assertEqual(address, ("127.0.0.1", 41000))
         self.assertEqual(bye.headers.lines("Route"), [])
+        self.assertEqual(str(other.uri), "sip:bob@127.0.0.1:6000")
+        self.assertEqual(otherAddress, ("127.0.0.1", 41000))
 
     def test_preloadedOwnRouteIsNoRelay(self) -> None:
         """

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore.location import MemoryLocationStore, StoreUnavailable
@@ -15,6 +16,7 @@ from sipcore.location.ordering import PendingWrites
 from sipcore.message import Response, parseMessage
 from sipcore.sip.core import StatelessTransaction
 from sipcore.sip.registrar import Registrar, RegistrarPolicy, contactKey, methodBits, ruidFor
+from sipcore.sip.trust import TrustedPeers
 from sipcore.testing import FakeFlow
 
 START = 1_700_000_000.0
@@ -361,10 +363,13 @@ class RegistrarTests(SynchronousTestCase):
 
     def test_pathAndOutbound(self) -> None:
         """
-        Path is stored and echoed; C{+sip.instance} and C{reg-id} are stored,
-        and an outbound registration gets C{Require: outbound}.
+        Path from a trusted peer is stored and echoed, and C{Supported}
+        lists C{path}; C{+sip.instance} and C{reg-id} are stored, and an
+        outbound registration gets C{Require: outbound}.
         """
-        flow = FakeFlow("tcp", conid=5)
+        flow = FakeFlow("tcp", conid=5, remote=("198.51.100.7", 40000))
+        registrar = self.makeRegistrar(
+            self.store, trustedPeers=TrustedPeers.fromStrings(["198.51.100.0/24"]))
         response = self.send(
             register(
                 [
@@ -374,15 +379,63 @@ class RegistrarTests(SynchronousTestCase):
                 extra="Path: <sip:edge.example.com;lr>\r\nSupported: outbound, path",
             ),
             flow,
+            registrar,
         )
         assert response is not None
         self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers.values("Supported"), ["path", "outbound"])
         self.assertEqual(response.headers.first("Path"), "<sip:edge.example.com;lr>")
         self.assertEqual(response.headers.first("Require"), "outbound")
         [binding] = self.bindings()
         self.assertEqual(binding.path, "<sip:edge.example.com;lr>")
         self.assertEqual(binding.instance, "<urn:uuid:00000000-0000-1000-8000-000A95A0E128>")
         self.assertEqual(binding.regId, 1)
+
+    def test_pathFromUntrustedSourceRefused(self) -> None:
+        """
+        A REGISTER with a Path from a source that is not a trusted peer
+        gets C{403} with a reason, changes nothing (an existing binding
+        stays as it was) and is logged once per source per interval.
+        """
+        registrar = self.makeRegistrar(
+            self.store, trustedPeers=TrustedPeers.fromStrings(["10.0.0.0/8"]), logInterval=60)
+        self.send(register(["<sip:alice@192.0.2.1:5070>"]), registrar=registrar)
+        before = self.bindings()
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for cseq in range(2, 5):
+            response = self.send(
+                register(["<sip:alice@127.0.0.5:25099>"], cseq=cseq,
+                         extra="Path: <sip:127.0.0.5:25099;lr>"),
+                registrar=registrar)
+            assert response is not None
+            self.assertEqual((response.status, response.reason),
+                             (403, "Path not accepted from this source"))
+        self.assertEqual(self.bindings(), before)
+        self.assertEqual(registrar.stats["pathRefused"], 3)
+        refused = [e for e in events if "Path" in e.get("log_format", "")]
+        self.assertEqual([e["peer"] for e in refused], ["192.0.2.1"])
+        self.clock.advance(61)
+        self.send(register(["<sip:alice@127.0.0.5:25099>"], cseq=9,
+                           extra="Path: <sip:127.0.0.5:25099;lr>"), registrar=registrar)
+        refused = [e for e in events if "Path" in e.get("log_format", "")]
+        self.assertEqual([e["suppressed"] for e in refused], [0, 2])
+
+    def test_pathRefusedByDefault(self) -> None:
+        """
+        Without trusted peers every Path is refused, and the C{200} of a
+        REGISTER without one does not advertise C{path}.
+        """
+        response = self.send(register(["<sip:alice@192.0.2.1:5070>"],
+                                      extra="Path: <sip:192.0.2.1;lr>"))
+        assert response is not None
+        self.assertEqual(response.status, 403)
+        self.assertEqual(self.bindings(), [])
+        response = self.send(register(["<sip:alice@192.0.2.1:5070>"], cseq=2))
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers.values("Supported"), ["outbound"])
 
     def test_sameInstanceReplaces(self) -> None:
         """

@@ -25,8 +25,22 @@ from sipcore.message._syntax import replaceParam
 from sipcore.message.via import Via
 from sipcore.sip.transaction import OVERLOADED, TransactionLayer, sendToSender
 
-#: The option tags this server understands in C{Require}/C{Proxy-Require}.
+#: The option tags this server implements.  C{path} is in effect only when
+#: trusted peers are configured (see L{supportedTags}).
 SUPPORTED = ("path", "outbound")
+
+
+def supportedTags(pathAccepted: bool) -> tuple[str, ...]:
+    """
+    The option tags advertised in C{Supported} and accepted in
+    C{Require}/C{Proxy-Require}.
+
+    @param pathAccepted: whether a C{Path} (RFC 3327) can be honoured,
+        that is whether any trusted peer is configured: without one
+        C{path} is neither advertised nor accepted.
+    """
+    return SUPPORTED if pathAccepted else tuple(tag for tag in SUPPORTED if tag != "path")
+
 
 #: The methods the server itself answers or routes.
 ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "MESSAGE", "INFO",
@@ -155,6 +169,7 @@ class SIPCore:
         domains: Iterable[str] = (),
         maxSize: int = 65536,
         transactions: TransactionLayer | None = None,
+        supported: Iterable[str] | None = None,
     ) -> None:
         """
         @param clock: drives the transaction timers.
@@ -162,8 +177,12 @@ class SIPCore:
         @param maxSize: the largest message accepted, in bytes.
         @param transactions: the transaction layer; by default one on
             C{clock} with RFC 3261's timer values, this core as its user.
+        @param supported: the option tags advertised and accepted
+            (default: L{supportedTags} without C{path}).
         """
         self.domains = {d.lower() for d in domains}
+        self.supported = tuple(supported) if supported is not None else supportedTags(False)
+        self._supportedLower = frozenset(tag.lower() for tag in self.supported)
         self.maxSize = maxSize
         self.stats: Counter[str] = Counter()
         self._handlers: dict[str, RequestHandler] = {}
@@ -429,7 +448,7 @@ class SIPCore:
     def _unsupported(self, request: Request, header: str) -> list[str]:
         return [
             tag for tag in (v.strip() for v in request.headers.values(header))
-            if tag and tag.lower() not in SUPPORTED
+            if tag and tag.lower() not in self._supportedLower
         ]
 
     def _badExtension(self, tx: ServerTransactionLike, tags: list[str]) -> None:
@@ -444,6 +463,6 @@ class SIPCore:
                 ("Allow", ", ".join(ALLOW)),
                 ("Accept", "application/sdp, text/plain, message/sipfrag"),
                 ("Accept-Language", "en"),
-                ("Supported", ", ".join(SUPPORTED)),
+                ("Supported", ", ".join(self.supported)),
             ],
         )

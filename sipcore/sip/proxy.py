@@ -17,6 +17,7 @@ got, and timer C for INVITE branches.  See C{docs/routing.rst}.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -61,8 +62,9 @@ from sipcore.sip.transaction import (
     buildCancel,
     sendToSender,
 )
+from sipcore.sip.trust import TrustedPeers
 
-__all__ = ["DEFAULT_TIMER_C", "Proxy", "ProxyPolicy"]
+__all__ = ["DEFAULT_MAX_BRANCHES", "DEFAULT_TIMER_C", "Proxy", "ProxyPolicy"]
 
 #: Seconds an INVITE branch may go without a provisional response before
 #: it is cancelled (RFC 3261 16.6 step 11: more than 3 minutes... we use
@@ -74,6 +76,9 @@ RECORD_ROUTE_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 
 #: INVITE branches remembered at most after they ended (for stray 2xx).
 DEFAULT_MAX_RECENT_BRANCHES = 65536
+
+#: Branches one request to an address of record forks to at most.
+DEFAULT_MAX_BRANCHES = 10
 
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
@@ -90,7 +95,8 @@ class ProxyPolicy:
         literals only), and so are requests with a Route set this proxy
         did not build.  When false they are refused with
         C{foreignStatus}.  In-dialog requests routed through this proxy's
-        own (signed) Record-Route are always forwarded.
+        own (signed) Record-Route always go to the flow its flow tokens
+        name, whatever their Route set or Request-URI says.
     @ivar foreignStatus: the status for a refused foreign request.
     @ivar advertiseHost: the host put in Via and Record-Route for a
         listener bound to the wildcard address.  The composition root
@@ -98,6 +104,12 @@ class ProxyPolicy:
         C{None} the alphabetically lowest of the core's domains is used
         (the core keeps its domains as a set).
     @ivar recordRoute: whether to record-route dialog-creating requests.
+    @ivar maxBranches: the most branches a request to an address of record
+        forks to: its bindings with the highest C{q} first, then the most
+        recently registered.
+    @ivar trustedPeers: the sources a binding's C{Path} is honoured from
+        (its C{received} address); any other binding is reached at its own
+        flow.
     """
 
     timerC: float = DEFAULT_TIMER_C
@@ -105,6 +117,8 @@ class ProxyPolicy:
     foreignStatus: int = 403
     advertiseHost: str | None = None
     recordRoute: bool = True
+    maxBranches: int = DEFAULT_MAX_BRANCHES
+    trustedPeers: TrustedPeers = TrustedPeers()
 
 
 class _Refused(Exception):
@@ -479,8 +493,10 @@ class Proxy:
     @ivar stats: a L{Counter}: C{forwarded} (branches sent), C{acksForwarded},
         C{strayForwarded}, C{strayDropped}, C{strayUnknownBranch} (stray
         2xx dropped because their branch is not one of ours),
-        C{staleBindings}, C{cancelsSent}, C{timerC}, and one C{status:NNN}
-        per final response the proxy generated itself.
+        C{staleBindings}, C{cancelsSent}, C{timerC}, C{forksCapped}
+        (requests that had more bindings than C{maxBranches}), C{pathIgnored}
+        (bindings whose Path came from a source not trusted), and one
+        C{status:NNN} per final response the proxy generated itself.
     @ivar maxRecentBranches: how many ended INVITE branches are
         remembered (for stray 2xx) at most.
     """
@@ -701,8 +717,20 @@ class Proxy:
                 self.stats["status:404"] += 1
                 context.respondLocally(404, "Not Found")
                 return
-            targets = [self._bindingTarget(binding) for binding in bindings]
+            targets = [self._bindingTarget(binding) for binding in self._forkSet(bindings)]
         context.start(targets, decision)
+
+    def _forkSet(self, bindings: list[Binding]) -> list[Binding]:
+        """
+        The bindings a request forks to: at most C{policy.maxBranches}, the
+        highest C{q} first, then the most recently registered.
+        """
+        ordered = sorted(bindings, key=lambda b: (-b.q, -b.lastModified))
+        limit = self.policy.maxBranches
+        if len(ordered) > limit:
+            self.stats["forksCapped"] += 1
+            del ordered[limit:]
+        return ordered
 
     def _route(self, request: Request, flow: IFlow, stateless: bool = False) -> _Decision:
         """
@@ -724,28 +752,29 @@ class Proxy:
             raise _Refused(482, "Loop Detected")
         headers = request.headers.copy()
         uri = request.uri
+        # Only an entry of ours that we signed for this dialog proves the
+        # request follows a Route set we built.
+        signed: list[URI] = []
         # Strict routing by the previous hop (16.4): the Request-URI is a
         # Record-Route value of ours (signed); the real one is the last
         # Route.
         if (uri.isSIP and uri.hasParam("lr") and not uri.user and routes
                 and self.isOwn(uri.host, uri.port)
                 and self.tokens.isSignedRoute(uri, callId)):
+            signed.append(uri)
             uri = routes[-1].uri
             routes = routes[:-1]
             headers.remove("Route")
             for route in routes:
                 headers.add("Route", str(route))
-        # Strict routing by the previous hop counts as routed through us.
-        routed = uri is not request.uri
-        stripped: list[URI] = []
+        # Every entry naming us is removed (an outbound proxy's preloaded
+        # Route names us too, but proves nothing).
         while routes and routes[0].uri.isSIP and self.isOwn(routes[0].uri.host,
                                                             routes[0].uri.port):
-            stripped.append(routes.pop(0).uri)
+            own = routes.pop(0).uri
             headers.removeFirst("Route")
-        # Only an entry of ours that we signed for this dialog proves the
-        # request follows a Route set we built; any entry naming us (an
-        # outbound proxy's preloaded Route) is removed, but proves nothing.
-        routed = routed or any(self.tokens.isSignedRoute(u, callId) for u in stripped)
+            if self.tokens.isSignedRoute(own, callId):
+                signed.append(own)
         base = Request(request.method, uri, headers, request.body, request.version)
         if maxForwards is None:
             base.headers.set("Max-Forwards", "70")
@@ -753,19 +782,16 @@ class Proxy:
             base.headers.set("Max-Forwards", str(maxForwards - 1))
         decision = _Decision(base, [], loopHash=hashValue)
 
-        # A flow token in our own Route entry names the connection of the
-        # other side of the dialog.
-        for conid in self.tokens.fromURIs(stripped):
-            if conid == flow.conid:
-                continue
-            if self.table.get(conid) is None:
-                raise _Refused(430, "Flow Failed")
-            decision.targets.append(_Target(conid=conid, failStatus=430,
-                                            failReason="Flow Failed"))
+        # Our signed entries name the flows of both sides of the dialog:
+        # the request goes to the other side's flow, never to an address
+        # its Route set or Request-URI chooses.
+        flows = self.tokens.fromURIs(signed)
+        if flows:
+            decision.targets.append(self._dialogTarget(flows, flow))
             return decision
 
         if routes:
-            if not (routed or self.policy.forwardForeign):
+            if not self.policy.forwardForeign:
                 raise self._foreign()
             decision.targets.append(self._hopTarget(routes[0].uri))
             return decision
@@ -778,10 +804,39 @@ class Proxy:
                 raise _Refused(404, "Not Found")
             decision.aor = aorKey(uri.user, uri.host.lower())
             return decision
-        if not (routed or self.policy.forwardForeign):
+        if not self.policy.forwardForeign:
             raise self._foreign()
         decision.targets.append(self._hopTarget(uri))
         return decision
+
+    def _dialogTarget(self, flows: list[int | NextHop], inbound: IFlow) -> _Target:
+        """
+        Where a request routed through our signed Record-Route goes: the
+        first flow its flow tokens name that is not the one it came on
+        (the other side of the dialog), else that one (a dialog of a flow
+        with itself).
+
+        @raise _Refused: C{430} when that flow is a connection that is gone.
+        """
+        others = [f for f in flows if not self._isInbound(f, inbound)]
+        chosen = (others or flows)[0]
+        if isinstance(chosen, NextHop):
+            return _Target(hop=chosen, failStatus=430, failReason="Flow Failed")
+        if self.table.get(chosen) is None:
+            raise _Refused(430, "Flow Failed")
+        return _Target(conid=chosen, failStatus=430, failReason="Flow Failed")
+
+    @staticmethod
+    def _isInbound(named: int | NextHop, inbound: IFlow) -> bool:
+        """
+        Whether a flow named by a token is the flow C{inbound}.
+        """
+        if isinstance(named, NextHop):
+            if inbound.conid or inbound.transport != "udp":
+                return False
+            host, port = inbound.remote[0], inbound.remote[1]
+            return port == named.port and _sameHost(host, named.host)
+        return bool(inbound.conid) and named == inbound.conid
 
     def _foreign(self) -> _Refused:
         status = self.policy.foreignStatus
@@ -811,9 +866,10 @@ class Proxy:
 
     def _bindingTarget(self, binding: Binding) -> _Target:
         """
-        Where a binding is reached: over its connection when it is bound to
-        one of this node, else along its Path, else at the address the
-        REGISTER came from (UDP), else at its Contact.
+        Where a binding is reached: along its Path when the REGISTER came
+        from a trusted peer, else over its connection when it is bound to
+        one of this node, else at the address the REGISTER came from
+        (UDP), else at its Contact.  The Request-URI becomes the Contact.
         """
         try:
             contact = parseURI(binding.contact)
@@ -822,7 +878,9 @@ class Proxy:
                            binding=binding)
         target = _Target(uri=contact, failStatus=480, failReason="Temporarily Unavailable",
                          binding=binding)
-        if binding.path:
+        if binding.path and not self._pathTrusted(binding):
+            self.stats["pathIgnored"] += 1
+        elif binding.path:
             try:
                 path = parseAddressList(binding.path, nameAddrOnly=True)
             except SIPParseError:
@@ -849,6 +907,14 @@ class Proxy:
         except NoRoute:
             pass
         return target
+
+    def _pathTrusted(self, binding: Binding) -> bool:
+        """
+        Whether a binding's Path was registered by a trusted peer: the
+        address its REGISTER came from (C{received}) is one.
+        """
+        received = parseReceived(binding.received)
+        return received is not None and received.host in self.policy.trustedPeers
 
     # -- sending ---------------------------------------------------------------
 
@@ -956,6 +1022,22 @@ class Proxy:
         signature = self.tokens.signRoute(transport, host, port, flowTokens, callId)
         return value + ";{}={}>".format(SIGNATURE_PARAM, signature)
 
+    def _flowTokens(self, flow: IFlow, address: tuple[str, int] | None) -> list[str]:
+        """
+        The flow token naming C{flow} (its connection, or for UDP the peer
+        at C{address}, by default the flow's remote address), as a list of
+        at most one.
+        """
+        if flow.conid:
+            return [self.tokens.make(flow.conid)]
+        if flow.transport != "udp":
+            return []
+        host, port = address if address is not None else flow.remote
+        try:
+            return [self.tokens.makeAddress(str(host), int(port))]
+        except ValueError:
+            return []
+
     def _via(self, flow: IFlow, branch: str) -> str:
         transport, host, port = self._side(flow)
         via = Via(transport.upper(), host, port, (("branch", branch),))
@@ -986,8 +1068,8 @@ class Proxy:
         if self._recordRoutes(base):
             inSide = self._side(inbound)
             outSide = self._side(flow)
-            inTokens = [self.tokens.make(inbound.conid)] if inbound.conid else []
-            outTokens = [self.tokens.make(flow.conid)] if flow.conid else []
+            inTokens = self._flowTokens(inbound, None)
+            outTokens = self._flowTokens(flow, address)
             callId = base.callId
             if inSide == outSide:
                 tokens = inTokens + [t for t in outTokens if t not in inTokens]
@@ -1131,6 +1213,18 @@ class Proxy:
         response.headers.removeFirst("Via")
         sent = sendToSender(outFlow, request, response.serialize())
         self.stats["strayForwarded" if sent else "strayDropped"] += 1
+
+
+def _sameHost(host: str, other: str) -> bool:
+    """
+    Whether two IP addresses as text are the same address.
+    """
+    if host == other:
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]) == ipaddress.ip_address(other)
+    except ValueError:
+        return False
 
 
 def _sendOn(flow: IFlow, address: tuple[str, int] | None, data: bytes) -> bool:

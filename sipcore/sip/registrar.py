@@ -31,8 +31,9 @@ from sipcore.location.binding import UDP_CONNECTION_ID, aorKey, makeBinding
 from sipcore.location.ordering import PendingWrites
 from sipcore.message import URI, Address, Request, Response, SIPParseError, parseURI
 from sipcore.message.uri import unescape
-from sipcore.sip.core import ServerTransactionLike
-from sipcore.throttle import LogThrottle
+from sipcore.sip.core import ServerTransactionLike, supportedTags
+from sipcore.sip.trust import TrustedPeers
+from sipcore.throttle import DEFAULT_LOG_INTERVAL, LogThrottle, sourceKey
 
 #: Kamailio's request method bits (parser/msg_parser.h), for the C{methods}
 #: column of the location table.
@@ -75,12 +76,19 @@ class RegistrarPolicy:
     @ivar minExpires: shorter non-zero requests get C{423}.
     @ivar maxExpires: longer requests are granted this.
     @ivar foreignDomainStatus: C{403} or C{404} for a domain not served.
+    @ivar trustedPeers: the sources whose C{Path} is honoured; a REGISTER
+        with a C{Path} from any other source gets C{403}.  C{Supported:
+        path} is advertised only when there are some.
+    @ivar logInterval: seconds between two log lines about one refused
+        source.
     """
 
     defaultExpires: int = 3600
     minExpires: int = 60
     maxExpires: int = 86400
     foreignDomainStatus: int = 403
+    trustedPeers: TrustedPeers = TrustedPeers()
+    logInterval: float = DEFAULT_LOG_INTERVAL
 
 
 def methodBits(allow: Iterable[str]) -> int | None:
@@ -196,7 +204,8 @@ class Registrar:
     Answers REGISTER requests.
 
     @ivar stats: counts of C{registered}, C{unregistered}, C{refused},
-        C{unavailable} answers.
+        C{unavailable} answers; C{pathRefused} counts those of the refused
+        that carried a Path from a source that is not a trusted peer.
     """
 
     _log = Logger()
@@ -220,8 +229,11 @@ class Registrar:
         self.isConnected = isConnected
         self.stats: dict[str, int] = {
             "registered": 0, "unregistered": 0, "refused": 0, "unavailable": 0,
+            "pathRefused": 0,
         }
         self._closedMeanwhile = LogThrottle(clock)
+        self._pathRefusedLog = LogThrottle(clock, self.policy.logInterval)
+        self._supported = ", ".join(supportedTags(bool(self.policy.trustedPeers)))
 
     def __call__(self, tx: ServerTransactionLike) -> defer.Deferred[Response | None]:
         """
@@ -267,6 +279,7 @@ class Registrar:
         return response
 
     async def _process(self, request: Request, flow: IFlow) -> Response | None:
+        self._checkPath(request, flow)
         policy = self.policy
         host = request.uri.host or ""
         if request.uri.scheme.lower() not in ("sip", "sips") or not self.isLocalDomain(host):
@@ -402,6 +415,30 @@ class Registrar:
 
     # -- helpers ---------------------------------------------------------------
 
+    def _checkPath(self, request: Request, flow: IFlow) -> None:
+        """
+        Refuse a REGISTER with a C{Path} from a source that is not a trusted
+        peer (RFC 3327 Path is meaningful only when a proxy of ours inserted
+        it): otherwise anyone could make calls to their address of record go
+        to a host of their choosing.  Logged once per source per interval.
+
+        @raise RegistrationRefused: C{403}, before anything is read or
+            written.
+        """
+        if "Path" not in request.headers:
+            return
+        host = flow.remote[0]
+        if host in self.policy.trustedPeers:
+            return
+        self.stats["pathRefused"] += 1
+        suppressed = self._pathRefusedLog.hit(sourceKey(host))
+        if suppressed is not None:
+            self._log.warn(
+                "refused REGISTER with Path from {peer}: not a trusted peer "
+                "({suppressed} more since the last report)",
+                peer=host, suppressed=suppressed)
+        raise RegistrationRefused(403, "Path not accepted from this source")
+
     def _checkOrder(self, existing: list[Binding], callId: str, cseq: int) -> None:
         for binding in existing:
             if binding.callid == callId and cseq <= binding.cseq:
@@ -476,6 +513,6 @@ class Registrar:
             response.headers.add("Path", path)
         if outbound:
             response.headers.add("Require", "outbound")
-        response.headers.add("Supported", "path, outbound")
+        response.headers.add("Supported", self._supported)
         return response
 

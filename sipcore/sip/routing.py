@@ -211,9 +211,12 @@ class FlowTokens:
 
     Flow tokens (after RFC 5626 section 5.2): a WebSocket client's Contact
     (C{sip:x@y.invalid;transport=ws}) cannot be reached, so the
-    Record-Route entry facing it names its connection, and in-dialog
-    requests routed through that entry go back over it.  A token is
-    C{CONID.MAC}, the MAC an HMAC-SHA256 of the conid.
+    Record-Route entries name the flows of both sides of a dialog, and
+    in-dialog requests routed through them go back over those flows,
+    never to an address taken from the request.  A stream connection's
+    token is C{CONID.MAC}, the MAC an HMAC-SHA256 of the conid; a UDP
+    peer's is C{uHEX.MAC}, C{HEX} its packed IP address and its port
+    (four hex digits), the MAC an HMAC-SHA256 of C{uHEX}.
 
     Route signatures: every Record-Route entry the proxy inserts carries
     C{rrsig=MAC}, an HMAC-SHA256 of the entry's transport, host, port and
@@ -239,32 +242,59 @@ class FlowTokens:
         """
         return "{}.{}".format(conid, self._mac(conid))
 
-    def check(self, token: str) -> int | None:
-        """
-        @return: the conid a token names, or C{None} if it is not one of
-            ours (malformed, or made with another key).
-        """
-        conid, dot, mac = token.partition(".")
-        if not dot or not conid.isdigit() or len(conid) > 12:
-            return None
-        if not _sameText(mac, self._mac(int(conid))):
-            return None
-        return int(conid)
+    def _addressMac(self, body: str) -> str:
+        return hmac.new(self._key, body.encode("ascii"), hashlib.sha256).hexdigest()[:16]
 
-    def fromURIs(self, uris: Iterable[URI]) -> list[int]:
+    def makeAddress(self, host: str, port: int) -> str:
         """
-        The valid conids named by the flow tokens of C{uris}, in order.
+        @param host: a UDP peer's IP address.
+        @param port: its port.
+        @return: the token for that peer.
+        @raise ValueError: if C{host} is not an IP address.
         """
-        conids: list[int] = []
+        body = "u" + ipaddress.ip_address(host.split("%", 1)[0]).packed.hex() + (
+            "{:04x}".format(port))
+        return "{}.{}".format(body, self._addressMac(body))
+
+    def check(self, token: str) -> int | NextHop | None:
+        """
+        @return: the conid a token names, or the L{NextHop} of the UDP peer
+            it names, or C{None} if it is not one of ours (malformed, or
+            made with another key).
+        """
+        value, dot, mac = token.partition(".")
+        if not dot:
+            return None
+        if value.startswith("u") and len(value) in (13, 37):
+            try:
+                packed = bytes.fromhex(value[1:-4])
+                port = int(value[-4:], 16)
+            except ValueError:
+                return None
+            if not _sameText(mac, self._addressMac(value)):
+                return None
+            return NextHop("udp", str(ipaddress.ip_address(packed)), port)
+        if not (value.isascii() and value.isdigit()) or len(value) > 12:
+            return None
+        if not _sameText(mac, self._mac(int(value))):
+            return None
+        return int(value)
+
+    def fromURIs(self, uris: Iterable[URI]) -> list[int | NextHop]:
+        """
+        The valid flows named by the flow tokens of C{uris}, in order:
+        conids of stream connections, L{NextHop}s of UDP peers.
+        """
+        flows: list[int | NextHop] = []
         for uri in uris:
             value = uri.param(FLOW_PARAM)
             if not value:
                 continue
             for token in value.split("-"):
-                conid = self.check(token)
-                if conid is not None and conid not in conids:
-                    conids.append(conid)
-        return conids
+                flow = self.check(token)
+                if flow is not None and flow not in flows:
+                    flows.append(flow)
+        return flows
 
     def _routeMac(self, transport: str, host: str, port: int | None, flowTokens: str,
                   callId: str) -> str:
