@@ -76,7 +76,8 @@ class Options(usage.Options):
         ["max-message-size", None, 65536, "Largest SIP message accepted, in bytes.",
          _positiveInt],
         ["idle-timeout", None, 3600.0,
-         "Seconds a stream connection may stay silent before it is closed (0: never).",
+         "Seconds a stream connection carrying a registration may stay silent before it "
+         "is closed (0: never).",
          _positiveFloat],
         ["expiry-interval", None, 60.0,
          "Seconds between removals of expired bindings (0: never).", _positiveFloat],
@@ -136,6 +137,19 @@ class Options(usage.Options):
         ["message-timeout", None, 20.0,
          "Seconds a partly received stream message may take to complete (0: no limit).",
          _positiveFloat],
+        ["handshake-timeout", None, 10.0,
+         "Seconds a stream connection has from its accept to its first complete SIP "
+         "message (TCP; TLS: the TLS handshake included) or to the end of its WebSocket "
+         "handshake (WS, WSS) (0: no limit).", _positiveFloat],
+        ["unregistered-idle-timeout", None, 120.0,
+         "Seconds a stream connection without a live registration may stay silent "
+         "before it is closed (0: as --idle-timeout).", _positiveFloat],
+        ["ws-max-handshake-size", None, 16384,
+         "Largest WebSocket handshake request accepted, in bytes; larger ones get HTTP "
+         "431 (0: no limit).", _positiveInt],
+        ["listen-backlog", None, 1024,
+         "Pending connections each TCP, TLS, WS and WSS listener queues (a listen spec's "
+         "backlog= overrides it).", _positiveInt],
         ["ws-ping-interval", None, 60.0,
          "Seconds between WebSocket pings (0: no pings).", _positiveFloat],
         ["ws-ping-timeout", None, 20.0,
@@ -227,7 +241,8 @@ class Options(usage.Options):
         """
         Allow WebSocket handshakes with this Origin (* is a wildcard, e.g.
         https://*.example.com; '*' allows all). Repeatable. Default: only
-        the host connected to and the --domain hosts.
+        the --domain hosts, --advertise-host and the address the connection
+        was accepted on.
         """
         self["ws-origin"].append(pattern)
 
@@ -406,6 +421,7 @@ def buildService(options: Options, reactor: Any) -> Any:
         ),
         writes=writes,
         isConnected=lambda conid: table.get(conid) is not None,
+        connectionBound=table.bound,
     )
     core.route("REGISTER", registrar)
     listenerOptions = _buildSecurity(options, reactor, core, table, store)  # security
@@ -415,6 +431,7 @@ def buildService(options: Options, reactor: Any) -> Any:
             parseListen(spec), reactor, core, table,
             maxSize=options["max-message-size"],
             idleTimeout=options["idle-timeout"],
+            backlog=options["listen-backlog"],
             **listenerOptions,
         )
         for spec in options["listen"]
@@ -557,6 +574,8 @@ def _checkSecurityOptions(options: Options) -> None:
         raise usage.UsageError("--max-branches must be at least 1")
     if options["rate-limit"] and options["rate-burst"] < 1:
         raise usage.UsageError("--rate-burst must be at least 1")
+    if options["listen-backlog"] < 1:
+        raise usage.UsageError("--listen-backlog must be at least 1")
     if options["ws-ping-interval"] and not options["ws-ping-timeout"]:
         raise usage.UsageError("--ws-ping-interval needs a positive --ws-ping-timeout")
 
@@ -594,10 +613,15 @@ def _buildSecurity(options: Options, reactor: Any, core: Any, table: Any,
         core.limiter = limiter
     return {
         "messageTimeout": options["message-timeout"],
+        "handshakeTimeout": options["handshake-timeout"],
+        "openHandshakeTimeout": options["handshake-timeout"],
+        "unregisteredIdleTimeout": options["unregistered-idle-timeout"],
+        "maxHandshakeSize": options["ws-max-handshake-size"],
         "autoPingInterval": options["ws-ping-interval"],
         "autoPingTimeout": options["ws-ping-timeout"],
         "allowedOrigins": options["ws-origin"] or None,
-        "originDomains": options["domain"],
+        "originDomains": options["domain"] + (
+            [options["advertise-host"].lower()] if options["advertise-host"] else []),
     }
 
 

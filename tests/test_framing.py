@@ -86,6 +86,42 @@ class StreamFramerTests(SynchronousTestCase):
         self.assertEqual(framer.feed(data), [data])
         self.assertEqual(framer.buffered, b"")
 
+    def test_longLine(self) -> None:
+        """
+        A header line longer than C{maxLineLength} bytes is a framing error,
+        whether its message is complete or the line still grows; a line of
+        exactly the limit passes, and C{0} lifts the limit.
+        """
+        ok = HEAD + b"X: " + b"a" * 97 + b"\r\n" + message()[len(HEAD):]
+        self.assertEqual(StreamFramer(maxLineLength=100).feed(ok), [ok])
+        framer = StreamFramer(maxLineLength=99)
+        error = self.assertRaises(SIPParseError, framer.feed, ok)
+        self.assertEqual(error.reason, "Line too long")
+        self.assertRaises(SIPParseError, framer.feed, b"")
+        self.assertEqual(StreamFramer(maxLineLength=0).feed(ok), [ok])
+
+        # Lines that ended before the buffer reached the limit count too.
+        framer = StreamFramer(maxLineLength=100)
+        framer.feed(b"OPTIONS sip:x SIP/2.0\r\n")
+        for _ in range(90):
+            framer.feed(b"a")
+        framer.feed(b"\r\nX: ")
+        for _ in range(97):
+            framer.feed(b"a")
+        framer.feed(b"\r")
+        error = self.assertRaises(SIPParseError, framer.feed, b"a")
+        self.assertEqual(error.reason, "Line too long")
+
+    def test_longLineDefault(self) -> None:
+        """
+        By default a line may be 8192 bytes long.
+        """
+        line = b"X: " + b"a" * (8192 - 3)
+        ok = HEAD + line + b"\r\n" + message()[len(HEAD):]
+        self.assertEqual(StreamFramer().feed(ok), [ok])
+        bad = HEAD + line + b"a\r\n" + message()[len(HEAD):]
+        self.assertRaises(SIPParseError, StreamFramer().feed, bad)
+
     def test_ping(self) -> None:
         """
         A CRLF CRLF keepalive gives L{PING}.

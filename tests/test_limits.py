@@ -342,8 +342,8 @@ class ConnectionLimitTests(SynchronousTestCase):
         self.assertTrue(transport.aborted)
         refused.connectionLost()
         self.assertEqual(self.bus.names(), [TCP_CONNECTED])
-        # Only the kept connection's idle timer runs.
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        # Only the kept connection's timers (idle, handshake) run.
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
 
     def test_webSocketRefusedWithoutEvents(self) -> None:
         """
@@ -389,7 +389,8 @@ class MessageTimeoutTests(SynchronousTestCase):
         but is aborted 10 s after its message began: C{tcp:timeout} with a
         reason naming the message timeout; no timer is left.
         """
-        protocol, transport = self.connectStream(idleTimeout=5, messageTimeout=10)
+        protocol, transport = self.connectStream(idleTimeout=5, messageTimeout=10,
+                                                 handshakeTimeout=0)
         for i in range(30):
             if transport.aborted:
                 break
@@ -506,17 +507,19 @@ class OriginPolicyTests(SynchronousTestCase):
                                    MemoryReactorClock(), allowedOrigins=allowed,
                                    originDomains=["example.com"])
 
-    def test_sameHostDefault(self) -> None:
+    def test_ownAddressDefault(self) -> None:
         """
-        By default an origin on the host connected to, or on one of the
-        server's domains, is allowed; any other (and C{null}) is not.
+        By default an origin on the local address the connection was
+        accepted on, or on one of the server's domains, is allowed; any
+        other (and C{null}) is not.
         """
         factory = self.factory()
-        self.assertTrue(factory.originAllowed("https://sip.example.net", "sip.example.net"))
+        self.assertTrue(factory.originAllowed("https://10.0.0.1:8443", "10.0.0.1"))
         self.assertTrue(factory.originAllowed("https://example.com:8443", "10.0.0.1"))
-        self.assertTrue(factory.originAllowed("http://[::1]:3000", "[::1]"))
-        self.assertFalse(factory.originAllowed("https://evil.example", "sip.example.net"))
-        self.assertFalse(factory.originAllowed("null", "sip.example.net"))
+        self.assertTrue(factory.originAllowed("http://[::1]:3000", "::1"))
+        self.assertFalse(factory.originAllowed("https://sip.example.net", "10.0.0.1"))
+        self.assertFalse(factory.originAllowed("https://evil.example", "10.0.0.1"))
+        self.assertFalse(factory.originAllowed("null", "10.0.0.1"))
 
     def test_patterns(self) -> None:
         """
@@ -554,7 +557,7 @@ class OriginPolicyTests(SynchronousTestCase):
         good = factory.buildProtocol(peer)
         transport = WSTransport(hostAddress=LOCAL, peerAddress=peer)
         good.makeConnection(transport)
-        good.dataReceived(request + b"Origin: https://sip.example.net\r\n\r\n")
+        good.dataReceived(request + b"Origin: https://127.0.0.1\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"), transport.value())
 
 

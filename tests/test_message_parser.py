@@ -491,6 +491,22 @@ class PartialTests(SynchronousTestCase):
         self.assertEqual(error.reason, "Malformed header line")
         self.assertEqual(error.partial.callId, "3848276298220188511@pc.example.com")
 
+    def test_partialForLongLine(self) -> None:
+        """
+        A header line over the limit (an oversized Authorization, say) is an
+        error that carries the request without that line, so it can be
+        answered; a start line over the limit gives no partial.
+        """
+        error = self.assertRaises(
+            SIPParseError, parseMessage, added("Authorization: Digest " + "a" * 9000))
+        self.assertEqual((error.reason, error.status), ("Line too long", 400))
+        self.assertEqual(error.partial.callId, "3848276298220188511@pc.example.com")
+        self.assertEqual(error.partial.vias[0].branch, "z9hG4bK74bf9")
+        self.assertNotIn("authorization", error.partial.headers)
+        data = build(["OPTIONS sip:" + "b" * 9000 + "@example.com SIP/2.0"] + BASE_LINES[1:])
+        error = self.assertRaises(SIPParseError, parseMessage, data)
+        self.assertIsNone(error.partial)
+
     def test_noPartialForGarbage(self) -> None:
         """
         When the start line is not recognisable there is no partial.

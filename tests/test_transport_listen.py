@@ -251,6 +251,34 @@ class ListenerServiceTests(SynchronousTestCase):
         service = ListenerService(ListenSpec("ws", "tcp:1", 1), self.reactor, self.sink, self.table)
         self.assertEqual(service.name, "ws tcp:1")
 
+    def test_backlog(self) -> None:
+        """
+        Stream listeners listen with the given backlog (default 1024) unless
+        their spec names one; a backlog below 1 is refused.
+        """
+        self.successResultOf(self.service("tcp:0").startService())
+        self.successResultOf(self.service("ws:0", backlog=300).startService())
+        self.successResultOf(self.service("tcp:0:backlog=7", backlog=300).startService())
+        self.assertEqual([server[2] for server in self.reactor.tcpServers], [1024, 300, 7])
+        self.assertRaises(ValueError, self.service, "tcp:0", backlog=0)
+
+    def test_connectionOptions(self) -> None:
+        """
+        The handshake and unregistered idle timeouts reach the stream
+        factories that take them, and the handshake size the WebSocket one.
+        """
+        options = dict(handshakeTimeout=3.0, openHandshakeTimeout=4.0,
+                       unregisteredIdleTimeout=50.0, maxHandshakeSize=2048)
+        for text in ("tcp:0", "ws:0"):
+            self.successResultOf(self.service(text, **options).startService())
+        tcpFactory, wsFactory = (server[1] for server in self.reactor.tcpServers)
+        self.assertEqual((tcpFactory.handshakeTimeout, tcpFactory.unregisteredIdleTimeout),
+                         (3.0, 50.0))
+        self.assertEqual(
+            (wsFactory.openHandshakeTimeout, wsFactory.unregisteredIdleTimeout,
+             wsFactory.maxHandshakeSize),
+            (4.0, 50.0, 2048))
+
     def test_optionsFiltered(self) -> None:
         """
         Each listener takes the options of its transport and ignores the

@@ -12,6 +12,7 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -46,6 +47,9 @@ class StreamTestsMixin:
     """
 
     idleTimeout = 30.0
+    handshakeTimeout = 0.0
+    unregisteredIdleTimeout = 0.0
+    maxSize = 1024
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -57,9 +61,11 @@ class StreamTestsMixin:
             self.table,
             self.clock,
             transport="tcp",
-            maxSize=1024,
+            maxSize=self.maxSize,
             idleTimeout=self.idleTimeout,
             closeGrace=5.0,
+            handshakeTimeout=self.handshakeTimeout,
+            unregisteredIdleTimeout=self.unregisteredIdleTimeout,
         )
 
     def connect(
@@ -405,6 +411,290 @@ class NoIdleTimeoutTests(StreamTestsMixin, SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(10**6)
         self.assertFalse(transport.disconnecting)
+
+
+class HandshakeTimeoutTests(StreamTestsMixin, SynchronousTestCase):
+    """
+    A connection must deliver its first complete SIP message (for TLS: after
+    the TLS handshake) within C{handshakeTimeout} seconds of its accept.
+    """
+
+    handshakeTimeout = 10.0
+
+    def assertTimedOut(self, protocol: SIPStreamProtocol, transport: AbortableTransport,
+                       reason: str) -> None:
+        self.assertTrue(transport.aborted)
+        self.lose(protocol, ConnectionAborted())
+        [event] = self.closeEvents()
+        self.assertEqual((event.name, event.reason), (TCP_TIMEOUT, reason))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_silent(self) -> None:
+        """
+        A connection that sends nothing is aborted after C{handshakeTimeout}
+        seconds, long before the idle timeout: one C{tcp:timeout} naming the
+        handshake timeout, and no timer left.
+        """
+        protocol, transport = self.connect()
+        self.clock.advance(9.9)
+        self.assertFalse(transport.aborted)
+        self.clock.advance(0.1)
+        self.assertTimedOut(protocol, transport,
+                            "handshake timeout (no complete SIP message within 10s)")
+
+    def test_pingsDoNotCount(self) -> None:
+        """
+        CRLF keepalives are answered but are not a first message: they do
+        not hold the deadline off.
+        """
+        protocol, transport = self.connect()
+        for _ in range(4):
+            self.clock.advance(2.5)
+            if not transport.aborted:
+                protocol.dataReceived(b"\r\n\r\n")
+        self.assertTimedOut(protocol, transport,
+                            "handshake timeout (no complete SIP message within 10s)")
+
+    def test_firstMessageEndsIt(self) -> None:
+        """
+        Once a complete message arrived the deadline is gone: only the idle
+        timer is left.
+        """
+        protocol, transport = self.connect()
+        self.clock.advance(9)
+        protocol.dataReceived(OPTIONS)
+        self.assertEqual(len(self.sink.received), 1)
+        [idle] = self.clock.getDelayedCalls()
+        self.assertEqual(idle.getTime(), 9 + self.idleTimeout)
+        self.clock.advance(5)
+        self.assertFalse(transport.aborted)
+
+    def test_tlsHandshakeNotDone(self) -> None:
+        """
+        On TLS, a connection whose TLS handshake did not complete in time
+        (a ClientHello trickled a byte a second reaches the protocol as no
+        data at all) is timed out with a reason naming the TLS handshake.
+        """
+        self.factory.transportName = "tls"
+        protocol, transport = self.connect()
+        self.assertTrue(IHandshakeListener.providedBy(protocol))
+        self.clock.advance(10)
+        self.assertTimedOut(protocol, transport,
+                            "handshake timeout (TLS handshake not completed within 10s)")
+
+    def test_tlsHandshakeDoneNoMessage(self) -> None:
+        """
+        On TLS, a completed TLS handshake does not end the deadline: the
+        first SIP message must still come in time.
+        """
+        self.factory.transportName = "tls"
+        protocol, transport = self.connect()
+        self.clock.advance(1)
+        protocol.handshakeCompleted()
+        self.clock.advance(9)
+        self.assertTimedOut(protocol, transport,
+                            "handshake timeout (no complete SIP message within 10s)")
+
+    def test_closedBefore(self) -> None:
+        """
+        A connection that closes before the deadline leaves no timer.
+        """
+        protocol, _ = self.connect()
+        self.lose(protocol, ConnectionDone())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual([e.name for e in self.closeEvents()], [TCP_CLOSED])
+
+    def test_refused(self) -> None:
+        """
+        A connection the table refused sets no deadline.
+        """
+        self.table.closeAll()
+        _, transport = self.connect()
+        self.assertTrue(transport.aborted)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_badValue(self) -> None:
+        """
+        A negative C{handshakeTimeout} is refused.
+        """
+        self.assertRaises(ValueError, SIPStreamFactory, self.sink, self.table, self.clock,
+                          handshakeTimeout=-1)
+
+
+class UnregisteredIdleTimeoutTests(StreamTestsMixin, SynchronousTestCase):
+    """
+    A connection without a live binding has the short
+    C{unregisteredIdleTimeout}; one the registrar bound
+    (L{ConnectionTable.bound}) keeps the long C{idleTimeout} until its
+    binding's expiry.
+    """
+
+    idleTimeout = 3600.0
+    unregisteredIdleTimeout = 120.0
+
+    def assertIdleClose(self, protocol: SIPStreamProtocol, transport: AbortableTransport,
+                        at: float, reason: str) -> None:
+        self.clock.advance(at - 0.1 - self.clock.seconds())
+        self.assertFalse(transport.aborted)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.aborted)
+        self.lose(protocol, ConnectionAborted())
+        [event] = self.closeEvents()
+        self.assertEqual((event.name, event.reason), (TCP_TIMEOUT, reason))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_neverRegistered(self) -> None:
+        """
+        A connection that never got a binding is closed after the short
+        timeout, even though it sent a message.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(OPTIONS)
+        self.assertIdleClose(protocol, transport, 120,
+                             "idle timeout (120s without data, never registered)")
+
+    def test_registered(self) -> None:
+        """
+        A connection bound until well after the long timeout keeps the long
+        one.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(OPTIONS)
+        self.table.bound(protocol.flow.conid, self.clock.seconds() + 7200)
+        self.assertIdleClose(protocol, transport, 3600, "idle timeout (3600s without data)")
+
+    def test_boundedByExpiry(self) -> None:
+        """
+        A silent connection whose binding expires first is closed the short
+        timeout after the expiry.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(OPTIONS)
+        self.table.bound(protocol.flow.conid, 600)
+        self.assertIdleClose(protocol, transport, 720,
+                             "idle timeout (720s without data, registration expired)")
+
+    def test_afterExpiry(self) -> None:
+        """
+        After its binding expired, a connection is an unregistered one
+        again: data restarts the short timeout.
+        """
+        protocol, transport = self.connect()
+        self.table.bound(protocol.flow.conid, 600)
+        self.clock.advance(700)
+        protocol.dataReceived(b"\r\n\r\n")
+        self.assertIdleClose(protocol, transport, 820,
+                             "idle timeout (120s without data, registration expired)")
+
+    def test_neverShortened(self) -> None:
+        """
+        A binding that ends sooner than one already saved (another address
+        of record on the same connection) does not shorten the timeout.
+        """
+        protocol, transport = self.connect()
+        self.table.bound(protocol.flow.conid, 600)
+        self.table.bound(protocol.flow.conid, 300)
+        self.assertIdleClose(protocol, transport, 720,
+                             "idle timeout (720s without data, registration expired)")
+
+    def test_unknownConnection(self) -> None:
+        """
+        L{ConnectionTable.bound} ignores a connection that is not live, and
+        a connection that closed leaves no timer.
+        """
+        protocol, _ = self.connect()
+        conid = protocol.flow.conid
+        self.lose(protocol, ConnectionDone())
+        self.table.bound(conid, 600)
+        self.table.bound(10**9, 600)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_longerThanIdle(self) -> None:
+        """
+        An unregistered timeout not shorter than the idle timeout changes
+        nothing: the idle timeout applies.
+        """
+        self.factory.unregisteredIdleTimeout = 7200
+        protocol, transport = self.connect()
+        self.assertIdleClose(protocol, transport, 3600, "idle timeout (3600s without data)")
+
+
+class NoLongIdleTimeoutTests(StreamTestsMixin, SynchronousTestCase):
+    """
+    C{idleTimeout=0} with a short unregistered timeout: connections without
+    a live binding still time out, bound ones only once their binding
+    expired.
+    """
+
+    idleTimeout = 0
+    unregisteredIdleTimeout = 60.0
+
+    def test_bound(self) -> None:
+        """
+        A bound connection is kept until its binding's expiry plus the short
+        timeout.
+        """
+        protocol, transport = self.connect()
+        self.clock.advance(30)
+        self.table.bound(protocol.flow.conid, 10**5)
+        self.clock.advance(10**5 + 29 - self.clock.seconds())
+        self.assertFalse(transport.aborted)
+        self.clock.advance(31)
+        self.assertTrue(transport.aborted)
+
+
+class LongLineTests(StreamTestsMixin, SynchronousTestCase):
+    """
+    A start or header line over C{maxLineLength} bytes is a framing error:
+    the sink may answer it, then the connection closes.
+    """
+
+    maxSize = 65536
+
+    def test_longHeaderLine(self) -> None:
+        """
+        A complete message with a 9000-byte header line is handed to
+        C{messageRejected} ("Line too long"), the connection is closed
+        gracefully and fires C{tcp:closed} with the protocol error.
+        """
+        protocol, transport = self.connect()
+        long = OPTIONS.replace(b"Content-Length: 0", b"X-Long: " + b"a" * 9000 +
+                               b"\r\nContent-Length: 0")
+        protocol.dataReceived(long)
+        self.assertEqual(self.sink.received, [])
+        self.assertEqual(self.sink.rejected, [(long, "Line too long", protocol.flow)])
+        self.assertTrue(transport.disconnecting)
+        self.lose(protocol, ConnectionDone())
+        [event] = self.closeEvents()
+        self.assertEqual((event.name, event.reason), (TCP_CLOSED, "protocol error: Line too long"))
+
+    def test_trickledLine(self) -> None:
+        """
+        A line that never ends is refused once it passes the limit, not once
+        the message size is reached.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"OPTIONS sip:x SIP/2.0\r\nX-Long: ")
+        for _ in range(20):
+            if transport.disconnecting:
+                break
+            protocol.dataReceived(b"a" * 1000)
+        self.assertTrue(transport.disconnecting)
+        [(data, reason, _)] = self.sink.rejected
+        self.assertEqual(reason, "Line too long")
+        self.assertLess(len(data), 10000)
+
+    def test_limitConfigurable(self) -> None:
+        """
+        The factory's C{maxLineLength} sets the limit.
+        """
+        factory = SIPStreamFactory(self.sink, self.table, self.clock, maxLineLength=100)
+        protocol = factory.buildProtocol(PEER)
+        transport = AbortableTransport(hostAddress=LOCAL, peerAddress=PEER)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(OPTIONS.replace(b"Content-Length: 0", b"X: " + b"a" * 101 +
+                                              b"\r\nContent-Length: 0"))
+        self.assertEqual(self.sink.rejected[0][1], "Line too long")
 
 
 class ClassifyLossTests(SynchronousTestCase):

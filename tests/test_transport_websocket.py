@@ -38,13 +38,14 @@ PEER = IPv4Address("TCP", "192.0.2.7", 40000)
 TEXT, BINARY, CLOSE, PING = 1, 2, 8, 9
 
 
-def handshake(protocols: str | None = "sip") -> bytes:
+def handshake(protocols: str | None = "sip", extra: tuple[bytes, ...] = (),
+              host: bytes = b"127.0.0.1:8080") -> bytes:
     """
-    A client's opening handshake.
+    A client's opening handshake, with C{extra} header lines.
     """
     lines = [
         b"GET / HTTP/1.1",
-        b"Host: 127.0.0.1:8080",
+        b"Host: " + host,
         b"Upgrade: websocket",
         b"Connection: Upgrade",
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
@@ -52,6 +53,7 @@ def handshake(protocols: str | None = "sip") -> bytes:
     ]
     if protocols is not None:
         lines.append(b"Sec-WebSocket-Protocol: " + protocols.encode("ascii"))
+    lines.extend(extra)
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
@@ -114,6 +116,7 @@ class AbortableTransport(StringTransport):
 
 class WebSocketTestsMixin:
     idleTimeout = 60.0
+    unregisteredIdleTimeout = 0.0
 
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
@@ -128,6 +131,8 @@ class WebSocketTestsMixin:
             idleTimeout=self.idleTimeout,
             openHandshakeTimeout=5.0,
             closeHandshakeTimeout=1.0,
+            unregisteredIdleTimeout=self.unregisteredIdleTimeout,
+            originDomains=["example.com"],
         )
 
     def connect(self) -> tuple[SIPWebSocketProtocol, AbortableTransport]:
@@ -507,10 +512,191 @@ class NoIdleTimeoutTests(WebSocketTestsMixin, SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+class HandshakeSizeTests(WebSocketTestsMixin, SynchronousTestCase):
+    """
+    An opening handshake over C{maxHandshakeSize} bytes is answered HTTP
+    C{431} and closed without being buffered or parsed further.
+    """
+
+    def test_largeHeaderRefused(self) -> None:
+        """
+        A handshake with a 64 KiB header, sent in pieces as TCP delivers
+        it, is refused with C{431} once the limit is passed: what autobahn
+        buffers is dropped, later data is ignored, and the close is
+        C{tcp:closed} naming the reason, with no timer left.
+        """
+        protocol, transport = self.connect()
+        request = handshake(extra=(b"X-Big: " + b"a" * 65536,))
+        pieces = [request[i:i + 4096] for i in range(0, len(request), 4096)]
+        sent = 0
+        for piece in pieces:
+            if transport.value():
+                break
+            protocol.dataReceived(piece)
+            sent += len(piece)
+        self.assertTrue(
+            transport.value().startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            transport.value())
+        self.assertLessEqual(sent, 16384 + 4096)
+        self.assertEqual(protocol.data, b"")
+        protocol.dataReceived(b"a" * 4096)
+        self.assertEqual(protocol.data, b"")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.factory.handshakesTooLarge, 1)
+        self.lose(protocol, ConnectionDone())
+        self.assertEvents(protocol, [TCP_CONNECTED, TCP_CLOSED])
+        self.assertEqual(self.bus.events[-1].reason,
+                         "websocket handshake refused: Request Header Fields Too Large")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_oneLargeRead(self) -> None:
+        """
+        A handshake whose end lies past the limit is refused even when it
+        arrives in one read.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(handshake(extra=(b"X-Big: " + b"a" * 20000,)))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431"), transport.value())
+
+    def test_withinLimit(self) -> None:
+        """
+        A handshake just under the limit opens, and frames that follow it in
+        the same read are processed.
+        """
+        base = handshake()
+        pad = 16384 - len(base) - len(b"X-Pad: \r\n")
+        request = handshake(extra=(b"X-Pad: " + b"a" * pad,))
+        self.assertEqual(len(request), 16384)
+        protocol, transport = self.connect()
+        protocol.dataReceived(request + clientFrame(TEXT, OPTIONS))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"), transport.value()[:80])
+        self.assertEqual(self.sink.received, [(OPTIONS, protocol.sipFlow)])
+
+    def test_configurable(self) -> None:
+        """
+        The factory's C{maxHandshakeSize} sets the limit; C{0} lifts it.
+        """
+        self.factory.maxHandshakeSize = 200
+        protocol, transport = self.connect()
+        protocol.dataReceived(handshake(extra=(b"X-Pad: " + b"a" * 100,)))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431"), transport.value())
+        self.factory.maxHandshakeSize = 0
+        protocol, transport = self.connect()
+        protocol.dataReceived(handshake(extra=(b"X-Pad: " + b"a" * 30000,)))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"), transport.value()[:80])
+
+    def test_autobahnBuffersInData(self) -> None:
+        """
+        The size check relies on autobahn calling C{processHandshake} with
+        the bytes received so far in C{self.data} each time more arrive
+        during the handshake.  If autobahn changes that, this fails.
+        """
+        seen: list[bytes] = []
+        protocol, _ = self.connect()
+        original = protocol.processHandshake
+
+        def spy() -> None:
+            seen.append(protocol.data)
+            original()
+
+        protocol.processHandshake = spy  # type: ignore[method-assign]
+        request = handshake()
+        protocol.dataReceived(request[:10])
+        protocol.dataReceived(request[10:])
+        self.assertEqual(seen, [request[:10], request])
+
+
+class OriginTests(WebSocketTestsMixin, SynchronousTestCase):
+    """
+    The default Origin policy compares the Origin with the server's domains
+    and the connection's local address, never with the C{Host} header.
+    """
+
+    def attempt(self, origin: bytes, host: bytes = b"127.0.0.1:8080") -> bytes:
+        protocol, transport = self.connect()
+        protocol.dataReceived(handshake(extra=(b"Origin: " + origin,), host=host))
+        return transport.value()
+
+    def test_forgedHost(self) -> None:
+        """
+        An Origin that only matches the C{Host} header the client sent is
+        refused with C{403}.
+        """
+        response = self.attempt(b"https://evil.example", host=b"evil.example")
+        self.assertTrue(response.startswith(b"HTTP/1.1 403"), response)
+        self.assertEqual(self.factory.originsRefused, 1)
+
+    def test_localAddress(self) -> None:
+        """
+        An Origin on the address the connection was accepted on is allowed,
+        whatever the C{Host} header says.
+        """
+        response = self.attempt(b"http://127.0.0.1:3000", host=b"evil.example")
+        self.assertTrue(response.startswith(b"HTTP/1.1 101"), response[:80])
+
+    def test_domain(self) -> None:
+        """
+        An Origin on one of the server's domains is allowed.
+        """
+        response = self.attempt(b"https://EXAMPLE.com", host=b"10.1.1.1")
+        self.assertTrue(response.startswith(b"HTTP/1.1 101"), response[:80])
+
+
+class UnregisteredIdleTimeoutTests(WebSocketTestsMixin, SynchronousTestCase):
+    """
+    WebSocket connections have the short idle timeout until the registrar
+    binds them, like TCP ones.
+    """
+
+    idleTimeout = 3600.0
+    unregisteredIdleTimeout = 120.0
+
+    def test_unregistered(self) -> None:
+        """
+        An open WebSocket that never registered is closed after the short
+        timeout: C{websocket:closed} and C{tcp:timeout}, no timer left.
+        """
+        protocol, transport = self.open()
+        self.clock.advance(119.9)
+        self.assertFalse(transport.aborted)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.aborted)
+        self.lose(protocol, ConnectionAborted())
+        self.assertEvents(protocol, [TCP_CONNECTED, WEBSOCKET_CONNECTED, WEBSOCKET_CLOSED,
+                                     TCP_TIMEOUT])
+        self.assertEqual(self.bus.events[-1].reason,
+                         "idle timeout (120s without data, never registered)")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_registered(self) -> None:
+        """
+        A bound WebSocket keeps the long timeout.
+        """
+        protocol, transport = self.open()
+        self.table.bound(protocol.sipFlow.conid, 10**5)
+        self.clock.advance(3599)
+        self.assertFalse(transport.aborted)
+        self.clock.advance(1)
+        self.assertTrue(transport.aborted)
+
+
 class FactoryTests(SynchronousTestCase):
     """
     Tests for L{SIPWebSocketFactory}.
     """
+
+    def test_defaults(self) -> None:
+        """
+        By default the opening handshake must complete within 10 s and be
+        at most 16 KiB; unregistered connections idle out after 120 s.
+        """
+        clock = MemoryReactorClock()
+        factory = SIPWebSocketFactory(RecordingSink(), ConnectionTable(RecordingBus(), clock),
+                                      clock)
+        self.assertEqual(
+            (factory.openHandshakeTimeout, factory.maxHandshakeSize,
+             factory.unregisteredIdleTimeout),
+            (10.0, 16384, 120.0))
 
     def test_badTransport(self) -> None:
         """

@@ -13,6 +13,10 @@ from sipcore.message.errors import SIPParseError
 
 DEFAULT_MAX_SIZE = 65536
 
+#: The longest line (start line or header line, without its CRLF) the
+#: parser and the stream framer accept.
+DEFAULT_MAX_LINE_LENGTH = 8192
+
 _PING = b"\r\n\r\n"
 _CRLF = b"\r\n"
 
@@ -77,17 +81,24 @@ class StreamFramer:
     and the connection must be closed.
 
     @ivar maxSize: the largest message (headers and body) accepted.
+    @ivar maxLineLength: the longest start or header line accepted, in
+        bytes (C{0}: no limit but C{maxSize}).
     """
 
-    def __init__(self, maxSize: int = DEFAULT_MAX_SIZE) -> None:
+    def __init__(self, maxSize: int = DEFAULT_MAX_SIZE,
+                 maxLineLength: int = DEFAULT_MAX_LINE_LENGTH) -> None:
         self.maxSize = maxSize
+        self.maxLineLength = maxLineLength
         self._buffer = bytearray()
         self._broken = False
         # How far the current message's header block was searched for its
-        # end, and the message's total length once its headers are read:
-        # a message trickled in a byte at a time is scanned once, not once
+        # end, where its last line began (and how far that was searched),
+        # and the message's total length once its headers are read: a
+        # message trickled in a byte at a time is scanned once, not once
         # per byte.
         self._scanned = 0
+        self._lineStart = 0
+        self._lineScanned = 0
         self._needed: int | None = None
 
     @property
@@ -110,9 +121,10 @@ class StreamFramer:
 
         @return: the complete messages (C{bytes}) and L{PING}s now
             available, in order.
-        @raise SIPParseError: on a framing error: an oversized message or an
-            invalid Content-Length.  C{partial} is not set; the bytes seen
-            so far are in L{buffered}.
+        @raise SIPParseError: on a framing error: an oversized message, a
+            line longer than C{maxLineLength} or an invalid
+            Content-Length.  C{partial} is not set; the bytes seen so far
+            are in L{buffered}.
         """
         if self._broken:
             raise SIPParseError("Stream is out of sync")
@@ -135,12 +147,26 @@ class StreamFramer:
                         del buf[:2]
                         continue
                 end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
+                limit = self.maxLineLength
                 if end < 0:
+                    if limit and len(buf) > limit:
+                        # Only the bytes not scanned yet can end the line.
+                        lineEnd = buf.rfind(b"\r\n", max(self._lineStart, self._lineScanned - 1))
+                        self._lineScanned = len(buf)
+                        if lineEnd >= 0:
+                            self._lineStart = lineEnd + 2
+                        # A line's CR may be in, its LF not yet.
+                        if len(buf) - self._lineStart > limit + 1:
+                            self._broken = True
+                            raise SIPParseError("Line too long")
                     self._scanned = len(buf)
                     if len(buf) > self.maxSize:
                         self._broken = True
                         raise SIPParseError("Message Too Large", status=413)
                     break
+                if limit and end > limit and max(map(len, bytes(buf[:end]).split(b"\r\n"))) > limit:
+                    self._broken = True
+                    raise SIPParseError("Line too long")
                 try:
                     length = contentLength(bytes(buf[:end])) or 0
                 except SIPParseError:
@@ -157,4 +183,6 @@ class StreamFramer:
             del buf[: self._needed]
             self._needed = None
             self._scanned = 0
+            self._lineStart = 0
+            self._lineScanned = 0
         return out

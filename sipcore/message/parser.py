@@ -10,13 +10,12 @@ import re
 
 from sipcore.message._syntax import TOKEN
 from sipcore.message.errors import SIPParseError
-from sipcore.message.framing import DEFAULT_MAX_SIZE, checkedLength
+from sipcore.message.framing import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_SIZE, checkedLength
 from sipcore.message.headers import COMPACT_FORMS, Headers, prettyName
 from sipcore.message.messages import Request, Response, _Message
 from sipcore.message.uri import invalidURI, parseURI
 
 DEFAULT_MAX_HEADERS = 256
-DEFAULT_MAX_LINE_LENGTH = 8192
 
 _VERSION = re.compile(r"SIP/([0-9]+)\.([0-9]+)", re.I)
 _STATUS = re.compile(r"[1-6][0-9][0-9]")
@@ -234,7 +233,9 @@ def parseMessage(
     @param maxSize: the largest C{data} accepted, in bytes.
     @param maxHeaders: the most header fields accepted (folded lines count
         once).
-    @param maxLineLength: the longest line accepted, in characters.
+    @param maxLineLength: the longest line accepted, in characters; a
+        longer header line is an error whose C{partial} is the message
+        without that line.
     @return: a L{Request} or L{Response}.  Its typed accessors (C{vias},
         C{cseq}, C{fromAddr}, ...) are already parsed and will not raise.
     @raise SIPParseError: if C{data} is not an acceptable SIP message;
@@ -264,11 +265,16 @@ def parseMessage(
         bodyStart = len(data)
     text = headerBytes.decode("utf-8", "surrogateescape")
     lines = text.split("\r\n")
+    lineEnds = len(lines) - 1
+    tooLong: SIPParseError | None = None
     if max(map(len, lines)) > maxLineLength:
-        raise SIPParseError("Line too long")
+        if len(lines[0]) > maxLineLength:
+            raise SIPParseError("Line too long")
+        # Read the rest, so that the error can be answered.
+        tooLong = SIPParseError("Line too long")
+        lines = [line for line in lines if len(line) <= maxLineLength]
     startLine = lines[0]
     folded = "\r\n " in text or "\r\n\t" in text
-    lineEnds = len(lines) - 1
     bare = text.count("\r") != lineEnds or text.count("\n") != lineEnds
     entries, headerError = _splitHeaders(lines[1:], folded, maxHeaders, bare)
     headers = Headers._fromEntries(entries)
@@ -279,6 +285,9 @@ def parseMessage(
         error.partial = message
         raise error
     assert message is not None
+    if tooLong is not None:
+        tooLong.partial = message
+        raise tooLong
     if headerError is not None:
         headerError.partial = message
         raise headerError

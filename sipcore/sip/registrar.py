@@ -219,6 +219,7 @@ class Registrar:
         policy: RegistrarPolicy | None = None,
         writes: PendingWrites | None = None,
         isConnected: Callable[[int], bool] | None = None,
+        connectionBound: Callable[[int, float], None] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -227,6 +228,8 @@ class Registrar:
         self.policy = policy or RegistrarPolicy()
         self.writes = writes if writes is not None else PendingWrites()
         self.isConnected = isConnected
+        # Told (conid, latest expiry) after bindings to a connection are saved.
+        self.connectionBound = connectionBound
         self.stats: dict[str, int] = {
             "registered": 0, "unregistered": 0, "refused": 0, "unavailable": 0,
             "pathRefused": 0,
@@ -400,6 +403,8 @@ class Registrar:
             await self.store.remove(toRemove)
         if toSave:
             await self.store.save(toSave)
+            if conid is not None and self.connectionBound is not None:
+                self.connectionBound(conid, max(b.expires for b in toSave))
         removed = set(toRemove)
         current = {b.ruid: b for b in existing if b.ruid not in removed}
         for binding in toSave:

@@ -102,8 +102,8 @@ class StreamFlow:
     a separate object because L{IFlow.transport} (the transport name) would
     clash with C{Protocol.transport} (the Twisted transport).
 
-    The protocol provides C{_flowSend(data) -> bool}, C{_flowClose()} and
-    C{_flowAbort()}.
+    The protocol provides C{_flowSend(data) -> bool}, C{_flowClose()},
+    C{_flowAbort()} and C{_flowBound(until)}.
 
     @ivar conid: set by L{ConnectionTable.add}; C{None} before that and for a
         connection the table refused.
@@ -155,6 +155,15 @@ class StreamFlow:
         L{ConnectionTable.closeAll} when a graceful close takes too long).
         """
         self._protocol._flowAbort()
+
+    def bound(self, until: float) -> None:
+        """
+        A binding for this connection was saved, valid until C{until}
+        (seconds on the server's clock): the connection keeps the idle
+        timeout of a registered connection until then (not part of
+        L{IFlow}; called through L{ConnectionTable.bound}).
+        """
+        self._protocol._flowBound(until)
 
 
 @dataclass
@@ -402,6 +411,23 @@ class ConnectionTable:
                 self._clock.callLater(self.closeGrace, self._abortRemaining)
             )
         return d
+
+    def bound(self, conid: int, until: float) -> None:
+        """
+        The registrar saved a binding for connection C{conid}, valid until
+        C{until} (seconds on the table's clock): the connection keeps the
+        long idle timeout until then, instead of the short one of a
+        connection that never registered.  Does nothing for an unknown
+        connection.  Never raises.
+        """
+        entry = self._entries.get(conid)
+        if entry is None:
+            return
+        try:
+            entry.flow.bound(until)
+        except Exception:
+            self._log.failure("extending the idle timeout of connection {conid} failed",
+                              conid=conid)
 
     def connectionsFrom(self, host: str) -> int:
         """

@@ -4,6 +4,14 @@ What every stream connection does the same way, whether it carries SIP
 directly (TCP, TLS) or in WebSocket frames (WS, WSS): joining the
 connection table, the idle and message timers, and deciding which close
 event its end fires.
+
+The idle timeout depends on whether the connection carries a
+registration.  A connection that never registered is closed after
+C{factory.unregisteredIdleTimeout} seconds without data; once the
+registrar saved a binding for it (L{StreamFlow.bound}) it gets the long
+C{factory.idleTimeout}, but only while that binding lasts: after the
+binding's expiry it is an unregistered connection again, closed after the
+short timeout counted from the later of its last byte and the expiry.
 """
 
 from __future__ import annotations
@@ -21,10 +29,13 @@ class StreamLifecycle:
     A mixin for the SIP stream protocols.
 
     It expects C{self.factory} (with C{table}, C{clock}, C{transportName},
-    C{idleTimeout} and C{messageTimeout}) and C{self.transport}.
+    C{idleTimeout}, C{unregisteredIdleTimeout} and C{messageTimeout}) and
+    C{self.transport}.
 
     @ivar _close: the close event and reason decided before the connection
         was lost (the first decision wins), or C{None}.
+    @ivar _registeredUntil: the latest expiry of a binding saved for this
+        connection (seconds on C{factory.clock}), C{0.0} if none was.
     """
 
     factory: Any
@@ -33,6 +44,10 @@ class StreamLifecycle:
     _idleCall: IDelayedCall | None = None
     _messageCall: IDelayedCall | None = None
     _abortCall: IDelayedCall | None = None
+    _handshakeCall: IDelayedCall | None = None
+    _idleReason = ""
+    _idleTimeout = 0.0
+    _registeredUntil = 0.0
     _close: tuple[str, str] | None = None
     _closing = False
     _closedByServer = False
@@ -83,9 +98,35 @@ class StreamLifecycle:
         self._cancelTimers()
         self.transport.abortConnection()
 
+    def _idleDelay(self) -> tuple[float, str]:
+        """
+        How long the connection may stay silent from now on, and why.
+
+        @return: C{(seconds, note)}: C{seconds} is C{0} for no idle timeout;
+            C{note} says which limit applies (C{""} for the long idle
+            timeout).
+        """
+        factory = self.factory
+        long = factory.idleTimeout
+        short = factory.unregisteredIdleTimeout
+        if not short or (long and short >= long):
+            return long, ""
+        until = self._registeredUntil
+        if not until:
+            return short, ", never registered"
+        left = until - factory.clock.seconds()
+        if left <= 0:
+            return short, ", registration expired"
+        if long and left + short >= long:
+            return long, ""
+        return left + short, ", registration expired"
+
     def _resetIdle(self) -> None:
-        timeout = self.factory.idleTimeout
-        if not timeout or self._closing:
+        if self._closing:
+            return
+        timeout, self._idleReason = self._idleDelay()
+        self._idleTimeout = timeout
+        if not timeout:
             return
         if self._idleCall is not None and self._idleCall.active():
             self._idleCall.reset(timeout)
@@ -96,7 +137,19 @@ class StreamLifecycle:
         self._idleCall = None
         if self._closing or self._lost:
             return
-        self._timeOut("idle timeout ({:g}s without data)".format(self.factory.idleTimeout))
+        self._timeOut("idle timeout ({:g}s without data{})".format(
+            round(self._idleTimeout, 1), self._idleReason))
+
+    def _flowBound(self, until: float) -> None:
+        """
+        The registrar saved a binding for this connection, valid until
+        C{until}: the connection keeps the long idle timeout until then
+        (counted from now).
+        """
+        if until <= self._registeredUntil or self._lost:
+            return
+        self._registeredUntil = until
+        self._resetIdle()
 
     def _partialMessage(self, partial: bool, progress: bool) -> None:
         """
@@ -128,7 +181,7 @@ class StreamLifecycle:
             call.cancel()
 
     def _cancelTimers(self) -> None:
-        for name in ("_idleCall", "_abortCall", "_messageCall"):
+        for name in ("_idleCall", "_abortCall", "_messageCall", "_handshakeCall"):
             call = getattr(self, name)
             setattr(self, name, None)
             if call is not None and call.active():

@@ -13,6 +13,10 @@ Every transport also takes C{maxSize=BYTES}: the largest message that
 listener accepts (default: the server-wide C{--max-message-size}), e.g.
 C{udp:5060:maxSize=8192} or C{ws:8080:maxSize=16384}.  It is sipcore's,
 not part of the endpoint description.
+
+Stream listeners listen with a backlog of L{DEFAULT_BACKLOG} pending
+connections (the server-wide C{--listen-backlog}) unless the spec says
+C{backlog=N}; the kernel caps it (Linux: C{net.core.somaxconn}).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from sipcore.transport.connections import ConnectionTable, addressOf
 from sipcore.transport.stream import DEFAULT_IDLE_TIMEOUT
 
 __all__ = [
+    "DEFAULT_BACKLOG",
     "DEFAULT_LISTEN",
     "TRANSPORTS",
     "ListenSpec",
@@ -41,6 +46,11 @@ __all__ = [
 
 #: What sipcore listens on when no C{--listen} is given.
 DEFAULT_LISTEN = ("udp:5060", "tcp:5060", "ws:8080")
+
+#: Connections the kernel may hold for a stream listener before it
+#: accepts them (Twisted's default is 50, which a burst of reconnecting
+#: clients overflows).
+DEFAULT_BACKLOG = 1024
 
 #: The transports a listen spec may name.
 TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
@@ -60,19 +70,20 @@ _FILE_KEYS = ("privateKey", "certKey", "extraCertChain", "dhParameters")
 
 #: The factory options each transport takes; L{ListenerService} passes a
 #: listener only its own, so one set of options can serve every listener.
-_WS_OPTIONS = (
+_STREAM_OPTIONS = ("messageTimeout", "unregisteredIdleTimeout")
+_WS_OPTIONS = _STREAM_OPTIONS + (
     "openHandshakeTimeout",
     "closeHandshakeTimeout",
     "autoPingInterval",
     "autoPingTimeout",
-    "messageTimeout",
     "allowedOrigins",
     "originDomains",
+    "maxHandshakeSize",
 )
 _FACTORY_OPTIONS = {
     "udp": ("receiveBuffer",),
-    "tcp": ("closeGrace", "messageTimeout"),
-    "tls": ("closeGrace", "messageTimeout"),
+    "tcp": _STREAM_OPTIONS + ("closeGrace", "handshakeTimeout"),
+    "tls": _STREAM_OPTIONS + ("closeGrace", "handshakeTimeout"),
     "ws": _WS_OPTIONS,
     "wss": _WS_OPTIONS,
 }
@@ -244,6 +255,7 @@ class ListenerService(Service):
         table: ConnectionTable,
         maxSize: int = DEFAULT_MAX_SIZE,
         idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
+        backlog: int = DEFAULT_BACKLOG,
         **options: Any,
     ) -> None:
         """
@@ -254,11 +266,15 @@ class ListenerService(Service):
         @param table: the L{ConnectionTable} (unused for UDP).
         @param maxSize: the largest message accepted, in bytes.
         @param idleTimeout: the stream idle timeout in seconds (C{0}: none).
+        @param backlog: the listen backlog of a stream listener whose spec
+            names none.
         @param options: factory options; each listener uses those of its
-            transport and ignores the others: C{closeGrace} (TCP, TLS),
-            C{openHandshakeTimeout}, C{closeHandshakeTimeout},
-            C{autoPingInterval}, C{autoPingTimeout}, C{allowedOrigins},
-            C{originDomains} (WS, WSS), C{messageTimeout} (TCP, TLS, WS, WSS),
+            transport and ignores the others: C{closeGrace},
+            C{handshakeTimeout} (TCP, TLS), C{openHandshakeTimeout},
+            C{closeHandshakeTimeout}, C{autoPingInterval},
+            C{autoPingTimeout}, C{allowedOrigins}, C{originDomains},
+            C{maxHandshakeSize} (WS, WSS), C{messageTimeout},
+            C{unregisteredIdleTimeout} (TCP, TLS, WS, WSS),
             C{receiveBuffer} (UDP).
         @raise TypeError: for an option no transport knows.
         """
@@ -272,6 +288,9 @@ class ListenerService(Service):
         self._table = table
         self._maxSize = int(spec.options.get("maxSize", maxSize))
         self._idleTimeout = idleTimeout
+        if backlog <= 0:
+            raise ValueError("backlog must be positive")
+        self._backlog = backlog
         self._options = {
             key: value for key, value in options.items() if key in _FACTORY_OPTIONS[spec.transport]
         }
@@ -335,7 +354,10 @@ class ListenerService(Service):
                         maxPacketSize=self._maxSize + 1)
                 )
             else:
-                endpoint = serverFromString(self._reactor, spec.description)
+                description = spec.description
+                if "backlog" not in spec.options:
+                    description += ":backlog={}".format(self._backlog)
+                endpoint = serverFromString(self._reactor, description)
                 d = endpoint.listen(self.factory)
         except Exception:
             d = fail()

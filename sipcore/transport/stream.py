@@ -2,10 +2,14 @@
 """
 SIP over TCP and TLS: frame the byte stream into messages (RFC 3261
 section 18.3), answer CRLF keepalives (RFC 5626 section 3.5.1), enforce the
-idle timeout, and report every close to the L{ConnectionTable} exactly once.
+handshake, idle and message timeouts, and report every close to the
+L{ConnectionTable} exactly once.
 
 TLS uses the same protocol: the listening endpoint wraps it in TLS and the
-factory is built with C{transport='tls'}.
+factory is built with C{transport='tls'}.  The handshake timeout runs from
+the moment the connection is accepted until its first complete SIP
+message, so for TLS it covers the TLS handshake too: a client that sends
+its ClientHello a byte a second is cut off like a silent one.
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from sipcore.events import TCP_CLOSED, TCP_RESET
 from sipcore.message.errors import SIPParseError
-from sipcore.message.framing import DEFAULT_MAX_SIZE, PING, StreamFramer
+from sipcore.message.framing import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_SIZE, PING, StreamFramer
 from sipcore.transport.connections import (
     ConnectionTable,
     StreamFlow,
@@ -28,8 +33,10 @@ from sipcore.transport.connections import (
 from sipcore.transport.lifecycle import StreamLifecycle
 
 __all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MESSAGE_TIMEOUT",
+    "DEFAULT_UNREGISTERED_IDLE_TIMEOUT",
     "SIPStreamFactory",
     "SIPStreamProtocol",
     "classifyLoss",
@@ -39,6 +46,16 @@ __all__ = [
 #: C{tcp:timeout}.  Clients keep connections alive with CRLF pings (RFC
 #: 5626 suggests one every 95 to 120 seconds) or re-REGISTERs.
 DEFAULT_IDLE_TIMEOUT = 3600.0
+
+#: Seconds a connection that never had a binding saved for it may stay
+#: silent (Kamailio's C{tcp_connection_lifetime} default); a registered
+#: connection gets L{DEFAULT_IDLE_TIMEOUT} while its binding lasts.
+DEFAULT_UNREGISTERED_IDLE_TIMEOUT = 120.0
+
+#: Seconds from accepting a connection to its first complete SIP message
+#: (TCP, TLS: the TLS handshake included) or to the end of its WebSocket
+#: opening handshake (WS, WSS).
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 #: Seconds a message may take to arrive once its first byte came (more
 #: exactly: while part of a message is buffered, seconds without a complete
@@ -89,6 +106,7 @@ def classifyLoss(reason: Failure, closedByServer: bool) -> tuple[str, str]:
     return TCP_RESET, reason.getErrorMessage() or type(error).__name__
 
 
+@implementer(IHandshakeListener)
 class SIPStreamProtocol(StreamLifecycle, Protocol):
     """
     One TCP or TLS connection carrying SIP.
@@ -100,6 +118,7 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
 
     _log = Logger()
     factory: "SIPStreamFactory"
+    _tlsDone = False
 
     def __init__(self) -> None:
         self.flow: StreamFlow | None = None
@@ -108,8 +127,19 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
     # -- Twisted ----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._framer = StreamFramer(self.factory.maxSize)
+        factory = self.factory
+        self._framer = StreamFramer(factory.maxSize, factory.maxLineLength)
         self.flow = self._join()
+        if factory.handshakeTimeout and not self._refused:
+            self._handshakeCall = factory.clock.callLater(
+                factory.handshakeTimeout, self._handshakeExpired)
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake completed (L{IHandshakeListener}; plain TCP never
+        calls it).
+        """
+        self._tlsDone = True
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing or self._framer is None:
@@ -127,6 +157,8 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
             if item is PING:
                 self.transport.write(PONG)
                 continue
+            if self._handshakeCall is not None:
+                self._cancelHandshakeTimer()
             try:
                 sink.messageReceived(item, self.flow)
             except Exception:
@@ -203,6 +235,22 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
         if grace > 0 and not self._lost:
             self._abortCall = self.factory.clock.callLater(grace, self._graceExpired)
 
+    def _handshakeExpired(self) -> None:
+        self._handshakeCall = None
+        if self._closing or self._lost:
+            return
+        timeout = self.factory.handshakeTimeout
+        if self.factory.transportName == "tls" and not self._tlsDone:
+            what = "TLS handshake not completed"
+        else:
+            what = "no complete SIP message"
+        self._timeOut("handshake timeout ({} within {:g}s)".format(what, timeout))
+
+    def _cancelHandshakeTimer(self) -> None:
+        call, self._handshakeCall = self._handshakeCall, None
+        if call is not None and call.active():
+            call.cancel()
+
     def _graceExpired(self) -> None:
         self._abortCall = None
         self._setClose(TCP_CLOSED, "closed by server (peer did not close in time)")
@@ -231,6 +279,9 @@ class SIPStreamFactory(ServerFactory):
         idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
         closeGrace: float = DEFAULT_CLOSE_GRACE,
         messageTimeout: float = DEFAULT_MESSAGE_TIMEOUT,
+        handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        unregisteredIdleTimeout: float = DEFAULT_UNREGISTERED_IDLE_TIMEOUT,
+        maxLineLength: int = DEFAULT_MAX_LINE_LENGTH,
     ) -> None:
         """
         @param sink: the L{sipcore.interfaces.IMessageSink}.
@@ -239,13 +290,23 @@ class SIPStreamFactory(ServerFactory):
         @param transport: C{'tcp'} or C{'tls'}: the name flows and events
             carry.
         @param maxSize: the largest message accepted, in bytes.
-        @param idleTimeout: seconds without received data before the
-            connection is aborted (C{tcp:timeout}); C{0} disables it.
+        @param idleTimeout: seconds without received data before a
+            connection carrying a live binding is aborted (C{tcp:timeout});
+            C{0} disables it.
         @param closeGrace: seconds a graceful close may take before the
             connection is aborted.
         @param messageTimeout: seconds part of a message may stay buffered
             without a message completing before the connection is aborted
             (C{tcp:timeout}); C{0} disables it.
+        @param handshakeTimeout: seconds from the accept to the first
+            complete SIP message (the TLS handshake included) before the
+            connection is aborted (C{tcp:timeout}); C{0} disables it.
+        @param unregisteredIdleTimeout: the idle timeout of a connection
+            without a live binding (see L{StreamLifecycle}); C{0}: the same
+            as C{idleTimeout}.
+        @param maxLineLength: the longest start or header line accepted, in
+            bytes; a longer one is a framing error (answered C{400} where
+            possible, then the connection is closed).
         @raise ValueError: for an unknown C{transport} or a bad limit.
         """
         if transport not in ("tcp", "tls"):
@@ -256,6 +317,12 @@ class SIPStreamFactory(ServerFactory):
             raise ValueError("idleTimeout must not be negative")
         if messageTimeout < 0:
             raise ValueError("messageTimeout must not be negative")
+        if handshakeTimeout < 0:
+            raise ValueError("handshakeTimeout must not be negative")
+        if unregisteredIdleTimeout < 0:
+            raise ValueError("unregisteredIdleTimeout must not be negative")
+        if maxLineLength < 0:
+            raise ValueError("maxLineLength must not be negative")
         self.sink = sink
         self.table = table
         self.clock = clock
@@ -264,3 +331,6 @@ class SIPStreamFactory(ServerFactory):
         self.idleTimeout = idleTimeout
         self.closeGrace = closeGrace
         self.messageTimeout = messageTimeout
+        self.handshakeTimeout = handshakeTimeout
+        self.unregisteredIdleTimeout = unregisteredIdleTimeout
+        self.maxLineLength = maxLineLength

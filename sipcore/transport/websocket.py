@@ -10,12 +10,21 @@ message, as a text or binary frame.
 
 Origin policy: a browser says which page opened the connection in the
 C{Origin} header.  By default (C{allowedOrigins=None}) an origin is allowed
-when its host is the host the client connected to (the C{Host} header) or
-one of C{originDomains} (the server's domains); otherwise the list of
-patterns decides (C{*} matches anything: C{https://*.example.com}).  A
-refused origin gets HTTP C{403 Forbidden} at the handshake.  A request
-without C{Origin} (not from a browser) is allowed: non-browser clients can
-send any Origin they like, so the check protects browsers' users only.
+when its host is one of C{originDomains} (the server's domains) or the
+local address the connection was accepted on; never because it matches
+the C{Host} header, which whoever makes the request chooses.  Otherwise
+the list of patterns decides (C{*} matches anything:
+C{https://*.example.com}).  A refused origin gets HTTP C{403 Forbidden}
+at the handshake.  A request without C{Origin} (not from a browser) is
+allowed: non-browser clients can send any Origin they like, so the check
+protects browsers' users only.
+
+Opening handshake: it must complete within C{openHandshakeTimeout}
+seconds of the accept (for WSS, the TLS handshake included), else the
+connection closes as C{tcp:timeout}; a request whose headers exceed
+C{maxHandshakeSize} bytes is answered HTTP C{431} and closed as soon as
+that many bytes arrived without the end of the headers, before autobahn
+parses any of it.
 
 Keepalive: autobahn pings every C{autoPingInterval} seconds; no pong within
 C{autoPingTimeout} closes the connection as C{tcp:timeout} (and
@@ -60,13 +69,16 @@ from sipcore.transport.connections import (
 )
 from sipcore.transport.lifecycle import StreamLifecycle
 from sipcore.transport.stream import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MESSAGE_TIMEOUT,
+    DEFAULT_UNREGISTERED_IDLE_TIMEOUT,
     PONG,
     classifyLoss,
 )
 
 __all__ = [
+    "DEFAULT_MAX_HANDSHAKE_SIZE",
     "CLOSE_GOING_AWAY",
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_NORMAL",
@@ -82,12 +94,21 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_MESSAGE_TOO_BIG = 1009
 
+#: The largest opening handshake request (request line and headers) read,
+#: in bytes; browsers send well under 4 KiB.
+DEFAULT_MAX_HANDSHAKE_SIZE = 16384
+
+#: HTTP's status for a request whose headers are too large (RFC 6585).
+_TOO_LARGE = 431
+_TOO_LARGE_REASON = "Request Header Fields Too Large"
+
 #: Seconds between WebSocket pings, and to wait for the pong.
 DEFAULT_PING_INTERVAL = 60.0
 DEFAULT_PING_TIMEOUT = 20.0
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CONNECTING = WebSocketProtocol.STATE_CONNECTING
+_CLOSED = WebSocketProtocol.STATE_CLOSED
 
 #: What autobahn keeps of the opening handshake (and its transport
 #: details, for WAMP, which it completes just before C{onOpen}), needed
@@ -231,7 +252,9 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
         self.sipFlow = self._join()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._refused or self._lost:
+        if self._refused or self._lost or self.state == _CLOSED:
+            # autobahn would buffer what comes after a failed handshake
+            # and ignore it.
             return
         self._resetIdle()
         super().dataReceived(data)
@@ -266,14 +289,34 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
 
     # -- autobahn ---------------------------------------------------------
 
+    def processHandshake(self) -> None:
+        """
+        Refuse an opening handshake larger than C{factory.maxHandshakeSize}
+        with HTTP C{431} before autobahn looks for its end again or parses
+        it; otherwise let autobahn process it.
+
+        autobahn calls this with the bytes received so far in C{self.data}
+        each time more arrive while the handshake is not done.
+        """
+        limit = self.factory.maxHandshakeSize
+        data = self.data
+        if limit and len(data) > limit and data.find(b"\r\n\r\n", 0, limit) < 0:
+            self.data = b""
+            self.factory.handshakesTooLarge += 1
+            self.failHandshake(_TOO_LARGE_REASON, _TOO_LARGE)
+            return
+        super().processHandshake()
+
     def onConnect(self, request: Any) -> str:
         """
         Accept the handshake if the client offers the C{sip} subprotocol.
 
-        @raise ConnectionDeny: C{400} without it.
+        @raise ConnectionDeny: C{403} for a refused Origin, C{400} without
+            the subprotocol.
         """
         origin = request.origin or ""
-        if origin and not self.factory.originAllowed(origin, request.host or ""):
+        local = self.sipFlow.local[0] if self.sipFlow is not None else ""
+        if origin and not self.factory.originAllowed(origin, local):
             self._setClose(TCP_CLOSED, "websocket handshake refused: origin not allowed")
             suppressed = self.factory.originThrottle.hit(origin)
             if suppressed is not None:
@@ -508,13 +551,15 @@ class SIPWebSocketFactory(WebSocketServerFactory):
         transport: str = "ws",
         maxSize: int = DEFAULT_MAX_SIZE,
         idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
-        openHandshakeTimeout: float = 5.0,
+        openHandshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         closeHandshakeTimeout: float = 1.0,
         autoPingInterval: float = 0,
         autoPingTimeout: float = 0,
         messageTimeout: float = DEFAULT_MESSAGE_TIMEOUT,
         allowedOrigins: Sequence[str] | None = None,
         originDomains: Iterable[str] = (),
+        unregisteredIdleTimeout: float = DEFAULT_UNREGISTERED_IDLE_TIMEOUT,
+        maxHandshakeSize: int = DEFAULT_MAX_HANDSHAKE_SIZE,
     ) -> None:
         """
         @param sink: the L{sipcore.interfaces.IMessageSink}.
@@ -524,10 +569,12 @@ class SIPWebSocketFactory(WebSocketServerFactory):
         @param maxSize: the largest SIP message (WebSocket message payload)
             accepted, in bytes; a larger one closes the connection with
             C{1009}.
-        @param idleTimeout: seconds without received data before the
-            connection is aborted (C{tcp:timeout}); C{0} disables it.
+        @param idleTimeout: seconds without received data before a
+            connection carrying a live binding is aborted (C{tcp:timeout});
+            C{0} disables it.
         @param openHandshakeTimeout: seconds a client has to complete the
-            WebSocket handshake.
+            WebSocket handshake from the accept (C{tcp:timeout}); C{0}: no
+            limit.
         @param closeHandshakeTimeout: seconds the peer has to answer our
             close frame before the connection is dropped.
         @param autoPingInterval: seconds between WebSocket pings (C{0}: no
@@ -540,8 +587,14 @@ class SIPWebSocketFactory(WebSocketServerFactory):
         @param allowedOrigins: C{Origin} patterns allowed (C{*} is a
             wildcard; C{["*"]} allows every origin), or C{None} for the
             same-host policy (see the module docstring).
-        @param originDomains: hosts the same-host policy also allows (the
-            server's domains).
+        @param originDomains: the hosts the default policy allows besides
+            the connection's local address (the server's domains).
+        @param unregisteredIdleTimeout: the idle timeout of a connection
+            without a live binding (see L{StreamLifecycle}); C{0}: the same
+            as C{idleTimeout}.
+        @param maxHandshakeSize: the largest opening handshake request, in
+            bytes; a larger one is answered HTTP C{431} and closed (C{0}: no
+            limit).
         @raise ValueError: for an unknown C{transport} or a bad limit.
         """
         if transport not in ("ws", "wss"):
@@ -550,6 +603,10 @@ class SIPWebSocketFactory(WebSocketServerFactory):
             raise ValueError("maxSize must be positive")
         if idleTimeout < 0:
             raise ValueError("idleTimeout must not be negative")
+        if unregisteredIdleTimeout < 0:
+            raise ValueError("unregisteredIdleTimeout must not be negative")
+        if maxHandshakeSize < 0:
+            raise ValueError("maxHandshakeSize must not be negative")
         super().__init__(protocols=[SIP_SUBPROTOCOL], server="sipcore", reactor=clock)
         self._batched_timer = _ReactorTimer(clock)
         self.setProtocolOptions(
@@ -569,6 +626,9 @@ class SIPWebSocketFactory(WebSocketServerFactory):
         self.transportName = transport
         self.maxSize = maxSize
         self.idleTimeout = idleTimeout
+        self.unregisteredIdleTimeout = unregisteredIdleTimeout
+        self.maxHandshakeSize = maxHandshakeSize
+        self.handshakesTooLarge = 0
         if messageTimeout < 0:
             raise ValueError("messageTimeout must not be negative")
         self.messageTimeout = messageTimeout
@@ -577,18 +637,20 @@ class SIPWebSocketFactory(WebSocketServerFactory):
         self._originPatterns = (
             None if allowedOrigins is None
             else wildcards2patterns([o.lower().rstrip("/") for o in allowedOrigins]))
-        self.originDomains = frozenset(d.lower() for d in originDomains)
+        self.originDomains = frozenset(d.lower().strip("[]") for d in originDomains)
         self.originsRefused = 0
 
         self.originThrottle = LogThrottle(clock)
 
-    def originAllowed(self, origin: str, host: str) -> bool:
+    def originAllowed(self, origin: str, local: str) -> bool:
         """
-        Whether a handshake with C{Origin: origin} on C{Host: host} is
-        allowed.
+        Whether a handshake with C{Origin: origin} is allowed on a
+        connection accepted on local address C{local}.
 
         @param origin: the C{Origin} header value (not empty).
-        @param host: the C{Host} header's host, without port.
+        @param local: the address the connection was accepted on (the
+            listener's own address), without port; never the C{Host}
+            header, which the client chooses.
         """
         origin = origin.strip().lower().rstrip("/")
         if self._originPatterns is not None:
@@ -599,7 +661,5 @@ class SIPWebSocketFactory(WebSocketServerFactory):
             return False
         if not originHost:
             return False
-        host = host.strip().lower()
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        return originHost == host or originHost in self.originDomains
+        return originHost in self.originDomains or (
+            bool(local) and originHost == local.strip().lower())
