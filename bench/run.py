@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_bench -*-
 """
 sipcore benchmarks: REGISTER throughput side by side with Kamailio and
-Twisted's own C{twisted.protocols.sip} registrar, the disconnect storm, and
-the memory of idle WebSocket connections.  See bench/README.md.
+Twisted's own C{twisted.protocols.sip} registrar, the disconnect storm, the
+memory of idle WebSocket connections, and UDP flood fairness
+(C{bench/flood.py}).  See bench/README.md.
 
 Usage::
 
@@ -743,6 +744,28 @@ def readLine(proc: subprocess.Popen[Any], prefix: str, timeout: float) -> str | 
 
 
 # ---------------------------------------------------------------------------
+# UDP flood fairness (bench/flood.py).
+
+
+def floodFairness(env: Environment, outDir: str, quick: bool) -> dict[str, Any]:
+    """
+    Run C{bench/flood.py}'s benchmark against the sipcore this run measures
+    (compiled unless C{--pure}): 10 s of flood (5 s quick).
+    """
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    import flood
+
+    path = [env.sipcoreTree, ROOT] if env.sipcoreTree != ROOT else [ROOT]
+    envVars = dict(os.environ,
+                   PYTHONPATH=os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")]))
+    result: dict[str, Any] = flood.runFlood(outDir, seconds=5.0 if quick else 10.0,
+                                            env=envVars)
+    log("  " + flood.summary(result))
+    return result
+
+
+# ---------------------------------------------------------------------------
 # Report.
 
 
@@ -883,6 +906,24 @@ def markdown(results: dict[str, Any]) -> str:
             s["transport"], s.get("registered"), s.get("secondsUntilRowsGone"),
             1000 * s.get("maxLagSeconds", 0), s.get("deletesPer100"),
             s.get("rssPerConnection")))
+    fairness = results.get("flood")
+    if fairness:
+        lines += ["", "## UDP flood fairness (bench/flood.py)", ""]
+        if "error" in fairness:
+            lines.append("- " + fairness["error"])
+        else:
+            probe = fairness["probe"]
+            lines += [
+                "| flood datagrams/s | sources | dropped by the kernel | server CPU "
+                "| prober answered | largest answer time (s) | median (s) |",
+                "|---:|---:|---:|---:|---:|---:|---:|",
+                "| {} | {} | {} | {:.0%} | {}/{} ({:.0%}) | {} | {} |".format(
+                    fairness["flood"].get("rate"), fairness["sources"],
+                    fairness.get("kernelDrops", "-"), fairness.get("serverCpu") or 0,
+                    probe.get("answered"), probe.get("probes"),
+                    fairness.get("answeredFraction") or 0,
+                    probe.get("maxAnswerSeconds"), probe.get("medianAnswerSeconds")),
+            ]
     if results["skipped"]:
         lines += ["", "## Skipped", ""]
         for name, why in results["skipped"].items():
@@ -896,9 +937,10 @@ def markdown(results: dict[str, Any]) -> str:
 SERVERS = ("sipcore-memory", "sipcore-memory-2w", "sipcore-postgres", "sipcore-postgres-2w",
            "kamailio-memory", "kamailio-db", "twisted-sip")
 
-#: What the quick (smoke) run covers: each kind of server and the storm,
-#: once.
-QUICK_PARTS = ("sipcore-memory", "sipcore-postgres-2w", "kamailio-db", "twisted-sip", "storm")
+#: What the quick (smoke) run covers: each kind of server, the storm and
+#: the flood, once.
+QUICK_PARTS = ("sipcore-memory", "sipcore-postgres-2w", "kamailio-db", "twisted-sip", "storm",
+               "flood")
 
 #: Workers of the multi-process variants (sipcore.workers).
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
@@ -930,7 +972,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         default=os.environ.get("BENCH_QUICK") == "1",
                         help="smoke run: short steps, small storm (BENCH_QUICK=1)")
-    parser.add_argument("--only", action="append", choices=SERVERS + ("storm",),
+    parser.add_argument("--only", action="append", choices=SERVERS + ("storm", "flood"),
                         help="run only these parts (repeatable)")
     parser.add_argument("--storm", type=int, default=None,
                         help="connections in the disconnect storm (default 10000; quick 300)")
@@ -948,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quick = args.quick
     roundCount = max(1, args.rounds if args.rounds is not None else (1 if quick else 2))
-    parts = set(args.only or (QUICK_PARTS if quick else SERVERS + ("storm",)))
+    parts = set(args.only or (QUICK_PARTS if quick else SERVERS + ("storm", "flood")))
     transports = (args.transports or ("udp" if quick else "udp,tcp")).split(",")
     stormCount = args.storm if args.storm is not None else (300 if quick else 10000)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -1014,6 +1056,9 @@ def main(argv: list[str] | None = None) -> int:
                 outcome = storm(env, transport, stormCount, outDir)
                 log("  {}".format(outcome))
                 results["storm"].append(outcome)
+        if "flood" in parts:
+            log("UDP flood fairness")
+            results["flood"] = floodFairness(env, outDir, quick)
     finally:
         PROCS.stopAll()
 

@@ -34,6 +34,8 @@ _HELP = {
     "sipcore_jobqueue": "Job queue counters and gauges.",
     "sipcore_store_available": "1 when the location store can reach its database.",
     "sipcore_store_statements_total": "Statements sent to the location store, by kind.",
+    "sipcore_rate_limit_total": "Messages the per-source rate limit decided on, by outcome "
+    "(droppedEarly: dropped on arrival, a part of dropped).",
     "sipcore_auth_challenges_total": "Digest challenges sent (401 and 407).",
     "sipcore_auth_successes_total": "Requests authenticated.",
     "sipcore_auth_failures_total": "Failed authentications, by kind.",
@@ -74,6 +76,15 @@ def collect(service: Any) -> list[Sample]:
     if transactions is not None:
         for name, count in sorted(transactions.stats().items()):
             samples.append(("sipcore_transactions", {"counter": name}, float(count)))
+
+    limiter = getattr(core, "limiter", None)
+    if limiter is not None:
+        from sipcore.sip.limits import OUTCOMES
+
+        limited = limiter.counts()
+        for outcome in OUTCOMES:
+            samples.append(("sipcore_rate_limit_total", {"outcome": outcome},
+                            float(limited[outcome])))
 
     registrar = getattr(service, "registrar", None)
     if registrar is not None:

@@ -622,6 +622,7 @@ def _buildSecurity(options: Options, reactor: Any, core: Any, table: Any,
         "allowedOrigins": options["ws-origin"] or None,
         "originDomains": options["domain"] + (
             [options["advertise-host"].lower()] if options["advertise-host"] else []),
+        "limiter": limiter,
     }
 
 

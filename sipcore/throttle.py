@@ -64,6 +64,17 @@ class LogThrottle:
             self._keys.popitem(last=False)
         return suppressed
 
+    def addSuppressed(self, key: Hashable, count: int) -> None:
+        """
+        Count C{count} events about C{key} that were handled without
+        L{hit} (e.g. dropped before they reached the code that logs) as
+        suppressed: the next line logged for C{key} includes them.  Nothing
+        is recorded for a key with no line logged yet.
+        """
+        entry = self._keys.get(key)
+        if entry is not None:
+            entry[1] += count
+
     def __len__(self) -> int:
         return len(self._keys)
 

@@ -34,6 +34,7 @@ def _load(name: str) -> ModuleType:
 
 run = _load("run")
 storm_client = _load("storm_client")
+flood = _load("flood")
 
 
 class SippStatsTests(SynchronousTestCase):
@@ -182,3 +183,42 @@ class StormClientTests(SynchronousTestCase):
             mask = frame[offset:offset + 4]
             body = frame[offset + 4:]
             self.assertEqual(bytes(b ^ mask[i % 4] for i, b in enumerate(body)), payload)
+
+
+class FloodTests(SynchronousTestCase):
+    """
+    The flood-fairness benchmark's messages, its summary and its table.
+    """
+
+    def result(self) -> dict[str, object]:
+        return {"seconds": 10.0, "maxPackets": 100, "sources": 8, "reactor": "default",
+                "flood": {"sent": 1500000, "errors": 0, "seconds": 10.0, "rate": 150000},
+                "probe": {"probes": 85, "answered": 83, "maxAnswerSeconds": 0.07,
+                          "medianAnswerSeconds": 0.001},
+                "serverCpu": 0.8, "kernelDrops": 4000, "answeredFraction": 0.976}
+
+    def test_optionsParses(self) -> None:
+        """
+        Flood and probe requests are OPTIONS from the address they are sent
+        from, told apart by their Call-ID.
+        """
+        data = flood.options("127.0.0.20", 4000, 5060, "probe7")
+        request = parseMessage(data)
+        self.assertIsInstance(request, Request)
+        self.assertEqual(request.method, "OPTIONS")  # type: ignore[union-attr]
+        self.assertEqual(flood.callIdOf(data), "probe7")
+        self.assertIn(b"127.0.0.20:4000", data)
+
+    def test_summaryAndTable(self) -> None:
+        """
+        The summary line and the report's table show the flood's rate and
+        the prober's answered fraction.
+        """
+        self.assertIn("prober answered 83/85 (0.976)", flood.summary(self.result()))
+        results = {"quick": False, "roundCount": 1, "storm": [], "skipped": {}, "rates": [],
+                   "flood": self.result(),
+                   "machine": {"date": "d", "cpu": "cpu", "cores": 2, "memoryGiB": 24,
+                               "kernel": "6", "versions": {}}}
+        results["ratios"] = run.summarize(results)
+        text = run.markdown(results)
+        self.assertIn("| 150000 | 8 | 4000 | 80% | 83/85 (98%) | 0.07 | 0.001 |", text)

@@ -700,3 +700,125 @@ class SourceKeyTests(SynchronousTestCase):
             for i in range(1, 6)
         ]
         self.assertEqual(admitted, [True, True, False, False, False])
+
+
+class EarlyDropTests(SynchronousTestCase):
+    """
+    The limiter publishes its C{DROP} verdicts in advance
+    (L{RateLimiter.blocked}) so that a transport can apply them before any
+    other work, and counts the messages dropped that way.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.limiter = RateLimiter(self.clock, rate=1, burst=2, overdraft=2, logInterval=60)
+        self.flow = FakeFlow("udp", remote=("192.0.2.1", 5070))
+
+    def test_dropUntilIsTheVerdict(self) -> None:
+        """
+        L{TokenBuckets.dropUntil} is C{None} while the next request would
+        not be dropped; once it would, every request until that time gets
+        C{DROP} and the first one at that time does not.
+        """
+        buckets = TokenBuckets(self.clock, rate=1, burst=2, overdraft=2)
+        self.assertIsNone(buckets.dropUntil("a"))
+        for expected in [Verdict.ADMIT, Verdict.ADMIT, Verdict.REFUSE]:
+            self.assertEqual(buckets.take("a"), expected)
+            self.assertIsNone(buckets.dropUntil("a"))
+        self.assertEqual(buckets.take("a"), Verdict.REFUSE)
+        self.assertEqual(buckets.dropUntil("a"), 1.0)
+        self.clock.advance(0.999)
+        self.assertEqual(buckets.take("a"), Verdict.DROP)
+        self.assertAlmostEqual(buckets.dropUntil("a"), 1.0)
+        self.clock.advance(0.001)
+        self.assertEqual(buckets.take("a"), Verdict.REFUSE)
+        self.assertEqual(buckets.dropUntil("a"), 2.0)
+
+    def test_blockedWhenNextIsDropped(self) -> None:
+        """
+        A source enters C{blocked}, under its address as its flow gives
+        it, with the message that makes the next one a drop; a source
+        within its rate does not.
+        """
+        other = FakeFlow("udp", remote=("192.0.2.2", 5070))
+        self.limiter.admit(options(1), other)
+        for n in range(3):
+            self.limiter.admit(options(n), self.flow)
+            self.assertEqual(self.limiter.blocked, {})
+        self.limiter.admit(options(4), self.flow)
+        self.assertEqual(self.limiter.blocked, {"192.0.2.1": [1.0, 0]})
+
+    def test_exemptNeverBlocked(self) -> None:
+        """
+        An exempt source never enters C{blocked}.
+        """
+        limiter = RateLimiter(self.clock, rate=1, burst=1, overdraft=0, exempt=["192.0.2.1"])
+        for n in range(10):
+            self.assertTrue(limiter.admit(options(n), self.flow))
+        self.assertEqual(limiter.blocked, {})
+
+    def test_earlyDropsCounted(self) -> None:
+        """
+        Messages a transport dropped on a C{blocked} entry are counted as
+        C{dropped} and C{droppedEarly} when the source next reaches the
+        limiter, and in the number of the next log line about it.
+        """
+        with capturedLogs() as events:
+            for n in range(4):
+                self.limiter.admit(options(n), self.flow)
+            self.limiter.blocked["192.0.2.1"][1] += 500
+            self.clock.advance(61)
+            self.assertTrue(self.limiter.admit(options(9), self.flow))
+            self.assertEqual(self.limiter.stats["droppedEarly"], 500)
+            self.assertEqual(self.limiter.stats["dropped"], 500)
+            for n in range(4):
+                self.limiter.admit(options(10 + n), self.flow)
+        warnings = [e for e in events if "rate limit" in e.get("log_format", "")]
+        self.assertEqual([w["suppressed"] for w in warnings], [0, 501])
+
+    def test_countsIncludePending(self) -> None:
+        """
+        L{RateLimiter.counts} adds the early drops of the current
+        C{blocked} entries, which C{stats} counts only later.
+        """
+        for n in range(4):
+            self.limiter.admit(options(n), self.flow)
+        self.limiter.blocked["192.0.2.1"][1] += 7
+        counts = self.limiter.counts()
+        self.assertEqual((counts["dropped"], counts["droppedEarly"], counts["admitted"]),
+                         (7, 7, 2))
+        self.assertEqual(self.limiter.stats["droppedEarly"], 0)
+
+    def test_blockedBounded(self) -> None:
+        """
+        C{blocked} holds at most C{maxSources} entries: entries that ended
+        make room first (their drops counted), else all are removed.
+        """
+        limiter = RateLimiter(self.clock, rate=1, burst=1, overdraft=0, maxSources=2)
+        flows = [FakeFlow("udp", remote=("192.0.2.{}".format(n), 5070)) for n in range(1, 5)]
+        for flow in flows[:2]:
+            limiter.admit(options(1), flow)
+            limiter.blocked[flow.remote[0]][1] += 1
+        self.assertEqual(sorted(limiter.blocked), ["192.0.2.1", "192.0.2.2"])
+        limiter.admit(options(1), flows[2])
+        self.assertEqual(sorted(limiter.blocked), ["192.0.2.3"])
+        self.assertEqual(limiter.stats["droppedEarly"], 2)
+        self.clock.advance(0.5)
+        limiter.admit(options(1), flows[3])
+        self.assertEqual(sorted(limiter.blocked), ["192.0.2.3", "192.0.2.4"])
+        self.clock.advance(0.6)
+        limiter.admit(options(1), flows[0])
+        self.assertEqual(sorted(limiter.blocked), ["192.0.2.1", "192.0.2.4"])
+
+    def test_wiredToUDPListeners(self) -> None:
+        """
+        C{twistd sipcore} gives its UDP listeners the core's rate limiter,
+        and none when C{--rate-limit 0} turns it off.
+        """
+        for args, expectLimiter in [((), True), (("--rate-limit", "0"), False)]:
+            options = Options()
+            options.parseOptions(["--listen", "udp:0"] + list(args))
+            service = buildService(options, UDPMemoryReactor())
+            udp = service.listeners[0]._buildFactory()
+            self.assertIs(udp.limiter, service.core.limiter)
+            self.assertEqual(udp.limiter is not None, expectLimiter)

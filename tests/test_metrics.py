@@ -12,7 +12,7 @@ from twisted.web.client import Agent, readBody
 from sipcore.events import TCP_CLOSED
 from sipcore.metrics import collect, render
 from sipcore.tap import Options, buildService
-from sipcore.testing import UDPMemoryReactor, connectionEvent
+from sipcore.testing import FakeFlow, UDPMemoryReactor, connectionEvent
 from tests.serverhelpers import startServer
 
 
@@ -48,6 +48,20 @@ class CollectTests(SynchronousTestCase):
                                      counter="processed"), 1)
         self.assertEqual(self.sample("sipcore_store_available"), 1)
         self.assertEqual(self.sample("sipcore_connections_open"), 0)
+
+    def test_rateLimitCounts(self) -> None:
+        """
+        The rate limiter's outcomes are served, the datagrams dropped on
+        arrival among them.
+        """
+        limiter = self.service.core.limiter
+        flow = FakeFlow("udp", remote=("192.0.2.1", 5070))
+        for _ in range(250):
+            limiter.admit(b"SIP/2.0 200 OK\r\n\r\n", flow)
+        limiter.blocked["192.0.2.1"][1] += 5
+        self.assertEqual(self.sample("sipcore_rate_limit_total", outcome="admitted"), 200)
+        self.assertEqual(self.sample("sipcore_rate_limit_total", outcome="dropped"), 55)
+        self.assertEqual(self.sample("sipcore_rate_limit_total", outcome="droppedEarly"), 5)
 
     def test_render(self) -> None:
         """

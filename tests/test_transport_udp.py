@@ -9,10 +9,16 @@ import socket
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+import sipcore.message
+import sipcore.sip.core
 from sipcore.interfaces import IFlow
+from sipcore.message import parseMessage
+from sipcore.sip.core import SIPCore
+from sipcore.sip.limits import RateLimiter
 from sipcore.transport.udp import MAX_FLOWS, DatagramFlow, SIPDatagramProtocol
 from tests.test_transport_support import OK, OPTIONS, RecordingSink
 
@@ -197,3 +203,113 @@ class DatagramTests(SynchronousTestCase):
         self.protocol.datagramReceived(OPTIONS, PEER)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(self.protocol.dropped, 1)
+
+
+FLOODER = ("192.0.2.66", 5070)
+
+
+def request(n: int, host: str) -> bytes:
+    """
+    An OPTIONS for the server itself from C{host}, the C{n}th.
+    """
+    return (
+        "OPTIONS sip:example.com SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP {host}:5070;branch=z9hG4bKudp{n}\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:a@example.com>;tag=1\r\n"
+        "To: <sip:example.com>\r\n"
+        "Call-ID: udp-{host}-{n}\r\n"
+        "CSeq: 1 OPTIONS\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).format(n=n, host=host).encode()
+
+
+class EarlyDropTests(SynchronousTestCase):
+    """
+    A datagram from a source the rate limiter drops for now is dropped on
+    arrival: it never reaches the core and is never parsed, while other
+    sources are served as before.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.core = SIPCore(self.clock, domains=["example.com"])
+        self.limiter = RateLimiter(self.clock, rate=1, burst=2, overdraft=2)
+        self.core.limiter = self.limiter
+        self.protocol = SIPDatagramProtocol(self.core, receiveBuffer=0, limiter=self.limiter)
+        self.transport = FakeDatagramTransport()
+        self.protocol.makeConnection(self.transport)
+        self.parsed = 0
+        real = parseMessage
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            self.parsed += 1
+            return real(*args, **kwargs)
+
+        # The core parses what it admits, the limiter what it answers 503.
+        self.patch(sipcore.sip.core, "parseMessage", counting)
+        self.patch(sipcore.message, "parseMessage", counting)
+
+    def statuses(self, peer: tuple[str, int]) -> list[int]:
+        return [parseMessage(data).status  # type: ignore[union-attr]
+                for data, addr in self.transport.written if addr == peer]
+
+    def test_floodDroppedBeforeParsing(self) -> None:
+        """
+        Of 100 datagrams from a flooding source, the core sees only those
+        the limiter decides on (two admitted, then two answered 503, the
+        second of which leaves the next ones to be dropped); the other 96
+        are neither handed to the core nor parsed.  A source within its rate, sending among them, is
+        answered every time.
+        """
+        for n in range(100):
+            self.protocol.datagramReceived(request(n, FLOODER[0]), FLOODER)
+            if n % 50 == 0:
+                self.protocol.datagramReceived(request(n, PEER[0]), PEER)
+        self.assertEqual(self.core.stats["received"], 4 + 2)
+        self.assertEqual(self.parsed, 4 + 2)
+        self.assertEqual(self.statuses(FLOODER), [200, 200, 503, 503])
+        self.assertEqual(self.statuses(PEER), [200, 200])
+        self.assertEqual(self.limiter.blocked[FLOODER[0]][1], 96)
+
+    def test_blockEnds(self) -> None:
+        """
+        When its drop window ends the source reaches the limiter again and
+        gets the limiter's own verdict (here a 503); the datagrams dropped
+        on arrival are counted then.
+        """
+        for n in range(100):
+            self.protocol.datagramReceived(request(n, FLOODER[0]), FLOODER)
+        self.clock.advance(self.limiter.blocked[FLOODER[0]][0])
+        self.transport.written.clear()
+        self.protocol.datagramReceived(request(100, FLOODER[0]), FLOODER)
+        self.assertEqual(self.statuses(FLOODER), [503])
+        self.assertEqual(self.limiter.stats["droppedEarly"], 96)
+        self.assertEqual(self.limiter.stats["dropped"], 96)
+        self.assertEqual(self.limiter.stats["refused"], 3)
+
+    def test_exemptSourceServed(self) -> None:
+        """
+        An exempt source is never dropped on arrival: every request is
+        handed to the core and answered.
+        """
+        self.limiter = RateLimiter(self.clock, rate=1, burst=1, overdraft=0,
+                                   exempt=[FLOODER[0]])
+        self.core.limiter = self.limiter
+        self.protocol = SIPDatagramProtocol(self.core, receiveBuffer=0, limiter=self.limiter)
+        self.protocol.makeConnection(self.transport)
+        for n in range(20):
+            self.protocol.datagramReceived(request(n, FLOODER[0]), FLOODER)
+        self.assertEqual(self.statuses(FLOODER), [200] * 20)
+        self.assertEqual(self.limiter.blocked, {})
+
+    def test_keepalivesOfBlockedSourceDropped(self) -> None:
+        """
+        A blocked source's CRLF keepalives are dropped too (they would cost
+        a pong each).
+        """
+        for n in range(5):
+            self.protocol.datagramReceived(request(n, FLOODER[0]), FLOODER)
+        self.transport.written.clear()
+        self.protocol.datagramReceived(b"\r\n\r\n", FLOODER)
+        self.assertEqual((self.transport.written, self.protocol.keepalives), ([], 0))

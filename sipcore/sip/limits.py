@@ -11,6 +11,14 @@ are dropped silently (answering a flood would double it).  Responses cost a
 token too, and over the limit are always dropped (a response is never
 answered).
 
+A dropped message costs its source nothing, so while a source's bucket is
+below the drop threshold the verdict for every message from it is known in
+advance: L{RateLimiter.blocked} holds, per source address, the time until
+which it is C{DROP}.  The UDP transport looks a datagram's source up there
+before it does anything else with it (L{sipcore.transport.udp}), so a
+flooding source costs one dictionary lookup and a comparison per datagram,
+not a trip through the core and the limiter.
+
 L{LogThrottle} makes a limit log once per source per interval, not once per
 packet: the first hit of an interval is logged, with the number of hits
 suppressed since the previous line.
@@ -33,6 +41,7 @@ from sipcore.throttle import LogThrottle, sourceKey
 __all__ = [
     "DEFAULT_LOG_INTERVAL",
     "DEFAULT_MAX_SOURCES",
+    "OUTCOMES",
     "LogThrottle",
     "RateLimiter",
     "TokenBuckets",
@@ -45,6 +54,10 @@ DEFAULT_LOG_INTERVAL = 60.0
 #: Sources whose bucket state is kept; the least recently seen are
 #: forgotten first (a forgotten source starts again with a full bucket).
 DEFAULT_MAX_SOURCES = 10000
+
+#: The counters of L{RateLimiter.stats}.
+OUTCOMES = ("admitted", "refused", "dropped", "droppedEarly", "responsesDropped", "exempt",
+            "penalized")
 
 
 class Verdict(enum.Enum):
@@ -145,6 +158,24 @@ class TokenBuckets:
         bucket = self._bucket(key)
         bucket[0] = max(-self.overdraft - 1.0, bucket[0] - cost)
 
+    def dropUntil(self, key: Hashable) -> float | None:
+        """
+        When the next request from C{key} stops being dropped.
+
+        A dropped request takes no token, so until the bucket has refilled
+        to the drop threshold every request from C{key} is dropped.
+
+        @return: the time (of the clock) until which every request from
+            C{key} gets L{Verdict.DROP}; C{None} if the next one would not.
+        """
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return None
+        threshold = 1.0 - self.overdraft
+        if bucket[0] >= threshold:
+            return None
+        return bucket[1] + (threshold - bucket[0]) / self.rate
+
     def retryAfter(self, key: Hashable) -> int:
         """
         @return: whole seconds (at least 1) until C{key}'s bucket holds a
@@ -162,9 +193,22 @@ class RateLimiter:
     Applies L{TokenBuckets} keyed by source address to received messages.
 
     @ivar stats: a L{Counter} of C{admitted}, C{refused} (answered 503),
-        C{dropped} (dropped silently), C{responsesDropped} (the responses
-        among them), C{exempt} (from an exempt address) and C{penalized}
-        (tokens taken for failed authentications).
+        C{dropped} (dropped silently), C{droppedEarly} (those among them a
+        transport dropped by L{blocked} before they reached the limiter;
+        counted when their source's entry is replaced or removed),
+        C{responsesDropped} (the responses among them, early drops not
+        included: an early drop is not parsed), C{exempt} (from an exempt
+        address) and C{penalized} (tokens taken for failed
+        authentications).
+    @ivar blocked: for each source address (as its transport gives it,
+        e.g. C{flow.remote[0]}) whose messages are dropped for now, a list
+        C{[until, drops]}: the time until which every message from it is
+        dropped, and the messages a transport dropped on this entry.  A
+        transport that sees C{until} still ahead drops the message and adds
+        one to C{drops}, without calling L{admit}.  At most C{maxSources}
+        entries.
+    @ivar clock: the L{IReactorTime} the buckets and L{blocked} are timed
+        by.
     """
 
     _log = Logger()
@@ -190,10 +234,13 @@ class RateLimiter:
         @param maxSources: sources remembered at most.
         @param logInterval: seconds between log lines about one source.
         """
+        self.clock = clock
         self.buckets = TokenBuckets(clock, rate, burst, overdraft, maxSources)
         self.exempt = frozenset(address.lower() for address in exempt)
         self.throttle = LogThrottle(clock, logInterval, maxSources)
         self.stats: Counter[str] = Counter()
+        self.blocked: dict[str, list[float]] = {}
+        self._maxBlocked = maxSources
 
     def admit(self, data: bytes, flow: IFlow) -> bool:
         """
@@ -210,12 +257,19 @@ class RateLimiter:
         @return: C{True} to process the message; C{False} if it was
             answered with C{503} or dropped.
         """
-        address = flow.remote[0].lower()
+        source = flow.remote[0]
+        address = source.lower()
         if address in self.exempt:
             self.stats["exempt"] += 1
             return True
         host = sourceKey(address)
         verdict = self.buckets.take(host)
+        early = self._unblock(source)
+        if early:
+            self.throttle.addSuppressed(host, early)
+        until = self.buckets.dropUntil(host)
+        if until is not None:
+            self._block(source, until)
         if verdict is Verdict.ADMIT:
             self.stats["admitted"] += 1
             return True
@@ -237,6 +291,47 @@ class RateLimiter:
                 suppressed=suppressed,
             )
         return False
+
+    def counts(self) -> Counter[str]:
+        """
+        L{stats} with the early drops not counted there yet (those of the
+        current L{blocked} entries) added to C{dropped} and
+        C{droppedEarly}.
+        """
+        counts = Counter(self.stats)
+        pending = int(sum(entry[1] for entry in self.blocked.values()))
+        counts["dropped"] += pending
+        counts["droppedEarly"] += pending
+        return counts
+
+    def _unblock(self, source: str) -> int:
+        """
+        Remove the L{blocked} entry of C{source}, counting its early drops.
+
+        @return: the messages dropped early on that entry.
+        """
+        entry = self.blocked.pop(source, None)
+        if entry is None:
+            return 0
+        drops = int(entry[1])
+        if drops:
+            self.stats["dropped"] += drops
+            self.stats["droppedEarly"] += drops
+        return drops
+
+    def _block(self, source: str, until: float) -> None:
+        """
+        Enter C{source} in L{blocked} until C{until}, keeping the table
+        bounded: when it is full, the entries that ended are removed (their
+        drops counted), and if none had, all of them.
+        """
+        blocked = self.blocked
+        if len(blocked) >= self._maxBlocked:
+            now = self.clock.seconds()
+            ended = [key for key, entry in blocked.items() if entry[0] <= now]
+            for key in ended if ended else list(blocked):
+                self._unblock(key)
+        blocked[source] = [until, 0.0]
 
     def penalize(self, flow: IFlow, cost: float) -> None:
         """

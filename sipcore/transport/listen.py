@@ -81,7 +81,7 @@ _WS_OPTIONS = _STREAM_OPTIONS + (
     "maxHandshakeSize",
 )
 _FACTORY_OPTIONS = {
-    "udp": ("receiveBuffer",),
+    "udp": ("receiveBuffer", "limiter"),
     "tcp": _STREAM_OPTIONS + ("closeGrace", "handshakeTimeout"),
     "tls": _STREAM_OPTIONS + ("closeGrace", "handshakeTimeout"),
     "ws": _WS_OPTIONS,
@@ -275,7 +275,7 @@ class ListenerService(Service):
             C{autoPingTimeout}, C{allowedOrigins}, C{originDomains},
             C{maxHandshakeSize} (WS, WSS), C{messageTimeout},
             C{unregisteredIdleTimeout} (TCP, TLS, WS, WSS),
-            C{receiveBuffer} (UDP).
+            C{receiveBuffer} and C{limiter} (UDP).
         @raise TypeError: for an option no transport knows.
         """
         unknown = set(options) - _ALL_FACTORY_OPTIONS
