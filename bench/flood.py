@@ -19,9 +19,14 @@ Usage::
     python bench/flood.py [--seconds 10] [--max-packets 5000000] [--out DIR]
     python bench/flood.py flooder PORT SECONDS MAX_PACKETS
     python bench/flood.py prober PORT SECONDS
+    python bench/flood.py inprocess [COUNT]
 
 The first form runs the whole benchmark and prints the result as JSON;
-the others are its two client processes (each prints one JSON line).
+the next two are its client processes (each prints one JSON line).
+C{inprocess} measures instead the CPU time one flooded datagram costs from
+C{datagramReceived} to its drop: COUNT OPTIONS (default 300,000) from 8
+sources over their rate, fed to the UDP protocol of a SIP core with the
+default rate limit on a clock that does not move (no socket, no reactor).
 Everything runs on 127.0.0.1-127.0.0.20; every process started is stopped
 by its pid.
 """
@@ -168,6 +173,55 @@ def prober(port: int, seconds: float) -> dict[str, Any]:
         "maxAnswerSeconds": round(max(times), 4) if times else None,
         "medianAnswerSeconds": round(statistics.median(times), 4) if times else None,
     }
+
+
+def inprocess(count: int) -> dict[str, Any]:
+    """
+    Feed C{count} OPTIONS from the 8 flood sources, after enough to empty
+    their buckets, to a L{sipcore.transport.udp.SIPDatagramProtocol} in
+    front of a L{sipcore.sip.core.SIPCore} with the default rate limit.
+
+    @return: the microseconds of CPU time per datagram, and the limiter's
+        counts.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+
+    from sipcore.sip.core import SIPCore
+    from sipcore.sip.limits import RateLimiter
+    from sipcore.transport.udp import SIPDatagramProtocol
+
+    class Transport:
+        def write(self, data: bytes, address: Any) -> None:
+            pass
+
+        def getHost(self) -> IPv4Address:
+            return IPv4Address("UDP", SERVER_HOST, 5060)
+
+    clock = Clock()
+    core = SIPCore(clock, domains=[SERVER_HOST])
+    limiter = RateLimiter(clock)
+    core.limiter = limiter
+    udp = SIPDatagramProtocol(core, receiveBuffer=0, limiter=limiter)
+    udp.makeConnection(Transport())  # type: ignore[arg-type]
+    sources = [(host, 40000) for host in FLOOD_HOSTS]
+    datagrams = [options(host, 40000, 5060, "in{}".format(k))
+                 for k in range(64) for host, _ in sources]
+    addresses = [sources[k % len(sources)] for k in range(len(datagrams))]
+    pairs = list(zip(datagrams, addresses, strict=True))
+    receive = udp.datagramReceived
+    for data, address in pairs * 5:  # 320 per source: past burst and overdraft
+        receive(data, address)
+    rounds = max(1, count // len(pairs))
+    start = time.process_time()
+    for _ in range(rounds):
+        for data, address in pairs:
+            receive(data, address)
+    took = time.process_time() - start
+    counts = limiter.counts()
+    return {"datagrams": rounds * len(pairs),
+            "microsecondsPerDatagram": round(took / (rounds * len(pairs)) * 1e6, 3),
+            "limiter": {k: counts[k] for k in ("admitted", "refused", "dropped", "droppedEarly")}}
 
 
 # ---------------------------------------------------------------------------
@@ -365,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv and argv[0] == "prober":
         print(json.dumps(prober(int(argv[1]), float(argv[2]))), flush=True)
+        return 0
+    if argv and argv[0] == "inprocess":
+        print(json.dumps(inprocess(int(argv[1]) if len(argv) > 1 else 300_000)), flush=True)
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0,
