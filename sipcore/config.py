@@ -21,39 +21,36 @@ An INI file (read with L{configparser}) with two kinds of sections::
     # keys are that handler's own options
     batch-size = 200
 
-Rules:
+L{withConfig} turns the file into command-line arguments put before the
+command line's own, so the options are parsed once, the command line last:
 
-  - Keys of C{[sipcore]} are the long option names.  Options that may be
-    repeated on the command line (C{listen}, C{domain}, C{handler},
-    C{disable-handler}, C{handler-option}) take one value per line; other
-    options take one value; flags take yes or no.
-  - Each C{[handler:NAME]} section gives handler NAME its options, like
-    C{--handler-option NAME:key=value}.  The handler must be enabled.
-  - The command line overrides the file: an option given on the command
-    line replaces the file's value (a repeatable option's whole list),
-    except handler options, which override the file's per handler and key.
+  - C{key = value} becomes C{--key=value}; a repeatable option (C{listen},
+    C{domain}, C{handler}, ...) takes one value per line, each becoming one
+    C{--key=line}; a flag takes yes or no and becomes C{--key} or nothing.
+  - Each key of a C{[handler:NAME]} section becomes
+    C{--handler-option=NAME:key=value}.
   - Keys and values are separated by C{=} only (values often hold C{:}).
-  - Values are taken literally: no C{%} interpolation (a DSN's password may
+    Values are taken literally: no C{%} interpolation (a DSN's password may
     hold one), no inline comments; whole-line comments start with C{#} or
     C{;}.  Keys are case-sensitive.
-  - A problem (unreadable file, syntax error, unknown section or key, bad
-    value) is a L{usage.UsageError} naming the file, the section and the
-    key, so C{twistd} prints it with the usage and exits.
+  - An unreadable file, a syntax error, an unknown section or key, a flag
+    that is not yes or no, several values for a single-valued option, or a
+    value its option's coercion refuses is a L{usage.UsageError} naming the
+    file, the section and the key; C{twistd} prints it with the usage and
+    exits.
 """
 
 from __future__ import annotations
 
 import configparser
-import getopt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from twisted.python import usage
 
 from sipcore.plugin import boolean
 
-__all__ = ["ConfigFile", "NOT_IN_FILE", "applyConfig", "givenOnCommandLine", "readConfig"]
+__all__ = ["ConfigFile", "NOT_IN_FILE", "configArguments", "configPath", "readConfig", "withConfig"]
 
 #: The section of sipcore's own options.
 MAIN_SECTION = "sipcore"
@@ -63,10 +60,6 @@ HANDLER_PREFIX = "handler:"
 
 #: Long options that cannot be set from the file.
 NOT_IN_FILE = frozenset({"config", "help", "version"})
-
-#: The option whose file values merge with the command line's.
-_HANDLER_OPTION = "handler-option"
-
 
 
 @dataclass
@@ -141,168 +134,86 @@ def readConfig(path: str) -> ConfigFile:
     return config
 
 
-def _lines(raw: str) -> list[str]:
+def configArguments(config: ConfigFile, options: usage.Options) -> list[str]:
     """
-    The non-empty lines of a value.
-    """
-    return [line.strip() for line in raw.splitlines() if line.strip()]
+    The command-line arguments that say what C{config} says.
 
-
-def _longNames(options: usage.Options) -> dict[str, bool]:
-    """
-    Every long option name of C{options}, and whether it takes a value.
-    """
-    names: dict[str, bool] = {}
-    for spec in options.longOpt:
-        if spec.endswith("="):
-            names[spec[:-1]] = True
-        else:
-            names.setdefault(spec, False)
-    return names
-
-
-def _canonical(options: usage.Options, name: str) -> str:
-    """
-    The dispatch name of an option spelt C{name} on the command line.
-    """
-    if name in options.synonyms:
-        return str(options.synonyms[name])
-    return str(options.synonyms.get(name.replace("-", "_"), name))
-
-
-def givenOnCommandLine(options: usage.Options, argv: Sequence[str]) -> set[str]:
-    """
-    The options given in C{argv}, by dispatch name (short options mapped to
-    their long names), parsed the way L{usage.Options.parseOptions} does.
-
-    @param argv: the command line (without the program name).
-    """
-    try:
-        opts, _ = getopt.getopt(list(argv), options.shortOpt, options.longOpt)
-    except getopt.error:
-        return set()
-    given = set()
-    for opt, _value in opts:
-        name = opt[2:] if opt.startswith("--") else opt[1:]
-        given.add(_canonical(options, name))
-    return given
-
-
-def _handlerOptionLine(config: ConfigFile, line: str) -> tuple[str, str, str]:
-    name, sep, rest = line.partition(":")
-    key, eq, value = rest.partition("=")
-    if not (name.strip() and sep and key.strip() and eq):
-        raise config.error(
-            MAIN_SECTION, _HANDLER_OPTION, "expected NAME:key=value, not {!r}".format(line)
-        )
-    return name.strip(), key.strip(), value.strip()
-
-
-def applyConfig(options: usage.Options, config: ConfigFile, argv: Sequence[str]) -> None:
-    """
-    Set the options the command line did not give from the file.
-
-    Values go through the same coercion and C{opt_} methods as on the
-    command line, so they are checked the same way.
-
-    @param options: the options, after the command line was parsed.
-    @param config: the file, from L{readConfig}.
-    @param argv: the command line that was parsed.
+    @param options: the L{usage.Options} the arguments are for; its long
+        option names, defaults and parameter coercions check the file.
     @raise usage.UsageError: naming the file, section and key, for an
-        unknown key, a bad value, or a section of a handler that is not
-        enabled.
+        unknown key, a flag that is not yes or no, several values for an
+        option that takes one, or a value its coercion refuses.
     """
-    known = _longNames(options)
-    given = givenOnCommandLine(options, argv)
-    fileHandlerOptions: list[tuple[str, str, str, str]] = []
-
+    takesValue = {spec.rstrip("="): spec.endswith("=") for spec in options.longOpt}
+    # usage.Options subclasses declare optParameters; the base class has none.
+    parameters = getattr(options, "optParameters", ())
+    coercions = {p[0]: p[4] for p in parameters if len(p) > 4 and p[4] is not None}
+    arguments: list[str] = []
     for key, raw in config.settings.items():
-        if key not in known or key in NOT_IN_FILE:
-            allowed = sorted(set(known) - NOT_IN_FILE)
-            raise config.error(
-                MAIN_SECTION,
-                key,
-                "unknown key; known keys: {}".format(", ".join(allowed)),
-            )
-        if key == _HANDLER_OPTION:
-            for line in _lines(raw):
-                name, optionKey, value = _handlerOptionLine(config, line)
-                fileHandlerOptions.append((MAIN_SECTION, name, optionKey, value))
-            continue
-        name = _canonical(options, key)
-        if name in given:
-            continue
-        _applyOne(options, config, key, name, raw, takesValue=known[key])
-
-    for handler, values in config.handlerOptions.items():
-        for optionKey, value in values.items():
-            fileHandlerOptions.append((HANDLER_PREFIX + handler, handler, optionKey, value))
-
-    byHandler = options.get(_HANDLER_OPTION)
-    if fileHandlerOptions and not isinstance(byHandler, dict):
-        raise config.error(MAIN_SECTION, None, "this sipcore takes no handler options")
-    for _section, handler, optionKey, value in fileHandlerOptions:
-        assert isinstance(byHandler, dict)
-        # The command line's value for the same handler and key wins.
-        byHandler.setdefault(handler, {}).setdefault(optionKey, value)
-
-    handlerNames = getattr(options, "handlerNames", None)
-    if handlerNames is not None and not options.get("list-handlers"):
-        enabled = set(handlerNames())
-        for handler in config.handlerOptions:
-            if handler not in enabled:
+        if key not in takesValue or key in NOT_IN_FILE:
+            raise config.error(MAIN_SECTION, key, "unknown key; known keys: {}".format(
+                ", ".join(sorted(set(takesValue) - NOT_IN_FILE))))
+        if not takesValue[key]:
+            try:
+                if boolean(raw):
+                    arguments.append("--" + key)
+            except ValueError:
                 raise config.error(
-                    HANDLER_PREFIX + handler,
-                    None,
-                    "handler {!r} is not enabled; enable it with 'handler = {}' in "
-                    "[{}] or --handler {}".format(handler, handler, MAIN_SECTION, handler),
-                )
+                    MAIN_SECTION, key, "a flag takes yes or no, not {!r}".format(raw.strip())
+                ) from None
+            continue
+        values = [line.strip() for line in raw.splitlines() if line.strip()]
+        # An option with a default is a parameter (one value); the others
+        # are opt_ methods, which take one value per line.
+        if key in options.defaults:
+            if len(values) > 1:
+                raise config.error(
+                    MAIN_SECTION, key, "takes one value, not {}".format(len(values)))
+            values = values or [""]
+            if key in coercions:
+                try:
+                    coercions[key](values[0])
+                except ValueError as e:
+                    raise config.error(
+                        MAIN_SECTION, key, "invalid value {!r}: {}".format(values[0], e)
+                    ) from None
+        arguments += ["--{}={}".format(key, value) for value in values]
+    for handler, section in config.handlerOptions.items():
+        arguments += [
+            "--handler-option={}:{}={}".format(handler, key, value)
+            for key, value in section.items()
+        ]
+    return arguments
 
 
-def _applyOne(
-    options: usage.Options,
-    config: ConfigFile,
-    key: str,
-    name: str,
-    raw: str,
-    takesValue: bool,
-) -> None:
+def configPath(argv: Sequence[str]) -> str | None:
     """
-    Apply one C{[sipcore]} key.
+    The C{FILE} of C{--config FILE} (or C{--config=FILE}) in C{argv}, or
+    C{None}.
+
+    @raise usage.UsageError: for C{--config} given more than once.
     """
-    dispatch: Any = options._dispatch[name]
-    values = _lines(raw)
-    if not takesValue:
-        try:
-            on = boolean(raw)
-        except ValueError:
-            raise config.error(
-                MAIN_SECTION, key, "a flag takes yes or no, not {!r}".format(raw.strip())
-            ) from None
-        if on:
-            dispatch(name, None)
-        else:
-            if name not in options:
-                raise config.error(MAIN_SECTION, key, "this flag cannot be turned off")
-            options[name] = 0
-        return
-    if isinstance(dispatch, usage.CoerceParameter):
-        if len(values) > 1:
-            raise config.error(MAIN_SECTION, key, "takes one value, not {}".format(len(values)))
-        value = values[0] if values else ""
-        try:
-            options[name] = dispatch.coerce(value)
-        except ValueError as e:
-            raise config.error(
-                MAIN_SECTION, key, "invalid value {!r}: {}".format(value, e)
-            ) from None
-        return
-    for value in values:
-        try:
-            dispatch(name, value)
-        except usage.UsageError as e:
-            raise config.error(MAIN_SECTION, key, str(e)) from None
-        except ValueError as e:
-            raise config.error(
-                MAIN_SECTION, key, "invalid value {!r}: {}".format(value, e)
-            ) from None
+    paths = []
+    for index, argument in enumerate(argv):
+        if argument == "--config" and index + 1 < len(argv):
+            paths.append(argv[index + 1])
+        elif argument.startswith("--config="):
+            paths.append(argument[len("--config="):])
+    if len(paths) > 1:
+        raise usage.UsageError("--config may be given only once")
+    return paths[0] if paths else None
+
+
+def withConfig(argv: Sequence[str], options: usage.Options) -> list[str]:
+    """
+    The command line C{argv} with the arguments of its C{--config FILE}
+    put before it (the command line, parsed last, overrides the file).
+
+    @param options: the L{usage.Options} that will parse the result.
+    @raise usage.UsageError: for C{--config} given more than once, or a
+        problem with the file (see L{configArguments}).
+    """
+    path = configPath(argv)
+    if path is None:
+        return list(argv)
+    return configArguments(readConfig(path), options) + list(argv)

@@ -6,7 +6,7 @@ Every zope Interface of the project lives here and nothing else does.  The
 pipeline they describe::
 
     transport (IFlow) -> IMessageSink -> registrar / proxy -> ILocationStore
-    transport -> ConnectionTable -> IEventBus -> IEventHandler plugins
+    transport -> ConnectionTable -> IEventBus -> IEventHandler (made by IHandlerPlugin)
 """
 
 from zope.interface import Attribute, Interface
@@ -102,7 +102,10 @@ class IEventBus(Interface):
         """
         Deliver the events named in C{handler.events} to C{handler.handle}.
 
-        @param handler: an L{IEventHandler} provider.
+        @param handler: what to deliver to: C{name}, C{events},
+            C{priority}, C{timeout}, C{concurrency}, C{backlog} (each of the
+            last three C{None} for the bus default) and C{handle(event)}, as
+            a L{sipcore.plugin.EnabledHandler} has them.
         """
 
     def unsubscribe(handler):
@@ -132,9 +135,60 @@ class IEventBus(Interface):
         """
 
 
+class IHandlerPlugin(Interface):
+    """
+    A handler plugin: an immutable descriptor found with
+    C{twisted.plugin.getPlugins(IHandlerPlugin)} and enabled by name, as
+    C{twistd} finds an L{twisted.application.service.IServiceMaker}.
+
+    A plugin module must stay light: the descriptor names its
+    implementation and imports it only in L{makeOptions} and L{makeHandler}.
+    """
+
+    name = Attribute("C{str}: unique name, used with C{--handler NAME}.")
+    description = Attribute("C{str}: one line for C{--list-handlers}.")
+    events = Attribute("C{tuple} of C{str}: the event names it handles.")
+    priority = Attribute(
+        "C{int}: lower runs first among handlers of the same event (then by name)."
+    )
+    apiVersion = Attribute("C{int}: the handler API version it was written for.")
+    timeout = Attribute(
+        "C{float} seconds the bus waits for one event, or C{None} for the bus default."
+    )
+    concurrency = Attribute("C{int} events handled at once, or C{None} for the bus default.")
+    backlog = Attribute(
+        "C{int} events that may wait beyond C{concurrency}, or C{None} for the bus default."
+    )
+    implementation = Attribute(
+        "C{str}: the dotted name of the implementation, for C{--list-handlers}."
+    )
+
+    def makeOptions():
+        """
+        Import the implementation and make an instance of the
+        L{twisted.python.usage.Options} subclass that declares the
+        handler's options.
+
+        @return: the unparsed options.
+        @raise sipcore.plugin.HandlerImportError: when the implementation
+            cannot be imported.
+        """
+
+    def makeHandler(context):
+        """
+        Import the implementation and build a new handler; every call
+        builds another one.
+
+        @param context: the L{IHandlerContext} the handler is made with.
+        @return: a new L{IEventHandler}.
+        @raise sipcore.plugin.HandlerError: when the implementation cannot
+            be imported or refuses the context.
+        """
+
+
 class IHandlerContext(Interface):
     """
-    What sipcore offers a handler when it starts.
+    What sipcore gives L{IHandlerPlugin.makeHandler}.
     """
 
     apiVersion = Attribute("C{int}: the handler API version this sipcore implements.")
@@ -146,7 +200,10 @@ class IHandlerContext(Interface):
         "The shared C{txpostgres.ConnectionPool}, or C{None} when sipcore runs "
         "without a database."
     )
-    options = Attribute("C{dict} of C{str} to C{str}: this handler's own options.")
+    options = Attribute(
+        "This handler's options: an instance of its plugin's C{options} class, "
+        "parsed (a C{dict} of option name to value)."
+    )
     writes = Attribute(
         "The L{sipcore.location.ordering.PendingWrites} tracker: location "
         "writes in flight per connection id."
@@ -166,30 +223,14 @@ class IHandlerContext(Interface):
 
 class IEventHandler(Interface):
     """
-    A handler plugin: found with C{twisted.plugin.getPlugins(IEventHandler)}
-    and enabled by name.
-
-    A plugin module must stay light: the provider it exposes is a small
-    descriptor that imports its implementation only in L{start}.
-
-    A provider may also have C{timeout} (seconds the bus waits for one
-    event), C{concurrency} (events handled at once) and C{backlog} (events
-    that may wait beyond that); each may be C{None} for the bus default.
+    A running handler, made by L{IHandlerPlugin.makeHandler} for one
+    service: started, handed the events its plugin subscribes to, stopped.
     """
 
-    name = Attribute("C{str}: unique name, used with C{--handler NAME}.")
-    description = Attribute("C{str}: one line for C{--list-handlers}.")
-    events = Attribute("C{tuple} of C{str}: the event names it handles.")
-    priority = Attribute(
-        "C{int}: lower runs first among handlers of the same event (then by name)."
-    )
-    apiVersion = Attribute("C{int}: the handler API version it was written for.")
-
-    def start(context):
+    def start():
         """
         Open the handler's resources.
 
-        @param context: an L{IHandlerContext}.
         @return: C{None} or a L{Deferred} that fires when the handler is
             ready; a failure stops sipcore from starting.
         """
@@ -199,8 +240,9 @@ class IEventHandler(Interface):
         Handle one event.
 
         @param event: a read-only L{sipcore.events.ConnectionEvent}.
-        @return: C{None} or a L{Deferred}; an exception or failure is logged
-            and counted by the bus and never reaches the transport.
+        @return: C{None}, a L{Deferred} or a coroutine; an exception or
+            failure is logged and counted by the bus and never reaches the
+            transport.
         """
 
     def stop():

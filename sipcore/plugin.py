@@ -1,113 +1,195 @@
 # -*- test-case-name: tests.test_plugins -*-
 """
-Helpers for writing handler plugins.
+The handler plugin API.
 
-A handler plugin module in C{twisted/plugins/} stays light: it exposes a
-L{LazyHandler} that names the implementation, which is imported only when
-the handler is enabled and started::
+A handler plugin is an immutable L{HandlerPlugin} in a module of a
+C{twisted/plugins/} directory.  It names its implementation, which is
+imported only when sipcore reads the handler's options or makes the
+handler, the way Twisted's C{ServiceMaker} names a C{twistd} plugin's
+module::
 
     # twisted/plugins/myhandlers.py
-    from sipcore.plugin import LazyHandler
+    from sipcore.plugin import HandlerPlugin
 
-    audit = LazyHandler(
+    audit = HandlerPlugin(
         "connection-audit",
         "Log every connection close",
         ("tcp:closed", "tcp:reset", "tcp:timeout"),
         implementation="myhandlers.audit.ConnectionAudit",
     )
 
-The implementation class is called with the L{HandlerContext}; it must have
-C{handle(event)} and may have C{start()} and C{stop()} (each returning
-C{None} or a L{Deferred}).
-
-L{Handler} is a base class for implementations: typed options with
-defaults (L{Option}, parsed by L{parseOptions} with a clear L{OptionError}
-for an unknown or invalid one), no-op C{start} and C{stop}, and
-C{handle(event)} dispatching to the methods marked with L{handles}::
+The implementation is usually a L{Handler} subclass: its options are a
+L{usage.Options} subclass called C{Options}, the methods marked with
+L{handles} get the events, and C{start} and C{stop} open and release what
+it needs::
 
     # myhandlers/audit.py
-    from sipcore.plugin import Handler, Option, handles, integer
+    from twisted.python import usage
+
+    from sipcore.plugin import Handler, handles, integer
 
     class ConnectionAudit(Handler):
-        options = {"batch-size": Option(integer(minimum=1), 100, "rows per INSERT")}
+        class Options(usage.Options):
+            optParameters = [["batch-size", None, 100, "Rows per INSERT.", integer(1)]]
 
         @handles("tcp:closed", "tcp:reset", "tcp:timeout")
         def closed(self, event):
             ...
+
+For every service sipcore parses the options (L{parseOptions}), builds a
+L{HandlerContext} and calls L{HandlerPlugin.makeHandler}, which returns a
+new handler each time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
+from twisted.python import usage
 from twisted.python.reflect import namedAny
 from zope.interface import implementer
 
 from sipcore.events._types import ALL_EVENTS
-from sipcore.events.plugins import HANDLER_API_VERSION
-from sipcore.interfaces import IEventHandler, IHandlerContext
+from sipcore.interfaces import IEventHandler, IHandlerContext, IHandlerPlugin
 
 __all__ = [
+    "HANDLER_API_VERSION",
+    "SUPPORTED_API_VERSIONS",
+    "EnabledHandler",
     "Handler",
+    "HandlerConfigError",
     "HandlerContext",
     "HandlerError",
     "HandlerImportError",
-    "HandlerNotStarted",
-    "LazyHandler",
-    "Option",
+    "HandlerPlugin",
     "OptionError",
     "boolean",
-    "choice",
-    "describeHandler",
     "handles",
     "integer",
     "number",
     "parseOptions",
-    "text",
 ]
+
+#: The handler API version this sipcore implements (L{IHandlerPlugin},
+#: L{IEventHandler}, L{IHandlerContext} and this module).
+HANDLER_API_VERSION = 2
+
+#: The handler API versions a plugin may declare in C{apiVersion}.
+SUPPORTED_API_VERSIONS: tuple[int, ...] = (HANDLER_API_VERSION,)
 
 
 class HandlerError(Exception):
     """
     A handler cannot run as configured (for example it needs a database and
-    sipcore runs without one).  The message names the handler.  Raised from
-    a handler's constructor or C{start}, it stops sipcore from starting.
+    sipcore runs without one).  The message names the handler.  Raised while
+    the service is built or from a handler's C{start}, it stops sipcore from
+    starting.
+    """
+
+
+class HandlerConfigError(HandlerError):
+    """
+    The configured handlers cannot be used: a name is unknown or its plugin
+    is broken, or the plugin package cannot be searched.
     """
 
 
 class OptionError(HandlerError, ValueError):
     """
     A handler option is unknown or its value is invalid.  The message names
-    the handler, the option and what is expected.
+    the handler and the option.
     """
 
 
-class HandlerImportError(ImportError):
+class HandlerImportError(HandlerError, ImportError):
     """
-    A L{LazyHandler}'s implementation could not be imported; the message
+    A L{HandlerPlugin}'s implementation could not be imported; the message
     names the handler and the implementation.
     """
 
 
-class HandlerNotStarted(RuntimeError):
-    """
-    A L{LazyHandler} was asked to handle an event before L{LazyHandler.start}
-    (or after L{LazyHandler.stop}).
-    """
+# ---------------------------------------------------------------------------
+# Coercions for handler options (the last item of an C{optParameters} entry)
 
 
-@implementer(IPlugin, IEventHandler)
-class LazyHandler:
-    """
-    An L{IEventHandler} that imports its implementation only when started.
+_TRUE = frozenset({"1", "yes", "true", "on"})
+_FALSE = frozenset({"0", "no", "false", "off"})
 
-    @ivar implementation: the dotted name of the implementation class (or
-        any callable taking the context).
+
+def boolean(value: str) -> bool:
+    """
+    A yes/no value: C{yes}, C{true}, C{on}, C{1} or C{no}, C{false},
+    C{off}, C{0} (any case).
+    """
+    word = value.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError("must be yes or no (true/false, on/off, 1/0), not {!r}".format(value))
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
+    """
+    An integer, optionally bounded (bounds included).
+    """
+
+    def coerce(value: str) -> int:
+        try:
+            result = int(value.strip())
+        except ValueError:
+            raise ValueError("must be an integer, not {!r}".format(value)) from None
+        _checkBounds(result, minimum, maximum)
+        return result
+
+    return coerce
+
+
+def number(minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
+    """
+    A finite decimal number, optionally bounded (bounds included).
+    """
+
+    def coerce(value: str) -> float:
+        try:
+            result = float(value.strip())
+        except ValueError:
+            raise ValueError("must be a number, not {!r}".format(value)) from None
+        if result != result or result in (float("inf"), float("-inf")):
+            raise ValueError("must be a finite number, not {!r}".format(value))
+        _checkBounds(result, minimum, maximum)
+        return result
+
+    return coerce
+
+
+def _checkBounds(value: float, minimum: float | None, maximum: float | None) -> None:
+    if minimum is not None and value < minimum:
+        raise ValueError("must be at least {}, not {}".format(minimum, value))
+    if maximum is not None and value > maximum:
+        raise ValueError("must be at most {}, not {}".format(maximum, value))
+
+
+# ---------------------------------------------------------------------------
+# The plugin descriptor
+
+
+@implementer(IPlugin, IHandlerPlugin)
+@dataclass(frozen=True, repr=False)
+class HandlerPlugin:
+    """
+    A handler plugin that imports its implementation only when its options
+    are read or a handler is made.
+
+    @ivar implementation: the dotted name of the implementation: a class
+        (or any callable) taking the L{IHandlerContext}, with an C{Options}
+        attribute, the L{usage.Options} subclass of its options (L{Handler}
+        has one without options).
     @ivar timeout: seconds the bus waits for one event, or C{None} for the
         bus default.
     @ivar concurrency: events handled at once, or C{None} for the bus
@@ -116,118 +198,162 @@ class LazyHandler:
         for the bus default.
     """
 
-    def __init__(
-        self,
-        name: str,
-        description: str,
-        events: Iterable[str],
-        implementation: str,
-        priority: int = 100,
-        apiVersion: int = HANDLER_API_VERSION,
-        timeout: float | None = None,
-        concurrency: int | None = None,
-        backlog: int | None = None,
-    ) -> None:
+    name: str
+    description: str
+    events: tuple[str, ...]
+    implementation: str
+    priority: int = 100
+    apiVersion: int = HANDLER_API_VERSION
+    timeout: float | None = None
+    concurrency: int | None = None
+    backlog: int | None = None
+
+    def __post_init__(self) -> None:
         """
-        @raise TypeError: if C{events} is a single string.
+        @raise TypeError: if C{events} is not a tuple of event names.
         """
-        if isinstance(events, str):
+        if not isinstance(self.events, tuple):
             raise TypeError(
-                "events must be a tuple of event names, not the string {!r}".format(events)
+                "events must be a tuple of event names, not {!r}".format(self.events)
             )
-        self.name = name
-        self.description = description
-        self.events = tuple(events)
-        self.implementation = implementation
-        self.priority = priority
-        self.apiVersion = apiVersion
-        self.timeout = timeout
-        self.concurrency = concurrency
-        self.backlog = backlog
-        self._impl: Any = None
 
     def __repr__(self) -> str:
-        return "<LazyHandler {!r} -> {}>".format(self.name, self.implementation)
+        return "<HandlerPlugin {!r} -> {}>".format(self.name, self.implementation)
 
-    def start(self, context: IHandlerContext) -> Deferred[Any] | None:
-        """
-        Import the implementation, call it with C{context} and start the
-        result if it has a C{start} method.
-
-        @return: what the implementation's C{start()} returns (C{None} or a
-            L{Deferred}).
-        @raise HandlerImportError: if the implementation cannot be imported.
-        @raise Exception: whatever building or starting it raises.  The
-            handler stays unstarted.
-        """
-        if self._impl is not None:
-            raise RuntimeError("handler {!r} is already started".format(self.name))
+    def _load(self) -> Any:
         try:
-            factory = namedAny(self.implementation)
+            return namedAny(self.implementation)
         except Exception as e:
             raise HandlerImportError(
                 "handler {!r}: cannot import its implementation {!r}: {}: {}".format(
                     self.name, self.implementation, type(e).__name__, e
                 )
             ) from e
-        if getattr(context, "handlerName", None) is None:
-            try:
-                context.handlerName = self.name
-            except AttributeError:
-                pass
-        impl = factory(context)
-        if isinstance(impl, Handler):
-            _checkEvents(self, impl)
-        self._impl = impl
-        start = getattr(impl, "start", None)
-        if start is None:
-            return None
+
+    def makeOptions(self) -> usage.Options:
+        """
+        Import the implementation and make an instance of its C{Options}.
+
+        @raise HandlerImportError: if the implementation cannot be imported
+            or has no C{Options}.
+        """
+        implementation = self._load()
         try:
-            result: Deferred[Any] | None = start()
-        except BaseException:
-            self._impl = None
-            raise
-        return result
+            optionsClass = implementation.Options
+        except AttributeError:
+            raise HandlerImportError(
+                "handler {!r}: its implementation {} has no Options class".format(
+                    self.name, self.implementation
+                )
+            ) from None
+        options: usage.Options = optionsClass()
+        return options
 
-    def handle(self, event: Any) -> Any:
+    def makeHandler(self, context: IHandlerContext) -> IEventHandler:
         """
-        Hand C{event} to the implementation.
+        Import the implementation and call it with C{context}.
 
-        @raise HandlerNotStarted: before L{start} or after L{stop}.
+        @return: a new handler.
+        @raise HandlerImportError: if the implementation cannot be imported.
+        @raise HandlerError: if it is a L{Handler} without an L{handles}
+            method for an event the plugin subscribes to, or refuses the
+            context.
         """
-        impl = self._impl
-        if impl is None:
-            raise HandlerNotStarted(
-                "handler {!r} is not started: call start(context) before handle()".format(self.name)
+        implementation = self._load()
+        if isinstance(implementation, type) and issubclass(implementation, Handler):
+            _checkEvents(self, implementation)
+        handler: IEventHandler = implementation(context)
+        return handler
+
+
+def _checkEvents(plugin: HandlerPlugin, implementation: type[Handler]) -> None:
+    """
+    Refuse an implementation that uses L{handles} but has no method for an
+    event its plugin subscribes to: those events would be ignored without
+    a word.
+    """
+    handled = implementation.handledEvents()
+    if not handled or implementation.handle is not Handler.handle:
+        return
+    missing = [event for event in plugin.events if event not in handled]
+    if missing:
+        raise HandlerError(
+            "handler {!r} subscribes to {} but its implementation {} has no "
+            "@handles method for {}".format(
+                plugin.name,
+                ", ".join(missing),
+                plugin.implementation,
+                "it" if len(missing) == 1 else "them",
             )
-        return impl.handle(event)
-
-    def stop(self) -> Deferred[Any] | None:
-        """
-        Stop the implementation (if started and it has a C{stop} method) and
-        forget it.
-
-        @return: what the implementation's C{stop()} returns.
-        """
-        impl, self._impl = self._impl, None
-        stop = getattr(impl, "stop", None)
-        if stop is None:
-            return None
-        result: Deferred[Any] | None = stop()
-        return result
+        )
 
 
-#: Builds a job queue: C{factory(name, runner, **kwargs)}.
-JobQueueFactory = Callable[..., Any]
+def parseOptions(plugin: IHandlerPlugin, given: Mapping[str, str]) -> usage.Options:
+    """
+    Parse a handler's options from C{key=value} text, as sipcore does with
+    C{--handler-option NAME:key=value} and the C{[handler:NAME]} section of
+    the configuration file: each becomes C{--key=value} (a flag: C{--key}
+    for a yes value, nothing for a no) for the plugin's C{Options}.
+
+    @param plugin: the L{IHandlerPlugin}.
+    @param given: option name to its text.
+    @return: the parsed options.
+    @raise OptionError: for an unknown option (naming the known ones) or an
+        invalid value.
+    @raise HandlerImportError: if the implementation cannot be imported.
+    """
+    options = plugin.makeOptions()
+    takesValue = _optionNames(options)
+    unknown = sorted(set(given) - set(takesValue))
+    if unknown:
+        raise OptionError(
+            "handler {!r}: unknown option{} {}; known options: {}".format(
+                plugin.name,
+                "s" if len(unknown) > 1 else "",
+                ", ".join(map(repr, unknown)),
+                ", ".join(sorted(takesValue)) or "(none)",
+            )
+        )
+    argv = []
+    for key, value in given.items():
+        if takesValue[key]:
+            argv.append("--{}={}".format(key, value))
+            continue
+        try:
+            on = boolean(value)
+        except ValueError as e:
+            raise OptionError("handler {!r}: option {}: {}".format(plugin.name, key, e)) from None
+        if on:
+            argv.append("--" + key)
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        raise OptionError("handler {!r}: {}".format(plugin.name, e)) from None
+    return options
+
+
+def _optionNames(options: usage.Options) -> dict[str, bool]:
+    """
+    The long names of a handler's options (not C{help} and C{version}),
+    each with whether it takes a value.
+    """
+    names: dict[str, bool] = {}
+    for spec in options.longOpt:
+        name = spec.rstrip("=")
+        if name not in ("help", "version"):
+            names[name] = names.get(name, False) or spec.endswith("=")
+    return names
+
+
+# ---------------------------------------------------------------------------
+# What sipcore builds for each enabled handler
 
 
 @implementer(IHandlerContext)
 class HandlerContext:
     """
-    What sipcore gives a handler when it starts.
+    What sipcore gives L{HandlerPlugin.makeHandler}.
 
-    @ivar handlerName: the name of the handler it was made for (C{None}
-        until known).
     @ivar jobQueues: C{dict} of name to the job queues built through
         L{makeJobQueue}, for the service to start, drain and report.  Several
         contexts may share one C{dict}, which makes queue names unique
@@ -240,9 +366,9 @@ class HandlerContext:
         reactor: Any,
         store: Any,
         dbPool: Any = None,
-        options: dict[str, str] | None = None,
+        options: Mapping[str, Any] | None = None,
         writes: Any = None,
-        jobQueueFactory: JobQueueFactory | None = None,
+        jobQueueFactory: Callable[..., Any] | None = None,
         jobQueues: dict[str, Any] | None = None,
         apiVersion: int = HANDLER_API_VERSION,
         handlerName: str | None = None,
@@ -252,22 +378,22 @@ class HandlerContext:
         @param reactor: provides C{IReactorTime} at least.
         @param store: the L{sipcore.interfaces.ILocationStore}.
         @param dbPool: the shared C{txpostgres} pool, or C{None}.
-        @param options: the handler's own options.
+        @param options: the handler's parsed options (L{parseOptions}), or
+            C{None}: a L{Handler} then takes the defaults of its C{Options}.
         @param writes: the pending-writes tracker.
         @param jobQueueFactory: called as C{factory(name, runner, **kwargs)}
             to build a queue; default: L{sipcore.jobs.JobQueue} on
             C{reactor}.
         @param jobQueues: where built queues are recorded (a new C{dict} by
             default).
-        @param handlerName: the name of the handler it is for; when
-            C{None}, L{LazyHandler.start} sets it.
+        @param handlerName: the name of the handler it is for.
         """
         self.apiVersion = apiVersion
         self.serverId = serverId
         self.reactor = reactor
         self.store = store
         self.dbPool = dbPool
-        self.options: dict[str, str] = dict(options or {})
+        self.options = options
         self.writes = writes
         self._jobQueueFactory = jobQueueFactory
         self.jobQueues: dict[str, Any] = jobQueues if jobQueues is not None else {}
@@ -296,169 +422,48 @@ class HandlerContext:
         return queue
 
 
-def _checkEvents(descriptor: LazyHandler, impl: Handler) -> None:
+@implementer(IEventHandler)
+@dataclass(frozen=True, eq=False)
+class EnabledHandler:
     """
-    Refuse an implementation that uses L{handles} but has no method for an
-    event its descriptor subscribes to: those events would be ignored
-    without a word.
+    A handler made from its plugin for one service: what the service starts
+    and stops and the bus delivers to, with the plugin's name, events,
+    priority and limits.
 
-    @raise HandlerError: naming the handler and the events.
+    @ivar handler: the L{IEventHandler} the plugin made.
     """
-    handled = type(impl).handledEvents()
-    if not handled or type(impl).handle is not Handler.handle:
-        return
-    missing = [event for event in descriptor.events if event not in handled]
-    if missing:
-        raise HandlerError(
-            "handler {!r} subscribes to {} but its implementation {} has no "
-            "@handles method for {}".format(
-                descriptor.name,
-                ", ".join(missing),
-                descriptor.implementation,
-                "it" if len(missing) == 1 else "them",
-            )
+
+    name: str
+    events: tuple[str, ...]
+    priority: int
+    timeout: float | None
+    concurrency: int | None
+    backlog: int | None
+    handler: IEventHandler
+
+    @classmethod
+    def make(cls, plugin: IHandlerPlugin, context: IHandlerContext) -> EnabledHandler:
+        """
+        Make a handler with C{plugin.makeHandler(context)}.
+        """
+        return cls(
+            plugin.name,
+            plugin.events,
+            plugin.priority,
+            plugin.timeout,
+            plugin.concurrency,
+            plugin.backlog,
+            plugin.makeHandler(context),
         )
 
+    def start(self) -> Any:
+        return self.handler.start()
 
-# ---------------------------------------------------------------------------
-# Options
+    def handle(self, event: Any) -> Any:
+        return self.handler.handle(event)
 
-
-@dataclass(frozen=True)
-class Option:
-    """
-    One option of a handler.
-
-    @ivar parse: turns the option's text into its value; raises
-        C{ValueError} with a short reason (C{"must be an integer"}) when it
-        cannot.  L{text}, L{integer}, L{number}, L{boolean} and L{choice}
-        build the usual ones.
-    @ivar default: the value when the option is not given (not parsed).
-    @ivar help: one line for C{--list-handlers} and the docs.
-    """
-
-    parse: Callable[[str], Any]
-    default: Any = None
-    help: str = ""
-
-
-def text(value: str) -> str:
-    """
-    An option taken as it is written.
-    """
-    return value
-
-
-def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
-    """
-    An integer option, optionally bounded (bounds included).
-    """
-
-    def parse(value: str) -> int:
-        try:
-            number = int(value.strip())
-        except ValueError:
-            raise ValueError("must be an integer") from None
-        _checkBounds(number, minimum, maximum)
-        return number
-
-    return parse
-
-
-def number(minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
-    """
-    A decimal number option, optionally bounded (bounds included).
-    """
-
-    def parse(value: str) -> float:
-        try:
-            result = float(value.strip())
-        except ValueError:
-            raise ValueError("must be a number") from None
-        if result != result or result in (float("inf"), float("-inf")):
-            raise ValueError("must be a finite number")
-        _checkBounds(result, minimum, maximum)
-        return result
-
-    return parse
-
-
-def _checkBounds(value: float, minimum: float | None, maximum: float | None) -> None:
-    if minimum is not None and value < minimum:
-        raise ValueError("must be at least {}".format(minimum))
-    if maximum is not None and value > maximum:
-        raise ValueError("must be at most {}".format(maximum))
-
-
-_TRUE = frozenset({"1", "yes", "true", "on"})
-_FALSE = frozenset({"0", "no", "false", "off"})
-
-
-def boolean(value: str) -> bool:
-    """
-    A yes/no option: C{yes}, C{true}, C{on}, C{1} or C{no}, C{false},
-    C{off}, C{0} (any case).
-    """
-    word = value.strip().lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise ValueError("must be yes or no (true/false, on/off, 1/0)")
-
-
-def choice(*values: str) -> Callable[[str], str]:
-    """
-    An option that must be one of C{values}.
-    """
-
-    def parse(value: str) -> str:
-        if value not in values:
-            raise ValueError("must be one of {}".format(", ".join(values)))
-        return value
-
-    return parse
-
-
-def parseOptions(
-    handlerName: str, spec: Mapping[str, Option], given: Mapping[str, str]
-) -> dict[str, Any]:
-    """
-    Check and convert a handler's options.
-
-    @param handlerName: the handler's name, for messages.
-    @param spec: the options the handler knows, by name.
-    @param given: the options it was given (C{--handler-option} or its
-        config-file section), C{str} to C{str}.
-    @return: a value for every option in C{spec}: the parsed given value,
-        else the default.
-    @raise OptionError: for an unknown option (naming the known ones) or a
-        value its parser refuses (naming the option, the value and the
-        reason).
-    """
-    unknown = sorted(set(given) - set(spec))
-    if unknown:
-        raise OptionError(
-            "handler {!r}: unknown option{} {}; known options: {}".format(
-                handlerName,
-                "s" if len(unknown) > 1 else "",
-                ", ".join(map(repr, unknown)),
-                ", ".join(sorted(spec)) or "(none)",
-            )
-        )
-    values: dict[str, Any] = {}
-    for name, option in spec.items():
-        if name not in given:
-            values[name] = option.default
-            continue
-        raw = given[name]
-        try:
-            values[name] = option.parse(raw)
-        except ValueError as e:
-            raise OptionError(
-                "handler {!r}: option {}={!r}: {}".format(handlerName, name, raw, e)
-            ) from None
-    return values
+    def stop(self) -> Any:
+        return self.handler.stop()
 
 
 # ---------------------------------------------------------------------------
@@ -492,55 +497,52 @@ def handles(*events: str) -> Callable[[_F], _F]:
     return mark
 
 
+@implementer(IEventHandler)
 class Handler:
     """
-    A base class for handler implementations (what a L{LazyHandler}
-    builds).
+    A base class for handler implementations.
 
-    Subclasses declare their options in C{options} and mark the methods
-    that handle events with L{handles}.  The constructor parses the
-    options (raising L{OptionError} for an unknown or invalid one, so the
-    server does not start), then subclasses open what they need in
+    Subclasses declare their options in C{Options} and mark the methods
+    that handle events with L{handles}; they open what they need in
     L{start} and release it in L{stop}.
 
-    @cvar options: the options the handler accepts, by name.
+    @cvar Options: the L{usage.Options} subclass of the handler's options
+        (none by default).
     @ivar context: the L{IHandlerContext}.
-    @ivar name: the handler's name (the descriptor's, from the context).
-    @ivar optionValues: every option's value (parsed, or the default).
+    @ivar name: the handler's name (the plugin's, from the context).
+    @ivar options: the parsed options (C{context.options}, or the defaults
+        of C{Options} when the context has none).
     """
 
-    options: Mapping[str, Option] = {}
-    _eventMethods: dict[str, str] = {}
+    Options: type[usage.Options] = usage.Options
+    _eventMethods: dict[str, Callable[[Any, Any], Any]] = {}
     _log = Logger()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        methods: dict[str, str] = {}
+        methods: dict[str, Callable[[Any, Any], Any]] = {}
         for base in reversed(cls.__mro__[1:]):
-            methods.update(getattr(base, "_eventMethods", {}))
-        own: dict[str, str] = {}
+            methods.update(vars(base).get("_eventMethods", {}))
+        own: dict[str, Callable[[Any, Any], Any]] = {}
         for attribute, value in vars(cls).items():
             for event in getattr(value, "sipcoreEvents", ()):
                 if event in own:
                     raise TypeError(
                         "{}: both {}() and {}() handle {!r}".format(
-                            cls.__name__, own[event], attribute, event
+                            cls.__name__, own[event].__name__, attribute, event
                         )
                     )
-                own[event] = attribute
-        methods.update(own)
-        cls._eventMethods = methods
+                own[event] = value
+        cls._eventMethods = {**methods, **own}
 
     def __init__(self, context: IHandlerContext) -> None:
         """
         @param context: what sipcore offers the handler.
-        @raise OptionError: for an unknown or invalid option.
         """
         self.context = context
-        self.name: str = getattr(context, "handlerName", None) or type(self).__name__
-        self.optionValues: dict[str, Any] = parseOptions(
-            self.name, self.options, dict(context.options)
-        )
+        self.name: str = context.handlerName or type(self).__name__
+        options = context.options
+        self.options: Mapping[str, Any] = self.Options() if options is None else options
 
     @classmethod
     def handledEvents(cls) -> tuple[str, ...]:
@@ -548,14 +550,6 @@ class Handler:
         The event names the class has an L{handles} method for.
         """
         return tuple(event for event in ALL_EVENTS if event in cls._eventMethods)
-
-    def option(self, name: str) -> Any:
-        """
-        The value of one option.
-
-        @raise KeyError: for a name not in C{options}.
-        """
-        return self.optionValues[name]
 
     def requireDatabase(self) -> Any:
         """
@@ -592,7 +586,7 @@ class Handler:
         method = self._eventMethods.get(event.name)
         if method is None:
             return None
-        return getattr(self, method)(event)
+        return method(self, event)
 
     def stop(self) -> Deferred[Any] | None:
         """
@@ -603,71 +597,3 @@ class Handler:
         @return: C{None} or a L{Deferred}.
         """
         return None
-
-
-# ---------------------------------------------------------------------------
-# Describing handlers (twistd sipcore --list-handlers)
-
-
-def describeHandler(provider: Any) -> tuple[list[str], str | None]:
-    """
-    Describe a handler plugin for C{--list-handlers}: its description,
-    events, priority, API version, limits and, for a L{LazyHandler}, its
-    implementation (imported, to check it can be) and declared options.
-
-    @param provider: an L{IEventHandler} provider.
-    @return: the indented lines, and a problem (C{str}) when the
-        implementation cannot be imported, else C{None}.
-    """
-    lines = [
-        "    " + str(provider.description),
-        "    events:         " + ", ".join(provider.events),
-        "    priority:       {}".format(provider.priority),
-        "    API version:    {}".format(provider.apiVersion),
-    ]
-    limits = []
-    for attribute in ("timeout", "concurrency", "backlog"):
-        value = getattr(provider, attribute, None)
-        limits.append(
-            "{} {}".format(attribute, "(bus default)" if value is None else value)
-        )
-    lines.append("    limits:         " + ", ".join(limits))
-    implementation = getattr(provider, "implementation", None)
-    if not isinstance(implementation, str):
-        return lines, None
-    try:
-        factory = namedAny(implementation)
-    except Exception as e:
-        problem = "cannot import its implementation {}: {}: {}".format(
-            implementation, type(e).__name__, e
-        )
-        lines.append("    implementation: {} (CANNOT IMPORT: {}: {})".format(
-            implementation, type(e).__name__, e))
-        return lines, problem
-    lines.append("    implementation: " + implementation)
-    spec = getattr(factory, "options", None)
-    if isinstance(spec, Mapping) and all(isinstance(o, Option) for o in spec.values()):
-        if spec:
-            lines.append("    options:")
-            shown = {name: _showDefault(option.default) for name, option in spec.items()}
-            width = max(len("{} = {}".format(name, shown[name])) for name in spec)
-            for name, option in sorted(spec.items()):
-                lines.append(
-                    "      {}  {}".format(
-                        "{} = {}".format(name, shown[name]).ljust(width), option.help
-                    ).rstrip()
-                )
-        else:
-            lines.append("    options:        (none)")
-    return lines, None
-
-
-def _showDefault(value: Any) -> str:
-    """
-    An option's default as it would be written on the command line.
-    """
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if value is None or value == "":
-        return "(empty)"
-    return str(value)

@@ -22,7 +22,8 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sipcore.interfaces import IEventBus, IEventHandler, ILocationStore
+from sipcore.interfaces import IEventBus, ILocationStore
+from sipcore.plugin import EnabledHandler
 
 
 class SIPCoreService(Service):
@@ -30,8 +31,8 @@ class SIPCoreService(Service):
     The whole server.
 
     @ivar listeners: the listener services, started last and stopped first.
-    @ivar handlers: the enabled L{IEventHandler} providers, in order.
-    @ivar queues: the job queues made for handlers (filled as they start).
+    @ivar handlers: the L{EnabledHandler}s, in order.
+    @ivar queues: the job queues the handlers made.
     @ivar startFailure: the L{Failure} that stopped the start, if any (it
         is logged, and the reactor is stopped when running).
     @ivar proxy: the proxy, when the composition root sets one; stopped
@@ -64,8 +65,7 @@ class SIPCoreService(Service):
         table: Any,
         core: Any,
         listeners: Sequence[Service],
-        handlers: Sequence[IEventHandler],
-        makeContext: Callable[[IEventHandler], Any],
+        handlers: Sequence[EnabledHandler],
         queues: Iterable[Any],
         initSchema: Callable[[], defer.Deferred[Any]] | None = None,
         expiryInterval: float = 60.0,
@@ -81,13 +81,12 @@ class SIPCoreService(Service):
         self.listeners = list(listeners)
         self.handlers = list(handlers)
         self.queues = queues
-        self._makeContext = makeContext
         self._initSchema = initSchema
         self.expiryInterval = expiryInterval
         self.drainDeadline = drainDeadline
         self.authenticator = authenticator
         self._expiry: task.LoopingCall | None = None
-        self._started: list[IEventHandler] = []
+        self._started: list[EnabledHandler] = []
         self.ready: defer.Deferred[None] | None = None
 
     # -- start ---------------------------------------------------------------
@@ -114,7 +113,7 @@ class SIPCoreService(Service):
         await self.store.start()
         await self._prepareStore()
         for handler in self.handlers:
-            await defer.maybeDeferred(handler.start, self._makeContext(handler))
+            await defer.maybeDeferred(handler.start)
             self._started.append(handler)
             self.bus.subscribe(handler)
             self._log.info("handler {name} enabled for {events}",

@@ -9,17 +9,13 @@ C{MemoryReactor}.
 
 from __future__ import annotations
 
-import copy
 import sys
 from typing import Any
 
 from twisted.python import usage
 
-from sipcore.events.plugins import (
-    HandlerConfigError,
-    findHandlers,
-    selectHandlers,
-)
+from sipcore.events.discovery import findHandlers, selectHandlers
+from sipcore.plugin import HandlerConfigError, HandlerError
 from sipcore.transport.listen import DEFAULT_LISTEN, parseListen
 
 #: Handlers enabled unless C{--disable-handler} says otherwise.
@@ -218,23 +214,26 @@ class Options(usage.Options):
         self["handler-option"].setdefault(name, {})[key] = value
 
     # config file (docs/configuration.rst)
-    _argv: list[str] = []
-    _configFile: Any = None
+    _configPath: str | None = None
 
     def parseOptions(self, options: Any = None) -> None:
-        # Remember the command line: the config file sets only what it lacks.
-        self._argv = list(sys.argv[1:] if options is None else options)
-        usage.Options.parseOptions(self, options)
+        """
+        Parse the command line after the arguments its C{--config FILE}
+        stands for.
+        """
+        from sipcore.config import configPath, withConfig
+
+        argv = list(sys.argv[1:] if options is None else options)
+        self._configPath = configPath(argv)
+        usage.Options.parseOptions(self, withConfig(argv, self))
 
     def opt_config(self, path: str) -> None:
         """
-        Read options from an INI file ([sipcore], [handler:NAME]); the command line overrides it.
+        Read options from an INI file ([sipcore], [handler:NAME]) before the command line's,
+        which override it.
         """
-        from sipcore.config import readConfig
-
-        if self._configFile is not None:
-            raise usage.UsageError("--config may be given only once")
-        self._configFile = readConfig(path)
+        if path != self._configPath:
+            raise usage.UsageError("write --config FILE or --config=FILE in full")
         self["config"] = path
 
     def opt_ws_origin(self, pattern: str) -> None:
@@ -269,10 +268,6 @@ class Options(usage.Options):
         self["trusted-peer"].append(spec)
 
     def postOptions(self) -> None:
-        if self._configFile is not None:
-            from sipcore.config import applyConfig
-
-            applyConfig(self, self._configFile, self._argv)
         if self["list-handlers"]:
             return
         if not self["listen"]:
@@ -320,8 +315,8 @@ def listHandlers(out: Any = None, package: Any = None) -> str:
         C{twisted.plugins}).
     @return: the text written.
     """
-    from sipcore.events.plugins import HANDLER_API_VERSION, discoverHandlers
-    from sipcore.plugin import describeHandler
+    from sipcore.events.discovery import describeHandler, discoverHandlers
+    from sipcore.plugin import HANDLER_API_VERSION
 
     found = discoverHandlers(package)
     problems = [str(problem) for problem in found.problems]
@@ -335,7 +330,7 @@ def listHandlers(out: Any = None, package: Any = None) -> str:
         described, problem = describeHandler(found[name])
         lines += ["", "{}  [{}]".format(name, state)] + described
         if problem is not None:
-            problems.append("{}: {}".format(name, problem))
+            problems.append(problem)
     if not found:
         lines += ["", "no handler plugins found"]
     if problems:
@@ -350,13 +345,14 @@ def buildService(options: Options, reactor: Any) -> Any:
     Build the server from parsed options with the given reactor.
 
     @return: the L{sipcore.service.SIPCoreService}.
-    @raise HandlerConfigError: a handler is unknown, duplicated, failed to
-        import, is incompatible, or was given options while not enabled.
+    @raise HandlerError: a handler is unknown, duplicated, failed to
+        import, is incompatible, was given options while not enabled or
+        options it refuses, or refuses to be made.
     """
     from sipcore.events.bus import EventBus
     from sipcore.location import MemoryLocationStore
     from sipcore.location.ordering import PendingWrites
-    from sipcore.plugin import HandlerContext, LazyHandler
+    from sipcore.plugin import EnabledHandler, HandlerContext, parseOptions
     from sipcore.service import SIPCoreService
     from sipcore.sip.core import SIPCore, supportedTags
     from sipcore.sip.registrar import Registrar, RegistrarPolicy
@@ -365,16 +361,16 @@ def buildService(options: Options, reactor: Any) -> Any:
     from sipcore.transport.listen import ListenerService
 
     names = options.handlerNames()
-    # Plugin descriptors are module-level objects: give this service its
-    # own copies, so two services in one process never share a started one.
-    handlers = [
-        copy.copy(h) if isinstance(h, LazyHandler) else h
-        for h in selectHandlers(findHandlers(), names)
-    ]
+    selected = selectHandlers(findHandlers(), names)
     stray = sorted(set(options["handler-option"]) - set(names))
     if stray:
         raise HandlerConfigError(
-            "--handler-option given for handler(s) not enabled: {}".format(", ".join(stray)))
+            "options given (--handler-option or [handler:NAME]) for handler(s) not "
+            "enabled: {}; enable them with --handler NAME".format(", ".join(stray)))
+    plugins = [
+        (plugin, parseOptions(plugin, options["handler-option"].get(plugin.name, {})))
+        for plugin in selected
+    ]
     serverId = options["server-id"]
     bus = EventBus(reactor)
     table = ConnectionTable(bus, reactor, serverId=serverId)
@@ -437,18 +433,20 @@ def buildService(options: Options, reactor: Any) -> Any:
         for spec in options["listen"]
     ]
     jobQueues: dict[str, Any] = {}
-
-    def makeContext(handler: Any) -> HandlerContext:
-        return HandlerContext(
+    # A new handler of each plugin for this service.
+    handlers = [
+        EnabledHandler.make(plugin, HandlerContext(
             serverId=serverId,
             reactor=reactor,
             store=store,
             dbPool=getattr(store, "pool", None),
-            options=options["handler-option"].get(handler.name, {}),
+            options=handlerOptions,
             writes=writes,
             jobQueues=jobQueues,
-            handlerName=handler.name,
-        )
+            handlerName=plugin.name,
+        ))
+        for plugin, handlerOptions in plugins
+    ]
 
     service = SIPCoreService(
         reactor=reactor,
@@ -459,7 +457,6 @@ def buildService(options: Options, reactor: Any) -> Any:
         core=core,
         listeners=listeners,
         handlers=handlers,
-        makeContext=makeContext,
         queues=_QueueView(jobQueues),
         initSchema=initSchema,
         expiryInterval=options["expiry-interval"],
@@ -694,7 +691,7 @@ def makeService(options: Options) -> Any:
     reactor.callWhenRunning(tuneGarbageCollector)
     try:
         return buildService(options, reactor)
-    except HandlerConfigError as e:
+    except HandlerError as e:
         raise SystemExit("sipcore: " + str(e)) from e
 
 

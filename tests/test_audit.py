@@ -24,15 +24,16 @@ from sipcore.events import (
     TCP_CONNECTED,
     WEBSOCKET_CLOSED,
 )
-from sipcore.events.plugins import findHandlers
+from sipcore.events.discovery import findHandlers
 from sipcore.handlers.audit import COLUMNS, ConnectionAudit, insertStatement, tableDDL
-from sipcore.interfaces import IEventHandler
+from sipcore.interfaces import IHandlerPlugin
 from sipcore.location import PostgresLocationStore
-from sipcore.plugin import HandlerContext, HandlerError, OptionError
+from sipcore.plugin import HandlerContext, HandlerError, OptionError, parseOptions
 from sipcore.tap import Options, buildService
 from sipcore.testing import MemoryLocationStore, UDPMemoryReactor, connectionEvent
 from tests.dbhelpers import TestSchema, createTestSchema
 from tests.serverhelpers import connectTCP, startServer, waitUntil
+from twisted.plugins.sipcore_handlers import connectionAudit
 
 SERVER_ID = 7
 
@@ -57,12 +58,16 @@ class FakePool:
 def makeContext(
     pool: Any, clock: Any, options: dict[str, str] | None = None
 ) -> HandlerContext:
+    """
+    A context for C{connection-audit}, its options parsed as sipcore
+    parses C{--handler-option connection-audit:KEY=VALUE}.
+    """
     return HandlerContext(
         serverId=SERVER_ID,
         reactor=clock,
         store=MemoryLocationStore(clock),
         dbPool=pool,
-        options=options or {},
+        options=parseOptions(connectionAudit, options or {}),
         handlerName="connection-audit",
     )
 
@@ -104,7 +109,7 @@ class StatementTests(SynchronousTestCase):
 
 class DescriptorTests(SynchronousTestCase):
     """
-    The C{connection-audit} plugin is found, provides L{IEventHandler} and
+    The C{connection-audit} plugin is found, provides L{IHandlerPlugin} and
     is off by default.
     """
 
@@ -115,7 +120,7 @@ class DescriptorTests(SynchronousTestCase):
         """
         found = findHandlers()
         audit = found["connection-audit"]
-        self.assertTrue(verifyObject(IEventHandler, audit))
+        self.assertTrue(verifyObject(IHandlerPlugin, audit))
         self.assertEqual(audit.events, ALL_EVENTS)
         self.assertGreater(audit.priority, found["location-cleanup"].priority)
 
@@ -157,17 +162,14 @@ class HandlerUnitTests(SynchronousTestCase):
         """
         An unknown or invalid option is refused, naming it.
         """
-        e = self.assertRaises(
-            OptionError, ConnectionAudit, makeContext(self.pool, self.clock, {"batch": "1"})
-        )
+        e = self.assertRaises(OptionError, makeContext, self.pool, self.clock, {"batch": "1"})
         self.assertIn("unknown option 'batch'", str(e))
         e = self.assertRaises(
-            OptionError,
-            ConnectionAudit,
-            makeContext(self.pool, self.clock, {"batch-size": "0"}),
+            OptionError, makeContext, self.pool, self.clock, {"batch-size": "0"}
         )
         self.assertEqual(
-            str(e), "handler 'connection-audit': option batch-size='0': must be at least 1"
+            str(e), "handler 'connection-audit': Parameter type enforcement failed: "
+            "must be at least 1, not 0"
         )
 
     def test_startCreatesTable(self) -> None:
@@ -295,18 +297,15 @@ class ServiceRefusalTests(SynchronousTestCase):
 
     def test_refusedWithoutDatabase(self) -> None:
         """
-        C{--handler connection-audit} without C{--db}: the start fails with
-        the handler's message and nothing listens.
+        C{--handler connection-audit} without C{--db}: building the service
+        fails with the handler's message, before anything listens.
         """
         options = Options()
         options.parseOptions(["--listen", "tcp:0", "--handler", "connection-audit"])
         clock = UDPMemoryReactor()
-        service = buildService(options, clock)
-        service.startService()
-        self.assertIsInstance(service.startFailure.value, HandlerError)
-        self.assertIn("needs a PostgreSQL database", str(service.startFailure.value))
+        e = self.assertRaises(HandlerError, buildService, options, clock)
+        self.assertIn("needs a PostgreSQL database", str(e))
         self.assertEqual(clock.tcpServers, [])
-        self.assertEqual(len(self.flushLoggedErrors(HandlerError)), 1)
 
 
 async def auditRows(schema: TestSchema) -> list[tuple[Any, ...]]:

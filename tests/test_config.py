@@ -14,7 +14,8 @@ from pathlib import Path
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from sipcore.config import NOT_IN_FILE, readConfig
+from sipcore.config import NOT_IN_FILE, configArguments, readConfig
+from sipcore.plugin import HandlerConfigError
 from sipcore.tap import Options, buildService
 from sipcore.testing import UDPMemoryReactor
 
@@ -132,8 +133,40 @@ class ReadTests(ConfigTestCase):
 
 class ApplyTests(ConfigTestCase):
     """
-    The file's values become options, checked like the command line's.
+    The file's values become command-line arguments, put before the
+    command line's own.
     """
+
+    def test_arguments(self) -> None:
+        """
+        Each value becomes one C{--key=value} (one per line for a
+        repeatable option), a flag set to yes becomes C{--key} and one set
+        to no nothing, and each handler section's key becomes a
+        C{--handler-option}.
+        """
+        path = self.write(
+            """
+            [sipcore]
+            server-id = 3
+            db-init = yes
+            list-handlers = no
+            listen =
+                udp:5070
+                tcp:5070
+            [handler:location-cleanup]
+            batch-size = 7
+            """
+        )
+        self.assertEqual(
+            configArguments(readConfig(path), Options()),
+            [
+                "--server-id=3",
+                "--db-init",
+                "--listen=udp:5070",
+                "--listen=tcp:5070",
+                "--handler-option=location-cleanup:batch-size=7",
+            ],
+        )
 
     def test_everyKind(self) -> None:
         """
@@ -193,7 +226,7 @@ class ApplyTests(ConfigTestCase):
     def test_commandLineOverrides(self) -> None:
         """
         An option on the command line, before or after C{--config}, wins
-        over the file; a repeatable one replaces the file's whole list.
+        over the file; a repeatable one adds its values after the file's.
         """
         path = self.write(
             """
@@ -210,7 +243,7 @@ class ApplyTests(ConfigTestCase):
         )
         self.assertEqual(options["server-id"], 9)
         self.assertEqual(options["max-expires"], 7200)
-        self.assertEqual(options["listen"], ["tcp:6000"])
+        self.assertEqual(options["listen"], ["udp:5070", "tcp:5070", "tcp:6000"])
 
     def test_handlerOptionsMergePerKey(self) -> None:
         """
@@ -284,8 +317,9 @@ class ApplyTests(ConfigTestCase):
         """
         A bad listener in the file is refused with the listener's message.
         """
-        message = self.refused("[sipcore]\nlisten =\n    udp:5060\n    sctp:5060\n")
-        self.assertTrue(message.startswith(": [sipcore] listen: --listen sctp:5060: "), message)
+        path = self.write("[sipcore]\nlisten =\n    udp:5060\n    sctp:5060\n")
+        e = self.assertRaises(usage.UsageError, self.parse, "--config", path)
+        self.assertTrue(str(e).startswith("--listen sctp:5060: "), str(e))
 
     def test_badFlag(self) -> None:
         """
@@ -300,21 +334,25 @@ class ApplyTests(ConfigTestCase):
         """
         A C{handler-option} line that is not NAME:key=value is refused.
         """
+        path = self.write("[sipcore]\nhandler-option = location-cleanup\n")
+        e = self.assertRaises(usage.UsageError, self.parse, "--config", path)
         self.assertEqual(
-            self.refused("[sipcore]\nhandler-option = location-cleanup\n"),
-            ": [sipcore] handler-option: expected NAME:key=value, not 'location-cleanup'",
+            str(e), "--handler-option 'location-cleanup': expected NAME:key=value"
         )
 
     def test_sectionOfDisabledHandler(self) -> None:
         """
-        Options for a handler that is not enabled are refused, saying how
-        to enable it.
+        Options for a handler that is not enabled are refused when the
+        service is built, saying how to enable it.
         """
+        path = self.write("[sipcore]\nlisten = tcp:0\n[handler:connection-audit]\nbatch-size = 5\n")
+        e = self.assertRaises(
+            HandlerConfigError, buildService, self.parse("--config", path), UDPMemoryReactor()
+        )
         self.assertEqual(
-            self.refused("[handler:connection-audit]\nbatch-size = 5\n"),
-            ": [handler:connection-audit]: handler 'connection-audit' is not enabled; "
-            "enable it with 'handler = connection-audit' in [sipcore] or "
-            "--handler connection-audit",
+            str(e),
+            "options given (--handler-option or [handler:NAME]) for handler(s) not enabled: "
+            "connection-audit; enable them with --handler NAME",
         )
 
     def test_enabledOnCommandLine(self) -> None:
@@ -333,6 +371,16 @@ class ApplyTests(ConfigTestCase):
         path = self.write("[sipcore]\n")
         e = self.assertRaises(usage.UsageError, self.parse, "--config", path, "--config", path)
         self.assertEqual(str(e), "--config may be given only once")
+
+    def test_configInFull(self) -> None:
+        """
+        C{--config=FILE} reads the file too; an abbreviation of C{--config}
+        is refused rather than ignored.
+        """
+        path = self.write("[sipcore]\nserver-id = 5\n")
+        self.assertEqual(self.parse("--config=" + path)["server-id"], 5)
+        e = self.assertRaises(usage.UsageError, self.parse, "--conf", path)
+        self.assertEqual(str(e), "write --config FILE or --config=FILE in full")
 
     def test_laterChecksStillApply(self) -> None:
         """

@@ -38,30 +38,25 @@ from psycopg2 import sql
 from twisted.internet import defer, reactor, utils
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 from zope.interface.verify import verifyObject
 
 import twisted.plugins
 from sipcore.events import TCP_CLOSED
-from sipcore.events.plugins import HANDLER_API_VERSION, HandlerConfigError, findHandlers
-from sipcore.interfaces import IEventHandler
+from sipcore.events.discovery import findHandlers
+from sipcore.interfaces import IHandlerPlugin
 from sipcore.location import Binding
 from sipcore.plugin import (
+    HANDLER_API_VERSION,
     Handler,
+    HandlerConfigError,
     HandlerContext,
     HandlerError,
     HandlerImportError,
-    LazyHandler,
-    Option,
-    OptionError,
-    boolean,
-    choice,
+    HandlerPlugin,
     handles,
-    integer,
-    number,
-    parseOptions,
-    text,
 )
 from sipcore.tap import Options, buildService, makeService
 from sipcore.testing import UDPMemoryReactor, connectionEvent
@@ -213,21 +208,18 @@ def addPluginDirectory(testCase: SynchronousTestCase, modules: dict[str, str]) -
     return unique
 
 
-class Exploding:
+class Exploding(Handler):
     """
     A handler implementation that raises on every event.
     """
-
-    def __init__(self, context: Any) -> None:
-        self.context = context
 
     def handle(self, event: Any) -> None:
         raise RuntimeError("exploding handler")
 
 
 EXPLODE = """
-from sipcore.plugin import LazyHandler
-explode = LazyHandler(
+from sipcore.plugin import HandlerPlugin
+explode = HandlerPlugin(
     "explode", "raises on every close", ("tcp:closed", "tcp:reset", "tcp:timeout"),
     implementation="tests.test_example_plugin.Exploding", priority=0,
 )
@@ -236,46 +228,45 @@ explode = LazyHandler(
 NONPROVIDER = """
 from twisted.plugin import IPlugin
 from zope.interface import implementer
-from sipcore.interfaces import IEventHandler
+from sipcore.interfaces import IHandlerPlugin
 
-@implementer(IPlugin, IEventHandler)
-class NoHandle:
-    name = "nohandle"
-    description = "lacks handle()"
+@implementer(IPlugin, IHandlerPlugin)
+class NoMaker:
+    name = "nomaker"
+    description = "lacks makeHandler()"
     events = ("tcp:closed",)
     priority = 1
-    apiVersion = 1
+    apiVersion = 2
+    implementation = "x.Y"
+    timeout = concurrency = backlog = None
 
-    def start(self, context):
+    def makeOptions(self):
         pass
 
-    def stop(self):
-        pass
-
-nohandle = NoHandle()
+nomaker = NoMaker()
 """
 
 DUPLICATE = """
-from sipcore.plugin import LazyHandler
-again = LazyHandler("location-cleanup", "a second location-cleanup", ("tcp:closed",),
+from sipcore.plugin import HandlerPlugin
+again = HandlerPlugin("location-cleanup", "a second location-cleanup", ("tcp:closed",),
                     implementation="x.Y")
 """
 
 BROKEN = """
-from sipcore.plugin import LazyHandler
-broken = LazyHandler("broken", "never seen", ("tcp:closed",), implementation="x.Y")
+from sipcore.plugin import HandlerPlugin
+broken = HandlerPlugin("broken", "never seen", ("tcp:closed",), implementation="x.Y")
 raise RuntimeError("this plugin module is broken")
 """
 
 FUTURE = """
-from sipcore.plugin import LazyHandler
-future = LazyHandler("future", "from the future", ("tcp:closed",),
+from sipcore.plugin import HandlerPlugin
+future = HandlerPlugin("future", "from the future", ("tcp:closed",),
                      implementation="x.Y", apiVersion=99)
 """
 
 MISSING = """
-from sipcore.plugin import LazyHandler
-missing = LazyHandler("missing", "its implementation is not installed", ("tcp:closed",),
+from sipcore.plugin import HandlerPlugin
+missing = HandlerPlugin("missing", "its implementation is not installed", ("tcp:closed",),
                       implementation="sipcore_no_such_package.handler.Missing")
 """
 
@@ -297,23 +288,23 @@ class RefusalTests(SynchronousTestCase):
 
     def test_doesNotProvideInterface(self) -> None:
         """
-        A plugin that declares L{IEventHandler} but lacks C{handle} is
-        refused when configured, saying what is missing.
+        A plugin that declares L{IHandlerPlugin} but lacks C{makeHandler}
+        is refused when configured, saying what is missing.
         """
-        names = addPluginDirectory(self, {"nohandle": NONPROVIDER})
-        e = self.assertRaises(HandlerConfigError, self.build, "--handler", "nohandle")
+        names = addPluginDirectory(self, {"nomaker": NONPROVIDER})
+        e = self.assertRaises(HandlerConfigError, self.build, "--handler", "nomaker")
         message = str(e)
-        self.assertTrue(message.startswith("handler not available: 'nohandle'; known handlers: "))
+        self.assertTrue(message.startswith("handler not available: 'nomaker'; known handlers: "))
         self.assertIn(
-            "plugin problems: nohandle: <twisted.plugins.{0}.NoHandle object".format(
-                names["nohandle"]
+            "plugin problems: nomaker: <twisted.plugins.{0}.NoMaker object".format(
+                names["nomaker"]
             ),
             message,
         )
-        self.assertIn("(plugin twisted.plugins.{}.nohandle)".format(names["nohandle"]), message)
-        self.assertIn("does not provide IEventHandler: ", message)
-        self.assertIn("The sipcore.interfaces.IEventHandler.handle(event) attribute was not "
-                      "provided.", message)
+        self.assertIn("(plugin twisted.plugins.{}.nomaker)".format(names["nomaker"]), message)
+        self.assertIn("does not provide IHandlerPlugin: ", message)
+        self.assertIn("The sipcore.interfaces.IHandlerPlugin.makeHandler(context) attribute was "
+                      "not provided.", message)
 
     def test_duplicateName(self) -> None:
         """
@@ -374,24 +365,24 @@ class RefusalTests(SynchronousTestCase):
     def test_implementationMissing(self) -> None:
         """
         A plugin whose implementation cannot be imported is found (its
-        module is light) but fails sipcore's start with
-        L{HandlerImportError} naming the handler; nothing listens.
+        module is light) but stops the build of the service with
+        L{HandlerImportError} naming the handler; C{makeService} exits with
+        the message.
         """
         addPluginDirectory(self, {"missing": MISSING})
         reactor = UDPMemoryReactor()
-        service = buildService(parse("--handler", "missing"), reactor)
-        service.startService()
-        failure = service.startFailure
-        self.assertIsInstance(failure.value, HandlerImportError)
+        e = self.assertRaises(
+            HandlerImportError, buildService, parse("--handler", "missing"), reactor)
         self.assertTrue(
-            str(failure.value).startswith(
+            str(e).startswith(
                 "handler 'missing': cannot import its implementation "
                 "'sipcore_no_such_package.handler.Missing': ObjectNotFound"
             ),
-            str(failure.value),
+            str(e),
         )
         self.assertEqual(reactor.tcpServers, [])
-        self.flushLoggedErrors(HandlerImportError)
+        exit = self.assertRaises(SystemExit, makeService, parse("--handler", "missing"))
+        self.assertTrue(str(exit.code).startswith("sipcore: handler 'missing': cannot import"))
 
 
 # ---------------------------------------------------------------------------
@@ -467,15 +458,15 @@ class InstalledExampleTests(TestCase):
 
     def test_discovered(self) -> None:
         """
-        C{findHandlers} finds the installed plugin: a L{LazyHandler} that
-        provides L{IEventHandler}, defined in the installed module.
+        C{findHandlers} finds the installed plugin: a L{HandlerPlugin} that
+        provides L{IHandlerPlugin}, defined in the installed module.
         """
         useInstalled(self, self.target)
         found = findHandlers()
         self.assertEqual(found.problems, [])
         webhook = found["webhook"]
-        self.assertIsInstance(webhook, LazyHandler)
-        self.assertTrue(verifyObject(IEventHandler, webhook))
+        self.assertIsInstance(webhook, HandlerPlugin)
+        self.assertTrue(verifyObject(IHandlerPlugin, webhook))
         module = sys.modules["twisted.plugins.sipcore_webhook_plugin"]
         self.assertTrue(module.__file__.startswith(self.target), module.__file__)
 
@@ -559,13 +550,14 @@ class InstalledExampleTests(TestCase):
 # The plugin author's API (sipcore.plugin)
 
 
-class SlowHandler:
+class SlowHandler(Handler):
     """
     A handler implementation whose Deferreds never fire by themselves.
     """
 
     def __init__(self, context: Any) -> None:
         self.pending: list[defer.Deferred[None]] = []
+        super().__init__(context)
 
     def handle(self, event: Any) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
@@ -574,8 +566,8 @@ class SlowHandler:
 
 
 SLOW = """
-from sipcore.plugin import LazyHandler
-slow = LazyHandler(
+from sipcore.plugin import HandlerPlugin
+slow = HandlerPlugin(
     "slow", "never answers", ("tcp:closed",),
     implementation="tests.test_example_plugin.SlowHandler",
     priority=0, timeout=5.0, concurrency=1, backlog=1,
@@ -620,71 +612,6 @@ class ServiceIsolationTests(SynchronousTestCase):
         clock.advance(5.0)
         self.assertEqual((slow.timedOut, slow.running, slow.fired), (2, 0, 2))
         self.successResultOf(service.stopService())
-
-
-class OptionParsingTests(SynchronousTestCase):
-    """
-    L{parseOptions} and the option parsers.
-    """
-
-    spec = {
-        "size": Option(integer(minimum=1, maximum=10), 5, "how many"),
-        "ratio": Option(number(minimum=0.0), 0.5),
-        "strict": Option(boolean, False),
-        "mode": Option(choice("fast", "safe"), "safe"),
-        "url": Option(text, ""),
-    }
-
-    def test_defaults(self) -> None:
-        """
-        Options not given get their defaults, unparsed.
-        """
-        self.assertEqual(
-            parseOptions("h", self.spec, {}),
-            {"size": 5, "ratio": 0.5, "strict": False, "mode": "safe", "url": ""},
-        )
-
-    def test_parsed(self) -> None:
-        """
-        Given options are parsed to their types.
-        """
-        values = parseOptions(
-            "h", self.spec,
-            {"size": " 10 ", "ratio": "2.5", "strict": "Yes", "mode": "fast", "url": " x "},
-        )
-        self.assertEqual(
-            values, {"size": 10, "ratio": 2.5, "strict": True, "mode": "fast", "url": " x "}
-        )
-
-    def test_unknown(self) -> None:
-        """
-        Unknown options are refused together, with the known ones.
-        """
-        e = self.assertRaises(OptionError, parseOptions, "h", self.spec, {"b": "1", "a": "2"})
-        self.assertEqual(
-            str(e),
-            "handler 'h': unknown options 'a', 'b'; known options: mode, ratio, size, strict, url",
-        )
-        self.assertIsInstance(e, ValueError)
-        self.assertIsInstance(e, HandlerError)
-
-    def test_invalid(self) -> None:
-        """
-        Each parser's refusal names the option, the value and the reason.
-        """
-        cases = [
-            ({"size": "x"}, "option size='x': must be an integer"),
-            ({"size": "0"}, "option size='0': must be at least 1"),
-            ({"size": "11"}, "option size='11': must be at most 10"),
-            ({"ratio": "nan"}, "option ratio='nan': must be a finite number"),
-            ({"ratio": "-1"}, "option ratio='-1': must be at least 0.0"),
-            ({"strict": "maybe"}, "option strict='maybe': must be yes or no (true/false, "
-                                  "on/off, 1/0)"),
-            ({"mode": "quick"}, "option mode='quick': must be one of fast, safe"),
-        ]
-        for given, message in cases:
-            e = self.assertRaises(OptionError, parseOptions, "h", self.spec, given)
-            self.assertEqual(str(e), "handler 'h': " + message)
 
 
 class HandlesTests(SynchronousTestCase):
@@ -758,27 +685,44 @@ class HandlesTests(SynchronousTestCase):
         e = self.assertRaises(HandlerError, handler.requireDatabase)
         self.assertIn("handler 'needs-db' needs a PostgreSQL database", str(e))
 
-    def test_lazyHandlerChecksEvents(self) -> None:
+    def test_pluginChecksEvents(self) -> None:
         """
-        A descriptor subscribing to an event its L{Handler} has no method
-        for is refused at start; the context learns the handler's name.
+        A plugin subscribing to an event its L{Handler} has no method for
+        refuses to make the handler.
         """
-        descriptor = LazyHandler(
+        partial = HandlerPlugin(
             "partial", "closes only", ("tcp:closed", "tcp:timeout"),
             implementation="tests.test_example_plugin.ClosedOnly",
         )
-        context = HandlerContext(0, Clock(), None)
-        e = self.assertRaises(HandlerError, descriptor.start, context)
+        e = self.assertRaises(
+            HandlerError, partial.makeHandler, HandlerContext(0, Clock(), None))
         self.assertEqual(
             str(e),
             "handler 'partial' subscribes to tcp:timeout but its implementation "
             "tests.test_example_plugin.ClosedOnly has no @handles method for it",
         )
-        self.assertEqual(context.handlerName, "partial")
-        good = LazyHandler("closed-only", "closes only", ("tcp:closed",),
-                           implementation="tests.test_example_plugin.ClosedOnly")
-        self.assertIsNone(good.start(HandlerContext(0, Clock(), None)))
-        self.assertEqual(good.handle(connectionEvent(TCP_CLOSED)), "closed-only")
+        good = HandlerPlugin("closed-only", "closes only", ("tcp:closed",),
+                             implementation="tests.test_example_plugin.ClosedOnly")
+        handler = good.makeHandler(HandlerContext(0, Clock(), None, handlerName="closed-only"))
+        self.assertIsNone(handler.start())
+        self.assertEqual(handler.handle(connectionEvent(TCP_CLOSED)), "closed-only")
+
+    def test_optionDefaults(self) -> None:
+        """
+        A context without options gives a L{Handler} its C{Options}
+        defaults.
+        """
+        handler = Sized(HandlerContext(0, Clock(), None))
+        self.assertEqual(handler.options["size"], 3)
+
+
+class Sized(Handler):
+    """
+    Has one option.
+    """
+
+    class Options(usage.Options):
+        optParameters = [["size", None, 3, "how many", int]]
 
 
 class ClosedOnly(Handler):

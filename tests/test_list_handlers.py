@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_list_handlers -*-
 """
 Tests for C{twistd sipcore --list-handlers} (L{sipcore.tap.listHandlers}
-and L{sipcore.plugin.describeHandler}).
+and L{sipcore.events.discovery.describeHandler}).
 """
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ from __future__ import annotations
 import io
 import sys
 
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from sipcore.events.plugins import HANDLER_API_VERSION
-from sipcore.plugin import Handler, Option, boolean, handles, integer, text
+from sipcore.plugin import HANDLER_API_VERSION, Handler, boolean, handles, integer
 from sipcore.tap import Options, listHandlers, makeService
 from tests.test_plugins import BROKEN, PluginPackageMixin
 
 GOOD = """
-from sipcore.plugin import LazyHandler
-good = LazyHandler(
+from sipcore.plugin import HandlerPlugin
+good = HandlerPlugin(
     "good", "a good handler", ("tcp:closed", "websocket:closed"),
     implementation="tests.test_list_handlers.GoodHandler",
     priority=5, timeout=2.5, concurrency=3,
@@ -26,25 +26,25 @@ good = LazyHandler(
 """
 
 PLAIN = """
-from sipcore.plugin import LazyHandler
-plain = LazyHandler(
+from sipcore.plugin import HandlerPlugin
+plain = HandlerPlugin(
     "plain", "an implementation without declared options", ("tcp:reset",),
-    implementation="tests.test_plugins.FakeImplementation",
+    implementation="tests.test_list_handlers.NoOptions",
 )
 """
 
 MISSING = """
-from sipcore.plugin import LazyHandler
-missing = LazyHandler(
+from sipcore.plugin import HandlerPlugin
+missing = HandlerPlugin(
     "missing", "not installed", ("tcp:closed",),
     implementation="tests.test_list_handlers.NoSuchHandler",
 )
 """
 
 FUTURE = """
-from sipcore.plugin import LazyHandler
-future = LazyHandler("future", "from the future", ("tcp:closed",),
-                     implementation="x.Y", apiVersion=2)
+from sipcore.plugin import HandlerPlugin
+future = HandlerPlugin("future", "from the future", ("tcp:closed",),
+                     implementation="x.Y", apiVersion=1)
 """
 
 
@@ -53,15 +53,23 @@ class GoodHandler(Handler):
     A handler with declared options.
     """
 
-    options = {
-        "size": Option(integer(minimum=1), 10, "how many"),
-        "url": Option(text, "", "where"),
-        "strict": Option(boolean, False),
-    }
+    class Options(usage.Options):
+        optParameters = [
+            ["size", None, 10, "how many", integer(minimum=1)],
+            ["url", None, "", "where"],
+            ["strict", None, False, None, boolean],
+        ]
+        optFlags = [["verbose", None, "say more"]]
 
     @handles("tcp:closed", "websocket:closed")
     def closed(self, event: object) -> None:
         pass
+
+
+class NoOptions(Handler):
+    """
+    A handler with no options of its own.
+    """
 
 
 class ListTests(PluginPackageMixin, SynchronousTestCase):
@@ -88,22 +96,24 @@ class ListTests(PluginPackageMixin, SynchronousTestCase):
             "    a good handler\n"
             "    events:         tcp:closed, websocket:closed\n"
             "    priority:       5\n"
-            "    API version:    1\n"
+            "    API version:    2\n"
             "    limits:         timeout 2.5, concurrency 3, backlog (bus default)\n"
             "    implementation: tests.test_list_handlers.GoodHandler\n"
             "    options:\n"
             "      size = 10      how many\n"
             "      strict = no\n"
             "      url = (empty)  where\n"
+            "      verbose = no   say more\n"
             "\n"
             "plain  [off by default; enable with --handler plain]\n"
             "    an implementation without declared options\n"
             "    events:         tcp:reset\n"
             "    priority:       100\n"
-            "    API version:    1\n"
+            "    API version:    2\n"
             "    limits:         timeout (bus default), concurrency (bus default), "
             "backlog (bus default)\n"
-            "    implementation: tests.test_plugins.FakeImplementation\n".format(
+            "    implementation: tests.test_list_handlers.NoOptions\n"
+            "    options:        (none)\n".format(
                 HANDLER_API_VERSION
             ),
         )
@@ -132,10 +142,10 @@ class ListTests(PluginPackageMixin, SynchronousTestCase):
             "    {}.broken: failed to load: RuntimeError: this plugin module is broken".format(
                 package.__name__)), lines[0])
         self.assertTrue(lines[1].startswith("    future: "), lines[1])
-        self.assertIn("written for handler API version 2, but this sipcore implements", lines[1])
+        self.assertIn("written for handler API version 1, but this sipcore implements", lines[1])
         self.assertTrue(lines[2].startswith(
-            "    missing: cannot import its implementation tests.test_list_handlers."
-            "NoSuchHandler: "), lines[2])
+            "    handler 'missing': cannot import its implementation 'tests.test_list_handlers."
+            "NoSuchHandler': "), lines[2])
         self.assertNotIn("\nfuture  [", head)
         self.flushLoggedErrors(RuntimeError)
 

@@ -17,7 +17,7 @@ from twisted.plugin import IPlugin, getPlugins
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
-from sipcore.interfaces import IEventHandler
+from sipcore.interfaces import IHandlerPlugin
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,10 +48,10 @@ class PluginLayoutTests(TestCase):
         """
         The built-in handler plugins are found and provide the interfaces.
         """
-        found = {p.name: p for p in getPlugins(IEventHandler)}
+        found = {p.name: p for p in getPlugins(IHandlerPlugin)}
         self.assertIn("location-cleanup", found)
         for plugin in found.values():
-            self.assertTrue(verifyObject(IEventHandler, plugin))
+            self.assertTrue(verifyObject(IHandlerPlugin, plugin))
             self.assertTrue(IPlugin.providedBy(plugin))
 
 
@@ -127,10 +127,10 @@ class WheelTests(TestCase):
             "import sys, sipcore\n"
             "from twisted.plugin import getPlugins\n"
             "from twisted.application.service import IServiceMaker\n"
-            "from sipcore.interfaces import IEventHandler\n"
+            "from sipcore.interfaces import IHandlerPlugin\n"
             "print(sipcore.__file__)\n"
             "print([p.tapname for p in getPlugins(IServiceMaker)])\n"
-            "print([p.name for p in getPlugins(IEventHandler)])\n"
+            "print([p.name for p in getPlugins(IHandlerPlugin)])\n"
             "print(sys.modules['twisted.plugins.sipcore_server'].__file__)\n"
         )
         out = subprocess.run([sys.executable, "-c", probe], cwd=str(self.work), env=env,

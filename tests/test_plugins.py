@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_plugins -*-
 """
-Tests for L{sipcore.events.plugins} (finding and choosing handler plugins)
-and L{sipcore.plugin} (helpers for plugin authors).
+Tests for L{sipcore.events.discovery} (finding and choosing handler
+plugins) and L{sipcore.plugin} (the plugin descriptor, the context and the
+options).
 """
 
 from __future__ import annotations
@@ -16,31 +17,48 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sipcore.events import TCP_CLOSED, ConnectionEvent
-from sipcore.events.plugins import (
-    HANDLER_API_VERSION,
+from sipcore.events.discovery import (
     FoundHandlers,
-    HandlerConfigError,
+    PluginProblem,
     discoverHandlers,
     findHandlers,
     selectHandlers,
 )
-from sipcore.interfaces import IEventHandler, IHandlerContext
+from sipcore.interfaces import IEventHandler, IHandlerContext, IHandlerPlugin
 from sipcore.jobs import JobQueue
-from sipcore.plugin import HandlerContext, HandlerImportError, HandlerNotStarted, LazyHandler
+from sipcore.plugin import (
+    HANDLER_API_VERSION,
+    EnabledHandler,
+    HandlerConfigError,
+    HandlerContext,
+    HandlerImportError,
+    HandlerPlugin,
+    OptionError,
+    boolean,
+    integer,
+    number,
+    parseOptions,
+)
 
 _counter = itertools.count()
 
 
 class FakeImplementation:
     """
-    A handler implementation for L{LazyHandler} tests.
+    A handler implementation for L{HandlerPlugin} tests that is not a
+    L{sipcore.plugin.Handler}.
     """
 
     instances: list[FakeImplementation] = []
+
+    class Options(usage.Options):
+        optParameters = [["size", None, 10, "how many", integer(minimum=1)]]
+        optFlags = [["strict", None, "refuse more"]]
 
     def __init__(self, context: Any) -> None:
         self.context = context
@@ -63,16 +81,16 @@ class FakeImplementation:
 
 
 GOOD = """
-from sipcore.plugin import LazyHandler
-good = LazyHandler(
+from sipcore.plugin import HandlerPlugin
+good = HandlerPlugin(
     "good", "a good handler", ("tcp:closed",),
     implementation="tests.test_plugins.FakeImplementation",
 )
 """
 
 SECOND = """
-from sipcore.plugin import LazyHandler
-second = LazyHandler(
+from sipcore.plugin import HandlerPlugin
+second = HandlerPlugin(
     "second", "another good handler", ("tcp:closed", "websocket:closed"),
     implementation="tests.test_plugins.FakeImplementation", priority=5,
 )
@@ -89,44 +107,43 @@ def (:
 NONPROVIDER = """
 from twisted.plugin import IPlugin
 from zope.interface import implementer
-from sipcore.interfaces import IEventHandler
+from sipcore.interfaces import IHandlerPlugin
 
-@implementer(IPlugin, IEventHandler)
+@implementer(IPlugin, IHandlerPlugin)
 class Incomplete:
     name = "incomplete"
-    description = "lacks handle()"
+    description = "lacks makeHandler()"
     events = ("tcp:closed",)
     priority = 1
-    apiVersion = 1
+    apiVersion = 2
+    implementation = "x.Y"
+    timeout = concurrency = backlog = None
 
-    def start(self, context):
-        pass
-
-    def stop(self):
+    def makeOptions(self):
         pass
 
 incomplete = Incomplete()
 """
 
 DUP1 = """
-from sipcore.plugin import LazyHandler
-one = LazyHandler("dup", "first", ("tcp:closed",), implementation="x.One")
+from sipcore.plugin import HandlerPlugin
+one = HandlerPlugin("dup", "first", ("tcp:closed",), implementation="x.One")
 """
 
 DUP2 = """
-from sipcore.plugin import LazyHandler
-two = LazyHandler("dup", "second", ("tcp:closed",), implementation="x.Two")
+from sipcore.plugin import HandlerPlugin
+two = HandlerPlugin("dup", "second", ("tcp:closed",), implementation="x.Two")
 """
 
 NEWAPI = """
-from sipcore.plugin import LazyHandler
-future = LazyHandler("future", "from the future", ("tcp:closed",),
+from sipcore.plugin import HandlerPlugin
+future = HandlerPlugin("future", "from the future", ("tcp:closed",),
                      implementation="x.Y", apiVersion=99)
 """
 
 BADEVENT = """
-from sipcore.plugin import LazyHandler
-typo = LazyHandler("typo", "misspelt event", ("tcp:close",), implementation="x.Y")
+from sipcore.plugin import HandlerPlugin
+typo = HandlerPlugin("typo", "misspelt event", ("tcp:close",), implementation="x.Y")
 """
 
 OTHERPLUGIN = """
@@ -189,14 +206,14 @@ class DiscoveryTests(PluginPackageMixin, SynchronousTestCase):
     def test_findsGoodPlugins(self) -> None:
         """
         Every valid handler plugin is found by name and provides
-        L{IEventHandler}; other plugin kinds are ignored silently.
+        L{IHandlerPlugin}; other plugin kinds are ignored silently.
         """
         package = self.makePackage({"good": GOOD, "second": SECOND, "other": OTHERPLUGIN})
         found = findHandlers(package)
         self.assertIsInstance(found, FoundHandlers)
         self.assertEqual(sorted(found), ["good", "second"])
         for provider in found.values():
-            self.assertTrue(verifyObject(IEventHandler, provider))
+            self.assertTrue(verifyObject(IHandlerPlugin, provider))
         self.assertEqual(found.problems, [])
 
     def test_moduleRaisingAtImport(self) -> None:
@@ -256,7 +273,7 @@ class DiscoveryTests(PluginPackageMixin, SynchronousTestCase):
 
     def test_nonProvider(self) -> None:
         """
-        An object that declares L{IEventHandler} but lacks part of it is
+        An object that declares L{IHandlerPlugin} but lacks part of it is
         reported by name with what is missing, and not returned.
         """
         package = self.makePackage({"incomplete": NONPROVIDER, "good": GOOD})
@@ -264,8 +281,9 @@ class DiscoveryTests(PluginPackageMixin, SynchronousTestCase):
         self.assertEqual(list(found), ["good"])
         (problem,) = found.problems
         self.assertEqual(problem.plugin, "incomplete")
-        self.assertIn("does not provide IEventHandler", problem.message)
-        self.assertIn("handle", problem.message)
+        self.assertIn("does not provide IHandlerPlugin", problem.message)
+        self.assertIn("makeHandler", problem.message)
+        self.assertIn("(plugin {}.incomplete.incomplete)".format(package.__name__), problem.message)
 
     def test_duplicates(self) -> None:
         """
@@ -318,7 +336,7 @@ class DiscoveryTests(PluginPackageMixin, SynchronousTestCase):
             e
             for e in events
             if e.get("log_level") == LogLevel.error
-            and e.get("log_namespace") == "sipcore.events.plugins"
+            and e.get("log_namespace") == "sipcore.events.discovery"
         ]
         self.assertEqual(sorted(e["plugin"] for e in errors), ["dup", "future"])
 
@@ -344,8 +362,8 @@ class SelectTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.a = LazyHandler("a", "A", (TCP_CLOSED,), implementation="x.A")
-        self.b = LazyHandler("b", "B", (TCP_CLOSED,), implementation="x.B")
+        self.a = HandlerPlugin("a", "A", (TCP_CLOSED,), implementation="x.A")
+        self.b = HandlerPlugin("b", "B", (TCP_CLOSED,), implementation="x.B")
 
     def test_configuredOrder(self) -> None:
         """
@@ -374,8 +392,6 @@ class SelectTests(SynchronousTestCase):
         """
         from twisted.python.failure import Failure
 
-        from sipcore.events.plugins import PluginProblem
-
         try:
             raise ImportError("no module named txfoo")
         except ImportError:
@@ -394,143 +410,223 @@ class SelectTests(SynchronousTestCase):
         self.assertNotIn("unrelated", str(e))
 
 
-class LazyHandlerTests(PluginPackageMixin, SynchronousTestCase):
+class HandlerPluginTests(PluginPackageMixin, SynchronousTestCase):
     """
-    L{LazyHandler}.
+    L{HandlerPlugin}.
     """
 
     def setUp(self) -> None:
         FakeImplementation.instances = []
 
-    def makeHandler(self, **kwargs: Any) -> LazyHandler:
-        return LazyHandler(
+    def makePlugin(self, **kwargs: Any) -> HandlerPlugin:
+        return HandlerPlugin(
             "fake",
             "a fake handler",
-            [TCP_CLOSED],
+            (TCP_CLOSED,),
             implementation="tests.test_plugins.FakeImplementation",
             **kwargs,
         )
 
     def test_verifyObject(self) -> None:
         """
-        L{LazyHandler} provides L{IEventHandler}.
+        L{HandlerPlugin} provides L{IHandlerPlugin}.
         """
-        self.assertTrue(verifyObject(IEventHandler, self.makeHandler()))
+        self.assertTrue(verifyObject(IHandlerPlugin, self.makePlugin()))
 
     def test_defaults(self) -> None:
         """
         Defaults: priority 100, the current API version, bus defaults for
-        timeout, concurrency and backlog; C{events} becomes a tuple.
+        timeout, concurrency and backlog.
         """
-        handler = self.makeHandler()
-        self.assertEqual(handler.priority, 100)
-        self.assertEqual(handler.apiVersion, HANDLER_API_VERSION)
-        self.assertEqual(handler.events, (TCP_CLOSED,))
-        self.assertIsNone(handler.timeout)
-        self.assertIsNone(handler.concurrency)
-        self.assertIsNone(handler.backlog)
+        plugin = self.makePlugin()
+        self.assertEqual(plugin.priority, 100)
+        self.assertEqual(plugin.apiVersion, HANDLER_API_VERSION)
+        self.assertIsNone(plugin.timeout)
+        self.assertIsNone(plugin.concurrency)
+        self.assertIsNone(plugin.backlog)
 
-    def test_eventsString(self) -> None:
+    def test_immutable(self) -> None:
         """
-        A single string for C{events} is refused.
+        A plugin's attributes cannot be changed.
         """
-        self.assertRaises(TypeError, LazyHandler, "x", "x", TCP_CLOSED, implementation="x.Y")
+        plugin = self.makePlugin()
+        self.assertRaises(AttributeError, setattr, plugin, "priority", 1)
 
-    def test_handleBeforeStart(self) -> None:
+    def test_eventsNotTuple(self) -> None:
         """
-        L{LazyHandler.handle} before start raises a clear error naming the
-        handler.
+        C{events} that is not a tuple (a single string, a list) is refused.
         """
-        e = self.assertRaises(HandlerNotStarted, self.makeHandler().handle, object())
-        self.assertIn("'fake'", str(e))
-        self.assertIn("start", str(e))
+        self.assertRaises(TypeError, HandlerPlugin, "x", "x", TCP_CLOSED, implementation="x.Y")
+        self.assertRaises(TypeError, HandlerPlugin, "x", "x", [TCP_CLOSED], implementation="x.Y")
 
-    def test_startDelegates(self) -> None:
+    def test_freshHandlers(self) -> None:
         """
-        Start imports the implementation, builds it with the context and
-        starts it; handle and stop are delegated; after stop, handle raises
-        again.
+        Each L{HandlerPlugin.makeHandler} call builds a new handler with the
+        context it is given.
         """
-        handler = self.makeHandler()
-        context = object()
-        self.successResultOf(handler.start(context))
-        (impl,) = FakeImplementation.instances
-        self.assertIs(impl.context, context)
-        self.assertTrue(impl.started)
-        event = object()
-        self.assertEqual(handler.handle(event), "handled")
-        self.assertEqual(impl.events, [event])
-        self.assertEqual(handler.stop(), "stopped")
-        self.assertTrue(impl.stopped)
-        self.assertRaises(HandlerNotStarted, handler.handle, event)
+        plugin = self.makePlugin()
+        one, two = object(), object()
+        first = plugin.makeHandler(one)  # type: ignore[arg-type]
+        second = plugin.makeHandler(two)  # type: ignore[arg-type]
+        self.assertIsNot(first, second)
+        self.assertEqual([i.context for i in FakeImplementation.instances], [one, two])
 
-    def test_startTwice(self) -> None:
+    def test_importedOnlyWhenUsed(self) -> None:
         """
-        Starting a started handler raises L{RuntimeError}.
-        """
-        handler = self.makeHandler()
-        handler.start(object())
-        self.assertRaises(RuntimeError, handler.start, object())
-
-    def test_stopBeforeStart(self) -> None:
-        """
-        Stopping an unstarted handler does nothing.
-        """
-        self.assertIsNone(self.makeHandler().stop())
-
-    def test_importedOnlyOnStart(self) -> None:
-        """
-        The implementation module is not imported by building the handler,
-        only by starting it; an implementation without start/stop methods
-        works.
+        The implementation module is not imported by building the plugin,
+        only by making its options or a handler.
         """
         package = self.makePackage(
             {
                 "impl": """
+                from twisted.python import usage
+
                 class Impl:
+                    Options = usage.Options
+
                     def __init__(self, context):
                         self.context = context
+
                     def handle(self, event):
                         return event
                 """
             }
         )
         moduleName = package.__name__ + ".impl"
-        handler = LazyHandler("lazy", "lazy", [TCP_CLOSED], implementation=moduleName + ".Impl")
+        plugin = HandlerPlugin("lazy", "lazy", (TCP_CLOSED,), implementation=moduleName + ".Impl")
         self.assertNotIn(moduleName, sys.modules)
-        self.assertIsNone(handler.start(object()))
+        self.assertIsInstance(plugin.makeOptions(), usage.Options)
         self.assertIn(moduleName, sys.modules)
-        self.assertEqual(handler.handle("e"), "e")
-        self.assertIsNone(handler.stop())
+        self.assertEqual(plugin.makeHandler(object()).handle("e"), "e")  # type: ignore[arg-type]
 
     def test_missingImplementation(self) -> None:
         """
-        An implementation that cannot be imported makes start raise, and
-        the handler stays unstarted.
+        An implementation that cannot be imported makes C{makeOptions} and
+        C{makeHandler} raise L{HandlerImportError} naming the handler and
+        the implementation.
         """
-        handler = LazyHandler(
-            "missing", "m", [TCP_CLOSED], implementation="sipcore_no_such_module_xyz.Impl"
+        plugin = HandlerPlugin(
+            "missing", "m", (TCP_CLOSED,), implementation="sipcore_no_such_module_xyz.Impl"
         )
-        e = self.assertRaises(HandlerImportError, handler.start, object())
-        self.assertIn("'missing'", str(e))
-        self.assertIn("sipcore_no_such_module_xyz.Impl", str(e))
-        self.assertRaises(HandlerNotStarted, handler.handle, object())
+        for make in (plugin.makeOptions, lambda: plugin.makeHandler(object())):  # type: ignore
+            e = self.assertRaises(HandlerImportError, make)
+            self.assertIn("'missing'", str(e))
+            self.assertIn("sipcore_no_such_module_xyz.Impl", str(e))
 
-    def test_worksOnTheBus(self) -> None:
+    def test_noOptionsClass(self) -> None:
         """
-        A started L{LazyHandler} receives events from the L{EventBus}, which
-        honours its C{timeout}.
+        An implementation without C{Options} is refused by C{makeOptions}.
+        """
+        plugin = HandlerPlugin("bare", "b", (TCP_CLOSED,), implementation="tests.test_plugins.Bare")
+        e = self.assertRaises(HandlerImportError, plugin.makeOptions)
+        self.assertEqual(
+            str(e), "handler 'bare': its implementation tests.test_plugins.Bare has no Options class"
+        )
+
+    def test_enabledOnTheBus(self) -> None:
+        """
+        An L{EnabledHandler} carries the plugin's name, events, priority and
+        limits to the L{EventBus}, which delivers to the handler and
+        honours its timeout.
         """
         from sipcore.events.bus import EventBus
 
         clock = Clock()
         bus = EventBus(clock)
-        handler = self.makeHandler(timeout=3.0)
-        handler.start(object())
-        bus.subscribe(handler)
+        enabled = EnabledHandler.make(self.makePlugin(timeout=3.0), object())  # type: ignore
+        self.assertTrue(verifyObject(IEventHandler, enabled))
+        self.assertEqual((enabled.name, enabled.events, enabled.timeout), ("fake", (TCP_CLOSED,), 3.0))
+        self.successResultOf(enabled.start())
+        bus.subscribe(enabled)
         event = ConnectionEvent(TCP_CLOSED, 1, "tcp", ("127.0.0.1", 1), ("127.0.0.1", 2), 0.0)
         self.successResultOf(bus.fire(event))
-        self.assertEqual(FakeImplementation.instances[0].events, [event])
+        (impl,) = FakeImplementation.instances
+        self.assertEqual(impl.events, [event])
+        self.assertEqual(enabled.stop(), "stopped")
+        self.assertTrue(impl.stopped)
+
+
+class Bare:
+    """
+    An implementation without C{Options}.
+    """
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    L{parseOptions} and the coercions.
+    """
+
+    plugin = HandlerPlugin(
+        "fake", "a fake handler", (TCP_CLOSED,),
+        implementation="tests.test_plugins.FakeImplementation",
+    )
+
+    def test_defaults(self) -> None:
+        """
+        Without options, the C{Options} defaults.
+        """
+        options = parseOptions(self.plugin, {})
+        self.assertIsInstance(options, FakeImplementation.Options)
+        self.assertEqual((options["size"], options["strict"]), (10, 0))
+
+    def test_parsed(self) -> None:
+        """
+        C{key=value} text is parsed by the C{Options}: coerced parameters,
+        and flags set by a yes value.
+        """
+        options = parseOptions(self.plugin, {"size": " 42 ", "strict": "yes"})
+        self.assertEqual((options["size"], options["strict"]), (42, 1))
+        self.assertEqual(parseOptions(self.plugin, {"strict": "off"})["strict"], 0)
+
+    def test_unknown(self) -> None:
+        """
+        Unknown options, even prefixes of known ones, are refused together,
+        with the known ones.
+        """
+        e = self.assertRaises(OptionError, parseOptions, self.plugin, {"siz": "1", "b": "2"})
+        self.assertEqual(
+            str(e), "handler 'fake': unknown options 'b', 'siz'; known options: size, strict"
+        )
+        self.assertIsInstance(e, ValueError)
+        e = self.assertRaises(OptionError, parseOptions, self.plugin, {"help": ""})
+        self.assertIn("unknown option 'help'", str(e))
+
+    def test_invalid(self) -> None:
+        """
+        A value the coercion refuses is refused with the reason and the
+        value; so is a flag that is not yes or no.
+        """
+        e = self.assertRaises(OptionError, parseOptions, self.plugin, {"size": "0"})
+        self.assertEqual(
+            str(e), "handler 'fake': Parameter type enforcement failed: must be at least 1, not 0"
+        )
+        e = self.assertRaises(OptionError, parseOptions, self.plugin, {"strict": "maybe"})
+        self.assertEqual(
+            str(e),
+            "handler 'fake': option strict: must be yes or no (true/false, on/off, 1/0), "
+            "not 'maybe'",
+        )
+
+    def test_coercions(self) -> None:
+        """
+        L{integer}, L{number} and L{boolean} convert text and refuse what
+        is out of range or not of their kind, naming the value.
+        """
+        self.assertEqual(integer(maximum=10)("10"), 10)
+        self.assertEqual(number(minimum=0.0)("2.5"), 2.5)
+        self.assertEqual([boolean(w) for w in ("Yes", "on", "1", "FALSE", "no", "0")],
+                         [True, True, True, False, False, False])
+        cases = [
+            (integer(), "x", "must be an integer, not 'x'"),
+            (integer(maximum=10), "11", "must be at most 10, not 11"),
+            (number(), "nan", "must be a finite number, not 'nan'"),
+            (number(), "a", "must be a number, not 'a'"),
+            (number(minimum=0.0), "-1", "must be at least 0.0, not -1.0"),
+        ]
+        for coerce, value, message in cases:
+            e = self.assertRaises(ValueError, coerce, value)
+            self.assertEqual(str(e), message)
 
 
 class HandlerContextTests(SynchronousTestCase):
@@ -545,17 +641,8 @@ class HandlerContextTests(SynchronousTestCase):
         context = HandlerContext(serverId=1, reactor=Clock(), store=object())
         self.assertTrue(verifyObject(IHandlerContext, context))
         self.assertEqual(context.apiVersion, HANDLER_API_VERSION)
-        self.assertEqual(context.options, {})
+        self.assertIsNone(context.options)
         self.assertIsNone(context.dbPool)
-
-    def test_optionsCopied(self) -> None:
-        """
-        The context holds its own copy of the options.
-        """
-        options = {"batch": "10"}
-        context = HandlerContext(1, Clock(), object(), options=options)
-        options["batch"] = "20"
-        self.assertEqual(context.options, {"batch": "10"})
 
     def test_makeJobQueueWithFactory(self) -> None:
         """

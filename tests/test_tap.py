@@ -10,8 +10,8 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore.events import TCP_CLOSED
-from sipcore.events.plugins import HandlerConfigError
 from sipcore.location import Binding
+from sipcore.plugin import HandlerConfigError, OptionError
 from sipcore.tap import Options, buildService, listHandlers
 from sipcore.testing import UDPMemoryReactor, connectionEvent
 
@@ -144,16 +144,31 @@ class BuildServiceTests(SynchronousTestCase):
 
     def test_badHandlerOptionValue(self) -> None:
         """
-        A handler option the handler cannot use fails the start with a
+        A handler option the handler cannot use stops the build with a
         clear message.
         """
-        service = self.build("--handler-option", "location-cleanup:batch-size=many")
-        service.startService()  # type: ignore[attr-defined]
-        failure = service.startFailure  # type: ignore[attr-defined]
-        self.assertIsNotNone(failure)
-        self.assertIn("batch-size", str(failure.value))
-        self.assertEqual(self.reactor.tcpServers, [])
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        e = self.assertRaises(OptionError, self.build,
+                              "--handler-option", "location-cleanup:batch-size=many")
+        self.assertEqual(
+            str(e), "handler 'location-cleanup': Parameter type enforcement failed: "
+            "must be an integer, not 'many'")
+        e = self.assertRaises(OptionError, self.build,
+                              "--handler-option", "location-cleanup:batch=5")
+        self.assertEqual(
+            str(e), "handler 'location-cleanup': unknown option 'batch'; known options: "
+            "batch-delay, batch-size, max-queue")
+
+    def test_handlersOfEachService(self) -> None:
+        """
+        Two services built in one process get handlers of their own, made
+        with their own options.
+        """
+        one = self.build("--handler-option", "location-cleanup:batch-size=5")
+        two = self.build()
+        [first], [second] = one.handlers, two.handlers  # type: ignore[attr-defined]
+        self.assertIsNot(first.handler, second.handler)
+        self.assertEqual([q.batchSize for q in one.queues], [5])  # type: ignore[attr-defined]
+        self.assertEqual([q.batchSize for q in two.queues], [1000])  # type: ignore[attr-defined]
 
     def test_startPurgesOwnConnectionBoundRows(self) -> None:
         """
@@ -243,7 +258,7 @@ class ShutdownDeadlineTests(SynchronousTestCase):
         reactor = UDPMemoryReactor()
         service = buildService(parse("--drain-deadline", "5"), reactor)
         self.successResultOf(service.startService())
-        context = service._makeContext(service.handlers[0])
+        context = service.handlers[0].handler.context
         for name in ("slow-a", "slow-b"):
             queue = context.makeJobQueue(name, lambda items: defer.Deferred())
             queue.start()

@@ -1,68 +1,55 @@
-# -*- test-case-name: tests.test_plugins -*-
+# -*- test-case-name: tests.test_plugins,tests.test_list_handlers -*-
 """
-Finding and choosing handler plugins.
+Finding, checking and choosing handler plugins.
 
-Handler plugins are L{IEventHandler} providers found with
-C{twisted.plugin.getPlugins}.  C{getPlugins} only logs a plugin module that
-failed to import and silently skips much else, so L{findHandlers} checks
-what it finds and reports every problem with the plugin's name:
+Handler plugins are L{IHandlerPlugin} providers in the modules of the
+C{twisted.plugins} package.  L{discoverHandlers} reads Twisted's plugin
+cache (C{twisted.plugin.getCache}, which is what C{getPlugins} reads) and
+loads the handler plugins it names.  C{getPlugins} only logs a plugin module
+that failed to import, so discovery also imports again each module that is
+missing from the cache, to report why.  Every problem names the plugin:
 
   - a plugin module that raised at import;
-  - a provider that does not really provide L{IEventHandler}
+  - a provider that does not really provide L{IHandlerPlugin}
     (C{verifyObject} fails) or whose attributes have the wrong type;
   - a provider written for a handler API version this sipcore does not
     implement;
   - a name used by two plugins (neither is usable);
   - an event name that sipcore never fires.
 
-L{selectHandlers} turns the configured names into providers, and fails
-with L{HandlerConfigError} for a name that is not available.
+L{selectHandlers} turns the configured names into plugins, and fails with
+L{HandlerConfigError} for a name that is not available.  L{describeHandler}
+describes one plugin for C{--list-handlers}.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.plugin import getPlugins
+from twisted.plugin import getCache
 from twisted.python.failure import Failure
 from twisted.python.modules import getModule
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
 from sipcore.events._types import ALL_EVENTS
-from sipcore.interfaces import IEventHandler
+from sipcore.interfaces import IHandlerPlugin
+from sipcore.plugin import SUPPORTED_API_VERSIONS, HandlerConfigError, HandlerError
 
 __all__ = [
-    "HANDLER_API_VERSION",
-    "SUPPORTED_API_VERSIONS",
     "FoundHandlers",
-    "HandlerConfigError",
     "PluginProblem",
+    "describeHandler",
+    "discoverHandlers",
     "findHandlers",
     "selectHandlers",
 ]
 
-#: The handler API version this sipcore implements (L{IEventHandler},
-#: L{sipcore.interfaces.IHandlerContext}).
-HANDLER_API_VERSION = 1
-
-#: The handler API versions a plugin may declare in C{apiVersion}.
-SUPPORTED_API_VERSIONS: tuple[int, ...] = (HANDLER_API_VERSION,)
-
 _log = Logger()
-
-
-class HandlerConfigError(Exception):
-    """
-    The configured handlers cannot be used: a name is unknown or its plugin
-    is broken, or the plugin package cannot be searched.
-    """
 
 
 @dataclass(frozen=True)
@@ -98,92 +85,47 @@ class FoundHandlers(dict[str, Any]):
         self.problems = problems
 
 
-def _pluginsPackage() -> types.ModuleType:
-    import twisted.plugins
-
-    return twisted.plugins
-
-
-def _whereDefined(package: types.ModuleType) -> dict[int, str]:
+def _loadFailed(moduleName: str) -> PluginProblem:
     """
-    Map the id of every object exposed by a loaded plugin module of
-    C{package} to its dotted name (C{package.module.attribute}).
+    The problem of a plugin module whose import just raised (call from an
+    C{except} block).
     """
-    prefix = package.__name__ + "."
-    where: dict[int, str] = {}
-    for moduleName, module in list(sys.modules.items()):
-        if not moduleName.startswith(prefix) or module is None:
-            continue
-        for attribute, value in list(vars(module).items()):
-            where.setdefault(id(value), moduleName + "." + attribute)
-    return where
+    failure = Failure()
+    return PluginProblem(
+        moduleName,
+        "failed to load: {}: {}".format(
+            failure.type.__name__ if failure.type else "?", failure.getErrorMessage()
+        ),
+        failure,
+    )
 
 
-def _describe(provider: object, where: dict[int, str]) -> str:
-    name = where.get(id(provider))
-    if name is None:
-        name = "an object of " + getattr(type(provider), "__module__", "?")
-    return "{!r} (plugin {})".format(provider, name)
-
-
-def _moduleFiles(package: types.ModuleType) -> dict[str, str]:
+def _checkPlugin(plugin: Any) -> str | None:
     """
-    Map the file path (without extension) of every module directly in
-    C{package} to the module's name.  Lists files only: imports nothing.
-    """
-    files: dict[str, str] = {}
-    try:
-        for module in getModule(package.__name__).iterModules():
-            files[os.path.splitext(os.path.abspath(module.filePath.path))[0]] = module.name
-    except Exception:
-        pass
-    return files
-
-
-def _failedModule(failure: Failure, files: dict[str, str]) -> str | None:
-    """
-    The plugin module whose import produced C{failure}, found from the
-    traceback's file names (or a C{SyntaxError}'s file name).
-    """
-    candidates: list[str] = []
-    filename = getattr(failure.value, "filename", None)
-    if isinstance(filename, str):
-        candidates.append(filename)
-    candidates.extend(frame[1] for frame in failure.frames)
-    for path in candidates:
-        stem = os.path.splitext(os.path.abspath(path))[0]
-        if stem in files:
-            return files[stem]
-    return None
-
-
-def _checkProvider(provider: Any) -> str | None:
-    """
-    Why C{provider} cannot be used as a handler, or C{None} if it can.
+    Why C{plugin} cannot be used as a handler plugin, or C{None} if it can.
     """
     try:
-        verifyObject(IEventHandler, provider)
+        verifyObject(IHandlerPlugin, plugin)
     except Invalid as e:
-        return "does not provide IEventHandler: {}".format(" ".join(str(e).split()))
-    name = provider.name
+        return "does not provide IHandlerPlugin: {}".format(" ".join(str(e).split()))
+    name = plugin.name
     if not isinstance(name, str) or not name or name != name.strip():
         return "name must be a non-empty str without surrounding spaces, not {!r}".format(name)
-    apiVersion = provider.apiVersion
-    if apiVersion not in SUPPORTED_API_VERSIONS:
+    if plugin.apiVersion not in SUPPORTED_API_VERSIONS:
         return (
             "written for handler API version {!r}, but this sipcore implements "
-            "version(s) {}".format(apiVersion, ", ".join(map(str, SUPPORTED_API_VERSIONS)))
+            "version(s) {}".format(plugin.apiVersion, ", ".join(map(str, SUPPORTED_API_VERSIONS)))
         )
-    events = provider.events
-    if isinstance(events, str) or not isinstance(events, Iterable):
+    events = plugin.events
+    if not isinstance(events, tuple):
         return "events must be a tuple of event names, not {!r}".format(events)
     unknown = [event for event in events if event not in ALL_EVENTS]
     if unknown:
         return "unknown event name(s) {}; known events: {}".format(
             ", ".join(map(repr, unknown)), ", ".join(ALL_EVENTS)
         )
-    if not isinstance(provider.priority, int):
-        return "priority must be an int, not {!r}".format(provider.priority)
+    if not isinstance(plugin.priority, int):
+        return "priority must be an int, not {!r}".format(plugin.priority)
     return None
 
 
@@ -193,84 +135,71 @@ def discoverHandlers(package: types.ModuleType | None = None) -> FoundHandlers:
 
     @param package: the plugin package to search (default C{twisted.plugins});
         any regular package works.
-    @return: the L{FoundHandlers}: usable providers by name, and problems.
+    @return: the L{FoundHandlers}: usable plugins by name, and problems.
     @raise HandlerConfigError: if the package cannot be searched at all.
     """
     if package is None:
-        package = _pluginsPackage()
-    failures: list[Failure] = []
+        import twisted.plugins
 
-    def observe(event: dict[str, Any]) -> None:
-        failure = event.get("log_failure", event.get("failure"))
-        if isinstance(failure, Failure):
-            failures.append(failure)
-
-    # getPlugins catches an exception raised while importing a plugin module
-    # (or while loading a plugin the dropin cache names) and only logs it:
-    # watch the log while it runs.  It is synchronous, so the window holds
-    # nothing else of ours.
-    from twisted.logger import globalLogPublisher
-
-    globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
+        package = twisted.plugins
     try:
-        found = list(getPlugins(IEventHandler, package))
+        dropins = getCache(package)
+        modules = list(getModule(package.__name__).iterModules())
     except Exception as e:
         raise HandlerConfigError(
             "cannot search {} for handler plugins: {}: {}".format(
-                getattr(package, "__name__", package), type(e).__name__, e
+                package.__name__, type(e).__name__, e
             )
         ) from e
-    finally:
-        globalLogPublisher.removeObserver(observe)  # type: ignore[arg-type]
 
     problems: list[PluginProblem] = []
-    files = _moduleFiles(package) if failures else {}
-    seenModules: set[str] = set()
-    for failure in failures:
-        module = _failedModule(failure, files)
-        place = module if module is not None else "a plugin module in " + package.__name__
-        if place in seenModules:
-            continue
-        seenModules.add(place)
-        problems.append(
-            PluginProblem(
-                place,
-                "failed to load: {}: {}".format(
-                    failure.type.__name__ if failure.type else "?", failure.getErrorMessage()
-                ),
-                failure,
-            )
-        )
+    # A module that failed to import is left out of the cache (getCache only
+    # logs the failure): import it again to say why.
+    for module in modules:
+        if module.name.rpartition(".")[2] not in dropins:
+            try:
+                module.load()
+            except Exception:
+                problems.append(_loadFailed(module.name))
 
-    where = _whereDefined(package)
-    byName: dict[str, list[Any]] = {}
-    for provider in found:
-        reason = _checkProvider(provider)
-        label = getattr(provider, "name", None)
-        if not isinstance(label, str) or not label:
-            label = _describe(provider, where)
-        if reason is not None:
-            problems.append(
-                PluginProblem(label, "{}: {}".format(_describe(provider, where), reason))
-            )
-            continue
-        providers = byName.setdefault(provider.name, [])
-        if not any(p is provider for p in providers):
-            providers.append(provider)
+    byName: dict[str, list[tuple[str, Any]]] = {}
+    for dropin in dropins.values():
+        for cached in dropin.plugins:
+            if not any(i.isOrExtends(IHandlerPlugin) for i in cached.provided):
+                continue
+            where = "{}.{}".format(dropin.moduleName, cached.name)
+            try:
+                plugin = cached.load()
+            except Exception:
+                # Cached while it was good; the module raises now.
+                if all(p.plugin != dropin.moduleName for p in problems):
+                    problems.append(_loadFailed(dropin.moduleName))
+                continue
+            reason = _checkPlugin(plugin)
+            if reason is not None:
+                label = plugin.name if isinstance(getattr(plugin, "name", None), str) else where
+                problems.append(
+                    PluginProblem(label, "{!r} (plugin {}): {}".format(plugin, where, reason))
+                )
+                continue
+            found = byName.setdefault(plugin.name, [])
+            if all(other is not plugin for _, other in found):
+                found.append((where, plugin))
 
     handlers: dict[str, Any] = {}
-    for name, providers in sorted(byName.items()):
-        if len(providers) > 1:
+    for name, found in sorted(byName.items()):
+        if len(found) > 1:
             problems.append(
                 PluginProblem(
                     name,
                     "{} plugins use this name, so none is used: {}".format(
-                        len(providers), "; ".join(_describe(p, where) for p in providers)
+                        len(found),
+                        "; ".join("{!r} (plugin {})".format(p, where) for where, p in found),
                     ),
                 )
             )
         else:
-            handlers[name] = providers[0]
+            handlers[name] = found[0][1]
     return FoundHandlers(handlers, problems)
 
 
@@ -280,7 +209,7 @@ def findHandlers(package: types.ModuleType | None = None) -> FoundHandlers:
     as an error naming the plugin.
 
     @param package: the plugin package to search (default C{twisted.plugins}).
-    @return: a L{FoundHandlers}, a C{dict} of handler name to provider with
+    @return: a L{FoundHandlers}, a C{dict} of handler name to plugin with
         a C{problems} list.
     @raise HandlerConfigError: if the package cannot be searched at all.
     """
@@ -294,30 +223,28 @@ def findHandlers(package: types.ModuleType | None = None) -> FoundHandlers:
 
 def selectHandlers(available: dict[str, Any], names: Sequence[str]) -> list[Any]:
     """
-    The providers of the configured handler names, in the configured order
+    The plugins of the configured handler names, in the configured order
     (a name given twice is used once).
 
     @param available: what L{findHandlers} returned (or any C{dict} of name
-        to provider).
+        to plugin).
     @param names: the configured handler names.
-    @return: a C{list} of L{IEventHandler} providers.
+    @return: a C{list} of L{IHandlerPlugin} providers.
     @raise HandlerConfigError: naming every configured name that is not
         available, the known names, and the plugin problems that may explain
         it.
     """
     selected: list[Any] = []
-    seen: set[str] = set()
     missing: list[str] = []
-    for name in names:
-        if name in seen:
-            continue
-        seen.add(name)
+    for name in dict.fromkeys(names):
         if name in available:
             selected.append(available[name])
         else:
             missing.append(name)
     if missing:
-        problems: list[PluginProblem] = list(getattr(available, "problems", []))
+        problems: list[PluginProblem] = (
+            available.problems if isinstance(available, FoundHandlers) else []
+        )
         related = [p for p in problems if p.plugin in missing]
         other = [p for p in problems if p.plugin not in missing and p.failure is not None]
         message = "handler{} not available: {}; known handlers: {}".format(
@@ -330,3 +257,66 @@ def selectHandlers(available: dict[str, Any], names: Sequence[str]) -> list[Any]
             message += "; plugin problems: " + "; ".join(str(p) for p in explain)
         raise HandlerConfigError(message)
     return selected
+
+
+def describeHandler(plugin: Any) -> tuple[list[str], str | None]:
+    """
+    Describe a handler plugin for C{--list-handlers}: its description,
+    events, priority, API version, limits, implementation (imported, to
+    check it can be) and the options its C{Options} class declares.
+
+    @param plugin: an L{IHandlerPlugin} provider.
+    @return: the indented lines, and a problem (C{str}, naming the
+        handler) when the implementation cannot be imported, else C{None}.
+    """
+    lines = [
+        "    " + str(plugin.description),
+        "    events:         " + ", ".join(plugin.events),
+        "    priority:       {}".format(plugin.priority),
+        "    API version:    {}".format(plugin.apiVersion),
+        "    limits:         " + ", ".join(
+            "{} {}".format(attribute, "(bus default)" if value is None else value)
+            for attribute, value in (
+                ("timeout", plugin.timeout),
+                ("concurrency", plugin.concurrency),
+                ("backlog", plugin.backlog),
+            )
+        ),
+    ]
+    try:
+        options = plugin.makeOptions()
+    except Exception as e:
+        problem = str(e) if isinstance(e, HandlerError) else "handler {!r}: {}: {}".format(
+            plugin.name, type(e).__name__, e)
+        lines.append("    implementation: {} (CANNOT IMPORT: {})".format(
+            plugin.implementation, problem))
+        return lines, problem
+    lines.append("    implementation: {}".format(plugin.implementation))
+    shown = {}
+    for spec in options.longOpt:
+        name = spec.rstrip("=")
+        if name not in ("help", "version"):
+            default = options.defaults.get(name)
+            if not spec.endswith("="):
+                default = bool(default)
+            shown[name] = "{} = {}".format(name, _showDefault(default))
+    if not shown:
+        lines.append("    options:        (none)")
+        return lines, None
+    lines.append("    options:")
+    width = max(map(len, shown.values()))
+    for name in sorted(shown):
+        lines.append("      {}  {}".format(
+            shown[name].ljust(width), options.docs.get(name) or "").rstrip())
+    return lines, None
+
+
+def _showDefault(value: Any) -> str:
+    """
+    An option's default as it would be written in C{--handler-option}.
+    """
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or value == "":
+        return "(empty)"
+    return str(value)

@@ -2,5 +2,5 @@
 """
 Built-in handler implementations.  Their plugin descriptors live in
 C{twisted/plugins/sipcore_handlers.py} and import these modules only when
-the handler is enabled.
+the handler's options are read or the handler is made.
 """

@@ -28,10 +28,12 @@ from typing import Any
 
 import psycopg2
 from twisted.internet import defer
+from twisted.python import usage
 from twisted.python.failure import Failure
 
 from sipcore.events import ALL_EVENTS, ConnectionEvent
-from sipcore.plugin import Handler, HandlerError, Option, boolean, handles, integer, number
+from sipcore.interfaces import IHandlerContext
+from sipcore.plugin import Handler, HandlerError, boolean, handles, integer, number
 
 __all__ = ["COLUMNS", "ConnectionAudit", "insertStatement", "tableDDL"]
 
@@ -133,38 +135,34 @@ class ConnectionAudit(Handler):
     @ivar tableReady: whether the table is known to exist.
     """
 
-    options = {
-        "batch-size": Option(integer(minimum=1), 500, "rows written by one INSERT"),
-        "batch-delay": Option(
-            number(minimum=0), 0.05, "seconds to wait so that a burst shares one INSERT"
-        ),
-        "max-queue": Option(
-            integer(minimum=1),
-            100000,
-            "rows held while the database is away; beyond it new events are dropped",
-        ),
-        "create-table": Option(
-            boolean, True, "create the connection_events table at start when it is missing"
-        ),
-    }
+    class Options(usage.Options):
+        optParameters = [
+            ["batch-size", None, 500, "rows written by one INSERT", integer(minimum=1)],
+            ["batch-delay", None, 0.05,
+             "seconds to wait so that a burst shares one INSERT", number(minimum=0)],
+            ["max-queue", None, 100000,
+             "rows held while the database is away; beyond it new events are dropped",
+             integer(minimum=1)],
+            ["create-table", None, True,
+             "create the connection_events table at start when it is missing", boolean],
+        ]
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: IHandlerContext) -> None:
         """
         @raise HandlerError: when sipcore runs without a database.
-        @raise sipcore.plugin.OptionError: for an unknown or invalid option.
         """
         super().__init__(context)
         self.pool = self.requireDatabase()
         self.runId = str(uuid.uuid4())
         self._seq = itertools.count(1)
         self.written = 0
-        self.tableReady = not self.option("create-table")
+        self.tableReady = not self.options["create-table"]
         self.queue = context.makeJobQueue(
             self.name,
             self._writeBatch,
-            batchSize=self.option("batch-size"),
-            batchDelay=self.option("batch-delay"),
-            maxSize=self.option("max-queue"),
+            batchSize=self.options["batch-size"],
+            batchDelay=self.options["batch-delay"],
+            maxSize=self.options["max-queue"],
         )
 
     def start(self) -> defer.Deferred[None] | None:

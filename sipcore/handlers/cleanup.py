@@ -18,9 +18,11 @@ from collections.abc import Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python import usage
 
 from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT, ConnectionEvent
-from sipcore.plugin import Handler, Option, handles, integer, number
+from sipcore.interfaces import IHandlerContext
+from sipcore.plugin import Handler, handles, integer, number
 
 
 class LocationCleanup(Handler):
@@ -33,27 +35,27 @@ class LocationCleanup(Handler):
 
     _log = Logger()
 
-    options = {
-        "batch-size": Option(integer(1), 1000, "connection ids per DELETE"),
-        "batch-delay": Option(
-            number(0), 0.005,
-            "seconds the queue waits after the first id before a batch starts"),
-        "max-queue": Option(
-            integer(1), 1000000, "connection ids that may wait; more are refused and counted"),
-    }
+    class Options(usage.Options):
+        optParameters = [
+            ["batch-size", None, 1000, "connection ids per DELETE", integer(1)],
+            ["batch-delay", None, 0.005,
+             "seconds the queue waits after the first id before a batch starts", number(0)],
+            ["max-queue", None, 1000000,
+             "connection ids that may wait; more are refused and counted", integer(1)],
+        ]
 
-    def __init__(self, context: object) -> None:
-        super().__init__(context)  # type: ignore[arg-type]
-        self.store = self.context.store
-        self.serverId = self.context.serverId
-        self.writes = self.context.writes
+    def __init__(self, context: IHandlerContext) -> None:
+        super().__init__(context)
+        self.store = context.store
+        self.serverId = context.serverId
+        self.writes = context.writes
         self.removed = 0
-        self.queue = self.context.makeJobQueue(
+        self.queue = context.makeJobQueue(
             "location-cleanup",
             self._removeBatch,
-            batchSize=self.option("batch-size"),
-            batchDelay=self.option("batch-delay"),
-            maxSize=self.option("max-queue"),
+            batchSize=self.options["batch-size"],
+            batchDelay=self.options["batch-delay"],
+            maxSize=self.options["max-queue"],
         )
 
     @handles(TCP_CLOSED, TCP_RESET, TCP_TIMEOUT)

@@ -1,13 +1,14 @@
 # -*- test-case-name: tests.test_packaging -*-
 """
 sipcore's built-in handler plugins.  Each is a light descriptor; its
-implementation is imported only when the handler is enabled.
+implementation is imported only when its options are read or the handler
+is made.
 """
 
 from sipcore.events import ALL_EVENTS, CLOSE_EVENTS
-from sipcore.plugin import LazyHandler
+from sipcore.plugin import HandlerPlugin
 
-locationCleanup = LazyHandler(
+locationCleanup = HandlerPlugin(
     "location-cleanup",
     "Remove the bindings of a closed stream connection from the location store",
     CLOSE_EVENTS,
@@ -15,7 +16,7 @@ locationCleanup = LazyHandler(
     priority=10,
 )
 
-connectionAudit = LazyHandler(
+connectionAudit = HandlerPlugin(
     "connection-audit",
     "Record every connection open and close in the connection_events PostgreSQL table",
     ALL_EVENTS,

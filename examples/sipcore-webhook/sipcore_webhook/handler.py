@@ -16,13 +16,14 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.python import usage
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from sipcore.events import ConnectionEvent
-from sipcore.plugin import Handler, Option, OptionError, handles, number
+from sipcore.plugin import Handler, HandlerError, handles, number
 
 __all__ = ["Webhook", "WebhookError", "eventDocument"]
 
@@ -78,7 +79,7 @@ class _BytesProducer:
 
 def _checkURL(value: str) -> str:
     if value and not value.startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL")
+        raise ValueError("must be an http:// or https:// URL, not {!r}".format(value))
     return value
 
 
@@ -90,23 +91,23 @@ class Webhook(Handler):
     @ivar agent: the L{Agent} (C{None} without a URL).
     """
 
-    options = {
-        "url": Option(_checkURL, "", "where to POST each close event; empty: only log"),
-        "timeout": Option(
-            number(minimum=0.001), 10.0, "seconds to wait for the HTTP server to accept"
-        ),
-    }
+    class Options(usage.Options):
+        optParameters = [
+            ["url", None, "", "where to POST each close event; empty: only log", _checkURL],
+            ["timeout", None, 10.0, "seconds to wait for the HTTP server to accept",
+             number(minimum=0.001)],
+        ]
 
     def __init__(self, context: Any) -> None:
         super().__init__(context)
-        self.url: str = self.option("url")
+        self.url: str = self.options["url"]
         self.posted = 0
         self.agent: Agent | None = None
         if self.url:
             try:
-                self.agent = Agent(context.reactor, connectTimeout=self.option("timeout"))
+                self.agent = Agent(context.reactor, connectTimeout=self.options["timeout"])
             except Exception as e:
-                raise OptionError("handler {!r}: option url: {}".format(self.name, e)) from e
+                raise HandlerError("handler {!r}: url: {}".format(self.name, e)) from e
 
     def start(self) -> None:
         if self.agent is None:

@@ -11,15 +11,16 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.plugins.sipcore_webhook_plugin import webhook as plugin
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
 from zope.interface.verify import verifyObject
 
 from sipcore.events import TCP_CLOSED, TCP_CONNECTED, WEBSOCKET_CLOSED
-from sipcore.events.plugins import findHandlers
-from sipcore.interfaces import IEventHandler
-from sipcore.plugin import HandlerContext, OptionError
+from sipcore.events.discovery import findHandlers
+from sipcore.interfaces import IHandlerPlugin
+from sipcore.plugin import HandlerContext, OptionError, parseOptions
 from sipcore.testing import MemoryLocationStore, connectionEvent
 from sipcore_webhook.handler import Webhook, WebhookError
 
@@ -56,15 +57,21 @@ class FakeAgent:
 
 
 def makeWebhook(**options: str) -> Webhook:
+    """
+    A webhook made by its plugin, its options parsed as sipcore parses
+    C{--handler-option webhook:KEY=VALUE}.
+    """
     clock = MemoryReactorClock()
     context = HandlerContext(
         serverId=3,
         reactor=clock,
         store=MemoryLocationStore(clock),
-        options=options,
+        options=parseOptions(plugin, options),
         handlerName="webhook",
     )
-    return Webhook(context)
+    webhook = plugin.makeHandler(context)
+    assert isinstance(webhook, Webhook)
+    return webhook
 
 
 class PluginTests(SynchronousTestCase):
@@ -74,13 +81,13 @@ class PluginTests(SynchronousTestCase):
 
     def test_discovered(self) -> None:
         """
-        C{findHandlers} finds C{webhook}, which provides L{IEventHandler}
+        C{findHandlers} finds C{webhook}, which provides L{IHandlerPlugin}
         and subscribes to the close events.
         """
         found = findHandlers()
         self.assertIn("webhook", found, found.problems)
         webhook = found["webhook"]
-        self.assertTrue(verifyObject(IEventHandler, webhook))
+        self.assertTrue(verifyObject(IHandlerPlugin, webhook))
         self.assertEqual(
             webhook.events, ("tcp:closed", "tcp:reset", "tcp:timeout", "websocket:closed")
         )
@@ -147,6 +154,6 @@ class WebhookTests(SynchronousTestCase):
         A URL that is not http(s) and an unknown option are refused.
         """
         e = self.assertRaises(OptionError, makeWebhook, url="ftp://x")
-        self.assertIn("option url='ftp://x': must be an http:// or https:// URL", str(e))
+        self.assertIn("must be an http:// or https:// URL, not 'ftp://x'", str(e))
         e = self.assertRaises(OptionError, makeWebhook, uri="http://x")
         self.assertIn("unknown option 'uri'", str(e))
