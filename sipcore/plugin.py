@@ -457,12 +457,21 @@ class EnabledHandler:
         )
 
     def start(self) -> Any:
+        """
+        Start the handler: what its C{start()} returns.
+        """
         return self.handler.start()
 
     def handle(self, event: Any) -> Any:
+        """
+        Hand C{event} to the handler: what its C{handle(event)} returns.
+        """
         return self.handler.handle(event)
 
     def stop(self) -> Any:
+        """
+        Stop the handler: what its C{stop()} returns.
+        """
         return self.handler.stop()
 
 

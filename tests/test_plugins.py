@@ -34,6 +34,7 @@ from sipcore.jobs import JobQueue
 from sipcore.plugin import (
     HANDLER_API_VERSION,
     EnabledHandler,
+    Handler,
     HandlerConfigError,
     HandlerContext,
     HandlerImportError,
@@ -550,6 +551,23 @@ class Bare:
     """
     An implementation without C{Options}.
     """
+
+
+class HandlerBaseTests(SynchronousTestCase):
+    """
+    L{Handler}, the base class of implementations.
+    """
+
+    def test_verifyObject(self) -> None:
+        """
+        A L{Handler} provides L{IEventHandler}, with its name and options
+        from the context.
+        """
+        options = {"size": 3}
+        handler = Handler(HandlerContext(0, Clock(), None, options=options, handlerName="h"))
+        self.assertTrue(verifyObject(IEventHandler, handler))
+        self.assertEqual(handler.name, "h")
+        self.assertIs(handler.options, options)
 
 
 class OptionsTests(SynchronousTestCase):
