@@ -88,6 +88,15 @@ class Options(usage.Options):
          "tcp:9060:interface=127.0.0.1; empty: off."],
         ["foreign-domain-status", None, 403,
          "Status for a REGISTER to a domain this server does not serve (403 or 404).", int],
+        # security (docs/security.rst): bindings
+        ["max-contacts", None, 10,
+         "Most bindings per address of record, and most Contact values in one REGISTER "
+         "(more: 403) (0: no limit).", _positiveInt],
+        ["max-contacts-policy", None, "replace",
+         "A REGISTER that would take an address of record over --max-contacts: replace "
+         "(its oldest bindings are removed) or reject (403, nothing changed)."],
+        ["server-header", None, "sipcore",
+         "Server header of the responses the server makes (empty: none)."],
         # proxy (docs/routing.rst)
         ["timer-c", None, 180.0,
          "Seconds an INVITE branch may wait for its next provisional response before "
@@ -401,7 +410,8 @@ def buildService(options: Options, reactor: Any) -> Any:
     writes = PendingWrites()
     trustedPeers = TrustedPeers.fromStrings(options["trusted-peer"])
     core = SIPCore(reactor, domains=options["domain"], maxSize=options["max-message-size"],
-                   supported=supportedTags(bool(trustedPeers)))
+                   supported=supportedTags(bool(trustedPeers)),
+                   maxContacts=options["max-contacts"], serverHeader=options["server-header"])
     registrar = Registrar(
         store,
         reactor,
@@ -414,6 +424,8 @@ def buildService(options: Options, reactor: Any) -> Any:
             foreignDomainStatus=options["foreign-domain-status"],
             trustedPeers=trustedPeers,
             logInterval=options["limit-log-interval"],
+            maxContacts=options["max-contacts"],
+            maxContactsPolicy=options["max-contacts-policy"],
         ),
         writes=writes,
         isConnected=lambda conid: table.get(conid) is not None,
@@ -541,6 +553,7 @@ def _checkSecurityOptions(options: Options) -> None:
     @raise usage.UsageError: for a bad value.
     """
     from sipcore.sip.auth import ALGORITHMS, loadCredentialFile
+    from sipcore.sip.registrar import CONTACTS_POLICIES
 
     if options["auth-db"] and not options["db"]:
         raise usage.UsageError("--auth-db needs --db")
@@ -569,6 +582,13 @@ def _checkSecurityOptions(options: Options) -> None:
             "(--auth-max-failures 0 turns the per-account limit off)")
     if options["max-branches"] < 1:
         raise usage.UsageError("--max-branches must be at least 1")
+    options["max-contacts-policy"] = options["max-contacts-policy"].strip().lower()
+    if options["max-contacts-policy"] not in CONTACTS_POLICIES:
+        raise usage.UsageError("--max-contacts-policy must be {}".format(
+            " or ".join(CONTACTS_POLICIES)))
+    options["server-header"] = options["server-header"].strip()
+    if not options["server-header"].isprintable():
+        raise usage.UsageError("--server-header must be printable text on one line")
     if options["rate-limit"] and options["rate-burst"] < 1:
         raise usage.UsageError("--rate-burst must be at least 1")
     if options["listen-backlog"] < 1:
@@ -606,6 +626,7 @@ def _buildSecurity(options: Options, reactor: Any, core: Any, table: Any,
             overdraft=options["rate-overdraft"],
             exempt=options["limit-exempt"],
             logInterval=interval,
+            serverHeader=options["server-header"],
         )
         core.limiter = limiter
     return {
@@ -658,6 +679,7 @@ def _buildAuthentication(options: Options, reactor: Any, core: Any, store: Any) 
         maxFailures=options["auth-max-failures"],
         failureWindow=options["auth-failure-window"],
         lockout=options["auth-lockout"],
+        serverHeader=options["server-header"],
     )
     core.addGuard(authenticator)
     log.info("digest authentication on for {methods}", methods=", ".join(methods))

@@ -10,7 +10,7 @@ from zope.interface.verify import verifyObject
 
 from sipcore.interfaces import IMessageSink
 from sipcore.message import Response, parseMessage
-from sipcore.sip.core import SIPCore, supportedTags
+from sipcore.sip.core import SERVER, SIPCore, StatelessTransaction, respond, supportedTags
 from sipcore.testing import FakeFlow
 
 
@@ -262,6 +262,107 @@ class CoreTests(SynchronousTestCase):
         """
         self.core.messageReceived(request(), self.flow)
         parseMessage(self.flow.sent[0][0])
+
+
+class ServerHeaderTests(SynchronousTestCase):
+    """
+    The C{Server} header of the responses the core makes is its
+    C{serverHeader}: C{sipcore} without a version by default, omitted when
+    empty.
+    """
+
+    def statusAndServer(self, core: SIPCore, data: bytes) -> tuple[int, str | None]:
+        flow = FakeFlow("udp", remote=("192.0.2.1", 40000))
+        core.messageReceived(data, flow)
+        [response] = [m for m in flow.messages() if isinstance(m, Response)]
+        return response.status, response.headers.first("Server")
+
+    def test_defaultWithoutVersion(self) -> None:
+        """
+        By default an answer says C{Server: sipcore}, no version.
+        """
+        core = SIPCore(Clock(), domains=["example.com"])
+        self.assertEqual(self.statusAndServer(core, request()), (200, "sipcore"))
+        self.assertEqual(SERVER, "sipcore")
+
+    def test_configured(self) -> None:
+        """
+        A configured value is used on answers, on handler answers through
+        L{SIPCore.respond} and on answers to malformed requests.
+        """
+        core = SIPCore(Clock(), domains=["example.com"], serverHeader="edge 2")
+        core.route("MESSAGE", lambda tx: core.respond(tx, 202))
+        self.assertEqual(self.statusAndServer(core, request()), (200, "edge 2"))
+        self.assertEqual(self.statusAndServer(core, request("MESSAGE", "sip:bob@example.com")),
+                         (202, "edge 2"))
+        self.assertEqual(self.statusAndServer(core, request(extra="Max-Forwards: x\r\n")),
+                         (400, "edge 2"))
+
+    def test_emptyOmitted(self) -> None:
+        """
+        An empty value: no C{Server} header at all.
+        """
+        core = SIPCore(Clock(), domains=["example.com"], serverHeader="")
+        self.assertEqual(self.statusAndServer(core, request()), (200, None))
+        self.assertEqual(self.statusAndServer(core, request(extra="Max-Forwards: x\r\n")),
+                         (400, None))
+
+    def test_respondFunction(self) -> None:
+        """
+        L{respond}, as guards use it, puts the value it is given, by
+        default L{SERVER}, and none for an empty one.
+        """
+        data = request("MESSAGE", "sip:bob@example.com")
+        flow = FakeFlow("udp", remote=("192.0.2.1", 40000))
+        tx = StatelessTransaction(parseMessage(data), flow)  # type: ignore[arg-type]
+        self.assertEqual(respond(tx, 401).headers.first("Server"), SERVER)
+        self.assertEqual(respond(tx, 401, server="x").headers.first("Server"), "x")
+        self.assertIsNone(respond(tx, 401, server="").headers.first("Server"))
+
+
+def manyContacts(count: int, last: str = "<sip:last@192.0.2.1>") -> bytes:
+    """
+    A REGISTER with C{count} Contact values, C{last} the last of them.
+    """
+    values = ["<sip:u{}@192.0.2.1>".format(i) for i in range(count - 1)] + [last]
+    lines = ["Contact: " + ", ".join(values[i:i + 300]) for i in range(0, count, 300)]
+    return request("REGISTER", extra="\r\n".join(lines) + "\r\n", cseqMethod="REGISTER")
+
+
+class ContactCountTests(SynchronousTestCase):
+    """
+    With C{maxContacts}, a REGISTER with more Contact values is handed on
+    with them counted, not parsed; others are parsed as usual.
+    """
+
+    def handled(self, core: SIPCore, data: bytes) -> list[object]:
+        seen: list[object] = []
+        core.route("REGISTER", seen.append)
+        core.messageReceived(data, FakeFlow("udp", remote=("192.0.2.1", 40000)))
+        return seen
+
+    def test_overTheCapNotParsed(self) -> None:
+        """
+        A REGISTER with 10,000 Contact values, the last one malformed,
+        reaches its handler (it would be answered C{400} if they were
+        parsed), which can count them.
+        """
+        core = SIPCore(Clock(), domains=["example.com"], maxSize=2**20, maxContacts=10)
+        [tx] = self.handled(core, manyContacts(10000, last="<bad"))
+        self.assertEqual(tx.request.countContacts(10), 11)  # type: ignore[attr-defined]
+
+    def test_withinTheCapParsed(self) -> None:
+        """
+        Up to the cap, and at any count without one, Contact values are
+        parsed: a malformed one is answered C{400}.
+        """
+        for core, data in ((SIPCore(Clock(), maxContacts=10), manyContacts(10, last="<bad")),
+                           (SIPCore(Clock(), maxSize=2**20), manyContacts(10000, last="<bad"))):
+            flow = FakeFlow("udp", remote=("192.0.2.1", 40000))
+            core.route("REGISTER", lambda tx: self.fail("handled"))
+            core.messageReceived(data, flow)
+            [response] = [m for m in flow.messages() if isinstance(m, Response)]
+            self.assertEqual(response.status, 400)
 
 
 class MalformedWithoutHeadersTests(SynchronousTestCase):

@@ -28,6 +28,7 @@ from sipcore.message import (
     parseVia,
 )
 from sipcore.message import uri as uri_module
+from sipcore.message._syntax import countList, splitList
 
 TORTURE = FilePath(__file__).sibling("torture")
 SAMPLES = [path.getContent() for path in sorted(TORTURE.globChildren("*.dat"))]
@@ -383,3 +384,23 @@ class FastURIPathTests(SynchronousTestCase):
             self.assertIsNotNone(fast, text)
             self.assertEqual(fast, uri_module._parseGeneral(text))
             self.assertEqual(str(fast), text)
+
+
+class ListCountTests(SynchronousTestCase):
+    """
+    L{countList} counts the elements L{splitList} finds, stopping past its
+    limit.
+    """
+
+    @SETTINGS
+    @given(st.text(',"<>\\ ab', max_size=60), st.integers(0, 30))
+    def test_agreesWithSplitList(self, text: str, limit: int) -> None:
+        """
+        For any text L{splitList} accepts, the count is its element count,
+        or C{limit + 1} when that is more than C{limit}.
+        """
+        try:
+            elements = splitList(text)
+        except SIPParseError:
+            return
+        self.assertEqual(countList(text, limit), min(len(elements), limit + 1))

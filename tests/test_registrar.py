@@ -526,14 +526,24 @@ class HostileRegisterTests(RegistrarTests):
 
     def test_unicodeDigitsRefused(self) -> None:
         """
-        Superscript digits in C{expires} or C{reg-id} are refused with 400.
+        Superscript digits in C{reg-id} are refused with 400.
         """
-        for contact in ('<sip:a@192.0.2.1>;expires="\u00b2"',
-                        '<sip:a@192.0.2.1>;+sip.instance="<urn:x>";reg-id="\u00b9"'):
-            response = self.send(register([contact]))
-            assert response is not None
-            self.assertEqual(response.status, 400, contact)
+        response = self.send(register(
+            ['<sip:a@192.0.2.1>;+sip.instance="<urn:x>";reg-id="\u00b9"']))
+        assert response is not None
+        self.assertEqual(response.status, 400)
         self.assertEqual(self.bindings(), [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_unicodeDigitsExpiresMalformed(self) -> None:
+        """
+        Superscript digits in C{expires} are a malformed value: 3600.
+        """
+        response = self.send(register(['<sip:a@192.0.2.1>;expires="\u00b2"']))
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        [binding] = self.bindings()
+        self.assertEqual(binding.expires, START + 3600)
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_oversizedUserRefused(self) -> None:
@@ -570,3 +580,256 @@ class DroppedRegisterTests(SynchronousTestCase):
         self.successResultOf(registrar(tx))
         self.assertEqual(flow.sent, [])
         self.assertEqual(layer.serverTransactions, 0)
+
+
+def tab(n: int, expires: str = "") -> str:
+    """
+    The Contact of browser tab C{n}: its own C{+sip.instance} (RFC 5626).
+    """
+    return '<sip:tab{}@192.0.2.1;transport=ws>;+sip.instance="<urn:uuid:{}>";reg-id=1{}'.format(
+        n, n, expires)
+
+
+class CountingStore(MemoryLocationStore):
+    """
+    A memory store that counts its lookups.
+    """
+
+    lookups = 0
+
+    def lookup(self, aor: str, now: float) -> defer.Deferred[Any]:
+        self.lookups += 1
+        return super().lookup(aor, now)
+
+
+class BindingLimitTests(SynchronousTestCase):
+    """
+    C{maxContacts}: the most bindings of one address of record (C{reject}:
+    C{403}, nothing changed; C{replace}: the oldest make room) and the most
+    Contact values in one REGISTER (C{403}, counted, not parsed).
+    """
+
+    makeRegistrar = RegistrarTests.makeRegistrar
+    send = RegistrarTests.send
+    bindings = RegistrarTests.bindings
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store = CountingStore(self.clock)
+        self.connected: set[int] = set()
+        self.calls = 0
+
+    def registerTabs(self, registrar: Registrar, tabs: list[int]) -> list[Response | None]:
+        """
+        Register each tab with its own REGISTER, one second apart.
+        """
+        out = []
+        for n in tabs:
+            self.clock.advance(1)
+            self.calls += 1
+            out.append(self.send(register([tab(n)], callId="tab-{}".format(n), cseq=self.calls),
+                                 registrar=registrar))
+        return out
+
+    def instances(self) -> set[str]:
+        return {b.instance for b in self.bindings()}
+
+    def test_defaults(self) -> None:
+        """
+        By default an address of record has at most 10 bindings, and a new
+        one replaces the oldest.
+        """
+        policy = RegistrarPolicy()
+        self.assertEqual((policy.maxContacts, policy.maxContactsPolicy), (10, "replace"))
+
+    def test_rejectOverTheCap(self) -> None:
+        """
+        Under C{reject}, the REGISTER of an eleventh tab gets C{403} with
+        the reason, and the ten bindings are left as they were.
+        """
+        registrar = self.makeRegistrar(self.store, maxContactsPolicy="reject")
+        responses = self.registerTabs(registrar, list(range(10)))
+        self.assertEqual({r.status for r in responses if r is not None}, {200})
+        before = self.bindings()
+        [response] = self.registerTabs(registrar, [10])
+        assert response is not None
+        self.assertEqual((response.status, response.reason),
+                         (403, "Too many registered contacts (at most 10)"))
+        self.assertEqual(self.bindings(), before)
+        self.assertEqual(registrar.stats["tooManyContacts"], 1)
+
+    def test_rejectAllowsRefreshAndSwap(self) -> None:
+        """
+        At the cap, refreshing a binding, and removing one while adding
+        another in the same REGISTER, are accepted.
+        """
+        registrar = self.makeRegistrar(self.store, maxContactsPolicy="reject")
+        self.registerTabs(registrar, list(range(10)))
+        [refresh] = self.registerTabs(registrar, [3])
+        assert refresh is not None
+        self.assertEqual(refresh.status, 200)
+        swap = self.send(register([tab(0, ";expires=0"), tab(10)], callId="swap"),
+                         registrar=registrar)
+        assert swap is not None
+        self.assertEqual(swap.status, 200)
+        self.assertEqual(len(self.bindings()), 10)
+        self.assertNotIn("<urn:uuid:0>", self.instances())
+        self.assertIn("<urn:uuid:10>", self.instances())
+
+    def test_replaceRemovesOldest(self) -> None:
+        """
+        Under C{replace}, an eleventh tab is registered and the binding
+        written longest ago goes: tab 1, since tab 0 refreshed after it.
+        The C{200} lists ten bindings.
+        """
+        registrar = self.makeRegistrar(self.store)
+        self.registerTabs(registrar, list(range(10)) + [0])
+        [response] = self.registerTabs(registrar, [10])
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertEqual(len(response.contacts), 10)
+        self.assertEqual(self.instances(),
+                         {"<urn:uuid:{}>".format(n) for n in [0] + list(range(2, 11))})
+        self.assertEqual(registrar.stats["replacedOldest"], 1)
+
+    def test_replaceSeveral(self) -> None:
+        """
+        A REGISTER adding three bindings at the cap removes the three
+        oldest; the bindings it names itself are never removed for it.
+        """
+        registrar = self.makeRegistrar(self.store)
+        self.registerTabs(registrar, list(range(10)))
+        response = self.send(register([tab(0), tab(10), tab(11), tab(12)], callId="more"),
+                             registrar=registrar)
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertEqual(self.instances(),
+                         {"<urn:uuid:{}>".format(n) for n in [0] + list(range(4, 13))})
+
+    def test_tooManyInOneRegister(self) -> None:
+        """
+        A REGISTER with more Contact values than the cap gets C{403} under
+        either policy, before the store is read; nothing is stored.
+        """
+        for policy in ("replace", "reject"):
+            registrar = self.makeRegistrar(self.store, maxContactsPolicy=policy)
+            response = self.send(register([tab(n) for n in range(11)], callId=policy),
+                                 registrar=registrar)
+            assert response is not None
+            self.assertEqual((response.status, response.reason),
+                             (403, "Too many contacts in one REGISTER (at most 10)"))
+        self.assertEqual(self.store.lookups, 0)
+        self.assertEqual(self.bindings(), [])
+
+    def test_thousandsCountedNotParsed(self) -> None:
+        """
+        A REGISTER with 10,000 Contact values parsed with the cap (as the
+        core does) is refused by their count: the malformed last one is
+        never parsed (it would be answered C{400}).
+        """
+        values = ["<sip:u{}@192.0.2.1>".format(i) for i in range(9999)] + ["<bad"]
+        lines = "\r\n".join("Contact: " + ", ".join(values[i:i + 300])
+                            for i in range(0, len(values), 300))
+        request = parseMessage(register(extra=lines), maxSize=2**20, maxContacts=10)
+        flow = FakeFlow("udp", remote=("192.0.2.1", 40000))
+        registrar = self.makeRegistrar(self.store)
+        self.successResultOf(registrar(StatelessTransaction(request, flow)))  # type: ignore[arg-type]
+        [response] = flow.messages()
+        self.assertEqual(response.status, 403)  # type: ignore[union-attr]
+        self.assertEqual(self.store.lookups, 0)
+
+    def test_noLimit(self) -> None:
+        """
+        C{maxContacts=0}: no limit on either count.
+        """
+        registrar = self.makeRegistrar(self.store, maxContacts=0)
+        response = self.send(register([tab(n) for n in range(50)]), registrar=registrar)
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertEqual(len(self.bindings()), 50)
+
+    def test_concurrentRegisters(self) -> None:
+        """
+        Each REGISTER decides on the bindings its own lookup saw: two
+        REGISTERs whose lookups overlap can each add one at nine bindings,
+        and the address of record has eleven.  The next REGISTER that adds
+        one sees them all: under C{replace} it takes the count back to the
+        cap.
+        """
+        store = SlowStore(self.clock)
+        self.store = store  # type: ignore[assignment]
+        registrar = self.makeRegistrar(store)
+        for n in range(9):
+            d = registrar(StatelessTransaction(parseMessage(register(  # type: ignore[arg-type]
+                [tab(n)], callId="tab-{}".format(n))), FakeFlow("udp")))
+            store.held.pop().callback(None)
+            self.successResultOf(d)
+        first = registrar(StatelessTransaction(parseMessage(register(  # type: ignore[arg-type]
+            [tab(9)], callId="tab-9")), FakeFlow("udp")))
+        second = registrar(StatelessTransaction(parseMessage(register(  # type: ignore[arg-type]
+            [tab(10)], callId="tab-10")), FakeFlow("udp")))
+        for gate in store.held:
+            gate.callback(None)
+        del store.held[:]
+        self.assertEqual([self.successResultOf(d).status for d in (first, second)],  # type: ignore[union-attr]
+                         [200, 200])
+        self.assertEqual(len(self.bindings()), 11)
+        third = registrar(StatelessTransaction(parseMessage(register(  # type: ignore[arg-type]
+            [tab(11)], callId="tab-11")), FakeFlow("udp")))
+        store.held.pop().callback(None)
+        self.assertEqual(self.successResultOf(third).status, 200)  # type: ignore[union-attr]
+        self.assertEqual(len(self.bindings()), 10)
+
+
+class ExpiresValueTests(SynchronousTestCase):
+    """
+    Expiry values as RFC 3261 reads them (sections 10.2.1.1 and 20.19):
+    a malformed one is taken as 3600, a huge one is capped; then the
+    policy's bounds apply as to any other.
+    """
+
+    makeRegistrar = RegistrarTests.makeRegistrar
+    send = RegistrarTests.send
+    bindings = RegistrarTests.bindings
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store = MemoryLocationStore(self.clock)
+        self.connected: set[int] = set()
+
+    def granted(self, contact: str, extra: str = "", **policy: Any) -> list[float]:
+        self.store = MemoryLocationStore(self.clock)
+        response = self.send(register([contact], extra=extra),
+                             registrar=self.makeRegistrar(self.store, **policy))
+        assert response is not None
+        self.assertEqual(response.status, 200, (contact, extra))
+        return [b.expires - START for b in self.bindings()]
+
+    def test_contactExpiresAboveMaximumCapped(self) -> None:
+        """
+        A Contact C{expires} above C{--max-expires}, however many digits, is
+        granted as the maximum, like the Expires header.
+        """
+        for value in ("86401", "4294967296", "9" * 40):
+            self.assertEqual(self.granted("<sip:a@192.0.2.1>;expires=" + value), [86400])
+        self.assertEqual(self.granted("<sip:a@192.0.2.1>;expires=99999999999", maxExpires=600),
+                         [600])
+
+    def test_malformedExpiresHeader(self) -> None:
+        """
+        C{Expires: soon} is taken as 3600, and bounded by the policy.
+        """
+        self.assertEqual(self.granted("<sip:a@192.0.2.1>", extra="Expires: soon"), [3600])
+        self.assertEqual(self.granted("<sip:a@192.0.2.1>", extra="Expires: soon",
+                                      maxExpires=600), [600])
+
+    def test_malformedContactExpires(self) -> None:
+        """
+        A malformed Contact C{expires} (text, a sign, no value, an RFC 2543
+        date) is taken as 3600, whatever the Expires header says.
+        """
+        for param in ("=soon", "=-1", "", '="Thu, 01 Dec 2040 16:00:00 GMT"'):
+            self.assertEqual(
+                self.granted("<sip:a@192.0.2.1>;expires" + param, extra="Expires: 120"), [3600])

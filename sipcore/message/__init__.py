@@ -12,11 +12,13 @@ from sipcore.message.errors import SIPParseError
 from sipcore.message.framing import PING, Ping, StreamFramer, contentLength
 from sipcore.message.headers import COMPACT_FORMS, LIST_HEADERS, Headers, canonicalName, prettyName
 from sipcore.message.messages import (
+    MALFORMED_EXPIRES,
     MAX_CSEQ,
     Request,
     Response,
     generateBranch,
     generateTag,
+    parseExpires,
     reasonPhrase,
 )
 from sipcore.message.parser import (
@@ -37,6 +39,7 @@ __all__ = [
     "Headers",
     "LIST_HEADERS",
     "MAGIC_COOKIE",
+    "MALFORMED_EXPIRES",
     "MAX_CSEQ",
     "PING",
     "Ping",
@@ -52,6 +55,7 @@ __all__ = [
     "generateTag",
     "parseAddress",
     "parseAddressList",
+    "parseExpires",
     "parseMessage",
     "parseURI",
     "parseVia",

@@ -186,3 +186,49 @@ def splitList(text: str) -> list[str]:
         pos += 1
     parts.append(text[start:].strip())
     return parts
+
+
+#: What can end or hide a list element: a comma, a quoted string, a URI in
+#: angle brackets.
+_LIST_SPECIAL = re.compile(r'[,"<]')
+
+
+def countList(text: str, limit: int) -> int:
+    """
+    The number of elements L{splitList} finds in C{text}, counted without
+    building them: the cost grows with the elements counted, not with the
+    length of C{text}.
+
+    @param limit: counting stops once the count is above it.
+    @return: the count, or C{limit + 1} when there are more than C{limit}
+        elements (at least 1: an empty text is one empty element).  As in
+        L{splitList}, an unclosed angle bracket holds the rest of the text;
+        an unterminated quoted string, which L{splitList} refuses, ends the
+        count.
+    """
+    count = 1
+    if count > limit:
+        return count
+    pos = 0
+    search = _LIST_SPECIAL.search
+    while True:
+        match = search(text, pos)
+        if match is None:
+            return count
+        pos = match.start()
+        char = text[pos]
+        if char == ",":
+            count += 1
+            if count > limit:
+                return count
+            pos += 1
+        elif char == '"':
+            quoted = QUOTED.match(text, pos)
+            if quoted is None:
+                return count
+            pos = quoted.end()
+        else:
+            close = text.find(">", pos + 1)
+            if close < 0:
+                return count
+            pos = close + 1

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from sipcore.message._random import randomHex
-from sipcore.message._syntax import splitList
+from sipcore.message._syntax import countList, splitList
 from sipcore.message.address import Address, parseAddress, parseAddressList
 from sipcore.message.errors import SIPParseError
 from sipcore.message.headers import Headers, prettyName
@@ -23,6 +23,11 @@ MAX_CSEQ = 2**32 - 1
 #: The value C{expires} is clamped to (RFC 3261 says delta-seconds above
 #: this are to be taken as this).
 MAX_EXPIRES = 2**32 - 1
+
+#: What a malformed C{expires} value is taken as (RFC 3261 sections
+#: 10.2.1.1 and 20.19: "Malformed values SHOULD be treated as equivalent to
+#: 3600").
+MALFORMED_EXPIRES = 3600
 
 _DIGITS = re.compile(r"[0-9]+")
 _METHOD = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
@@ -167,10 +172,18 @@ def _parseMaxForwards(value: str) -> int:
     return hops
 
 
-def _parseExpires(value: str) -> int:
+def parseExpires(value: str) -> int:
+    """
+    An C{Expires} header value or a Contact's C{expires} parameter as
+    RFC 3261 reads them (sections 10.2.1.1 and 20.19): seconds, a value
+    above 2**32-1 taken as 2**32-1, and a malformed value (not ASCII
+    digits: C{soon}, C{-1}, an RFC 2543 date) taken as L{MALFORMED_EXPIRES}.
+
+    @return: the seconds; never raises.
+    """
     value = value.strip()
     if _DIGITS.fullmatch(value) is None:
-        raise SIPParseError("Invalid Expires")
+        return MALFORMED_EXPIRES
     if len(value.lstrip("0")) > 10:
         return MAX_EXPIRES
     return min(int(value), MAX_EXPIRES)
@@ -307,6 +320,21 @@ class _Message:
         result = self.headers.cached("contacts", lambda: _parseContacts(self.headers))
         return result if result == "*" else list(result)
 
+    def countContacts(self, limit: int) -> int:
+        """
+        The number of Contact values (C{*} is one), counted without parsing
+        them: counting stops past C{limit}, so a message with thousands of
+        values costs about as much as one with C{limit + 1}.
+
+        @return: the count, or C{limit + 1} if there are more than C{limit}.
+        """
+        total = 0
+        for line in self.headers.lines("contact"):
+            if total >= limit:
+                return limit + 1
+            total += countList(line, limit - total)
+        return min(total, limit + 1)
+
     def _routeList(self, name: str) -> list[Address]:
         def compute() -> list[Address]:
             out: list[Address] = []
@@ -350,14 +378,12 @@ class _Message:
     def expires(self) -> int | None:
         """
         The Expires header in seconds, clamped to 2**32-1, or C{None} if
-        absent.
-
-        @raise SIPParseError: if it is not a number.
+        absent.  A malformed value reads as 3600 (L{parseExpires}).
         """
         value = self.headers.first("expires")
         if value is None:
             return None
-        return self.headers.cached("expires", lambda: _parseExpires(value))
+        return self.headers.cached("expires", lambda: parseExpires(value))
 
     @property
     def contentType(self) -> str | None:

@@ -173,7 +173,8 @@ def _contentLength(entries: list[tuple[str, str, str]]) -> int | None:
     return checkedLength(value for key, _, value in entries if key == "content-length")
 
 
-def _validate(message: _Message, entries: list[tuple[str, str, str]]) -> None:
+def _validate(message: _Message, entries: list[tuple[str, str, str]],
+              maxContacts: int | None = None) -> None:
     counts: dict[str, int] = {}
     for key, _, _ in entries:
         counts[key] = counts.get(key, 0) + 1
@@ -195,7 +196,12 @@ def _validate(message: _Message, entries: list[tuple[str, str, str]]) -> None:
         _ = message.maxForwards
     if "expires" in counts:
         _ = message.expires
-    if "contact" in counts:
+    if "contact" in counts and (
+        maxContacts is None
+        or not isinstance(message, Request)
+        or message.method != "REGISTER"
+        or message.countContacts(maxContacts) <= maxContacts
+    ):
         _ = message.contacts
     if "route" in counts:
         _ = message.routes
@@ -213,6 +219,7 @@ def parseMessage(
     maxSize: int = DEFAULT_MAX_SIZE,
     maxHeaders: int = DEFAULT_MAX_HEADERS,
     maxLineLength: int = DEFAULT_MAX_LINE_LENGTH,
+    maxContacts: int | None = None,
 ) -> Request | Response:
     """
     Parse one SIP request or response.
@@ -226,8 +233,8 @@ def parseMessage(
     Beyond syntax, what a server relies on is checked: Via, From, To,
     Call-ID and CSeq present; single-value headers not repeated; CSeq
     number at most 2**32-1 and, in a request, CSeq method equal to the
-    method; Max-Forwards 0-255; Expires a number; To, From, Contact, Route,
-    Record-Route and every Via valid; a Request-URI with no LWS, no C{<>}
+    method; Max-Forwards 0-255; To, From, Contact, Route, Record-Route and
+    every Via valid; a Request-URI with no LWS, no C{<>}
     and no URI headers; a status code 100-699; Date in RFC 1123 GMT form.
 
     @param maxSize: the largest C{data} accepted, in bytes.
@@ -236,8 +243,13 @@ def parseMessage(
     @param maxLineLength: the longest line accepted, in characters; a
         longer header line is an error whose C{partial} is the message
         without that line.
+    @param maxContacts: when given, a REGISTER with more Contact values
+        than this has them counted (L{Request.countContacts}), not parsed:
+        its handler refuses it by the count, and its C{contacts} parses
+        them only if read.
     @return: a L{Request} or L{Response}.  Its typed accessors (C{vias},
-        C{cseq}, C{fromAddr}, ...) are already parsed and will not raise.
+        C{cseq}, C{fromAddr}, ...) are already parsed and will not raise
+        (but for C{contacts} of a REGISTER over C{maxContacts}).
     @raise SIPParseError: if C{data} is not an acceptable SIP message;
         C{status} is 505 for a SIP version other than 2.0, 413 if C{data}
         is larger than C{maxSize}, else 400; C{partial} holds the message
@@ -302,7 +314,7 @@ def parseMessage(
                 message.body = data[bodyStart:]
                 raise SIPParseError("Content-Length larger than the message")
             message.body = data[bodyStart : bodyStart + length]
-        _validate(message, entries)
+        _validate(message, entries, maxContacts)
     except SIPParseError as e:
         raise SIPParseError(e.reason, e.status, message) from None
     return message  # type: ignore[return-value]

@@ -56,7 +56,7 @@ from zope.interface import implementer
 from sipcore.interfaces import ICredentialSource
 from sipcore.message import Request, SIPParseError, parseURI
 from sipcore.message._syntax import quote
-from sipcore.sip.core import respond
+from sipcore.sip.core import SERVER, respond
 from sipcore.throttle import LogThrottle, sourceKey
 
 __all__ = [
@@ -857,6 +857,7 @@ class DigestAuthenticator:
         maxFailures: int = DEFAULT_MAX_FAILURES,
         failureWindow: float = DEFAULT_FAILURE_WINDOW,
         lockout: float = DEFAULT_LOCKOUT,
+        serverHeader: str = SERVER,
     ) -> None:
         """
         @param credentials: the L{CredentialSource}.
@@ -879,6 +880,8 @@ class DigestAuthenticator:
         @param failureWindow: seconds in which an account gets its
             C{maxFailures} back.
         @param lockout: seconds a locked-out account stays locked.
+        @param serverHeader: the C{Server} header of its answers; empty:
+            none.
         @raise ValueError: for an unknown algorithm or an empty list, or a
             non-positive C{failureWindow} or C{lockout}.
         """
@@ -907,6 +910,7 @@ class DigestAuthenticator:
         self.stats: Counter[str] = Counter()
         self._throttle = LogThrottle(clock, logInterval)
         self._unavailable = False
+        self.serverHeader = serverHeader
 
     def __repr__(self) -> str:
         return "<DigestAuthenticator methods={} algorithms={}>".format(
@@ -937,7 +941,7 @@ class DigestAuthenticator:
 
     def _crashed(self, failure: Any, tx: Any) -> bool:
         self._log.failure("authentication of a request failed", failure)
-        respond(tx, 500, "Server Internal Error")
+        respond(tx, 500, "Server Internal Error", server=self.serverHeader)
         return False
 
     async def _check(self, tx: Any, request: Request, realm: str, targetUser: str) -> bool:
@@ -1150,7 +1154,7 @@ class DigestAuthenticator:
                     why=refusal.why, suppressed=suppressed)
         if not refusal.challenge:
             headers = [("Retry-After", str(RETRY_AFTER))] if refusal.status == 503 else []
-            respond(tx, refusal.status, refusal.reason, headers)
+            respond(tx, refusal.status, refusal.reason, headers, server=self.serverHeader)
             return
         self.stats["challenged"] += 1
         nonce = self.nonces.issue(flow.remote[0])
@@ -1163,9 +1167,10 @@ class DigestAuthenticator:
                 value += ", stale=true"
             headers.append((name, value))
         if proxy:
-            respond(tx, 407, "Proxy Authentication Required", headers)
+            respond(tx, 407, "Proxy Authentication Required", headers,
+                    server=self.serverHeader)
         else:
-            respond(tx, 401, "Unauthorized", headers)
+            respond(tx, 401, "Unauthorized", headers, server=self.serverHeader)
 
 
 def secretFromOptions(value: str | None) -> bytes | None:

@@ -18,7 +18,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sipcore import __version__
 from sipcore.interfaces import IFlow, IMessageSink
 from sipcore.message import Request, Response, SIPParseError, parseMessage
 from sipcore.message._syntax import replaceParam
@@ -46,7 +45,10 @@ def supportedTags(pathAccepted: bool) -> tuple[str, ...]:
 ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "MESSAGE", "INFO",
          "UPDATE", "PRACK", "SUBSCRIBE", "NOTIFY", "REFER")
 
-SERVER = "sipcore/" + __version__
+#: The default C{Server} header of the responses the server makes itself
+#: (C{--server-header}): the product name without its version, which would
+#: tell a scanner which flaws to try.
+SERVER = "sipcore"
 
 #: What a malformed request must carry to be answered (RFC 3261 8.2.6).
 _ANSWERABLE = ("Via", "From", "To", "Call-ID", "CSeq")
@@ -133,6 +135,7 @@ def respond(
     reason: str | None = None,
     headers: Iterable[tuple[str, str]] = (),
     toTag: str | None = None,
+    server: str = SERVER,
 ) -> Response:
     """
     Build a response to C{tx.request}, add C{headers} and the Server
@@ -140,12 +143,14 @@ def respond(
 
     @param toTag: the To tag to add when To has none; by default a new one
         (none on C{100}).
+    @param server: the C{Server} header value; empty: no C{Server} header.
     @return: the L{Response} sent.
     """
     response = Response.forRequest(tx.request, status, reason, toTag=toTag)
     for name, value in headers:
         response.headers.add(name, value)
-    response.headers.set("Server", SERVER)
+    if server:
+        response.headers.set("Server", server)
     tx.respond(response)
     return response
 
@@ -170,6 +175,8 @@ class SIPCore:
         maxSize: int = 65536,
         transactions: TransactionLayer | None = None,
         supported: Iterable[str] | None = None,
+        maxContacts: int = 0,
+        serverHeader: str = SERVER,
     ) -> None:
         """
         @param clock: drives the transaction timers.
@@ -179,11 +186,18 @@ class SIPCore:
             C{clock} with RFC 3261's timer values, this core as its user.
         @param supported: the option tags advertised and accepted
             (default: L{supportedTags} without C{path}).
+        @param maxContacts: a REGISTER with more Contact values than this
+            has them counted, not parsed (its handler, the registrar,
+            refuses it by the count); C{0}: every one parsed.
+        @param serverHeader: the C{Server} header of the responses the core
+            makes; empty: none.
         """
         self.domains = {d.lower() for d in domains}
         self.supported = tuple(supported) if supported is not None else supportedTags(False)
         self._supportedLower = frozenset(tag.lower() for tag in self.supported)
         self.maxSize = maxSize
+        self.maxContacts = maxContacts
+        self.serverHeader = serverHeader
         self.stats: Counter[str] = Counter()
         self._handlers: dict[str, RequestHandler] = {}
         self._default: RequestHandler | None = None
@@ -257,7 +271,8 @@ class SIPCore:
         if not flow.reliable and self._absorbRetransmission(data):
             return
         try:
-            message = parseMessage(data, maxSize=self.maxSize)
+            message = parseMessage(data, maxSize=self.maxSize,
+                                   maxContacts=self.maxContacts or None)
         except SIPParseError as e:
             self._answerError(e, flow)
             return
@@ -315,7 +330,8 @@ class SIPCore:
         ):
             try:
                 response = Response.forRequest(request, error.status, error.reason)
-                response.headers.set("Server", SERVER)
+                if self.serverHeader:
+                    response.headers.set("Server", self.serverHeader)
             except SIPParseError:
                 pass
             else:
@@ -336,7 +352,7 @@ class SIPCore:
         Build a response to C{tx.request} and send it through C{tx}; see
         L{respond}.
         """
-        return respond(tx, status, reason, headers, toTag)
+        return respond(tx, status, reason, headers, toTag, self.serverHeader)
 
     # -- transaction user (server side) ----------------------------------
 

@@ -222,6 +222,7 @@ class RateLimiter:
         exempt: Iterable[str] = (),
         maxSources: int = DEFAULT_MAX_SOURCES,
         logInterval: float = DEFAULT_LOG_INTERVAL,
+        serverHeader: str | None = None,
     ) -> None:
         """
         @param clock: the L{IReactorTime}.
@@ -233,8 +234,11 @@ class RateLimiter:
             balancers, monitoring).
         @param maxSources: sources remembered at most.
         @param logInterval: seconds between log lines about one source.
+        @param serverHeader: the C{Server} header of its C{503}s (default
+            L{sipcore.sip.core.SERVER}); empty: none.
         """
         self.clock = clock
+        self.serverHeader = serverHeader
         self.buckets = TokenBuckets(clock, rate, burst, overdraft, maxSources)
         self.exempt = frozenset(address.lower() for address in exempt)
         self.throttle = LogThrottle(clock, logInterval, maxSources)
@@ -354,6 +358,8 @@ class RateLimiter:
         from sipcore.message import Request, Response, SIPParseError, parseMessage
         from sipcore.sip.core import SERVER, StatelessTransaction, stampVia
 
+        server = SERVER if self.serverHeader is None else self.serverHeader
+
         try:
             request: Any = parseMessage(data, maxSize=max(len(data), 1))
         except SIPParseError:
@@ -364,7 +370,8 @@ class RateLimiter:
             stampVia(request, flow)
             response = Response.forRequest(request, 503, "Service Unavailable")
             response.headers.set("Retry-After", str(retryAfter))
-            response.headers.set("Server", SERVER)
+            if server:
+                response.headers.set("Server", server)
             StatelessTransaction(request, flow).respond(response)
         except (SIPParseError, ValueError, IndexError):
             return

@@ -29,7 +29,7 @@ from sipcore.interfaces import IFlow, ILocationStore
 from sipcore.location import Binding, InvalidBinding, StoreUnavailable, checkBinding
 from sipcore.location.binding import UDP_CONNECTION_ID, aorKey, makeBinding
 from sipcore.location.ordering import PendingWrites
-from sipcore.message import URI, Address, Request, Response, SIPParseError, parseURI
+from sipcore.message import URI, Address, Request, Response, SIPParseError, parseExpires, parseURI
 from sipcore.message.uri import unescape
 from sipcore.sip.core import ServerTransactionLike, supportedTags
 from sipcore.sip.trust import TrustedPeers
@@ -52,6 +52,18 @@ _DIGITS = re.compile(r"[0-9]{1,10}")
 
 #: Seconds a client is asked to wait while the store is away.
 RETRY_AFTER = 5
+
+#: The most bindings of one address of record (C{--max-contacts}), and the
+#: most Contact values in one REGISTER: Kamailio's C{max_contacts} default.
+DEFAULT_MAX_CONTACTS = 10
+
+#: C{--max-contacts-policy}: a REGISTER that would take an address of
+#: record over the cap is refused (C{reject}), or the oldest bindings make
+#: room for it (C{replace}, the default: a browser tab opened last is the
+#: one its user looks at).
+REJECT = "reject"
+REPLACE = "replace"
+CONTACTS_POLICIES = (REPLACE, REJECT)
 
 
 class RegistrationRefused(Exception):
@@ -81,6 +93,13 @@ class RegistrarPolicy:
         path} is advertised only when there are some.
     @ivar logInterval: seconds between two log lines about one refused
         source.
+    @ivar maxContacts: the most bindings an address of record may have,
+        and the most Contact values a REGISTER may carry (more: C{403},
+        before any is parsed); C{0}: no limit.
+    @ivar maxContactsPolicy: what a REGISTER that would take an address of
+        record over C{maxContacts} gets: L{REJECT} (C{403}, nothing
+        changed) or L{REPLACE} (saved; the bindings it does not name are
+        removed, least recently written first, down to the cap).
     """
 
     defaultExpires: int = 3600
@@ -89,6 +108,8 @@ class RegistrarPolicy:
     foreignDomainStatus: int = 403
     trustedPeers: TrustedPeers = TrustedPeers()
     logInterval: float = DEFAULT_LOG_INTERVAL
+    maxContacts: int = DEFAULT_MAX_CONTACTS
+    maxContactsPolicy: str = REPLACE
 
 
 def methodBits(allow: Iterable[str]) -> int | None:
@@ -232,10 +253,11 @@ class Registrar:
         self.connectionBound = connectionBound
         self.stats: dict[str, int] = {
             "registered": 0, "unregistered": 0, "refused": 0, "unavailable": 0,
-            "pathRefused": 0,
+            "pathRefused": 0, "tooManyContacts": 0, "replacedOldest": 0,
         }
         self._closedMeanwhile = LogThrottle(clock)
         self._pathRefusedLog = LogThrottle(clock, self.policy.logInterval)
+        self._contactsLog = LogThrottle(clock, self.policy.logInterval)
         self._supported = ", ".join(supportedTags(bool(self.policy.trustedPeers)))
 
     def __call__(self, tx: ServerTransactionLike) -> defer.Deferred[Response | None]:
@@ -290,6 +312,13 @@ class Registrar:
                 policy.foreignDomainStatus,
                 "Forbidden" if policy.foreignDomainStatus == 403 else "Not Found",
             )
+        limit = policy.maxContacts
+        if limit and request.countContacts(limit) > limit:
+            # Counted, not parsed (see SIPCore's maxContacts): thousands of
+            # Contact values cost no more than limit + 1.
+            self._tooManyContacts("source", sourceKey(flow.remote[0]))
+            raise RegistrationRefused(
+                403, "Too many contacts in one REGISTER (at most {})".format(limit))
         try:
             to = request.toAddr
             contacts = request.contacts
@@ -329,6 +358,7 @@ class Registrar:
         toSave: list[Binding] = []
         toRemove: list[str] = []
         plannedKeys: set[str] = set()
+        named: set[str] = set()
         path = ", ".join(request.headers.values("Path")) or None
         userAgent = (request.headers.first("User-Agent") or "")[:MAX_USER_AGENT]
         methods = methodBits(request.headers.values("Allow"))
@@ -345,6 +375,8 @@ class Registrar:
                 continue
             plannedKeys.add(key)
             old = byKey.get(key)
+            if old is not None:
+                named.add(old.ruid)
             binding = None
             if expires:
                 # makeBinding: the frozen dataclass without its per-field setattr.
@@ -385,6 +417,8 @@ class Registrar:
                     toRemove.append(old.ruid)
                 continue
             toSave.append(binding)
+        if limit:
+            toRemove += self._makeRoom(aor, existing, toSave, toRemove, named)
 
         if conid is not None and self.isConnected is not None and not self.isConnected(conid):
             # The connection closed while this REGISTER waited for the store:
@@ -444,6 +478,62 @@ class Registrar:
                 peer=host, suppressed=suppressed)
         raise RegistrationRefused(403, "Path not accepted from this source")
 
+    def _makeRoom(self, aor: str, existing: list[Binding], toSave: list[Binding],
+                  toRemove: list[str], named: set[str]) -> list[str]:
+        """
+        Keep an address of record within C{policy.maxContacts}.  Only a
+        REGISTER that adds bindings is checked: refreshing or removing
+        bindings is always allowed.
+
+        @param existing: the bindings the lookup found.
+        @param toSave: the bindings the REGISTER writes.
+        @param toRemove: the record ids it removes.
+        @param named: the record ids of the existing bindings it names.
+        @return: the record ids to remove as well to stay within the cap
+            (the least recently written bindings it does not name), under
+            L{REPLACE}.
+        @raise RegistrationRefused: C{403} under L{REJECT} when the cap
+            would be exceeded.
+        """
+        policy = self.policy
+        known = {b.ruid for b in existing}
+        added = sum(1 for b in toSave if b.ruid not in known)
+        if not added:
+            return []
+        removed = set(toRemove)
+        kept = [b for b in existing if b.ruid not in removed]
+        excess = len(kept) + added - policy.maxContacts
+        if excess <= 0:
+            return []
+        older = sorted((b for b in kept if b.ruid not in named),
+                       key=lambda b: (b.lastModified, b.ruid))
+        if policy.maxContactsPolicy != REPLACE or len(older) < excess:
+            self._tooManyContacts("aor", aor)
+            raise RegistrationRefused(
+                403, "Too many registered contacts (at most {})".format(policy.maxContacts))
+        self.stats["replacedOldest"] += 1
+        suppressed = self._contactsLog.hit(("replaced", aor))
+        if suppressed is not None:
+            self._log.info(
+                "removed the {count} oldest bindings of {aor} to stay within "
+                "{limit} ({suppressed} more times since the last report)",
+                count=excess, aor=aor, limit=policy.maxContacts, suppressed=suppressed)
+        return [b.ruid for b in older[:excess]]
+
+    def _tooManyContacts(self, kind: str, key: str) -> None:
+        """
+        Count and log (once per key per interval) a REGISTER refused for
+        its contacts: too many in it (C{kind} C{source}, C{key} the
+        source) or for its address of record (C{aor}).
+        """
+        self.stats["tooManyContacts"] += 1
+        suppressed = self._contactsLog.hit((kind, key))
+        if suppressed is not None:
+            self._log.info(
+                "refused REGISTER: too many contacts ({kind} {key}, at most {limit}; "
+                "{suppressed} more since the last report)",
+                kind=kind, key=key, limit=self.policy.maxContacts, suppressed=suppressed)
+
     def _checkOrder(self, existing: list[Binding], callId: str, cseq: int) -> None:
         for binding in existing:
             if binding.callid == callId and cseq <= binding.cseq:
@@ -453,9 +543,9 @@ class Registrar:
         policy = self.policy
         raw = contact.param("expires")
         if raw is not None:
-            if _DIGITS.fullmatch(raw.strip()) is None:
-                raise RegistrationRefused(400, "Invalid Contact expires parameter")
-            expires = int(raw)
+            # Clamped to 2**32-1, a malformed value taken as 3600 (RFC 3261
+            # section 10.2.1.1); then bounded by the policy like the header.
+            expires = parseExpires(raw)
         elif headerExpires is not None:
             expires = headerExpires
         else:
