@@ -7,7 +7,7 @@ Start: open the store (and create the schema when asked), purge this node's
 connection-bound rows, start the handlers and their job queues, start the
 periodic expiry, then listen.
 
-Stop (DESIGN rule 7): stop listening, close the live connections (their
+Stop: stop listening, close the live connections (their
 close events fire as usual), let the bus deliver what is in flight, drain
 the job queues within a deadline, stop the handlers, then close the store.
 """

@@ -58,9 +58,7 @@ class Options(usage.Options):
     optFlags = [
         ["db-init", None, "Create the location schema at start if it is missing."],
         ["list-handlers", None, "List the handler plugins found and exit."],
-        # security
         ["auth-db", None, "Authenticate with Kamailio's subscriber table in --db."],
-        # proxy (docs/routing.rst)
         ["forward-foreign", None,
          "Forward initial requests for other domains to the IP address and port in "
          "their Request-URI (default: refuse them with 403)."],
@@ -88,7 +86,6 @@ class Options(usage.Options):
          "tcp:9060:interface=127.0.0.1; empty: off."],
         ["foreign-domain-status", None, 403,
          "Status for a REGISTER to a domain this server does not serve (403 or 404).", int],
-        # security (docs/security.rst): bindings
         ["max-contacts", None, 10,
          "Most bindings per address of record, and most Contact values in one REGISTER "
          "(more: 403) (0: no limit).", _positiveInt],
@@ -97,7 +94,6 @@ class Options(usage.Options):
          "(its oldest bindings are removed) or reject (403, nothing changed)."],
         ["server-header", None, "sipcore",
          "Server header of the responses the server makes (empty: none)."],
-        # proxy (docs/routing.rst)
         ["timer-c", None, 180.0,
          "Seconds an INVITE branch may wait for its next provisional response before "
          "it is cancelled and the caller gets 408.", _positiveFloat],
@@ -107,7 +103,6 @@ class Options(usage.Options):
         ["max-branches", None, 10,
          "Most branches a request to an address of record forks to (highest q first, "
          "then the most recently registered).", _positiveInt],
-        # security (docs/security.rst)
         ["auth-file", None, "",
          "Authenticate with the users in this file (user@domain:password or "
          "user@domain:ha1=HEX per line)."],
@@ -161,7 +156,6 @@ class Options(usage.Options):
          "Seconds to wait for a WebSocket pong before closing.", _positiveFloat],
         ["limit-log-interval", None, 60.0,
          "Seconds between two log lines about one limit and source.", _positiveFloat],
-        # group commit (docs/database.rst)
         ["group-commit-window", None, 0.002,
          "With --db or the workers' shared store: seconds REGISTERs wait to share one "
          "location write (and one lookup) statement.", _positiveFloat],
@@ -222,7 +216,6 @@ class Options(usage.Options):
                 "--handler-option {!r}: expected NAME:key=value".format(spec))
         self["handler-option"].setdefault(name, {})[key] = value
 
-    # config file (docs/configuration.rst)
     _configPath: str | None = None
 
     def parseOptions(self, options: Any = None) -> None:
@@ -401,7 +394,7 @@ def buildService(options: Options, reactor: Any) -> Any:
         # A worker of `python -m sipcore.workers` shares the store process's
         # memory store; otherwise the bindings live in this process.
         store = workerStore(reactor) or MemoryLocationStore(reactor)
-    # group commit (docs/database.rst): batch the REGISTERs' writes and reads.
+    # Batch the REGISTERs' writes and reads.
     if not isinstance(store, MemoryLocationStore) and options["group-commit-max"]:
         from sipcore.location.group import GroupCommitStore
 
@@ -477,12 +470,12 @@ def buildService(options: Options, reactor: Any) -> Any:
     )
     service.registrar = registrar
     service.writes = writes
-    # group commit / benchmarks: the reactor lag probe (SIPCORE_LAG_PROBE=1)
+    # The reactor lag probe (SIPCORE_LAG_PROBE=1).
     from sipcore.lag import fromEnvironment
 
     service.lagProbe = fromEnvironment(reactor)
     service.metricsService = _buildMetrics(options, reactor, service)
-    # proxy (docs/routing.rst): routes what the core and the registrar do not
+    # The proxy routes what the core and the registrar do not
     # answer; it reads the listeners' bound addresses only once they listen.
     service.proxy = _buildProxy(options, reactor, core, store, table, listeners)
     return service
@@ -707,7 +700,7 @@ def makeService(options: Options) -> Any:
         raise SystemExit(0)
     from twisted.internet import reactor
 
-    # group commit / performance: fewer garbage collector passes.
+    # Fewer garbage collector passes.
     from sipcore.tuning import tuneGarbageCollector
 
     reactor.callWhenRunning(tuneGarbageCollector)

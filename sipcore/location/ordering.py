@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_ordering -*-
 """
-Per-connection ordering of location writes (DESIGN rule 6).
+Per-connection ordering of location writes.
 
 A cleanup for connection N must run after any registration work for N that
 was already in flight, or a binding written after its connection died would

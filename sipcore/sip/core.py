@@ -206,7 +206,7 @@ class SIPCore:
         if transactions is None:
             transactions = TransactionLayer(clock, self)
         self.transactions = transactions
-        # security: guards run before a request's handler (authentication);
+        # Guards run before a request's handler (authentication);
         # the limiter may refuse a message before it is parsed (rate limit).
         self._guards: list[RequestGuard] = []
         self.limiter: Any = None
