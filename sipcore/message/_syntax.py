@@ -40,13 +40,6 @@ def skipWhitespace(text: str, pos: int) -> int:
     return _WS.match(text, pos).end()  # type: ignore[union-attr]
 
 
-def isToken(text: str) -> bool:
-    """
-    @return: whether C{text} is a non-empty RFC 3261 token.
-    """
-    return TOKEN.fullmatch(text) is not None
-
-
 def unquote(quoted: str) -> str:
     """
     Remove the quotes and quoted-pair escapes of a quoted string.

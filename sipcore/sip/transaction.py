@@ -499,9 +499,6 @@ class _Transaction:
         if self.state != TERMINATED:
             self._setState(TERMINATED, "terminate()")
 
-    def _noAction(self, arg: Any) -> None:
-        pass
-
 
 # -- client -------------------------------------------------------------------
 
