@@ -56,7 +56,7 @@ from zope.interface import implementer
 from sipcore.interfaces import ICredentialSource
 from sipcore.message import Request, SIPParseError, parseURI
 from sipcore.message._syntax import quote
-from sipcore.sip.core import SERVER, respond
+from sipcore.sip.core import SERVER, Refused, respond
 from sipcore.throttle import LogThrottle, sourceKey
 
 __all__ = [
@@ -788,16 +788,19 @@ class Identity:
         return "{}@{}".format(self.username, self.domain)
 
 
-class _Refusal(Exception):
+class _Refusal(Refused):
     """
-    Answer the request with C{status} (and maybe a fresh challenge).
+    Answer the request with C{status}, or with a fresh challenge.
+
+    @ivar challenge: answer with a challenge instead (C{status} is unused).
+    @ivar stale: the challenge says C{stale=true}.
+    @ivar failed: the request counts as a failed authentication.
+    @ivar why: what to log.
     """
 
     def __init__(self, status: int, reason: str, challenge: bool = False,
                  stale: bool = False, failed: bool = False, why: str = "") -> None:
         super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
         self.challenge = challenge
         self.stale = stale
         self.failed = failed

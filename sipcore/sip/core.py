@@ -129,6 +129,23 @@ def _nextGuard(go: bool, guard: RequestGuard,
     return go and guard(tx)
 
 
+class Refused(Exception):
+    """
+    A request to answer with an error response.
+
+    @ivar status: the response's status code.
+    @ivar reason: its reason phrase.
+    @ivar headers: C{(name, value)} pairs to add to the response.
+    """
+
+    def __init__(self, status: int, reason: str,
+                 headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.headers = list(headers)
+
+
 def respond(
     tx: ServerTransactionLike,
     status: int,

@@ -41,6 +41,7 @@ from sipcore.message import (
     parseAddressList,
     parseURI,
 )
+from sipcore.sip.core import Refused
 from sipcore.sip.routing import (
     FLOW_PARAM,
     SIGNATURE_PARAM,
@@ -119,14 +120,6 @@ class ProxyPolicy:
     recordRoute: bool = True
     maxBranches: int = DEFAULT_MAX_BRANCHES
     trustedPeers: TrustedPeers = TrustedPeers()
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
-        self.headers = list(headers)
 
 
 @dataclass
@@ -689,7 +682,7 @@ class Proxy:
             return
         try:
             decision = self._route(request, tx.flow)
-        except _Refused as e:
+        except Refused as e:
             self._refuse(tx, e.status, e.reason, e.headers)
             return
         context = _ResponseContext(self, tx)
@@ -736,7 +729,7 @@ class Proxy:
         """
         Decide where a request goes (RFC 3261 16.3 to 16.5).
 
-        @raise _Refused: with the answer when it goes nowhere.
+        @raise Refused: with the answer when it goes nowhere.
         """
         try:
             maxForwards = request.maxForwards
@@ -745,11 +738,11 @@ class Proxy:
             toTag = request.toAddr.tag
             callId = request.callId
         except SIPParseError as e:
-            raise _Refused(400, e.reason) from None
+            raise Refused(400, e.reason) from None
         if maxForwards == 0:
-            raise _Refused(483, "Too Many Hops")
+            raise Refused(483, "Too Many Hops")
         if not stateless and self._looped(request, hashValue):
-            raise _Refused(482, "Loop Detected")
+            raise Refused(482, "Loop Detected")
         headers = request.headers.copy()
         uri = request.uri
         # Only an entry of ours that we signed for this dialog proves the
@@ -797,11 +790,11 @@ class Proxy:
             return decision
         if self._isOwnURI(uri):
             if stateless:
-                raise _Refused(404, "Not Found")
+                raise Refused(404, "Not Found")
             if toTag and not uri.user:
-                raise _Refused(481, "Call/Transaction Does Not Exist")
+                raise Refused(481, "Call/Transaction Does Not Exist")
             if not uri.user or not uri.host:
-                raise _Refused(404, "Not Found")
+                raise Refused(404, "Not Found")
             decision.aor = aorKey(uri.user, uri.host.lower())
             return decision
         if not self.policy.forwardForeign:
@@ -816,14 +809,14 @@ class Proxy:
         (the other side of the dialog), else that one (a dialog of a flow
         with itself).
 
-        @raise _Refused: C{430} when that flow is a connection that is gone.
+        @raise Refused: C{430} when that flow is a connection that is gone.
         """
         others = [f for f in flows if not self._isInbound(f, inbound)]
         chosen = (others or flows)[0]
         if isinstance(chosen, NextHop):
             return _Target(hop=chosen, failStatus=430, failReason="Flow Failed")
         if self.table.get(chosen) is None:
-            raise _Refused(430, "Flow Failed")
+            raise Refused(430, "Flow Failed")
         return _Target(conid=chosen, failStatus=430, failReason="Flow Failed")
 
     @staticmethod
@@ -838,9 +831,9 @@ class Proxy:
             return port == named.port and _sameHost(host, named.host)
         return bool(inbound.conid) and named == inbound.conid
 
-    def _foreign(self) -> _Refused:
+    def _foreign(self) -> Refused:
         status = self.policy.foreignStatus
-        return _Refused(status, "Forbidden (relaying denied)" if status == 403 else "Not Found")
+        return Refused(status, "Forbidden (relaying denied)" if status == 403 else "Not Found")
 
     def _isOwnURI(self, uri: URI) -> bool:
         if uri.scheme not in ("sip", "sips"):
@@ -851,7 +844,7 @@ class Proxy:
         try:
             hop = nextHopOf(uri)
         except NoRoute as e:
-            raise _Refused(e.status, e.reason) from None
+            raise Refused(e.status, e.reason) from None
         return _Target(hop=hop)
 
     def _looped(self, request: Request, hashValue: str) -> bool:
@@ -1167,7 +1160,7 @@ class Proxy:
         try:
             decision = self._route(request, flow, stateless=True)
             (target,) = decision.targets
-        except (_Refused, ValueError):
+        except (Refused, ValueError):
             self.stats["acksDropped"] += 1
             return
         resolved = self._resolve(target)

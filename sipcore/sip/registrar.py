@@ -31,7 +31,7 @@ from sipcore.location.binding import UDP_CONNECTION_ID, aorKey, makeBinding
 from sipcore.location.ordering import PendingWrites
 from sipcore.message import URI, Address, Request, Response, SIPParseError, parseExpires, parseURI
 from sipcore.message.uri import unescape
-from sipcore.sip.core import ServerTransactionLike, supportedTags
+from sipcore.sip.core import Refused, ServerTransactionLike, supportedTags
 from sipcore.sip.trust import TrustedPeers
 from sipcore.throttle import DEFAULT_LOG_INTERVAL, LogThrottle, sourceKey
 
@@ -64,19 +64,6 @@ DEFAULT_MAX_CONTACTS = 10
 REJECT = "reject"
 REPLACE = "replace"
 CONTACTS_POLICIES = (REPLACE, REJECT)
-
-
-class RegistrationRefused(Exception):
-    """
-    A REGISTER that must be answered with an error.
-    """
-
-    def __init__(self, status: int, reason: str,
-                 headers: Iterable[tuple[str, str]] = ()) -> None:
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
-        self.headers = list(headers)
 
 
 @dataclass(frozen=True)
@@ -274,7 +261,7 @@ class Registrar:
         request = tx.request
         try:
             response = await self._process(request, tx.flow)
-        except RegistrationRefused as e:
+        except Refused as e:
             self.stats["refused"] += 1
             response = Response.forRequest(request, e.status, e.reason)
             for name, value in e.headers:
@@ -308,7 +295,7 @@ class Registrar:
         policy = self.policy
         host = request.uri.host or ""
         if request.uri.scheme.lower() not in ("sip", "sips") or not self.isLocalDomain(host):
-            raise RegistrationRefused(
+            raise Refused(
                 policy.foreignDomainStatus,
                 "Forbidden" if policy.foreignDomainStatus == 403 else "Not Found",
             )
@@ -317,21 +304,21 @@ class Registrar:
             # Counted, not parsed (see SIPCore's maxContacts): thousands of
             # Contact values cost no more than limit + 1.
             self._tooManyContacts("source", sourceKey(flow.remote[0]))
-            raise RegistrationRefused(
+            raise Refused(
                 403, "Too many contacts in one REGISTER (at most {})".format(limit))
         try:
             to = request.toAddr
             contacts = request.contacts
             headerExpires = request.expires
         except SIPParseError as e:
-            raise RegistrationRefused(400, e.reason) from e
+            raise Refused(400, e.reason) from e
         aorURI = to.uri
         if aorURI.scheme.lower() not in ("sip", "sips") or not aorURI.host:
-            raise RegistrationRefused(400, "Address of record must be a SIP or SIPS URI")
+            raise Refused(400, "Address of record must be a SIP or SIPS URI")
         if not aorURI.user:
-            raise RegistrationRefused(400, "Address of record has no user part")
+            raise Refused(400, "Address of record has no user part")
         if not self.isLocalDomain(aorURI.host):
-            raise RegistrationRefused(404, "Not Found")
+            raise Refused(404, "Not Found")
         username = aorURI.user
         domain = aorURI.host.lower()
         aor = aorKey(username, domain)
@@ -343,7 +330,7 @@ class Registrar:
 
         if contacts == "*":
             if headerExpires != 0 or len(request.headers.values("Contact")) != 1:
-                raise RegistrationRefused(
+                raise Refused(
                     400, "Wildcard Contact requires Expires: 0 and no other Contact")
             self._checkOrder(existing, callId, cseq)
             if existing:
@@ -406,7 +393,7 @@ class Registrar:
                 })
             if old is not None and old.callid == callId and cseq <= old.cseq:
                 if cseq < old.cseq or binding is None or not _sameRequest(old, binding):
-                    raise RegistrationRefused(500, "Out of order CSeq for this Call-ID")
+                    raise Refused(500, "Out of order CSeq for this Call-ID")
                 # The same Call-ID, CSeq and contact as the request that
                 # wrote this binding: its retransmission, read by a process
                 # whose transactions never saw the first copy (workers share
@@ -461,7 +448,7 @@ class Registrar:
         it): otherwise anyone could make calls to their address of record go
         to a host of their choosing.  Logged once per source per interval.
 
-        @raise RegistrationRefused: C{403}, before anything is read or
+        @raise Refused: C{403}, before anything is read or
             written.
         """
         if "Path" not in request.headers:
@@ -476,7 +463,7 @@ class Registrar:
                 "refused REGISTER with Path from {peer}: not a trusted peer "
                 "({suppressed} more since the last report)",
                 peer=host, suppressed=suppressed)
-        raise RegistrationRefused(403, "Path not accepted from this source")
+        raise Refused(403, "Path not accepted from this source")
 
     def _makeRoom(self, aor: str, existing: list[Binding], toSave: list[Binding],
                   toRemove: list[str], named: set[str]) -> list[str]:
@@ -492,7 +479,7 @@ class Registrar:
         @return: the record ids to remove as well to stay within the cap
             (the least recently written bindings it does not name), under
             L{REPLACE}.
-        @raise RegistrationRefused: C{403} under L{REJECT} when the cap
+        @raise Refused: C{403} under L{REJECT} when the cap
             would be exceeded.
         """
         policy = self.policy
@@ -509,7 +496,7 @@ class Registrar:
                        key=lambda b: (b.lastModified, b.ruid))
         if policy.maxContactsPolicy != REPLACE or len(older) < excess:
             self._tooManyContacts("aor", aor)
-            raise RegistrationRefused(
+            raise Refused(
                 403, "Too many registered contacts (at most {})".format(policy.maxContacts))
         self.stats["replacedOldest"] += 1
         suppressed = self._contactsLog.hit(("replaced", aor))
@@ -537,7 +524,7 @@ class Registrar:
     def _checkOrder(self, existing: list[Binding], callId: str, cseq: int) -> None:
         for binding in existing:
             if binding.callid == callId and cseq <= binding.cseq:
-                raise RegistrationRefused(500, "Out of order CSeq for this Call-ID")
+                raise Refused(500, "Out of order CSeq for this Call-ID")
 
     def _expiresOf(self, contact: Address, headerExpires: int | None) -> int:
         policy = self.policy
@@ -553,8 +540,8 @@ class Registrar:
         if expires == 0:
             return 0
         if expires < policy.minExpires:
-            raise RegistrationRefused(423, "Interval Too Brief",
-                                      [("Min-Expires", str(policy.minExpires))])
+            raise Refused(423, "Interval Too Brief",
+                          [("Min-Expires", str(policy.minExpires))])
         return min(expires, policy.maxExpires)
 
     def _qOf(self, contact: Address) -> float:
@@ -566,7 +553,7 @@ class Registrar:
         except ValueError:
             q = -1.0
         if not 0.0 <= q <= 1.0:
-            raise RegistrationRefused(400, "Invalid Contact q parameter")
+            raise Refused(400, "Invalid Contact q parameter")
         return q
 
     def _regIdOf(self, contact: Address) -> int:
@@ -575,7 +562,7 @@ class Registrar:
             return 0
         raw = raw.strip()
         if _DIGITS.fullmatch(raw) is None or not 1 <= int(raw) <= 2**31 - 1:
-            raise RegistrationRefused(400, "Invalid Contact reg-id parameter")
+            raise Refused(400, "Invalid Contact reg-id parameter")
         return int(raw)
 
     def _key(self, uri: URI, instance: str | None, regId: int) -> str:
