@@ -6,6 +6,8 @@ Every zope Interface of the project lives here and nothing else does.  The
 pipeline they describe::
 
     transport (IFlow) -> IMessageSink -> registrar / proxy -> ILocationStore
+    transactions -> ITransactionUser / IClientTransactionUser
+    proxy -> IHopConnector -> transport (IFlow)
     transport -> ConnectionTable -> IEventBus -> IEventHandler (made by IHandlerPlugin)
 """
 
@@ -86,6 +88,117 @@ class IMessageSink(Interface):
         @param reason: C{str}, a human-readable reason.
         @param flow: the L{IFlow}.
         @return: C{None}.  Never raises.
+        """
+
+
+class IHopConnector(Interface):
+    """
+    The transport layer as the SIP layer sends through it: the flow that
+    reaches a next hop, and the addresses the server listens on.  It opens
+    no connection: a stream hop is reached over a connection that is
+    already open.
+    """
+
+    def connection(conid):
+        """
+        The live stream connection C{conid} of this node.
+
+        @param conid: a connection id (C{int}).
+        @return: its L{IFlow}, or C{None} when it has closed.
+        """
+
+    def flowTo(transport, host, port):
+        """
+        A flow that reaches C{(transport, host, port)}: for UDP, a flow of
+        a UDP listener whose C{send} goes to that address; for a stream
+        transport, a live connection of that transport to that address.
+
+        @param transport: C{'udp'}, C{'tcp'}, C{'tls'}, C{'ws'} or C{'wss'}.
+        @param host: the hop's address as text (lower case).
+        @param port: the hop's port (C{int}).
+        @return: an L{IFlow}, or C{None} when the hop cannot be reached now
+            (no UDP listener, no open connection to it).
+        """
+
+    def listening():
+        """
+        Where the server listens now.
+
+        @return: a C{tuple} of C{(transport, host, port)} per listener that
+            has a bound address, the host as bound (C{'0.0.0.0'} or C{'::'}
+            for the wildcard address).  Once every listener has an address
+            the same tuple object is returned until the listeners change,
+            so a caller may cache what it derives from it by identity.
+        """
+
+
+# ---------------------------------------------------------------------------
+# Transactions
+
+
+class ITransactionUser(Interface):
+    """
+    What the transaction layer and its server transactions tell their
+    transaction user (the SIP core), RFC 3261 section 17.2.  Each call
+    returns C{None}; an exception it raises is logged by the transaction
+    and goes no further.
+    """
+
+    def ackReceived(request, flow):
+        """
+        An C{ACK} that no INVITE server transaction absorbed: the C{ACK}
+        for a 2xx (a transaction of its own), one matching nothing, or one
+        received in the Accepted state.
+
+        @param request: the C{ACK} L{sipcore.message.Request}.
+        @param flow: the L{IFlow} it arrived on.
+        """
+
+    def ackTimeout(transaction):
+        """
+        No C{ACK} came for the final response of an INVITE server
+        transaction (timer H).
+        """
+
+    def unanswered(transaction):
+        """
+        A non-INVITE server transaction ended without a final response
+        (its user never answered within 2*64*T1).
+        """
+
+    def transportError(transaction):
+        """
+        The flow refused a response of the server transaction; the
+        transaction is terminated.
+        """
+
+
+class IClientTransactionUser(Interface):
+    """
+    What a client transaction tells the user that sent its request
+    (RFC 3261 section 17.1).  Each call returns C{None}; an exception it
+    raises is logged by the transaction and goes no further.
+    """
+
+    def responseReceived(response, transaction):
+        """
+        A response passed up by the client transaction (every provisional
+        and final response, 2xx retransmissions included for INVITE).
+
+        @param response: the L{sipcore.message.Response}.
+        @param transaction: the client transaction.
+        """
+
+    def timeout(transaction):
+        """
+        No final response came in time (timer B or F); the transaction is
+        terminated.
+        """
+
+    def transportError(transaction):
+        """
+        The flow refused the request (or the C{ACK}); the transaction is
+        terminated.
         """
 
 

@@ -509,6 +509,7 @@ def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: An
     """
     from sipcore.sip.proxy import Proxy, ProxyPolicy
     from sipcore.sip.trust import TrustedPeers
+    from sipcore.transport.hops import HopConnector
 
     serverId = options["server-id"]
 
@@ -517,7 +518,7 @@ def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: An
 
     domains = options["domain"]
     proxy = Proxy(
-        core, store, reactor, table, lambda: listeners,
+        core, store, reactor, HopConnector(table, listeners),
         serverId=serverId,
         policy=ProxyPolicy(
             timerC=options["timer-c"],

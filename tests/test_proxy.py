@@ -31,6 +31,7 @@ from sipcore.sip.transaction import sendToSender
 from sipcore.sip.trust import TrustedPeers
 from sipcore.testing import FakeFlow, MemoryLocationStore, RecordingBus
 from sipcore.transport.connections import ConnectionTable
+from sipcore.transport.hops import HopConnector
 from sipcore.transport.udp import SIPDatagramProtocol
 
 UDP_PORT = 5060
@@ -112,10 +113,11 @@ class ProxyHarness:
     on 8080, all on 127.0.0.1, domain example.com.
     """
 
-    def __init__(self, policy: ProxyPolicy | None = None) -> None:
+    def __init__(self, policy: ProxyPolicy | None = None,
+                 table: ConnectionTable | None = None) -> None:
         self.clock = task.Clock()
         self.core = SIPCore(self.clock, domains=["example.com"])
-        self.table = ConnectionTable(RecordingBus(), self.clock)
+        self.table = table if table is not None else ConnectionTable(RecordingBus(), self.clock)
         self.store = MemoryLocationStore(self.clock)
         self.udpProtocol = SIPDatagramProtocol(self.core, receiveBuffer=0)
         self.udpProtocol.transport = FakeDatagramTransport()
@@ -126,8 +128,8 @@ class ProxyHarness:
             FakeListener("ws", WS_PORT),
         ]
         self.stale: list[Binding] = []
-        self.proxy = Proxy(self.core, self.store, self.clock, self.table,
-                           lambda: self.listeners, policy=policy,
+        self.proxy = Proxy(self.core, self.store, self.clock,
+                           HopConnector(self.table, self.listeners), policy=policy,
                            staleBinding=self.stale.append)
         self.proxy.install()
         self.caller = FakeFlow("udp", local=("127.0.0.1", UDP_PORT),
@@ -1343,8 +1345,8 @@ class PerPacketWorkTests(SynchronousTestCase):
         again until it is.
         """
         h = ProxyHarness()
-        h.listeners = [CountingListener(listener.spec.transport, listener.port,
-                                        listener.factory) for listener in h.listeners]
+        h.listeners[:] = [CountingListener(listener.spec.transport, listener.port,
+                                           listener.factory) for listener in h.listeners]
         h.listeners[2].started = False
         self.assertFalse(h.proxy.isOwn("127.0.0.1", WS_PORT))
         h.listeners[2].started = True
@@ -1357,7 +1359,7 @@ class PerPacketWorkTests(SynchronousTestCase):
                                   ("Route", RouteTests().routeTo(h, bob)),)))
         self.assertEqual(len(h.requestsOn(bob, "BYE")), 10)
         self.assertEqual([listener.calls for listener in h.listeners], before)
-        h.listeners = h.listeners[:1]
+        del h.listeners[1:]
         self.assertFalse(h.proxy.isOwn("127.0.0.1", WS_PORT))
 
     def test_connectionIndex(self) -> None:
@@ -1366,9 +1368,8 @@ class PerPacketWorkTests(SynchronousTestCase):
         again only after connections were opened or the indexed one
         closed, not for every request.
         """
-        h = ProxyHarness(ProxyPolicy(forwardForeign=True))
-        table = CountingTable(RecordingBus(), h.clock)
-        h.table = h.proxy.table = table
+        table = CountingTable(RecordingBus(), task.Clock())
+        h = ProxyHarness(ProxyPolicy(forwardForeign=True), table)
         for port in range(42000, 42050):
             h.connect("tcp", port)
         peer = h.connect("tcp", 41000)

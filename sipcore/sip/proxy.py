@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sipcore.interfaces import IFlow, ILocationStore
+from sipcore.interfaces import IFlow, IHopConnector, ILocationStore
 from sipcore.location import Binding, StoreUnavailable
 from sipcore.location.binding import aorKey
 from sipcore.message import (
@@ -453,30 +453,30 @@ class _Addresses:
     """
     What the proxy knows of its listeners.
 
-    @ivar listeners: the listener objects these addresses were read from.
-    @ivar entries: C{(transport, bound host, advertised host, port,
-        listener)} per listener listening.
+    @ivar listening: what L{IHopConnector.listening} returned, which these
+        addresses were derived from.
     @ivar hosts: every bound and advertised host.
     @ivar pairs: every C{(host, port)} of a bound or advertised host.
     @ivar ports: every listening port.
     """
 
-    listeners: tuple[Any, ...]
-    entries: list[tuple[str, str, str, int, Any]]
+    listening: tuple[tuple[str, str, int], ...]
     hosts: frozenset[str]
     pairs: frozenset[tuple[str, int]]
     ports: frozenset[int]
 
     @classmethod
-    def of(cls, listeners: tuple[Any, ...],
-           entries: list[tuple[str, str, str, int, Any]]) -> _Addresses:
+    def of(cls, listening: tuple[tuple[str, str, int], ...],
+           advertised: Callable[[str], str]) -> _Addresses:
         hosts: set[str] = set()
         pairs: set[tuple[str, int]] = set()
-        for _, bound, advertised, port, _ in entries:
-            hosts.update((bound, advertised))
-            pairs.update(((bound, port), (advertised, port)))
-        return cls(listeners, entries, frozenset(hosts), frozenset(pairs),
-                   frozenset(entry[3] for entry in entries))
+        for _, host, port in listening:
+            bound = host.lower()
+            public = advertised(host).lower()
+            hosts.update((bound, public))
+            pairs.update(((bound, port), (public, port)))
+        return cls(listening, frozenset(hosts), frozenset(pairs),
+                   frozenset(port for _, _, port in listening))
 
 
 class Proxy:
@@ -501,8 +501,7 @@ class Proxy:
         core: Any,
         store: ILocationStore,
         clock: IReactorTime,
-        table: Any,
-        listeners: Callable[[], Iterable[Any]],
+        hops: IHopConnector,
         serverId: int = 0,
         policy: ProxyPolicy | None = None,
         staleBinding: Callable[[Binding], object] | None = None,
@@ -514,14 +513,9 @@ class Proxy:
             C{domains} and C{respond} are used).
         @param store: where bindings are looked up.
         @param clock: for timer C.
-        @param table: the L{ConnectionTable}: C{get(conid)} gives the flow
-            of a live connection, iterating gives every live flow.
-        @param listeners: returns the L{ListenerService}s (read when a
-            request is routed, so after they started): their
-            C{spec.transport}, C{getHost()} and, for UDP, C{factory} (the
-            L{SIPDatagramProtocol} requests are sent from).  Their
-            addresses are read once, when every listener has one, and
-            again only if the listeners returned change.
+        @param hops: the L{IHopConnector} of the transports: the flow of
+            a connection or a next hop, and the listeners' addresses (read
+            when a request is routed, so after they started).
         @param serverId: this node's C{server_id}; only bindings with it
             are delivered over a connection.
         @param staleBinding: called with a binding whose connection is gone
@@ -536,8 +530,7 @@ class Proxy:
         self.transactions = core.transactions
         self.store = store
         self.clock = clock
-        self.table = table
-        self.listeners = listeners
+        self.hops = hops
         self.serverId = serverId
         self.policy = policy or ProxyPolicy()
         self.staleBinding = staleBinding
@@ -547,9 +540,6 @@ class Proxy:
         self._contexts: dict[Any, _ResponseContext] = {}
         self._live: set[_ResponseContext] = set()
         self._addresses: _Addresses | None = None
-        # (transport, host, port) -> flow; rebuilt when connections opened.
-        self._streams: dict[tuple[str, str, int], Any] = {}
-        self._streamsOpened = -1
         # branch -> _Branch of each INVITE branch not ended yet.
         self._liveInvites: dict[str, _Branch] = {}
         # branch -> (forget at, upstream flow, request) of ended INVITE
@@ -588,42 +578,15 @@ class Proxy:
 
     def _ownAddresses(self) -> _Addresses:
         """
-        The addresses of the listeners, read once every listener has one
-        (they do not change after start); read again when the listeners
-        returned by C{listeners()} change.
+        The addresses of the listeners, derived again only when what
+        C{hops.listening()} returns changes.
         """
-        listeners = tuple(self.listeners())
+        listening = self.hops.listening()
         cached = self._addresses
-        if cached is not None and len(cached.listeners) == len(listeners) and all(
-                a is b for a, b in zip(cached.listeners, listeners, strict=True)):
+        if cached is not None and cached.listening is listening:
             return cached
-        entries: list[tuple[str, str, str, int, Any]] = []
-        complete = True
-        for listener in listeners:
-            address = listener.getHost()
-            if address is None:
-                complete = False
-                continue
-            host = str(getattr(address, "host", ""))
-            port = int(getattr(address, "port", 0))
-            entries.append((listener.spec.transport, host.lower(),
-                            self._advertised(host).lower(), port, listener))
-        addresses = _Addresses.of(listeners, entries)
-        self._addresses = addresses if complete else None
+        addresses = self._addresses = _Addresses.of(listening, self._advertised)
         return addresses
-
-    def invalidateAddresses(self) -> None:
-        """
-        Forget the listener addresses read so far (a listener moved).
-        """
-        self._addresses = None
-
-    def _listening(self) -> list[tuple[str, str, str, int, Any]]:
-        """
-        C{(transport, bound host, advertised host, port, listener)} of each
-        listener listening now.
-        """
-        return self._ownAddresses().entries
 
     def isOwn(self, host: str | None, port: int | None) -> bool:
         """
@@ -815,7 +778,7 @@ class Proxy:
         chosen = (others or flows)[0]
         if isinstance(chosen, NextHop):
             return _Target(hop=chosen, failStatus=430, failReason="Flow Failed")
-        if self.table.get(chosen) is None:
+        if self.hops.connection(chosen) is None:
             raise Refused(430, "Flow Failed")
         return _Target(conid=chosen, failStatus=430, failReason="Flow Failed")
 
@@ -911,60 +874,25 @@ class Proxy:
 
     # -- sending ---------------------------------------------------------------
 
-    def _udpFlow(self, hop: NextHop) -> IFlow | None:
-        from sipcore.transport.udp import DatagramFlow
-
-        for transport, _, _, _, listener in self._listening():
-            if transport == "udp" and listener.factory is not None:
-                return DatagramFlow(listener.factory, (hop.host, hop.port))
-        return None
-
-    def _connectionTo(self, hop: NextHop) -> IFlow | None:
-        """
-        A live connection of C{hop}'s transport to its address (connection
-        reuse: the proxy opens no connections).
-
-        Looked up in an index by C{(transport, host, port)}, which is
-        rebuilt from the table only when connections were opened since it
-        was built or when the connection it names has closed.
-        """
-        key = (hop.transport, hop.host.lower(), hop.port)
-        flow = self._streams.get(key)
-        if flow is not None and self.table.get(flow.conid) is flow:
-            return flow  # type: ignore[no-any-return]
-        opened = self.table.opened
-        if flow is None and opened == self._streamsOpened:
-            return None
-        streams: dict[tuple[str, str, int], Any] = {}
-        for live in self.table:
-            host, port = live.remote[0], live.remote[1]
-            streams.setdefault((live.transport, str(host).lower(), int(port)), live)
-        self._streams = streams
-        self._streamsOpened = opened
-        return streams.get(key)
-
     def _resolve(self, target: _Target) -> tuple[IFlow, tuple[str, int] | None] | None:
         """
         The flow (and address, for UDP) a target is sent on, or C{None}
         when it cannot be reached now.
         """
         if target.conid is not None:
-            flow = self.table.get(target.conid)
+            flow = self.hops.connection(target.conid)
             if flow is None:
                 return None
             return flow, None
         hop = target.hop
         if hop is None:
             return None
-        if hop.transport == "udp":
-            udp = self._udpFlow(hop)
-            if udp is None:
-                return None
-            return udp, (hop.host, hop.port)
-        stream = self._connectionTo(hop)
-        if stream is None:
+        flow = self.hops.flowTo(hop.transport, hop.host, hop.port)
+        if flow is None:
             return None
-        return stream, None
+        if hop.transport == "udp":
+            return flow, (hop.host, hop.port)
+        return flow, None
 
     def _staleBinding(self, binding: Binding) -> None:
         self.stats["staleBindings"] += 1
