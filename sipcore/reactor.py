@@ -10,12 +10,8 @@ C{connectionLost} calls: the reactor stalls for a second, and every timer
 L{BoundedEPollReactor} takes at most L{MAX_EVENTS} events per turn (the
 others stay ready in the kernel, level-triggered, for the next turn), so
 timers run between bursts and the stall is bounded by C{MAX_EVENTS} times
-the cost of one event.  Likewise a UDP port reads at most L{MAX_UDP_BYTES}
-of datagrams per turn (Twisted's default is 256 KiB), so database answers
-(txpostgres is driven by the reactor) and timers are not held back behind
-hundreds of queued datagrams: with the PostgreSQL store and group commit
-this is the difference between answering within milliseconds and sipp's
-retransmissions piling up.
+the cost of one event.  (The UDP sockets bound their reads per turn
+themselves, on any reactor: L{sipcore.transport.udp}.)
 
 It also dispatches a plain read event (readable, nothing else: nearly
 every event a busy server sees) without Twisted's per-event logging context
@@ -30,6 +26,12 @@ Install it before anything imports the global reactor::
     import sipcore.reactor; sipcore.reactor.install()
 
 (C{bench/run.py} starts twistd that way.)
+
+Twisted has no public API for either change, so this module is the one
+place where sipcore relies on the epoll reactor's internals: its
+C{_poller}, C{_selectables}, C{_doReadOrWrite} and
+C{_disconnectSelectable}.  C{tests.test_lag.EPollInternalsTests} fails
+when Twisted changes them, and C{setup.cfg} bounds Twisted's version.
 """
 
 from __future__ import annotations
@@ -47,11 +49,6 @@ __all__ = ["MAX_EVENTS", "BoundedEPollReactor", "install"]
 
 #: Most I/O events handled in one reactor turn.
 MAX_EVENTS = 64
-
-#: Most bytes of datagrams one UDP port reads in one turn (Twisted's
-#: default is 256 KiB: some 600 SIP messages in one go, during which no
-#: database answer and no timer is handled).
-MAX_UDP_BYTES = 16384
 
 
 class _CappedPoller:
@@ -74,15 +71,16 @@ class _CappedPoller:
 
 class BoundedEPollReactor(EPollReactor):
     """
-    L{EPollReactor} handling at most C{maxEvents} I/O events per turn, and
-    reading at most C{maxUDPBytes} of datagrams per UDP port and turn.
+    L{EPollReactor} handling at most C{maxEvents} I/O events per turn.
     """
 
-    def __init__(self, maxEvents: int = MAX_EVENTS, maxUDPBytes: int = MAX_UDP_BYTES) -> None:
-        if maxEvents < 1 or maxUDPBytes < 1:
-            raise ValueError("maxEvents and maxUDPBytes must be at least 1")
+    def __init__(self, maxEvents: int = MAX_EVENTS) -> None:
+        """
+        @raise ValueError: if C{maxEvents} is less than 1.
+        """
+        if maxEvents < 1:
+            raise ValueError("maxEvents must be at least 1")
         EPollReactor.__init__(self)
-        self.maxUDPBytes = maxUDPBytes
         self._poller = _CappedPoller(self._poller, maxEvents)  # type: ignore[assignment]
 
     def doPoll(self, timeout: float | None) -> None:
@@ -126,16 +124,6 @@ class BoundedEPollReactor(EPollReactor):
             log.err(system=_logPrefix(selectable))
         if why:
             log.callWithLogger(selectable, self._disconnectSelectable, selectable, why, inRead)
-
-    def listenUDP(self, *args: Any, **kwargs: Any) -> Any:
-        port = EPollReactor.listenUDP(self, *args, **kwargs)
-        port.maxThroughput = self.maxUDPBytes
-        return port
-
-    def adoptDatagramPort(self, *args: Any, **kwargs: Any) -> Any:
-        port = EPollReactor.adoptDatagramPort(self, *args, **kwargs)
-        port.maxThroughput = self.maxUDPBytes
-        return port
 
 
 def _logPrefix(selectable: Any) -> str:

@@ -240,22 +240,47 @@ class TuningTests(SynchronousTestCase):
         self.assertGreater(gc.get_freeze_count(), 0)
 
 
-class BoundedUDPTests(SynchronousTestCase):
+class EPollInternalsTests(SynchronousTestCase):
     """
-    L{sipcore.reactor.BoundedEPollReactor} bounds the datagrams a UDP port
-    reads per turn.
+    The internals of Twisted's epoll reactor that L{sipcore.reactor} uses
+    are there, with the signatures it calls them with: this fails when
+    Twisted changes them.
     """
 
-    def test_listenUDPBounded(self) -> None:
+    def test_methods(self) -> None:
         """
-        A UDP port opened on the reactor reads at most C{maxUDPBytes} per
-        turn.
+        C{doPoll(timeout)} is the reactor's iteration, C{_doReadOrWrite}
+        takes C{(selectable, fd, event)} and C{_disconnectSelectable}
+        C{(selectable, why, isRead)}.
         """
-        from twisted.internet.protocol import DatagramProtocol
+        import inspect
 
-        from sipcore.reactor import BoundedEPollReactor
+        from twisted.internet.epollreactor import EPollReactor
 
-        reactor = BoundedEPollReactor(maxUDPBytes=1000)
-        port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.assertEqual(port.maxThroughput, 1000)
+        def parameters(method: Any) -> list[str]:
+            return list(inspect.signature(method).parameters)
+
+        self.assertIs(EPollReactor.doIteration, EPollReactor.doPoll)
+        self.assertEqual(parameters(EPollReactor.doPoll), ["self", "timeout"])
+        self.assertEqual(parameters(EPollReactor._doReadOrWrite),
+                         ["self", "selectable", "fd", "event"])
+        self.assertEqual(parameters(EPollReactor._disconnectSelectable)[:4],
+                         ["self", "selectable", "why", "isRead"])
+
+    def test_attributes(self) -> None:
+        """
+        A new epoll reactor has its C{epoll} object in C{_poller} (whose
+        C{poll} takes the timeout and the most events) and its selectables
+        by file descriptor in C{_selectables}.
+        """
+        import select
+
+        from twisted.internet.epollreactor import EPollReactor
+
+        reactor = EPollReactor()
+        self.addCleanup(reactor._poller.close)
+        self.assertIsInstance(reactor._poller, select.epoll)
+        self.assertEqual(reactor._poller.poll(0, 1), [])
+        self.assertIsInstance(reactor._selectables, dict)
+        for fd, selectable in reactor._selectables.items():
+            self.assertEqual(selectable.fileno(), fd)

@@ -19,7 +19,12 @@ from sipcore.interfaces import IFlow
 from sipcore.message import parseMessage
 from sipcore.sip.core import SIPCore
 from sipcore.sip.limits import RateLimiter
-from sipcore.transport.udp import MAX_FLOWS, DatagramFlow, SIPDatagramProtocol
+from sipcore.transport.udp import (
+    DEFAULT_READ_PER_TURN,
+    MAX_FLOWS,
+    DatagramFlow,
+    SIPDatagramProtocol,
+)
 from tests.test_transport_support import OK, OPTIONS, RecordingSink
 
 PEER = ("192.0.2.9", 5070)
@@ -90,6 +95,23 @@ class DatagramTests(SynchronousTestCase):
             protocol.transport = transport
             protocol.startProtocol()
             self.assertEqual(protocol.localAddress(), ("127.0.0.1", 5060))
+
+    def test_readPerTurn(self) -> None:
+        """
+        The socket reads at most C{readPerTurn} bytes of datagrams per
+        turn: C{startProtocol} sets the port's C{maxThroughput}, here on a
+        real port of Twisted's epoll reactor.
+        """
+        from twisted.internet.epollreactor import EPollReactor
+
+        self.assertEqual(self.transport.maxThroughput, DEFAULT_READ_PER_TURN)  # type: ignore[attr-defined]
+        reactor = EPollReactor()
+        self.addCleanup(reactor._poller.close)
+        port = reactor.listenUDP(0, SIPDatagramProtocol(self.sink, readPerTurn=1000),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertEqual(port.maxThroughput, 1000)
+        self.assertRaises(ValueError, SIPDatagramProtocol, self.sink, readPerTurn=0)
 
     def test_message(self) -> None:
         """

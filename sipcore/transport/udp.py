@@ -7,6 +7,11 @@ A datagram from a source the rate limiter drops for now
 any other work: a flooding source costs one dictionary lookup and a
 comparison per datagram, so the socket is drained faster than it fills and
 the datagrams of other sources are not lost in its receive buffer.
+
+A socket reads at most L{DEFAULT_READ_PER_TURN} bytes of datagrams each
+time the reactor finds it readable (C{maxThroughput} of Twisted's UDP
+port; Twisted's own default is 256 KiB, some 600 SIP messages), so timers,
+database answers and the other sockets get their turn during a burst.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from sipcore.message.framing import DEFAULT_MAX_SIZE
 from sipcore.transport.connections import addressOf
 
 __all__ = [
+    "DEFAULT_READ_PER_TURN",
     "DEFAULT_RECEIVE_BUFFER",
     "MAX_FLOWS",
     "DatagramFlow",
@@ -33,6 +39,9 @@ __all__ = [
 #: The socket receive buffer asked for (best effort; the kernel may cap it,
 #: see C{net.core.rmem_max} on Linux).
 DEFAULT_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+#: The most bytes of datagrams a socket reads in one reactor turn.
+DEFAULT_READ_PER_TURN = 16384
 
 #: Peers whose flow a UDP socket keeps for their next datagrams (past
 #: this many, it starts again from none).
@@ -123,6 +132,7 @@ class SIPDatagramProtocol(DatagramProtocol):
         maxSize: int = DEFAULT_MAX_SIZE,
         receiveBuffer: int = DEFAULT_RECEIVE_BUFFER,
         limiter: Any = None,
+        readPerTurn: int = DEFAULT_READ_PER_TURN,
     ) -> None:
         """
         @param sink: the L{sipcore.interfaces.IMessageSink}.
@@ -134,7 +144,14 @@ class SIPDatagramProtocol(DatagramProtocol):
             consults, or C{None}: a datagram from a source in its
             C{blocked} table, until the time entered there, is dropped on
             arrival (and counted in that entry) without reaching the sink.
+        @param readPerTurn: the most bytes of datagrams the socket reads
+            each time it is readable (C{maxThroughput} of Twisted's UDP
+            port); at least one datagram is always read.
+        @raise ValueError: if C{readPerTurn} is less than 1.
         """
+        if readPerTurn < 1:
+            raise ValueError("readPerTurn must be at least 1")
+        self.readPerTurn = readPerTurn
         self.sink = sink
         self.limiter = limiter
         self._blocked: dict[str, list[float]] = {} if limiter is None else limiter.blocked
@@ -158,6 +175,7 @@ class SIPDatagramProtocol(DatagramProtocol):
         assert self.transport is not None
         self._local = addressOf(self.transport.getHost())
         self._flows = {}
+        self.transport.maxThroughput = self.readPerTurn  # type: ignore[attr-defined]
         if not self.receiveBuffer:
             return
         try:

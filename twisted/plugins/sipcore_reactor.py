@@ -8,5 +8,5 @@ from twisted.application.reactors import Reactor
 sipcoreEpoll = Reactor(
     "sipcore-epoll",
     "sipcore.reactor",
-    "epoll reactor that handles at most 64 events and 16 KiB of UDP per port per turn",
+    "epoll reactor that handles at most 64 I/O events per turn",
 )
