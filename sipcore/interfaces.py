@@ -133,6 +133,55 @@ class IHopConnector(Interface):
 
 
 # ---------------------------------------------------------------------------
+# Timers
+
+
+class ITimer(Interface):
+    """
+    One timer started by an L{ITimerQueue}: it fires once, unless it is
+    cancelled first.  Its delay is fixed when it starts.
+    """
+
+    def getTime():
+        """
+        @return: when the timer fires (or fired), in the queue's C{seconds}.
+        """
+
+    def active():
+        """
+        @return: C{True} until the timer has fired or was cancelled.
+        """
+
+    def cancel():
+        """
+        Stop the timer from firing.
+
+        @raise twisted.internet.error.AlreadyCancelled: if it was cancelled.
+        @raise twisted.internet.error.AlreadyCalled: if it has fired.
+        """
+
+
+class ITimerQueue(Interface):
+    """
+    Where the transaction layer and the event bus start their timers: the
+    C{seconds} and C{callLater} of L{twisted.internet.interfaces.IReactorTime}
+    without the rest (L{sipcore.timers.TimerQueues}).
+    """
+
+    def seconds():
+        """
+        @return: the current time, in seconds (a C{float}).
+        """
+
+    def callLater(delay, callable, *args, **kwargs):
+        """
+        Call C{callable(*args, **kwargs)} once, C{delay} seconds from now.
+
+        @return: the L{ITimer}.
+        """
+
+
+# ---------------------------------------------------------------------------
 # Transactions
 
 

@@ -6,6 +6,7 @@ Fakes for testing code that uses sipcore, plugin authors' included.
   - L{RecordingBus}: an L{IEventBus} that records what is fired.
   - L{MemoryLocationStore} (re-exported): the in-memory store.
   - L{connectionEvent}: build a L{ConnectionEvent} with defaults.
+  - L{parseRequest}, L{parseResponse}: parse one message of a known kind.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from zope.interface import implementer
 from sipcore.events import TCP_CLOSED, ConnectionEvent
 from sipcore.interfaces import IEventBus, IFlow
 from sipcore.location import MemoryLocationStore
+from sipcore.message import Request, Response, parseMessage
 
 __all__ = [
     "FakeFlow",
@@ -27,6 +29,8 @@ __all__ = [
     "RecordingBus",
     "UDPMemoryReactor",
     "connectionEvent",
+    "parseRequest",
+    "parseResponse",
 ]
 
 
@@ -70,13 +74,23 @@ class FakeFlow:
     def close(self) -> None:
         self.closed = True
 
-    def messages(self) -> list[Any]:
+    def messages(self) -> list[Request | Response]:
         """
         Everything sent, parsed.
         """
-        from sipcore.message import parseMessage
-
         return [parseMessage(data) for data, _ in self.sent]
+
+    def requests(self) -> list[Request]:
+        """
+        Everything sent, parsed: requests only (else C{TypeError}).
+        """
+        return [parseRequest(data) for data, _ in self.sent]
+
+    def responses(self) -> list[Response]:
+        """
+        Everything sent, parsed: responses only (else C{TypeError}).
+        """
+        return [parseResponse(data) for data, _ in self.sent]
 
 
 @implementer(IEventBus)
@@ -113,6 +127,32 @@ class RecordingBus:
         The names of the events fired, in order.
         """
         return [event.name for event in self.fired]
+
+
+def parseRequest(data: bytes) -> Request:
+    """
+    Parse a request.
+
+    @raise TypeError: if C{data} is a response.
+    @raise sipcore.message.SIPParseError: if it is malformed.
+    """
+    message = parseMessage(data)
+    if not isinstance(message, Request):
+        raise TypeError("not a request: {!r}".format(data[:40]))
+    return message
+
+
+def parseResponse(data: bytes) -> Response:
+    """
+    Parse a response.
+
+    @raise TypeError: if C{data} is a request.
+    @raise sipcore.message.SIPParseError: if it is malformed.
+    """
+    message = parseMessage(data)
+    if not isinstance(message, Response):
+        raise TypeError("not a response: {!r}".format(data[:40]))
+    return message
 
 
 def connectionEvent(name: str = TCP_CLOSED, conid: int = 1, **fields: Any) -> ConnectionEvent:

@@ -12,8 +12,10 @@ most of what the collector has to walk.
 
 Timers of one delay expire in the order they were started, so each delay
 needs only a FIFO queue and one reactor call for its earliest timer.
-L{TimerQueues} offers C{callLater} and C{seconds} like the reactor, and the
-transaction layer gives it to its transactions in place of the reactor.
+L{TimerQueues} provides L{ITimerQueue} (C{callLater} and C{seconds}, as
+the reactor has them), and the transaction layer gives it to its
+transactions in place of the reactor.  Its timers provide L{ITimer}:
+C{cancel}, C{active} and C{getTime}; a timer keeps its delay.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from sipcore.interfaces import ITimer, ITimerQueue
+
 __all__ = ["QueuedCall", "TimerQueues"]
 
 #: The most distinct delays given queues; timers of any other delay go to
@@ -39,13 +43,11 @@ MAX_QUEUES = 64
 COMPACT_AFTER = 1024
 
 
-@implementer(IDelayedCall)
+@implementer(ITimer)
 class QueuedCall:
     """
-    One timer in a L{_DelayQueue}: C{cancel()}, C{active()} and
-    C{getTime()} as for a L{DelayedCall} (C{delay} and C{reset} are not
-    supported: a queued timer keeps its delay).  A cancelled timer drops its
-    function and arguments at once.
+    One timer in a L{_DelayQueue}.  A cancelled timer drops its function
+    and arguments at once.
     """
 
     __slots__ = ("time", "func", "args", "cancelled", "_queue")
@@ -78,11 +80,30 @@ class QueuedCall:
         self.cancelled = True
         self._queue.cancelled()
 
-    def delay(self, secondsLater: float) -> None:
-        raise NotImplementedError("queued timers keep their delay")
 
-    def reset(self, secondsFromNow: float) -> None:
-        raise NotImplementedError("queued timers keep their delay")
+@implementer(ITimer)
+class _ReactorCall:
+    """
+    A timer the reactor runs itself (a L{DelayedCall}), as an L{ITimer}.
+    """
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: IDelayedCall) -> None:
+        self._call = call
+
+    def getTime(self) -> float:
+        return self._call.getTime()
+
+    def active(self) -> bool:
+        return self._call.active()
+
+    def cancel(self) -> None:
+        """
+        @raise AlreadyCancelled: if it was cancelled already.
+        @raise AlreadyCalled: if it has fired.
+        """
+        self._call.cancel()
 
 
 class _DelayQueue:
@@ -222,7 +243,7 @@ class _DelayQueue:
         self._arm()
 
 
-@implementer(IReactorTime)
+@implementer(ITimerQueue)
 class TimerQueues:
     """
     C{callLater} and C{seconds} over a reactor, keeping the timers of each
@@ -239,24 +260,22 @@ class TimerQueues:
         return self.clock.seconds()
 
     def callLater(self, delay: float, callable: Callable[..., Any], *args: object,
-                  **kwargs: object) -> IDelayedCall:
+                  **kwargs: object) -> ITimer:
         """
         Call C{callable(*args, **kwargs)} after C{delay} seconds.
 
-        @return: an L{IDelayedCall} whose C{cancel} and C{active} work;
-            C{delay} and C{reset} are not supported on queued timers.
-            Timers with keyword arguments, a delay of zero or less, or a
-            delay beyond the first L{MAX_QUEUES} distinct ones go to the
-            reactor as they are.
+        @return: the L{ITimer}.  Timers with keyword arguments, a delay of
+            zero or less, or a delay beyond the first L{MAX_QUEUES}
+            distinct ones go to the reactor as they are.
         """
         queue = self._queues.get(delay)
         if queue is None or kwargs:
             if kwargs or delay <= 0 or len(self._queues) >= MAX_QUEUES:
-                return self.clock.callLater(delay, callable, *args, **kwargs)
+                return _ReactorCall(self.clock.callLater(delay, callable, *args, **kwargs))
             queue = self._queues[delay] = _DelayQueue(self.clock, delay)
         return queue.schedule(callable, args)
 
-    def getDelayedCalls(self) -> list[IDelayedCall]:
+    def getDelayedCalls(self) -> list[ITimer]:
         """
         The queued timers still active (not those handed to the reactor).
         """

@@ -35,6 +35,7 @@ from sipcore.sip.auth import (
 from sipcore.sip.core import SIPCore
 from sipcore.sip.limits import RateLimiter
 from sipcore.testing import FakeFlow
+from tests.mixins import TestMixin
 
 PASSWORD = "s3cret-Pa55"
 REALM = "example.com"
@@ -121,7 +122,7 @@ def credentials(
     return ", ".join(parts)
 
 
-class AuthTestsMixin:
+class AuthTestsMixin(TestMixin):
     """
     Authentication through the core, for one credential source.  The
     source holds: alice (password), bob (password), carol (an MD5 ha1
@@ -136,7 +137,8 @@ class AuthTestsMixin:
     async def makeSource(self) -> Any:
         raise NotImplementedError()
 
-    async def setUp(self) -> None:
+    # trial waits for the coroutine; unittest's stub says setUp returns None.
+    async def setUp(self) -> None:  # type: ignore[override]
         self.clock = Clock()
         self.core = SIPCore(self.clock, domains=[REALM])
         self.source = await self.makeSource()
@@ -865,7 +867,7 @@ class GuessingLimitsTests(SynchronousTestCase):
         core.route("REGISTER", lambda tx: core.respond(tx, 200))
         flow = FakeFlow("udp", remote=("198.51.100.1", 5060))
         core.messageReceived(request(), flow)
-        [first] = flow.messages()
+        [first] = flow.responses()
         challenge = challenges(first)[1]
         flow.sent.clear()
         for nc in range(1, 7):
@@ -875,7 +877,7 @@ class GuessingLimitsTests(SynchronousTestCase):
         subscriber = Subscriber("alice", REALM, password=PASSWORD)
         for d in pending:
             d.callback(subscriber)
-        self.assertEqual([m.status for m in flow.messages()], [401, 401, 401, 403, 403, 403])
+        self.assertEqual([m.status for m in flow.responses()], [401, 401, 401, 403, 403, 403])
         self.assertEqual(auth.stats["wrongPassword"], 3)
 
 
@@ -935,11 +937,14 @@ class CredentialFileTests(SynchronousTestCase):
             "a@example.com:ha1={},{}\nb@example.com:pa:ss\nc@example.com:password=ha1=x\n"
             .format(md5, sha)))
         a = self.successResultOf(source.lookup("a", "EXAMPLE.com"))
+        assert a is not None
         self.assertEqual((a.ha1For("MD5", REALM, "a"), a.ha1For("SHA-256", REALM, "a")),
                          (md5, sha))
         b = self.successResultOf(source.lookup("b", REALM))
+        c = self.successResultOf(source.lookup("c", REALM))
+        assert b is not None and c is not None
         self.assertEqual(b.password, "pa:ss")
-        self.assertEqual(self.successResultOf(source.lookup("c", REALM)).password, "ha1=x")
+        self.assertEqual(c.password, "ha1=x")
         self.assertNotIn("pa:ss", repr(b))
 
 
@@ -962,7 +967,7 @@ class GuardFailureTests(SynchronousTestCase):
         core.addGuard(broken)
         flow = FakeFlow("udp")
         core.messageReceived(request(), flow)
-        [response] = flow.messages()
+        [response] = flow.responses()
         self.assertEqual(response.status, 500)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
@@ -982,14 +987,14 @@ class GuardFailureTests(SynchronousTestCase):
         core.route("REGISTER", lambda tx: core.respond(tx, 200))
         flow = FakeFlow("udp", remote=("192.0.2.1", 5070))
         core.messageReceived(request(), flow)
-        [first] = flow.messages()
+        [first] = flow.responses()
         challenge = challenges(first)[1]
         statuses = []
         for nc in range(1, 6):
             flow.sent.clear()
             core.messageReceived(request(auth=credentials(challenge, password="guess", nc=nc)),
                                  flow)
-            statuses.append([m.status for m in flow.messages()])
+            statuses.append([m.status for m in flow.responses()])
         # 30 tokens: 1 for the challenge, 11 for each failure (its request
         # and the penalty), then the bucket is empty and guessing is dropped.
         self.assertEqual(statuses, [[401], [401], [401], [], []])

@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from sipcore.interfaces import IMessageSink
+from sipcore.interfaces import IMessageSink, ITransactionUser
 from sipcore.message import Response, parseMessage
 from sipcore.sip.core import SERVER, SIPCore, StatelessTransaction, respond, supportedTags
 from sipcore.testing import FakeFlow
@@ -58,9 +58,11 @@ class CoreTests(SynchronousTestCase):
 
     def test_interface(self) -> None:
         """
-        L{SIPCore} provides L{IMessageSink}.
+        L{SIPCore} provides L{IMessageSink}, and L{ITransactionUser} for its
+        transaction layer.
         """
         self.assertTrue(verifyObject(IMessageSink, self.core))
+        self.assertTrue(verifyObject(ITransactionUser, self.core))
 
     def test_optionsToServer(self) -> None:
         """

@@ -4,20 +4,20 @@ Tests for L{sipcore.sip.registrar}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore.location import MemoryLocationStore, StoreUnavailable
 from sipcore.location.ordering import PendingWrites
-from sipcore.message import Response, parseMessage
+from sipcore.message import Address, Request, Response, parseMessage
 from sipcore.sip.core import StatelessTransaction
 from sipcore.sip.registrar import Registrar, RegistrarPolicy, contactKey, methodBits, ruidFor
 from sipcore.sip.trust import TrustedPeers
-from sipcore.testing import FakeFlow
+from sipcore.testing import FakeFlow, parseRequest
 
 START = 1_700_000_000.0
 
@@ -76,17 +76,25 @@ class DownStore(MemoryLocationStore):
         return defer.fail(StoreUnavailable("database away"))
 
 
-class RegistrarTests(SynchronousTestCase):
+def contactsOf(response: Response) -> list[Address]:
     """
-    REGISTER handling per RFC 3261 section 10.3.
+    The Contact addresses of C{response}, which has no wildcard Contact.
+    """
+    contacts = response.contacts
+    assert isinstance(contacts, list)
+    return contacts
+
+
+class RegistrarTestCase(SynchronousTestCase):
+    """
+    A registrar on C{self.store} and C{self.clock}, and REGISTERs sent to
+    it; C{setUp} builds them.
     """
 
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
-        self.store = MemoryLocationStore(self.clock)
-        self.connected: set[int] = {5}
-        self.registrar = self.makeRegistrar(self.store)
+    clock: Clock
+    store: MemoryLocationStore
+    connected: set[int]
+    registrar: Registrar
 
     def makeRegistrar(self, store: Any, **policy: Any) -> Registrar:
         return Registrar(
@@ -104,7 +112,7 @@ class RegistrarTests(SynchronousTestCase):
     ) -> Response | None:
         flow = flow or FakeFlow("udp", remote=("192.0.2.1", 40000))
         before = len(flow.sent)
-        tx = StatelessTransaction(parseMessage(data), flow)  # type: ignore[arg-type]
+        tx = StatelessTransaction(parseRequest(data), flow)
         d = (registrar or self.registrar)(tx)
         self.successResultOf(d)
         sent = flow.sent[before:]
@@ -118,6 +126,19 @@ class RegistrarTests(SynchronousTestCase):
     def bindings(self) -> list[Any]:
         return self.successResultOf(self.store.lookup("alice@example.com", self.clock.seconds()))
 
+
+class RegistrarTests(RegistrarTestCase):
+    """
+    REGISTER handling per RFC 3261 section 10.3.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store = MemoryLocationStore(self.clock)
+        self.connected = {5}
+        self.registrar = self.makeRegistrar(self.store)
+
     def test_registerOverUDP(self) -> None:
         """
         A REGISTER over UDP stores a binding with the request's facts, not
@@ -130,7 +151,7 @@ class RegistrarTests(SynchronousTestCase):
         )
         assert response is not None
         self.assertEqual(response.status, 200)
-        [contact] = response.contacts
+        [contact] = contactsOf(response)
         self.assertEqual(str(contact.uri), "sip:alice@192.0.2.1:5070")
         self.assertEqual(contact.param("expires"), "3600")
         [binding] = self.bindings()
@@ -183,7 +204,7 @@ class RegistrarTests(SynchronousTestCase):
         """
         response = self.send(register(["<sip:a@192.0.2.1>"], expires=10**9))
         assert response is not None
-        self.assertEqual(response.contacts[0].param("expires"), "86400")
+        self.assertEqual(contactsOf(response)[0].param("expires"), "86400")
 
     def test_refreshKeepsRecord(self) -> None:
         """
@@ -224,8 +245,8 @@ class RegistrarTests(SynchronousTestCase):
         response = self.send(register(["<sip:a@192.0.2.1>"], cseq=5, expires=100))
         assert response is not None
         self.assertEqual(response.status, 200)
-        self.assertEqual([str(c.uri) for c in response.contacts], ["sip:a@192.0.2.1"])
-        self.assertEqual(response.contacts[0].param("expires"), "90")
+        self.assertEqual([str(c.uri) for c in contactsOf(response)], ["sip:a@192.0.2.1"])
+        self.assertEqual(contactsOf(response)[0].param("expires"), "90")
         self.assertEqual(self.store.statementCount["save"], saves)
         [binding] = self.bindings()
         self.assertEqual(binding.expires, START + 100)
@@ -294,7 +315,7 @@ class RegistrarTests(SynchronousTestCase):
         self.send(register(["<sip:a@192.0.2.1>", "<sip:b@192.0.2.1>"]))
         response = self.send(register(["<sip:a@192.0.2.1>;expires=0"], cseq=2))
         assert response is not None
-        self.assertEqual([str(c.uri) for c in response.contacts], ["sip:b@192.0.2.1"])
+        self.assertEqual([str(c.uri) for c in contactsOf(response)], ["sip:b@192.0.2.1"])
         self.assertEqual([b.contact for b in self.bindings()], ["sip:b@192.0.2.1"])
 
     def test_wildcardRemovesAll(self) -> None:
@@ -333,9 +354,9 @@ class RegistrarTests(SynchronousTestCase):
         response = self.send(register([], cseq=2))
         assert response is not None
         self.assertEqual(
-            [str(c.uri) for c in response.contacts], ["sip:b@192.0.2.1", "sip:a@192.0.2.1"]
+            [str(c.uri) for c in contactsOf(response)], ["sip:b@192.0.2.1", "sip:a@192.0.2.1"]
         )
-        self.assertEqual([c.param("q") for c in response.contacts], ["0.9", "0.2"])
+        self.assertEqual([c.param("q") for c in contactsOf(response)], ["0.9", "0.2"])
 
     def test_foreignDomain(self) -> None:
         """
@@ -402,8 +423,9 @@ class RegistrarTests(SynchronousTestCase):
         self.send(register(["<sip:alice@192.0.2.1:5070>"]), registrar=registrar)
         before = self.bindings()
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         for cseq in range(2, 5):
             response = self.send(
                 register(["<sip:alice@127.0.0.5:25099>"], cseq=cseq,
@@ -474,7 +496,7 @@ class RegistrarTests(SynchronousTestCase):
             isConnected=self.connected.__contains__,
         )
         flow = FakeFlow("tcp", conid=5)
-        tx = StatelessTransaction(parseMessage(register(["<sip:a@192.0.2.1>"])), flow)  # type: ignore[arg-type]
+        tx = StatelessTransaction(parseRequest(register(["<sip:a@192.0.2.1>"])), flow)
         d = registrar(tx)
         self.assertEqual(flow.sent, [])
         settled = writes.settled([5])
@@ -482,7 +504,7 @@ class RegistrarTests(SynchronousTestCase):
         store.held[0].callback(None)
         self.successResultOf(d)
         self.successResultOf(settled)
-        self.assertEqual([m.status for m in flow.messages()], [200])
+        self.assertEqual([m.status for m in flow.responses()], [200])
 
     def test_closedConnectionNotWritten(self) -> None:
         """
@@ -575,8 +597,9 @@ class DroppedRegisterTests(SynchronousTestCase):
         registrar = Registrar(MemoryLocationStore(clock), clock, isLocalDomain=lambda h: True,
                               isConnected=lambda conid: False)
         flow = FakeFlow("tcp", conid=3)
-        found = layer.requestReceived(parseMessage(register(["<sip:a@192.0.2.1>"])), flow)
-        tx, _ = found  # type: ignore[misc]
+        found = layer.requestReceived(parseRequest(register(["<sip:a@192.0.2.1>"])), flow)
+        assert isinstance(found, tuple)
+        tx, _ = found
         self.successResultOf(registrar(tx))
         self.assertEqual(flow.sent, [])
         self.assertEqual(layer.serverTransactions, 0)
@@ -602,22 +625,18 @@ class CountingStore(MemoryLocationStore):
         return super().lookup(aor, now)
 
 
-class BindingLimitTests(SynchronousTestCase):
+class BindingLimitTests(RegistrarTestCase):
     """
     C{maxContacts}: the most bindings of one address of record (C{reject}:
     C{403}, nothing changed; C{replace}: the oldest make room) and the most
     Contact values in one REGISTER (C{403}, counted, not parsed).
     """
 
-    makeRegistrar = RegistrarTests.makeRegistrar
-    send = RegistrarTests.send
-    bindings = RegistrarTests.bindings
-
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(START)
-        self.store = CountingStore(self.clock)
-        self.connected: set[int] = set()
+        self.store = self.counting = CountingStore(self.clock)
+        self.connected = set()
         self.calls = 0
 
     def registerTabs(self, registrar: Registrar, tabs: list[int]) -> list[Response | None]:
@@ -688,7 +707,7 @@ class BindingLimitTests(SynchronousTestCase):
         [response] = self.registerTabs(registrar, [10])
         assert response is not None
         self.assertEqual(response.status, 200)
-        self.assertEqual(len(response.contacts), 10)
+        self.assertEqual(len(contactsOf(response)), 10)
         self.assertEqual(self.instances(),
                          {"<urn:uuid:{}>".format(n) for n in [0] + list(range(2, 11))})
         self.assertEqual(registrar.stats["replacedOldest"], 1)
@@ -719,7 +738,7 @@ class BindingLimitTests(SynchronousTestCase):
             assert response is not None
             self.assertEqual((response.status, response.reason),
                              (403, "Too many contacts in one REGISTER (at most 10)"))
-        self.assertEqual(self.store.lookups, 0)
+        self.assertEqual(self.counting.lookups, 0)
         self.assertEqual(self.bindings(), [])
 
     def test_thousandsCountedNotParsed(self) -> None:
@@ -732,12 +751,13 @@ class BindingLimitTests(SynchronousTestCase):
         lines = "\r\n".join("Contact: " + ", ".join(values[i:i + 300])
                             for i in range(0, len(values), 300))
         request = parseMessage(register(extra=lines), maxSize=2**20, maxContacts=10)
+        assert isinstance(request, Request)
         flow = FakeFlow("udp", remote=("192.0.2.1", 40000))
         registrar = self.makeRegistrar(self.store)
-        self.successResultOf(registrar(StatelessTransaction(request, flow)))  # type: ignore[arg-type]
-        [response] = flow.messages()
-        self.assertEqual(response.status, 403)  # type: ignore[union-attr]
-        self.assertEqual(self.store.lookups, 0)
+        self.successResultOf(registrar(StatelessTransaction(request, flow)))
+        [response] = flow.responses()
+        self.assertEqual(response.status, 403)
+        self.assertEqual(self.counting.lookups, 0)
 
     def test_noLimit(self) -> None:
         """
@@ -758,16 +778,16 @@ class BindingLimitTests(SynchronousTestCase):
         cap.
         """
         store = SlowStore(self.clock)
-        self.store = store  # type: ignore[assignment]
+        self.store = store
         registrar = self.makeRegistrar(store)
         for n in range(9):
-            d = registrar(StatelessTransaction(parseMessage(register(  # type: ignore[arg-type]
+            d = registrar(StatelessTransaction(parseRequest(register(
                 [tab(n)], callId="tab-{}".format(n))), FakeFlow("udp")))
             store.held.pop().callback(None)
             self.successResultOf(d)
-        first = registrar(StatelessTransaction(parseMessage(register(  # type: ignore[arg-type]
+        first = registrar(StatelessTransaction(parseRequest(register(
             [tab(9)], callId="tab-9")), FakeFlow("udp")))
-        second = registrar(StatelessTransaction(parseMessage(register(  # type: ignore[arg-type]
+        second = registrar(StatelessTransaction(parseRequest(register(
             [tab(10)], callId="tab-10")), FakeFlow("udp")))
         for gate in store.held:
             gate.callback(None)
@@ -775,29 +795,25 @@ class BindingLimitTests(SynchronousTestCase):
         self.assertEqual([self.successResultOf(d).status for d in (first, second)],  # type: ignore[union-attr]
                          [200, 200])
         self.assertEqual(len(self.bindings()), 11)
-        third = registrar(StatelessTransaction(parseMessage(register(  # type: ignore[arg-type]
+        third = registrar(StatelessTransaction(parseRequest(register(
             [tab(11)], callId="tab-11")), FakeFlow("udp")))
         store.held.pop().callback(None)
         self.assertEqual(self.successResultOf(third).status, 200)  # type: ignore[union-attr]
         self.assertEqual(len(self.bindings()), 10)
 
 
-class ExpiresValueTests(SynchronousTestCase):
+class ExpiresValueTests(RegistrarTestCase):
     """
     Expiry values as RFC 3261 reads them (sections 10.2.1.1 and 20.19):
     a malformed one is taken as 3600, a huge one is capped; then the
     policy's bounds apply as to any other.
     """
 
-    makeRegistrar = RegistrarTests.makeRegistrar
-    send = RegistrarTests.send
-    bindings = RegistrarTests.bindings
-
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(START)
         self.store = MemoryLocationStore(self.clock)
-        self.connected: set[int] = set()
+        self.connected = set()
 
     def granted(self, contact: str, extra: str = "", **policy: Any) -> list[float]:
         self.store = MemoryLocationStore(self.clock)

@@ -8,7 +8,9 @@ from __future__ import annotations
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
+from sipcore.interfaces import ITimer, ITimerQueue
 from sipcore.timers import COMPACT_AFTER, MAX_QUEUES, TimerQueues
 
 
@@ -22,6 +24,23 @@ class TimerQueuesTests(SynchronousTestCase):
         self.clock = Clock()
         self.queues = TimerQueues(self.clock)
         self.fired: list[object] = []
+
+    def test_interfaces(self) -> None:
+        """
+        L{TimerQueues} provides L{ITimerQueue}; its timers, queued or run by
+        the reactor, provide L{ITimer}, with the time they fire at.
+        """
+        self.assertTrue(verifyObject(ITimerQueue, self.queues))
+        queued = self.queues.callLater(5, self.fired.append, "a")
+        direct = self.queues.callLater(0, self.fired.append, "b")
+        for timer, due in ((queued, 5.0), (direct, 0.0)):
+            self.assertTrue(verifyObject(ITimer, timer))
+            self.assertEqual((timer.getTime(), timer.active()), (due, True))
+        direct.cancel()
+        self.assertFalse(direct.active())
+        self.assertRaises(AlreadyCancelled, direct.cancel)
+        self.clock.advance(5)
+        self.assertEqual(self.fired, ["a"])
 
     def test_firesInOrder(self) -> None:
         """

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from sipcore.interfaces import IFlow
+from sipcore.interfaces import IClientTransactionUser, IFlow, ITransactionUser
 from sipcore.message import Request, Response, parseMessage
 from sipcore.sip import transaction as tx_mod
 from sipcore.sip.transaction import (
@@ -96,14 +96,20 @@ class FakeFlow:
         return [address for _, _, address in self.sent]
 
 
+@implementer(ITransactionUser, IClientTransactionUser)
 class RecordingTU:
     """
-    A transaction user recording every callback with the clock time.
+    A transaction user recording every callback with the clock time (the
+    transactions that ended unanswered apart, in C{unansweredTransactions}).
     """
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.events: list[tuple[Any, ...]] = []
+        self.unansweredTransactions: list[Any] = []
+
+    def unanswered(self, transaction: Any) -> None:
+        self.unansweredTransactions.append(transaction)
 
     def responseReceived(self, response: Response, transaction: Any) -> None:
         self.events.append(("response", self.clock.seconds(), response.status, transaction))
@@ -281,6 +287,13 @@ class FakeFlowTests(SynchronousTestCase):
         L{FakeFlow} provides L{IFlow}.
         """
         self.assertTrue(verifyObject(IFlow, FakeFlow(Clock())))
+
+    def test_userProvides(self) -> None:
+        """
+        L{RecordingTU} provides both transaction user interfaces.
+        """
+        self.assertTrue(verifyObject(ITransactionUser, RecordingTU(Clock())))
+        self.assertTrue(verifyObject(IClientTransactionUser, RecordingTU(Clock())))
 
 
 # ---------------------------------------------------------------------------
@@ -1984,14 +1997,9 @@ class UnansweredServerTransactionTests(SynchronousTestCase):
         alive.
         """
         clock = Clock()
-
-        told: list[object] = []
-
-        class User:
-            def unanswered(self, tx: object) -> None:
-                told.append(tx)
-
-        layer = TransactionLayer(clock, User())
+        user = RecordingTU(clock)
+        told = user.unansweredTransactions
+        layer = TransactionLayer(clock, user)
         flow = FakeFlow(clock)
         found = layer.requestReceived(makeRequest("MESSAGE"), flow)
         assert found is not None and found is not OVERLOADED
@@ -2010,7 +2018,7 @@ class UnansweredServerTransactionTests(SynchronousTestCase):
         A final response cancels the safety timer (Timer J takes over).
         """
         clock = Clock()
-        layer = TransactionLayer(clock, object())
+        layer = TransactionLayer(clock, RecordingTU(clock))
         flow = FakeFlow(clock, transport="tcp")
         found = layer.requestReceived(makeRequest("MESSAGE"), flow)
         assert found is not None and found is not OVERLOADED

@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sipcore.interfaces import IEventBus
+from sipcore.interfaces import IEventBus, ITimer
 from sipcore.timers import TimerQueues
 
 __all__ = ["EventBus", "HandlerStats"]
@@ -304,7 +304,7 @@ class EventBus:
         sub.stats.running += 1
         sub.stats.fired += 1
         finished = False
-        timer: IDelayedCall | None = None
+        timer: ITimer | None = None
 
         def finish() -> None:
             nonlocal finished

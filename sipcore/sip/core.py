@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sipcore.interfaces import IFlow, IMessageSink
+from sipcore.interfaces import IFlow, IMessageSink, ITransactionUser
 from sipcore.message import Request, Response, SIPParseError, parseMessage
 from sipcore.message._syntax import replaceParam
 from sipcore.message.via import Via
@@ -172,7 +172,7 @@ def respond(
     return response
 
 
-@implementer(IMessageSink)
+@implementer(IMessageSink, ITransactionUser)
 class SIPCore:
     """
     Parses messages from every transport and dispatches them.

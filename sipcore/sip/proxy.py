@@ -27,8 +27,9 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from sipcore.interfaces import IFlow, IHopConnector, ILocationStore
+from sipcore.interfaces import IClientTransactionUser, IFlow, IHopConnector, ILocationStore
 from sipcore.location import Binding, StoreUnavailable
 from sipcore.location.binding import aorKey
 from sipcore.message import (
@@ -158,6 +159,7 @@ class _Decision:
     loopHash: str = ""
 
 
+@implementer(IClientTransactionUser)
 class _IgnoreResponses:
     """
     The TU of the CANCELs the proxy sends: their responses mean nothing.
@@ -176,6 +178,7 @@ class _IgnoreResponses:
 _IGNORE = _IgnoreResponses()
 
 
+@implementer(IClientTransactionUser)
 class _Branch:
     """
     One forked request: the client transaction's TU.

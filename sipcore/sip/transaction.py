@@ -15,7 +15,7 @@ and the L{TransactionLayer} that matches incoming messages to them
 
 Each machine keeps its transitions in one table, C{_TRANSITIONS}, mapping
 C{(state, event)} to C{(next state, action)}; an event not in the table is
-ignored in that state.  Timers run on an injected L{IReactorTime}; a
+ignored in that state.  Timers run on an injected L{ITimerQueue}; a
 terminated transaction has no delayed call left.
 
 The layer only sends through L{IFlow} objects and schedules on its clock; it
@@ -30,10 +30,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sipcore.interfaces import IFlow
+from sipcore.interfaces import IFlow, ITimer, ITimerQueue
 from sipcore.message import Headers, Request, Response, SIPParseError
 from sipcore.timers import TimerQueues
 
@@ -363,7 +363,7 @@ class _Transaction:
         self,
         request: Request,
         flow: IFlow,
-        clock: IReactorTime,
+        clock: ITimerQueue,
         tu: Any,
         timers: TimerValues,
         onTerminated: Callable[[Any], None] | None,
@@ -377,7 +377,7 @@ class _Transaction:
         self.branch: str = request.vias[0].branch or ""
         self.method: str = request.method
         self.state: str = self._INITIAL
-        self._calls: dict[str, IDelayedCall] = {}
+        self._calls: dict[str, ITimer] = {}
         self._onTerminated = onTerminated
         self._lastSendOk = True
 
@@ -521,7 +521,7 @@ class ClientTransaction(_Transaction):
         request: Request,
         flow: IFlow,
         address: tuple[str, int] | None,
-        clock: IReactorTime,
+        clock: ITimerQueue,
         tu: Any,
         timers: TimerValues | None = None,
         onTerminated: Callable[[Any], None] | None = None,
@@ -695,7 +695,7 @@ class ServerTransaction(_Transaction):
         self,
         request: Request,
         flow: IFlow,
-        clock: IReactorTime,
+        clock: ITimerQueue,
         tu: Any,
         timers: TimerValues | None = None,
         onTerminated: Callable[[Any], None] | None = None,
@@ -793,7 +793,7 @@ class InviteServerTransaction(ServerTransaction):
         self,
         request: Request,
         flow: IFlow,
-        clock: IReactorTime,
+        clock: ITimerQueue,
         tu: Any,
         timers: TimerValues | None = None,
         onTerminated: Callable[[Any], None] | None = None,
