@@ -14,9 +14,10 @@ and the L{TransactionLayer} that matches incoming messages to them
 (17.1.3, 17.2.3, with the RFC 2543 fallback).
 
 Each machine keeps its transitions in one table, C{_TRANSITIONS}, mapping
-C{(state, event)} to C{(next state, action)}; an event not in the table is
-ignored in that state.  Timers run on an injected L{ITimerQueue}; a
-terminated transaction has no delayed call left.
+C{(state, event)} to C{(next state, action)}, the action one of the
+machine's methods (the table follows the class, whose methods it holds);
+an event not in the table is ignored in that state.  Timers run on an
+injected L{ITimerQueue}; a terminated transaction has no delayed call left.
 
 The layer only sends through L{IFlow} objects and schedules on its clock; it
 does no DNS, opens no connection and builds no response other than the
@@ -33,7 +34,7 @@ from typing import Any, ClassVar, Literal
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sipcore.interfaces import IFlow, ITimer, ITimerQueue
+from sipcore.interfaces import IClientTransactionUser, IFlow, ITimer, ITimerQueue, ITransactionUser
 from sipcore.message import Headers, Request, Response, SIPParseError
 from sipcore.timers import TimerQueues
 
@@ -335,13 +336,16 @@ def _tag(address: Any) -> str:
 
 # -- the machines -----------------------------------------------------------
 
-_Transition = tuple[str | None, str | None]
+#: What a transition does: the action is called with the transaction and
+#: the event's argument (the response, the request, ...).
+_Action = Callable[[Any, Any], None]
+_Transition = tuple[str | None, _Action | None]
 
 
 class _Transaction:
     """
     What the four machines share: state, timers, the transition dispatcher,
-    sending through the flow, TU notification.
+    sending through the flow, calling the TU.
 
     @ivar request: the request that created the transaction.
     @ivar flow: the L{IFlow} it uses.
@@ -350,11 +354,12 @@ class _Transaction:
     @ivar method: the method of C{request}.
     @ivar reliable: whether C{flow} is reliable (no retransmissions,
         zero-length wait timers).
-    @ivar tu: the transaction user receiving its callbacks.
     """
 
     _log: ClassVar[Logger] = Logger()
     _INITIAL: ClassVar[str]
+    #: C{(state, event)} -> C{(next state or None, action or None)}, set
+    #: after each machine's class (its actions are its methods).
     _TRANSITIONS: ClassVar[dict[tuple[str, str], _Transition]]
     #: Timers that survive a given state change; every other is cancelled.
     _KEEP: ClassVar[dict[tuple[str, str], tuple[str, ...]]] = {}
@@ -364,14 +369,12 @@ class _Transaction:
         request: Request,
         flow: IFlow,
         clock: ITimerQueue,
-        tu: Any,
         timers: TimerValues,
         onTerminated: Callable[[Any], None] | None,
     ) -> None:
         self.request = request
         self.flow = flow
         self.clock = clock
-        self.tu = tu
         self.timers = timers
         self.reliable = bool(flow.reliable)
         self.branch: str = request.vias[0].branch or ""
@@ -405,7 +408,7 @@ class _Transaction:
             assert nextState is not None
             self._setState(nextState, event)
         if action is not None:
-            getattr(self, action)(arg)
+            action(self, arg)
         if changing and self.state == nextState and nextState != TERMINATED:
             self._enter(nextState)
         return True
@@ -475,19 +478,24 @@ class _Transaction:
         self._lastSendOk = ok
         if not ok and self.state != TERMINATED:
             self._setState(TERMINATED, "transport error")
-            self._notify("transportError", self)
+            self._transportFailed()
         return ok
 
-    def _notify(self, name: str, *args: Any) -> None:
+    def _transportFailed(self) -> None:
         """
-        Call C{self.tu.<name>(*args)}; an exception is logged, never raised.
+        Tell the TU that the flow refused a message.  Overridden.
+        """
+
+    def _tell(self, callback: Callable[..., object], *args: Any) -> None:
+        """
+        Call C{callback}, a method of the TU, with C{args}; an exception is
+        logged, never raised.
         """
         try:
-            getattr(self.tu, name)(*args)
+            callback(*args)
         except Exception:
-            self._log.failure(
-                "Transaction user {tu!r} failed in {callback}", tu=self.tu, callback=name
-            )
+            self._log.failure("Transaction user callback {callback} failed",
+                              callback=callback.__qualname__)
 
     # -- public -------------------------------------------------------------
 
@@ -507,10 +515,12 @@ class ClientTransaction(_Transaction):
     """
     A client transaction (RFC 3261 17.1).
 
-    Its TU receives C{responseReceived(response, transaction)} for every
-    response passed up, C{timeout(transaction)} when timer B or F fires and
+    Its TU (an L{IClientTransactionUser}) receives
+    C{responseReceived(response, transaction)} for every response passed
+    up, C{timeout(transaction)} when timer B or F fires and
     C{transportError(transaction)} when the flow refuses a message.
 
+    @ivar tu: the L{IClientTransactionUser}.
     @ivar address: the C{(host, port)} requests go to on an unreliable flow
         (C{None}: use C{flow.send}); ignored on reliable flows.
     @ivar lastResponse: the last response received, or C{None}.
@@ -522,11 +532,12 @@ class ClientTransaction(_Transaction):
         flow: IFlow,
         address: tuple[str, int] | None,
         clock: ITimerQueue,
-        tu: Any,
+        tu: IClientTransactionUser,
         timers: TimerValues | None = None,
         onTerminated: Callable[[Any], None] | None = None,
     ) -> None:
-        super().__init__(request, flow, clock, tu, timers or TimerValues(), onTerminated)
+        super().__init__(request, flow, clock, timers or TimerValues(), onTerminated)
+        self.tu = tu
         self.address = address
         self.lastResponse: Response | None = None
         self._data = b""
@@ -561,12 +572,15 @@ class ClientTransaction(_Transaction):
 
     # actions
 
+    def _transportFailed(self) -> None:
+        self._tell(self.tu.transportError, self)
+
     def _reportTimeout(self, arg: Any) -> None:
-        self._notify("timeout", self)
+        self._tell(self.tu.timeout, self)
 
     def _passToTU(self, response: Response) -> None:
         self.lastResponse = response
-        self._notify("responseReceived", response, self)
+        self._tell(self.tu.responseReceived, response, self)
 
 
 class InviteClientTransaction(ClientTransaction):
@@ -578,21 +592,6 @@ class InviteClientTransaction(ClientTransaction):
     """
 
     _INITIAL = CALLING
-    _TRANSITIONS = {
-        (CALLING, _START): (None, "_sendFirst"),
-        (CALLING, TIMER_A): (None, "_retransmit"),
-        (CALLING, TIMER_B): (TERMINATED, "_reportTimeout"),
-        (CALLING, _PROVISIONAL): (PROCEEDING, "_passToTU"),
-        (CALLING, _SUCCESS): (ACCEPTED, "_passToTU"),
-        (CALLING, _FAILURE): (COMPLETED, "_passToTUAndAck"),
-        (PROCEEDING, _PROVISIONAL): (None, "_passToTU"),
-        (PROCEEDING, _SUCCESS): (ACCEPTED, "_passToTU"),
-        (PROCEEDING, _FAILURE): (COMPLETED, "_passToTUAndAck"),
-        (COMPLETED, _FAILURE): (None, "_resendAck"),
-        (COMPLETED, TIMER_D): (TERMINATED, None),
-        (ACCEPTED, _SUCCESS): (None, "_passToTU"),
-        (ACCEPTED, TIMER_M): (TERMINATED, None),
-    }
 
     def _enter(self, state: str) -> None:
         if state == COMPLETED:
@@ -626,26 +625,30 @@ class InviteClientTransaction(ClientTransaction):
         self._send(self._ackData)
 
 
+# RFC 3261 figure 5, with RFC 6026 figure 5 (Accepted).
+InviteClientTransaction._TRANSITIONS = {
+    (CALLING, _START): (None, InviteClientTransaction._sendFirst),
+    (CALLING, TIMER_A): (None, InviteClientTransaction._retransmit),
+    (CALLING, TIMER_B): (TERMINATED, InviteClientTransaction._reportTimeout),
+    (CALLING, _PROVISIONAL): (PROCEEDING, InviteClientTransaction._passToTU),
+    (CALLING, _SUCCESS): (ACCEPTED, InviteClientTransaction._passToTU),
+    (CALLING, _FAILURE): (COMPLETED, InviteClientTransaction._passToTUAndAck),
+    (PROCEEDING, _PROVISIONAL): (None, InviteClientTransaction._passToTU),
+    (PROCEEDING, _SUCCESS): (ACCEPTED, InviteClientTransaction._passToTU),
+    (PROCEEDING, _FAILURE): (COMPLETED, InviteClientTransaction._passToTUAndAck),
+    (COMPLETED, _FAILURE): (None, InviteClientTransaction._resendAck),
+    (COMPLETED, TIMER_D): (TERMINATED, None),
+    (ACCEPTED, _SUCCESS): (None, InviteClientTransaction._passToTU),
+    (ACCEPTED, TIMER_M): (TERMINATED, None),
+}
+
+
 class NonInviteClientTransaction(ClientTransaction):
     """
     The non-INVITE client transaction: RFC 3261 figure 6.
     """
 
     _INITIAL = TRYING
-    _TRANSITIONS = {
-        (TRYING, _START): (None, "_sendFirst"),
-        (TRYING, TIMER_E): (None, "_retransmit"),
-        (TRYING, TIMER_F): (TERMINATED, "_reportTimeout"),
-        (TRYING, _PROVISIONAL): (PROCEEDING, "_passToTU"),
-        (TRYING, _SUCCESS): (COMPLETED, "_passToTU"),
-        (TRYING, _FAILURE): (COMPLETED, "_passToTU"),
-        (PROCEEDING, TIMER_E): (None, "_retransmitProceeding"),
-        (PROCEEDING, TIMER_F): (TERMINATED, "_reportTimeout"),
-        (PROCEEDING, _PROVISIONAL): (None, "_passToTU"),
-        (PROCEEDING, _SUCCESS): (COMPLETED, "_passToTU"),
-        (PROCEEDING, _FAILURE): (COMPLETED, "_passToTU"),
-        (COMPLETED, TIMER_K): (TERMINATED, None),
-    }
     _KEEP = {(TRYING, PROCEEDING): (TIMER_E, TIMER_F)}
 
     def _enter(self, state: str) -> None:
@@ -672,6 +675,23 @@ class NonInviteClientTransaction(ClientTransaction):
             self._startTimer(TIMER_E, self._interval)
 
 
+# RFC 3261 figure 6.
+NonInviteClientTransaction._TRANSITIONS = {
+    (TRYING, _START): (None, NonInviteClientTransaction._sendFirst),
+    (TRYING, TIMER_E): (None, NonInviteClientTransaction._retransmit),
+    (TRYING, TIMER_F): (TERMINATED, NonInviteClientTransaction._reportTimeout),
+    (TRYING, _PROVISIONAL): (PROCEEDING, NonInviteClientTransaction._passToTU),
+    (TRYING, _SUCCESS): (COMPLETED, NonInviteClientTransaction._passToTU),
+    (TRYING, _FAILURE): (COMPLETED, NonInviteClientTransaction._passToTU),
+    (PROCEEDING, TIMER_E): (None, NonInviteClientTransaction._retransmitProceeding),
+    (PROCEEDING, TIMER_F): (TERMINATED, NonInviteClientTransaction._reportTimeout),
+    (PROCEEDING, _PROVISIONAL): (None, NonInviteClientTransaction._passToTU),
+    (PROCEEDING, _SUCCESS): (COMPLETED, NonInviteClientTransaction._passToTU),
+    (PROCEEDING, _FAILURE): (COMPLETED, NonInviteClientTransaction._passToTU),
+    (COMPLETED, TIMER_K): (TERMINATED, None),
+}
+
+
 # -- server -------------------------------------------------------------------
 
 
@@ -679,11 +699,14 @@ class ServerTransaction(_Transaction):
     """
     A server transaction (RFC 3261 17.2).
 
-    The TU calls L{respond}.  Its own callbacks: C{transportError(tx)} when
-    the flow refuses a response, C{ackTimeout(tx)} when timer H fires
-    (INVITE only) and C{ackReceived(request, flow)} for an ACK received in
-    the Accepted state (INVITE only).
+    The TU calls L{respond}.  Its own callbacks (an L{ITransactionUser}):
+    C{transportError(tx)} when the flow refuses a response,
+    C{ackTimeout(tx)} when timer H fires (INVITE only),
+    C{ackReceived(request, flow)} for an ACK received in the Accepted state
+    (INVITE only) and C{unanswered(tx)} when it never sent a final response
+    (non-INVITE only).
 
+    @ivar tu: the L{ITransactionUser}.
     @ivar lastResponse: the last response sent, or C{None}; a non-INVITE
         transaction lets go of it once it is completed (it resends the
         response's bytes).
@@ -696,11 +719,12 @@ class ServerTransaction(_Transaction):
         request: Request,
         flow: IFlow,
         clock: ITimerQueue,
-        tu: Any,
+        tu: ITransactionUser,
         timers: TimerValues | None = None,
         onTerminated: Callable[[Any], None] | None = None,
     ) -> None:
-        super().__init__(request, flow, clock, tu, timers or TimerValues(), onTerminated)
+        super().__init__(request, flow, clock, timers or TimerValues(), onTerminated)
+        self.tu = tu
         self.lastResponse: Response | None = None
         #: the datagram the request arrived in, when the core recorded it
         #: (unreliable flows): a byte-identical datagram is a
@@ -716,6 +740,9 @@ class ServerTransaction(_Transaction):
 
     def _transmit(self, data: bytes) -> bool:
         return sendToSender(self.flow, self.request, data, self.responseAddress)
+
+    def _transportFailed(self) -> None:
+        self._tell(self.tu.transportError, self)
 
     def start(self) -> None:
         """
@@ -769,32 +796,13 @@ class InviteServerTransaction(ServerTransaction):
     """
 
     _INITIAL = PROCEEDING
-    _TRANSITIONS = {
-        (PROCEEDING, _START): (None, "_startTrying"),
-        (PROCEEDING, TIMER_TRYING): (None, "_sendTrying"),
-        (PROCEEDING, _REQUEST): (None, "_resendLast"),
-        (PROCEEDING, _PROVISIONAL): (None, "_sendProvisional"),
-        (PROCEEDING, _SUCCESS): (ACCEPTED, "_sendResponse"),
-        (PROCEEDING, _FAILURE): (COMPLETED, "_sendResponse"),
-        (COMPLETED, _REQUEST): (None, "_resendLast"),
-        (COMPLETED, TIMER_G): (None, "_retransmitFinal"),
-        (COMPLETED, TIMER_H): (TERMINATED, "_reportAckTimeout"),
-        (COMPLETED, _ACK): (CONFIRMED, None),
-        (CONFIRMED, _ACK): (None, None),
-        (CONFIRMED, _REQUEST): (None, None),
-        (CONFIRMED, TIMER_I): (TERMINATED, None),
-        (ACCEPTED, _REQUEST): (None, None),
-        (ACCEPTED, _ACK): (None, "_passAckToTU"),
-        (ACCEPTED, _SUCCESS): (None, "_sendResponse"),
-        (ACCEPTED, TIMER_L): (TERMINATED, None),
-    }
 
     def __init__(
         self,
         request: Request,
         flow: IFlow,
         clock: ITimerQueue,
-        tu: Any,
+        tu: ITransactionUser,
         timers: TimerValues | None = None,
         onTerminated: Callable[[Any], None] | None = None,
         tryingDelay: float = DEFAULT_TRYING_DELAY,
@@ -844,11 +852,34 @@ class InviteServerTransaction(ServerTransaction):
             self._startTimer(TIMER_G, self._gInterval)
 
     def _reportAckTimeout(self, arg: Any) -> None:
-        self._notify("ackTimeout", self)
+        self._tell(self.tu.ackTimeout, self)
 
     def _passAckToTU(self, arg: tuple[Request, IFlow]) -> None:
         request, flow = arg
-        self._notify("ackReceived", request, flow)
+        self._tell(self.tu.ackReceived, request, flow)
+
+
+# RFC 3261 figure 7, with RFC 6026 figure 7 (Accepted); 100 Trying after
+# tryingDelay.
+InviteServerTransaction._TRANSITIONS = {
+    (PROCEEDING, _START): (None, InviteServerTransaction._startTrying),
+    (PROCEEDING, TIMER_TRYING): (None, InviteServerTransaction._sendTrying),
+    (PROCEEDING, _REQUEST): (None, InviteServerTransaction._resendLast),
+    (PROCEEDING, _PROVISIONAL): (None, InviteServerTransaction._sendProvisional),
+    (PROCEEDING, _SUCCESS): (ACCEPTED, InviteServerTransaction._sendResponse),
+    (PROCEEDING, _FAILURE): (COMPLETED, InviteServerTransaction._sendResponse),
+    (COMPLETED, _REQUEST): (None, InviteServerTransaction._resendLast),
+    (COMPLETED, TIMER_G): (None, InviteServerTransaction._retransmitFinal),
+    (COMPLETED, TIMER_H): (TERMINATED, InviteServerTransaction._reportAckTimeout),
+    (COMPLETED, _ACK): (CONFIRMED, None),
+    (CONFIRMED, _ACK): (None, None),
+    (CONFIRMED, _REQUEST): (None, None),
+    (CONFIRMED, TIMER_I): (TERMINATED, None),
+    (ACCEPTED, _REQUEST): (None, None),
+    (ACCEPTED, _ACK): (None, InviteServerTransaction._passAckToTU),
+    (ACCEPTED, _SUCCESS): (None, InviteServerTransaction._sendResponse),
+    (ACCEPTED, TIMER_L): (TERMINATED, None),
+}
 
 
 class NonInviteServerTransaction(ServerTransaction):
@@ -858,21 +889,6 @@ class NonInviteServerTransaction(ServerTransaction):
     """
 
     _INITIAL = TRYING
-    _TRANSITIONS = {
-        (TRYING, _START): (None, "_startUnanswered"),
-        (TRYING, _REQUEST): (None, None),
-        (TRYING, TIMER_UNANSWERED): (TERMINATED, "_unanswered"),
-        (PROCEEDING, TIMER_UNANSWERED): (TERMINATED, "_unanswered"),
-        (TRYING, _PROVISIONAL): (PROCEEDING, "_sendResponse"),
-        (TRYING, _SUCCESS): (COMPLETED, "_sendResponse"),
-        (TRYING, _FAILURE): (COMPLETED, "_sendResponse"),
-        (PROCEEDING, _REQUEST): (None, "_resendLast"),
-        (PROCEEDING, _PROVISIONAL): (None, "_sendResponse"),
-        (PROCEEDING, _SUCCESS): (COMPLETED, "_sendResponse"),
-        (PROCEEDING, _FAILURE): (COMPLETED, "_sendResponse"),
-        (COMPLETED, _REQUEST): (None, "_resendLast"),
-        (COMPLETED, TIMER_J): (TERMINATED, None),
-    }
     _KEEP = {(TRYING, PROCEEDING): (TIMER_UNANSWERED,)}
 
     def _enter(self, state: str) -> None:
@@ -889,8 +905,25 @@ class NonInviteServerTransaction(ServerTransaction):
         self._startTimer(TIMER_UNANSWERED, 2 * self.timers.timeout)
 
     def _unanswered(self, arg: Any) -> None:
-        if hasattr(self.tu, "unanswered"):
-            self._notify("unanswered", self)
+        self._tell(self.tu.unanswered, self)
+
+
+# RFC 3261 figure 8, with the unanswered-request timer.
+NonInviteServerTransaction._TRANSITIONS = {
+    (TRYING, _START): (None, NonInviteServerTransaction._startUnanswered),
+    (TRYING, _REQUEST): (None, None),
+    (TRYING, TIMER_UNANSWERED): (TERMINATED, NonInviteServerTransaction._unanswered),
+    (PROCEEDING, TIMER_UNANSWERED): (TERMINATED, NonInviteServerTransaction._unanswered),
+    (TRYING, _PROVISIONAL): (PROCEEDING, NonInviteServerTransaction._sendResponse),
+    (TRYING, _SUCCESS): (COMPLETED, NonInviteServerTransaction._sendResponse),
+    (TRYING, _FAILURE): (COMPLETED, NonInviteServerTransaction._sendResponse),
+    (PROCEEDING, _REQUEST): (None, NonInviteServerTransaction._resendLast),
+    (PROCEEDING, _PROVISIONAL): (None, NonInviteServerTransaction._sendResponse),
+    (PROCEEDING, _SUCCESS): (COMPLETED, NonInviteServerTransaction._sendResponse),
+    (PROCEEDING, _FAILURE): (COMPLETED, NonInviteServerTransaction._sendResponse),
+    (COMPLETED, _REQUEST): (None, NonInviteServerTransaction._resendLast),
+    (COMPLETED, TIMER_J): (TERMINATED, None),
+}
 
 
 # -- the layer ---------------------------------------------------------------
@@ -902,9 +935,9 @@ class TransactionLayer:
     requests and client transactions for outgoing ones, and forgets them
     when they terminate.
 
-    The TU given here (the core) receives the server transactions'
-    callbacks: C{ackTimeout(tx)}, C{transportError(tx)}, and
-    C{ackReceived(request, flow)} for every ACK that is not absorbed by an
+    The TU given here (the core, an L{ITransactionUser}) receives the
+    server transactions' callbacks: C{ackTimeout(tx)}, C{transportError(tx)},
+    C{unanswered(tx)}, and C{ackReceived(request, flow)} for every ACK that is not absorbed by an
     INVITE server transaction (an ACK for a 2xx, which RFC 3261 makes a
     transaction of its own, an ACK matching nothing, or an ACK arriving in
     the Accepted state).
@@ -922,7 +955,7 @@ class TransactionLayer:
     def __init__(
         self,
         clock: IReactorTime,
-        tu: Any,
+        tu: ITransactionUser,
         t1: float = T1,
         t2: float = T2,
         t4: float = T4,
@@ -1126,7 +1159,10 @@ class TransactionLayer:
                 if tx.ackReceived(request, flow):
                     return None
             self.strayAcks += 1
-            self._notifyTU("ackReceived", request, flow)
+            try:
+                self.tu.ackReceived(request, flow)
+            except Exception:
+                self._log.failure("Transaction user {tu!r} failed on an ACK", tu=self.tu)
             return None
         if tx is not None:
             self.retransmissionsAbsorbed += 1
@@ -1187,13 +1223,6 @@ class TransactionLayer:
         if data is not None and self._datagrams.get(data) is tx:
             del self._datagrams[data]
 
-    def _notifyTU(self, name: str, *args: Any) -> None:
-        try:
-            getattr(self.tu, name)(*args)
-        except Exception:
-            self._log.failure("Transaction user {tu!r} failed in {callback}",
-                              tu=self.tu, callback=name)
-
     # -- client side ----------------------------------------------------------
 
     def sendRequest(
@@ -1201,7 +1230,7 @@ class TransactionLayer:
         request: Request,
         flow: IFlow,
         address: tuple[str, int] | None,
-        tu: Any,
+        tu: IClientTransactionUser,
     ) -> ClientTransaction:
         """
         Send C{request} in a new client transaction.
@@ -1217,8 +1246,9 @@ class TransactionLayer:
         @param flow: the L{IFlow} to send on.
         @param address: C{(host, port)} for an unreliable flow, or C{None}
             to use C{flow.send}; ignored for reliable flows.
-        @param tu: receives C{responseReceived(response, tx)},
-            C{timeout(tx)} and C{transportError(tx)}.
+        @param tu: the L{IClientTransactionUser}: receives
+            C{responseReceived(response, tx)}, C{timeout(tx)} and
+            C{transportError(tx)}.
         @return: the L{ClientTransaction}.
         @raise ValueError: the request is an ACK (not a transaction: send it
             directly on the flow), has no Via branch, or its branch and
