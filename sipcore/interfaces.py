@@ -518,3 +518,23 @@ class ICredentialSource(Interface):
             L{sipcore.sip.auth.CredentialsUnavailable} when the source cannot
             be read.
         """
+
+# ---------------------------------------------------------------------------
+# Metrics
+
+
+class IMetricsSource(Interface):
+    """
+    Something whose counters and gauges C{GET /metrics} serves.  Each part
+    of the server that keeps figures is registered as one source with the
+    L{sipcore.metrics.MetricsRegistry} when the server is built.
+    """
+
+    def samples():
+        """
+        The current figures.
+
+        @return: an iterable of C{(name, labels, value)}: a metric name
+            (C{str}), its labels (C{dict} of C{str} to C{str}) and its value
+            (C{float}); the samples of one name come together.
+        """

@@ -5,8 +5,8 @@ A reactor lag probe: a repeating timer that measures how late it runs.
 A timer due every C{interval} seconds that fires C{interval + x} seconds
 after the previous one shows that the reactor was busy (stalled) for about
 C{x} seconds.  The probe keeps the last lag, the largest since start, and
-the largest of the last few seconds (per-second buckets), which
-L{sipcore.metrics} reports as C{sipcore_reactor_lag_seconds}.
+the largest of the last few seconds (per-second buckets), and serves them
+as C{sipcore_reactor_lag_seconds} (it is an L{IMetricsSource}).
 
 It is off unless the environment has C{SIPCORE_LAG_PROBE=1} (the benchmarks
 turn it on): it costs a timer call every C{interval}.
@@ -16,9 +16,14 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterator
 
+from twisted.application.service import Service
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from sipcore.interfaces import IMetricsSource
 
 __all__ = ["ENV", "LagProbe", "fromEnvironment"]
 
@@ -26,9 +31,11 @@ __all__ = ["ENV", "LagProbe", "fromEnvironment"]
 ENV = "SIPCORE_LAG_PROBE"
 
 
-class LagProbe:
+@implementer(IMetricsSource)
+class LagProbe(Service):
     """
-    Measures the lag of a repeating timer.
+    Measures the lag of a repeating timer while the service runs, and
+    serves it as C{sipcore_reactor_lag_seconds}.
 
     @ivar last: the lag of the latest tick, in seconds.
     @ivar max: the largest lag since L{start}.
@@ -66,6 +73,19 @@ class LagProbe:
         """
         if self._call.running:
             self._call.stop()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.start()
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.stop()
+
+    def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        yield ("sipcore_reactor_lag_seconds", {"stat": "last"}, self.last)
+        yield ("sipcore_reactor_lag_seconds", {"stat": "max"}, self.max)
+        yield ("sipcore_reactor_lag_seconds", {"stat": "recent_max"}, self.recentMax())
 
     def _tick(self) -> None:
         now = self.clock.seconds()

@@ -1,147 +1,206 @@
 # -*- test-case-name: tests.test_tap,tests.test_cleanup_faults -*-
 """
-The running server as one Twisted service, with an ordered start and an
-ordered shutdown.
+The running server as a tree of Twisted services.
 
-Start: open the store (and create the schema when asked), purge this node's
-connection-bound rows, start the handlers and their job queues, start the
-periodic expiry, then listen.
+Each level of the tree is an L{OrderedServices}: it starts its children one
+after another in the order they were added, each once the one before has
+started, and stops them in the reverse order, each once the one after has
+stopped.  L{sipcore.tap.buildService} builds this tree::
 
-Stop: stop listening, close the live connections (their
-close events fire as usual), let the bus deliver what is in flight, drain
-the job queues within a deadline, stop the handlers, then close the store.
+    SIPCoreService                       the root (an OrderedServices)
+      Database                           with --db: open the pool / close it
+      StoreService                       open the store (the schema on --db-init),
+                                         purge this node's connection-bound rows,
+                                         expire bindings on a timer / close the store
+      HandlerService                     start the handlers and their job queues /
+                                         deliver the pending events and drain the
+                                         queues within the deadline, stop the handlers
+      CoreService                        (the core answers once listeners deliver) /
+                                         close the live connections, stop the proxy,
+                                         end the transactions
+      OrderedServices "listeners"        one ListenerService per --listen / stop listening
+      LagProbe                           with SIPCORE_LAG_PROBE=1
+      StreamServerEndpointService        GET /metrics, with --metrics-listen
+
+So the start opens the store before anything can write to it and listens
+last, and the stop follows DESIGN rule 7: stop listening, close the live
+connections (their close events fire as usual), drain the job queues within
+a deadline, then close the store and the database.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from sipcore.interfaces import IEventBus, ILocationStore
+from sipcore.interfaces import IEventBus, ILocationStore, IMetricsSource
 from sipcore.plugin import EnabledHandler
 
+__all__ = ["CoreService", "HandlerService", "OrderedServices", "SIPCoreService", "StoreService"]
 
-class SIPCoreService(Service):
+_log = Logger(namespace="sipcore.service")
+
+
+async def _safely(what: str, f: Callable[..., Any], *args: Any) -> Any:
     """
-    The whole server.
+    Run one shutdown step; a failure is logged and the shutdown goes on.
 
-    @ivar listeners: the listener services, started last and stopped first.
-    @ivar handlers: the L{EnabledHandler}s, in order.
-    @ivar queues: the job queues the handlers made.
-    @ivar startFailure: the L{Failure} that stopped the start, if any (it
-        is logged, and the reactor is stopped when running).
-    @ivar proxy: the proxy, when the composition root sets one; stopped
-        (its timers cancelled) after the connections closed.
-    @ivar metricsService: the service answering C{GET /metrics}, or C{None}.
-    @ivar registrar: the registrar, when the composition root sets one.
-    @ivar authenticator: the L{sipcore.sip.auth.DigestAuthenticator}
-        guarding the core, or C{None} (its counts are in the metrics).
-    @ivar writes: the L{sipcore.location.ordering.PendingWrites} tracker.
+    @return: what the step returned, or C{None} when it failed.
+    """
+    try:
+        return await defer.maybeDeferred(f, *args)
+    except Exception:
+        _log.failure("shutdown step failed: {what}", what=what)
+        return None
+
+
+class OrderedServices(MultiService):
+    """
+    A L{MultiService} that waits for each child: its children start in the
+    order they were added, each once the L{Deferred} returned by the
+    previous one's C{startService} has fired, and stop in the reverse order,
+    each once the next one's C{stopService} has fired.
+
+    Twisted's L{MultiService} starts its children at once and stops them
+    together; a server whose store must be open before its handlers run,
+    and whose listeners must be closed before its connections are, needs
+    the order kept.  C{privilegedStartService} reaches every child in order,
+    as in L{MultiService} (listeners bind there).
+
+    A stop while the start is still under way cancels the child's start in
+    progress, starts no other child, and stops the children that started.
     """
 
-    registrar: Any = None
-    writes: Any = None
-    startFailure: Any = None
-    #: When this service started: bindings older than this and bound to a
-    #: connection are purged (connection ids do not survive a restart).
+    _current: defer.Deferred[Any] | None = None
+
+    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        """
+        Start the children in order.
+
+        @return: a L{Deferred} firing with C{None} once the last child has
+            started, or failing with the first child's failure (the
+            children after it are not started).
+        """
+        Service.startService(self)
+        return defer.Deferred.fromCoroutine(self._startChildren())
+
+    async def _startChildren(self) -> None:
+        for child in list(self):
+            if not self.running:
+                return
+            self._current = defer.maybeDeferred(child.startService)
+            try:
+                await self._current
+            except defer.CancelledError:
+                if not self.running:
+                    return
+                raise
+            finally:
+                self._current = None
+
+    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        """
+        Stop the children that started, last first.  A child's failure to
+        stop is logged and the others still stop.
+
+        @return: a L{Deferred} firing with C{None} once the first child has
+            stopped; it never fails.
+        """
+        Service.stopService(self)
+        if self._current is not None:
+            self._current.cancel()
+        return defer.Deferred.fromCoroutine(self._stopChildren())
+
+    async def _stopChildren(self) -> None:
+        for child in reversed(list(self)):
+            if child.running:
+                await _safely("stop " + (child.name or type(child).__name__), child.stopService)
+
+
+class StoreService(Service):
+    """
+    The location store while the server runs.
+
+    Start: open the store, create the schema when asked, purge this node's
+    connection-bound rows (connection ids do not survive a restart), then
+    remove expired bindings every C{expiryInterval} seconds.  A database
+    that is away does not stop the start: the schema and purge step is
+    retried every L{backstopRetryInterval} seconds until it succeeds (the
+    registrar answers C{503} meanwhile).  A schema of another version does
+    stop it.
+
+    Stop: stop the timers and close the store.
+
+    @ivar startTime: when the service started: bindings older than this and
+        bound to a connection are purged.
+    @ivar purgePending: C{True} while the start purge has not succeeded yet.
+    """
+
+    name = "store"
     startTime = 0.0
-    metricsService: Any = None
-    proxy: Any = None
-    lagProbe: Any = None
+    purgePending = False
+    #: Seconds between attempts to prepare a store that was away at start.
+    backstopRetryInterval = 5.0
 
     _log = Logger()
 
     def __init__(
         self,
+        store: ILocationStore,
         reactor: IReactorTime,
         serverId: int,
-        store: ILocationStore,
-        bus: IEventBus,
-        table: Any,
-        core: Any,
-        listeners: Sequence[Service],
-        handlers: Sequence[EnabledHandler],
-        queues: Iterable[Any],
         initSchema: Callable[[], defer.Deferred[Any]] | None = None,
         expiryInterval: float = 60.0,
-        drainDeadline: float = 10.0,
-        authenticator: Any = None,
     ) -> None:
-        self.reactor = reactor
-        self.serverId = serverId
+        """
+        @param store: the store to open and close.
+        @param reactor: the clock of the timers; a failure of a retried
+            purge that must stop the server stops it (when it provides
+            L{IReactorCore} and runs).
+        @param serverId: this node's C{server_id}.
+        @param initSchema: creates the schema when missing (C{--db-init}):
+            returns a L{Deferred} firing with C{True} when it created it, or
+            C{None}: the schema is not created.
+        @param expiryInterval: seconds between removals of expired bindings
+            (C{0}: never).
+        """
         self.store = store
-        self.bus = bus
-        self.table = table
-        self.core = core
-        self.listeners = list(listeners)
-        self.handlers = list(handlers)
-        self.queues = queues
+        self._reactor = reactor
+        self.serverId = serverId
         self._initSchema = initSchema
         self.expiryInterval = expiryInterval
-        self.drainDeadline = drainDeadline
-        self.authenticator = authenticator
+        self._schemaReady = False
+        self._expiryFailing = False
         self._expiry: task.LoopingCall | None = None
-        self._started: list[EnabledHandler] = []
-        self.ready: defer.Deferred[None] | None = None
-
-    # -- start ---------------------------------------------------------------
+        self._retry: task.LoopingCall | None = None
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        """
+        @return: a L{Deferred} firing once the store is open (the purge done
+            or retrying), failing when it cannot be opened.
+        """
         Service.startService(self)
-        self.startTime = self.reactor.seconds()
-        self.ready = defer.Deferred.fromCoroutine(self._start())
-        self.ready.addErrback(self._startFailed)
-        return self.ready
-
-    def _startFailed(self, failure: Any) -> None:
-        self.startFailure = failure
-        self._log.failure("sipcore failed to start", failure)
-        stop = getattr(self.reactor, "stop", None)
-        if stop is not None and getattr(self.reactor, "running", False):
-            stop()
+        self.startTime = self._reactor.seconds()
+        return defer.Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
-        from sipcore.compiled import isCompiled
-
-        self._log.info("SIP message layer: {build}",
-                       build="compiled (mypyc)" if isCompiled() else "Python source")
         await self.store.start()
-        await self._prepareStore()
-        for handler in self.handlers:
-            await defer.maybeDeferred(handler.start)
-            self._started.append(handler)
-            self.bus.subscribe(handler)
-            self._log.info("handler {name} enabled for {events}",
-                           name=handler.name, events=", ".join(handler.events))
-        for queue in self.queues:
-            queue.start()
+        await self._prepare()
         if self.expiryInterval > 0:
             self._expiry = task.LoopingCall(self.expireBindings)
-            self._expiry.clock = self.reactor
+            self._expiry.clock = self._reactor
             self._expiry.start(self.expiryInterval, now=False).addErrback(
                 lambda f: self._log.failure("expiry timer stopped", f))
-        for listener in self.listeners:
-            await defer.maybeDeferred(listener.startService)
-        if self.lagProbe is not None:
-            self.lagProbe.start()
-        if self.metricsService is not None:
-            await defer.maybeDeferred(self.metricsService.startService)
 
-    async def _prepareStore(self) -> None:
-        """
-        Create the schema when asked, then purge this node's
-        connection-bound rows (connection ids do not survive a restart).
-
-        A database that is away does not stop the start: the step is
-        retried every L{backstopRetryInterval} seconds until it succeeds.
-        A schema of another version does stop it.
-        """
-        from sipcore.location.dbinit import SchemaVersionMismatch
+    async def _prepare(self) -> None:
+        from sipcore.db.location import SchemaVersionMismatch
 
         try:
             if self._initSchema is not None and not self._schemaReady:
@@ -153,40 +212,43 @@ class SIPCoreService(Service):
         except SchemaVersionMismatch:
             raise
         except Exception as e:
-            if not self._backstopPending:
+            if not self.purgePending:
                 self._log.warn(
                     "could not prepare the location store ({error}); retrying every "
                     "{interval} s", error=str(e) or type(e).__name__,
                     interval=self.backstopRetryInterval)
-            self._backstopPending = True
-            if self._backstopRetry is None:
-                self._backstopRetry = task.LoopingCall(self._retryPrepare)
-                self._backstopRetry.clock = self.reactor
-                self._backstopRetry.start(self.backstopRetryInterval, now=False)
+            self.purgePending = True
+            if self._retry is None:
+                self._retry = task.LoopingCall(self._retryPrepare)
+                self._retry.clock = self._reactor
+                self._retry.start(self.backstopRetryInterval, now=False)
             return
-        self._backstopPending = False
-        if self._backstopRetry is not None and self._backstopRetry.running:
-            self._backstopRetry.stop()
-        self._backstopRetry = None
+        self.purgePending = False
+        self._stopRetry()
         self._log.info(
             "purged {count} connection-bound bindings of server_id {serverId} at start",
             count=count, serverId=self.serverId)
 
     def _retryPrepare(self) -> defer.Deferred[None]:
-        d = defer.Deferred.fromCoroutine(self._prepareStore())
-        d.addErrback(self._startFailed)
+        d = defer.Deferred.fromCoroutine(self._prepare())
+        d.addErrback(self._retryFailed)
         return d
 
-    _backstopPending = False
-    _expiryFailing = False
-    _backstopRetry: task.LoopingCall | None = None
-    _schemaReady = False
-    #: Seconds between attempts to prepare a store that was away at start.
-    backstopRetryInterval = 5.0
+    def _retryFailed(self, failure: Failure) -> None:
+        self._stopRetry()
+        self._log.failure("sipcore failed to start", failure)
+        reactor = self._reactor
+        if IReactorCore.providedBy(reactor) and reactor.running:
+            reactor.stop()
+
+    def _stopRetry(self) -> None:
+        if self._retry is not None and self._retry.running:
+            self._retry.stop()
+        self._retry = None
 
     async def _expire(self) -> None:
         try:
-            count = await self.store.removeExpired(self.reactor.seconds())
+            count = await self.store.removeExpired(self._reactor.seconds())
         except Exception as e:
             if not self._expiryFailing:
                 self._log.warn("expiry of bindings failed ({error}); will retry",
@@ -207,71 +269,283 @@ class SIPCoreService(Service):
         """
         return defer.Deferred.fromCoroutine(self._expire())
 
-    def privilegedStartService(self) -> None:
+    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
         """
-        Nothing binds before L{startService}: sipcore listens only once its
-        store is ready and its handlers run.  Ports below 1024 (WebSocket on
-        80 or 443) need C{CAP_NET_BIND_SERVICE} or a proxy in front rather
-        than C{twistd --uid}.
+        @return: a L{Deferred} firing once the store is closed; it never
+            fails.
         """
-        Service.privilegedStartService(self)
+        Service.stopService(self)
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
+        self._stopRetry()
+        return defer.Deferred.fromCoroutine(_safely("close the store", self.store.close))
 
-    # -- stop ----------------------------------------------------------------
+
+class HandlerService(Service):
+    """
+    The event handlers and their job queues while the server runs.
+
+    Start: start each handler in order and subscribe it to the bus, then
+    start the job queues.
+
+    Stop: within one C{drainDeadline}, let the bus deliver the events in
+    flight (they put work into the queues) and drain the queues together;
+    then unsubscribe and stop the handlers, last first.
+
+    @ivar handlers: the L{EnabledHandler}s, in order.
+    @ivar queues: the job queues the handlers made, in the order they were
+        made.
+    @ivar left: after a stop, the jobs the queues had not done by the
+        deadline.
+    """
+
+    name = "handlers"
+    left = 0
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        bus: IEventBus,
+        handlers: Sequence[EnabledHandler],
+        queues: Iterable[Any],
+        reactor: IReactorTime,
+        drainDeadline: float = 10.0,
+    ) -> None:
+        """
+        @param bus: the bus the handlers subscribe to.
+        @param handlers: the handlers, in order.
+        @param queues: the handlers' job queues (read at start and stop:
+            the handlers make theirs when they are made).
+        @param reactor: the clock of the deadline.
+        @param drainDeadline: seconds the stop may take to deliver the
+            pending events and drain the queues.
+        """
+        self.bus = bus
+        self.handlers = list(handlers)
+        self.queues = queues
+        self._reactor = reactor
+        self.drainDeadline = drainDeadline
+        self._started: list[EnabledHandler] = []
+
+    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        """
+        @return: a L{Deferred} firing once every handler and queue runs, or
+            failing with the first handler's failure to start.
+        """
+        Service.startService(self)
+        return defer.Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        for handler in self.handlers:
+            await defer.maybeDeferred(handler.start)
+            self._started.append(handler)
+            self.bus.subscribe(handler)
+            self._log.info("handler {name} enabled for {events}",
+                           name=handler.name, events=", ".join(handler.events))
+        for queue in self.queues:
+            queue.start()
 
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        """
+        @return: a L{Deferred} firing once the handlers stopped; it never
+            fails.
+        """
         Service.stopService(self)
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        if self.ready is not None and not self.ready.called:
-            self.ready.cancel()
-        if self.metricsService is not None and self.metricsService.running:
-            await self._safely("stop metrics", self.metricsService.stopService)
-        if self.lagProbe is not None:
-            await self._safely("stop the lag probe", self.lagProbe.stop)
-        for listener in reversed(self.listeners):
-            if listener.running:
-                await self._safely("stop listener", listener.stopService)
-        await self._safely("close connections", self.table.closeAll)
-        if self.proxy is not None:
-            await self._safely("stop the proxy", self.proxy.stop)
-        transactions = getattr(self.core, "transactions", None)
-        if transactions is not None:
-            await self._safely("end transactions", transactions.terminateAll)
-        if self._expiry is not None and self._expiry.running:
-            self._expiry.stop()
-        if self._backstopRetry is not None and self._backstopRetry.running:
-            self._backstopRetry.stop()
-        # One deadline covers both: the events still being delivered (they
-        # put work into the queues) and the queues draining, together.
-        end = self.reactor.seconds() + self.drainDeadline
+        # One deadline covers both: the events still being delivered and the
+        # queues draining, together.
+        end = self._reactor.seconds() + self.drainDeadline
         delivering = self.bus.drain()
-        delivering.addTimeout(self.drainDeadline, self.reactor)
+        delivering.addTimeout(self.drainDeadline, self._reactor)
         try:
             await delivering
         except defer.CancelledError:
             self._log.warn("shutdown deadline passed with events still being delivered")
         except Exception:
             self._log.failure("shutdown step failed: deliver pending events")
-        remaining = max(0.0, end - self.reactor.seconds())
+        remaining = max(0.0, end - self._reactor.seconds())
         counts = await defer.gatherResults([
             defer.Deferred.fromCoroutine(
-                self._safely("drain job queue " + queue.name, queue.stop, remaining))
+                _safely("drain job queue " + queue.name, queue.stop, remaining))
             for queue in self.queues
         ])
-        left = sum(count or 0 for count in counts)
-        for handler in reversed(self._started):
+        self.left = sum(count or 0 for count in counts)
+        started, self._started = self._started, []
+        for handler in reversed(started):
             self.bus.unsubscribe(handler)
-            await self._safely("stop handler " + handler.name, handler.stop)
-        await self._safely("close the store", self.store.close)
+            await _safely("stop handler " + handler.name, handler.stop)
+
+
+class CoreService(Service):
+    """
+    The SIP core while the server runs.  It has nothing to start: it
+    answers what the listeners deliver.  Stop (after the listeners stopped):
+    close the live connections (their close events fire as usual), stop
+    the proxy's timers, end the transactions.
+    """
+
+    name = "core"
+
+    def __init__(self, table: Any, core: Any, proxy: Any) -> None:
+        """
+        @param table: the L{sipcore.transport.connections.ConnectionTable}.
+        @param core: the L{sipcore.sip.core.SIPCore}.
+        @param proxy: the L{sipcore.sip.proxy.Proxy}.
+        """
+        self.table = table
+        self.core = core
+        self.proxy = proxy
+
+    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        """
+        @return: a L{Deferred} firing once the connections closed and the
+            transactions ended; it never fails.
+        """
+        Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        await _safely("close connections", self.table.closeAll)
+        await _safely("stop the proxy", self.proxy.stop)
+        await _safely("end transactions", self.core.transactions.terminateAll)
+
+
+@implementer(IMetricsSource)
+class SIPCoreService(OrderedServices):
+    """
+    The whole server: the root of the service tree (see the module
+    docstring), and the parts it was built from, for tests and tools to
+    read.
+
+    Its L{startService} returns a L{Deferred} firing once the last child
+    started (twistd ignores it; tests wait on it).  A failure to start is
+    logged, kept in L{startFailure}, and stops the reactor when it runs.
+
+    @ivar store: the L{ILocationStore}.
+    @ivar bus: the L{IEventBus}.
+    @ivar table: the L{sipcore.transport.connections.ConnectionTable}.
+    @ivar core: the L{sipcore.sip.core.SIPCore}.
+    @ivar registrar: the L{sipcore.sip.registrar.Registrar}.
+    @ivar proxy: the L{sipcore.sip.proxy.Proxy}.
+    @ivar authenticator: the L{sipcore.sip.auth.DigestAuthenticator}
+        guarding the core, or C{None}.
+    @ivar writes: the L{sipcore.location.ordering.PendingWrites} tracker.
+    @ivar listeners: the L{sipcore.transport.listen.ListenerService}s.
+    @ivar handlers: the L{EnabledHandler}s, in order.
+    @ivar queues: the job queues the handlers made.
+    @ivar database: the L{sipcore.db.Database}, or C{None} without C{--db}.
+    @ivar storeService: the L{StoreService}.
+    @ivar handlerService: the L{HandlerService}.
+    @ivar metricsService: the service answering C{GET /metrics}, or C{None}.
+    @ivar startFailure: the L{Failure} that stopped the start, if any.
+    """
+
+    name = "sipcore"
+    startFailure: Failure | None = None
+    ready: defer.Deferred[None] | None = None
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        *,
+        store: ILocationStore,
+        bus: IEventBus,
+        table: Any,
+        core: Any,
+        registrar: Any,
+        proxy: Any,
+        authenticator: Any,
+        writes: Any,
+        storeService: StoreService,
+        handlerService: HandlerService,
+        listeners: Sequence[Any],
+        metrics: IMetricsSource,
+        lagProbe: IService | None = None,
+        metricsService: IService | None = None,
+        database: IService | None = None,
+    ) -> None:
+        """
+        Build the tree: the database when given, the store, the handlers, the core, the listeners,
+        then the lag probe and the metrics service when given.
+
+        @param reactor: the reactor; stopped when the start fails while it
+            runs (when it provides L{IReactorCore}).
+        @param metrics: every figure of the server (what L{samples}
+            returns).
+        @param database: the L{sipcore.db.Database} (with C{--db}), or
+            C{None}.
+        """
+        super().__init__()
+        self._reactor = reactor
+        self.store = store
+        self.bus = bus
+        self.table = table
+        self.core = core
+        self.registrar = registrar
+        self.proxy = proxy
+        self.authenticator = authenticator
+        self.writes = writes
+        self.storeService = storeService
+        self.handlerService = handlerService
+        self.listeners = list(listeners)
+        self.metricsService = metricsService
+        self._metrics = metrics
+        self.database = database
+        if database is not None:
+            database.setServiceParent(self)
+        storeService.setServiceParent(self)
+        handlerService.setServiceParent(self)
+        CoreService(table, core, proxy).setServiceParent(self)
+        listening = OrderedServices()
+        listening.setName("listeners")
+        for listener in self.listeners:
+            listener.setServiceParent(listening)
+        listening.setServiceParent(self)
+        if lagProbe is not None:
+            lagProbe.setServiceParent(self)
+        if metricsService is not None:
+            metricsService.setServiceParent(self)
+
+    @property
+    def handlers(self) -> list[EnabledHandler]:
+        return self.handlerService.handlers
+
+    @property
+    def queues(self) -> Iterable[Any]:
+        return self.handlerService.queues
+
+    def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        return iter(self._metrics.samples())
+
+    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        from sipcore.compiled import isCompiled
+
+        self._log.info("SIP message layer: {build}",
+                       build="compiled (mypyc)" if isCompiled() else "Python source")
+        self.ready = OrderedServices.startService(self)
+        self.ready.addErrback(self._startFailed)
+        return self.ready
+
+    def _startFailed(self, failure: Failure) -> None:
+        self.startFailure = failure
+        self._log.failure("sipcore failed to start", failure)
+        reactor = self._reactor
+        if IReactorCore.providedBy(reactor) and reactor.running:
+            reactor.stop()
+
+    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        d = OrderedServices.stopService(self)
+        d.addCallback(self._stopped)
+        return d
+
+    def _stopped(self, ignored: None) -> None:
+        left = self.handlerService.left
         if left:
             self._log.warn("stopped with {left} queued jobs not done", left=left)
         else:
             self._log.info("stopped cleanly")
-
-    async def _safely(self, what: str, f: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return await defer.maybeDeferred(f, *args)
-        except Exception:
-            self._log.failure("shutdown step failed: {what}", what=what)
-            return None

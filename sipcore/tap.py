@@ -344,7 +344,9 @@ def listHandlers(out: Any = None, package: Any = None) -> str:
 
 def buildService(options: Options, reactor: Any) -> Any:
     """
-    Build the server from parsed options with the given reactor.
+    Build the server from parsed options with the given reactor: each part
+    complete when made, then the service tree that starts and stops them in
+    order (L{sipcore.service}).
 
     @return: the L{sipcore.service.SIPCoreService}.
     @raise HandlerError: a handler is unknown, duplicated, failed to
@@ -352,14 +354,26 @@ def buildService(options: Options, reactor: Any) -> Any:
         options it refuses, or refuses to be made.
     """
     from sipcore.events.bus import EventBus
+    from sipcore.lag import fromEnvironment
     from sipcore.location import MemoryLocationStore
     from sipcore.location.ordering import PendingWrites
+    from sipcore.metrics import (
+        AuthenticationMetrics,
+        ConnectionMetrics,
+        CoreMetrics,
+        HandlerMetrics,
+        JobQueueMetrics,
+        MetricsRegistry,
+        RateLimitMetrics,
+        RegistrarMetrics,
+        StoreMetrics,
+    )
     from sipcore.plugin import EnabledHandler, HandlerContext, parseOptions
-    from sipcore.service import SIPCoreService
+    from sipcore.service import HandlerService, SIPCoreService, StoreService
     from sipcore.sip.core import SIPCore, supportedTags
     from sipcore.sip.registrar import Registrar, RegistrarPolicy
     from sipcore.sip.trust import TrustedPeers
-    from sipcore.transport.connections import ConnectionTable
+    from sipcore.transport.connections import ConnectionLimits, ConnectionTable
     from sipcore.transport.listen import ListenerService
 
     names = options.handlerNames()
@@ -374,20 +388,32 @@ def buildService(options: Options, reactor: Any) -> Any:
         for plugin in selected
     ]
     serverId = options["server-id"]
+    metrics = MetricsRegistry()
     bus = EventBus(reactor)
-    table = ConnectionTable(bus, reactor, serverId=serverId)
+    table = ConnectionTable(bus, reactor, serverId=serverId, limits=ConnectionLimits(
+        maxConnections=options["max-connections"],
+        maxPerSource=options["max-connections-per-source"],
+        exempt=frozenset(options["limit-exempt"]),
+        logInterval=options["limit-log-interval"],
+    ))
+    metrics.register(ConnectionMetrics(table))
     initSchema = None
+    database = None
+    dbPool = None
     if options["db"]:
+        from sipcore.db import Database
         from sipcore.location import PostgresLocationStore
         from sipcore.workers import releaseWorkerStore
 
         releaseWorkerStore()
-        store: Any = PostgresLocationStore(options["db"], reactor)
+        database = Database(options["db"], reactor)
+        dbPool = database.pool
+        store: Any = PostgresLocationStore(dbPool)
         if options["db-init"]:
-            def initSchema() -> Any:
-                from sipcore.location.dbinit import initSchema as create
+            from sipcore.db.location import initSchema as createSchema
 
-                return create(store.pool)
+            def initSchema() -> Any:
+                return createSchema(database.pool)
     else:
         from sipcore.workers import workerStore
 
@@ -402,9 +428,14 @@ def buildService(options: Options, reactor: Any) -> Any:
                                  maxBatch=options["group-commit-max"])
     writes = PendingWrites()
     trustedPeers = TrustedPeers.fromStrings(options["trusted-peer"])
-    core = SIPCore(reactor, domains=options["domain"], maxSize=options["max-message-size"],
+    limiter = _buildRateLimiter(options, reactor)
+    core = SIPCore(reactor, domains=options["domain"], maxSize=_largestMessage(options),
                    supported=supportedTags(bool(trustedPeers)),
-                   maxContacts=options["max-contacts"], serverHeader=options["server-header"])
+                   maxContacts=options["max-contacts"], serverHeader=options["server-header"],
+                   limiter=limiter, maxTransactions=options["max-transactions"] or 2**62)
+    metrics.register(CoreMetrics(core))
+    if limiter is not None:
+        metrics.register(RateLimitMetrics(limiter))
     registrar = Registrar(
         store,
         reactor,
@@ -425,8 +456,11 @@ def buildService(options: Options, reactor: Any) -> Any:
         connectionBound=table.bound,
     )
     core.route("REGISTER", registrar)
-    listenerOptions = _buildSecurity(options, reactor, core, table, store)  # security
-    authenticator = _buildAuthentication(options, reactor, core, store)
+    metrics.register(RegistrarMetrics(registrar))
+    authenticator = _buildAuthentication(options, reactor, core, dbPool)
+    if authenticator is not None:
+        metrics.register(AuthenticationMetrics(authenticator))
+    listenerOptions = _listenerOptions(options, limiter)
     listeners = [
         ListenerService(
             parseListen(spec), reactor, core, table,
@@ -444,7 +478,7 @@ def buildService(options: Options, reactor: Any) -> Any:
             serverId=serverId,
             reactor=reactor,
             store=store,
-            dbPool=getattr(store, "pool", None),
+            dbPool=dbPool,
             options=handlerOptions,
             writes=writes,
             jobQueues=jobQueues,
@@ -452,38 +486,45 @@ def buildService(options: Options, reactor: Any) -> Any:
         ))
         for plugin, handlerOptions in plugins
     ]
-
-    service = SIPCoreService(
-        reactor=reactor,
-        serverId=serverId,
+    metrics.register(HandlerMetrics(bus))
+    metrics.register(JobQueueMetrics(jobQueues.values()))
+    if isinstance(store, MemoryLocationStore):
+        metrics.register(StoreMetrics(lambda: True, lambda: store.statementCount))
+    else:
+        metrics.register(StoreMetrics(lambda: store.available, lambda: store.statementCount))
+    # The reactor lag probe (SIPCORE_LAG_PROBE=1).
+    lagProbe = fromEnvironment(reactor)
+    if lagProbe is not None:
+        metrics.register(lagProbe)
+    # The proxy routes what the core and the registrar do not
+    # answer; it reads the listeners' bound addresses only once they listen.
+    proxy = _buildProxy(options, reactor, core, store, table, listeners)
+    return SIPCoreService(
+        reactor,
         store=store,
         bus=bus,
         table=table,
         core=core,
-        listeners=listeners,
-        handlers=handlers,
-        queues=_QueueView(jobQueues),
-        initSchema=initSchema,
-        expiryInterval=options["expiry-interval"],
-        drainDeadline=options["drain-deadline"],
+        registrar=registrar,
+        proxy=proxy,
         authenticator=authenticator,
+        writes=writes,
+        storeService=StoreService(store, reactor, serverId, initSchema=initSchema,
+                                  expiryInterval=options["expiry-interval"]),
+        handlerService=HandlerService(bus, handlers, jobQueues.values(), reactor,
+                                      drainDeadline=options["drain-deadline"]),
+        listeners=listeners,
+        metrics=metrics,
+        lagProbe=lagProbe,
+        metricsService=_buildMetrics(options, reactor, metrics),
+        database=database,
     )
-    service.registrar = registrar
-    service.writes = writes
-    # The reactor lag probe (SIPCORE_LAG_PROBE=1).
-    from sipcore.lag import fromEnvironment
-
-    service.lagProbe = fromEnvironment(reactor)
-    service.metricsService = _buildMetrics(options, reactor, service)
-    # The proxy routes what the core and the registrar do not
-    # answer; it reads the listeners' bound addresses only once they listen.
-    service.proxy = _buildProxy(options, reactor, core, store, table, listeners)
-    return service
 
 
-def _buildMetrics(options: Options, reactor: Any, service: Any) -> Any:
+def _buildMetrics(options: Options, reactor: Any, metrics: Any) -> Any:
     """
-    The C{GET /metrics} service, or C{None} without C{--metrics-listen}.
+    The C{GET /metrics} service serving C{metrics}, or C{None} without
+    C{--metrics-listen}.
     """
     if not options["metrics-listen"]:
         return None
@@ -492,9 +533,11 @@ def _buildMetrics(options: Options, reactor: Any, service: Any) -> Any:
 
     from sipcore.metrics import MetricsResource
 
-    site = Site(MetricsResource(service))
+    site = Site(MetricsResource(metrics))
     site.noisy = False
-    return strports.service(options["metrics-listen"], site, reactor=reactor)
+    service = strports.service(options["metrics-listen"], site, reactor=reactor)
+    service.setName("metrics")
+    return service
 
 
 def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: Any,
@@ -591,38 +634,42 @@ def _checkSecurityOptions(options: Options) -> None:
         raise usage.UsageError("--ws-ping-interval needs a positive --ws-ping-timeout")
 
 
-def _buildSecurity(options: Options, reactor: Any, core: Any, table: Any,
-                   store: Any) -> dict[str, Any]:
+def _largestMessage(options: Options) -> int:
     """
-    Wire the security controls (docs/security.rst): connection limits,
-    the transaction cap, the request-rate limit, and the listener options
-    (message timeout, WebSocket keepalive and Origin policy, per-listener
-    message sizes).  Authentication is L{_buildAuthentication}'s.
+    The largest message any listener accepts: the core parses up to it.
+    """
+    sizes = [int(parseListen(spec).options.get("maxSize", 0)) for spec in options["listen"]]
+    return max([options["max-message-size"]] + sizes)
+
+
+def _buildRateLimiter(options: Options, reactor: Any) -> Any:
+    """
+    The per-source request-rate limit (docs/security.rst), or C{None} with
+    C{--rate-limit 0}.
+    """
+    if not options["rate-limit"]:
+        return None
+    from sipcore.sip.limits import RateLimiter
+
+    return RateLimiter(
+        reactor,
+        rate=options["rate-limit"],
+        burst=options["rate-burst"],
+        overdraft=options["rate-overdraft"],
+        exempt=options["limit-exempt"],
+        logInterval=options["limit-log-interval"],
+        serverHeader=options["server-header"],
+    )
+
+
+def _listenerOptions(options: Options, limiter: Any) -> dict[str, Any]:
+    """
+    The security controls of the listeners (docs/security.rst): message
+    and handshake timeouts, WebSocket keepalive and Origin policy, the UDP
+    early drop of rate-limited sources.
 
     @return: the keyword options for every L{ListenerService}.
     """
-    from sipcore.sip.limits import RateLimiter
-
-    interval = options["limit-log-interval"]
-    table.maxConnections = options["max-connections"]
-    table.maxPerSource = options["max-connections-per-source"]
-    table.exempt = frozenset(options["limit-exempt"])
-    table._throttle.interval = interval
-    core.transactions.maxTransactions = options["max-transactions"] or 2**62
-    sizes = [int(parseListen(spec).options.get("maxSize", 0)) for spec in options["listen"]]
-    core.maxSize = max([options["max-message-size"]] + sizes)
-    limiter = None
-    if options["rate-limit"]:
-        limiter = RateLimiter(
-            reactor,
-            rate=options["rate-limit"],
-            burst=options["rate-burst"],
-            overdraft=options["rate-overdraft"],
-            exempt=options["limit-exempt"],
-            logInterval=interval,
-            serverHeader=options["server-header"],
-        )
-        core.limiter = limiter
     return {
         "messageTimeout": options["message-timeout"],
         "handshakeTimeout": options["handshake-timeout"],
@@ -638,12 +685,12 @@ def _buildSecurity(options: Options, reactor: Any, core: Any, table: Any,
     }
 
 
-def _buildAuthentication(options: Options, reactor: Any, core: Any, store: Any) -> Any:
+def _buildAuthentication(options: Options, reactor: Any, core: Any, dbPool: Any) -> Any:
     """
     Make digest authentication a guard of the core when a credential
     source is configured (docs/security.rst); failed authentications cost
-    the source's rate bucket (C{core.limiter}, made by L{_buildSecurity})
-    and count for the account's guessing limit.
+    the source's rate bucket (C{core.limiter}, made by
+    L{_buildRateLimiter}) and count for the account's guessing limit.
 
     @return: the L{sipcore.sip.auth.DigestAuthenticator}, or C{None}.
     """
@@ -654,7 +701,7 @@ def _buildAuthentication(options: Options, reactor: Any, core: Any, store: Any) 
     log = Logger(namespace="sipcore.security")
     credentials = options.get("auth-credentials")
     if options["auth-db"]:
-        credentials = PostgresCredentials(store)  # its pool, read at each lookup
+        credentials = PostgresCredentials(dbPool)
     if credentials is None:
         log.warn("authentication is off (no --auth-file or --auth-db): "
                  "any client may register any address of record")
@@ -678,18 +725,6 @@ def _buildAuthentication(options: Options, reactor: Any, core: Any, store: Any) 
     core.addGuard(authenticator)
     log.info("digest authentication on for {methods}", methods=", ".join(methods))
     return authenticator
-
-
-class _QueueView:
-    """
-    The job queues the handlers made, in the order they were made.
-    """
-
-    def __init__(self, queues: dict[str, Any]) -> None:
-        self._queues = queues
-
-    def __iter__(self) -> Any:
-        return iter(list(self._queues.values()))
 
 
 def makeService(options: Options) -> Any:

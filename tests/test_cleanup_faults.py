@@ -116,7 +116,7 @@ class FaultTests(TestCase):
         await waitUntil(registered, timeout=30, interval=0.5, what="REGISTER accepted")
         # The start purge, retried until the database answered, must not
         # take the binding registered since the start.
-        await waitUntil(lambda: not service._backstopPending, timeout=30,
+        await waitUntil(lambda: not service.storeService.purgePending, timeout=30,
                         what="the start purge done")
         self.assertEqual(len(await self.rows("early")), 1)
         client.transport.loseConnection()

@@ -34,6 +34,7 @@ from sipcore.sip.limits import LogThrottle, RateLimiter, TokenBuckets, Verdict
 from sipcore.tap import Options, buildService
 from sipcore.testing import FakeFlow, UDPMemoryReactor
 from sipcore.transport.connections import (
+    ConnectionLimits,
     ConnectionTable,
     ShuttingDown,
     StreamFlow,
@@ -272,7 +273,7 @@ class ConnectionLimitTests(SynchronousTestCase):
         L{TooManyConnections}; another address is accepted; closing one
         makes room again.
         """
-        table = ConnectionTable(self.bus, self.clock, maxPerSource=2)
+        table = ConnectionTable(self.bus, self.clock, limits=ConnectionLimits(maxPerSource=2))
         first, second = makeFlow(port=1), makeFlow(port=2)
         table.add(first)
         table.add(second)
@@ -289,7 +290,7 @@ class ConnectionLimitTests(SynchronousTestCase):
         """
         The C{maxConnections}+1st connection is refused whatever its source.
         """
-        table = ConnectionTable(self.bus, self.clock, maxConnections=2)
+        table = ConnectionTable(self.bus, self.clock, limits=ConnectionLimits(maxConnections=2))
         table.add(makeFlow("192.0.2.1"))
         table.add(makeFlow("192.0.2.2"))
         self.assertRaises(TooManyConnections, table.add, makeFlow("192.0.2.3"))
@@ -300,7 +301,8 @@ class ConnectionLimitTests(SynchronousTestCase):
         """
         An exempt address is not held to C{maxPerSource}.
         """
-        table = ConnectionTable(self.bus, self.clock, maxPerSource=1, exempt=["192.0.2.1"])
+        table = ConnectionTable(self.bus, self.clock, limits=ConnectionLimits(
+            maxPerSource=1, exempt=frozenset({"192.0.2.1"})))
         for port in range(5):
             table.add(makeFlow(port=port))
         self.assertEqual(len(table), 5)
@@ -309,7 +311,8 @@ class ConnectionLimitTests(SynchronousTestCase):
         """
         A burst of refusals from one source logs one warning.
         """
-        table = ConnectionTable(self.bus, self.clock, maxPerSource=1, logInterval=60)
+        table = ConnectionTable(self.bus, self.clock, limits=ConnectionLimits(
+            maxPerSource=1, logInterval=60))
         table.add(makeFlow())
         with capturedLogs() as events:
             for port in range(20):
@@ -331,7 +334,7 @@ class ConnectionLimitTests(SynchronousTestCase):
         A TCP connection refused by the limit is aborted at once and fires
         no event at all, not even when its loss is reported.
         """
-        table = ConnectionTable(self.bus, self.clock, maxPerSource=1)
+        table = ConnectionTable(self.bus, self.clock, limits=ConnectionLimits(maxPerSource=1))
         factory = SIPStreamFactory(RecordingSink(), table, self.clock)
         peer = IPv4Address("TCP", "192.0.2.9", 1)
         kept = factory.buildProtocol(peer)
@@ -350,7 +353,7 @@ class ConnectionLimitTests(SynchronousTestCase):
         A WebSocket connection refused by the limit fires no event.
         """
         clock = MemoryReactorClock()
-        table = ConnectionTable(self.bus, clock, maxConnections=1)
+        table = ConnectionTable(self.bus, clock, limits=ConnectionLimits(maxConnections=1))
         factory = SIPWebSocketFactory(RecordingSink(), table, clock, idleTimeout=0)
         peer = IPv4Address("TCP", "192.0.2.9", 1)
         first = factory.buildProtocol(peer)
@@ -602,9 +605,9 @@ class SecurityOptionsTests(SynchronousTestCase):
         """
         with capturedLogs() as events:
             service = self.build()
-        self.assertEqual((service.table.maxConnections, service.table.maxPerSource),
-                         (10000, 256))
-        self.assertEqual(service.table.exempt, frozenset({"127.0.0.1", "::1"}))
+        self.assertEqual(service.table.limits, ConnectionLimits(
+            maxConnections=10000, maxPerSource=256, exempt=frozenset({"127.0.0.1", "::1"}),
+            logInterval=60.0))
         self.assertEqual(service.core.transactions.maxTransactions, 50000)
         self.assertEqual(service.core.limiter.buckets.rate, 50.0)
         self.assertEqual(service.core._guards, [])
@@ -623,8 +626,9 @@ class SecurityOptionsTests(SynchronousTestCase):
             "--max-transactions", "7", "--rate-limit", "0", "--limit-exempt", "none",
             "--message-timeout", "3", "--ws-ping-interval", "9", "--ws-ping-timeout", "4",
             "--ws-origin", "https://*.example.org")
-        self.assertEqual((service.table.maxConnections, service.table.maxPerSource), (5, 2))
-        self.assertEqual(service.table.exempt, frozenset())
+        self.assertEqual((service.table.limits.maxConnections,
+                          service.table.limits.maxPerSource), (5, 2))
+        self.assertEqual(service.table.limits.exempt, frozenset())
         self.assertEqual(service.core.transactions.maxTransactions, 7)
         self.assertIsNone(service.core.limiter)
         ws = service.listeners[1]._buildFactory()

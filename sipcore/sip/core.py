@@ -22,7 +22,12 @@ from sipcore.interfaces import IFlow, IMessageSink, ITransactionUser
 from sipcore.message import Request, Response, SIPParseError, parseMessage
 from sipcore.message._syntax import replaceParam
 from sipcore.message.via import Via
-from sipcore.sip.transaction import OVERLOADED, TransactionLayer, sendToSender
+from sipcore.sip.transaction import (
+    DEFAULT_MAX_TRANSACTIONS,
+    OVERLOADED,
+    TransactionLayer,
+    sendToSender,
+)
 
 #: The option tags this server implements.  C{path} is in effect only when
 #: trusted peers are configured (see L{supportedTags}).
@@ -194,6 +199,8 @@ class SIPCore:
         supported: Iterable[str] | None = None,
         maxContacts: int = 0,
         serverHeader: str = SERVER,
+        limiter: Any = None,
+        maxTransactions: int = DEFAULT_MAX_TRANSACTIONS,
     ) -> None:
         """
         @param clock: drives the transaction timers.
@@ -208,6 +215,10 @@ class SIPCore:
             refuses it by the count); C{0}: every one parsed.
         @param serverHeader: the C{Server} header of the responses the core
             makes; empty: none.
+        @param limiter: the L{sipcore.sip.limits.RateLimiter} that admits
+            each message before it is parsed, or C{None}: no rate limit.
+        @param maxTransactions: the most transactions in flight in the
+            default transaction layer (more get C{503}).
         """
         self.domains = {d.lower() for d in domains}
         self.supported = tuple(supported) if supported is not None else supportedTags(False)
@@ -221,12 +232,12 @@ class SIPCore:
         self._responseHandler: ResponseHandler | None = None
         self._ackHandler: AckHandler | None = None
         if transactions is None:
-            transactions = TransactionLayer(clock, self)
+            transactions = TransactionLayer(clock, self, maxTransactions=maxTransactions)
         self.transactions = transactions
         # Guards run before a request's handler (authentication);
         # the limiter may refuse a message before it is parsed (rate limit).
         self._guards: list[RequestGuard] = []
-        self.limiter: Any = None
+        self.limiter: Any = limiter
 
     # -- configuration -----------------------------------------------------
 

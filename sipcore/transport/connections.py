@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -36,6 +36,7 @@ from sipcore.interfaces import IFlow
 from sipcore.throttle import LogThrottle, sourceKey
 
 __all__ = [
+    "ConnectionLimits",
     "ConnectionRefused",
     "ConnectionTable",
     "ShuttingDown",
@@ -181,6 +182,27 @@ class _Entry:
     shutdownReason: str | None = None
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """
+    How many stream connections a L{ConnectionTable} holds.
+
+    @ivar maxConnections: the most live connections at once (C{0}: no
+        limit).
+    @ivar maxPerSource: the most live connections from one source address
+        (C{0}: no limit).
+    @ivar exempt: source addresses (lower case) C{maxPerSource} does not
+        apply to.
+    @ivar logInterval: seconds between two log lines about refusals from
+        the same source.
+    """
+
+    maxConnections: int = 0
+    maxPerSource: int = 0
+    exempt: frozenset[str] = frozenset()
+    logInterval: float = 60.0
+
+
 class ConnectionTable:
     """
     The live stream connections of this process, by connection id.
@@ -192,10 +214,7 @@ class ConnectionTable:
     @ivar refusedByLimit: C{dict} with the connections refused because
         C{maxConnections} (key C{"total"}) or C{maxPerSource} (key
         C{"perSource"}) was reached.
-    @ivar maxConnections: the most live connections at once (C{0}: no
-        limit).
-    @ivar maxPerSource: the most live connections from one source address
-        (C{0}: no limit).
+    @ivar limits: the L{ConnectionLimits} it enforces.
     @ivar shuttingDown: C{True} once L{closeAll} was called: new connections
         are refused from then on.
     """
@@ -208,10 +227,7 @@ class ConnectionTable:
         clock: IReactorTime,
         serverId: int = 0,
         closeGrace: float = DEFAULT_CLOSE_GRACE,
-        maxConnections: int = 0,
-        maxPerSource: int = 0,
-        logInterval: float = 60.0,
-        exempt: Iterable[str] = (),
+        limits: ConnectionLimits = ConnectionLimits(),
     ) -> None:
         """
         @param bus: an L{sipcore.interfaces.IEventBus} provider (only C{fire}
@@ -221,12 +237,7 @@ class ConnectionTable:
         @param serverId: this node's C{server_id}, copied into every event.
         @param closeGrace: seconds L{closeAll} lets a connection close
             gracefully before aborting it.
-        @param maxConnections: the most live connections (C{0}: no limit).
-        @param maxPerSource: the most live connections from one source
-            address (C{0}: no limit).
-        @param logInterval: seconds between two log lines about refusals
-            from the same source.
-        @param exempt: source addresses C{maxPerSource} does not apply to.
+        @param limits: how many connections it holds (default: no limit).
         """
 
         self._bus = bus
@@ -236,12 +247,10 @@ class ConnectionTable:
         self._entries: dict[int, _Entry] = {}
         self.opened = 0
         self.refused = 0
-        self.maxConnections = maxConnections
-        self.maxPerSource = maxPerSource
-        self.exempt = frozenset(address.lower() for address in exempt)
+        self.limits = limits
         self.refusedByLimit: dict[str, int] = {"total": 0, "perSource": 0}
         self._perSource: dict[str, int] = {}
-        self._throttle = LogThrottle(clock, logInterval)
+        self._throttle = LogThrottle(clock, limits.logInterval)
         self.closed: dict[str, int] = {name: 0 for name in CLOSE_EVENTS}
         self.shuttingDown = False
         self._drained: list[Deferred[None]] = []
@@ -291,11 +300,12 @@ class ConnectionTable:
             self.refused += 1
             raise ShuttingDown("server is shutting down")
         source = sourceKey(flow.remote[0])
-        if self.maxConnections and len(self._entries) >= self.maxConnections:
-            self._refuseByLimit("total", source, self.maxConnections)
-        if (self.maxPerSource and self._perSource.get(source, 0) >= self.maxPerSource
-                and flow.remote[0].lower() not in self.exempt):
-            self._refuseByLimit("perSource", source, self.maxPerSource)
+        limits = self.limits
+        if limits.maxConnections and len(self._entries) >= limits.maxConnections:
+            self._refuseByLimit("total", source, limits.maxConnections)
+        if (limits.maxPerSource and self._perSource.get(source, 0) >= limits.maxPerSource
+                and flow.remote[0].lower() not in limits.exempt):
+            self._refuseByLimit("perSource", source, limits.maxPerSource)
         self._perSource[source] = self._perSource.get(source, 0) + 1
         conid = next(_conids)
         now = self._clock.seconds()
