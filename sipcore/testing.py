@@ -7,6 +7,7 @@ Fakes for testing code that uses sipcore, plugin authors' included.
   - L{MemoryLocationStore} (re-exported): the in-memory store.
   - L{connectionEvent}: build a L{ConnectionEvent} with defaults.
   - L{parseRequest}, L{parseResponse}: parse one message of a known kind.
+  - L{contactsOf}: the Contact addresses of a message without a wildcard.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from zope.interface import implementer
 from sipcore.events import TCP_CLOSED, ConnectionEvent
 from sipcore.interfaces import IEventBus, IFlow
 from sipcore.location import MemoryLocationStore
-from sipcore.message import Request, Response, parseMessage
+from sipcore.message import Address, Request, Response, parseMessage
 
 __all__ = [
     "FakeFlow",
@@ -29,6 +30,7 @@ __all__ = [
     "RecordingBus",
     "UDPMemoryReactor",
     "connectionEvent",
+    "contactsOf",
     "parseRequest",
     "parseResponse",
 ]
@@ -153,6 +155,18 @@ def parseResponse(data: bytes) -> Response:
     if not isinstance(message, Response):
         raise TypeError("not a response: {!r}".format(data[:40]))
     return message
+
+
+def contactsOf(message: Request | Response) -> list[Address]:
+    """
+    The Contact addresses of C{message}, in order.
+
+    @raise TypeError: if its Contact is the wildcard C{*}.
+    """
+    contacts = message.contacts
+    if not isinstance(contacts, list):
+        raise TypeError("wildcard Contact")
+    return contacts
 
 
 def connectionEvent(name: str = TCP_CLOSED, conid: int = 1, **fields: Any) -> ConnectionEvent:

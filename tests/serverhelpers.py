@@ -11,11 +11,11 @@ import secrets
 import signal
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, error, protocol, reactor, task
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IReactorUDP, ISystemHandle, ITCPTransport, IUDPTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -202,14 +202,21 @@ class _Waiters:
         d: defer.Deferred[Response] = defer.Deferred()
         self._waiting.append(d)
         timer = reactor.callLater(PATIENCE, d.cancel)
-        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
-        return d
+
+        def stopTimer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(stopTimer)
 
 
 class TCPClient(protocol.Protocol):
     """
     A SIP client over one TCP connection.
     """
+
+    transport: ITCPTransport
 
     def __init__(self) -> None:
         self.waiters = _Waiters()
@@ -230,8 +237,8 @@ class TCPClient(protocol.Protocol):
 
     @property
     def localPort(self) -> int:
-        address: IAddress = self.transport.getHost()
-        return address.port  # type: ignore[attr-defined, no-any-return]
+        port: int = self.transport.getHost().port
+        return port
 
     def reset(self) -> None:
         """
@@ -240,7 +247,7 @@ class TCPClient(protocol.Protocol):
         import socket
         import struct
 
-        sock = self.transport.getHandle()
+        sock = cast(socket.socket, ISystemHandle(self.transport).getHandle())
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.loseConnection()
 
@@ -260,6 +267,8 @@ class UDPClient(protocol.DatagramProtocol):
     A SIP client on one UDP socket.
     """
 
+    transport: IUDPTransport
+
     def __init__(self, port: int) -> None:
         self.serverPort = port
         self.waiters = _Waiters()
@@ -277,7 +286,8 @@ def listenUDP(testCase: TestCase, port: int) -> UDPClient:
     A L{UDPClient} for the server's UDP C{port}, closed at cleanup.
     """
     client = UDPClient(port)
-    listening = reactor.listenUDP(0, client, interface="127.0.0.1")
+    listening = IReactorUDP(reactor).listenUDP(0, client, interface="127.0.0.1",
+                                               maxPacketSize=8192)
     testCase.addCleanup(listening.stopListening)
     return client
 
@@ -286,6 +296,8 @@ class WSClient(WebSocketClientProtocol):
     """
     A SIP client over WebSocket (RFC 7118), subprotocol C{sip}.
     """
+
+    transport: ITCPTransport
 
     def __init__(self) -> None:
         super().__init__()
@@ -310,7 +322,8 @@ class WSClient(WebSocketClientProtocol):
 
     @property
     def localPort(self) -> int:
-        return self.transport.getHost().port  # type: ignore[no-any-return]
+        port: int = self.transport.getHost().port
+        return port
 
     def drop(self) -> None:
         """

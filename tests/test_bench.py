@@ -14,6 +14,7 @@ from types import ModuleType
 from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore.message import Request, parseMessage
+from sipcore.testing import contactsOf
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
@@ -167,7 +168,7 @@ class StormClientTests(SynchronousTestCase):
         self.assertEqual(message.method, "REGISTER")
         self.assertEqual(message.toAddr.uri.user, "s1x2")
         self.assertEqual(message.vias[0].transport, "WS")
-        [contact] = message.contacts
+        [contact] = contactsOf(message)
         self.assertEqual(contact.uri.param("transport"), "ws")
 
     def test_wsFrameMasked(self) -> None:

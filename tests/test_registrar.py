@@ -13,11 +13,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore.location import MemoryLocationStore, StoreUnavailable
 from sipcore.location.ordering import PendingWrites
-from sipcore.message import Address, Request, Response, parseMessage
+from sipcore.message import Request, Response, parseMessage
 from sipcore.sip.core import StatelessTransaction
 from sipcore.sip.registrar import Registrar, RegistrarPolicy, contactKey, methodBits, ruidFor
 from sipcore.sip.trust import TrustedPeers
-from sipcore.testing import FakeFlow, parseRequest
+from sipcore.testing import FakeFlow, contactsOf, parseRequest
 
 START = 1_700_000_000.0
 
@@ -74,15 +74,6 @@ class DownStore(MemoryLocationStore):
 
     def lookup(self, aor: str, now: float) -> defer.Deferred[Any]:
         return defer.fail(StoreUnavailable("database away"))
-
-
-def contactsOf(response: Response) -> list[Address]:
-    """
-    The Contact addresses of C{response}, which has no wildcard Contact.
-    """
-    contacts = response.contacts
-    assert isinstance(contacts, list)
-    return contacts
 
 
 class RegistrarTestCase(SynchronousTestCase):

@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sipcore.message import Response
 from sipcore.tap import Options, buildService
-from sipcore.testing import UDPMemoryReactor
+from sipcore.testing import UDPMemoryReactor, contactsOf
 from tests.serverhelpers import (
     connectTCP,
     listenUDP,
@@ -163,7 +163,7 @@ class ExpiresIntegrationTests(TestCase):
         """
         response = await self.granted("<sip:a@127.0.0.1:5999>;expires=99999999999", None)
         self.assertEqual(response.status, 200)
-        self.assertEqual(response.contacts[0].param("expires"), "86400")
+        self.assertEqual(contactsOf(response)[0].param("expires"), "86400")
 
     async def test_malformedExpiresHeader(self) -> None:
         """
@@ -171,7 +171,7 @@ class ExpiresIntegrationTests(TestCase):
         """
         response = await self.granted("<sip:a@127.0.0.1:5999>", "soon")
         self.assertEqual(response.status, 200)
-        self.assertEqual(response.contacts[0].param("expires"), "3600")
+        self.assertEqual(contactsOf(response)[0].param("expires"), "3600")
 
     async def test_malformedContactExpires(self) -> None:
         """
@@ -180,7 +180,7 @@ class ExpiresIntegrationTests(TestCase):
         """
         response = await self.granted("<sip:a@127.0.0.1:5999>;expires=later", "600")
         self.assertEqual(response.status, 200)
-        self.assertEqual(response.contacts[0].param("expires"), "3600")
+        self.assertEqual(contactsOf(response)[0].param("expires"), "3600")
 
 
 class ServerHeaderIntegrationTests(TestCase):

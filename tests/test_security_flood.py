@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from twisted.internet import protocol, reactor, task
+from twisted.internet.interfaces import IReactorUDP, IUDPTransport
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.serverhelpers import spawnChild, startServer, waitUntil
@@ -67,6 +68,8 @@ class Prober(protocol.DatagramProtocol):
     """
     Sends OPTIONS to the server and counts the distinct ones answered.
     """
+
+    transport: IUDPTransport
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -123,7 +126,8 @@ class FloodFairnessTests(TestCase):
         service = await startServer(self, "--limit-exempt", "none", transports=("udp",))
         port = service.ports["udp"]
         prober = Prober(port)
-        listening = reactor.listenUDP(0, prober, interface=PROBE_HOST)
+        listening = IReactorUDP(reactor).listenUDP(0, prober, interface=PROBE_HOST,
+                                                   maxPacketSize=8192)
         self.addCleanup(listening.stopListening)
 
         proc, _ = spawnChild(self, [sys.executable, "-c", FLOODER, str(port),

@@ -14,6 +14,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import protocol, reactor
+from twisted.internet.interfaces import IReactorUDP
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -42,7 +43,7 @@ def bindUDP(testCase: TestCase, port: int, address: str) -> UDPClient:
     cleanup.
     """
     client = UDPClient(port)
-    listening = reactor.listenUDP(0, client, interface=address)
+    listening = IReactorUDP(reactor).listenUDP(0, client, interface=address, maxPacketSize=8192)
     testCase.addCleanup(listening.stopListening)
     return client
 
@@ -176,7 +177,7 @@ class GuessingTests(TestCase):
                 b"\r\nContent-Length", "\r\nAuthorization: {}\r\nContent-Length".format(
                     credentials(challenge, user=USER, password=PASSWORD, nc=nc)).encode(), 1)
 
-        others = [
+        others: list[tuple[str, UDPClient | TCPClient | WSClient]] = [
             ("udp", bindUDP(self, service.ports["udp"], "127.0.0.3")),
             ("tcp", await connectTCPFrom(self, service.ports["tcp"], "127.0.0.4")),
             ("ws", await connectWSFrom(self, service.ports["ws"], "127.0.0.5")),

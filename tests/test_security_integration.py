@@ -13,6 +13,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import defer, protocol, reactor, ssl, task
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import ITCPTransport
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
@@ -65,6 +66,8 @@ class RawClient(protocol.Protocol):
     """
     Sends bytes as told; records what comes back and when it is cut off.
     """
+
+    transport: ITCPTransport
 
     def __init__(self) -> None:
         self.data = b""

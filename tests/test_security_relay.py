@@ -15,6 +15,8 @@ import secrets
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IReactorUDP, IUDPTransport
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -43,9 +45,9 @@ class TrustedPeersTests(SynchronousTestCase):
         for host in ["192.0.2.7", "10.200.3.4", "2001:db8:1::5", "[2001:db8::1]", "::1",
                      "::ffff:10.1.1.1", "::1%lo"]:
             self.assertIn(host, peers)
-        for host in ["192.0.2.8", "11.0.0.1", "2001:db9::1", "example.com", "", "10.0.0.1x",
-                     None, 10]:
-            self.assertNotIn(host, peers)
+        for other in ["192.0.2.8", "11.0.0.1", "2001:db9::1", "example.com", "", "10.0.0.1x",
+                      None, 10]:
+            self.assertNotIn(other, peers)
         self.assertTrue(peers)
         self.assertEqual(str(peers), "192.0.2.7/32, 10.0.0.0/8, 2001:db8::/32, ::1/128")
 
@@ -128,6 +130,8 @@ class Endpoint(protocol.DatagramProtocol):
     can register itself.
     """
 
+    transport: IUDPTransport
+
     def __init__(self, answer: bool = False) -> None:
         self.answer = answer
         self.requests: list[Request] = []
@@ -187,10 +191,12 @@ def listenOn(testCase: TestCase, host: str, answer: bool = False) -> Endpoint:
     """
     endpoint = Endpoint(answer)
     try:
-        port = reactor.listenUDP(0, endpoint, interface=host)
+        port = IReactorUDP(reactor).listenUDP(0, endpoint, interface=host, maxPacketSize=8192)
     except Exception as e:  # pragma: no cover - depends on the host
         raise SkipTest("cannot listen on {}: {}".format(host, e)) from None
-    endpoint.port = port.getHost().port
+    address = port.getHost()
+    assert isinstance(address, (IPv4Address, IPv6Address))
+    endpoint.port = address.port
     testCase.addCleanup(port.stopListening)
     return endpoint
 
