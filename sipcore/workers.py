@@ -5,8 +5,11 @@ Several sipcore processes serving the same ports.
 One Python process runs one reactor on one core.  This module starts
 C{--workers N} sipcore processes that share the listening sockets, the way
 Kamailio's children share its UDP socket: the supervisor binds every UDP,
-TCP and WS listening socket once, and each worker adopts the same sockets
-(C{adoptDatagramPort}, C{adoptStreamPort}).  The kernel hands each datagram
+TCP and WS listening socket once, and each worker listens on the same
+sockets: the supervisor passes them to the workers and gives each
+C{--listen} spec their descriptor (C{fd=N}, see
+L{sipcore.transport.listen}), so a worker's listeners adopt them through
+Twisted's public C{IReactorSocket}.  The kernel hands each datagram
 to whichever worker reads first, and each new connection to whichever
 worker accepts it; a connection then stays with that worker.
 
@@ -49,10 +52,6 @@ from typing import Any
 
 __all__ = ["SharedSockets", "bindShared", "main", "workerArguments", "workerStore"]
 
-#: The environment variable that passes the shared sockets to a worker:
-#: C{transport:interface:port:fd} entries separated by commas.
-ENV = "SIPCORE_WORKER_SOCKETS"
-
 #: The environment variable that passes a worker its end of the socket pair
 #: to the store process (a file descriptor number).
 STORE_ENV = "SIPCORE_WORKER_STORE"
@@ -64,32 +63,28 @@ STORE_EXIT_TIMEOUT = 10.0
 
 class SharedSockets:
     """
-    The listening sockets bound by the supervisor, by
-    C{(kind, interface, port)} where C{kind} is C{"udp"} or C{"tcp"}.
+    The listening sockets bound by the supervisor, one for each C{--listen}
+    spec, in the order of the specs.
+
+    @ivar sockets: C{(spec, socket)} pairs: the spec as given and the socket
+        bound for it.
     """
 
     def __init__(self) -> None:
-        self.sockets: dict[tuple[str, str, int], socket.socket] = {}
+        self.sockets: list[tuple[str, socket.socket]] = []
 
-    def encode(self) -> str:
-        return ",".join(
-            "{}|{}|{}|{}".format(kind, interface, port, sock.fileno())
-            for (kind, interface, port), sock in self.sockets.items()
-        )
-
-    @staticmethod
-    def decode(text: str) -> dict[tuple[str, str, int], int]:
-        found: dict[tuple[str, str, int], int] = {}
-        for entry in filter(None, text.split(",")):
-            kind, interface, port, fd = entry.split("|")
-            found[(kind, interface, int(port))] = int(fd)
-        return found
+    def specs(self) -> list[str]:
+        """
+        The C{--listen} specs that listen on the shared sockets: each spec
+        given, with C{fd=N} naming its socket.
+        """
+        return ["{}:fd={}".format(spec, sock.fileno()) for spec, sock in self.sockets]
 
     def fds(self) -> list[int]:
-        return [sock.fileno() for sock in self.sockets.values()]
+        return [sock.fileno() for _, sock in self.sockets]
 
     def close(self) -> None:
-        for sock in self.sockets.values():
+        for _, sock in self.sockets:
             sock.close()
 
 
@@ -97,28 +92,34 @@ def bindShared(specs: Sequence[str]) -> SharedSockets:
     """
     Bind the listening socket of every C{--listen} spec.
 
-    @raise ValueError: for a TLS or WSS spec.
+    @raise ValueError: for a TLS or WSS spec, or one naming a socket
+        already (C{fd=N}).
     @raise OSError: when a socket cannot be bound.
     """
-    from sipcore.transport.listen import parseListen
+    from sipcore.transport.listen import DEFAULT_BACKLOG, parseListen
 
     shared = SharedSockets()
-    for text in specs:
-        spec = parseListen(text)
-        if spec.secure:
-            raise ValueError("--workers does not support {} listeners yet".format(
-                spec.transport))
-        kind = "udp" if spec.transport == "udp" else "tcp"
-        interface = spec.interface or ""
-        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((interface, spec.port))
-        if kind == "tcp":
-            sock.listen(int(spec.options.get("backlog", 1024)))
-        sock.setblocking(False)
-        sock.set_inheritable(True)
-        shared.sockets[(kind, interface, spec.port)] = sock
+    try:
+        for text in specs:
+            spec = parseListen(text)
+            if spec.secure:
+                raise ValueError("--workers does not support {} listeners yet".format(
+                    spec.transport))
+            if spec.fileno is not None:
+                raise ValueError("--workers binds the sockets itself: {!r} names one".format(
+                    text))
+            udp = spec.transport == "udp"
+            sock = socket.socket(spec.family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+            shared.sockets.append((text, sock))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((spec.interface, spec.port))
+            if not udp:
+                sock.listen(int(spec.options.get("backlog", DEFAULT_BACKLOG)))
+            sock.setblocking(False)
+            sock.set_inheritable(True)
+    except BaseException:
+        shared.close()
+        raise
     return shared
 
 
@@ -155,6 +156,23 @@ def workerArguments(options: list[str], index: int) -> list[str]:
     return out
 
 
+def withListen(options: list[str], specs: Sequence[str]) -> list[str]:
+    """
+    C{options} with the C{--listen} specs C{specs} in place of the
+    C{--listen} options given.
+    """
+    rest: list[str] = []
+    items = iter(options)
+    for arg in items:
+        if arg == "--listen":
+            next(items, None)
+        elif not arg.startswith("--listen="):
+            rest.append(arg)
+    for spec in specs:
+        rest += ["--listen", spec]
+    return rest
+
+
 def listenSpecs(options: list[str]) -> list[str]:
     from sipcore.transport.listen import DEFAULT_LISTEN
 
@@ -172,33 +190,6 @@ def listenSpecs(options: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------------------
 # The worker side.
-
-
-def adoptShared(reactor: Any, shared: dict[tuple[str, str, int], int]) -> None:
-    """
-    Make C{reactor.listenUDP} and C{reactor.listenTCP} adopt the shared
-    sockets instead of binding new ones, for the addresses that have one.
-    """
-    listenUDP = reactor.listenUDP
-    listenTCP = reactor.listenTCP
-
-    def family(interface: str) -> int:
-        return socket.AF_INET6 if ":" in interface else socket.AF_INET
-
-    def sharedUDP(port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
-        fd = shared.get(("udp", interface, port))
-        if fd is None:
-            return listenUDP(port, protocol, interface=interface, maxPacketSize=maxPacketSize)
-        return reactor.adoptDatagramPort(fd, family(interface), protocol, maxPacketSize)
-
-    def sharedTCP(port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
-        fd = shared.get(("tcp", interface, port))
-        if fd is None:
-            return listenTCP(port, factory, backlog=backlog, interface=interface)
-        return reactor.adoptStreamPort(fd, family(interface), factory)
-
-    reactor.listenUDP = sharedUDP
-    reactor.listenTCP = sharedTCP
 
 
 def workerStore(reactor: Any) -> Any:
@@ -282,13 +273,13 @@ def runStore(fds: list[int], logfile: str | None) -> None:
 
 def runWorker(index: int, options: list[str], logfile: str | None) -> None:
     """
-    Run worker C{index}: install the bounded reactor, adopt the shared
-    sockets, then run C{twistd sipcore} in this process.
+    Run worker C{index}: install the bounded reactor, then run C{twistd
+    sipcore} in this process (its C{--listen} specs name the shared
+    sockets already).
     """
     import sipcore.reactor
 
-    reactor = sipcore.reactor.install()
-    adoptShared(reactor, SharedSockets.decode(os.environ.get(ENV, "")))
+    sipcore.reactor.install()
     argv = ["twistd", "-n", "--pidfile="]
     if logfile:
         argv += ["--logfile", "{}.{}".format(logfile, index)]
@@ -317,7 +308,7 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
     except (ValueError, OSError) as e:
         print("sipcore.workers: {}".format(e), file=sys.stderr)
         return 2
-    env = dict(os.environ, **{ENV: shared.encode()})
+    env = dict(os.environ)
     env.pop(STORE_ENV, None)
     store = None
     workerEnds: list[socket.socket] = []
@@ -335,6 +326,7 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
         for sock in storeEnds:
             sock.close()
     workers = []
+    # Each worker listens on the shared sockets, named by their descriptors.
     for index in range(count):
         argv = [sys.executable, "-m", "sipcore.workers", "--worker", str(index)]
         if logfile:
@@ -343,7 +335,9 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
         if workerEnds:
             workerEnv = dict(env, **{STORE_ENV: str(workerEnds[index].fileno())})
             fds = fds + [workerEnds[index].fileno()]
-        workers.append(subprocess.Popen(argv + ["--"] + options, env=workerEnv, pass_fds=fds))
+        workers.append(subprocess.Popen(
+            argv + ["--"] + withListen(options, shared.specs()),
+            env=workerEnv, pass_fds=fds))
     shared.close()
     for sock in workerEnds:
         sock.close()

@@ -6,8 +6,11 @@ L{ListenerService} on a memory reactor.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import capturedLogs
 from twisted.python.filepath import FilePath
@@ -15,7 +18,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore.testing import UDPMemoryReactor
 from sipcore.transport.connections import ConnectionTable
-from sipcore.transport.listen import DEFAULT_LISTEN, ListenerService, ListenSpec, parseListen
+from sipcore.transport.listen import (
+    DEFAULT_LISTEN,
+    ListenerService,
+    ListenSpec,
+    parseListen,
+    streamEndpoint,
+)
 from sipcore.transport.stream import SIPStreamFactory
 from sipcore.transport.udp import SIPDatagramProtocol
 from sipcore.transport.websocket import SIPWebSocketFactory
@@ -100,6 +109,8 @@ class ParseListenTests(SynchronousTestCase):
             ("tcp:5060:privateKey=x", "unknown option 'privateKey'"),
             ("tcp:5060:interface=1.2.3.4:interface=1.2.3.5", "given twice"),
             ("tcp:5060:backlog=many", "backlog must be a number"),
+            ("udp:5060:fd=x", "fd must be a file descriptor number"),
+            ("tls:5061:fd=3", "unknown option 'fd'"),
             ("tcp:5060:=x", "expected key=value"),
             ("tls:5061", "needs privateKey"),
             ("wss:5061:certKey=" + self.cert, "needs privateKey"),
@@ -193,6 +204,38 @@ class ListenerServiceTests(SynchronousTestCase):
         [(portNumber, factory, contextFactory, _, _)] = self.reactor.sslServers
         self.assertEqual((portNumber, factory.transportName), (5061, "tls"))
         self.assertIsNotNone(contextFactory)
+
+    def test_adoptedUDP(self) -> None:
+        """
+        A UDP spec with C{fd=N} adopts that descriptor, with the family of
+        its interface, instead of binding a socket.
+        """
+        service = self.service("udp:5060:interface=::1:fd=7", maxSize=1000)
+        self.successResultOf(service.startService())
+        [(fileno, family, protocol, maxPacketSize)] = self.reactor.adoptedPorts
+        self.assertEqual((fileno, family, maxPacketSize), (7, socket.AF_INET6, 1001))
+        self.assertIs(protocol, service.factory)
+        self.assertEqual(self.reactor.udpServers, [])
+        self.assertEqual(service.spec.description, "udp:5060:interface=\\:\\:1")
+
+    def test_adoptedStream(self) -> None:
+        """
+        A TCP or WS spec with C{fd=N} listens on that descriptor with an
+        L{AdoptedStreamServerEndpoint}, which closes it once the reactor
+        adopted a copy.
+        """
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        fileno = os.dup(sock.fileno())
+        service = self.service("ws:8080:fd={}".format(fileno))
+        self.successResultOf(service.startService())
+        [(adopted, family, factory)] = self.reactor.adoptedPorts
+        self.assertEqual((adopted, family), (fileno, socket.AF_INET))
+        self.assertIsInstance(factory, SIPWebSocketFactory)
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.assertRaises(OSError, os.fstat, fileno)
+        endpoint = streamEndpoint(self.reactor, parseListen("tcp:5060:fd=9"))
+        self.assertIsInstance(endpoint, AdoptedStreamServerEndpoint)
 
     def test_udp(self) -> None:
         """

@@ -1,16 +1,17 @@
 """
 Tests for L{sipcore.workers}: the worker options, the shared sockets, and
-how a worker's reactor adopts them.
+how a worker's listeners name them.
 """
 
 from __future__ import annotations
 
+import os
 import socket
-from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore import workers
+from sipcore.transport.listen import parseListen
 
 
 class WorkerArgumentsTests(SynchronousTestCase):
@@ -47,59 +48,48 @@ class WorkerArgumentsTests(SynchronousTestCase):
 
 class SharedSocketTests(SynchronousTestCase):
     """
-    The supervisor binds each listening socket once; workers adopt them.
+    The supervisor binds each listening socket once; workers listen on them
+    through specs that name their descriptors.
     """
 
-    def test_bindAndEncode(self) -> None:
+    def test_bindAndSpecs(self) -> None:
         """
-        UDP and stream specs get a bound socket each; the encoded form
-        decodes to the same addresses and descriptors.
+        UDP and stream specs get a bound socket each (a stream socket
+        listens); the workers' specs are those given with C{fd=N} naming
+        each socket, and parse to the same address.
         """
-        shared = workers.bindShared(["udp:0:interface=127.0.0.1", "ws:0:interface=127.0.0.1"])
+        given = ["udp:0:interface=127.0.0.1", "ws:0:interface=127.0.0.1"]
+        shared = workers.bindShared(given)
         self.addCleanup(shared.close)
-        kinds = sorted(kind for kind, _, _ in shared.sockets)
-        self.assertEqual(kinds, ["tcp", "udp"])
-        decoded = workers.SharedSockets.decode(shared.encode())
-        self.assertEqual(sorted(decoded.values()), sorted(shared.fds()))
+        [(_, udp), (_, ws)] = shared.sockets
+        self.assertEqual((udp.type, ws.type), (socket.SOCK_DGRAM, socket.SOCK_STREAM))
+        self.assertEqual(ws.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 1)
+        specs = [parseListen(text) for text in shared.specs()]
+        self.assertEqual([spec.fileno for spec in specs], shared.fds())
+        self.assertEqual([spec.description for spec in specs],
+                         [parseListen(text).description for text in given])
 
-    def test_tlsRefused(self) -> None:
+    def test_refused(self) -> None:
         """
-        TLS listeners are refused.
+        TLS listeners are refused, and so are specs naming a socket already;
+        the sockets bound before the refused spec are closed.
         """
         self.assertRaises(ValueError, workers.bindShared,
                           ["tls:0:privateKey=k.pem:certKey=c.pem"])
+        self.assertRaises(ValueError, workers.bindShared, ["udp:0:fd=3"])
+        before = len(os.listdir("/proc/self/fd"))
+        self.assertRaises(ValueError, workers.bindShared,
+                          ["udp:0:interface=127.0.0.1", "udp:0:fd=3"])
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
 
-    def test_adopt(self) -> None:
+    def test_withListen(self) -> None:
         """
-        After L{workers.adoptShared}, listening on a shared address adopts
-        its descriptor; another address is bound as usual.
+        The workers' options have the shared sockets' specs in place of the
+        C{--listen} options given, whichever way they were written.
         """
-        calls: list[tuple[Any, ...]] = []
-
-        class Reactor:
-            def listenUDP(self, port: int, protocol: Any, interface: str = "",
-                          maxPacketSize: int = 8192) -> Any:
-                calls.append(("listenUDP", port))
-
-            def listenTCP(self, port: int, factory: Any, backlog: int = 50,
-                          interface: str = "") -> Any:
-                calls.append(("listenTCP", port))
-
-            def adoptDatagramPort(self, fd: int, family: int, protocol: Any,
-                                  maxPacketSize: int) -> Any:
-                calls.append(("adoptDatagramPort", fd))
-
-            def adoptStreamPort(self, fd: int, family: int, factory: Any) -> Any:
-                calls.append(("adoptStreamPort", fd))
-
-        reactor = Reactor()
-        workers.adoptShared(reactor, {("udp", "127.0.0.1", 5060): 7,
-                                      ("tcp", "127.0.0.1", 5060): 8})
-        reactor.listenUDP(5060, None, interface="127.0.0.1")
-        reactor.listenTCP(5060, None, interface="127.0.0.1")
-        reactor.listenTCP(9999, None, interface="127.0.0.1")
-        self.assertEqual(calls, [("adoptDatagramPort", 7), ("adoptStreamPort", 8),
-                                 ("listenTCP", 9999)])
+        options = ["--listen", "udp:5060", "--db", "x", "--listen=tcp:5060"]
+        self.assertEqual(workers.withListen(options, ["udp:5060:fd=3", "tcp:5060:fd=4"]),
+                         ["--db", "x", "--listen", "udp:5060:fd=3", "--listen", "tcp:5060:fd=4"])
 
 
 class WorkerStoreTests(SynchronousTestCase):

@@ -14,6 +14,13 @@ listener accepts (default: the server-wide C{--max-message-size}), e.g.
 C{udp:5060:maxSize=8192} or C{ws:8080:maxSize=16384}.  It is sipcore's,
 not part of the endpoint description.
 
+UDP, TCP and WS listeners also take C{fd=N}: listen on file descriptor
+C{N}, a socket this process inherited already bound (and, for TCP and WS,
+listening), with L{IReactorSocket.adoptDatagramPort} or an
+L{AdoptedStreamServerEndpoint}; the port and interface then only name it
+in messages.  C{python -m sipcore.workers} starts its workers that way.
+Like C{maxSize}, it is not part of the endpoint description.
+
 Stream listeners listen with a backlog of L{DEFAULT_BACKLOG} pending
 connections (the server-wide C{--listen-backlog}) unless the spec says
 C{backlog=N}; the kernel caps it (Linux: C{net.core.somaxconn}).
@@ -22,12 +29,14 @@ C{backlog=N}; the kernel caps it (Linux: C{net.core.somaxconn}).
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -42,6 +51,7 @@ __all__ = [
     "ListenSpec",
     "ListenerService",
     "parseListen",
+    "streamEndpoint",
 ]
 
 #: What sipcore listens on when no C{--listen} is given.
@@ -58,11 +68,11 @@ TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 _STREAM_KEYS = ("interface", "backlog", "maxSize")
 _TLS_KEYS = _STREAM_KEYS + ("privateKey", "certKey", "extraCertChain", "dhParameters")
 #: Keys sipcore reads itself and keeps out of the endpoint description.
-_OWN_KEYS = ("maxSize",)
+_OWN_KEYS = ("maxSize", "fd")
 _KEYS = {
-    "udp": ("interface", "maxSize"),
-    "tcp": _STREAM_KEYS,
-    "ws": _STREAM_KEYS,
+    "udp": ("interface", "maxSize", "fd"),
+    "tcp": _STREAM_KEYS + ("fd",),
+    "ws": _STREAM_KEYS + ("fd",),
     "tls": _TLS_KEYS,
     "wss": _TLS_KEYS,
 }
@@ -116,6 +126,22 @@ class ListenSpec:
         C{True} for TLS and WSS.
         """
         return self.transport in ("tls", "wss")
+
+    @property
+    def fileno(self) -> int | None:
+        """
+        The inherited socket to listen on (C{fd=N}), or C{None}.
+        """
+        fd = self.options.get("fd")
+        return None if fd is None else int(fd)
+
+    @property
+    def family(self) -> int:
+        """
+        The address family of C{interface}: C{AF_INET6} for an IPv6
+        address, else C{AF_INET}.
+        """
+        return socket.AF_INET6 if ":" in self.interface else socket.AF_INET
 
 
 def _split(text: str) -> list[str]:
@@ -209,6 +235,8 @@ def parseListen(text: str) -> ListenSpec:
         options["maxSize"].isdigit() and int(options["maxSize"]) > 0
     ):
         raise ValueError("bad listen spec {!r}: maxSize must be a positive number".format(text))
+    if "fd" in options and not options["fd"].isdigit():
+        raise ValueError("bad listen spec {!r}: fd must be a file descriptor number".format(text))
 
     if transport in ("tls", "wss"):
         if not options.get("privateKey"):
@@ -231,6 +259,28 @@ def parseListen(text: str) -> ListenSpec:
         if key not in _OWN_KEYS:
             description += ":{}={}".format(key, _escape(value))
     return ListenSpec(transport, description, port, interface, options)
+
+
+def streamEndpoint(reactor: Any, spec: ListenSpec, backlog: int = DEFAULT_BACKLOG
+                   ) -> IStreamServerEndpoint:
+    """
+    The server endpoint of a stream listen spec.
+
+    @param reactor: the reactor the endpoint listens with.
+    @param spec: a TCP, TLS, WS or WSS L{ListenSpec}.
+    @param backlog: the listen backlog, unless the spec names one.
+    @return: an L{AdoptedStreamServerEndpoint} for a spec with C{fd=N}
+        (which it closes once it listens on a copy), else the endpoint of
+        the spec's description.
+    """
+    fileno = spec.fileno
+    if fileno is not None:
+        return AdoptedStreamServerEndpoint(reactor, fileno, spec.family)
+    description = spec.description
+    if "backlog" not in spec.options:
+        description += ":backlog={}".format(backlog)
+    endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+    return endpoint
 
 
 class ListenerService(Service):
@@ -261,7 +311,8 @@ class ListenerService(Service):
         """
         @param spec: what to listen on.
         @param reactor: provides C{IReactorTCP}, C{IReactorUDP},
-            C{IReactorSSL} and C{IReactorTime}.
+            C{IReactorSSL}, C{IReactorTime} and, for a spec with C{fd=N},
+            C{IReactorSocket}.
         @param sink: the L{sipcore.interfaces.IMessageSink}.
         @param table: the L{ConnectionTable} (unused for UDP).
         @param maxSize: the largest message accepted, in bytes.
@@ -347,18 +398,20 @@ class ListenerService(Service):
         spec = self.spec
         try:
             self.factory = self._buildFactory()
-            if spec.transport == "udp":
+            if spec.transport == "udp" and spec.fileno is not None:
                 d: Deferred[Any] = succeed(
+                    self._reactor.adoptDatagramPort(
+                        spec.fileno, spec.family, self.factory,
+                        maxPacketSize=self._maxSize + 1)
+                )
+            elif spec.transport == "udp":
+                d = succeed(
                     self._reactor.listenUDP(
                         spec.port, self.factory, interface=spec.interface,
                         maxPacketSize=self._maxSize + 1)
                 )
             else:
-                description = spec.description
-                if "backlog" not in spec.options:
-                    description += ":backlog={}".format(self._backlog)
-                endpoint = serverFromString(self._reactor, description)
-                d = endpoint.listen(self.factory)
+                d = streamEndpoint(self._reactor, spec, self._backlog).listen(self.factory)
         except Exception:
             d = fail()
         self._starting = d
