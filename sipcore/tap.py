@@ -398,22 +398,17 @@ def buildService(options: Options, reactor: Any) -> Any:
     ))
     metrics.register(ConnectionMetrics(table))
     initSchema = None
-    database = None
-    dbPool = None
     if options["db"]:
-        from sipcore.db import Database
         from sipcore.location import PostgresLocationStore
         from sipcore.workers import releaseWorkerStore
 
         releaseWorkerStore()
-        database = Database(options["db"], reactor)
-        dbPool = database.pool
-        store: Any = PostgresLocationStore(dbPool)
+        store: Any = PostgresLocationStore(options["db"], reactor)
         if options["db-init"]:
-            from sipcore.db.location import initSchema as createSchema
-
             def initSchema() -> Any:
-                return createSchema(database.pool)
+                from sipcore.location.dbinit import initSchema as create
+
+                return create(store.pool)
     else:
         from sipcore.workers import workerStore
 
@@ -457,7 +452,7 @@ def buildService(options: Options, reactor: Any) -> Any:
     )
     core.route("REGISTER", registrar)
     metrics.register(RegistrarMetrics(registrar))
-    authenticator = _buildAuthentication(options, reactor, core, dbPool)
+    authenticator = _buildAuthentication(options, reactor, core, store)
     if authenticator is not None:
         metrics.register(AuthenticationMetrics(authenticator))
     listenerOptions = _listenerOptions(options, limiter)
@@ -478,7 +473,7 @@ def buildService(options: Options, reactor: Any) -> Any:
             serverId=serverId,
             reactor=reactor,
             store=store,
-            dbPool=dbPool,
+            dbPool=getattr(store, "pool", None),
             options=handlerOptions,
             writes=writes,
             jobQueues=jobQueues,
@@ -517,7 +512,6 @@ def buildService(options: Options, reactor: Any) -> Any:
         metrics=metrics,
         lagProbe=lagProbe,
         metricsService=_buildMetrics(options, reactor, metrics),
-        database=database,
     )
 
 
@@ -685,7 +679,7 @@ def _listenerOptions(options: Options, limiter: Any) -> dict[str, Any]:
     }
 
 
-def _buildAuthentication(options: Options, reactor: Any, core: Any, dbPool: Any) -> Any:
+def _buildAuthentication(options: Options, reactor: Any, core: Any, store: Any) -> Any:
     """
     Make digest authentication a guard of the core when a credential
     source is configured (docs/security.rst); failed authentications cost
@@ -701,7 +695,7 @@ def _buildAuthentication(options: Options, reactor: Any, core: Any, dbPool: Any)
     log = Logger(namespace="sipcore.security")
     credentials = options.get("auth-credentials")
     if options["auth-db"]:
-        credentials = PostgresCredentials(dbPool)
+        credentials = PostgresCredentials(store)  # its pool, read at each lookup
     if credentials is None:
         log.warn("authentication is off (no --auth-file or --auth-db): "
                  "any client may register any address of record")
