@@ -27,7 +27,7 @@ from sipcore.sip.routing import (
     nextHopOf,
     proxyBranch,
 )
-from sipcore.sip.transaction import sendToSender
+from sipcore.sip.servertransaction import sendToSender
 from sipcore.sip.trust import TrustedPeers
 from sipcore.testing import FakeFlow, MemoryLocationStore, RecordingBus
 from sipcore.transport.connections import ConnectionTable

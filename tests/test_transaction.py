@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_transaction -*-
 """
-Tests for L{sipcore.sip.transaction}: the four RFC 3261 section 17 state
-machines (with the RFC 6026 Accepted states), their timers, and the
-matching tables of L{TransactionLayer}.
+Tests for L{sipcore.sip.transaction}, L{sipcore.sip.clienttransaction},
+L{sipcore.sip.servertransaction} and L{sipcore.sip.machine}: the four RFC
+3261 section 17 state machines (with the RFC 6026 Accepted states), their
+timers, and the matching tables of L{TransactionLayer}.
 """
 
 from __future__ import annotations
@@ -16,27 +17,30 @@ from zope.interface.verify import verifyObject
 
 from sipcore.interfaces import IClientTransactionUser, IFlow, ITransactionUser
 from sipcore.message import Request, Response, parseMessage
-from sipcore.sip import transaction as tx_mod
-from sipcore.sip.transaction import (
+from sipcore.sip import machine
+from sipcore.sip.clienttransaction import (
+    InviteClientTransaction,
+    NonInviteClientTransaction,
+    buildAckForNon2xx,
+    buildCancel,
+)
+from sipcore.sip.machine import (
     ACCEPTED,
     CALLING,
     COMPLETED,
     CONFIRMED,
-    OVERLOADED,
     PROCEEDING,
     TERMINATED,
     TIMER_UNANSWERED,
     TRYING,
-    InviteClientTransaction,
-    InviteServerTransaction,
-    NonInviteClientTransaction,
-    NonInviteServerTransaction,
     TimerValues,
-    TransactionLayer,
-    buildAckForNon2xx,
-    buildCancel,
+)
+from sipcore.sip.servertransaction import (
+    InviteServerTransaction,
+    NonInviteServerTransaction,
     responseAddress,
 )
+from sipcore.sip.transaction import OVERLOADED, TransactionLayer
 
 BRANCH = "z9hG4bK-test-1"
 CLIENT = ("192.0.2.1", 5060)
@@ -230,7 +234,7 @@ class TimerValuesTests(SynchronousTestCase):
         """
         values = TimerValues()
         self.assertEqual((values.t1, values.t2, values.t4), (0.5, 4.0, 5.0))
-        self.assertEqual((tx_mod.T1, tx_mod.T2, tx_mod.T4), (0.5, 4.0, 5.0))
+        self.assertEqual((machine.T1, machine.T2, machine.T4), (0.5, 4.0, 5.0))
 
     def test_timeout(self) -> None:
         """

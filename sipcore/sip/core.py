@@ -22,12 +22,8 @@ from sipcore.interfaces import IFlow, IMessageSink, ITransactionUser
 from sipcore.message import Request, Response, SIPParseError, parseMessage
 from sipcore.message._syntax import replaceParam
 from sipcore.message.via import Via
-from sipcore.sip.transaction import (
-    DEFAULT_MAX_TRANSACTIONS,
-    OVERLOADED,
-    TransactionLayer,
-    sendToSender,
-)
+from sipcore.sip.servertransaction import sendToSender
+from sipcore.sip.transaction import DEFAULT_MAX_TRANSACTIONS, OVERLOADED, TransactionLayer
 
 #: The option tags this server implements.  C{path} is in effect only when
 #: trusted peers are configured (see L{supportedTags}).

@@ -42,7 +42,9 @@ from sipcore.message import (
     parseAddressList,
     parseURI,
 )
+from sipcore.sip.clienttransaction import buildCancel
 from sipcore.sip.core import Refused
+from sipcore.sip.machine import ACCEPTED, PROCEEDING, TRYING
 from sipcore.sip.routing import (
     FLOW_PARAM,
     SIGNATURE_PARAM,
@@ -57,13 +59,7 @@ from sipcore.sip.routing import (
     proxyBranch,
     statelessBranch,
 )
-from sipcore.sip.transaction import (
-    ACCEPTED,
-    PROCEEDING,
-    TRYING,
-    buildCancel,
-    sendToSender,
-)
+from sipcore.sip.servertransaction import sendToSender
 from sipcore.sip.trust import TrustedPeers
 
 __all__ = ["DEFAULT_MAX_BRANCHES", "DEFAULT_TIMER_C", "Proxy", "ProxyPolicy"]
