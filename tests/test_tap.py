@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from io import StringIO
 
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore.events import TCP_CLOSED
 from sipcore.location import Binding
 from sipcore.plugin import HandlerConfigError, OptionError
+from sipcore.service import OrderedServices
 from sipcore.tap import Options, buildService, listHandlers
 from sipcore.testing import UDPMemoryReactor, connectionEvent
 
@@ -270,6 +273,152 @@ class ShutdownDeadlineTests(SynchronousTestCase):
         reactor.advance(0.2)
         self.successResultOf(stopped)
         self.flushLoggedErrors(defer.CancelledError)
+
+
+class OrderedServicesTests(SynchronousTestCase):
+    """
+    L{OrderedServices} starts its children in order, each after the one
+    before has started, and stops them in reverse, each after the one
+    after has stopped.
+    """
+
+    def setUp(self) -> None:
+        self.events: list[str] = []
+        self.parent = OrderedServices()
+        self.children = [_SlowService(name, self.events) for name in ("a", "b", "c")]
+        for child in self.children:
+            child.setServiceParent(self.parent)
+
+    def test_startInOrder(self) -> None:
+        """
+        The second child starts only once the first one's start has fired.
+        """
+        started = self.parent.startService()
+        self.assertEqual(self.events, ["start a"])
+        self.children[0].finish()
+        self.assertEqual(self.events, ["start a", "start b"])
+        self.children[1].finish()
+        self.children[2].finish()
+        self.assertIsNone(self.successResultOf(started))
+
+    def test_stopInReverse(self) -> None:
+        """
+        The children stop last first, each once the next one has stopped.
+        """
+        self.parent.startService()
+        for child in self.children:
+            child.finish()
+        del self.events[:]
+        stopped = self.parent.stopService()
+        self.assertEqual(self.events, ["stop c"])
+        self.children[2].finish()
+        self.assertEqual(self.events, ["stop c", "stop b"])
+        self.children[1].finish()
+        self.children[0].finish()
+        self.assertIsNone(self.successResultOf(stopped))
+        self.assertEqual(self.events, ["stop c", "stop b", "stop a"])
+
+    def test_stopWhileStarting(self) -> None:
+        """
+        A stop during the start cancels the child's start in progress,
+        starts no other child and stops the ones that started.
+        """
+        started = self.parent.startService()
+        self.children[0].finish()
+        stopped = self.parent.stopService()
+        self.assertIsNone(self.successResultOf(started))
+        self.assertEqual(self.events, ["start a", "start b", "cancel b", "stop b"])
+        self.children[1].finish()
+        self.children[0].finish()
+        self.successResultOf(stopped)
+        self.assertEqual(self.events[-1], "stop a")
+        self.assertFalse(self.children[2].running)
+
+    def test_startFailure(self) -> None:
+        """
+        A child that fails to start fails the parent's start; the children
+        after it do not start.
+        """
+        started = self.parent.startService()
+        self.children[0].fail()
+        self.failureResultOf(started, ZeroDivisionError)
+        self.assertEqual(self.events, ["start a"])
+
+
+class _SlowService(Service):
+    """
+    A service whose start and stop fire when the test says.
+    """
+
+    def __init__(self, name: str, events: list[str]) -> None:
+        self.name = name
+        self.events = events
+        self.pending: Deferred[None] | None = None
+
+    def _wait(self, what: str) -> Deferred[None]:
+        self.events.append("{} {}".format(what, self.name))
+        self.pending = Deferred(lambda d: self.events.append("cancel {}".format(self.name)))
+        return self.pending
+
+    def startService(self) -> Deferred[None]:  # type: ignore[override]
+        Service.startService(self)
+        return self._wait("start")
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        Service.stopService(self)
+        return self._wait("stop")
+
+    def finish(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None and not pending.called:
+            pending.callback(None)
+
+    def fail(self) -> None:
+        pending, self.pending = self.pending, None
+        assert pending is not None
+        pending.errback(ZeroDivisionError())
+
+
+class ServiceTreeTests(SynchronousTestCase):
+    """
+    The service L{buildService} makes is a tree started and stopped in
+    order (docs/architecture.rst).
+    """
+
+    def test_tree(self) -> None:
+        """
+        The root's children are the store, the handlers, the core and the
+        listeners, in that order; with C{--metrics-listen} the metrics
+        service comes last.
+        """
+        service = buildService(parse("--metrics-listen", "tcp:0"), UDPMemoryReactor())
+        self.assertEqual([child.name for child in service],
+                         ["store", "handlers", "core", "listeners", "metrics"])
+        listeners = service.getServiceNamed("listeners")
+        self.assertEqual(list(listeners), service.listeners)
+
+    def test_privilegedStartBinds(self) -> None:
+        """
+        C{privilegedStartService} binds every listener before the store is
+        opened (so ports below 1024 work with C{twistd --uid}).
+        """
+        reactor = UDPMemoryReactor()
+        service = buildService(parse("--listen", "udp:506", "--listen", "tcp:506"), reactor)
+        opened: list[bool] = []
+        start = service.store.start
+
+        def recordStart() -> Deferred[None]:
+            opened.append(True)
+            return start()  # type: ignore[no-any-return]
+
+        service.store.start = recordStart  # type: ignore[method-assign]
+        service.privilegedStartService()
+        self.assertEqual((len(reactor.udpServers), len(reactor.tcpServers)), (1, 1))
+        self.assertEqual(opened, [])
+        self.successResultOf(service.startService())
+        self.assertEqual(opened, [True])
+        self.assertEqual((len(reactor.udpServers), len(reactor.tcpServers)), (1, 1))
+        self.assertTrue(all(listener.running for listener in service.listeners))
 
 
 class ListHandlersTests(SynchronousTestCase):

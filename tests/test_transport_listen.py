@@ -10,11 +10,14 @@ import os
 import socket
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import capturedLogs
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from sipcore.testing import UDPMemoryReactor
 from sipcore.transport.connections import ConnectionTable
@@ -141,6 +144,40 @@ class ParseListenTests(SynchronousTestCase):
 class FailingReactor(UDPMemoryReactor):
     def listenTCP(self, *args: Any, **kwargs: Any) -> Any:
         raise CannotListenError("", 5060, OSError("Address already in use"))
+
+
+@implementer(IPushProducer)
+class PausablePort:
+    """
+    A listening port that records whether it reads.
+    """
+
+    reading = True
+
+    def __init__(self, portNumber: int) -> None:
+        self.portNumber = portNumber
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "0.0.0.0", self.portNumber)
+
+    def pauseProducing(self) -> None:
+        self.reading = False
+
+    def resumeProducing(self) -> None:
+        self.reading = True
+
+    def stopProducing(self) -> None:
+        self.reading = False
+
+    def stopListening(self) -> None:
+        self.reading = False
+
+
+class PausablePortReactor(UDPMemoryReactor):
+    def listenTCP(self, port: int, *args: Any, **kwargs: Any) -> Any:
+        UDPMemoryReactor.listenTCP(self, port, *args, **kwargs)
+        self.listening = PausablePort(port)
+        return self.listening
 
 
 class ListenerServiceTests(SynchronousTestCase):
@@ -273,6 +310,24 @@ class ListenerServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.tcpServers), 1)
         self.successResultOf(service.startService())
         self.assertEqual(len(self.reactor.tcpServers), 1)
+
+    def test_privilegedStartHolds(self) -> None:
+        """
+        A port bound by C{privilegedStartService} reads nothing (what
+        arrives waits in the kernel) until C{startService}; a port bound by
+        C{startService} reads at once.
+        """
+        reactor = PausablePortReactor()
+        service = self.service("tcp:80", reactor=reactor)
+        service.privilegedStartService()
+        self.assertFalse(reactor.listening.reading)
+        self.successResultOf(service.startService())
+        self.assertTrue(reactor.listening.reading)
+        self.assertEqual(len(reactor.tcpServers), 1)
+        self.successResultOf(service.stopService())
+        later = self.service("tcp:81", reactor=reactor)
+        self.successResultOf(later.startService())
+        self.assertTrue(reactor.listening.reading)
 
     def test_cannotListen(self) -> None:
         """

@@ -36,7 +36,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -296,6 +296,7 @@ class ListenerService(Service):
     """
 
     _log = Logger()
+    _held = False
 
     def __init__(
         self,
@@ -421,6 +422,11 @@ class ListenerService(Service):
     def _listening(self, listeningPort: Any) -> None:
         self._starting = None
         self.listeningPort = listeningPort
+        if not self.running and IPushProducer.providedBy(listeningPort):
+            # Bound by privilegedStartService: accept nothing until
+            # startService (the kernel queues what arrives meanwhile).
+            listeningPort.pauseProducing()
+            self._held = True
         host, port = addressOf(listeningPort.getHost())
         self.port = port
         self._log.info(
@@ -455,7 +461,14 @@ class ListenerService(Service):
         return self.listeningPort.getHost()
 
     def privilegedStartService(self) -> None:
-        # Bind before twistd drops privileges, so ports below 1024 work.
+        """
+        Bind now, before twistd drops privileges (so ports below 1024 work
+        with C{twistd --uid}), but read nothing until L{startService}: a
+        connection or datagram that arrives meanwhile waits in the kernel
+        (the listen backlog, the socket's receive buffer) and is served
+        once the server has started, its store open and its handlers
+        running.
+        """
         super().privilegedStartService()
         # A failure is logged here and reported by startService.
         self._listen().addErrback(lambda failure: None)
@@ -473,6 +486,9 @@ class ListenerService(Service):
         if failure is not None:
             # privilegedStartService tried and failed (and logged it).
             return fail(failure)
+        if self._held:
+            self._held = False
+            self.listeningPort.resumeProducing()
         return self._listen()
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
@@ -483,6 +499,7 @@ class ListenerService(Service):
         @return: a L{Deferred} firing with C{None} once the port is closed.
         """
         super().stopService()
+        self._held = False
         port, self.listeningPort = self.listeningPort, None
         self.port = None
         if port is None:
