@@ -515,10 +515,14 @@ class SIPCoreService(OrderedServices):
         return iter(self._metrics.samples())
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
-        from sipcore.compiled import isCompiled
+        from sipcore.compiled import buildName, staleModules
 
-        self._log.info("SIP message layer: {build}",
-                       build="compiled (mypyc)" if isCompiled() else "Python source")
+        self._log.info("build: {build}", build=buildName())
+        stale = staleModules()
+        if stale:
+            self._log.warn("compiled modules not built from the source beside them, imported "
+                           "all the same: {modules}; reinstall sipcore or delete their .so files",
+                           modules=", ".join(stale))
         self.ready = OrderedServices.startService(self)
         self.ready.addErrback(self._startFailed)
         return self.ready

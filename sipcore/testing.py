@@ -6,6 +6,7 @@ Fakes for testing code that uses sipcore, plugin authors' included.
   - L{RecordingBus}: an L{IEventBus} that records what is fired.
   - L{MemoryLocationStore} (re-exported): the in-memory store.
   - L{connectionEvent}: build a L{ConnectionEvent} with defaults.
+  - L{LogCapture}: the log events emitted while a test runs.
   - L{parseRequest}, L{parseResponse}: parse one message of a known kind.
   - L{contactsOf}: the Contact addresses of a message without a wildcard.
 """
@@ -17,6 +18,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from sipcore.events import TCP_CLOSED, ConnectionEvent
@@ -26,6 +29,7 @@ from sipcore.message import Address, Request, Response, parseMessage
 
 __all__ = [
     "FakeFlow",
+    "LogCapture",
     "MemoryLocationStore",
     "RecordingBus",
     "UDPMemoryReactor",
@@ -167,6 +171,39 @@ def contactsOf(message: Request | Response) -> list[Address]:
     if not isinstance(contacts, list):
         raise TypeError("wildcard Contact")
     return contacts
+
+
+@implementer(ILogObserver)
+class LogCapture:
+    """
+    Observes the global log publisher until the end of a test.
+
+    @ivar events: every event observed, in order.
+    """
+
+    def __init__(self, case: SynchronousTestCase, namespace: str = "") -> None:
+        """
+        @param case: the test; the capture ends at its cleanup.
+        @param namespace: what L{at} keeps: events whose C{log_namespace}
+            starts with it.
+        """
+        self.namespace = namespace
+        self.events: list[LogEvent] = []
+        globalLogPublisher.addObserver(self)
+        case.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event: LogEvent) -> None:
+        self.events.append(event)
+
+    def at(self, level: LogLevel) -> list[LogEvent]:
+        """
+        The events at C{level} in the namespace, in order.
+        """
+        return [
+            event for event in self.events
+            if event.get("log_level") == level
+            and event.get("log_namespace", "").startswith(self.namespace)
+        ]
 
 
 def connectionEvent(name: str = TCP_CLOSED, conid: int = 1, **fields: Any) -> ConnectionEvent:

@@ -19,6 +19,7 @@ import socket
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.interfaces import IProcessTransport
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.serverhelpers import waitUntil
@@ -97,6 +98,8 @@ class _Process(protocol.ProcessProtocol):
     """
     A child process with a Deferred firing with its exit code.
     """
+
+    transport: IProcessTransport
 
     def __init__(self) -> None:
         self.ended: defer.Deferred[int] = defer.Deferred()

@@ -10,8 +10,15 @@ from zope.interface.verify import verifyObject
 
 from sipcore.interfaces import IMessageSink, ITransactionUser
 from sipcore.message import Response, parseMessage
-from sipcore.sip.core import SERVER, SIPCore, StatelessTransaction, respond, supportedTags
-from sipcore.testing import FakeFlow
+from sipcore.sip.core import (
+    SERVER,
+    ServerTransactionLike,
+    SIPCore,
+    StatelessTransaction,
+    respond,
+    supportedTags,
+)
+from sipcore.testing import FakeFlow, parseRequest
 
 
 def request(
@@ -107,11 +114,13 @@ class CoreTests(SynchronousTestCase):
         A retransmitted request is answered from the transaction (the same
         response again) without reaching the handler a second time.
         """
-        seen = []
-        self.core.route(
-            "MESSAGE",
-            lambda tx: (seen.append(tx), tx.respond(Response.forRequest(tx.request, 202))),
-        )
+        seen: list[ServerTransactionLike] = []
+
+        def handler(tx: ServerTransactionLike) -> None:
+            seen.append(tx)
+            tx.respond(Response.forRequest(tx.request, 202))
+
+        self.core.route("MESSAGE", handler)
         data = request("MESSAGE", "sip:bob@example.com")
         self.core.messageReceived(data, self.flow)
         self.core.messageReceived(data, self.flow)
@@ -190,7 +199,7 @@ class CoreTests(SynchronousTestCase):
         A request goes to the handler routed for its method, with a server
         transaction that can answer it.
         """
-        seen = []
+        seen: list[ServerTransactionLike] = []
         self.core.route("REGISTER", seen.append)
         self.core.messageReceived(request("REGISTER"), self.flow)
         [tx] = seen
@@ -231,7 +240,7 @@ class CoreTests(SynchronousTestCase):
         flow = FakeFlow("tcp", conid=1)
         data = request().replace(b"Content-Length: 0", b"Content-Length: 99999999")
         self.core.messageRejected(data, "Invalid Content-Length", flow)
-        [response] = [m for m in flow.messages()]
+        [response] = flow.responses()
         self.assertEqual(response.status, 400)
         self.assertEqual(response.reason, "Invalid Content-Length")
 
@@ -409,7 +418,5 @@ class ToTagTests(SynchronousTestCase):
         """
         C{100 Trying} gets no tag.
         """
-        from sipcore.message import parseMessage as parse
-
-        trying = Response.forRequest(parse(request()), 100)
+        trying = Response.forRequest(parseRequest(request()), 100)
         self.assertIsNone(trying.toAddr.tag)

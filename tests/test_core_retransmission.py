@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 import sipcore.sip.core as coremodule
 from sipcore.message import parseMessage
 from sipcore.sip.core import SIPCore, stampVia
-from sipcore.testing import FakeFlow
+from sipcore.testing import FakeFlow, parseRequest
 from tests.test_core import request
 
 
@@ -205,7 +205,7 @@ class StampViaTests(SynchronousTestCase):
         After stamping, C{vias} gives the stamped Via (equal to what a
         parse of the new header gives) without parsing it again.
         """
-        message = parseMessage(request(
+        message = parseRequest(request(
             "REGISTER", via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKs;rport, "
             "SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKt"))
         stampVia(message, FakeFlow("udp", remote=("198.51.100.7", 4444)))

@@ -62,6 +62,7 @@ from sipcore.tap import Options, buildService, makeService
 from sipcore.testing import UDPMemoryReactor, connectionEvent
 from tests.dbhelpers import createTestSchema
 from tests.serverhelpers import (
+    SIPCORE_PATH,
     connectTCP,
     connectWS,
     registerRequest,
@@ -173,7 +174,7 @@ def useInstalled(testCase: TestCase, target: str) -> None:
 def freshEnvironment(target: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in [target, str(ROOT), env.get("PYTHONPATH", "")] if p
+        p for p in [target, SIPCORE_PATH, env.get("PYTHONPATH", "")] if p
     )
     return env
 

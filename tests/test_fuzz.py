@@ -17,9 +17,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor, task
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from sipcore.testing import LogCapture
 from tests.serverhelpers import (
     PATIENCE,
     connectTCP,
@@ -39,7 +39,7 @@ HEADERS = ["Via", "v", "From", "f", "To", "t", "Call-ID", "i", "CSeq", "Contact"
            "Authorization", "Proxy-Authorization", "Require", "Proxy-Require", "Supported",
            "Content-Type", "c", "Path", "X-Junk", ""]
 
-_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+_text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40)
 _value = st.one_of(
     _text,
     st.sampled_from([
@@ -103,14 +103,7 @@ class FuzzTests(TestCase):
         the server answers OPTIONS on all three, and no exception was
         logged.
         """
-        failures: list[dict[str, Any]] = []
-
-        def observe(event: dict[str, Any]) -> None:
-            if "log_failure" in event:
-                failures.append(event)
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        logged = LogCapture(self)
         examples = generate()
         self.assertGreater(len(examples), EXAMPLES // 2)
         service = await startServer(self)
@@ -147,7 +140,7 @@ class FuzzTests(TestCase):
         if ws.waiters.lost.called:
             ws = await connectWS(ports["ws"])
         self.assertEqual((await ask(ws, "ws")).status, 200)
-        self.assertEqual(failures, [])
+        self.assertEqual([e for e in logged.events if "log_failure" in e], [])
         self.assertEqual(service.core.stats["errors"], 0)
 
         tcp.transport.loseConnection()

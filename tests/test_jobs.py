@@ -10,10 +10,11 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore.jobs import JobQueue
+from sipcore.testing import LogCapture
 
 
 class DatabaseAway(Exception):
@@ -53,24 +54,6 @@ class RecordingRunner:
 
     def failNext(self) -> None:
         self.pending.pop(0).errback(DatabaseAway("database away"))
-
-
-class LogCapture:
-    """
-    Collects log events emitted on the global publisher by the queue.
-    """
-
-    def __init__(self, case: SynchronousTestCase) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def at(self, level: LogLevel) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.events
-            if e.get("log_level") == level and e.get("log_namespace", "").startswith("sipcore.jobs")
-        ]
 
 
 def makeQueue(
@@ -149,7 +132,7 @@ class PutTests(SynchronousTestCase):
         Becoming full logs one error however many items are refused, and
         having room again logs one info line with the number refused.
         """
-        logs = LogCapture(self)
+        logs = LogCapture(self, "sipcore.jobs")
         queue, clock, runner = makeQueue(self, maxSize=2)
         queue.start()
         queue.put(1)
@@ -185,7 +168,7 @@ class PutTests(SynchronousTestCase):
         Options out of range raise L{ValueError}.
         """
         clock = Clock()
-        for kwargs in [
+        invalid: list[dict[str, Any]] = [
             {"batchSize": 0},
             {"maxSize": 0},
             {"batchDelay": -1},
@@ -195,7 +178,8 @@ class PutTests(SynchronousTestCase):
             {"jitter": -0.1},
             {"maxAttempts": 0},
             {"batchTimeout": 0},
-        ]:
+        ]
+        for kwargs in invalid:
             self.assertRaises(ValueError, JobQueue, "q", RecordingRunner(), clock, **kwargs)
 
 
@@ -440,7 +424,7 @@ class FailureTests(SynchronousTestCase):
         log nothing; the first success logs one info line with the number of
         items retried; the backoff resets.
         """
-        logs = LogCapture(self)
+        logs = LogCapture(self, "sipcore.jobs")
         queue, clock, runner = makeQueue(self, jitter=0.0, initialBackoff=1.0)
         queue.start()
         queue.put(1)
@@ -498,7 +482,7 @@ class FailureTests(SynchronousTestCase):
         With C{maxAttempts}, items that failed that many times are dropped,
         counted as C{abandoned} and logged; the others keep going.
         """
-        logs = LogCapture(self)
+        logs = LogCapture(self, "sipcore.jobs")
         queue, clock, runner = makeQueue(self, jitter=0.0, maxAttempts=2, batchSize=1)
         queue.start()
         queue.put(1)
@@ -598,7 +582,7 @@ class StopTests(SynchronousTestCase):
         logs a warning naming it, cancels the batch in flight and leaves no
         timer.
         """
-        logs = LogCapture(self)
+        logs = LogCapture(self, "sipcore.jobs")
         queue, clock, runner = makeQueue(self, batchSize=2)
         queue.start()
         for key in range(3):
@@ -640,7 +624,7 @@ class StopTests(SynchronousTestCase):
         """
         After stop, put refuses items and counts them, logging once.
         """
-        logs = LogCapture(self)
+        logs = LogCapture(self, "sipcore.jobs")
         queue, clock, runner = makeQueue(self)
         queue.start()
         self.successResultOf(queue.stop())

@@ -10,11 +10,11 @@ from typing import Any
 
 from twisted.internet import error
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.python import context, log
 from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore.lag import LagProbe, fromEnvironment
+from sipcore.testing import LogCapture
 
 
 class LagProbeTests(SynchronousTestCase):
@@ -97,7 +97,7 @@ class BoundedReactorTests(SynchronousTestCase):
         from sipcore.reactor import BoundedEPollReactor
 
         reactor = BoundedEPollReactor(maxEvents=2)
-        ran = []
+        ran: list[bool] = []
         reactor.callLater(0, ran.append, True)
         reactor.callLater(0, reactor.stop)
         reactor.run(installSignalHandlers=False)
@@ -186,9 +186,7 @@ class BoundedDispatchTests(SynchronousTestCase):
         An exception raised by C{doRead} is logged under the selectable's
         log prefix and disconnects it with that exception.
         """
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        logged = LogCapture(self)
 
         def broken() -> None:
             raise ZeroDivisionError("reader bug")
@@ -197,7 +195,7 @@ class BoundedDispatchTests(SynchronousTestCase):
         peer.send(b"x")
         reactor.doPoll(0)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
-        self.assertIn("TestReader,7", [e.get("log_system") for e in events])
+        self.assertIn("TestReader,7", [e.get("log_system") for e in logged.events])
         self.assertNotIn(reader, reactor.getReaders())
         self.assertEqual(len(reader.lost), 1)
         reader.lost[0].trap(ZeroDivisionError)

@@ -12,7 +12,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from twisted.application.service import IServiceMaker
+from twisted.application.service import IServiceMaker, ServiceMaker
 from twisted.plugin import IPlugin, getPlugins
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
@@ -42,6 +42,7 @@ class PluginLayoutTests(TestCase):
         """
         [maker] = [p for p in getPlugins(IServiceMaker) if p.tapname == "sipcore"]
         self.assertTrue(verifyObject(IServiceMaker, maker))
+        assert isinstance(maker, ServiceMaker)
         self.assertEqual(maker.module, "sipcore.tap")
 
     def test_handlerPluginsFound(self) -> None:
@@ -64,9 +65,10 @@ class ReactorPluginTests(TestCase):
         """
         The reactor plugin is found and names L{sipcore.reactor}.
         """
-        from twisted.application.reactors import IReactorInstaller
+        from twisted.application.reactors import IReactorInstaller, Reactor
 
         [plugin] = [p for p in getPlugins(IReactorInstaller) if p.shortName == "sipcore-epoll"]
+        assert isinstance(plugin, Reactor)
         self.assertEqual(plugin.moduleName, "sipcore.reactor")
 
 

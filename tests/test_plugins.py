@@ -326,19 +326,14 @@ class DiscoveryTests(PluginPackageMixin, SynchronousTestCase):
         """
         L{findHandlers} logs one error per problem, naming the plugin.
         """
-        from twisted.logger import LogLevel, globalLogPublisher
+        from twisted.logger import LogLevel
 
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        from sipcore.testing import LogCapture
+
+        logged = LogCapture(self, "sipcore.events.discovery")
         package = self.makePackage({"dup1": DUP1, "dup2": DUP2, "newapi": NEWAPI})
         findHandlers(package)
-        errors = [
-            e
-            for e in events
-            if e.get("log_level") == LogLevel.error
-            and e.get("log_namespace") == "sipcore.events.discovery"
-        ]
+        errors = logged.at(LogLevel.error)
         self.assertEqual(sorted(e["plugin"] for e in errors), ["dup", "future"])
 
     def test_unsearchablePackage(self) -> None:
@@ -675,7 +670,9 @@ class HandlerContextTests(SynchronousTestCase):
 
         shared: dict[str, Any] = {}
         context = HandlerContext(1, Clock(), object(), jobQueueFactory=factory, jobQueues=shared)
-        runner = object()
+        def runner(items: list[Any]) -> None:
+            pass
+
         self.assertEqual(context.makeJobQueue("cleanup", runner, batchSize=5), "queue:cleanup")
         self.assertEqual(calls, [("cleanup", runner, {"batchSize": 5})])
         self.assertEqual(shared, {"cleanup": "queue:cleanup"})

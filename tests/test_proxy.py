@@ -11,10 +11,13 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
+from sipcore.interfaces import IClientTransactionUser
 from sipcore.location import Binding
 from sipcore.message import Request, Response, parseMessage, parseURI
-from sipcore.sip.core import SIPCore
+from sipcore.sip.core import SIPCore, StatelessTransaction
+from sipcore.sip.forking import Branch, IgnoreResponses, ResponseContext, Target
 from sipcore.sip.proxy import Proxy, ProxyPolicy
 from sipcore.sip.routing import (
     ACK_BRANCH_PREFIX,
@@ -212,6 +215,30 @@ class ProxyHarness:
         for name, value in extra:
             response.headers.add(name, value)
         self.core.messageReceived(response.serialize(), flow)
+
+
+class TransactionUserTests(SynchronousTestCase):
+    """
+    The TUs of the proxy's client transactions provide
+    L{IClientTransactionUser}.
+    """
+
+    def test_branch(self) -> None:
+        """
+        A L{Branch} (one forked request) provides it.
+        """
+        h = ProxyHarness()
+        request = parseMessage(sipRequest("OPTIONS"))
+        assert isinstance(request, Request)
+        tx = StatelessTransaction(request, h.caller)
+        branch = Branch(ResponseContext(h.proxy, tx), Target())
+        self.assertTrue(verifyObject(IClientTransactionUser, branch))
+
+    def test_ignoreResponses(self) -> None:
+        """
+        The TU of the proxy's CANCELs provides it.
+        """
+        self.assertTrue(verifyObject(IClientTransactionUser, IgnoreResponses()))
 
 
 class MaxForwardsAndLoopTests(SynchronousTestCase):

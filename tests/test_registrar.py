@@ -4,20 +4,21 @@ Tests for L{sipcore.sip.registrar}.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
+from sipcore.interfaces import IFlow, ITransactionUser
 from sipcore.location import MemoryLocationStore, StoreUnavailable
 from sipcore.location.ordering import PendingWrites
 from sipcore.message import Request, Response, parseMessage
 from sipcore.sip.core import StatelessTransaction
 from sipcore.sip.registrar import Registrar, RegistrarPolicy, contactKey, methodBits, ruidFor
 from sipcore.sip.trust import TrustedPeers
-from sipcore.testing import FakeFlow, contactsOf, parseRequest
+from sipcore.testing import FakeFlow, LogCapture, contactsOf, parseRequest
 
 START = 1_700_000_000.0
 
@@ -413,10 +414,7 @@ class RegistrarTests(RegistrarTestCase):
             self.store, trustedPeers=TrustedPeers.fromStrings(["10.0.0.0/8"]), logInterval=60)
         self.send(register(["<sip:alice@192.0.2.1:5070>"]), registrar=registrar)
         before = self.bindings()
-        events: list[dict[str, Any]] = []
-        observer = cast(ILogObserver, events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        logged = LogCapture(self)
         for cseq in range(2, 5):
             response = self.send(
                 register(["<sip:alice@127.0.0.5:25099>"], cseq=cseq,
@@ -427,12 +425,12 @@ class RegistrarTests(RegistrarTestCase):
                              (403, "Path not accepted from this source"))
         self.assertEqual(self.bindings(), before)
         self.assertEqual(registrar.stats["pathRefused"], 3)
-        refused = [e for e in events if "Path" in e.get("log_format", "")]
+        refused = [e for e in logged.events if "Path" in e.get("log_format", "")]
         self.assertEqual([e["peer"] for e in refused], ["192.0.2.1"])
         self.clock.advance(61)
         self.send(register(["<sip:alice@127.0.0.5:25099>"], cseq=9,
                            extra="Path: <sip:127.0.0.5:25099;lr>"), registrar=registrar)
-        refused = [e for e in events if "Path" in e.get("log_format", "")]
+        refused = [e for e in logged.events if "Path" in e.get("log_format", "")]
         self.assertEqual([e["suppressed"] for e in refused], [0, 2])
 
     def test_pathRefusedByDefault(self) -> None:
@@ -571,6 +569,25 @@ class HostileRegisterTests(RegistrarTests):
         self.assertEqual(self.flushLoggedErrors(), [])
 
 
+@implementer(ITransactionUser)
+class SilentUser:
+    """
+    A transaction user that ignores what its transactions tell it.
+    """
+
+    def ackReceived(self, request: Request, flow: IFlow) -> None:
+        pass
+
+    def ackTimeout(self, transaction: object) -> None:
+        pass
+
+    def unanswered(self, transaction: object) -> None:
+        pass
+
+    def transportError(self, transaction: object) -> None:
+        pass
+
+
 class DroppedRegisterTests(SynchronousTestCase):
     """
     A REGISTER that is dropped (its connection closed meanwhile) ends its
@@ -584,7 +601,7 @@ class DroppedRegisterTests(SynchronousTestCase):
         from sipcore.sip.transaction import TransactionLayer
 
         clock = Clock()
-        layer = TransactionLayer(clock, object())
+        layer = TransactionLayer(clock, SilentUser())
         registrar = Registrar(MemoryLocationStore(clock), clock, isLocalDomain=lambda h: True,
                               isConnected=lambda conid: False)
         flow = FakeFlow("tcp", conid=3)

@@ -10,9 +10,10 @@ its ACK handler (C{core.routeAcks(proxy.ackReceived)}) and its handler of
 responses that match no client transaction
 (C{core.routeResponses(proxy.responseReceived)}).
 
-Per request (one server transaction) it keeps a response context: the
-branches it forked to (one client transaction each), the responses they
-got, and timer C for INVITE branches.  See C{docs/routing.rst}.
+Per request (one server transaction) it keeps a response context
+(L{sipcore.sip.forking}): the branches it forked to (one client transaction
+each), the responses they got, and timer C for INVITE branches.  It reaches
+next hops through an L{IHopConnector}.  See C{docs/routing.rst}.
 """
 
 from __future__ import annotations
@@ -20,16 +21,15 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from sipcore.interfaces import IClientTransactionUser, IFlow, IHopConnector, ILocationStore
+from sipcore.interfaces import IFlow, IHopConnector, ILocationStore
 from sipcore.location import Binding, StoreUnavailable
 from sipcore.location.binding import aorKey
 from sipcore.message import (
@@ -42,16 +42,14 @@ from sipcore.message import (
     parseAddressList,
     parseURI,
 )
-from sipcore.sip.clienttransaction import buildCancel
 from sipcore.sip.core import Refused
-from sipcore.sip.machine import ACCEPTED, PROCEEDING, TRYING
+from sipcore.sip.forking import Branch, Decision, ResponseContext, Target
 from sipcore.sip.routing import (
     FLOW_PARAM,
     SIGNATURE_PARAM,
     FlowTokens,
     NextHop,
     NoRoute,
-    chooseBest,
     loopHash,
     loopHashOfBranch,
     nextHopOf,
@@ -117,334 +115,6 @@ class ProxyPolicy:
     recordRoute: bool = True
     maxBranches: int = DEFAULT_MAX_BRANCHES
     trustedPeers: TrustedPeers = TrustedPeers()
-
-
-@dataclass
-class _Target:
-    """
-    One place a request is forked to.
-
-    @ivar uri: the new Request-URI, or C{None} to keep it.
-    @ivar conid: deliver over this connection of this node.
-    @ivar hop: else deliver to this address.
-    @ivar routes: C{Route} values to put on top (a binding's Path).
-    @ivar failStatus: the status of the branch when it cannot be sent.
-    @ivar binding: the binding this target comes from, if any.
-    """
-
-    uri: URI | None = None
-    conid: int | None = None
-    hop: NextHop | None = None
-    routes: list[str] = field(default_factory=list)
-    failStatus: int = 503
-    failReason: str = "Service Unavailable"
-    binding: Binding | None = None
-
-
-@dataclass
-class _Decision:
-    """
-    Where a request goes: the request to copy for each branch (own Route
-    entries removed), and either targets or an address of record to look
-    up.
-    """
-
-    request: Request
-    targets: list[_Target]
-    aor: str | None = None
-    loopHash: str = ""
-
-
-@implementer(IClientTransactionUser)
-class _IgnoreResponses:
-    """
-    The TU of the CANCELs the proxy sends: their responses mean nothing.
-    """
-
-    def responseReceived(self, response: Response, tx: Any) -> None:
-        pass
-
-    def timeout(self, tx: Any) -> None:
-        pass
-
-    def transportError(self, tx: Any) -> None:
-        pass
-
-
-_IGNORE = _IgnoreResponses()
-
-
-@implementer(IClientTransactionUser)
-class _Branch:
-    """
-    One forked request: the client transaction's TU.
-
-    @ivar final: the branch's final response (C{None} while pending).
-    @ivar local: whether C{final} was made by the proxy (timeout,
-        unreachable) rather than received.
-    """
-
-    def __init__(self, context: _ResponseContext, target: _Target) -> None:
-        self.context = context
-        self.target = target
-        self.request: Request | None = None
-        self.flow: IFlow | None = None
-        self.address: tuple[str, int] | None = None
-        self.tx: Any = None
-        self.branchId = ""
-        self.final: Response | None = None
-        self.local = False
-        self.provisional = False
-        self.cancelStatus: int | None = None
-        self.cancelSent = False
-        self._timerC: IDelayedCall | None = None
-        self._guard: IDelayedCall | None = None
-
-    def __repr__(self) -> str:
-        return "<_Branch {} final={}>".format(
-            self.request.uri if self.request is not None else None,
-            self.final.status if self.final is not None else None)
-
-    @property
-    def done(self) -> bool:
-        return self.final is not None
-
-    # -- client transaction TU ---------------------------------------------
-
-    def responseReceived(self, response: Response, tx: Any) -> None:
-        self.context.branchResponse(self, response)
-
-    def timeout(self, tx: Any) -> None:
-        self.fail(408, "Request Timeout")
-
-    def transportError(self, tx: Any) -> None:
-        self.fail(self.target.failStatus, self.target.failReason)
-
-    # -- timers ---------------------------------------------------------------
-
-    def startTimerC(self) -> None:
-        self.stopTimers()
-        proxy = self.context.proxy
-        self._timerC = proxy.clock.callLater(proxy.policy.timerC, self._timerCFired)
-
-    def _timerCFired(self) -> None:
-        self._timerC = None
-        if self.done:
-            return
-        self.context.proxy.stats["timerC"] += 1
-        if self.provisional:
-            self.cancel(408)
-        else:
-            # Behave as if the transaction had received a 408 (16.8).
-            if self.tx is not None:
-                self.tx.terminate()
-            self.fail(408, "Request Timeout")
-
-    def _guardFired(self) -> None:
-        self._guard = None
-        if self.done:
-            return
-        # The callee never answered the CANCEL with a final response.
-        if self.tx is not None:
-            self.tx.terminate()
-        status = self.cancelStatus or 487
-        self.fail(status, "Request Timeout" if status == 408 else "Request Terminated")
-
-    def stopTimers(self) -> None:
-        for call in (self._timerC, self._guard):
-            if call is not None and call.active():
-                call.cancel()
-        self._timerC = self._guard = None
-
-    # -- actions --------------------------------------------------------------
-
-    def cancel(self, status: int) -> None:
-        """
-        Cancel this branch (an INVITE): send a CANCEL now if a provisional
-        response came, else as soon as one comes (RFC 3261 9.1).
-        """
-        if self.done or self.cancelStatus is not None:
-            return
-        self.cancelStatus = status
-        if self.provisional:
-            self._sendCancel()
-
-    def _sendCancel(self) -> None:
-        if self.cancelSent or self.request is None or self.flow is None:
-            return
-        self.cancelSent = True
-        proxy = self.context.proxy
-        try:
-            proxy.transactions.sendRequest(
-                buildCancel(self.request), self.flow, self.address, _IGNORE)
-        except ValueError:
-            proxy._log.failure("could not send CANCEL for {branch!r}", branch=self)
-        proxy.stats["cancelsSent"] += 1
-        if self._timerC is not None and self._timerC.active():
-            self._timerC.cancel()
-        self._timerC = None
-        self._guard = proxy.clock.callLater(
-            proxy.transactions.timers.timeout, self._guardFired)
-
-    def provisionalReceived(self, status: int) -> None:
-        if status == 100:
-            return
-        self.provisional = True
-        if self.cancelStatus is not None:
-            self._sendCancel()
-        elif self._timerC is not None:
-            self.startTimerC()
-
-    def fail(self, status: int, reason: str) -> None:
-        """
-        End the branch with a response made by the proxy.
-        """
-        if self.done:
-            return
-        response = Response.forRequest(self.context.request, status, reason, toTag=generateTag())
-        self.context.branchFinal(self, response, local=True)
-
-
-class _ResponseContext:
-    """
-    The response context of one request (RFC 3261 16.7).
-    """
-
-    def __init__(self, proxy: Proxy, tx: Any) -> None:
-        self.proxy = proxy
-        self.tx = tx
-        self.request: Request = tx.request
-        self.isInvite = self.request.method == "INVITE"
-        self.branches: list[_Branch] = []
-        self.finalSent = False
-        self.cancelled = False
-        self.starting = True
-        self.finals: list[tuple[Response, bool]] = []
-
-    # -- upstream -------------------------------------------------------------
-
-    def sendUpstream(self, response: Response) -> None:
-        """
-        Send a response to the caller through the server transaction; a
-        2xx to INVITE the transaction no longer takes (it already sent a
-        final response) goes statelessly over the same flow.
-        """
-        tx = self.tx
-        if tx.state in (TRYING, PROCEEDING, ACCEPTED):
-            tx.respond(response)
-            return
-        if self.isInvite and 200 <= response.status < 300:
-            sendToSender(tx.flow, self.request, response.serialize())
-            self.proxy.stats["lateSuccessForwarded"] += 1
-
-    def respondLocally(self, status: int, reason: str,
-                       headers: Iterable[tuple[str, str]] = ()) -> None:
-        """
-        Send a final response made by the proxy (if none was sent yet).
-        """
-        if self.finalSent:
-            return
-        self.finalSent = True
-        self.proxy.core.respond(self.tx, status, reason, headers=headers, toTag=generateTag())
-        self.proxy._forget(self)
-
-    # -- branches -----------------------------------------------------------------
-
-    def start(self, targets: list[_Target], decision: _Decision) -> None:
-        for target in targets:
-            branch = _Branch(self, target)
-            self.branches.append(branch)
-            self.proxy._send(self, branch, decision)
-        self.starting = False
-        self._maybeFinish()
-
-    def branchResponse(self, branch: _Branch, response: Response) -> None:
-        if response.headers.removeFirst("Via") is None or not response.headers.lines("Via"):
-            # Nothing left to send it to.
-            self.proxy.stats["responsesWithoutVia"] += 1
-            return
-        status = response.status
-        if status < 200:
-            branch.provisionalReceived(status)
-            if status != 100 and not self.finalSent and not self.cancelled:
-                self.sendUpstream(response)
-            return
-        if 200 <= status < 300:
-            if branch.final is None:
-                branch.final = response
-                branch.stopTimers()
-                self.proxy._branchEnded(branch)
-            if self.isInvite:
-                self.sendUpstream(response)
-                if not self.finalSent:
-                    self.finalSent = True
-                    self.proxy._forget(self)
-                self.cancelOthers(branch, 200)
-            elif not self.finalSent:
-                self.finalSent = True
-                self.sendUpstream(response)
-                self.proxy._forget(self)
-            self._maybeFinish()
-            return
-        if branch.done:
-            return
-        local = False
-        if status == 487 and branch.cancelStatus == 408:
-            # Cancelled by timer C: the caller learns of a timeout.
-            response = Response.forRequest(self.request, 408, "Request Timeout",
-                                           toTag=generateTag())
-            local = True
-        self.branchFinal(branch, response, local=local)
-
-    def branchFinal(self, branch: _Branch, response: Response, local: bool) -> None:
-        if branch.done:
-            return
-        branch.final = response
-        branch.local = local
-        branch.stopTimers()
-        self.proxy._branchEnded(branch)
-        self.finals.append((response, local))
-        if self.isInvite and response.status >= 600:
-            self.cancelOthers(branch, 600)
-        self._maybeFinish()
-
-    def cancelOthers(self, winner: _Branch | None, status: int) -> None:
-        for other in self.branches:
-            if other is not winner and not other.done and other.request is not None:
-                if other.request.method == "INVITE":
-                    other.cancel(status)
-
-    def cancel(self) -> None:
-        """
-        The caller sent CANCEL: answer the INVITE with 487 and cancel every
-        pending branch.
-        """
-        if self.cancelled:
-            return
-        self.cancelled = True
-        self.respondLocally(487, "Request Terminated")
-        self.cancelOthers(None, 487)
-        self._maybeFinish()
-
-    def _maybeFinish(self) -> None:
-        if self.starting:
-            return
-        pending = [branch for branch in self.branches if not branch.done]
-        if pending:
-            return
-        if not self.finalSent:
-            self.finalSent = True
-            if self.finals:
-                self.sendUpstream(chooseBest(self.finals))
-            else:
-                self.proxy.core.respond(self.tx, 480, "Temporarily Unavailable",
-                                        toTag=generateTag())
-        self.proxy._forget(self)
-        self.proxy._live.discard(self)
-
-    def stop(self) -> None:
-        for branch in self.branches:
-            branch.stopTimers()
 
 
 @dataclass(frozen=True)
@@ -536,11 +206,11 @@ class Proxy:
         self.tokens = flowTokens or FlowTokens()
         self.maxRecentBranches = maxRecentBranches
         self.stats: Counter[str] = Counter()
-        self._contexts: dict[Any, _ResponseContext] = {}
-        self._live: set[_ResponseContext] = set()
+        self._contexts: dict[Any, ResponseContext] = {}
+        self._live: set[ResponseContext] = set()
         self._addresses: _Addresses | None = None
-        # branch -> _Branch of each INVITE branch not ended yet.
-        self._liveInvites: dict[str, _Branch] = {}
+        # branch -> Branch of each INVITE branch not ended yet.
+        self._liveInvites: dict[str, Branch] = {}
         # branch -> (forget at, upstream flow, request) of ended INVITE
         # branches, oldest first.
         self._endedInvites: OrderedDict[str, tuple[float, IFlow, Request]] = OrderedDict()
@@ -647,7 +317,7 @@ class Proxy:
         except Refused as e:
             self._refuse(tx, e.status, e.reason, e.headers)
             return
-        context = _ResponseContext(self, tx)
+        context = ResponseContext(self, tx)
         if context.isInvite:
             self._contexts[tx] = context
         self._live.add(context)
@@ -687,7 +357,7 @@ class Proxy:
             del ordered[limit:]
         return ordered
 
-    def _route(self, request: Request, flow: IFlow, stateless: bool = False) -> _Decision:
+    def _route(self, request: Request, flow: IFlow, stateless: bool = False) -> Decision:
         """
         Decide where a request goes (RFC 3261 16.3 to 16.5).
 
@@ -735,7 +405,7 @@ class Proxy:
             base.headers.set("Max-Forwards", "70")
         else:
             base.headers.set("Max-Forwards", str(maxForwards - 1))
-        decision = _Decision(base, [], loopHash=hashValue)
+        decision = Decision(base, [], loopHash=hashValue)
 
         # Our signed entries name the flows of both sides of the dialog:
         # the request goes to the other side's flow, never to an address
@@ -764,7 +434,7 @@ class Proxy:
         decision.targets.append(self._hopTarget(uri))
         return decision
 
-    def _dialogTarget(self, flows: list[int | NextHop], inbound: IFlow) -> _Target:
+    def _dialogTarget(self, flows: list[int | NextHop], inbound: IFlow) -> Target:
         """
         Where a request routed through our signed Record-Route goes: the
         first flow its flow tokens name that is not the one it came on
@@ -776,10 +446,10 @@ class Proxy:
         others = [f for f in flows if not self._isInbound(f, inbound)]
         chosen = (others or flows)[0]
         if isinstance(chosen, NextHop):
-            return _Target(hop=chosen, failStatus=430, failReason="Flow Failed")
+            return Target(hop=chosen, failStatus=430, failReason="Flow Failed")
         if self.hops.connection(chosen) is None:
             raise Refused(430, "Flow Failed")
-        return _Target(conid=chosen, failStatus=430, failReason="Flow Failed")
+        return Target(conid=chosen, failStatus=430, failReason="Flow Failed")
 
     @staticmethod
     def _isInbound(named: int | NextHop, inbound: IFlow) -> bool:
@@ -802,12 +472,12 @@ class Proxy:
             return False
         return self.isOwn(uri.host, uri.port)
 
-    def _hopTarget(self, uri: URI) -> _Target:
+    def _hopTarget(self, uri: URI) -> Target:
         try:
             hop = nextHopOf(uri)
         except NoRoute as e:
             raise Refused(e.status, e.reason) from None
-        return _Target(hop=hop)
+        return Target(hop=hop)
 
     def _looped(self, request: Request, hashValue: str) -> bool:
         """
@@ -819,7 +489,7 @@ class Proxy:
                 return True
         return False
 
-    def _bindingTarget(self, binding: Binding) -> _Target:
+    def _bindingTarget(self, binding: Binding) -> Target:
         """
         Where a binding is reached: along its Path when the REGISTER came
         from a trusted peer, else over its connection when it is bound to
@@ -829,9 +499,9 @@ class Proxy:
         try:
             contact = parseURI(binding.contact)
         except SIPParseError:
-            return _Target(failStatus=480, failReason="Temporarily Unavailable",
+            return Target(failStatus=480, failReason="Temporarily Unavailable",
                            binding=binding)
-        target = _Target(uri=contact, failStatus=480, failReason="Temporarily Unavailable",
+        target = Target(uri=contact, failStatus=480, failReason="Temporarily Unavailable",
                          binding=binding)
         if binding.path and not self._pathTrusted(binding):
             self.stats["pathIgnored"] += 1
@@ -873,7 +543,7 @@ class Proxy:
 
     # -- sending ---------------------------------------------------------------
 
-    def _resolve(self, target: _Target) -> tuple[IFlow, tuple[str, int] | None] | None:
+    def _resolve(self, target: Target) -> tuple[IFlow, tuple[str, int] | None] | None:
         """
         The flow (and address, for UDP) a target is sent on, or C{None}
         when it cannot be reached now.
@@ -965,7 +635,7 @@ class Proxy:
             via = via.withParam("rport")
         return str(via)
 
-    def _send(self, context: _ResponseContext, branch: _Branch, decision: _Decision) -> None:
+    def sendBranch(self, context: ResponseContext, branch: Branch, decision: Decision) -> None:
         """
         Build the branch's request (16.6) and send it in a client
         transaction; a target that cannot be reached fails the branch at
@@ -1017,7 +687,7 @@ class Proxy:
 
     # -- INVITE branches remembered for stray 2xx ---------------------------------
 
-    def _branchEnded(self, branch: _Branch) -> None:
+    def branchEnded(self, branch: Branch) -> None:
         """
         An INVITE branch got its final response: remember where a stray
         2xx for it goes for 64*T1 after its client transaction ends (which
@@ -1072,7 +742,19 @@ class Proxy:
         if context is not None:
             context.cancel()
 
-    def _forget(self, context: _ResponseContext) -> None:
+    def finished(self, context: ResponseContext) -> None:
+        """
+        C{context} is done: every branch ended and the final response went
+        upstream.
+        """
+        self.forget(context)
+        self._live.discard(context)
+
+    def forget(self, context: ResponseContext) -> None:
+        """
+        A CANCEL no longer finds C{context}: its final response went
+        upstream.
+        """
         if self._contexts.get(context.tx) is context:
             del self._contexts[context.tx]
 
