@@ -1,40 +1,40 @@
 # -*- test-case-name: tests.test_compiled -*-
 """
-sipcore's hot path compiled to C extension modules with mypyc.
+Which build of sipcore's hot path this process runs.
 
 The SIP parser and message classes (L{sipcore.message}), the transaction
-layer and its timers, the registrar and the UDP transport are plain, fully
-annotated Python.  mypyc (part of the mypy project) compiles such modules
-to C extensions that CPython imports in place of the C{.py} files: the
-same code, with about 40% fewer instructions per REGISTER.  Nothing else
-changes, and without the compiled modules sipcore runs the Python source.
+layer and its timers, the registrar and the UDP transport (L{MODULES}) are
+plain, fully annotated Python.  When a wheel of sipcore is built
+(C{pip install .}, C{python -m build}), C{setup.py} compiles them with
+mypyc into C extension modules, which CPython imports in place of the
+C{.py} files beside them; where it cannot, the wheel holds the Python
+source only.  C{SIPCORE_MYPYC} chooses (see docs/compiled.rst).
 
-    pip install mypy mypy-zope
-    python -m sipcore.compiled build     # compile next to the installed sources
-    python -m sipcore.compiled status    # compiled, or Python source
-    python -m sipcore.compiled clean     # remove the compiled modules
-    python -m sipcore.compiled build --target DIR   # a compiled copy in DIR
+A compiled build records the SHA-256 of each source it compiled in
+C{sipcore/_compiled.json}.  L{staleModules} names the extension modules
+that were not built from the source beside them (a checkout edited after
+C{SIPCORE_MYPYC=1 pip install -e .}, a module left from another build);
+the server warns of them at start, because Python imports them all the
+same.
 
-C{build} needs a C compiler and CPython's headers (Debian: C{gcc} and
-C{python3-dev}) and takes about half a minute.  A compiled module is built
-from the sources as they are: after changing one of L{MODULES}, build
-again or clean, or the old compiled code keeps being imported.  The server
-logs at start which of the two it runs.
+    python -m sipcore.compiled     # which build runs, and any stale module
+
+This module uses the standard library only: C{setup.py} loads it by path
+to know what to compile.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
+import hashlib
 import importlib.machinery
+import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 
-__all__ = ["MODULES", "build", "clean", "isCompiled", "main"]
+__all__ = ["DIGESTS", "GROUP", "MODULES", "buildName", "extensionFiles", "isCompiled", "main",
+           "sourceDigests", "staleModules"]
 
 #: The modules compiled: the message layer, the transaction layer and its
 #: timers, the registrar and the UDP transport.
@@ -47,33 +47,90 @@ MODULES = tuple("sipcore.message." + name for name in (
 #: modules' code), placed in the package as C{_compiled__mypyc}.
 GROUP = "sipcore._compiled"
 
+#: The file, in the package directory, that maps each compiled module's
+#: name to the SHA-256 of the source it was compiled from.
+DIGESTS = "_compiled.json"
+
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
-_SETUP = """\
-from setuptools import setup
-from mypyc.build import mypycify
-setup(name="sipcore-compiled", script_args=["build_ext", "--inplace"],
-      ext_modules=mypycify({paths!r}, group_name={group!r}, opt_level="3"))
-"""
+
+def _sourcePath(name: str, package: str) -> str:
+    return os.path.join(package, *name.split(".")[1:]) + ".py"
 
 
-_MYPY_CONFIG = """\
-[mypy]
-plugins = mypy_zope:plugin
-python_version = 3.11
-check_untyped_defs = True
-ignore_missing_imports = True
-"""
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
-def _extensions(package: str) -> list[str]:
+def sourceDigests(package: str = _PACKAGE) -> dict[str, str]:
     """
-    The compiled extension modules under the package directory C{package}.
+    The SHA-256 of the source of each of L{MODULES}.
+
+    @param package: the directory of the C{sipcore} package.
+    @return: a module name to hexadecimal digest mapping.
     """
-    found: list[str] = []
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        found.extend(glob.glob(os.path.join(package, "**", "*" + suffix), recursive=True))
-    return sorted(set(found))
+    return {name: _digest(_sourcePath(name, package)) for name in MODULES}
+
+
+def extensionFiles(package: str) -> list[str]:
+    """
+    The extension module files under the package directory C{package}.
+
+    @return: their paths, sorted.
+    """
+    found = []
+    for directory, _, files in os.walk(package):
+        for file in files:
+            if file.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+                found.append(os.path.join(directory, file))
+    return sorted(found)
+
+
+def _extensionModules(package: str) -> list[str]:
+    """
+    The names of the extension modules in the C{sipcore} package directory
+    C{package}, but for mypyc's shared library.
+    """
+    found = set()
+    for path in extensionFiles(package):
+        base = os.path.basename(path)
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            if base.endswith(suffix):
+                relative = os.path.relpath(path[:-len(suffix)], package)
+                found.add(".".join(["sipcore", *relative.split(os.sep)]))
+                break
+    found.discard(GROUP + "__mypyc")
+    return sorted(found)
+
+
+def staleModules(package: str = _PACKAGE) -> list[str]:
+    """
+    The extension modules in C{package} that Python imports in place of a
+    source they were not built from: their source beside them differs from
+    the one recorded in L{DIGESTS} when they were built, or nothing was
+    recorded for them.
+
+    @param package: the directory of the C{sipcore} package (by default
+        the one this module belongs to).
+    @return: their module names, sorted.
+    """
+    try:
+        with open(os.path.join(package, DIGESTS)) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        recorded = {}
+    if not isinstance(recorded, dict):
+        recorded = {}
+    stale = []
+    for name in _extensionModules(package):
+        try:
+            digest = _digest(_sourcePath(name, package))
+        except OSError:
+            digest = None
+        if name not in recorded or (digest is not None and recorded[name] != digest):
+            stale.append(name)
+    return stale
 
 
 def isCompiled() -> bool:
@@ -85,95 +142,32 @@ def isCompiled() -> bool:
     return not (parser.__file__ or "").endswith(".py")
 
 
-def build(target: str | None = None, quiet: bool = True) -> list[str]:
+def buildName() -> str:
     """
-    Compile L{MODULES}.
-
-    @param target: a directory to hold a copy of the C{sipcore} package with
-        the compiled modules (put it first on C{PYTHONPATH}); by default
-        the compiled modules go next to this package's own sources.
-    @return: the paths of the extension modules written.
-    @raise RuntimeError: mypy or mypy-zope is not installed, or the
-        compilation failed (its output is in the message).
+    Which build of the hot path runs: C{"compiled (mypyc)"} or
+    C{"Python source"}.
     """
-    try:
-        import mypy_zope  # noqa: F401
-        import mypyc.build  # noqa: F401
-    except ImportError:
-        raise RuntimeError("compiling needs mypy and mypy-zope: "
-                           "pip install mypy mypy-zope") from None
-    ignore = shutil.ignore_patterns(
-        "__pycache__", *("*" + suffix for suffix in importlib.machinery.EXTENSION_SUFFIXES))
-    if target is None:
-        destination = _PACKAGE
-    else:
-        destination = os.path.join(os.path.abspath(target), "sipcore")
-        if os.path.exists(destination):
-            shutil.rmtree(destination)
-        shutil.copytree(_PACKAGE, destination, ignore=ignore)
-    with tempfile.TemporaryDirectory(prefix="sipcore-compile-") as work:
-        # Compile a copy of the sources: mypyc writes its build directory
-        # and the modules in place.  The whole package is there for the type
-        # analysis; only MODULES are compiled.
-        shutil.copytree(_PACKAGE, os.path.join(work, "sipcore"), ignore=ignore)
-        with open(os.path.join(work, "mypy.ini"), "w") as f:
-            f.write(_MYPY_CONFIG)
-        paths = [os.path.join(*name.split(".")) + ".py" for name in MODULES]
-        result = subprocess.run(
-            [sys.executable, "-c", _SETUP.format(paths=paths, group=GROUP)],
-            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if result.returncode != 0:
-            raise RuntimeError("mypyc failed:\n" + result.stdout[-4000:])
-        if not quiet:
-            sys.stdout.write(result.stdout)
-        built = os.path.join(work, "sipcore")
-        written = []
-        for path in _extensions(built):
-            copied = os.path.join(destination, os.path.relpath(path, built))
-            shutil.copyfile(path, copied)
-            written.append(copied)
-    return written
-
-
-def clean(target: str | None = None) -> list[str]:
-    """
-    Remove the compiled modules (from this package, or from the copy in
-    C{target}).
-
-    @return: the paths removed.
-    """
-    package = _PACKAGE if target is None else os.path.join(os.path.abspath(target), "sipcore")
-    removed = _extensions(package)
-    for path in removed:
-        os.remove(path)
-    return removed
+    return "compiled (mypyc)" if isCompiled() else "Python source"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Print which build runs, and the stale extension modules if there are
+    any.
+
+    @return: the exit status: 1 if some module is stale, else 0.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m sipcore.compiled",
-        description="Compile sipcore's hot path with mypyc, or remove it.")
-    parser.add_argument("action", choices=("build", "clean", "status"))
-    parser.add_argument("--target", default=None,
-                        help="a directory for a compiled copy of the package "
-                             "(default: compile in place)")
-    parser.add_argument("--verbose", action="store_true", help="show mypyc's output")
-    args = parser.parse_args(argv)
-    if args.action == "status":
-        print("compiled (mypyc)" if isCompiled() else "Python source")
-        return 0
-    if args.action == "clean":
-        for path in clean(args.target):
-            print("removed", path)
-        return 0
-    try:
-        written = build(args.target, quiet=not args.verbose)
-    except RuntimeError as e:
-        print(e, file=sys.stderr)
-        return 1
-    for path in written:
-        print("built", path)
-    return 0
+        description="Say whether sipcore's hot path runs compiled (mypyc) or as Python "
+                    "source, and name the compiled modules not built from the source beside "
+                    "them.")
+    parser.parse_args(argv)
+    print(buildName())
+    stale = staleModules()
+    for name in stale:
+        print("stale:", name, "(not built from the source beside it)")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

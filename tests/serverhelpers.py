@@ -19,10 +19,17 @@ from twisted.internet.interfaces import IReactorUDP, ISystemHandle, ITCPTranspor
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+import sipcore
 from sipcore.message import Response, SIPParseError, StreamFramer, parseMessage
 from sipcore.tap import Options, buildService
 
 _counter = itertools.count(1)
+
+#: The directory the sipcore under test is imported from: the checkout, or
+#: the site-packages directory of an installed wheel.  Child processes put
+#: it first on C{PYTHONPATH} so that they run the same sipcore, with its
+#: C{twisted/plugins}.
+SIPCORE_PATH = os.path.dirname(os.path.dirname(os.path.abspath(sipcore.__file__)))
 
 #: How long a test waits for something that should happen at once.
 PATIENCE = 10.0

@@ -11,28 +11,26 @@ from __future__ import annotations
 import io
 import os
 import sys
-from pathlib import Path
 
 from twisted.internet import reactor, utils
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sipcore import cli
-from sipcore.location.dbinit import locationTableVersion
+from sipcore.db.location import locationTableVersion
 from tests.dbhelpers import connect, createTestSchema
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.serverhelpers import SIPCORE_PATH
 
 
 async def runCommand(*args: str) -> tuple[str, str, int]:
     """
-    Run C{python -m sipcore.cli ARGS} from the checkout.
+    Run C{python -m sipcore.cli ARGS} on the sipcore under test.
 
     @return: C{(stdout, stderr, exit status)}.
     """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [SIPCORE_PATH, env.get("PYTHONPATH", "")] if p)
     out, err, code = await utils.getProcessOutputAndValue(
-        sys.executable, ["-m", "sipcore.cli", *args], env=env, path=str(ROOT), reactor=reactor
+        sys.executable, ["-m", "sipcore.cli", *args], env=env, path=SIPCORE_PATH, reactor=reactor
     )
     return out.decode("utf-8"), err.decode("utf-8"), code
 

@@ -1,14 +1,19 @@
 """
-L{sipcore.compiled}: the hot modules compiled with mypyc behave as their
-Python source does.
+The compiled build (C{setup.py}, L{sipcore.compiled}): a wheel with the hot
+modules compiled by mypyc behaves as the Python source does, a machine
+without a C compiler gets the Python source, an editable install stays the
+Python source, and compiled modules that were not built from the source
+beside them are found.
 
-The whole suite runs a second time on the compiled modules in CI
-(C{.ci/run}); here a compiled copy of the package is built in a temporary
-directory and compared with the Python source in a child process.
+CI also runs the whole suite on an installed compiled wheel (C{.ci/run},
+with C{SIPCORE_REQUIRE_COMPILED=1}).  The builds here run from a copy of
+the checkout, as C{pip} runs them for a user, with C{pip}'s build isolation.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.machinery
 import io
 import json
 import os
@@ -16,10 +21,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from contextlib import redirect_stdout
 from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from sipcore import compiled
 from sipcore.message import parseMessage
@@ -27,19 +33,17 @@ from sipcore.message.errors import SIPParseError
 
 ROOT = Path(__file__).resolve().parent.parent
 TORTURE = Path(__file__).resolve().parent / "torture"
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
-#: Run in a child: which modules are compiled, and what the parser makes of
-#: each torture message (status and reason of the error, or the fields the
-#: core relies on).
+#: Run in a child: which modules are compiled and from where, which are
+#: stale, and what the parser makes of each torture message.
 _PROBE = """
 import importlib, json, sys
 from pathlib import Path
 from sipcore import compiled
-from sipcore.message import parseMessage
-from sipcore.message.errors import SIPParseError
 sys.path.insert(0, {tests!r})
 from test_compiled import summary
-out = {{"compiled": compiled.isCompiled(),
+out = {{"compiled": compiled.isCompiled(), "stale": compiled.staleModules(),
         "files": {{name: importlib.import_module(name).__file__
                    for name in compiled.MODULES}},
         "messages": {{}}}}
@@ -47,6 +51,11 @@ for path in sorted(Path({torture!r}).glob("*.dat")):
     out["messages"][path.name] = summary(path.read_bytes())
 print(json.dumps(out))
 """
+
+#: What a copy of the checkout leaves out.
+_NOT_COPIED = shutil.ignore_patterns(
+    ".git", ".venv*", ".tox", "build", "dist", "*.egg-info", "_trial_temp*", "__pycache__",
+    "node_modules", "results", "_build", ".hypothesis", "*" + SUFFIX, compiled.DIGESTS)
 
 
 def requireCompiler() -> None:
@@ -80,82 +89,273 @@ def summary(data: bytes) -> list[object]:
     return ["ok", head, message.serialize().decode("utf-8", "surrogateescape")]
 
 
-class CompiledBuildTests(TestCase):
+def copyCheckout(testCase: SynchronousTestCase) -> Path:
     """
-    C{build} into a target directory, C{clean}, C{status}.
+    A copy of the checkout's sources (no build products, no compiled
+    modules) in a temporary directory.
+    """
+    copy = Path(testCase.mktemp()).resolve() / "sipcore-src"
+    shutil.copytree(ROOT, copy, ignore=_NOT_COPIED, symlinks=True)
+    return copy
+
+
+def pip(testCase: SynchronousTestCase, args: list[str], **environ: str | None
+        ) -> tuple[int, str]:
+    """
+    Run C{pip} with C{args} (verbose, so that the build's own lines are in
+    its output) and the environment changed by C{environ} (C{None}
+    removes a variable).
+
+    @return: its exit status and output.
+    @raise SkipTest: pip could not get the build requirements, unless
+        C{SIPCORE_REQUIRE_COMPILER=1}.
+    """
+    env = dict(os.environ)
+    env.pop("SIPCORE_MYPYC", None)
+    for name, value in environ.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", "-v", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    if result.returncode != 0 and "No matching distribution found" in result.stdout \
+            and os.environ.get("SIPCORE_REQUIRE_COMPILER") != "1":
+        raise SkipTest("pip cannot install the build requirements here")
+    return result.returncode, result.stdout
+
+
+def buildWheel(testCase: SynchronousTestCase, source: Path, **environ: str | None
+               ) -> tuple[Path, str]:
+    """
+    Build a wheel of C{source} as C{pip install} does.
+
+    @return: the wheel, and pip's output.
+    """
+    wheels = Path(testCase.mktemp()).resolve()
+    code, output = pip(testCase, ["wheel", "--no-deps", "-w", str(wheels), str(source)],
+                       **environ)
+    testCase.assertEqual(code, 0, output[-4000:])
+    [wheel] = wheels.glob("sipcore-*.whl")
+    return wheel, output
+
+
+def compiledFiles(names: list[str]) -> list[str]:
+    """
+    The compiled build's files among the names of a wheel's members.
+    """
+    return sorted(name for name in names
+                  if name.endswith(SUFFIX) or name.endswith(compiled.DIGESTS))
+
+
+class CompiledWheelTests(TestCase):
+    """
+    C{SIPCORE_MYPYC=1 pip wheel .}: the compiled wheel.
     """
 
-    timeout = 240
+    timeout = 600
 
-    def probe(self, target: str) -> dict[str, object]:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([target, str(ROOT)]))
+    def probe(self, path: Path) -> dict[str, object]:
+        env = dict(os.environ, PYTHONPATH=str(path))
         result = subprocess.run(
             [sys.executable, "-c", _PROBE.format(tests=str(ROOT / "tests"),
                                                  torture=str(TORTURE))],
-            cwd=target, env=env, capture_output=True, text=True, timeout=120)
+            cwd=str(path), env=env, capture_output=True, text=True, timeout=120)
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         return json.loads(result.stdout)  # type: ignore[no-any-return]
 
-    def test_buildParsesAsTheSource(self) -> None:
+    def test_parsesAsTheSource(self) -> None:
         """
-        A compiled copy imports every module of L{compiled.MODULES} from an
-        extension module, and parses every torture message (accepted or
-        refused, with the same status and reason, the same fields and the
-        same bytes out) exactly as the Python source does.
+        The compiled wheel holds an extension module for every module of
+        L{compiled.MODULES} and the record of their sources; installed, it
+        imports each of them compiled, none of them stale, and parses
+        every torture message (accepted or refused, with the same status
+        and reason, the same fields and the same bytes out) exactly as the
+        Python source does.  Once a source beside them changes, that
+        module is stale.
         """
         requireCompiler()
-        target = self.mktemp()
-        written = compiled.build(target)
-        names = {os.path.basename(path).split(".")[0] for path in written}
-        self.assertTrue({name.rsplit(".", 1)[-1] for name in compiled.MODULES} <= names, names)
+        source = copyCheckout(self)
+        wheel, output = buildWheel(self, source, SIPCORE_MYPYC="1")
+        self.assertIn("sipcore build: compiled {} modules with mypyc".format(
+            len(compiled.MODULES)), output)
+        self.assertNotIn("-py3-none-any", wheel.name)
+
+        target = Path(self.mktemp()).resolve()
+        with zipfile.ZipFile(wheel) as archive:
+            names = archive.namelist()
+            archive.extractall(target)
+        expectedFiles = sorted(
+            [os.path.join(*name.split(".")) + SUFFIX for name in compiled.MODULES]
+            + [compiled.GROUP.replace(".", "/") + "__mypyc" + SUFFIX,
+               "sipcore/" + compiled.DIGESTS])
+        self.assertEqual(compiledFiles(names), expectedFiles)
 
         found = self.probe(target)
         self.assertIs(found["compiled"], True)
+        self.assertEqual(found["stale"], [])
         files = found["files"]
         assert isinstance(files, dict)
         self.assertEqual(sorted(files), sorted(compiled.MODULES))
         for name, path in files.items():
-            self.assertFalse(path.endswith(".py"), (name, path))
-            self.assertTrue(path.startswith(os.path.abspath(target)), (name, path))
+            self.assertTrue(path.endswith(SUFFIX), (name, path))
+            self.assertTrue(path.startswith(str(target)), (name, path))
 
-        expected = {path.name: summary(path.read_bytes())
-                    for path in sorted(TORTURE.glob("*.dat"))}
-        self.assertGreater(len(expected), 40)
-        # JSON turns tuples into lists: compare in the same form.
-        self.assertEqual(found["messages"], json.loads(json.dumps(expected)))
+        fromSource = self.probe(source)
+        self.assertIs(fromSource["compiled"], False)
+        self.assertGreater(len(found["messages"]), 40)  # type: ignore[arg-type]
+        self.assertEqual(found["messages"], fromSource["messages"])
 
-        removed = compiled.clean(target)
-        self.assertEqual(sorted(removed), sorted(written))
-        self.assertIs(self.probe(target)["compiled"], False)
+        package = str(target / "sipcore")
+        with open(os.path.join(package, "message", "uri.py"), "a") as f:
+            f.write("\n# changed after the build\n")
+        self.assertEqual(compiled.staleModules(package), ["sipcore.message.uri"])
 
-    def test_needsMypy(self) -> None:
+
+class SourceBuildTests(TestCase):
+    """
+    When the build is the Python source.
+    """
+
+    timeout = 300
+
+    def test_noCompiler(self) -> None:
         """
-        Without mypyc, C{build} fails with a message saying what to install,
-        and writes nothing.
+        Without a C compiler, C{pip wheel .} builds a pure wheel and says
+        why; with C{SIPCORE_MYPYC=1} it fails, saying why.
         """
-        saved = sys.modules.get("mypyc.build")
+        source = copyCheckout(self)
+        wheel, output = buildWheel(self, source, CC="sipcore-no-such-compiler")
+        self.assertTrue(wheel.name.endswith("-py3-none-any.whl"), wheel.name)
+        self.assertIn("sipcore build: Python source, not compiled: no C compiler", output)
+        with zipfile.ZipFile(wheel) as archive:
+            names = archive.namelist()
+        self.assertIn("sipcore/message/parser.py", names)
+        self.assertEqual(compiledFiles(names), [])
 
-        def restore() -> None:
-            if saved is None:
-                del sys.modules["mypyc.build"]
-            else:
-                sys.modules["mypyc.build"] = saved
+        code, output = pip(self, ["wheel", "--no-deps", "-w", self.mktemp(), str(source)],
+                           CC="sipcore-no-such-compiler", SIPCORE_MYPYC="1")
+        self.assertNotEqual(code, 0)
+        self.assertIn("cannot compile (SIPCORE_MYPYC=1): no C compiler", output)
 
-        sys.modules["mypyc.build"] = None  # type: ignore[assignment]
-        self.addCleanup(restore)
-        target = self.mktemp()
-        with self.assertRaises(RuntimeError) as raised:
-            compiled.build(target)
-        self.assertIn("pip install mypy mypy-zope", str(raised.exception))
-        self.assertFalse(os.path.exists(target))
+    def test_editable(self) -> None:
+        """
+        An editable install is the Python source: it removes the compiled
+        modules of an earlier build from beside the sources, and says so.
+        """
+        source = copyCheckout(self)
+        parser = source / "sipcore" / "message" / ("parser" + SUFFIX)
+        parser.write_bytes(b"not a module")
+        (source / "sipcore" / compiled.DIGESTS).write_text("{}")
+        # Into a venv of its own: pip would otherwise remove the sipcore
+        # installed where these tests run.
+        venv = Path(self.mktemp()).resolve()
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                       timeout=120)
+        code, output = pip(self, ["--python", str(venv / "bin" / "python"), "install",
+                                  "--no-deps", "--editable", str(source)])
+        self.assertEqual(code, 0, output[-4000:])
+        self.assertIn("sipcore build: Python source, not compiled: an editable install",
+                      output)
+        self.assertFalse(parser.exists())
+        self.assertFalse((source / "sipcore" / compiled.DIGESTS).exists())
+
+
+class StaleModulesTests(SynchronousTestCase):
+    """
+    L{compiled.staleModules} on a package directory.
+    """
+
+    def setUp(self) -> None:
+        self.package = Path(self.mktemp()) / "sipcore"
+        (self.package / "message").mkdir(parents=True)
+        self.source = self.package / "message" / "uri.py"
+        self.source.write_text("X = 1\n")
+        (self.package / "message" / ("uri" + SUFFIX)).write_bytes(b"")
+        (self.package / ("_compiled__mypyc" + SUFFIX)).write_bytes(b"")
+
+    def record(self, digests: dict[str, str]) -> None:
+        (self.package / compiled.DIGESTS).write_text(json.dumps(digests))
+
+    def test_builtFromTheSource(self) -> None:
+        """
+        An extension module recorded with its source's digest is not stale;
+        mypyc's shared library has no source and is never stale.
+        """
+        self.record({"sipcore.message.uri": hashlib.sha256(b"X = 1\n").hexdigest()})
+        self.assertEqual(compiled.staleModules(str(self.package)), [])
+
+    def test_sourceChanged(self) -> None:
+        """
+        An extension module whose source changed after the build is stale.
+        """
+        self.record({"sipcore.message.uri": hashlib.sha256(b"X = 1\n").hexdigest()})
+        self.source.write_text("X = 2\n")
+        self.assertEqual(compiled.staleModules(str(self.package)), ["sipcore.message.uri"])
+
+    def test_notRecorded(self) -> None:
+        """
+        An extension module that no build recorded (none at all, or the
+        record unreadable) is stale.
+        """
+        self.assertEqual(compiled.staleModules(str(self.package)), ["sipcore.message.uri"])
+        (self.package / compiled.DIGESTS).write_text("not json")
+        self.assertEqual(compiled.staleModules(str(self.package)), ["sipcore.message.uri"])
+        self.record({})
+        self.assertEqual(compiled.staleModules(str(self.package)), ["sipcore.message.uri"])
+
+    def test_sourceDigests(self) -> None:
+        """
+        L{compiled.sourceDigests} gives the SHA-256 of the source of each of
+        L{compiled.MODULES}.
+        """
+        digests = compiled.sourceDigests()
+        self.assertEqual(sorted(digests), sorted(compiled.MODULES))
+        path = Path(compiled.__file__).parent / "message" / "parser.py"
+        self.assertEqual(digests["sipcore.message.parser"],
+                         hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+class ThisBuildTests(SynchronousTestCase):
+    """
+    The sipcore these tests import.
+    """
+
+    def test_noStaleModules(self) -> None:
+        """
+        No compiled module of the sipcore under test shadows a source it was
+        not built from (a checkout keeps no compiled modules: an editable
+        install removes them).
+        """
+        self.assertEqual(compiled.staleModules(), [])
+
+    def test_requiredBuild(self) -> None:
+        """
+        With C{SIPCORE_REQUIRE_COMPILED=1} (CI's run on the installed
+        compiled wheel), every module of L{compiled.MODULES} is imported
+        from an extension module.
+        """
+        if os.environ.get("SIPCORE_REQUIRE_COMPILED") != "1":
+            raise SkipTest("SIPCORE_REQUIRE_COMPILED=1 is not set")
+        import importlib
+        import types
+
+        for name in compiled.MODULES:
+            module = importlib.import_module(name)
+            path = module.__file__ or ""
+            self.assertTrue(path.endswith(SUFFIX), (name, path))
+            self.assertEqual([key for key, value in vars(module).items()
+                              if isinstance(value, types.FunctionType)
+                              and value.__module__ == name], [], name)
+        self.assertTrue(compiled.isCompiled())
 
     def test_status(self) -> None:
         """
-        C{python -m sipcore.compiled status} says which parser this process
-        runs.
+        C{python -m sipcore.compiled} says which build this process runs.
         """
         out = io.StringIO()
         with redirect_stdout(out):
-            self.assertEqual(compiled.main(["status"]), 0)
-        self.assertEqual(out.getvalue().strip(),
-                         "compiled (mypyc)" if compiled.isCompiled() else "Python source")
+            self.assertEqual(compiled.main([]), 0)
+        self.assertEqual(out.getvalue().strip(), compiled.buildName())
+        self.assertIn(compiled.buildName(), ("compiled (mypyc)", "Python source"))

@@ -12,7 +12,6 @@ import signal
 import socket
 import struct
 import sys
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor
@@ -25,6 +24,7 @@ from sipcore.location.group import GroupCommitStore
 from sipcore.location.shared import SharedLocationStore, adoptStore, serveStore
 from tests.serverhelpers import (
     PATIENCE,
+    SIPCORE_PATH,
     ChildProcess,
     listenUDP,
     registerRequest,
@@ -33,8 +33,6 @@ from tests.serverhelpers import (
     waitUntil,
 )
 from tests.test_location_contract import NOW, LocationStoreContractMixin, makeBinding
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class _Served:
@@ -420,7 +418,7 @@ class WorkersWithoutDatabaseTests(TestCase):
     timeout = 90
 
     async def startSupervisor(self, count: int = 2) -> tuple[ChildProcess, Any, int]:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=SIPCORE_PATH)
         env.pop(workers.STORE_ENV, None)
         args = [sys.executable, "-m", "sipcore.workers", "--workers", str(count), "--",
                 "--domain", "example.com", "--listen", "udp:0:interface=127.0.0.1"]
