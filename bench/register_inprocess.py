@@ -17,8 +17,10 @@ C{--default-gc} is given.  C{--instructions} counts the CPU instructions of
 one new REGISTER with valgrind (C{apt-get install valgrind}): the
 difference between feeding 3,000 and 1,000 REGISTERs, divided by 2,000, a
 figure that does not depend on how fast or busy the host is.  It runs
-sipcore from this checkout: compiled if C{python -m sipcore.compiled build}
-was run in it, else the Python source.
+the sipcore this Python imports, compiled or not (C{pip install .} in a
+venv gives the compiled wheel where it can, an editable install the
+Python source: see docs/compiled.rst), or this checkout's source when it
+has none; it prints which.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:
+    import sipcore  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet.base import DelayedCall  # noqa: E402
 
@@ -182,12 +187,11 @@ def main() -> None:
                         help="count the CPU instructions of one new REGISTER (valgrind)")
     parser.add_argument("--feed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.instructions:
-        from sipcore.compiled import isCompiled
+    from sipcore.compiled import buildName
 
+    if args.instructions:
         count = instructionsPerRegister(args.default_gc)
-        print("instructions per new REGISTER: {:,} ({})".format(
-            count, "compiled" if isCompiled() else "Python source"))
+        print("instructions per new REGISTER: {:,} ({})".format(count, buildName()))
         return
     if not args.default_gc:
         tuneGarbageCollector()
@@ -202,6 +206,7 @@ def main() -> None:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
         return
+    print("build: {}".format(buildName()))
     for name, retransmit in (("new REGISTERs", False), ("retransmissions", True)):
         best = max(run(args.count, retransmit) for _ in range(args.rounds))
         print("{:16s} {:9.0f} /s".format(name, best))

@@ -205,7 +205,7 @@ class Environment:
     dsn: str = ""
     dbName: str = ""
     #: Where sipcore's servers import the C{sipcore} package from: the
-    #: working tree, or a copy with the hot path compiled.
+    #: working tree, or the directory the wheel is installed in.
     sipcoreTree: str = ROOT
 
 
@@ -239,27 +239,43 @@ def install(env: Environment) -> None:
 
 def prepareSipcore(env: Environment, outDir: str, pure: bool) -> None:
     """
-    Build a copy of the C{sipcore} package with its hot path compiled
-    by mypyc (L{sipcore.compiled}) for the servers to run, unless C{pure};
-    if that cannot be done, they run the Python source, and the table says
-    which.
+    Build the wheel that C{pip install .} builds for a user (its hot path
+    compiled by mypyc where this machine can, see docs/compiled.rst) and
+    install it in a directory for the servers to run, unless C{pure}, when
+    they run the working tree's Python source.  The table says which build
+    ran, and why it is not compiled when it is not.
     """
     if pure:
         env.versions["sipcore hot path"] = "Python source (--pure)"
         return
-    from sipcore import compiled
-
-    target = os.path.join(outDir, "sipcore-compiled")
-    log("compiling sipcore's hot path (mypyc)")
+    wheels = os.path.join(outDir, "wheel")
+    target = os.path.join(outDir, "sipcore-installed")
+    log("building sipcore's wheel as pip install . does (compiled with mypyc where possible)")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     try:
-        compiled.build(target)
-    except (RuntimeError, OSError) as e:
-        reason = str(e).strip().splitlines()[0]
-        log("  not compiled: {}".format(reason))
-        env.versions["sipcore hot path"] = "Python source (not compiled: {})".format(reason)
+        built = subprocess.run(pip + ["wheel", "-v", "--no-deps", "-w", wheels, ROOT],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               timeout=900)
+        lines = re.findall(r"sipcore build: (.*)", built.stdout)
+        wheel = [name for name in os.listdir(wheels) if name.endswith(".whl")] \
+            if built.returncode == 0 else []
+        if not wheel:
+            raise OSError("pip wheel failed: " + built.stdout.strip().splitlines()[-1])
+        subprocess.run(pip + ["install", "-q", "--no-deps", "--target", target,
+                              os.path.join(wheels, wheel[0])], check=True, timeout=300)
+    except (subprocess.SubprocessError, OSError, IndexError) as e:
+        log("  no wheel: {}".format(e))
+        env.versions["sipcore hot path"] = "Python source (no wheel: {})".format(e)
         return
     env.sipcoreTree = target
-    env.versions["sipcore hot path"] = "compiled (mypyc)"
+    compiledParser = [name for name in os.listdir(os.path.join(target, "sipcore", "message"))
+                      if name.startswith("parser.") and not name.endswith(".py")]
+    if compiledParser:
+        env.versions["sipcore hot path"] = "compiled (mypyc), the wheel of pip install ."
+    else:
+        reason = lines[-1] if lines else "Python source"
+        log("  " + reason)
+        env.versions["sipcore hot path"] = "the wheel of pip install .: " + reason
 
 
 def kamailioModule(name: str) -> str | None:
@@ -390,10 +406,10 @@ def startSipcore(name: str, outDir: str, env: Environment, db: bool,
     if db:
         argv += ["--db", env.dsn]
     argv += list(extra)
-    # The package from env.sipcoreTree (the compiled copy) comes first; the
-    # working tree still gives twisted/plugins.  python -c and -m put the
-    # current directory first on the path: it is the same tree.
-    path = [env.sipcoreTree, ROOT] if env.sipcoreTree != ROOT else [ROOT]
+    # The package and its twisted/plugins from env.sipcoreTree (the
+    # installed wheel, or the working tree) come first.  python -c and -m
+    # put the current directory first on the path: it is the same tree.
+    path = [env.sipcoreTree]
     envVars = dict(os.environ, SIPCORE_LAG_PROBE="1",
                    PYTHONPATH=os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")]))
     proc = PROCS.start(name, argv, os.path.join(outDir, name + ".out"), env=envVars,
@@ -750,13 +766,13 @@ def readLine(proc: subprocess.Popen[Any], prefix: str, timeout: float) -> str | 
 def floodFairness(env: Environment, outDir: str, quick: bool) -> dict[str, Any]:
     """
     Run C{bench/flood.py}'s benchmark against the sipcore this run measures
-    (compiled unless C{--pure}): 10 s of flood (5 s quick).
+    (the installed wheel unless C{--pure}): 10 s of flood (5 s quick).
     """
     if BENCH not in sys.path:
         sys.path.insert(0, BENCH)
     import flood
 
-    path = [env.sipcoreTree, ROOT] if env.sipcoreTree != ROOT else [ROOT]
+    path = [env.sipcoreTree]
     envVars = dict(os.environ,
                    PYTHONPATH=os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")]))
     result: dict[str, Any] = flood.runFlood(outDir, seconds=5.0 if quick else 10.0,
@@ -985,8 +1001,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.path.join(BENCH, "results"))
     parser.add_argument("--pure", action="store_true",
                         default=os.environ.get("BENCH_PURE") == "1",
-                        help="run sipcore from its Python source only (BENCH_PURE=1); "
-                             "by default its hot path is compiled with mypyc first")
+                        help="run sipcore from the working tree's Python source "
+                             "(BENCH_PURE=1); by default the servers run the wheel that "
+                             "pip install . builds, compiled with mypyc where possible")
     args = parser.parse_args(argv)
     quick = args.quick
     roundCount = max(1, args.rounds if args.rounds is not None else (1 if quick else 2))
