@@ -1638,6 +1638,6 @@ class CompositionTests(SynchronousTestCase):
         options.parseOptions(["--listen", "udp:0", "--domain", "zeta.example",
                               "--domain", "alpha.example"])
         proxy = buildService(options, MemoryReactorClock()).proxy
-        self.assertEqual(proxy._advertised("0.0.0.0"), "zeta.example")
-        self.assertEqual(proxy._side(FakeFlow("udp", local=("::", 5060))),
+        self.assertEqual(proxy.addresses.advertised("0.0.0.0"), "zeta.example")
+        self.assertEqual(proxy.addresses.side(FakeFlow("udp", local=("::", 5060))),
                          ("udp", "zeta.example", 5060))

@@ -37,16 +37,14 @@ from sipcore.message import (
     Request,
     Response,
     SIPParseError,
-    Via,
     generateTag,
     parseAddressList,
     parseURI,
 )
 from sipcore.sip.core import Refused
 from sipcore.sip.forking import Branch, Decision, ResponseContext, Target
+from sipcore.sip.recordroute import LocalAddresses, RecordRouter
 from sipcore.sip.routing import (
-    FLOW_PARAM,
-    SIGNATURE_PARAM,
     FlowTokens,
     NextHop,
     NoRoute,
@@ -67,16 +65,11 @@ __all__ = ["DEFAULT_MAX_BRANCHES", "DEFAULT_TIMER_C", "Proxy", "ProxyPolicy"]
 #: exactly 3 minutes, as is common).
 DEFAULT_TIMER_C = 180.0
 
-#: Methods whose initial requests the proxy record-routes.
-RECORD_ROUTE_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
-
 #: INVITE branches remembered at most after they ended (for stray 2xx).
 DEFAULT_MAX_RECENT_BRANCHES = 65536
 
 #: Branches one request to an address of record forks to at most.
 DEFAULT_MAX_BRANCHES = 10
-
-_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 
 @dataclass(frozen=True)
@@ -115,37 +108,6 @@ class ProxyPolicy:
     recordRoute: bool = True
     maxBranches: int = DEFAULT_MAX_BRANCHES
     trustedPeers: TrustedPeers = TrustedPeers()
-
-
-@dataclass(frozen=True)
-class _Addresses:
-    """
-    What the proxy knows of its listeners.
-
-    @ivar listening: what L{IHopConnector.listening} returned, which these
-        addresses were derived from.
-    @ivar hosts: every bound and advertised host.
-    @ivar pairs: every C{(host, port)} of a bound or advertised host.
-    @ivar ports: every listening port.
-    """
-
-    listening: tuple[tuple[str, str, int], ...]
-    hosts: frozenset[str]
-    pairs: frozenset[tuple[str, int]]
-    ports: frozenset[int]
-
-    @classmethod
-    def of(cls, listening: tuple[tuple[str, str, int], ...],
-           advertised: Callable[[str], str]) -> _Addresses:
-        hosts: set[str] = set()
-        pairs: set[tuple[str, int]] = set()
-        for _, host, port in listening:
-            bound = host.lower()
-            public = advertised(host).lower()
-            hosts.update((bound, public))
-            pairs.update(((bound, port), (public, port)))
-        return cls(listening, frozenset(hosts), frozenset(pairs),
-                   frozenset(port for _, _, port in listening))
 
 
 class Proxy:
@@ -204,11 +166,12 @@ class Proxy:
         self.policy = policy or ProxyPolicy()
         self.staleBinding = staleBinding
         self.tokens = flowTokens or FlowTokens()
+        self.addresses = LocalAddresses(hops, core.domains, self.policy.advertiseHost)
+        self.recordRouter = RecordRouter(self.addresses, self.tokens, self.policy.recordRoute)
         self.maxRecentBranches = maxRecentBranches
         self.stats: Counter[str] = Counter()
         self._contexts: dict[Any, ResponseContext] = {}
         self._live: set[ResponseContext] = set()
-        self._addresses: _Addresses | None = None
         # branch -> Branch of each INVITE branch not ended yet.
         self._liveInvites: dict[str, Branch] = {}
         # branch -> (forget at, upstream flow, request) of ended INVITE
@@ -235,52 +198,11 @@ class Proxy:
         self._liveInvites.clear()
         self._endedInvites.clear()
 
-    # -- local addresses ------------------------------------------------------
-
-    def _advertised(self, host: str) -> str:
-        if host in _WILDCARD_HOSTS:
-            if self.policy.advertiseHost:
-                return self.policy.advertiseHost
-            domains = sorted(self.core.domains)
-            return domains[0] if domains else "127.0.0.1"
-        return host
-
-    def _ownAddresses(self) -> _Addresses:
-        """
-        The addresses of the listeners, derived again only when what
-        C{hops.listening()} returns changes.
-        """
-        listening = self.hops.listening()
-        cached = self._addresses
-        if cached is not None and cached.listening is listening:
-            return cached
-        addresses = self._addresses = _Addresses.of(listening, self._advertised)
-        return addresses
-
     def isOwn(self, host: str | None, port: int | None) -> bool:
         """
-        Whether C{host:port} names this proxy: a domain (without a port, or
-        with a listener's port) or a listener's address.
+        Whether C{host:port} names this proxy (L{LocalAddresses.isOwn}).
         """
-        if not host:
-            return False
-        host = host.lower()
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        addresses = self._ownAddresses()
-        if host in self.core.domains:
-            return port is None or port in addresses.ports
-        if port is None:
-            return host in addresses.hosts
-        return (host, port) in addresses.pairs
-
-    def _side(self, flow: IFlow) -> tuple[str, str, int]:
-        """
-        C{(transport, host, port)} of this proxy on C{flow}, for Via and
-        Record-Route.
-        """
-        host, port = flow.local
-        return flow.transport, self._advertised(host), port
+        return self.addresses.isOwn(host, port)
 
     # -- requests ---------------------------------------------------------------
 
@@ -586,55 +508,6 @@ class Proxy:
         self._log.failure("removing the bindings of gone connection {conid} failed",
                           failure, conid=binding.connectionId)
 
-    def _recordRoutes(self, request: Request) -> bool:
-        if not self.policy.recordRoute or request.method not in RECORD_ROUTE_METHODS:
-            return False
-        try:
-            return request.toAddr.tag is None
-        except SIPParseError:
-            return False
-
-    def _recordRouteValue(self, side: tuple[str, str, int], tokens: list[str],
-                          double: bool, callId: str) -> str:
-        """
-        A Record-Route entry of ours, signed for the dialog of C{callId}
-        (see L{FlowTokens.signRoute}).
-        """
-        transport, host, port = side
-        if ":" in host:
-            host = "[" + host + "]"
-        value = "<sip:{}:{};transport={};lr".format(host, port, transport)
-        if double:
-            value += ";r2=on"
-        flowTokens = "-".join(tokens)
-        if flowTokens:
-            value += ";{}={}".format(FLOW_PARAM, flowTokens)
-        signature = self.tokens.signRoute(transport, host, port, flowTokens, callId)
-        return value + ";{}={}>".format(SIGNATURE_PARAM, signature)
-
-    def _flowTokens(self, flow: IFlow, address: tuple[str, int] | None) -> list[str]:
-        """
-        The flow token naming C{flow} (its connection, or for UDP the peer
-        at C{address}, by default the flow's remote address), as a list of
-        at most one.
-        """
-        if flow.conid:
-            return [self.tokens.make(flow.conid)]
-        if flow.transport != "udp":
-            return []
-        host, port = address if address is not None else flow.remote
-        try:
-            return [self.tokens.makeAddress(str(host), int(port))]
-        except ValueError:
-            return []
-
-    def _via(self, flow: IFlow, branch: str) -> str:
-        transport, host, port = self._side(flow)
-        via = Via(transport.upper(), host, port, (("branch", branch),))
-        if transport == "udp":
-            via = via.withParam("rport")
-        return str(via)
-
     def sendBranch(self, context: ResponseContext, branch: Branch, decision: Decision) -> None:
         """
         Build the branch's request (16.6) and send it in a client
@@ -654,27 +527,10 @@ class Proxy:
                       base.version)
         for route in reversed(target.routes):
             out.headers.add("Route", route, first=True)
-        inbound = context.tx.flow
-        if self._recordRoutes(base):
-            inSide = self._side(inbound)
-            outSide = self._side(flow)
-            inTokens = self._flowTokens(inbound, None)
-            outTokens = self._flowTokens(flow, address)
-            callId = base.callId
-            if inSide == outSide:
-                tokens = inTokens + [t for t in outTokens if t not in inTokens]
-                out.headers.add("Record-Route",
-                                self._recordRouteValue(inSide, tokens, False, callId),
-                                first=True)
-            else:
-                out.headers.add("Record-Route",
-                                self._recordRouteValue(inSide, inTokens, True, callId),
-                                first=True)
-                out.headers.add("Record-Route",
-                                self._recordRouteValue(outSide, outTokens, True, callId),
-                                first=True)
+        if self.recordRouter.wanted(base):
+            self.recordRouter.add(out, context.tx.flow, flow, address, base.callId)
         branchId = proxyBranch(decision.loopHash)
-        out.headers.add("Via", self._via(flow, branchId), first=True)
+        out.headers.add("Via", self.recordRouter.via(flow, branchId), first=True)
         branch.request = out
         branch.flow = flow
         branch.address = address
@@ -780,7 +636,8 @@ class Proxy:
         if target.uri is not None:
             out.uri = target.uri
         outFlow, address = resolved
-        out.headers.add("Via", self._via(outFlow, statelessBranch(request)), first=True)
+        out.headers.add("Via", self.recordRouter.via(outFlow, statelessBranch(request)),
+                        first=True)
         sent = _sendOn(outFlow, address, out.serialize())
         self.stats["acksForwarded" if sent else "acksDropped"] += 1
 
