@@ -12,7 +12,7 @@ import hashlib
 import secrets
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -36,6 +36,7 @@ from sipcore.sip.core import SIPCore
 from sipcore.sip.limits import RateLimiter
 from sipcore.testing import FakeFlow
 from tests.mixins import TestMixin
+from tests.serverhelpers import waitUntil
 
 PASSWORD = "s3cret-Pa55"
 REALM = "example.com"
@@ -167,10 +168,7 @@ class AuthTestsMixin(TestMixin):
         flow = flow or self.flow
         before = len(flow.sent)
         self.core.messageReceived(data, flow)
-        for _ in range(1000):
-            if len(flow.sent) > before:
-                break
-            await task.deferLater(reactor, 0.005, lambda: None)
+        await waitUntil(lambda: len(flow.sent) > before, interval=0.005, what="an answer")
         [(raw, _)] = flow.sent[before:]
         response = parseMessage(raw)
         assert isinstance(response, Response)

@@ -27,6 +27,7 @@ from tests.serverhelpers import (
     listenUDP,
     optionsRequest,
     registerRequest,
+    waitUntil,
 )
 from tests.test_security_integration import EventRecorder, connectRaw
 from tests.test_transport_support import makeCertificate
@@ -97,12 +98,10 @@ class ConnectionResourceTests(TestCase):
         await task.deferLater(reactor, seconds, lambda: None)
 
     async def closeOf(self, service: Any, count: int = 1) -> list[Any]:
-        for _ in range(int(PATIENCE / 0.05)):
-            closes = service.recorder.closes()
-            if len(closes) >= count:
-                return closes  # type: ignore[no-any-return]
-            await self.sleep(0.05)
-        raise AssertionError("no close event")
+        await waitUntil(lambda: len(service.recorder.closes()) >= count,
+                        what="{} close event(s)".format(count))
+        closes: list[Any] = service.recorder.closes()
+        return closes
 
     async def test_slowTLSClientHello(self) -> None:
         """
@@ -213,10 +212,8 @@ class ConnectionResourceTests(TestCase):
         good = await connectRaw(self, port)
         good.transport.write(wsHandshake(port, host="evil.example",
                                          extra="Origin: http://127.0.0.1:3000\r\n"))
-        for _ in range(int(PATIENCE / 0.05)):
-            if b"\r\n\r\n" in good.data or good.lost.called:
-                break
-            await self.sleep(0.05)
+        await waitUntil(lambda: b"\r\n\r\n" in good.data or good.lost.called,
+                        what="an answer to the handshake")
         self.assertTrue(good.data.startswith(b"HTTP/1.1 101"), good.data[:80])
 
     async def test_longHeaderLineTCP(self) -> None:

@@ -135,7 +135,9 @@ class FloodFairnessTests(TestCase):
                              dict(os.environ))
         await waitUntil(lambda: "FLOODING" in proc.output, what="the flooder to start")
         # Let the flood's sources run into their limit first.
-        await task.deferLater(reactor, 0.3, lambda: None)
+        limiter = service.core.limiter
+        await waitUntil(lambda: len(limiter.blocked) >= len(FLOOD_HOSTS),
+                        what="the flood's sources to be dropped")
         for _ in range(PROBES):
             prober.probe()
             await task.deferLater(reactor, PROBE_INTERVAL, lambda: None)
@@ -149,6 +151,5 @@ class FloodFairnessTests(TestCase):
             len(prober.answered), 0.85 * PROBES,
             "{} of {} probes answered during the flood ({})".format(
                 len(prober.answered), PROBES, proc.output.strip()))
-        limiter = service.core.limiter
         early = sum(int(entry[1]) for entry in limiter.blocked.values())
         self.assertGreater(limiter.stats["dropped"] + early, 10000, proc.output)
