@@ -76,16 +76,25 @@ class StatelessTransaction:
         """
         return sendToSender(self.flow, self.request, response.serialize())
 
+    def terminate(self) -> None:
+        """
+        Nothing to end: no transaction holds the request.
+        """
+
 
 class ServerTransactionLike(Protocol):
     """
-    What request handlers get: a request, its flow, and a way to answer.
+    What request handlers get: a request, its flow, a way to answer, and a
+    way to end the transaction unanswered (a request dropped because
+    nobody is left to answer).
     """
 
     request: Request
     flow: IFlow
 
     def respond(self, response: Response) -> bool: ...
+
+    def terminate(self) -> None: ...
 
 
 RequestHandler = Callable[[ServerTransactionLike], object]

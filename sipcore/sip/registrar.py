@@ -283,9 +283,7 @@ class Registrar:
         if response is None:
             # Nobody to answer: end the transaction now rather than leave it
             # waiting for a response that will never come.
-            terminate = getattr(tx, "terminate", None)
-            if terminate is not None:
-                terminate()
+            tx.terminate()
             return None
         tx.respond(response)
         return response
