@@ -13,6 +13,7 @@ Fakes for testing code that uses sipcore, plugin authors' included.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -102,14 +103,18 @@ class FakeFlow:
 @implementer(IEventBus)
 class RecordingBus:
     """
-    A bus that records fired events and delivers them to its subscribers.
+    A bus that records fired events, delivers them to its subscribers and
+    lets a test wait for one.
 
-    @ivar fired: every event fired, in order.
+    @ivar events: every event fired, in order.
     """
 
     def __init__(self) -> None:
-        self.fired: list[ConnectionEvent] = []
+        self.events: list[ConnectionEvent] = []
         self.handlers: list[Any] = []
+        self._waiters: list[
+            tuple[Callable[[ConnectionEvent], bool], defer.Deferred[ConnectionEvent]]
+        ] = []
 
     def subscribe(self, handler: Any) -> None:
         self.handlers.append(handler)
@@ -119,20 +124,61 @@ class RecordingBus:
             self.handlers.remove(handler)
 
     def fire(self, event: ConnectionEvent) -> defer.Deferred[None]:
-        self.fired.append(event)
+        self.events.append(event)
         for handler in list(self.handlers):
             if event.name in handler.events:
                 handler.handle(event)
+        for waiter in list(self._waiters):
+            match, d = waiter
+            if match(event):
+                self._waiters.remove(waiter)
+                d.callback(event)
         return defer.succeed(None)
 
     def drain(self) -> defer.Deferred[None]:
         return defer.succeed(None)
 
-    def names(self) -> list[str]:
+    def names(self, conid: int | None = None) -> list[str]:
         """
-        The names of the events fired, in order.
+        The names of the events fired (for one connection), in order.
         """
-        return [event.name for event in self.fired]
+        return [e.name for e in self.events if conid is None or e.conid == conid]
+
+    def named(self, name: str, conid: int | None = None) -> list[ConnectionEvent]:
+        """
+        The events called C{name} fired (for one connection), in order.
+        """
+        return [e for e in self.events if e.name == name and (conid is None or e.conid == conid)]
+
+    def waitFor(
+        self,
+        names: str | tuple[str, ...],
+        conid: int | None = None,
+        remotePort: int | None = None,
+    ) -> defer.Deferred[ConnectionEvent]:
+        """
+        @param names: an event name, or several (any of them matches).
+        @param conid: only an event of this connection.
+        @param remotePort: only an event whose remote port is this.
+        @return: a L{Deferred} firing with the first matching event,
+            already fired or not.
+        """
+        if isinstance(names, str):
+            names = (names,)
+
+        def match(event: ConnectionEvent) -> bool:
+            return (
+                event.name in names
+                and (conid is None or event.conid == conid)
+                and (remotePort is None or event.remote[1] == remotePort)
+            )
+
+        for event in self.events:
+            if match(event):
+                return defer.succeed(event)
+        d: defer.Deferred[ConnectionEvent] = defer.Deferred()
+        self._waiters.append((match, d))
+        return d
 
 
 def parseRequest(data: bytes) -> Request:

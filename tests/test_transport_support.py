@@ -1,19 +1,20 @@
 # -*- test-case-name: tests.test_transport_stream -*-
 """
-Fakes shared by the transport tests (no tests here): a recording event bus,
-a recording message sink that answers C{OPTIONS}, and a throwaway TLS
-certificate.
+Fakes shared by the transport tests (no tests here): a recording message
+sink that answers C{OPTIONS} and a throwaway TLS certificate, and
+L{sipcore.testing.RecordingBus} for the tests that import it from here.
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import Any, Callable
+from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.python.filepath import FilePath
 
-from sipcore.events import ConnectionEvent
+from sipcore.testing import RecordingBus
+
+__all__ = ["OK", "OPTIONS", "RecordingBus", "RecordingSink", "makeCertificate"]
 
 OPTIONS = (
     b"OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
@@ -27,67 +28,6 @@ OPTIONS = (
 OK = b"SIP/2.0 200 OK\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
 
 
-class RecordingBus:
-    """
-    An event bus that records what was fired and lets a test wait for an
-    event.
-    """
-
-    def __init__(self) -> None:
-        self.events: list[ConnectionEvent] = []
-        self._waiters: list[
-            tuple[Callable[[ConnectionEvent], bool], Deferred[ConnectionEvent]]
-        ] = []
-
-    def fire(self, event: ConnectionEvent) -> Deferred[None]:
-        self.events.append(event)
-        for waiter in list(self._waiters):
-            match, d = waiter
-            if match(event):
-                self._waiters.remove(waiter)
-                d.callback(event)
-        return succeed(None)
-
-    def names(self, conid: int | None = None) -> list[str]:
-        """
-        The names of the events fired (for one connection), in order.
-        """
-        return [e.name for e in self.events if conid is None or e.conid == conid]
-
-    def named(self, name: str, conid: int | None = None) -> list[ConnectionEvent]:
-        return [e for e in self.events if e.name == name and (conid is None or e.conid == conid)]
-
-    def waitFor(
-        self,
-        names: str | tuple[str, ...],
-        conid: int | None = None,
-        remotePort: int | None = None,
-    ) -> Deferred[ConnectionEvent]:
-        """
-        @param names: an event name, or several (any of them matches).
-        @param conid: only an event of this connection.
-        @param remotePort: only an event whose remote port is this.
-        @return: a L{Deferred} firing with the first matching event,
-            already fired or not.
-        """
-        if isinstance(names, str):
-            names = (names,)
-
-        def match(event: ConnectionEvent) -> bool:
-            return (
-                event.name in names
-                and (conid is None or event.conid == conid)
-                and (remotePort is None or event.remote[1] == remotePort)
-            )
-
-        for event in self.events:
-            if match(event):
-                return succeed(event)
-        d: Deferred[ConnectionEvent] = Deferred()
-        self._waiters.append((match, d))
-        return d
-
-
 class RecordingSink:
     """
     A message sink that records messages and rejections and answers an
@@ -98,23 +38,14 @@ class RecordingSink:
         self.received: list[tuple[bytes, Any]] = []
         self.rejected: list[tuple[bytes, str, Any]] = []
         self.answer = answer
-        self._waiters: list[Deferred[tuple[bytes, Any]]] = []
 
     def messageReceived(self, data: bytes, flow: Any) -> None:
         self.received.append((data, flow))
         if self.answer and data.startswith(b"OPTIONS "):
             flow.send(OK)
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback((data, flow))
 
     def messageRejected(self, data: bytes, reason: str, flow: Any) -> None:
         self.rejected.append((data, reason, flow))
-
-    def waitForMessage(self) -> Deferred[tuple[bytes, Any]]:
-        d: Deferred[tuple[bytes, Any]] = Deferred()
-        self._waiters.append(d)
-        return d
 
 
 def makeCertificate(directory: FilePath) -> tuple[str, str]:
