@@ -667,7 +667,6 @@ def _listenerOptions(options: Options, limiter: Any) -> dict[str, Any]:
     return {
         "messageTimeout": options["message-timeout"],
         "handshakeTimeout": options["handshake-timeout"],
-        "openHandshakeTimeout": options["handshake-timeout"],
         "unregisteredIdleTimeout": options["unregistered-idle-timeout"],
         "maxHandshakeSize": options["ws-max-handshake-size"],
         "autoPingInterval": options["ws-ping-interval"],

@@ -41,6 +41,7 @@ from sipcore.transport.connections import (
     TooManyConnections,
 )
 from sipcore.transport.listen import ListenerService, parseListen
+from sipcore.transport.settings import ConnectionSettings
 from sipcore.transport.stream import SIPStreamFactory
 from sipcore.transport.websocket import SIPWebSocketFactory
 from tests.test_transport_stream import AbortableTransport
@@ -354,7 +355,8 @@ class ConnectionLimitTests(SynchronousTestCase):
         """
         clock = MemoryReactorClock()
         table = ConnectionTable(self.bus, clock, limits=ConnectionLimits(maxConnections=1))
-        factory = SIPWebSocketFactory(RecordingSink(), table, clock, idleTimeout=0)
+        factory = SIPWebSocketFactory(RecordingSink(), table, clock,
+                                      settings=ConnectionSettings(idleTimeout=0))
         peer = IPv4Address("TCP", "192.0.2.9", 1)
         first = factory.buildProtocol(peer)
         first.makeConnection(WSTransport(hostAddress=LOCAL, peerAddress=peer))
@@ -379,7 +381,8 @@ class MessageTimeoutTests(SynchronousTestCase):
         self.table = ConnectionTable(self.bus, self.clock)
 
     def connectStream(self, **kwargs: Any) -> tuple[Any, AbortableTransport]:
-        factory = SIPStreamFactory(self.sink, self.table, self.clock, **kwargs)
+        factory = SIPStreamFactory(self.sink, self.table, self.clock,
+                                   settings=ConnectionSettings(**kwargs))
         peer = IPv4Address("TCP", "192.0.2.9", 1)
         protocol = factory.buildProtocol(peer)
         transport = AbortableTransport(hostAddress=LOCAL, peerAddress=peer)
@@ -444,7 +447,8 @@ class MessageTimeoutTests(SynchronousTestCase):
 
         clock = MemoryReactorClock()
         table = ConnectionTable(self.bus, clock)
-        factory = SIPWebSocketFactory(self.sink, table, clock, idleTimeout=5, messageTimeout=10)
+        factory = SIPWebSocketFactory(self.sink, table, clock, settings=ConnectionSettings(
+            idleTimeout=5, messageTimeout=10))
         peer = IPv4Address("TCP", "192.0.2.9", 1)
         protocol = factory.buildProtocol(peer)
         transport = WSTransport(hostAddress=LOCAL, peerAddress=peer)
@@ -480,8 +484,8 @@ class WebSocketKeepaliveTests(SynchronousTestCase):
         clock = MemoryReactorClock()
         bus = RecordingBus()
         table = ConnectionTable(bus, clock)
-        factory = SIPWebSocketFactory(RecordingSink(), table, clock, idleTimeout=0,
-                                      autoPingInterval=30, autoPingTimeout=10)
+        factory = SIPWebSocketFactory(RecordingSink(), table, clock, settings=ConnectionSettings(
+            idleTimeout=0, autoPingInterval=30, autoPingTimeout=10))
         peer = IPv4Address("TCP", "192.0.2.9", 1)
         protocol = factory.buildProtocol(peer)
         transport = WSTransport(hostAddress=LOCAL, peerAddress=peer)
@@ -506,9 +510,11 @@ class OriginPolicyTests(SynchronousTestCase):
     """
 
     def factory(self, allowed: list[str] | None = None) -> SIPWebSocketFactory:
-        return SIPWebSocketFactory(RecordingSink(), ConnectionTable(RecordingBus(), Clock()),
-                                   MemoryReactorClock(), allowedOrigins=allowed,
-                                   originDomains=["example.com"])
+        return SIPWebSocketFactory(
+            RecordingSink(), ConnectionTable(RecordingBus(), Clock()), MemoryReactorClock(),
+            settings=ConnectionSettings(
+                allowedOrigins=None if allowed is None else tuple(allowed),
+                originDomains=frozenset({"example.com"})))
 
     def test_ownAddressDefault(self) -> None:
         """
@@ -542,7 +548,7 @@ class OriginPolicyTests(SynchronousTestCase):
         clock = MemoryReactorClock()
         bus = RecordingBus()
         factory = SIPWebSocketFactory(RecordingSink(), ConnectionTable(bus, clock), clock,
-                                      idleTimeout=0)
+                                      settings=ConnectionSettings(idleTimeout=0))
         peer = IPv4Address("TCP", "192.0.2.9", 1)
         request = (b"GET / HTTP/1.1\r\nHost: sip.example.net:8080\r\nUpgrade: websocket\r\n"
                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -579,7 +585,7 @@ class ListenerSizeTests(SynchronousTestCase):
         self.assertEqual(spec.description, "tcp:0:interface=127.0.0.1")
         service = ListenerService(spec, MemoryReactorClock(), RecordingSink(),
                                   ConnectionTable(RecordingBus(), Clock()), maxSize=65536)
-        self.assertEqual(service._buildFactory().maxSize, 2048)
+        self.assertEqual(service.settings.maxSize, 2048)
         self.assertEqual(parseListen("udp:0:maxSize=900").options["maxSize"], "900")
         self.assertRaises(ValueError, parseListen, "ws:0:maxSize=0")
         self.assertRaises(ValueError, parseListen, "ws:0:maxSize=big")
@@ -611,7 +617,7 @@ class SecurityOptionsTests(SynchronousTestCase):
         self.assertEqual(service.core.transactions.maxTransactions, 50000)
         self.assertEqual(service.core.limiter.buckets.rate, 50.0)
         self.assertEqual(service.core._guards, [])
-        ws = service.listeners[1]._buildFactory()
+        ws = service.listeners[1].settings
         self.assertEqual((ws.messageTimeout, ws.allowedOrigins), (20.0, None))
         self.assertEqual((ws.autoPingInterval, ws.autoPingTimeout), (60.0, 20.0))
         self.assertTrue(any("authentication is off" in e.get("log_format", "") for e in events))
@@ -631,10 +637,10 @@ class SecurityOptionsTests(SynchronousTestCase):
         self.assertEqual(service.table.limits.exempt, frozenset())
         self.assertEqual(service.core.transactions.maxTransactions, 7)
         self.assertIsNone(service.core.limiter)
-        ws = service.listeners[1]._buildFactory()
+        ws = service.listeners[1].settings
         self.assertEqual((ws.messageTimeout, ws.autoPingInterval, ws.autoPingTimeout),
                          (3.0, 9.0, 4.0))
-        self.assertEqual(ws.allowedOrigins, ["https://*.example.org"])
+        self.assertEqual(ws.allowedOrigins, ("https://*.example.org",))
 
     def test_authFromFile(self) -> None:
         """

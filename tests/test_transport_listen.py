@@ -28,6 +28,7 @@ from sipcore.transport.listen import (
     parseListen,
     streamEndpoint,
 )
+from sipcore.transport.settings import ConnectionSettings
 from sipcore.transport.stream import SIPStreamFactory
 from sipcore.transport.udp import SIPDatagramProtocol
 from sipcore.transport.websocket import SIPWebSocketFactory
@@ -208,7 +209,8 @@ class ListenerServiceTests(SynchronousTestCase):
         self.assertEqual((portNumber, interface), (5070, "127.0.0.1"))
         self.assertIsInstance(factory, SIPStreamFactory)
         self.assertEqual(
-            (factory.transportName, factory.maxSize, factory.idleTimeout, factory.table),
+            (factory.transportName, factory.settings.maxSize, factory.settings.idleTimeout,
+             factory.table),
             ("tcp", 2048, 9, self.table),
         )
         self.assertIs(service.listeningPort, port)
@@ -362,20 +364,27 @@ class ListenerServiceTests(SynchronousTestCase):
 
     def test_connectionOptions(self) -> None:
         """
-        The handshake and unregistered idle timeouts reach the stream
-        factories that take them, and the handshake size the WebSocket one.
+        The stream and WebSocket factories get one frozen
+        L{ConnectionSettings}, the listener's, made of its options and its
+        spec's C{maxSize}; the WebSocket factory gives autobahn its
+        handshake timeout.
         """
-        options = dict(handshakeTimeout=3.0, openHandshakeTimeout=4.0,
-                       unregisteredIdleTimeout=50.0, maxHandshakeSize=2048)
-        for text in ("tcp:0", "ws:0"):
-            self.successResultOf(self.service(text, **options).startService())
+        options = dict(handshakeTimeout=3.0, unregisteredIdleTimeout=50.0,
+                       maxHandshakeSize=2048, allowedOrigins=["https://a.example"],
+                       originDomains=["example.com"])
+        services = [self.service(text, **options) for text in ("tcp:0", "ws:0:maxSize=900")]
+        for service in services:
+            self.successResultOf(service.startService())
         tcpFactory, wsFactory = (server[1] for server in self.reactor.tcpServers)
-        self.assertEqual((tcpFactory.handshakeTimeout, tcpFactory.unregisteredIdleTimeout),
-                         (3.0, 50.0))
+        self.assertIs(tcpFactory.settings, services[0].settings)
+        self.assertIs(wsFactory.settings, services[1].settings)
         self.assertEqual(
-            (wsFactory.openHandshakeTimeout, wsFactory.unregisteredIdleTimeout,
-             wsFactory.maxHandshakeSize),
-            (4.0, 50.0, 2048))
+            services[1].settings,
+            ConnectionSettings(maxSize=900, handshakeTimeout=3.0, unregisteredIdleTimeout=50.0,
+                               maxHandshakeSize=2048, allowedOrigins=("https://a.example",),
+                               originDomains=frozenset({"example.com"})))
+        self.assertEqual(wsFactory.openHandshakeTimeout, 3.0)
+        self.assertRaises(ValueError, self.service, "tcp:0", messageTimeout=-1)
 
     def test_optionsFiltered(self) -> None:
         """
@@ -387,6 +396,6 @@ class ListenerServiceTests(SynchronousTestCase):
             self.successResultOf(self.service(text, **options).startService())
         self.assertEqual(self.reactor.udpServers[0][1].receiveBuffer, 0)
         tcpFactory, wsFactory = (server[1] for server in self.reactor.tcpServers)
-        self.assertEqual(tcpFactory.closeGrace, 1.5)
+        self.assertEqual(tcpFactory.settings.closeGrace, 1.5)
         self.assertEqual(wsFactory.closeHandshakeTimeout, 0.25)
         self.assertRaises(TypeError, self.service, "tcp:0", colour="blue")

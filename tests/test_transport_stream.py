@@ -7,6 +7,7 @@ clock.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from OpenSSL import SSL
@@ -22,6 +23,7 @@ from zope.interface.verify import verifyObject
 from sipcore.events import TCP_CLOSED, TCP_CONNECTED, TCP_RESET, TCP_TIMEOUT
 from sipcore.interfaces import IFlow
 from sipcore.transport.connections import ConnectionTable
+from sipcore.transport.settings import ConnectionSettings
 from sipcore.transport.stream import SIPStreamFactory, SIPStreamProtocol, classifyLoss
 from tests.test_transport_support import OK, OPTIONS, RecordingBus, RecordingSink
 
@@ -61,11 +63,13 @@ class StreamTestsMixin:
             self.table,
             self.clock,
             transport="tcp",
-            maxSize=self.maxSize,
-            idleTimeout=self.idleTimeout,
-            closeGrace=5.0,
-            handshakeTimeout=self.handshakeTimeout,
-            unregisteredIdleTimeout=self.unregisteredIdleTimeout,
+            settings=ConnectionSettings(
+                maxSize=self.maxSize,
+                idleTimeout=self.idleTimeout,
+                closeGrace=5.0,
+                handshakeTimeout=self.handshakeTimeout,
+                unregisteredIdleTimeout=self.unregisteredIdleTimeout,
+            ),
         )
 
     def connect(
@@ -517,8 +521,7 @@ class HandshakeTimeoutTests(StreamTestsMixin, SynchronousTestCase):
         """
         A negative C{handshakeTimeout} is refused.
         """
-        self.assertRaises(ValueError, SIPStreamFactory, self.sink, self.table, self.clock,
-                          handshakeTimeout=-1)
+        self.assertRaises(ValueError, ConnectionSettings, handshakeTimeout=-1)
 
 
 class UnregisteredIdleTimeoutTests(StreamTestsMixin, SynchronousTestCase):
@@ -614,7 +617,7 @@ class UnregisteredIdleTimeoutTests(StreamTestsMixin, SynchronousTestCase):
         An unregistered timeout not shorter than the idle timeout changes
         nothing: the idle timeout applies.
         """
-        self.factory.unregisteredIdleTimeout = 7200
+        self.factory.settings = replace(self.factory.settings, unregisteredIdleTimeout=7200)
         protocol, transport = self.connect()
         self.assertIdleClose(protocol, transport, 3600, "idle timeout (3600s without data)")
 
@@ -686,9 +689,10 @@ class LongLineTests(StreamTestsMixin, SynchronousTestCase):
 
     def test_limitConfigurable(self) -> None:
         """
-        The factory's C{maxLineLength} sets the limit.
+        The settings' C{maxLineLength} sets the limit.
         """
-        factory = SIPStreamFactory(self.sink, self.table, self.clock, maxLineLength=100)
+        factory = SIPStreamFactory(self.sink, self.table, self.clock,
+                                   settings=ConnectionSettings(maxLineLength=100))
         protocol = factory.buildProtocol(PEER)
         transport = AbortableTransport(hostAddress=LOCAL, peerAddress=PEER)
         protocol.makeConnection(transport)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -29,6 +30,7 @@ from sipcore.events import (
 )
 from sipcore.interfaces import IFlow
 from sipcore.transport.connections import ConnectionTable
+from sipcore.transport.settings import ConnectionSettings
 from sipcore.transport.websocket import SIPWebSocketFactory, SIPWebSocketProtocol
 from tests.test_transport_support import OK, OPTIONS, RecordingBus, RecordingSink
 
@@ -127,12 +129,14 @@ class WebSocketTestsMixin:
             self.sink,
             self.table,
             self.clock,
-            maxSize=1024,
-            idleTimeout=self.idleTimeout,
-            openHandshakeTimeout=5.0,
-            closeHandshakeTimeout=1.0,
-            unregisteredIdleTimeout=self.unregisteredIdleTimeout,
-            originDomains=["example.com"],
+            settings=ConnectionSettings(
+                maxSize=1024,
+                idleTimeout=self.idleTimeout,
+                handshakeTimeout=5.0,
+                closeHandshakeTimeout=1.0,
+                unregisteredIdleTimeout=self.unregisteredIdleTimeout,
+                originDomains=frozenset({"example.com"}),
+            ),
         )
 
     def connect(self) -> tuple[SIPWebSocketProtocol, AbortableTransport]:
@@ -574,13 +578,13 @@ class HandshakeSizeTests(WebSocketTestsMixin, SynchronousTestCase):
 
     def test_configurable(self) -> None:
         """
-        The factory's C{maxHandshakeSize} sets the limit; C{0} lifts it.
+        The settings' C{maxHandshakeSize} sets the limit; C{0} lifts it.
         """
-        self.factory.maxHandshakeSize = 200
+        self.factory.settings = replace(self.factory.settings, maxHandshakeSize=200)
         protocol, transport = self.connect()
         protocol.dataReceived(handshake(extra=(b"X-Pad: " + b"a" * 100,)))
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 431"), transport.value())
-        self.factory.maxHandshakeSize = 0
+        self.factory.settings = replace(self.factory.settings, maxHandshakeSize=0)
         protocol, transport = self.connect()
         protocol.dataReceived(handshake(extra=(b"X-Pad: " + b"a" * 30000,)))
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"), transport.value()[:80])
@@ -694,8 +698,8 @@ class FactoryTests(SynchronousTestCase):
         factory = SIPWebSocketFactory(RecordingSink(), ConnectionTable(RecordingBus(), clock),
                                       clock)
         self.assertEqual(
-            (factory.openHandshakeTimeout, factory.maxHandshakeSize,
-             factory.unregisteredIdleTimeout),
+            (factory.openHandshakeTimeout, factory.settings.maxHandshakeSize,
+             factory.settings.unregisteredIdleTimeout),
             (10.0, 16384, 120.0))
 
     def test_badTransport(self) -> None:

@@ -30,6 +30,7 @@ from sipcore.events import (
     WEBSOCKET_CONNECTED,
 )
 from sipcore.transport.connections import ConnectionTable
+from sipcore.transport.settings import ConnectionSettings
 from sipcore.transport.websocket import (
     _HANDSHAKE_STATE,
     SIPWebSocketFactory,
@@ -288,8 +289,9 @@ class KeepaliveTests(SynchronousTestCase):
         """
         clock = MemoryReactorClock()
         bus = RecordingBus()
-        factory = SIPWebSocketFactory(RecordingSink(), ConnectionTable(bus, clock), clock,
-                                      idleTimeout=0, autoPingInterval=30, autoPingTimeout=10)
+        factory = SIPWebSocketFactory(
+            RecordingSink(), ConnectionTable(bus, clock), clock,
+            settings=ConnectionSettings(idleTimeout=0, autoPingInterval=30, autoPingTimeout=10))
         protocol = factory.buildProtocol(PEER)
         transport = AbortableTransport(peerAddress=PEER)
         protocol.makeConnection(transport)

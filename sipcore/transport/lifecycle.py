@@ -7,9 +7,9 @@ event its end fires.
 
 The idle timeout depends on whether the connection carries a
 registration.  A connection that never registered is closed after
-C{factory.unregisteredIdleTimeout} seconds without data; once the
-registrar saved a binding for it (L{StreamFlow.bound}) it gets the long
-C{factory.idleTimeout}, but only while that binding lasts: after the
+C{unregisteredIdleTimeout} seconds (of the factory's settings) without
+data; once the registrar saved a binding for it (L{StreamFlow.bound}) it
+gets the long C{idleTimeout}, but only while that binding lasts: after the
 binding's expiry it is an unregistered connection again, closed after the
 short timeout counted from the later of its last byte and the expiry.
 """
@@ -28,9 +28,9 @@ class StreamLifecycle:
     """
     A mixin for the SIP stream protocols.
 
-    It expects C{self.factory} (with C{table}, C{clock}, C{transportName},
-    C{idleTimeout}, C{unregisteredIdleTimeout} and C{messageTimeout}) and
-    C{self.transport}.
+    It expects C{self.factory} (with C{table}, C{clock}, C{transportName}
+    and C{settings}, a L{sipcore.transport.settings.ConnectionSettings})
+    and C{self.transport}.
 
     @ivar _close: the close event and reason decided before the connection
         was lost (the first decision wins), or C{None}.
@@ -107,8 +107,8 @@ class StreamLifecycle:
             timeout).
         """
         factory = self.factory
-        long = factory.idleTimeout
-        short = factory.unregisteredIdleTimeout
+        long = factory.settings.idleTimeout
+        short = factory.settings.unregisteredIdleTimeout
         if not short or (long and short >= long):
             return long, ""
         until = self._registeredUntil
@@ -154,13 +154,13 @@ class StreamLifecycle:
     def _partialMessage(self, partial: bool, progress: bool) -> None:
         """
         Run the message timer while part of a message is buffered: a
-        message must complete within C{factory.messageTimeout} seconds,
+        message must complete within C{settings.messageTimeout} seconds,
         however slowly its bytes trickle in.
 
         @param partial: part of a message is buffered now.
         @param progress: a message just completed (the timer restarts).
         """
-        timeout = self.factory.messageTimeout
+        timeout = self.factory.settings.messageTimeout
         if not timeout or self._closing or self._lost:
             return
         if progress or not partial:
@@ -173,7 +173,7 @@ class StreamLifecycle:
         if self._closing or self._lost:
             return
         self._timeOut("message timeout (incomplete message for {:g}s)".format(
-            self.factory.messageTimeout))
+            self.factory.settings.messageTimeout))
 
     def _cancelMessageTimer(self) -> None:
         call, self._messageCall = self._messageCall, None

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from twisted.application.service import Service
@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 
 from sipcore.message.framing import DEFAULT_MAX_SIZE
 from sipcore.transport.connections import ConnectionTable, addressOf
-from sipcore.transport.stream import DEFAULT_IDLE_TIMEOUT
+from sipcore.transport.settings import DEFAULT_IDLE_TIMEOUT, ConnectionSettings
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -78,26 +78,11 @@ _KEYS = {
 }
 _FILE_KEYS = ("privateKey", "certKey", "extraCertChain", "dhParameters")
 
-#: The factory options each transport takes; L{ListenerService} passes a
+#: The options of a UDP listener's protocol; a stream listener's options
+#: are the fields of L{ConnectionSettings}.  L{ListenerService} passes a
 #: listener only its own, so one set of options can serve every listener.
-_STREAM_OPTIONS = ("messageTimeout", "unregisteredIdleTimeout")
-_WS_OPTIONS = _STREAM_OPTIONS + (
-    "openHandshakeTimeout",
-    "closeHandshakeTimeout",
-    "autoPingInterval",
-    "autoPingTimeout",
-    "allowedOrigins",
-    "originDomains",
-    "maxHandshakeSize",
-)
-_FACTORY_OPTIONS = {
-    "udp": ("receiveBuffer", "limiter"),
-    "tcp": _STREAM_OPTIONS + ("closeGrace", "handshakeTimeout"),
-    "tls": _STREAM_OPTIONS + ("closeGrace", "handshakeTimeout"),
-    "ws": _WS_OPTIONS,
-    "wss": _WS_OPTIONS,
-}
-_ALL_FACTORY_OPTIONS = frozenset(name for names in _FACTORY_OPTIONS.values() for name in names)
+_UDP_OPTIONS = frozenset({"receiveBuffer", "limiter"})
+_SETTINGS = frozenset(f.name for f in fields(ConnectionSettings)) - {"maxSize", "idleTimeout"}
 
 
 @dataclass(frozen=True)
@@ -321,16 +306,13 @@ class ListenerService(Service):
         @param backlog: the listen backlog of a stream listener whose spec
             names none.
         @param options: factory options; each listener uses those of its
-            transport and ignores the others: C{closeGrace},
-            C{handshakeTimeout} (TCP, TLS), C{openHandshakeTimeout},
-            C{closeHandshakeTimeout}, C{autoPingInterval},
-            C{autoPingTimeout}, C{allowedOrigins}, C{originDomains},
-            C{maxHandshakeSize} (WS, WSS), C{messageTimeout},
-            C{unregisteredIdleTimeout} (TCP, TLS, WS, WSS),
-            C{receiveBuffer} and C{limiter} (UDP).
+            transport and ignores the others: C{receiveBuffer} and
+            C{limiter} (UDP), the other fields of L{ConnectionSettings}
+            (TCP, TLS, WS, WSS: the listener's C{settings}).
         @raise TypeError: for an option no transport knows.
+        @raise ValueError: for a bad setting.
         """
-        unknown = set(options) - _ALL_FACTORY_OPTIONS
+        unknown = set(options) - _UDP_OPTIONS - _SETTINGS
         if unknown:
             raise TypeError("unknown listener options: {}".format(", ".join(sorted(unknown))))
         self.spec = spec
@@ -339,13 +321,18 @@ class ListenerService(Service):
         self._sink = sink
         self._table = table
         self._maxSize = int(spec.options.get("maxSize", maxSize))
-        self._idleTimeout = idleTimeout
         if backlog <= 0:
             raise ValueError("backlog must be positive")
         self._backlog = backlog
-        self._options = {
-            key: value for key, value in options.items() if key in _FACTORY_OPTIONS[spec.transport]
-        }
+        self._udpOptions = {key: value for key, value in options.items() if key in _UDP_OPTIONS}
+        streamOptions = {key: value for key, value in options.items() if key in _SETTINGS}
+        if streamOptions.get("allowedOrigins") is not None:
+            streamOptions["allowedOrigins"] = tuple(streamOptions["allowedOrigins"])
+        if "originDomains" in streamOptions:
+            streamOptions["originDomains"] = frozenset(streamOptions["originDomains"])
+        #: What the connections of a stream listener obey.
+        self.settings = ConnectionSettings(
+            maxSize=self._maxSize, idleTimeout=idleTimeout, **streamOptions)
         self.factory: Any = None
         self.listeningPort: Any = None
         self.port: int | None = None
@@ -358,30 +345,16 @@ class ListenerService(Service):
         if spec.transport == "udp":
             from sipcore.transport.udp import SIPDatagramProtocol
 
-            return SIPDatagramProtocol(self._sink, self._maxSize, **self._options)
+            return SIPDatagramProtocol(self._sink, self._maxSize, **self._udpOptions)
         if spec.transport in ("tcp", "tls"):
             from sipcore.transport.stream import SIPStreamFactory
 
             return SIPStreamFactory(
-                self._sink,
-                self._table,
-                self._reactor,
-                transport=spec.transport,
-                maxSize=self._maxSize,
-                idleTimeout=self._idleTimeout,
-                **self._options,
-            )
+                self._sink, self._table, self._reactor, spec.transport, self.settings)
         from sipcore.transport.websocket import SIPWebSocketFactory
 
         return SIPWebSocketFactory(
-            self._sink,
-            self._table,
-            self._reactor,
-            transport=spec.transport,
-            maxSize=self._maxSize,
-            idleTimeout=self._idleTimeout,
-            **self._options,
-        )
+            self._sink, self._table, self._reactor, spec.transport, self.settings)
 
     def _listen(self) -> Deferred[Any]:
         """

@@ -6,7 +6,8 @@ handshake, idle and message timeouts, and report every close to the
 L{ConnectionTable} exactly once.
 
 TLS uses the same protocol: the listening endpoint wraps it in TLS and the
-factory is built with C{transport='tls'}.  The handshake timeout runs from
+factory is built with C{transport='tls'}.  The limits and timeouts are
+the factory's L{ConnectionSettings}.  The handshake timeout runs from
 the moment the connection is accepted until its first complete SIP
 message, so for TLS it covers the TLS handshake too: a client that sends
 its ClientHello a byte a second is cut off like a silent one.
@@ -25,48 +26,19 @@ from zope.interface import implementer
 
 from sipcore.events import TCP_CLOSED, TCP_RESET
 from sipcore.message.errors import SIPParseError
-from sipcore.message.framing import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_SIZE, PING, StreamFramer
+from sipcore.message.framing import PING, StreamFramer
 from sipcore.transport.connections import (
     ConnectionTable,
     StreamFlow,
 )
 from sipcore.transport.lifecycle import StreamLifecycle
+from sipcore.transport.settings import ConnectionSettings
 
 __all__ = [
-    "DEFAULT_HANDSHAKE_TIMEOUT",
-    "DEFAULT_IDLE_TIMEOUT",
-    "DEFAULT_MESSAGE_TIMEOUT",
-    "DEFAULT_UNREGISTERED_IDLE_TIMEOUT",
     "SIPStreamFactory",
     "SIPStreamProtocol",
     "classifyLoss",
 ]
-
-#: Seconds without receiving a byte before a connection is aborted as
-#: C{tcp:timeout}.  Clients keep connections alive with CRLF pings (RFC
-#: 5626 suggests one every 95 to 120 seconds) or re-REGISTERs.
-DEFAULT_IDLE_TIMEOUT = 3600.0
-
-#: Seconds a connection that never had a binding saved for it may stay
-#: silent (Kamailio's C{tcp_connection_lifetime} default); a registered
-#: connection gets L{DEFAULT_IDLE_TIMEOUT} while its binding lasts.
-DEFAULT_UNREGISTERED_IDLE_TIMEOUT = 120.0
-
-#: Seconds from accepting a connection to its first complete SIP message
-#: (TCP, TLS: the TLS handshake included) or to the end of its WebSocket
-#: opening handshake (WS, WSS).
-DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-
-#: Seconds a message may take to arrive once its first byte came (more
-#: exactly: while part of a message is buffered, seconds without a complete
-#: message).  The idle timeout restarts on every byte, so a client that
-#: trickles bytes would hold its connection (and a buffer) forever without
-#: this; it is cut off as C{tcp:timeout}.
-DEFAULT_MESSAGE_TIMEOUT = 20.0
-
-#: Seconds a connection we closed gracefully may take to go away before
-#: it is aborted (a peer that stops reading would keep it forever).
-DEFAULT_CLOSE_GRACE = 5.0
 
 #: The answer to a CRLF CRLF ping (RFC 5626 section 3.5.1).
 PONG = b"\r\n"
@@ -128,11 +100,12 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self._framer = StreamFramer(factory.maxSize, factory.maxLineLength)
+        settings = factory.settings
+        self._framer = StreamFramer(settings.maxSize, settings.maxLineLength)
         self.flow = self._join()
-        if factory.handshakeTimeout and not self._refused:
+        if settings.handshakeTimeout and not self._refused:
             self._handshakeCall = factory.clock.callLater(
-                factory.handshakeTimeout, self._handshakeExpired)
+                settings.handshakeTimeout, self._handshakeExpired)
 
     def handshakeCompleted(self) -> None:
         """
@@ -231,7 +204,7 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
         self._closedByServer = True
         self._cancelTimers()
         self.transport.loseConnection()
-        grace = self.factory.closeGrace
+        grace = self.factory.settings.closeGrace
         if grace > 0 and not self._lost:
             self._abortCall = self.factory.clock.callLater(grace, self._graceExpired)
 
@@ -239,7 +212,7 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
         self._handshakeCall = None
         if self._closing or self._lost:
             return
-        timeout = self.factory.handshakeTimeout
+        timeout = self.factory.settings.handshakeTimeout
         if self.factory.transportName == "tls" and not self._tlsDone:
             what = "TLS handshake not completed"
         else:
@@ -262,6 +235,7 @@ class SIPStreamFactory(ServerFactory):
     Builds a L{SIPStreamProtocol} for each accepted TCP or TLS connection.
 
     @ivar transportName: C{'tcp'} or C{'tls'}.
+    @ivar settings: the L{ConnectionSettings} of its connections.
     """
 
     protocol = SIPStreamProtocol  # type: ignore[assignment]
@@ -275,62 +249,22 @@ class SIPStreamFactory(ServerFactory):
         table: ConnectionTable,
         clock: IReactorTime,
         transport: str = "tcp",
-        maxSize: int = DEFAULT_MAX_SIZE,
-        idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
-        closeGrace: float = DEFAULT_CLOSE_GRACE,
-        messageTimeout: float = DEFAULT_MESSAGE_TIMEOUT,
-        handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-        unregisteredIdleTimeout: float = DEFAULT_UNREGISTERED_IDLE_TIMEOUT,
-        maxLineLength: int = DEFAULT_MAX_LINE_LENGTH,
+        settings: ConnectionSettings = ConnectionSettings(),
     ) -> None:
         """
         @param sink: the L{sipcore.interfaces.IMessageSink}.
         @param table: the L{ConnectionTable} connections register in.
-        @param clock: the L{IReactorTime} for the idle and close timers.
+        @param clock: the L{IReactorTime} for the connections' timers.
         @param transport: C{'tcp'} or C{'tls'}: the name flows and events
             carry.
-        @param maxSize: the largest message accepted, in bytes.
-        @param idleTimeout: seconds without received data before a
-            connection carrying a live binding is aborted (C{tcp:timeout});
-            C{0} disables it.
-        @param closeGrace: seconds a graceful close may take before the
-            connection is aborted.
-        @param messageTimeout: seconds part of a message may stay buffered
-            without a message completing before the connection is aborted
-            (C{tcp:timeout}); C{0} disables it.
-        @param handshakeTimeout: seconds from the accept to the first
-            complete SIP message (the TLS handshake included) before the
-            connection is aborted (C{tcp:timeout}); C{0} disables it.
-        @param unregisteredIdleTimeout: the idle timeout of a connection
-            without a live binding (see L{StreamLifecycle}); C{0}: the same
-            as C{idleTimeout}.
-        @param maxLineLength: the longest start or header line accepted, in
-            bytes; a longer one is a framing error (answered C{400} where
-            possible, then the connection is closed).
-        @raise ValueError: for an unknown C{transport} or a bad limit.
+        @param settings: the connections' limits and timeouts (those for
+            TCP and TLS).
+        @raise ValueError: for an unknown C{transport}.
         """
         if transport not in ("tcp", "tls"):
             raise ValueError("stream transport must be 'tcp' or 'tls', not {!r}".format(transport))
-        if maxSize <= 0:
-            raise ValueError("maxSize must be positive")
-        if idleTimeout < 0:
-            raise ValueError("idleTimeout must not be negative")
-        if messageTimeout < 0:
-            raise ValueError("messageTimeout must not be negative")
-        if handshakeTimeout < 0:
-            raise ValueError("handshakeTimeout must not be negative")
-        if unregisteredIdleTimeout < 0:
-            raise ValueError("unregisteredIdleTimeout must not be negative")
-        if maxLineLength < 0:
-            raise ValueError("maxLineLength must not be negative")
         self.sink = sink
         self.table = table
         self.clock = clock
         self.transportName = transport
-        self.maxSize = maxSize
-        self.idleTimeout = idleTimeout
-        self.closeGrace = closeGrace
-        self.messageTimeout = messageTimeout
-        self.handshakeTimeout = handshakeTimeout
-        self.unregisteredIdleTimeout = unregisteredIdleTimeout
-        self.maxLineLength = maxLineLength
+        self.settings = settings

@@ -19,12 +19,15 @@ at the handshake.  A request without C{Origin} (not from a browser) is
 allowed: non-browser clients can send any Origin they like, so the check
 protects browsers' users only.
 
-Opening handshake: it must complete within C{openHandshakeTimeout}
-seconds of the accept (for WSS, the TLS handshake included), else the
-connection closes as C{tcp:timeout}; a request whose headers exceed
+Opening handshake: it must complete within C{handshakeTimeout} seconds
+of the accept (for WSS, the TLS handshake included), else the connection
+closes as C{tcp:timeout}; a request whose headers exceed
 C{maxHandshakeSize} bytes is answered HTTP C{431} and closed as soon as
 that many bytes arrived without the end of the headers, before autobahn
 parses any of it.
+
+These settings, and those below, are the factory's
+L{ConnectionSettings}.
 
 Keepalive: autobahn pings every C{autoPingInterval} seconds; no pong within
 C{autoPingTimeout} closes the connection as C{tcp:timeout} (and
@@ -46,7 +49,6 @@ of incoming frames exist only while they are in use.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -61,21 +63,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT
-from sipcore.message.framing import DEFAULT_MAX_SIZE
 from sipcore.throttle import LogThrottle
 from sipcore.transport.connections import (
     ConnectionTable,
     StreamFlow,
 )
 from sipcore.transport.lifecycle import StreamLifecycle
-from sipcore.transport.stream import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MESSAGE_TIMEOUT,
-    DEFAULT_UNREGISTERED_IDLE_TIMEOUT,
-    PONG,
-    classifyLoss,
-)
+from sipcore.transport.settings import DEFAULT_MAX_HANDSHAKE_SIZE, ConnectionSettings
+from sipcore.transport.stream import PONG, classifyLoss
 
 __all__ = [
     "DEFAULT_MAX_HANDSHAKE_SIZE",
@@ -93,10 +88,6 @@ SIP_SUBPROTOCOL = "sip"
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_MESSAGE_TOO_BIG = 1009
-
-#: The largest opening handshake request (request line and headers) read,
-#: in bytes; browsers send well under 4 KiB.
-DEFAULT_MAX_HANDSHAKE_SIZE = 16384
 
 #: HTTP's status for a request whose headers are too large (RFC 6585).
 _TOO_LARGE = 431
@@ -291,14 +282,14 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
 
     def processHandshake(self) -> None:
         """
-        Refuse an opening handshake larger than C{factory.maxHandshakeSize}
+        Refuse an opening handshake larger than C{maxHandshakeSize}
         with HTTP C{431} before autobahn looks for its end again or parses
         it; otherwise let autobahn process it.
 
         autobahn calls this with the bytes received so far in C{self.data}
         each time more arrive while the handshake is not done.
         """
-        limit = self.factory.maxHandshakeSize
+        limit = self.factory.settings.maxHandshakeSize
         data = self.data
         if limit and len(data) > limit and data.find(b"\r\n\r\n", 0, limit) < 0:
             self.data = b""
@@ -351,7 +342,7 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
 
     def onMessageFrameBegin(self, length: int) -> None:
         total = self.message_data_total_length + length
-        if not self.failedByMe and not self._rejected and total > self.factory.maxSize:
+        if not self.failedByMe and not self._rejected and total > self.factory.settings.maxSize:
             # autobahn fails the connection with 1009 right after this (its
             # maxMessagePayloadSize is our maxSize); let the sink count it.
             self._rejected = True
@@ -536,6 +527,7 @@ class SIPWebSocketFactory(WebSocketServerFactory):
     Builds a L{SIPWebSocketProtocol} for each accepted WS or WSS connection.
 
     @ivar transportName: C{'ws'} or C{'wss'}.
+    @ivar settings: the L{ConnectionSettings} of its connections.
     """
 
     protocol = SIPWebSocketProtocol  # type: ignore[assignment]
@@ -549,95 +541,42 @@ class SIPWebSocketFactory(WebSocketServerFactory):
         table: ConnectionTable,
         clock: IReactorTime,
         transport: str = "ws",
-        maxSize: int = DEFAULT_MAX_SIZE,
-        idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
-        openHandshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-        closeHandshakeTimeout: float = 1.0,
-        autoPingInterval: float = 0,
-        autoPingTimeout: float = 0,
-        messageTimeout: float = DEFAULT_MESSAGE_TIMEOUT,
-        allowedOrigins: Sequence[str] | None = None,
-        originDomains: Iterable[str] = (),
-        unregisteredIdleTimeout: float = DEFAULT_UNREGISTERED_IDLE_TIMEOUT,
-        maxHandshakeSize: int = DEFAULT_MAX_HANDSHAKE_SIZE,
+        settings: ConnectionSettings = ConnectionSettings(),
     ) -> None:
         """
         @param sink: the L{sipcore.interfaces.IMessageSink}.
         @param table: the L{ConnectionTable}.
         @param clock: the reactor; every timer (ours and autobahn's) uses it.
         @param transport: C{'ws'} or C{'wss'}.
-        @param maxSize: the largest SIP message (WebSocket message payload)
-            accepted, in bytes; a larger one closes the connection with
-            C{1009}.
-        @param idleTimeout: seconds without received data before a
-            connection carrying a live binding is aborted (C{tcp:timeout});
-            C{0} disables it.
-        @param openHandshakeTimeout: seconds a client has to complete the
-            WebSocket handshake from the accept (C{tcp:timeout}); C{0}: no
-            limit.
-        @param closeHandshakeTimeout: seconds the peer has to answer our
-            close frame before the connection is dropped.
-        @param autoPingInterval: seconds between WebSocket pings (C{0}: no
-            pings).
-        @param autoPingTimeout: seconds to wait for a pong before dropping
-            (C{tcp:timeout}).
-        @param messageTimeout: seconds part of a WebSocket message may stay
-            buffered without a message completing before the connection is
-            aborted (C{tcp:timeout}); C{0} disables it.
-        @param allowedOrigins: C{Origin} patterns allowed (C{*} is a
-            wildcard; C{["*"]} allows every origin), or C{None} for the
-            same-host policy (see the module docstring).
-        @param originDomains: the hosts the default policy allows besides
-            the connection's local address (the server's domains).
-        @param unregisteredIdleTimeout: the idle timeout of a connection
-            without a live binding (see L{StreamLifecycle}); C{0}: the same
-            as C{idleTimeout}.
-        @param maxHandshakeSize: the largest opening handshake request, in
-            bytes; a larger one is answered HTTP C{431} and closed (C{0}: no
-            limit).
-        @raise ValueError: for an unknown C{transport} or a bad limit.
+        @param settings: the connections' limits and timeouts (those for
+            WS and WSS); its C{handshakeTimeout} is the opening handshake's.
+        @raise ValueError: for an unknown C{transport}.
         """
         if transport not in ("ws", "wss"):
             raise ValueError("websocket transport must be 'ws' or 'wss', not {!r}".format(transport))
-        if maxSize <= 0:
-            raise ValueError("maxSize must be positive")
-        if idleTimeout < 0:
-            raise ValueError("idleTimeout must not be negative")
-        if unregisteredIdleTimeout < 0:
-            raise ValueError("unregisteredIdleTimeout must not be negative")
-        if maxHandshakeSize < 0:
-            raise ValueError("maxHandshakeSize must not be negative")
         super().__init__(protocols=[SIP_SUBPROTOCOL], server="sipcore", reactor=clock)
         self._batched_timer = _ReactorTimer(clock)
         self.setProtocolOptions(
             webStatus=False,
             failByDrop=False,
-            maxMessagePayloadSize=maxSize,
-            maxFramePayloadSize=maxSize,
-            openHandshakeTimeout=openHandshakeTimeout,
-            closeHandshakeTimeout=closeHandshakeTimeout,
-            autoPingInterval=autoPingInterval,
-            autoPingTimeout=autoPingTimeout,
+            maxMessagePayloadSize=settings.maxSize,
+            maxFramePayloadSize=settings.maxSize,
+            openHandshakeTimeout=settings.handshakeTimeout,
+            closeHandshakeTimeout=settings.closeHandshakeTimeout,
+            autoPingInterval=settings.autoPingInterval,
+            autoPingTimeout=settings.autoPingTimeout,
             allowNullOrigin=True,
         )
         self.sink = sink
         self.table = table
         self.clock = clock
         self.transportName = transport
-        self.maxSize = maxSize
-        self.idleTimeout = idleTimeout
-        self.unregisteredIdleTimeout = unregisteredIdleTimeout
-        self.maxHandshakeSize = maxHandshakeSize
+        self.settings = settings
         self.handshakesTooLarge = 0
-        if messageTimeout < 0:
-            raise ValueError("messageTimeout must not be negative")
-        self.messageTimeout = messageTimeout
-        origins = None if allowedOrigins is None else list(allowedOrigins)
-        self.allowedOrigins = origins  # type: ignore[assignment]
         self._originPatterns = (
-            None if allowedOrigins is None
-            else wildcards2patterns([o.lower().rstrip("/") for o in allowedOrigins]))
-        self.originDomains = frozenset(d.lower().strip("[]") for d in originDomains)
+            None if settings.allowedOrigins is None
+            else wildcards2patterns([o.lower().rstrip("/") for o in settings.allowedOrigins]))
+        self._originDomains = frozenset(d.lower().strip("[]") for d in settings.originDomains)
         self.originsRefused = 0
 
         self.originThrottle = LogThrottle(clock)
@@ -661,5 +600,5 @@ class SIPWebSocketFactory(WebSocketServerFactory):
             return False
         if not originHost:
             return False
-        return originHost in self.originDomains or (
+        return originHost in self._originDomains or (
             bool(local) and originHost == local.strip().lower())
