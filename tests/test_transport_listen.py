@@ -10,6 +10,7 @@ import os
 import socket
 from typing import Any
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import CannotListenError
@@ -23,6 +24,7 @@ from sipcore.testing import UDPMemoryReactor
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.listen import (
     DEFAULT_LISTEN,
+    DatagramServerService,
     ListenerService,
     ListenSpec,
     parseListen,
@@ -343,6 +345,24 @@ class ListenerServiceTests(SynchronousTestCase):
         self.assertIsNone(service.port)
         errors = [e for e in logged if e.get("log_format", "").startswith("cannot listen")]
         self.assertEqual(len(errors), 1)
+
+    def test_endpointServices(self) -> None:
+        """
+        A stream listener listens through a L{StreamServerEndpointService},
+        a UDP one through a L{DatagramServerService}; each runs while its
+        listener does.
+        """
+        tcp, udp = self.service("tcp:0"), self.service("udp:0")
+        for listener in (tcp, udp):
+            self.successResultOf(listener.startService())
+        tcpServer, udpServer = tcp.server, udp.server
+        self.assertIsInstance(tcpServer, StreamServerEndpointService)
+        self.assertIsInstance(udpServer, DatagramServerService)
+        self.assertTrue(tcpServer is not None and tcpServer.running)
+        self.assertTrue(udpServer is not None and udpServer.running)
+        for listener in (tcp, udp):
+            self.successResultOf(listener.stopService())
+        self.assertEqual((tcp.server, udp.server), (None, None))
 
     def test_name(self) -> None:
         """

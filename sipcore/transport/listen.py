@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IPushProducer, IStreamServerEndpoint
@@ -48,8 +50,10 @@ __all__ = [
     "DEFAULT_BACKLOG",
     "DEFAULT_LISTEN",
     "TRANSPORTS",
+    "DatagramServerService",
     "ListenSpec",
     "ListenerService",
+    "UDPServerEndpoint",
     "parseListen",
     "streamEndpoint",
 ]
@@ -268,9 +272,110 @@ def streamEndpoint(reactor: Any, spec: ListenSpec, backlog: int = DEFAULT_BACKLO
     return endpoint
 
 
+class UDPServerEndpoint:
+    """
+    Where a UDP listener listens: the datagram counterpart of a stream
+    server endpoint.  C{listen} binds the spec's port and interface with
+    C{IReactorUDP.listenUDP}, or adopts the inherited socket of a spec with
+    C{fd=N} with C{IReactorSocket.adoptDatagramPort}.
+    """
+
+    def __init__(self, reactor: Any, spec: ListenSpec, maxPacketSize: int) -> None:
+        """
+        @param reactor: provides C{IReactorUDP} (and C{IReactorSocket} for a
+            spec with C{fd=N}).
+        @param spec: a UDP L{ListenSpec}.
+        @param maxPacketSize: the largest datagram read whole.
+        """
+        self._reactor = reactor
+        self._spec = spec
+        self._maxPacketSize = maxPacketSize
+
+    def listen(self, protocol: Any) -> Deferred[Any]:
+        """
+        @return: a L{Deferred} firing with the listening port, or failing
+            with the reason (e.g. L{twisted.internet.error.CannotListenError}).
+        """
+        spec = self._spec
+        if spec.fileno is not None:
+            return maybeDeferred(self._reactor.adoptDatagramPort, spec.fileno, spec.family,
+                                 protocol, maxPacketSize=self._maxPacketSize)
+        return maybeDeferred(self._reactor.listenUDP, spec.port, protocol,
+                             interface=spec.interface, maxPacketSize=self._maxPacketSize)
+
+
+class DatagramServerService(Service):
+    """
+    Listens for datagrams on a L{UDPServerEndpoint} while running: what
+    L{StreamServerEndpointService} is for stream endpoints, and like it
+    binding in C{privilegedStartService}.
+    """
+
+    def __init__(self, endpoint: Any, protocol: Any) -> None:
+        """
+        @param endpoint: has C{listen(protocol)} returning a L{Deferred}
+            that fires with the listening port (or with C{None} when there
+            is nothing to stop).
+        @param protocol: the C{DatagramProtocol}.
+        """
+        self.endpoint = endpoint
+        self.protocol = protocol
+        self._waitingForPort: Deferred[Any] | None = None
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        self._waitingForPort = self.endpoint.listen(self.protocol)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self._waitingForPort is None:
+            self.privilegedStartService()
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        @return: a L{Deferred} firing with C{None} once the port is closed.
+        """
+        Service.stopService(self)
+        waiting, self._waitingForPort = self._waitingForPort, None
+        if waiting is None:
+            return succeed(None)
+        waiting.cancel()
+        return waiting.addCallback(
+            lambda port: None if port is None else port.stopListening())
+
+
+class _ReportingEndpoint:
+    """
+    An endpoint that tells its L{ListenerService} how listening went.  A
+    failure is reported and then handled: the endpoint service gets no port
+    (its C{stopService} then has nothing to stop) and does not log it
+    again.
+    """
+
+    def __init__(self, endpoint: Any, listening: Callable[[Any], None],
+                 cannotListen: Callable[[Failure], None]) -> None:
+        self._endpoint = endpoint
+        self._listening = listening
+        self._cannotListen = cannotListen
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        def listened(port: Any) -> Any:
+            self._listening(port)
+            return port
+
+        def failed(failure: Failure) -> None:
+            self._cannotListen(failure)
+
+        d: Deferred[Any] = maybeDeferred(self._endpoint.listen, factory)
+        d.addCallbacks(listened, failed)
+        return d
+
+
 class ListenerService(Service):
     """
-    Listens on one L{ListenSpec} while running.
+    Listens on one L{ListenSpec} while running, through a
+    L{StreamServerEndpointService} (TCP, TLS, WS, WSS) or a
+    L{DatagramServerService} (UDP) made each time it starts listening.
 
     @ivar listeningPort: the L{twisted.internet.interfaces.IListeningPort}
         while listening, else C{None}.
@@ -336,7 +441,7 @@ class ListenerService(Service):
         self.factory: Any = None
         self.listeningPort: Any = None
         self.port: int | None = None
-        self._starting: Deferred[Any] | None = None
+        self._server: IService | None = None
         self._waiters: list[Deferred[Any]] = []
         self._failure: Failure | None = None
 
@@ -366,34 +471,30 @@ class ListenerService(Service):
             return succeed(self.listeningPort)
         waiter: Deferred[Any] = Deferred()
         self._waiters.append(waiter)
-        if self._starting is not None:
+        if self._server is not None:
             return waiter
         self._failure = None
-        spec = self.spec
         try:
             self.factory = self._buildFactory()
-            if spec.transport == "udp" and spec.fileno is not None:
-                d: Deferred[Any] = succeed(
-                    self._reactor.adoptDatagramPort(
-                        spec.fileno, spec.family, self.factory,
-                        maxPacketSize=self._maxSize + 1)
-                )
-            elif spec.transport == "udp":
-                d = succeed(
-                    self._reactor.listenUDP(
-                        spec.port, self.factory, interface=spec.interface,
-                        maxPacketSize=self._maxSize + 1)
-                )
+            endpoint = _ReportingEndpoint(self._endpoint(), self._listening, self._cannotListen)
+            server: IService
+            if self.spec.transport == "udp":
+                server = DatagramServerService(endpoint, self.factory)
             else:
-                d = streamEndpoint(self._reactor, spec, self._backlog).listen(self.factory)
+                server = StreamServerEndpointService(endpoint, self.factory)
         except Exception:
-            d = fail()
-        self._starting = d
-        d.addCallbacks(self._listening, self._cannotListen)
+            self._cannotListen(Failure())
+            return waiter
+        self._server = server
+        server.privilegedStartService()
         return waiter
 
+    def _endpoint(self) -> Any:
+        if self.spec.transport == "udp":
+            return UDPServerEndpoint(self._reactor, self.spec, maxPacketSize=self._maxSize + 1)
+        return streamEndpoint(self._reactor, self.spec, self._backlog)
+
     def _listening(self, listeningPort: Any) -> None:
-        self._starting = None
         self.listeningPort = listeningPort
         if not self.running and IPushProducer.providedBy(listeningPort):
             # Bound by privilegedStartService: accept nothing until
@@ -413,7 +514,7 @@ class ListenerService(Service):
             waiter.callback(listeningPort)
 
     def _cannotListen(self, failure: Failure) -> None:
-        self._starting = None
+        self._server = None
         self._failure = failure
         self._log.error(
             "cannot listen on {spec}: {error}",
@@ -423,6 +524,14 @@ class ListenerService(Service):
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.errback(failure)
+
+    @property
+    def server(self) -> IService | None:
+        """
+        The L{StreamServerEndpointService} or L{DatagramServerService} that
+        listens (or binds) now, else C{None}.
+        """
+        return self._server
 
     def getHost(self) -> Any:
         """
@@ -462,7 +571,10 @@ class ListenerService(Service):
         if self._held:
             self._held = False
             self.listeningPort.resumeProducing()
-        return self._listen()
+        listening = self._listen()
+        if self._server is not None and not self._server.running:
+            self._server.startService()
+        return listening
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """
@@ -473,12 +585,11 @@ class ListenerService(Service):
         """
         super().stopService()
         self._held = False
-        port, self.listeningPort = self.listeningPort, None
+        server, self._server = self._server, None
+        self.listeningPort = None
         self.port = None
-        if port is None:
-            if self._starting is not None:
-                self._starting.cancel()
+        if server is None:
             return succeed(None)
-        d = maybeDeferred(port.stopListening)
+        d = maybeDeferred(server.stopService)
         d.addCallback(lambda ignored: None)
         return d
