@@ -4,6 +4,7 @@ Fakes for testing code that uses sipcore, plugin authors' included.
 
   - L{FakeFlow}: an L{IFlow} that records what is sent.
   - L{RecordingBus}: an L{IEventBus} that records what is fired.
+  - L{FakeDatagramTransport}: a UDP port that records what is written.
   - L{MemoryLocationStore} (re-exported): the in-memory store.
   - L{connectionEvent}: build a L{ConnectionEvent} with defaults.
   - L{LogCapture}: the log events emitted while a test runs.
@@ -18,6 +19,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -29,6 +31,7 @@ from sipcore.location import MemoryLocationStore
 from sipcore.message import Address, Request, Response, parseMessage
 
 __all__ = [
+    "FakeDatagramTransport",
     "FakeFlow",
     "LogCapture",
     "MemoryLocationStore",
@@ -98,6 +101,49 @@ class FakeFlow:
         Everything sent, parsed: responses only (else C{TypeError}).
         """
         return [parseResponse(data) for data, _ in self.sent]
+
+
+@implementer(IUDPTransport)
+class FakeDatagramTransport:
+    """
+    A UDP port without a socket: it records the datagrams written to it.
+
+    @ivar written: C{(data, address)} per datagram written, in order.
+    @ivar refuse: when true, L{write} raises C{OSError}, as for a datagram
+        the kernel refuses.
+    @ivar listening: false once L{stopListening} was called.
+    """
+
+    def __init__(self, host: tuple[str, int] = ("127.0.0.1", 5060), refuse: bool = False) -> None:
+        self.host = host
+        self.refuse = refuse
+        self.written: list[tuple[bytes, Any]] = []
+        self.listening = True
+        self.connected: tuple[str, int] | None = None
+        self.broadcastAllowed = False
+
+    def write(self, packet: bytes, addr: Any = None) -> None:
+        if self.refuse:
+            raise OSError("Message too long")
+        self.written.append((packet, addr))
+
+    def connect(self, host: str, port: int) -> None:
+        self.connected = (host, port)
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        host, port = self.host
+        if ":" in host:
+            return IPv6Address("UDP", host, port)
+        return IPv4Address("UDP", host, port)
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:
+        self.broadcastAllowed = enabled
+
+    def getBroadcastAllowed(self) -> bool:
+        return self.broadcastAllowed
 
 
 @implementer(IEventBus)

@@ -32,51 +32,21 @@ from sipcore.sip.routing import (
 )
 from sipcore.sip.servertransaction import sendToSender
 from sipcore.sip.trust import TrustedPeers
-from sipcore.testing import FakeFlow, MemoryLocationStore, RecordingBus
+from sipcore.testing import (
+    FakeDatagramTransport,
+    FakeFlow,
+    MemoryLocationStore,
+    RecordingBus,
+    parseRequest,
+)
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.hops import HopConnector
 from sipcore.transport.udp import SIPDatagramProtocol
+from tests.test_transport_hops import FakeListener
 
 UDP_PORT = 5060
 WS_PORT = 8080
 TCP_PORT = 5070
-
-
-class _Address:
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-
-
-class _Spec:
-    def __init__(self, transport: str) -> None:
-        self.transport = transport
-
-
-class FakeListener:
-    """
-    What the proxy reads of a L{ListenerService}.
-    """
-
-    def __init__(self, transport: str, port: int, factory: Any = None) -> None:
-        self.spec = _Spec(transport)
-        self.port = port
-        self.factory = factory
-
-    def getHost(self) -> _Address:
-        return _Address("127.0.0.1", self.port)
-
-
-class FakeDatagramTransport:
-    """
-    Records the datagrams a L{SIPDatagramProtocol} writes.
-    """
-
-    def __init__(self) -> None:
-        self.written: list[tuple[bytes, Any]] = []
-
-    def write(self, data: bytes, address: Any) -> None:
-        self.written.append((data, address))
 
 
 def sipRequest(
@@ -109,6 +79,14 @@ def sipRequest(
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def conidOf(flow: FakeFlow) -> int:
+    """
+    The connection id of C{flow}, a stream connection in a table.
+    """
+    assert flow.conid is not None
+    return flow.conid
+
+
 class ProxyHarness:
     """
     A core, a transaction layer, a connection table, a memory store and a
@@ -123,12 +101,13 @@ class ProxyHarness:
         self.table = table if table is not None else ConnectionTable(RecordingBus(), self.clock)
         self.store = MemoryLocationStore(self.clock)
         self.udpProtocol = SIPDatagramProtocol(self.core, receiveBuffer=0)
-        self.udpProtocol.transport = FakeDatagramTransport()
+        self.udpTransport = FakeDatagramTransport()
+        self.udpProtocol.transport = self.udpTransport
         self.udpProtocol._local = ("127.0.0.1", UDP_PORT)
         self.listeners = [
-            FakeListener("udp", UDP_PORT, self.udpProtocol),
-            FakeListener("tcp", TCP_PORT),
-            FakeListener("ws", WS_PORT),
+            FakeListener("udp", UDP_PORT, self.udpProtocol, host="127.0.0.1"),
+            FakeListener("tcp", TCP_PORT, host="127.0.0.1"),
+            FakeListener("ws", WS_PORT, host="127.0.0.1"),
         ]
         self.stale: list[Binding] = []
         self.proxy = Proxy(self.core, self.store, self.clock,
@@ -201,7 +180,7 @@ class ProxyHarness:
 
     def udpSent(self) -> list[tuple[Any, Any]]:
         return [(parseMessage(data), address)
-                for data, address in self.udpProtocol.transport.written]
+                for data, address in self.udpTransport.written]
 
     def answer(self, request: Request, status: int, flow: FakeFlow,
                toTag: str = "bobtag", extra: tuple[tuple[str, str], ...] = ()) -> None:
@@ -295,7 +274,7 @@ class MaxForwardsAndLoopTests(SynchronousTestCase):
         h = ProxyHarness()
         bob = h.connect()
         h.bind(flow=bob)
-        first = parseMessage(sipRequest("MESSAGE"))
+        first = parseRequest(sipRequest("MESSAGE"))
         ours = "SIP/2.0/UDP 127.0.0.1:5060;branch={};rport".format(
             proxyBranch(loopHash(first)))
         looped = sipRequest("MESSAGE", via="SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKz;rport",
@@ -312,7 +291,7 @@ class MaxForwardsAndLoopTests(SynchronousTestCase):
         h = ProxyHarness()
         bob = h.connect()
         h.bind(flow=bob)
-        other = parseMessage(sipRequest("MESSAGE", uri="sip:carol@example.com"))
+        other = parseRequest(sipRequest("MESSAGE", uri="sip:carol@example.com"))
         ours = "SIP/2.0/UDP 127.0.0.1:5060;branch={};rport".format(
             proxyBranch(loopHash(other)))
         h.send(sipRequest("MESSAGE", via="SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKz;rport",
@@ -348,7 +327,7 @@ class LocationTests(SynchronousTestCase):
         self.assertEqual(str(message.uri), binding.contact)
         top = message.vias[0]
         self.assertEqual((top.transport, top.host, top.port), ("WS", "127.0.0.1", WS_PORT))
-        self.assertTrue(top.branch.startswith(BRANCH_PREFIX))
+        self.assertTrue(str(top.branch).startswith(BRANCH_PREFIX))
         self.assertEqual(message.vias[1].branch, "z9hG4bKcaller1")
         self.assertEqual(message.body, b"hello")
         self.assertEqual(message.headers.lines("Record-Route"), [])
@@ -573,7 +552,7 @@ class RouteTests(SynchronousTestCase):
         The Route set the caller (UDP, 127.0.0.1:40000) holds for a dialog
         with C{flow}: both double Record-Route entries of ours.
         """
-        token = h.proxy.tokens.make(flow.conid)
+        token = h.proxy.tokens.make(conidOf(flow))
         caller = h.proxy.tokens.makeAddress("127.0.0.1", 40000)
         return "{}, {}".format(h.signedRoute("udp", UDP_PORT, caller),
                                h.signedRoute("ws", WS_PORT, token))
@@ -626,7 +605,7 @@ class RouteTests(SynchronousTestCase):
         """
         h = ProxyHarness()
         bob = h.connect()
-        route = h.signedRoute("ws", WS_PORT, h.proxy.tokens.make(bob.conid))
+        route = h.signedRoute("ws", WS_PORT, h.proxy.tokens.make(conidOf(bob)))
         h.send(sipRequest("BYE", uri="sip:bob@192.0.2.66:6000", toTag="bobtag",
                           via="SIP/2.0/WS b.invalid;branch=z9hG4bKself",
                           extra=(("Route", route),)), bob)
@@ -684,7 +663,7 @@ class RouteTests(SynchronousTestCase):
         """
         h = ProxyHarness()
         bob = h.connect()
-        token = h.proxy.tokens.make(bob.conid)
+        token = h.proxy.tokens.make(conidOf(bob))
         for i, route in enumerate([
                 "<sip:127.0.0.1:{};transport=ws;lr;ftok={}>".format(WS_PORT, token),
                 h.signedRoute("ws", WS_PORT, token, callId="another-call")]):
@@ -729,7 +708,7 @@ class RouteTests(SynchronousTestCase):
         """
         h = ProxyHarness()
         bob = h.connect()
-        forged = FlowTokens(b"another key").make(bob.conid)
+        forged = FlowTokens(b"another key").make(conidOf(bob))
         self.assertEqual(h.proxy.tokens.check(forged), None)
         self.assertEqual(h.proxy.tokens.check("12"), None)
         self.assertEqual(h.proxy.tokens.check("x.y"), None)
@@ -802,7 +781,7 @@ class RouteTests(SynchronousTestCase):
         victim = "<sip:127.0.0.1:6000;lr>"
         otherCall = h.signedRoute(callId="another-call")
         bob = h.connect()
-        tampered = h.signedRoute("ws", WS_PORT, h.proxy.tokens.make(bob.conid)).replace(
+        tampered = h.signedRoute("ws", WS_PORT, h.proxy.tokens.make(conidOf(bob))).replace(
             ";ftok=", ";ftok=9")
         moved = h.signedRoute().replace(":5060;", ":5070;")
         forged = "<sip:127.0.0.1:5060;transport=udp;lr;rrsig=00112233445566778899>"
@@ -952,7 +931,7 @@ class ResponseTests(SynchronousTestCase):
         h.send(ack)
         acks = h.requestsOn(bob, "ACK")
         self.assertEqual(len(acks), 2)
-        self.assertTrue(acks[0].vias[0].branch.startswith(ACK_BRANCH_PREFIX))
+        self.assertTrue(str(acks[0].vias[0].branch).startswith(ACK_BRANCH_PREFIX))
         self.assertEqual(acks[0].vias[0].branch, acks[1].vias[0].branch)
         self.assertEqual(acks[0].headers.lines("Route"), [])
         self.assertEqual(h.proxy.stats["acksForwarded"], 2)
@@ -966,7 +945,7 @@ class ResponseTests(SynchronousTestCase):
         """
         h = ProxyHarness()
         bob = h.connect()
-        token = h.proxy.tokens.make(bob.conid)
+        token = h.proxy.tokens.make(conidOf(bob))
         h.table.remove(bob.conid, "tcp:closed", "closed by peer")
         h.send(sipRequest("ACK", toTag="t", branch="z9hG4bKa1"))
         h.send(sipRequest("ACK", toTag="t", branch="z9hG4bKa2", extra=(
@@ -1214,7 +1193,7 @@ class CancelAndTimerTests(SynchronousTestCase):
         h.store.lookup = lambda aor, now: pending  # type: ignore[method-assign]
         h.send(sipRequest("INVITE"))
         h.send(sipRequest("CANCEL"))
-        pending.callback(realLookup("bob@example.com", 0).result)
+        pending.callback(self.successResultOf(realLookup("bob@example.com", 0)))
         self.assertEqual(bob.sent, [])
         self.assertEqual(h.statuses(), [200, 487])
 
@@ -1332,21 +1311,6 @@ class CancelAndTimerTests(SynchronousTestCase):
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
 
-class CountingListener(FakeListener):
-    """
-    A L{FakeListener} counting C{getHost} calls; C{None} until started.
-    """
-
-    def __init__(self, transport: str, port: int, factory: Any = None) -> None:
-        super().__init__(transport, port, factory)
-        self.calls = 0
-        self.started = True
-
-    def getHost(self) -> _Address | None:  # type: ignore[override]
-        self.calls += 1
-        return super().getHost() if self.started else None
-
-
 class CountingTable(ConnectionTable):
     """
     A L{ConnectionTable} counting iterations over its flows.
@@ -1372,8 +1336,9 @@ class PerPacketWorkTests(SynchronousTestCase):
         again until it is.
         """
         h = ProxyHarness()
-        h.listeners[:] = [CountingListener(listener.spec.transport, listener.port,
-                                           listener.factory) for listener in h.listeners]
+        h.listeners[:] = [FakeListener(listener.spec.transport, listener.port,
+                                       listener.factory, host="127.0.0.1")
+                          for listener in h.listeners]
         h.listeners[2].started = False
         self.assertFalse(h.proxy.isOwn("127.0.0.1", WS_PORT))
         h.listeners[2].started = True

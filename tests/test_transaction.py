@@ -38,13 +38,26 @@ from sipcore.sip.machine import (
 from sipcore.sip.servertransaction import (
     InviteServerTransaction,
     NonInviteServerTransaction,
+    ServerTransaction,
     responseAddress,
 )
 from sipcore.sip.transaction import OVERLOADED, TransactionLayer
+from sipcore.testing import parseRequest
+from sipcore.timers import TimerQueues
 
 BRANCH = "z9hG4bK-test-1"
 CLIENT = ("192.0.2.1", 5060)
 NEXT_HOP = ("198.51.100.7", 5060)
+
+
+def serverTransaction(layer: TransactionLayer, request: Request, flow: IFlow) -> ServerTransaction:
+    """
+    The server transaction C{layer} matches C{request} to (a new one or
+    not).
+    """
+    found = layer.requestReceived(request, flow)
+    assert isinstance(found, tuple), found
+    return found[0]
 
 
 @implementer(IFlow)
@@ -849,12 +862,13 @@ class DirectClientTests(SynchronousTestCase):
         flow = FakeFlow(clock)
         tu = RecordingTU(clock)
         request = makeRequest("BYE")
-        tx = NonInviteClientTransaction(request, flow, NEXT_HOP, clock, tu)
+        tx = NonInviteClientTransaction(request, flow, NEXT_HOP, TimerQueues(clock), tu)
         self.assertEqual(flow.sent, [])
         tx.start()
         self.assertEqual(len(flow.sent), 1)
         self.assertTrue(tx.responseReceived(makeResponse(request, 200)))
         self.assertEqual(tu.names(), ["response"])
+        assert tx.lastResponse is not None
         self.assertEqual(tx.lastResponse.status, 200)
         clock.advance(5)
         self.assertEqual(tx.state, TERMINATED)
@@ -1494,7 +1508,7 @@ class ResponseAddressTests(SynchronousTestCase):
         flow = FakeFlow(clock, remote=("203.0.113.5", 40000))
         layer = TransactionLayer(clock, RecordingTU(clock))
         request = makeRequest("OPTIONS", sentBy="10.0.0.2", viaParams=";rport")
-        tx, _ = layer.requestReceived(request, flow)
+        tx = serverTransaction(layer, request, flow)
         tx.respond(makeResponse(request, 200))
         self.assertEqual(flow.addresses(), [("203.0.113.5", 40000)])
 
@@ -1516,7 +1530,7 @@ class BuildTests(SynchronousTestCase):
         branch, Route, From, To (no tag), Call-ID, and CSeq number with
         method CANCEL; it survives serialization.
         """
-        cancel = parseMessage(buildCancel(self.request).serialize())
+        cancel = parseRequest(buildCancel(self.request).serialize())
         self.assertEqual(cancel.method, "CANCEL")
         self.assertEqual(str(cancel.uri), "sip:bob@example.com")
         self.assertEqual([v.branch for v in cancel.vias], [BRANCH])
@@ -1537,7 +1551,7 @@ class BuildTests(SynchronousTestCase):
         INVITE; it has no body.
         """
         response = makeResponse(self.request, 480, toTag="zz")
-        ack = parseMessage(buildAckForNon2xx(self.request, response).serialize())
+        ack = parseRequest(buildAckForNon2xx(self.request, response).serialize())
         self.assertEqual(ack.method, "ACK")
         self.assertEqual(ack.toAddr.tag, "zz")
         self.assertEqual(ack.cseq, (1, "ACK"))
@@ -1911,7 +1925,7 @@ class RobustnessTests(SynchronousTestCase):
         layer goes on.
         """
         request = makeRequest()
-        tx, _ = self.layer.requestReceived(request, self.flow)
+        tx = serverTransaction(self.layer, request, self.flow)
         tx.respond(makeResponse(request, 486))
         self.clock.advance(32)
         self.assertEqual(tx.state, TERMINATED)
@@ -1941,7 +1955,7 @@ class RobustnessTests(SynchronousTestCase):
         tu = RecordingTU(self.clock)
         layer = TransactionLayer(self.clock, tu)
         layer.requestReceived(makeRequest(), self.flow)
-        server, _ = layer.requestReceived(makeRequest("OPTIONS"), self.flow)
+        server = serverTransaction(layer, makeRequest("OPTIONS"), self.flow)
         server.respond(makeResponse(server.request, 200))
         layer.sendRequest(makeRequest(branch="z9hG4bK-c"), self.flow, NEXT_HOP, tu)
         layer.sendRequest(makeRequest("BYE", branch="z9hG4bK-d"), self.flow, NEXT_HOP, tu)
@@ -1974,7 +1988,7 @@ class NoTimerLeakTests(SynchronousTestCase):
             layer = TransactionLayer(clock, tu)
             request = makeRequest(method, transport=transport.upper())
             client = layer.sendRequest(request, flow, NEXT_HOP, tu)
-            server, _ = layer.requestReceived(request, flow)
+            server = serverTransaction(layer, request, flow)
             for status in statuses:
                 clock.advance(0.3)
                 layer.responseReceived(makeResponse(request, status), flow)

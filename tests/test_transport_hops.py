@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sipcore.interfaces import IHopConnector
-from sipcore.testing import FakeFlow, RecordingBus
+from sipcore.testing import FakeDatagramTransport, FakeFlow, RecordingBus
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.hops import HopConnector
 from sipcore.transport.udp import DatagramFlow, SIPDatagramProtocol
@@ -32,30 +32,22 @@ class _Spec:
 class FakeListener:
     """
     What L{HopConnector} reads of a listener; no address until started.
+
+    @ivar calls: how many times L{getHost} was called.
     """
 
-    def __init__(self, transport: str, port: int, factory: Any = None) -> None:
+    def __init__(self, transport: str, port: int, factory: Any = None,
+                 host: str = "0.0.0.0") -> None:
         self.spec = _Spec(transport)
         self.port = port
         self.factory = factory
+        self.host = host
         self.started = True
         self.calls = 0
 
     def getHost(self) -> _Address | None:
         self.calls += 1
-        return _Address("0.0.0.0", self.port) if self.started else None
-
-
-class FakeDatagramTransport:
-    """
-    Records the datagrams written.
-    """
-
-    def __init__(self) -> None:
-        self.written: list[tuple[bytes, Any]] = []
-
-    def write(self, data: bytes, address: Any) -> None:
-        self.written.append((data, address))
+        return _Address(self.host, self.port) if self.started else None
 
 
 class HopConnectorTests(SynchronousTestCase):
@@ -66,7 +58,8 @@ class HopConnectorTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.table = ConnectionTable(RecordingBus(), task.Clock())
         self.udp = SIPDatagramProtocol(object(), receiveBuffer=0)
-        self.udp.transport = FakeDatagramTransport()  # type: ignore[assignment]
+        self.udpTransport = FakeDatagramTransport()
+        self.udp.transport = self.udpTransport
         self.listeners: list[Any] = [FakeListener("tcp", 5060),
                                      FakeListener("udp", 5060, self.udp)]
         self.hops = HopConnector(self.table, self.listeners)
@@ -94,7 +87,7 @@ class HopConnectorTests(SynchronousTestCase):
         flow = self.hops.flowTo("udp", "192.0.2.7", 5062)
         assert isinstance(flow, DatagramFlow)
         self.assertTrue(flow.send(b"x"))
-        self.assertEqual(self.udp.transport.written,  # type: ignore[union-attr]
+        self.assertEqual(self.udpTransport.written,
                          [(b"x", ("192.0.2.7", 5062))])
 
     def test_noUDPListener(self) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import sipcore.message
@@ -19,6 +20,7 @@ from sipcore.interfaces import IFlow
 from sipcore.message import parseMessage
 from sipcore.sip.core import SIPCore
 from sipcore.sip.limits import RateLimiter
+from sipcore.testing import FakeDatagramTransport
 from sipcore.transport.udp import (
     DEFAULT_READ_PER_TURN,
     MAX_FLOWS,
@@ -41,25 +43,17 @@ class FakeSocket:
         self.options.append((level, name, value))
 
 
-class FakeDatagramTransport:
+@implementer(ISystemHandle)
+class SocketTransport(FakeDatagramTransport):
     """
-    Records datagrams written; can refuse to send.
+    A L{FakeDatagramTransport} whose handle is a L{FakeSocket}.
     """
 
-    def __init__(self, sock: Any = None, refuse: bool = False) -> None:
-        self.written: list[tuple[bytes, Any]] = []
+    def __init__(self, sock: FakeSocket | None = None) -> None:
+        super().__init__()
         self.sock = sock or FakeSocket()
-        self.refuse = refuse
 
-    def write(self, data: bytes, addr: Any) -> None:
-        if self.refuse:
-            raise OSError("Message too long")
-        self.written.append((data, addr))
-
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("UDP", "127.0.0.1", 5060)
-
-    def getHandle(self) -> Any:
+    def getHandle(self) -> FakeSocket:
         return self.sock
 
 
@@ -71,7 +65,7 @@ class DatagramTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.sink = RecordingSink()
         self.protocol = SIPDatagramProtocol(self.sink, maxSize=1024, receiveBuffer=4096)
-        self.transport = FakeDatagramTransport()
+        self.transport = SocketTransport()
         self.protocol.makeConnection(self.transport)
 
     def test_receiveBuffer(self) -> None:
@@ -85,12 +79,7 @@ class DatagramTests(SynchronousTestCase):
         A socket that refuses the option, or a transport without a handle,
         does not stop the protocol.
         """
-
-        class NoHandle:
-            def getHost(self) -> IPv4Address:
-                return IPv4Address("UDP", "127.0.0.1", 5060)
-
-        for transport in (FakeDatagramTransport(FakeSocket(fail=True)), NoHandle()):
+        for transport in (SocketTransport(FakeSocket(fail=True)), FakeDatagramTransport()):
             protocol = SIPDatagramProtocol(self.sink)
             protocol.transport = transport
             protocol.startProtocol()
@@ -259,7 +248,7 @@ class EarlyDropTests(SynchronousTestCase):
         self.limiter = RateLimiter(self.clock, rate=1, burst=2, overdraft=2)
         self.core.limiter = self.limiter
         self.protocol = SIPDatagramProtocol(self.core, receiveBuffer=0, limiter=self.limiter)
-        self.transport = FakeDatagramTransport()
+        self.transport = SocketTransport()
         self.protocol.makeConnection(self.transport)
         self.parsed = 0
         real = parseMessage
