@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor as _reactor
@@ -22,6 +22,7 @@ from twisted.internet.endpoints import (
     connectProtocol,
 )
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ISystemHandle, ITCPTransport, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -37,9 +38,9 @@ from sipcore.events import (
     WEBSOCKET_CLOSED,
     WEBSOCKET_CONNECTED,
 )
+from sipcore.transport._autobahn import useReactorTimers
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.listen import ListenerService, parseListen
-from sipcore.transport.websocket import _ReactorTimer
 from tests.test_transport_support import (
     OK,
     OPTIONS,
@@ -61,9 +62,11 @@ class StreamClient(Protocol):
     A plain TCP (or TLS) client that records what it receives.
     """
 
+    transport: ITCPTransport
+
     def __init__(self) -> None:
         self.data = b""
-        self.lost: Deferred[BaseException] = Deferred()
+        self.lost: Deferred[BaseException | None] = Deferred()
         self._waits: list[tuple[bytes, Deferred[bytes]]] = []
         self.port = 0
 
@@ -96,9 +99,8 @@ class StreamClient(Protocol):
         """
         Close with a TCP RST (SO_LINGER 0).
         """
-        self.transport.getHandle().setsockopt(
-            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-        )
+        sock = cast(socket.socket, ISystemHandle(self.transport).getHandle())
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abortConnection()
 
 
@@ -106,6 +108,8 @@ class SIPWebSocketClient(WebSocketClientProtocol):
     """
     autobahn's client, recording messages and the close.
     """
+
+    transport: ITCPTransport
 
     def __init__(self) -> None:
         super().__init__()
@@ -137,6 +141,12 @@ class SIPWebSocketClient(WebSocketClientProtocol):
 
 
 class UDPClient(DatagramProtocol):
+    """
+    A UDP socket that keeps the first datagram it receives.
+    """
+
+    transport: IUDPTransport
+
     def __init__(self) -> None:
         self.received: Deferred[bytes] = Deferred()
 
@@ -191,7 +201,7 @@ class LoopbackTests(TestCase):
         )
         # Keep every client timer on the real reactor as real delayed calls
         # (autobahn's batched timer leaves its bucket call pending).
-        factory._batched_timer = _ReactorTimer(reactor)
+        useReactorTimers(factory, reactor)
         factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=2)
         factory.protocol = SIPWebSocketClient
         client = yield connectProtocol(
