@@ -76,14 +76,16 @@ def _firstLine(error: BaseException) -> str:
 
 async def _dbInit(reactor: Any, options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """
-    Connect, run L{sipcore.location.dbinit.initSchema}, report.
+    Connect, run L{sipcore.db.location.initSchema} (and
+    L{sipcore.db.subscriber.initSubscriberSchema}), report.
 
     @return: the exit status.
     """
     import psycopg2
     from txpostgres import txpostgres
 
-    from sipcore.location.dbinit import LOCATION_TABLE_VERSION, SchemaVersionMismatch, initSchema
+    from sipcore.db.location import LOCATION_TABLE_VERSION, SchemaVersionMismatch, initSchema
+    from sipcore.db.subscriber import SUBSCRIBER_TABLE_VERSION, initSubscriberSchema
 
     try:
         psycopg2.extensions.parse_dsn(options.db)
@@ -108,8 +110,6 @@ async def _dbInit(reactor: Any, options: argparse.Namespace, out: TextIO, err: T
     try:
         created = await initSchema(conn)
         if options.subscriber:
-            from sipcore.sip.auth import initSubscriberSchema
-
             await initSubscriberSchema(conn)
     except SchemaVersionMismatch as e:
         err.write("sipcore: {}\n".format(e))
@@ -120,7 +120,7 @@ async def _dbInit(reactor: Any, options: argparse.Namespace, out: TextIO, err: T
     finally:
         conn.close()
     if options.subscriber:
-        out.write("subscriber table present (version 7)\n")
+        out.write("subscriber table present (version {})\n".format(SUBSCRIBER_TABLE_VERSION))
     if created:
         out.write("created location schema (version {})\n".format(LOCATION_TABLE_VERSION))
     else:

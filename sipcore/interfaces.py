@@ -359,8 +359,9 @@ class IHandlerContext(Interface):
     reactor = Attribute("The reactor (provides C{IReactorTime} at least).")
     store = Attribute("The L{ILocationStore} in use.")
     dbPool = Attribute(
-        "The shared C{txpostgres.ConnectionPool}, or C{None} when sipcore runs "
-        "without a database."
+        "The database's L{IDatabasePool} (a L{sipcore.db.DatabasePool}), or "
+        "C{None} when sipcore runs without a database.  sipcore opens and "
+        "closes it; handlers only run statements on it."
     )
     options = Attribute(
         "This handler's options: an instance of its plugin's C{options} class, "
@@ -494,6 +495,50 @@ class ILocationStore(Interface):
         @param serverId: C{int}.
         @param before: C{float} POSIX time, the process's start.
         @return: L{Deferred} firing with the C{int} number removed.
+        """
+
+
+# ---------------------------------------------------------------------------
+# Database
+
+
+class IDatabasePool(Interface):
+    """
+    The PostgreSQL database as its users see it (the store, the subscriber
+    credentials, handlers with tables of their own): the calls of a
+    C{txpostgres.ConnectionPool}, each sent on one pooled connection.
+    Statements are fixed text with C{%s} parameters.
+
+    Each call's L{Deferred} fails with L{sipcore.db.DatabaseUnavailable}
+    when the database cannot answer now (not started, down, reconnecting,
+    the connection lost during the call, no answer in time, cancelled by
+    C{statement_timeout}), and with the C{psycopg2} error when the database
+    refuses the statement.
+    """
+
+    available = Attribute("C{bool}: whether a connection is open and believed alive.")
+
+    def runQuery(statement, params=None):
+        """
+        Run one statement.
+
+        @return: L{Deferred} firing with the C{list} of rows.
+        """
+
+    def runOperation(statement, params=None):
+        """
+        Run one statement and drop its result.
+
+        @return: L{Deferred} firing with C{None}.
+        """
+
+    def runInteraction(interaction, *args, **kwargs):
+        """
+        Run C{interaction(cursor, *args, **kwargs)} in one transaction:
+        committed when it succeeds (or its L{Deferred} fires), rolled back
+        when it fails.
+
+        @return: L{Deferred} firing with what C{interaction} returned.
         """
 
 

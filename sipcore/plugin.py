@@ -377,7 +377,9 @@ class HandlerContext:
         @param serverId: this node's C{server_id}.
         @param reactor: provides C{IReactorTime} at least.
         @param store: the L{sipcore.interfaces.ILocationStore}.
-        @param dbPool: the shared C{txpostgres} pool, or C{None}.
+        @param dbPool: the database's L{sipcore.interfaces.IDatabasePool}
+            (the L{sipcore.db.Database}'s pool), or C{None} without a
+            database.
         @param options: the handler's parsed options (L{parseOptions}), or
             C{None}: a L{Handler} then takes the defaults of its C{Options}.
         @param writes: the pending-writes tracker.
@@ -562,8 +564,8 @@ class Handler:
 
     def requireDatabase(self) -> Any:
         """
-        The shared database pool, for handlers that cannot work without
-        one.
+        The database's pool (L{sipcore.interfaces.IDatabasePool}), for
+        handlers that cannot work without one.
 
         @return: C{context.dbPool}.
         @raise HandlerError: when sipcore runs without a database.

@@ -8,6 +8,7 @@ started, and stops them in the reverse order, each once the one after has
 stopped.  L{sipcore.tap.buildService} builds this tree::
 
     SIPCoreService                       the root (an OrderedServices)
+      Database                           with --db: open the pool / close it
       StoreService                       open the store (the schema on --db-init),
                                          purge this node's connection-bound rows,
                                          expire bindings on a timer / close the store
@@ -24,7 +25,7 @@ stopped.  L{sipcore.tap.buildService} builds this tree::
 So the start opens the store before anything can write to it and listens
 last, and the stop follows DESIGN rule 7: stop listening, close the live
 connections (their close events fire as usual), drain the job queues within
-a deadline, then close the store.
+a deadline, then close the store and the database.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ class StoreService(Service):
                 lambda f: self._log.failure("expiry timer stopped", f))
 
     async def _prepare(self) -> None:
-        from sipcore.location.dbinit import SchemaVersionMismatch
+        from sipcore.db.location import SchemaVersionMismatch
 
         try:
             if self._initSchema is not None and not self._schemaReady:
@@ -435,6 +436,7 @@ class SIPCoreService(OrderedServices):
     @ivar listeners: the L{sipcore.transport.listen.ListenerService}s.
     @ivar handlers: the L{EnabledHandler}s, in order.
     @ivar queues: the job queues the handlers made.
+    @ivar database: the L{sipcore.db.Database}, or C{None} without C{--db}.
     @ivar storeService: the L{StoreService}.
     @ivar handlerService: the L{HandlerService}.
     @ivar metricsService: the service answering C{GET /metrics}, or C{None}.
@@ -465,15 +467,19 @@ class SIPCoreService(OrderedServices):
         metrics: IMetricsSource,
         lagProbe: IService | None = None,
         metricsService: IService | None = None,
+        database: IService | None = None,
     ) -> None:
         """
-        Build the tree: the store, the handlers, the core, the listeners,
-        then the lag probe and the metrics service when given.
+        Build the tree: the database when given, the store, the handlers,
+        the core, the listeners, then the lag probe and the metrics service
+        when given.
 
         @param reactor: the reactor; stopped when the start fails while it
             runs (when it provides L{IReactorCore}).
         @param metrics: every figure of the server (what L{samples}
             returns).
+        @param database: the L{sipcore.db.Database} (with C{--db}), or
+            C{None}.
         """
         super().__init__()
         self._reactor = reactor
@@ -490,6 +496,9 @@ class SIPCoreService(OrderedServices):
         self.listeners = list(listeners)
         self.metricsService = metricsService
         self._metrics = metrics
+        self.database = database
+        if database is not None:
+            database.setServiceParent(self)
         storeService.setServiceParent(self)
         handlerService.setServiceParent(self)
         CoreService(table, core, proxy).setServiceParent(self)

@@ -398,17 +398,22 @@ def buildService(options: Options, reactor: Any) -> Any:
     ))
     metrics.register(ConnectionMetrics(table))
     initSchema = None
+    database = None
+    dbPool = None
     if options["db"]:
+        from sipcore.db import Database
         from sipcore.location import PostgresLocationStore
         from sipcore.workers import releaseWorkerStore
 
         releaseWorkerStore()
-        store: Any = PostgresLocationStore(options["db"], reactor)
+        database = Database(options["db"], reactor)
+        dbPool = database.pool
+        store: Any = PostgresLocationStore(dbPool)
         if options["db-init"]:
-            def initSchema() -> Any:
-                from sipcore.location.dbinit import initSchema as create
+            from sipcore.db.location import initSchema as createSchema
 
-                return create(store.pool)
+            def initSchema() -> Any:
+                return createSchema(database.pool)
     else:
         from sipcore.workers import workerStore
 
@@ -452,7 +457,7 @@ def buildService(options: Options, reactor: Any) -> Any:
     )
     core.route("REGISTER", registrar)
     metrics.register(RegistrarMetrics(registrar))
-    authenticator = _buildAuthentication(options, reactor, core, store)
+    authenticator = _buildAuthentication(options, reactor, core, dbPool)
     if authenticator is not None:
         metrics.register(AuthenticationMetrics(authenticator))
     listenerOptions = _listenerOptions(options, limiter)
@@ -473,7 +478,7 @@ def buildService(options: Options, reactor: Any) -> Any:
             serverId=serverId,
             reactor=reactor,
             store=store,
-            dbPool=getattr(store, "pool", None),
+            dbPool=dbPool,
             options=handlerOptions,
             writes=writes,
             jobQueues=jobQueues,
@@ -512,6 +517,7 @@ def buildService(options: Options, reactor: Any) -> Any:
         metrics=metrics,
         lagProbe=lagProbe,
         metricsService=_buildMetrics(options, reactor, metrics),
+        database=database,
     )
 
 
@@ -678,7 +684,7 @@ def _listenerOptions(options: Options, limiter: Any) -> dict[str, Any]:
     }
 
 
-def _buildAuthentication(options: Options, reactor: Any, core: Any, store: Any) -> Any:
+def _buildAuthentication(options: Options, reactor: Any, core: Any, dbPool: Any) -> Any:
     """
     Make digest authentication a guard of the core when a credential
     source is configured (docs/security.rst); failed authentications cost
@@ -694,7 +700,7 @@ def _buildAuthentication(options: Options, reactor: Any, core: Any, store: Any) 
     log = Logger(namespace="sipcore.security")
     credentials = options.get("auth-credentials")
     if options["auth-db"]:
-        credentials = PostgresCredentials(store)  # its pool, read at each lookup
+        credentials = PostgresCredentials(dbPool)
     if credentials is None:
         log.warn("authentication is off (no --auth-file or --auth-db): "
                  "any client may register any address of record")

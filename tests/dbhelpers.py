@@ -9,6 +9,7 @@ Shared helpers for tests that use a real PostgreSQL server.
   - L{createTestSchema}: a private PostgreSQL schema per test, created in
     C{setUp}, with its own C{search_path} and C{application_name} in the DSN,
     optionally holding the location tables, and dropped at cleanup.
+  - L{startDatabase}: a started L{sipcore.db.Database}, stopped at cleanup.
 
 Integration tests using these are C{twisted.trial.unittest.TestCase}s (real
 reactor) and return Deferreds (or are C{async def}).
@@ -28,7 +29,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, TestCase
 from txpostgres import txpostgres
 
-from sipcore.location.dbinit import initSchema
+from sipcore.db.location import initSchema
 
 __all__ = [
     "DEFAULT_DSN",
@@ -38,6 +39,7 @@ __all__ = [
     "databaseRequired",
     "describeDsn",
     "dsn",
+    "startDatabase",
 ]
 
 #: The server used when C{SIPCORE_TEST_DSN} is not set.
@@ -160,3 +162,22 @@ async def createTestSchema(testCase: TestCase, withLocation: bool = True) -> Tes
         finally:
             conn.close()
     return TestSchema(name=name, applicationName=applicationName, dsn=schemaDsn, admin=admin)
+
+
+async def startDatabase(testCase: TestCase, connectionString: str, **options: Any) -> Any:
+    """
+    Start a L{sipcore.db.Database} on the real reactor, and stop it at
+    cleanup.
+
+    @param options: the L{sipcore.db.DatabasePool} options.
+    @return: the L{sipcore.db.Database}, its connections' first attempts
+        made.
+    """
+    from twisted.internet import reactor
+
+    from sipcore.db import Database
+
+    database = Database(connectionString, reactor, **options)
+    testCase.addCleanup(lambda: database.stopService() if database.running else None)
+    await database.startService()
+    return database

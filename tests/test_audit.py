@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from sipcore.db.audit import COLUMNS, insertStatement, tableDDL
 from sipcore.events import (
     ALL_EVENTS,
     TCP_CLOSED,
@@ -25,13 +26,12 @@ from sipcore.events import (
     WEBSOCKET_CLOSED,
 )
 from sipcore.events.discovery import findHandlers
-from sipcore.handlers.audit import COLUMNS, ConnectionAudit, insertStatement, tableDDL
+from sipcore.handlers.audit import ConnectionAudit
 from sipcore.interfaces import IHandlerPlugin
-from sipcore.location import PostgresLocationStore
 from sipcore.plugin import HandlerContext, HandlerError, OptionError, parseOptions
 from sipcore.tap import Options, buildService
 from sipcore.testing import MemoryLocationStore, UDPMemoryReactor, connectionEvent
-from tests.dbhelpers import TestSchema, createTestSchema
+from tests.dbhelpers import TestSchema, createTestSchema, startDatabase
 from tests.serverhelpers import connectTCP, startServer, waitUntil
 from twisted.plugins.sipcore_handlers import connectionAudit
 
@@ -322,20 +322,19 @@ async def auditRows(schema: TestSchema) -> list[tuple[Any, ...]]:
 
 class PostgresAuditTests(TestCase):
     """
-    L{ConnectionAudit} against the real server, through the store's pool.
+    L{ConnectionAudit} against the real server, through a database's pool.
     """
 
     async def setUp(self) -> None:
         self.schema = await createTestSchema(self, withLocation=False)
-        self.store = PostgresLocationStore(
-            self.schema.dsn, reactor, minConnections=1, retryImmediately=False, retryDelay=0.2
+        self.database = await startDatabase(
+            self, self.schema.dsn, minConnections=1, retryImmediately=False, retryDelay=0.2
         )
-        self.addCleanup(self.store.close)
-        await self.store.start()
+        self.pool = self.database.pool
 
     async def makeAudit(self, **options: str) -> ConnectionAudit:
         options.setdefault("batch-delay", "0.01")
-        context = makeContext(self.store.pool, reactor, options)
+        context = makeContext(self.pool, reactor, options)
         audit = ConnectionAudit(context)
         await defer.maybeDeferred(audit.start)
         audit.queue.start()
@@ -411,7 +410,7 @@ class PostgresAuditTests(TestCase):
                 sql.Identifier(self.schema.name)
             )
         )
-        context = makeContext(self.store.pool, reactor)
+        context = makeContext(self.pool, reactor)
         audit = ConnectionAudit(context)
         with self.assertRaises(HandlerError) as caught:
             await audit.start()
@@ -424,7 +423,7 @@ class PostgresAuditTests(TestCase):
         """
         Events before, during and after the database's backends are
         terminated are all written exactly once: the batches that failed
-        during the outage are retried until the store has reconnected.
+        during the outage are retried until the pool has reconnected.
         """
         audit = await self.makeAudit()
         for conid in (1, 2):
@@ -432,7 +431,7 @@ class PostgresAuditTests(TestCase):
         await waitUntil(lambda: audit.written == 2, what="rows before the outage")
 
         self.assertEqual(await self.terminateBackends(), 1)
-        await waitUntil(lambda: not self.store.available, what="the store to notice")
+        await waitUntil(lambda: not self.pool.available, what="the pool to notice")
         for conid in (3, 4, 5):
             audit.handle(connectionEvent(TCP_CLOSED, conid=conid, serverId=SERVER_ID))
         await waitUntil(lambda: audit.queue.failures >= 1, what="a failed batch")

@@ -12,11 +12,12 @@ import hashlib
 import secrets
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from sipcore.db.subscriber import initSubscriberSchema
 from sipcore.message import Request, Response, parseMessage
 from sipcore.sip.auth import (
     CredentialsUnavailable,
@@ -28,7 +29,6 @@ from sipcore.sip.auth import (
     NonceState,
     PostgresCredentials,
     Subscriber,
-    initSubscriberSchema,
     loadCredentialFile,
     parseDigest,
 )
@@ -565,36 +565,32 @@ class FileAuthTests(AuthTestsMixin, TestCase):
 class PostgresAuthTests(AuthTestsMixin, TestCase):
     """
     Authentication with Kamailio's C{subscriber} table in a real
-    PostgreSQL, read through the location store's pool.
+    PostgreSQL, read through a database's pool.
     """
 
     timeout = 60
 
     async def makeSource(self) -> PostgresCredentials:
-        from sipcore.location import PostgresLocationStore
-        from tests.dbhelpers import createTestSchema
+        from tests.dbhelpers import createTestSchema, startDatabase
 
         schema = await createTestSchema(self, withLocation=False)  # type: ignore[arg-type]
-        store = PostgresLocationStore(schema.dsn, reactor)
-        await store.start()
-        self.addCleanup(store.close)  # type: ignore[attr-defined]
-        await initSubscriberSchema(store.pool)
-        await initSubscriberSchema(store.pool)  # idempotent
+        database = await startDatabase(self, schema.dsn)  # type: ignore[arg-type]
+        pool = database.pool
+        await initSubscriberSchema(pool)
+        await initSubscriberSchema(pool)  # idempotent
         rows = [
             ("alice", REALM, PASSWORD, ha1("alice"), ""),
             ("bob", REALM, "bobs-" + PASSWORD, "", ""),
             ("carol", REALM, "", ha1("carol"), h("MD5", "carol@example.com:example.com:x")),
         ]
         for row in rows:
-            await store.pool.runOperation(
+            await pool.runOperation(
                 "INSERT INTO subscriber (username, domain, password, ha1, ha1b) "
                 "VALUES (%s, %s, %s, %s, %s)", row)
-        version = await store.pool.runQuery(
+        version = await pool.runQuery(
             "SELECT table_version FROM version WHERE table_name = %s", ("subscriber",))
         self.assertEqual(version, [(7,)])  # type: ignore[attr-defined]
-        source = PostgresCredentials(store.pool)
-        self.store = store
-        return source
+        return PostgresCredentials(pool)
 
     async def test_databaseAway(self) -> None:
         """

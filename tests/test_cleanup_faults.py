@@ -16,7 +16,7 @@ from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 
 from sipcore.location import Binding, PostgresLocationStore
-from tests.dbhelpers import connect, createTestSchema
+from tests.dbhelpers import connect, createTestSchema, startDatabase
 from tests.serverhelpers import connectTCP, registerRequest, startServer, waitUntil
 
 SERVER_ID = 7
@@ -212,7 +212,8 @@ class FaultTests(TestCase):
         rows.
         """
         await self.setUpSchema()
-        seed = PostgresLocationStore(self.schema.dsn, reactor)
+        database = await startDatabase(self, self.schema.dsn)
+        seed = PostgresLocationStore(database.pool)
         await seed.start()
         now = reactor.seconds()
 
@@ -228,6 +229,7 @@ class FaultTests(TestCase):
             binding("expiring", SERVER_ID, -1, now + 1),
         ])
         await seed.close()
+        await database.stopService()
         await self.start("--expiry-interval", "0.5")
         await waitUntil(lambda: self.rowsGone("mine-tcp"), what="start purge")
         await waitUntil(lambda: self.rowsGone("expiring"), what="expiry")

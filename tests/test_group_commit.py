@@ -27,7 +27,7 @@ from sipcore.message import Response, parseMessage
 from sipcore.sip.core import StatelessTransaction
 from sipcore.sip.registrar import Registrar
 from sipcore.testing import FakeFlow
-from tests.dbhelpers import createTestSchema
+from tests.dbhelpers import createTestSchema, startDatabase
 from tests.test_location_contract import NOW, LocationStoreContractMixin, makeBinding
 from tests.test_registrar import register
 
@@ -391,7 +391,8 @@ class GroupCommitPostgresTests(LocationStoreContractMixin, TestCase):
 
     async def setUp(self) -> None:
         self.schema = await createTestSchema(self)
-        self.inner = PostgresLocationStore(self.schema.dsn, reactor)
+        database = await startDatabase(self, self.schema.dsn)
+        self.inner = PostgresLocationStore(database.pool)
         self.store = GroupCommitStore(self.inner, reactor, window=0.002, maxBatch=100)
         self.addCleanup(self.store.close)
         await self.store.start()

@@ -657,14 +657,14 @@ class SecurityOptionsTests(SynchronousTestCase):
     def test_authFromDatabase(self) -> None:
         """
         C{--auth-db} authenticates with the subscriber table through the
-        location store's pool.
+        database's pool.
         """
         from sipcore.sip.auth import PostgresCredentials
 
         service = self.build("--db", "host=127.0.0.1 dbname=sipcore", "--auth-db")
         [guard] = service.core._guards
         self.assertIsInstance(guard.credentials, PostgresCredentials)
-        self.assertIs(guard.credentials.pool.pool, service.store.pool)
+        self.assertIs(guard.credentials.pool, service.database.pool)
 
     def test_badSecurityOptions(self) -> None:
         """

@@ -1,7 +1,8 @@
 """
-Tests for L{sipcore.location.postgres} and L{sipcore.location.dbinit}
-against a real PostgreSQL server (see L{tests.dbhelpers}: skipped when the
-server is unreachable, unless C{SIPCORE_REQUIRE_DB=1}).
+Tests for L{sipcore.location.postgres} and L{sipcore.db.location} (on a
+L{sipcore.db.Database}) against a real PostgreSQL server (see
+L{tests.dbhelpers}: skipped when the server is unreachable, unless
+C{SIPCORE_REQUIRE_DB=1}).
 """
 
 from __future__ import annotations
@@ -18,21 +19,22 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from sipcore.db import Database, DatabaseUnavailable
+from sipcore.db import location as statements
+from sipcore.db.location import (
+    LOCATION_TABLE_VERSION,
+    SchemaVersionMismatch,
+    initSchema,
+    locationTableVersion,
+)
 from sipcore.location import (
     Binding,
     InvalidBinding,
     MemoryLocationStore,
     PostgresLocationStore,
     StoreUnavailable,
-    postgres,
 )
-from sipcore.location.dbinit import (
-    LOCATION_TABLE_VERSION,
-    SchemaVersionMismatch,
-    initSchema,
-    locationTableVersion,
-)
-from tests.dbhelpers import connect, createTestSchema
+from tests.dbhelpers import connect, createTestSchema, startDatabase
 from tests.test_location_contract import (
     HOSTILE_TEXTS,
     NOW,
@@ -117,12 +119,13 @@ async def sleep(seconds: float) -> None:
 
 def captureLogs(testCase: TestCase) -> list[str]:
     """
-    Collect the formatted text of the store's log events during the test.
+    Collect the formatted text of the database pool's log events during the
+    test.
     """
     texts: list[str] = []
 
     def observer(event: LogEvent) -> None:
-        if event.get("log_namespace", "").startswith("sipcore.location.postgres"):
+        if event.get("log_namespace", "").startswith("sipcore.db.pool"):
             texts.append(formatEvent(event))
 
     globalLogPublisher.addObserver(observer)
@@ -132,20 +135,34 @@ def captureLogs(testCase: TestCase) -> list[str]:
 
 class PostgresStoreTestBase(TestCase):
     """
-    A private schema with the location tables, and a started store on it.
+    A private schema with the location tables, a started database on it
+    and a started store on the database.
+
+    @cvar storeOptions: the options of the database under C{self.store}.
     """
 
     storeOptions: dict[str, Any] = {}
 
     async def setUp(self) -> None:
         self.schema = await createTestSchema(self)
-        self.store = self.makeStore(**self.storeOptions)
-        await self.store.start()
+        self.database = await startDatabase(self, self.schema.dsn, **self.storeOptions)
+        self.store = await self.storeOn(self.database)
 
-    def makeStore(self, dsn: str | None = None, **options: Any) -> PostgresLocationStore:
-        store = PostgresLocationStore(dsn or self.schema.dsn, reactor, **options)
+    async def storeOn(self, database: Database) -> PostgresLocationStore:
+        """
+        @return: a started store on C{database}, closed at cleanup.
+        """
+        store = PostgresLocationStore(database.pool)
         self.addCleanup(store.close)
+        await store.start()
         return store
+
+    async def makeStore(self, dsn: str | None = None, **options: Any) -> PostgresLocationStore:
+        """
+        @return: a started store on a database of its own (started with
+            C{options}).
+        """
+        return await self.storeOn(await startDatabase(self, dsn or self.schema.dsn, **options))
 
     async def terminateBackends(self) -> int:
         """
@@ -316,8 +333,7 @@ class PostgresLocationStoreTests(PostgresStoreTestBase):
             self.schema.dsn,
             options="-c search_path={} -c TimeZone=Asia/Tokyo".format(self.schema.name),
         )
-        other = self.makeStore(tokyo)
-        await other.start()
+        other = await self.makeStore(tokyo)
         self.assertEqual(await other.lookup("alice@example.com", NOW), [binding])
         self.assertEqual(await other.removeExpired(NOW + 0.5), 1)
 
@@ -365,7 +381,7 @@ class PostgresLocationStoreTests(PostgresStoreTestBase):
         binding never appears in the text of a statement.
         """
         sent: list[str] = []
-        pool = self.store.pool
+        pool = self.database.pool
         for name in ("runQuery", "runOperation"):
             original = getattr(pool, name)
 
@@ -406,7 +422,7 @@ class PostgresLocationStoreTests(PostgresStoreTestBase):
         Before C{start} and after C{close}, calls fail at once with
         L{StoreUnavailable}.
         """
-        fresh = self.makeStore()
+        fresh = PostgresLocationStore(self.database.pool)
         with self.assertRaises(StoreUnavailable):
             await fresh.lookup("alice@example.com", NOW)
         await self.store.close()
@@ -414,40 +430,40 @@ class PostgresLocationStoreTests(PostgresStoreTestBase):
         with self.assertRaises(StoreUnavailable):
             await self.store.save([makeBinding()])
 
-    async def test_closeRunningCall(self) -> None:
+    async def test_databaseStoppedDuringCall(self) -> None:
         """
-        C{close} while a call is running fails that call with
+        Stopping the database while a call is running fails that call with
         L{StoreUnavailable} rather than leaving it pending.
         """
         d = self.store.lookup("alice@example.com", NOW)
-        await self.store.close()
+        await self.database.stopService()
         with self.assertRaises(StoreUnavailable):
             await d
 
     async def test_poolForHandlers(self) -> None:
         """
-        C{store.pool} exists before C{start} (calls on it fail with
-        C{ConnectionDead} until then) and, once started, runs statements
-        such as L{initSchema}.
+        A database's pool exists before the database starts (calls on it
+        fail with L{DatabaseUnavailable} until then) and, once started,
+        runs statements such as L{initSchema}.
         """
-        from txpostgres.reconnection import ConnectionDead
-
-        fresh = self.makeStore()
-        self.assertIsNotNone(fresh.pool)
-        with self.assertRaises(ConnectionDead):
+        fresh = Database(self.schema.dsn, reactor)
+        self.addCleanup(lambda: fresh.stopService() if fresh.running else None)
+        with self.assertRaises(DatabaseUnavailable):
             await fresh.pool.runQuery("SELECT 1")
-        await fresh.start()
+        await fresh.startService()
         self.assertEqual(await fresh.pool.runQuery("SELECT 1"), [(1,)])
         self.assertFalse(await initSchema(fresh.pool))
 
     async def test_restart(self) -> None:
         """
-        A store closed and started again works with a new pool.
+        A database stopped and started again opens new connections, and a
+        store closed and started again on it works.
         """
-        first = self.store.pool
         await self.store.close()
+        await self.database.stopService()
+        self.assertFalse(self.database.pool.available)
+        await self.database.startService()
         await self.store.start()
-        self.assertIsNot(self.store.pool, first)
         await self.store.save([makeBinding()])
         self.assertEqual(len(await self.store.lookup("alice@example.com", NOW)), 1)
 
@@ -462,30 +478,34 @@ class PostgresLocationStoreTests(PostgresStoreTestBase):
         An invalid DSN is refused at construction, without echoing it.
         """
         e = self.assertRaises(
-            ValueError, PostgresLocationStore, "host=x password=secret nonsense", reactor
+            ValueError, Database, "host=x password=secret nonsense", reactor
         )
         self.assertNotIn("secret", str(e))
 
 
 class UnreachableDatabaseTests(TestCase):
     """
-    A store whose database cannot be reached starts anyway and fails calls
-    with L{StoreUnavailable}.
+    A database that cannot be reached starts anyway, and the store on it
+    fails calls with L{StoreUnavailable}.
     """
 
     async def test_startWithServerDown(self) -> None:
         """
-        With nothing listening at the DSN, C{start} fires, the store reports
-        itself unavailable, logs that once, and every call fails at once with
-        L{StoreUnavailable}; C{close} stops the retrying.
+        With nothing listening at the DSN, the database's start fires, the
+        store reports itself unavailable, the pool logs that once, and every
+        call fails at once with L{StoreUnavailable}; stopping the database
+        stops the retrying.
         """
         logs = captureLogs(self)
-        store = PostgresLocationStore(
+        database = Database(
             "host=127.0.0.1 port=1 dbname=x user=x connect_timeout=2",
             reactor,
             retryDelay=0.05,
             maxRetryDelay=0.1,
         )
+        self.addCleanup(lambda: database.stopService() if database.running else None)
+        self.assertIsNone(await database.startService())
+        store = PostgresLocationStore(database.pool)
         self.addCleanup(store.close)
         self.assertIsNone(await store.start())
         self.assertFalse(store.available)
@@ -551,8 +571,8 @@ class ReconnectionTests(PostgresStoreTestBase):
         until the store recovers either answers or fails with
         L{StoreUnavailable}, and calls eventually answer.
         """
-        store = self.makeStore(minConnections=2)
-        await store.start()
+        database = await startDatabase(self, self.schema.dsn, minConnections=2)
+        store = await self.storeOn(database)
         await store.save([makeBinding()])
         await self.terminateBackends()
         outcomes = []
@@ -564,11 +584,11 @@ class ReconnectionTests(PostgresStoreTestBase):
             else:
                 outcomes.append("ok")
                 self.assertEqual(len(found), 1)
-                if len(store._alive) == 2:
+                if database.pool.liveConnections == 2:
                     break
             await sleep(POLL_INTERVAL)
         self.assertEqual(outcomes[-1], "ok", outcomes)
-        self.assertEqual(len(store._alive), 2)
+        self.assertEqual(database.pool.liveConnections, 2)
 
     async def test_noAnswerInTime(self) -> None:
         """
@@ -576,10 +596,9 @@ class ReconnectionTests(PostgresStoreTestBase):
         by a lock) fails with L{StoreUnavailable}; its connection is
         reopened and later calls answer.
         """
-        store = self.makeStore(
+        store = await self.makeStore(
             minConnections=1, statementTimeout=None, operationTimeout=0.5, retryDelay=0.1
         )
-        await store.start()
         await store.save([makeBinding()])
         release: defer.Deferred[None] = defer.Deferred()
         locked: defer.Deferred[None] = defer.Deferred()
@@ -608,8 +627,7 @@ class ReconnectionTests(PostgresStoreTestBase):
         A statement cancelled by C{statement_timeout} fails with
         L{StoreUnavailable} but does not count as a lost connection.
         """
-        store = self.makeStore(minConnections=1, statementTimeout=0.2)
-        await store.start()
+        store = await self.makeStore(minConnections=1, statementTimeout=0.2)
         release: defer.Deferred[None] = defer.Deferred()
         locked: defer.Deferred[None] = defer.Deferred()
 
@@ -736,8 +754,8 @@ class MatchesMemoryStoreTests(PostgresStoreTestBase):
 
 class StatementTextTests(SynchronousTestCase):
     """
-    The store's fixed statement texts name the columns in the order its
-    parameters follow.
+    The location table's fixed statement texts (L{sipcore.db.location}) name
+    the columns in the order their parameters follow.
     """
 
     def test_insert(self) -> None:
@@ -746,16 +764,16 @@ class StatementTextTests(SynchronousTestCase):
         converted from POSIX seconds), and updates every column but ruid.
         """
         self.assertEqual(
-            postgres._INSERT_HEAD,
-            "INSERT INTO location ({}) VALUES ".format(", ".join(postgres._COLUMNS)))
+            statements.INSERT_HEAD,
+            "INSERT INTO location ({}) VALUES ".format(", ".join(statements.COLUMNS)))
         placeholders = [
-            "(to_timestamp(%s) AT TIME ZONE 'UTC')" if column in postgres._TIME_COLUMNS
-            else "%s" for column in postgres._COLUMNS]
-        self.assertEqual(postgres._ROW, "(" + ", ".join(placeholders) + ")")
+            "(to_timestamp(%s) AT TIME ZONE 'UTC')" if column in statements.TIME_COLUMNS
+            else "%s" for column in statements.COLUMNS]
+        self.assertEqual(statements.ROW, "(" + ", ".join(placeholders) + ")")
         self.assertEqual(
-            postgres._INSERT_TAIL,
+            statements.INSERT_TAIL,
             " ON CONFLICT (ruid) DO UPDATE SET " + ", ".join(
-                "{0} = EXCLUDED.{0}".format(c) for c in postgres._COLUMNS if c != "ruid"))
+                "{0} = EXCLUDED.{0}".format(c) for c in statements.COLUMNS if c != "ruid"))
 
     def test_select(self) -> None:
         """
@@ -763,7 +781,7 @@ class StatementTextTests(SynchronousTestCase):
         """
         expected = ", ".join(
             "EXTRACT(EPOCH FROM {} AT TIME ZONE 'UTC')".format(column)
-            if column in postgres._TIME_COLUMNS else column for column in postgres._COLUMNS)
-        self.assertEqual(postgres._SELECT, "SELECT " + expected + " FROM location")
-        for statement in (postgres._LOOKUP, postgres._LOOKUP_NO_DOMAIN, postgres._LOOKUP_MANY):
-            self.assertTrue(statement.startswith(postgres._SELECT + " WHERE "), statement)
+            if column in statements.TIME_COLUMNS else column for column in statements.COLUMNS)
+        self.assertEqual(statements.SELECT, "SELECT " + expected + " FROM location")
+        for statement in (statements.LOOKUP, statements.LOOKUP_NO_DOMAIN, statements.LOOKUP_MANY):
+            self.assertTrue(statement.startswith(statements.SELECT + " WHERE "), statement)

@@ -108,7 +108,9 @@ class WheelTests(TestCase):
         for required in ("twisted/plugins/sipcore_server.py",
                          "twisted/plugins/sipcore_handlers.py",
                          "twisted/plugins/sipcore_reactor.py",
-                         "sipcore/location/schema.sql",
+                         "sipcore/db/location.sql",
+                         "sipcore/db/subscriber.sql",
+                         "sipcore/db/audit.sql",
                          "sipcore/py.typed"):
             self.assertIn(required, names)
         self.assertFalse([n for n in names if n.endswith("dropin.cache")])

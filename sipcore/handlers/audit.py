@@ -6,22 +6,22 @@ one row each, in the C{connection_events} PostgreSQL table.
 Each event becomes a row put into a job queue under a key of its own (a
 sequence number), so no event replaces another.  The queue's runner writes
 a batch with one parameterized multi-row C{INSERT ... ON CONFLICT DO
-NOTHING} through the shared txpostgres pool.  A failed batch stays queued
+NOTHING} (L{sipcore.db.audit}) through the database pool
+(L{sipcore.interfaces.IHandlerContext.dbPool}).  A failed batch stays queued
 and is retried with backoff until the database answers again; a batch
 retried after its answer was lost inserts nothing twice, because
 C{(run_id, seq)} is the primary key.
 
 At start the handler creates its table when it is missing (the DDL in
-C{audit.sql}), unless C{create-table=no}.  When the database is away at
-start the handler starts anyway and creates the table before its first
-batch; an SQL error (no privilege, a clashing table) stops sipcore's start.
+C{sipcore/db/audit.sql}), unless C{create-table=no}.  When the database is
+away at start the handler starts anyway and creates the table before its
+first batch; an SQL error (no privilege, a clashing table) stops sipcore's start.
 Without a database the handler refuses to start.
 """
 
 from __future__ import annotations
 
 import itertools
-import pkgutil
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -31,70 +31,21 @@ from twisted.internet import defer
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from sipcore.db.audit import insertStatement, tableDDL
 from sipcore.events import ALL_EVENTS, ConnectionEvent
 from sipcore.interfaces import IHandlerContext
 from sipcore.plugin import Handler, HandlerError, boolean, handles, integer, number
 
-__all__ = ["COLUMNS", "ConnectionAudit", "insertStatement", "tableDDL"]
-
-#: The columns the handler writes, in order (C{logged_at} has a default).
-COLUMNS = (
-    "run_id",
-    "seq",
-    "event_time",
-    "server_id",
-    "event",
-    "connection_id",
-    "transport",
-    "local_host",
-    "local_port",
-    "remote_host",
-    "remote_port",
-    "reason",
-    "duration",
-    "ws_code",
-    "ws_reason",
-)
-
-#: One row of values for L{_INSERT_HEAD}.
-_ROW = "(CAST(%s AS uuid), %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-
-_INSERT_HEAD = (
-    "INSERT INTO connection_events (run_id, seq, event_time, server_id, event, connection_id,"
-    " transport, local_host, local_port, remote_host, remote_port, reason, duration, ws_code,"
-    " ws_reason) VALUES "
-)
-_INSERT_TAIL = " ON CONFLICT (run_id, seq) DO NOTHING"
+__all__ = ["ConnectionAudit"]
 
 #: psycopg2 errors that are a fault in the SQL or the schema rather than an
 #: unreachable database: retrying will not help.
 _SQL_ERRORS = (psycopg2.ProgrammingError, psycopg2.DataError, psycopg2.NotSupportedError)
 
 
-def insertStatement(rows: int) -> str:
-    """
-    The C{INSERT} of C{rows} events: built from constants only, every value
-    a C{%s} parameter.
-    """
-    if rows < 1:
-        raise ValueError("need at least one row")
-    return _INSERT_HEAD + ", ".join([_ROW] * rows) + _INSERT_TAIL
-
-
-def tableDDL() -> str:
-    """
-    The parameter-free DDL that creates the table and its indexes when
-    missing (the text of C{sipcore/handlers/audit.sql}).
-    """
-    data = pkgutil.get_data("sipcore.handlers", "audit.sql")
-    if data is None:
-        raise RuntimeError("sipcore/handlers/audit.sql is missing from the installation")
-    return data.decode("utf-8")
-
-
 def _row(runId: str, seq: int, event: ConnectionEvent) -> tuple[Any, ...]:
     """
-    The parameters of one event's row, in L{COLUMNS} order.
+    The parameters of one event's row, in L{sipcore.db.audit.COLUMNS} order.
     """
     return (
         runId,

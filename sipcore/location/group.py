@@ -165,13 +165,6 @@ class GroupCommitStore:
         """
         return bool(getattr(self.store, "available", True))
 
-    @property
-    def pool(self) -> Any:
-        """
-        The wrapped store's connection pool (C{None} when it has none).
-        """
-        return getattr(self.store, "pool", None)
-
     def __len__(self) -> int:
         return len(self.store)
 

@@ -45,7 +45,6 @@ import struct
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from twisted.internet import defer
@@ -53,7 +52,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sipcore.interfaces import ICredentialSource
+from sipcore.db.subscriber import LOOKUP as _SUBSCRIBER_LOOKUP
+from sipcore.interfaces import ICredentialSource, IDatabasePool
 from sipcore.message import Request, SIPParseError, parseURI
 from sipcore.message._syntax import quote
 from sipcore.sip.core import SERVER, Refused, respond
@@ -79,10 +79,8 @@ __all__ = [
     "Subscriber",
     "digestResponse",
     "hashHex",
-    "initSubscriberSchema",
     "loadCredentialFile",
     "parseDigest",
-    "subscriberSchemaSQL",
 ]
 
 #: The digest algorithms supported, by their RFC 8760 names, with the hash
@@ -316,16 +314,12 @@ def loadCredentialFile(path: str) -> MemoryCredentials:
     return source
 
 
-_SUBSCRIBER_QUERY = (
-    "SELECT password, ha1, ha1b FROM subscriber WHERE username = %s AND domain = %s"
-)
-
-
 @implementer(ICredentialSource)
 class PostgresCredentials:
     """
-    Subscribers in Kamailio's C{subscriber} table, read through a
-    C{txpostgres} pool (the location store's: C{PostgresLocationStore.pool}).
+    Subscribers in Kamailio's C{subscriber} table, read with one
+    parameterized C{SELECT} (L{sipcore.db.subscriber.LOOKUP}) through the
+    database's pool.
 
     A failed read fails the lookup with L{CredentialsUnavailable}; the
     change between readable and unreadable is logged once each way.
@@ -335,12 +329,10 @@ class PostgresCredentials:
 
     _log = Logger()
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: IDatabasePool) -> None:
         """
-        @param pool: a started C{txpostgres.ConnectionPool} (or anything
-            with C{runQuery(statement, params)}), or a store with a C{pool}
-            attribute, read at each lookup (a restarted
-            L{sipcore.location.PostgresLocationStore} builds a new pool).
+        @param pool: the database's L{IDatabasePool} (a
+            L{sipcore.db.DatabasePool}), or anything with C{runQuery}.
         """
         self.pool = pool
         self.lookups = 0
@@ -348,11 +340,8 @@ class PostgresCredentials:
 
     def lookup(self, username: str, domain: str) -> defer.Deferred[Subscriber | None]:
         self.lookups += 1
-        try:
-            runner = self.pool if hasattr(self.pool, "runQuery") else self.pool.pool
-            d = runner.runQuery(_SUBSCRIBER_QUERY, (username, domain.lower()))
-        except Exception as e:
-            d = defer.fail(e)
+        d = defer.maybeDeferred(
+            self.pool.runQuery, _SUBSCRIBER_LOOKUP, (username, domain.lower()))
         return d.addCallbacks(self._found, self._failed,
                               callbackArgs=(username, domain.lower()))
 
@@ -372,29 +361,6 @@ class PostgresCredentials:
             self._log.warn("cannot read the subscriber table: {error}",
                            error=type(failure.value).__name__)
         raise CredentialsUnavailable("subscriber table unavailable")
-
-
-def subscriberSchemaSQL() -> str:
-    """
-    @return: the text of the shipped C{subscriber.sql} (Kamailio's
-        C{subscriber} table, version 7, for PostgreSQL).
-    """
-    return resources.files("sipcore.location").joinpath("subscriber.sql").read_text("utf-8")
-
-
-def initSubscriberSchema(runner: Any) -> defer.Deferred[None]:
-    """
-    Create the C{subscriber} table (and Kamailio's C{version} table) if
-    missing.  Idempotent.
-
-    @param runner: a connected C{txpostgres.Connection} or started pool.
-    @return: a L{Deferred} firing with C{None}, or failing with the
-        C{psycopg2} error.
-    """
-    def interaction(cursor: Any) -> Any:
-        return cursor.execute(subscriberSchemaSQL())
-
-    return defer.maybeDeferred(runner.runInteraction, interaction).addCallback(lambda _: None)
 
 
 # ---------------------------------------------------------------------------

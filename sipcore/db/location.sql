@@ -8,7 +8,7 @@
 -- The `version` table is Kamailio's, created only when it is missing.
 --
 -- `sipcore db init` runs this file in one transaction after checking that
--- the `location` table does not exist yet (sipcore.location.dbinit).
+-- the `location` table does not exist yet (sipcore.db.location.initSchema).
 
 CREATE TABLE IF NOT EXISTS version (
     id SERIAL PRIMARY KEY NOT NULL,
