@@ -18,8 +18,11 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from sipcore.interfaces import IMetricsSource
@@ -305,3 +308,43 @@ class MetricsResource(Resource):
             request.setResponseCode(404)
             return b"not found: try /metrics\n"
         return render(collect(self._source)).encode("utf-8")
+
+
+class MetricsService(StreamServerEndpointService):
+    """
+    Serves C{GET /metrics} on an endpoint while running (a
+    L{StreamServerEndpointService} of a L{MetricsResource}; it binds in
+    C{privilegedStartService}).
+
+    @ivar listeningPort: the listening port once it listens, else C{None}.
+    """
+
+    listeningPort: Any = None
+
+    def __init__(self, endpoint: IStreamServerEndpoint, source: IMetricsSource) -> None:
+        """
+        @param endpoint: where to listen.
+        @param source: what to serve (the server's L{MetricsRegistry}).
+        """
+        site = Site(MetricsResource(source))
+        site.noisy = False
+        StreamServerEndpointService.__init__(self, _RecordingEndpoint(endpoint, self), site)
+        self.setName("metrics")
+
+
+class _RecordingEndpoint:
+    """
+    An endpoint that records the port it listens on in its
+    L{MetricsService}.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, service: MetricsService) -> None:
+        self._endpoint = endpoint
+        self._service = service
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        def listening(port: Any) -> Any:
+            self._service.listeningPort = port
+            return port
+
+        return self._endpoint.listen(factory).addCallback(listening)

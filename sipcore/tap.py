@@ -528,16 +528,11 @@ def _buildMetrics(options: Options, reactor: Any, metrics: Any) -> Any:
     """
     if not options["metrics-listen"]:
         return None
-    from twisted.application import strports
-    from twisted.web.server import Site
+    from twisted.internet.endpoints import serverFromString
 
-    from sipcore.metrics import MetricsResource
+    from sipcore.metrics import MetricsService
 
-    site = Site(MetricsResource(metrics))
-    site.noisy = False
-    service = strports.service(options["metrics-listen"], site, reactor=reactor)
-    service.setName("metrics")
-    return service
+    return MetricsService(serverFromString(reactor, options["metrics-listen"]), metrics)
 
 
 def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: Any,

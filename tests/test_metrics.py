@@ -4,13 +4,33 @@ Tests for L{sipcore.metrics}.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from twisted.internet import reactor
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from sipcore.events import TCP_CLOSED
-from sipcore.metrics import collect, render
+from sipcore.interfaces import IMetricsSource
+from sipcore.lag import LagProbe
+from sipcore.metrics import (
+    AuthenticationMetrics,
+    ConnectionMetrics,
+    CoreMetrics,
+    HandlerMetrics,
+    JobQueueMetrics,
+    MetricsRegistry,
+    RateLimitMetrics,
+    RegistrarMetrics,
+    Sample,
+    StoreMetrics,
+    collect,
+    render,
+)
 from sipcore.tap import Options, buildService
 from sipcore.testing import FakeFlow, UDPMemoryReactor, connectionEvent
 from tests.serverhelpers import startServer
@@ -91,6 +111,56 @@ class CollectTests(SynchronousTestCase):
                           ["--metrics-listen", "nonsense:1"])
 
 
+@implementer(IMetricsSource)
+class FixedSource:
+    """
+    A source with fixed samples.
+    """
+
+    def __init__(self, *samples: Sample) -> None:
+        self._samples = samples
+
+    def samples(self) -> Iterator[Sample]:
+        return iter(self._samples)
+
+
+class RegistryTests(SynchronousTestCase):
+    """
+    L{MetricsRegistry} serves the samples of the sources registered with it.
+    """
+
+    def test_order(self) -> None:
+        """
+        The samples of each source come in the order the sources were
+        registered, and are read anew at each collection.
+        """
+        registry = MetricsRegistry()
+        registry.register(FixedSource(("b_total", {}, 1.0)))
+        self.assertEqual(collect(registry), [("b_total", {}, 1.0)])
+        registry.register(FixedSource(("a", {"x": "y"}, 2.0), ("a", {"x": "z"}, 3.0)))
+        self.assertEqual(collect(registry), [
+            ("b_total", {}, 1.0), ("a", {"x": "y"}, 2.0), ("a", {"x": "z"}, 3.0)])
+
+    def test_sourcesProvideTheInterface(self) -> None:
+        """
+        The registry, every source of a server's parts and the server
+        itself provide L{IMetricsSource}.
+        """
+        options = Options()
+        options.parseOptions([])
+        service = buildService(options, UDPMemoryReactor())
+        nothing: Any = None
+        sources = [
+            MetricsRegistry(), ConnectionMetrics(service.table), CoreMetrics(service.core),
+            RateLimitMetrics(nothing), RegistrarMetrics(service.registrar),
+            AuthenticationMetrics(nothing), HandlerMetrics(service.bus),
+            JobQueueMetrics(service.queues), StoreMetrics(lambda: True, dict),
+            LagProbe(UDPMemoryReactor()), service,
+        ]
+        for source in sources:
+            self.assertTrue(verifyObject(IMetricsSource, source))
+
+
 class EndpointTests(TestCase):
     """
     C{--metrics-listen} serves the metrics over HTTP.
@@ -102,7 +172,7 @@ class EndpointTests(TestCase):
         """
         service = await startServer(self, "--metrics-listen", "tcp:0:interface=127.0.0.1",
                                     transports=("tcp",))
-        port = service.metricsService._waitingForPort.result.getHost().port
+        port = service.metricsService.listeningPort.getHost().port
         response = await Agent(reactor).request(
             b"GET", "http://127.0.0.1:{}/metrics".format(port).encode())
         body = (await readBody(response)).decode()
