@@ -27,7 +27,7 @@ from sipcore.events import (
 )
 from sipcore.message import Response
 from sipcore.sip.auth import parseDigest
-from sipcore.transport.websocket import _ReactorTimer
+from sipcore.transport._autobahn import useReactorTimers
 from tests.serverhelpers import (
     PATIENCE,
     WSClient,
@@ -121,7 +121,7 @@ class SecurityIntegrationTests(TestCase):
         port = service.ports["wss"]
         factory = WebSocketClientFactory("wss://localhost:{}".format(port), protocols=["sip"],
                                          reactor=reactor)
-        factory._batched_timer = _ReactorTimer(reactor)
+        useReactorTimers(factory, reactor)
         factory.protocol = WSClient
         trust = ssl.Certificate.loadPEM(FilePath(cert).getContent())
         endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", port,

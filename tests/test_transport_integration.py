@@ -38,9 +38,9 @@ from sipcore.events import (
     WEBSOCKET_CLOSED,
     WEBSOCKET_CONNECTED,
 )
+from sipcore.transport._autobahn import useReactorTimers
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.listen import ListenerService, parseListen
-from sipcore.transport.websocket import _ReactorTimer
 from tests.test_transport_support import (
     OK,
     OPTIONS,
@@ -201,7 +201,7 @@ class LoopbackTests(TestCase):
         )
         # Keep every client timer on the real reactor as real delayed calls
         # (autobahn's batched timer leaves its bucket call pending).
-        factory._batched_timer = _ReactorTimer(reactor)
+        useReactorTimers(factory, reactor)
         factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=2)
         factory.protocol = SIPWebSocketClient
         client = yield connectProtocol(

@@ -29,13 +29,10 @@ from sipcore.events import (
     WEBSOCKET_CLOSED,
     WEBSOCKET_CONNECTED,
 )
+from sipcore.transport._autobahn import HANDSHAKE_STATE
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.settings import ConnectionSettings
-from sipcore.transport.websocket import (
-    _HANDSHAKE_STATE,
-    SIPWebSocketFactory,
-    SIPWebSocketProtocol,
-)
+from sipcore.transport.websocket import SIPWebSocketFactory, SIPWebSocketProtocol
 from tests.test_transport_support import OK, OPTIONS, RecordingBus, RecordingSink
 from tests.test_transport_websocket import (
     BINARY,
@@ -116,7 +113,7 @@ class HandshakeReleaseTests(WebSocketTestsMixin, SynchronousTestCase):
         """
         protocol, _ = self.connect()
         protocol.dataReceived(handshake())
-        for name in _HANDSHAKE_STATE:
+        for name in HANDSHAKE_STATE:
             self.assertIsNone(getattr(protocol, name), name)
         self.assertEqual(protocol.websocket_protocol_in_use, "sip")
 

@@ -44,12 +44,15 @@ opening handshake (request headers, response, key) is released when the
 WebSocket opens; the send queue autobahn uses for chopped or synchronous
 sends (which sipcore does not make), the UTF-8 validator and the unmasker
 of incoming frames exist only while they are in use.
+
+What this needs of autobahn beyond its public API is in
+L{sipcore.transport._autobahn}.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -57,13 +60,19 @@ from autobahn.util import wildcards2patterns
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from autobahn.websocket.utf8validator import Utf8Validator
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT
 from sipcore.throttle import LogThrottle
+from sipcore.transport._autobahn import (
+    HANDSHAKE_STATE,
+    QuietConnectionLost,
+    readOptionsFromFactory,
+    useReactorTimers,
+)
 from sipcore.transport.connections import (
     ConnectionTable,
     StreamFlow,
@@ -101,81 +110,8 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 _CONNECTING = WebSocketProtocol.STATE_CONNECTING
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 
-#: What autobahn keeps of the opening handshake (and its transport
-#: details, for WAMP, which it completes just before C{onOpen}), needed
-#: only until the WebSocket is open: released then (set to C{None}).
-_HANDSHAKE_STATE = (
-    "http_request_data",
-    "http_status_line",
-    "http_headers",
-    "http_request_uri",
-    "http_request_path",
-    "http_request_params",
-    "http_request_host",
-    "http_response_data",
-    "websocket_origin",
-    "websocket_protocols",
-    "websocket_extensions",
-    "_wskey",
-    "_transport_details",
-)
-
-
-class _FactoryOption:
-    """
-    A protocol option read from the factory.
-
-    autobahn copies each option in C{CONFIG_ATTRS} from the factory onto
-    every connection unless the protocol already has it.  With this class
-    attribute in place the connection has it, so nothing is copied and the
-    connection reads the factory's value (an instance may still set its
-    own).  A change to the factory's options therefore applies to the open
-    connections too; L{SIPWebSocketFactory} sets them once, in its
-    constructor.
-    """
-
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __get__(self, instance: Any, owner: Any = None) -> Any:
-        if instance is None:
-            return self
-        return getattr(instance.factory, self._name)
-
-
-class _ReactorCall:
-    """
-    A delayed call whose C{cancel} may be called after it ran (autobahn
-    does not always clear its references).
-    """
-
-    __slots__ = ("_call",)
-
-    def __init__(self, call: IDelayedCall) -> None:
-        self._call = call
-
-    def cancel(self) -> None:
-        if self._call.active():
-            self._call.cancel()
-
-
-class _ReactorTimer:
-    """
-    Stands in for autobahn's batched timer (C{factory._batched_timer},
-    which uses txaio's global loop and rounds delays to whole seconds), so
-    every protocol timer runs on the injected reactor.
-    """
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-
-    def call_later(self, delay: float, func: Callable[..., Any], *args: Any, **kwargs: Any) -> _ReactorCall:
-        return _ReactorCall(self._clock.callLater(delay, func, *args, **kwargs))
-
-
-class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: ignore[misc]
+class SIPWebSocketProtocol(  # type: ignore[misc]
+        QuietConnectionLost, StreamLifecycle, WebSocketServerProtocol):
     """
     One WS or WSS connection carrying SIP.
 
@@ -252,15 +188,6 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
         self._checkPartial()
         self._releaseFrameState()
 
-    def _connectionLost(self, reason: Any) -> None:
-        """
-        autobahn's server-side teardown, without its debug line: that line's
-        arguments are formatted even when debug logging is off, and
-        formatting C{reason} renders a traceback, for every connection.
-        """
-        WebSocketProtocol._connectionLost(self, reason)
-        self.factory.countConnections -= 1
-
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._lost:
             return
@@ -332,7 +259,7 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
         The handshake completed: release what autobahn kept of it, and fire
         C{websocket:connected}.
         """
-        for name in _HANDSHAKE_STATE:
+        for name in HANDSHAKE_STATE:
             setattr(self, name, None)
         if self._refused or self.sipFlow is None:
             return
@@ -515,11 +442,7 @@ class SIPWebSocketProtocol(StreamLifecycle, WebSocketServerProtocol):  # type: i
             self._utf8validator = None
 
 
-# autobahn's protocol options: read from the factory, not copied onto each
-# connection.
-for _name in SIPWebSocketProtocol.CONFIG_ATTRS:
-    setattr(SIPWebSocketProtocol, _name, _FactoryOption(_name))
-del _name
+readOptionsFromFactory(SIPWebSocketProtocol)
 
 
 class SIPWebSocketFactory(WebSocketServerFactory):
@@ -555,7 +478,7 @@ class SIPWebSocketFactory(WebSocketServerFactory):
         if transport not in ("ws", "wss"):
             raise ValueError("websocket transport must be 'ws' or 'wss', not {!r}".format(transport))
         super().__init__(protocols=[SIP_SUBPROTOCOL], server="sipcore", reactor=clock)
-        self._batched_timer = _ReactorTimer(clock)
+        useReactorTimers(self, clock)
         self.setProtocolOptions(
             webStatus=False,
             failByDrop=False,

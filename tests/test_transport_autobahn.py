@@ -1,0 +1,134 @@
+# -*- test-case-name: tests.test_transport_autobahn -*-
+"""
+Tests for L{sipcore.transport._autobahn}: the autobahn internals it uses
+are still there, with the meaning it relies on.  These fail when autobahn
+changes them.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+
+import autobahn.websocket.protocol
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from sipcore.transport._autobahn import (
+    HANDSHAKE_STATE,
+    QuietConnectionLost,
+    readOptionsFromFactory,
+    useReactorTimers,
+)
+from tests.test_transport_websocket import LOCAL, PEER, handshake
+
+
+def _body(function: object) -> list[ast.stmt]:
+    """
+    The statements of C{function}, its docstring left out.
+    """
+    source = textwrap.dedent(inspect.getsource(function))  # type: ignore[arg-type]
+    [definition] = ast.parse(source).body
+    assert isinstance(definition, ast.FunctionDef)
+    statements = definition.body
+    if statements and isinstance(statements[0], ast.Expr) and isinstance(
+            statements[0].value, ast.Constant):
+        statements = statements[1:]
+    return statements
+
+
+class AutobahnInternalsTests(SynchronousTestCase):
+    """
+    What L{sipcore.transport._autobahn} assumes of autobahn.
+    """
+
+    def test_batchedTimer(self) -> None:
+        """
+        A factory has a C{_batched_timer} whose C{call_later} the protocol
+        uses for every timer it starts; L{useReactorTimers} replaces it with
+        one on the given clock, whose calls may be cancelled after they ran.
+        """
+        clock = Clock()
+        factory = WebSocketServerFactory(reactor=clock)
+        self.assertTrue(callable(factory._batched_timer.call_later))
+        source = inspect.getsource(autobahn.websocket.protocol)
+        self.assertGreaterEqual(source.count("self.factory._batched_timer.call_later("), 4)
+        useReactorTimers(factory, clock)
+        fired: list[int] = []
+        call = factory._batched_timer.call_later(1.5, fired.append, 1)
+        self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [1.5])
+        clock.advance(1.5)
+        self.assertEqual(fired, [1])
+        call.cancel()
+
+    def test_configAttributes(self) -> None:
+        """
+        The server protocol's options are named in C{CONFIG_ATTRS}, which
+        C{_connectionMade} copies from the factory only onto a connection
+        that has none of its own; after L{readOptionsFromFactory} a
+        connection reads them from its factory.
+        """
+        names = WebSocketServerProtocol.CONFIG_ATTRS
+        self.assertTrue(all(isinstance(name, str) for name in names))
+        for name in ("openHandshakeTimeout", "closeHandshakeTimeout", "autoPingInterval",
+                     "autoPingTimeout", "maxMessagePayloadSize", "maxFramePayloadSize",
+                     "failByDrop"):
+            self.assertIn(name, names)
+        self.assertIn("if not hasattr(self, configAttr):",
+                      inspect.getsource(WebSocketProtocol._connectionMade))
+
+        class Protocol(WebSocketServerProtocol):  # type: ignore[misc]
+            pass
+
+        readOptionsFromFactory(Protocol)
+        factory = WebSocketServerFactory(reactor=Clock())
+        factory.setProtocolOptions(openHandshakeTimeout=7.0)
+        protocol = Protocol()
+        protocol.factory = factory
+        self.assertEqual(protocol.openHandshakeTimeout, 7.0)
+        self.assertNotIn("openHandshakeTimeout", vars(protocol))
+
+    def test_connectionLost(self) -> None:
+        """
+        The server protocol's C{_connectionLost(reason)} does nothing but
+        log, call the base protocol's and count the connection out, which
+        is what L{QuietConnectionLost} does without the log line.
+        """
+        self.assertEqual(list(inspect.signature(WebSocketServerProtocol._connectionLost).parameters),
+                         ["self", "reason"])
+        kept = []
+        for statement in _body(WebSocketServerProtocol._connectionLost):
+            text = ast.unparse(statement)
+            if not text.startswith("self.log.debug("):
+                kept.append(text)
+        self.assertEqual(kept, ["WebSocketProtocol._connectionLost(self, reason)",
+                                "self.factory.countConnections -= 1"])
+        self.assertEqual([ast.unparse(s) for s in _body(QuietConnectionLost._connectionLost)],
+                         kept)
+
+    def test_handshakeState(self) -> None:
+        """
+        Each attribute L{HANDSHAKE_STATE} names is one autobahn has set on a
+        server connection by the time the WebSocket opens.
+        """
+        missing: list[list[str]] = []
+
+        class Protocol(WebSocketServerProtocol):  # type: ignore[misc]
+            def onOpen(self) -> None:
+                missing.append([name for name in HANDSHAKE_STATE if name not in vars(self)])
+
+        clock = MemoryReactorClock()
+        factory = WebSocketServerFactory(reactor=clock)
+        useReactorTimers(factory, clock)
+        factory.protocol = Protocol
+        protocol = factory.buildProtocol(PEER)
+        protocol.makeConnection(StringTransport(hostAddress=LOCAL, peerAddress=PEER))
+        protocol.dataReceived(handshake(protocols=None))
+        self.assertEqual(missing, [[]])
+        protocol.connectionLost(Failure(ConnectionDone()))
