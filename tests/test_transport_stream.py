@@ -24,7 +24,12 @@ from sipcore.events import TCP_CLOSED, TCP_CONNECTED, TCP_RESET, TCP_TIMEOUT
 from sipcore.interfaces import IFlow
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.settings import ConnectionSettings
-from sipcore.transport.stream import SIPStreamFactory, SIPStreamProtocol, classifyLoss
+from sipcore.transport.stream import (
+    SIPStreamFactory,
+    SIPStreamProtocol,
+    StreamFlow,
+    classifyLoss,
+)
 from tests.test_transport_support import OK, OPTIONS, RecordingBus, RecordingSink
 
 LOCAL = IPv4Address("TCP", "127.0.0.1", 5060)
@@ -41,6 +46,23 @@ class AbortableTransport(StringTransport):
     def abortConnection(self) -> None:
         self.aborted = True
         super().abortConnection()
+
+
+def flowOf(protocol: SIPStreamProtocol) -> StreamFlow:
+    """
+    The flow of a connected C{protocol}.
+    """
+    assert protocol.flow is not None
+    return protocol.flow
+
+
+def conidOf(protocol: SIPStreamProtocol) -> int:
+    """
+    The connection id of a connected C{protocol}.
+    """
+    conid = flowOf(protocol).conid
+    assert conid is not None
+    return conid
 
 
 class StreamTestsMixin:
@@ -76,6 +98,7 @@ class StreamTestsMixin:
         self, local: Any = LOCAL, peer: Any = PEER
     ) -> tuple[SIPStreamProtocol, AbortableTransport]:
         protocol = self.factory.buildProtocol(peer)
+        assert isinstance(protocol, SIPStreamProtocol)
         transport = AbortableTransport(hostAddress=local, peerAddress=peer)
         protocol.makeConnection(transport)
         return protocol, transport
@@ -98,7 +121,7 @@ class StreamConnectionTests(StreamTestsMixin, SynchronousTestCase):
         its addresses; its flow provides L{IFlow}.
         """
         protocol, _ = self.connect()
-        flow = protocol.flow
+        flow = flowOf(protocol)
         self.assertTrue(verifyObject(IFlow, flow))
         [event] = self.bus.events
         self.assertEqual(event.name, TCP_CONNECTED)
@@ -106,7 +129,7 @@ class StreamConnectionTests(StreamTestsMixin, SynchronousTestCase):
         self.assertEqual(event.transport, "tcp")
         self.assertEqual(event.local, ("127.0.0.1", 5060))
         self.assertEqual(event.remote, ("192.0.2.7", 40000))
-        self.assertIs(self.table.get(flow.conid), flow)
+        self.assertIs(self.table.get(conidOf(protocol)), flow)
 
     def test_ipv6(self) -> None:
         """
@@ -115,8 +138,8 @@ class StreamConnectionTests(StreamTestsMixin, SynchronousTestCase):
         protocol, _ = self.connect(
             IPv6Address("TCP", "::1", 5060), IPv6Address("TCP", "::1", 40001)
         )
-        self.assertEqual(protocol.flow.remote, ("::1", 40001))
-        self.assertEqual(protocol.flow.local, ("::1", 5060))
+        self.assertEqual(flowOf(protocol).remote, ("::1", 40001))
+        self.assertEqual(flowOf(protocol).local, ("::1", 5060))
 
     def test_messageDispatched(self) -> None:
         """
@@ -177,9 +200,9 @@ class StreamConnectionTests(StreamTestsMixin, SynchronousTestCase):
         once it is closing or gone.
         """
         protocol, transport = self.connect()
-        self.assertTrue(protocol.flow.send(b"x"))
-        protocol.flow.close()
-        self.assertFalse(protocol.flow.send(b"y"))
+        self.assertTrue(flowOf(protocol).send(b"x"))
+        flowOf(protocol).close()
+        self.assertFalse(flowOf(protocol).send(b"y"))
         self.assertEqual(transport.value(), b"x")
 
     def test_badTransportName(self) -> None:
@@ -194,7 +217,7 @@ class StreamConnectionTests(StreamTestsMixin, SynchronousTestCase):
         """
         self.factory.transportName = "tls"
         protocol, _ = self.connect()
-        self.assertEqual(protocol.flow.transport, "tls")
+        self.assertEqual(flowOf(protocol).transport, "tls")
         self.assertEqual(self.bus.events[0].transport, "tls")
 
 
@@ -204,7 +227,7 @@ class StreamCloseTests(StreamTestsMixin, SynchronousTestCase):
     """
 
     def assertClosedWith(self, protocol: SIPStreamProtocol, kind: str, reason: str) -> None:
-        conid = protocol.flow.conid
+        conid = conidOf(protocol)
         self.assertEqual(self.bus.names(conid), [TCP_CONNECTED, kind])
         self.assertEqual(self.bus.events[-1].reason, reason)
         self.assertNotIn(conid, self.table)
@@ -226,7 +249,7 @@ class StreamCloseTests(StreamTestsMixin, SynchronousTestCase):
         "closed by server".
         """
         protocol, transport = self.connect()
-        protocol.flow.close()
+        flowOf(protocol).close()
         self.assertTrue(transport.disconnecting)
         self.assertFalse(transport.aborted)
         self.lose(protocol, ConnectionDone())
@@ -238,7 +261,7 @@ class StreamCloseTests(StreamTestsMixin, SynchronousTestCase):
         the grace period; the close is still C{tcp:closed}.
         """
         protocol, transport = self.connect()
-        protocol.flow.close()
+        flowOf(protocol).close()
         self.clock.advance(4.9)
         self.assertFalse(transport.aborted)
         self.clock.advance(0.1)
@@ -269,7 +292,7 @@ class StreamCloseTests(StreamTestsMixin, SynchronousTestCase):
         server".
         """
         protocol, transport = self.connect()
-        protocol.flow.abort()
+        flowOf(protocol).abort()
         self.assertTrue(transport.aborted)
         self.lose(protocol, ConnectionAborted())
         self.assertClosedWith(protocol, TCP_RESET, "aborted by server")
@@ -283,7 +306,7 @@ class StreamCloseTests(StreamTestsMixin, SynchronousTestCase):
         self.lose(protocol, SSL.Error([("SSL routines", "", "wrong version number")]))
         event = self.bus.events[-1]
         self.assertEqual(event.name, TCP_RESET)
-        self.assertTrue(event.reason.startswith("TLS error: "), event.reason)
+        self.assertTrue(str(event.reason).startswith("TLS error: "), event.reason)
         self.assertIn("wrong version number", event.reason)
 
     def test_idleTimeout(self) -> None:
@@ -354,9 +377,9 @@ class StreamCloseTests(StreamTestsMixin, SynchronousTestCase):
         protocol, _ = self.connect()
         self.lose(protocol, ConnectionLost())
         self.lose(protocol, ConnectionDone())
-        protocol.flow.close()
-        protocol.flow.abort()
-        self.assertEqual(self.bus.names(protocol.flow.conid), [TCP_CONNECTED, TCP_RESET])
+        flowOf(protocol).close()
+        flowOf(protocol).abort()
+        self.assertEqual(self.bus.names(conidOf(protocol)), [TCP_CONNECTED, TCP_RESET])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_timeoutThenError(self) -> None:
@@ -391,7 +414,7 @@ class StreamCloseTests(StreamTestsMixin, SynchronousTestCase):
         self.table.closeAll()
         protocol, transport = self.connect()
         self.assertTrue(transport.aborted)
-        self.assertIsNone(protocol.flow.conid)
+        self.assertIsNone(flowOf(protocol).conid)
         protocol.dataReceived(OPTIONS)
         self.lose(protocol, ConnectionAborted())
         self.assertEqual(self.bus.events, [])
@@ -563,7 +586,7 @@ class UnregisteredIdleTimeoutTests(StreamTestsMixin, SynchronousTestCase):
         """
         protocol, transport = self.connect()
         protocol.dataReceived(OPTIONS)
-        self.table.bound(protocol.flow.conid, self.clock.seconds() + 7200)
+        self.table.bound(conidOf(protocol), self.clock.seconds() + 7200)
         self.assertIdleClose(protocol, transport, 3600, "idle timeout (3600s without data)")
 
     def test_boundedByExpiry(self) -> None:
@@ -573,7 +596,7 @@ class UnregisteredIdleTimeoutTests(StreamTestsMixin, SynchronousTestCase):
         """
         protocol, transport = self.connect()
         protocol.dataReceived(OPTIONS)
-        self.table.bound(protocol.flow.conid, 600)
+        self.table.bound(conidOf(protocol), 600)
         self.assertIdleClose(protocol, transport, 720,
                              "idle timeout (720s without data, registration expired)")
 
@@ -583,7 +606,7 @@ class UnregisteredIdleTimeoutTests(StreamTestsMixin, SynchronousTestCase):
         again: data restarts the short timeout.
         """
         protocol, transport = self.connect()
-        self.table.bound(protocol.flow.conid, 600)
+        self.table.bound(conidOf(protocol), 600)
         self.clock.advance(700)
         protocol.dataReceived(b"\r\n\r\n")
         self.assertIdleClose(protocol, transport, 820,
@@ -595,8 +618,8 @@ class UnregisteredIdleTimeoutTests(StreamTestsMixin, SynchronousTestCase):
         of record on the same connection) does not shorten the timeout.
         """
         protocol, transport = self.connect()
-        self.table.bound(protocol.flow.conid, 600)
-        self.table.bound(protocol.flow.conid, 300)
+        self.table.bound(conidOf(protocol), 600)
+        self.table.bound(conidOf(protocol), 300)
         self.assertIdleClose(protocol, transport, 720,
                              "idle timeout (720s without data, registration expired)")
 
@@ -606,7 +629,7 @@ class UnregisteredIdleTimeoutTests(StreamTestsMixin, SynchronousTestCase):
         a connection that closed leaves no timer.
         """
         protocol, _ = self.connect()
-        conid = protocol.flow.conid
+        conid = conidOf(protocol)
         self.lose(protocol, ConnectionDone())
         self.table.bound(conid, 600)
         self.table.bound(10**9, 600)
@@ -639,7 +662,7 @@ class NoLongIdleTimeoutTests(StreamTestsMixin, SynchronousTestCase):
         """
         protocol, transport = self.connect()
         self.clock.advance(30)
-        self.table.bound(protocol.flow.conid, 10**5)
+        self.table.bound(conidOf(protocol), 10**5)
         self.clock.advance(10**5 + 29 - self.clock.seconds())
         self.assertFalse(transport.aborted)
         self.clock.advance(31)
@@ -694,6 +717,7 @@ class LongLineTests(StreamTestsMixin, SynchronousTestCase):
         factory = SIPStreamFactory(self.sink, self.table, self.clock,
                                    settings=ConnectionSettings(maxLineLength=100))
         protocol = factory.buildProtocol(PEER)
+        assert isinstance(protocol, SIPStreamProtocol)
         transport = AbortableTransport(hostAddress=LOCAL, peerAddress=PEER)
         protocol.makeConnection(transport)
         protocol.dataReceived(OPTIONS.replace(b"Content-Length: 0", b"X: " + b"a" * 101 +

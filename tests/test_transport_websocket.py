@@ -31,7 +31,9 @@ from sipcore.events import (
 from sipcore.interfaces import IFlow
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.settings import ConnectionSettings
+from sipcore.transport.stream import StreamFlow
 from sipcore.transport.websocket import SIPWebSocketFactory, SIPWebSocketProtocol
+from tests.mixins import SynchronousTestMixin
 from tests.test_transport_support import OK, OPTIONS, RecordingBus, RecordingSink
 
 LOCAL = IPv4Address("TCP", "127.0.0.1", 8080)
@@ -116,7 +118,24 @@ class AbortableTransport(StringTransport):
         self.producer = None
 
 
-class WebSocketTestsMixin:
+def flowOf(protocol: SIPWebSocketProtocol) -> StreamFlow:
+    """
+    The flow of a connected C{protocol}.
+    """
+    assert protocol.sipFlow is not None
+    return protocol.sipFlow
+
+
+def conidOf(protocol: SIPWebSocketProtocol) -> int:
+    """
+    The connection id of a connected C{protocol}.
+    """
+    conid = flowOf(protocol).conid
+    assert conid is not None
+    return conid
+
+
+class WebSocketTestsMixin(SynchronousTestMixin):
     idleTimeout = 60.0
     unregisteredIdleTimeout = 0.0
 
@@ -141,6 +160,7 @@ class WebSocketTestsMixin:
 
     def connect(self) -> tuple[SIPWebSocketProtocol, AbortableTransport]:
         protocol = self.factory.buildProtocol(PEER)
+        assert isinstance(protocol, SIPWebSocketProtocol)
         transport = AbortableTransport(hostAddress=LOCAL, peerAddress=PEER)
         protocol.makeConnection(transport)
         return protocol, transport
@@ -162,9 +182,9 @@ class WebSocketTestsMixin:
         protocol.connectionLost(Failure(error))
 
     def assertEvents(self, protocol: SIPWebSocketProtocol, names: list[str]) -> None:
-        self.assertEqual(self.bus.names(protocol.sipFlow.conid), names)
+        self.assertEqual(self.bus.names(conidOf(protocol)), names)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertNotIn(protocol.sipFlow.conid, self.table)
+        self.assertNotIn(conidOf(protocol), self.table)
 
     def event(self, name: str) -> Any:
         [event] = self.bus.named(name)
@@ -189,10 +209,10 @@ class HandshakeTests(WebSocketTestsMixin, SynchronousTestCase):
         response = transport.value()
         self.assertTrue(response.startswith(b"HTTP/1.1 101"))
         self.assertIn(b"Sec-WebSocket-Protocol: sip\r\n", response)
-        conid = protocol.sipFlow.conid
+        conid = conidOf(protocol)
         self.assertEqual(self.bus.names(conid), [TCP_CONNECTED, WEBSOCKET_CONNECTED])
         self.assertTrue(verifyObject(IFlow, protocol.sipFlow))
-        self.assertEqual(protocol.sipFlow.remote, ("192.0.2.7", 40000))
+        self.assertEqual(flowOf(protocol).remote, ("192.0.2.7", 40000))
 
     def test_refusesWithoutSip(self) -> None:
         """
@@ -209,7 +229,8 @@ class HandshakeTests(WebSocketTestsMixin, SynchronousTestCase):
             self.lose(protocol, ConnectionDone())
             self.assertEvents(protocol, [TCP_CONNECTED, TCP_CLOSED])
             self.assertIn("subprotocol 'sip' required", self.bus.events[-1].reason)
-            self.assertTrue(self.bus.events[-1].reason.startswith("websocket handshake refused"))
+            self.assertTrue(str(self.bus.events[-1].reason).startswith(
+                "websocket handshake refused"))
 
     def test_closedBeforeHandshakeEnds(self) -> None:
         """
@@ -282,7 +303,7 @@ class MessageTests(WebSocketTestsMixin, SynchronousTestCase):
         protocol.dataReceived(clientFrame(BINARY, OPTIONS))
         self.assertEqual(self.sink.received[0][0], OPTIONS)
         transport.clear()
-        self.assertTrue(protocol.sipFlow.send(b"SIP/2.0 200 OK\r\nX: \xff\r\n\r\n"))
+        self.assertTrue(flowOf(protocol).send(b"SIP/2.0 200 OK\r\nX: \xff\r\n\r\n"))
         self.assertEqual(self.frames(transport), [(BINARY, b"SIP/2.0 200 OK\r\nX: \xff\r\n\r\n")])
 
     def test_fragmentedMessage(self) -> None:
@@ -317,7 +338,7 @@ class MessageTests(WebSocketTestsMixin, SynchronousTestCase):
         C{send} before the handshake completes returns C{False}.
         """
         protocol, transport = self.connect()
-        self.assertFalse(protocol.sipFlow.send(OK))
+        self.assertFalse(flowOf(protocol).send(OK))
         self.assertEqual(transport.value(), b"")
 
     def test_oversized(self) -> None:
@@ -405,7 +426,7 @@ class CloseTests(WebSocketTestsMixin, SynchronousTestCase):
         the close is C{tcp:closed} "closed by server".
         """
         protocol, transport = self.open()
-        protocol.sipFlow.close()
+        flowOf(protocol).close()
         [(opcode, payload)] = self.frames(transport)
         self.assertEqual((opcode, payload[:2]), (CLOSE, struct.pack("!H", 1000)))
         protocol.dataReceived(closeFrame(1000))
@@ -423,7 +444,7 @@ class CloseTests(WebSocketTestsMixin, SynchronousTestCase):
         closing handshake timeout (on the injected clock).
         """
         protocol, transport = self.open()
-        protocol.sipFlow.close()
+        flowOf(protocol).close()
         self.clock.advance(0.9)
         self.assertFalse(transport.aborted)
         self.clock.advance(0.1)
@@ -442,7 +463,7 @@ class CloseTests(WebSocketTestsMixin, SynchronousTestCase):
         frame leaves no closing handshake timer behind.
         """
         protocol, _ = self.open()
-        protocol.sipFlow.close()
+        flowOf(protocol).close()
         self.lose(protocol, ConnectionLost())
         self.assertEvents(
             protocol, [TCP_CONNECTED, WEBSOCKET_CONNECTED, WEBSOCKET_CLOSED, TCP_CLOSED]
@@ -493,8 +514,8 @@ class CloseTests(WebSocketTestsMixin, SynchronousTestCase):
         self.lose(protocol, ConnectionLost())
         self.lose(protocol, ConnectionDone())
         protocol.onClose(False, 1006, "again")
-        protocol.sipFlow.close()
-        protocol.sipFlow.abort()
+        flowOf(protocol).close()
+        flowOf(protocol).abort()
         self.assertEvents(
             protocol, [TCP_CONNECTED, WEBSOCKET_CONNECTED, WEBSOCKET_CLOSED, TCP_RESET]
         )
@@ -677,7 +698,7 @@ class UnregisteredIdleTimeoutTests(WebSocketTestsMixin, SynchronousTestCase):
         A bound WebSocket keeps the long timeout.
         """
         protocol, transport = self.open()
-        self.table.bound(protocol.sipFlow.conid, 10**5)
+        self.table.bound(conidOf(protocol), 10**5)
         self.clock.advance(3599)
         self.assertFalse(transport.aborted)
         self.clock.advance(1)
