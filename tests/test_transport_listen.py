@@ -209,7 +209,7 @@ class ListenerServiceTests(SynchronousTestCase):
             port = self.successResultOf(service.startService())
         [(portNumber, factory, _, interface)] = self.reactor.tcpServers
         self.assertEqual((portNumber, interface), (5070, "127.0.0.1"))
-        self.assertIsInstance(factory, SIPStreamFactory)
+        assert isinstance(factory, SIPStreamFactory)
         self.assertEqual(
             (factory.transportName, factory.settings.maxSize, factory.settings.idleTimeout,
              factory.table),
@@ -231,7 +231,7 @@ class ListenerServiceTests(SynchronousTestCase):
         service = self.service("ws:8080", closeHandshakeTimeout=0.5)
         self.successResultOf(service.startService())
         [(portNumber, factory, _, _)] = self.reactor.tcpServers
-        self.assertIsInstance(factory, SIPWebSocketFactory)
+        assert isinstance(factory, SIPWebSocketFactory)
         self.assertEqual((factory.transportName, factory.reactor), ("ws", self.reactor))
         self.assertEqual(factory.closeHandshakeTimeout, 0.5)
 
@@ -396,6 +396,8 @@ class ListenerServiceTests(SynchronousTestCase):
         for service in services:
             self.successResultOf(service.startService())
         tcpFactory, wsFactory = (server[1] for server in self.reactor.tcpServers)
+        assert isinstance(tcpFactory, SIPStreamFactory)
+        assert isinstance(wsFactory, SIPWebSocketFactory)
         self.assertIs(tcpFactory.settings, services[0].settings)
         self.assertIs(wsFactory.settings, services[1].settings)
         self.assertEqual(
@@ -416,6 +418,8 @@ class ListenerServiceTests(SynchronousTestCase):
             self.successResultOf(self.service(text, **options).startService())
         self.assertEqual(self.reactor.udpServers[0][1].receiveBuffer, 0)
         tcpFactory, wsFactory = (server[1] for server in self.reactor.tcpServers)
+        assert isinstance(tcpFactory, SIPStreamFactory)
+        assert isinstance(wsFactory, SIPWebSocketFactory)
         self.assertEqual(tcpFactory.settings.closeGrace, 1.5)
         self.assertEqual(wsFactory.closeHandshakeTimeout, 0.25)
         self.assertRaises(TypeError, self.service, "tcp:0", colour="blue")
