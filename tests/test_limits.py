@@ -42,8 +42,8 @@ from sipcore.transport.connections import (
 )
 from sipcore.transport.listen import ListenerService, parseListen
 from sipcore.transport.settings import ConnectionSettings
-from sipcore.transport.stream import SIPStreamFactory
-from sipcore.transport.websocket import SIPWebSocketFactory
+from sipcore.transport.stream import SIPStreamFactory, SIPStreamProtocol
+from sipcore.transport.websocket import SIPWebSocketFactory, SIPWebSocketProtocol
 from tests.test_transport_stream import AbortableTransport
 from tests.test_transport_support import OPTIONS, RecordingBus, RecordingSink
 from tests.test_transport_websocket import TEXT, clientFrame
@@ -339,8 +339,10 @@ class ConnectionLimitTests(SynchronousTestCase):
         factory = SIPStreamFactory(RecordingSink(), table, self.clock)
         peer = IPv4Address("TCP", "192.0.2.9", 1)
         kept = factory.buildProtocol(peer)
+        assert isinstance(kept, SIPStreamProtocol)
         kept.makeConnection(AbortableTransport(hostAddress=LOCAL, peerAddress=peer))
         refused = factory.buildProtocol(peer)
+        assert isinstance(refused, SIPStreamProtocol)
         transport = AbortableTransport(hostAddress=LOCAL, peerAddress=peer)
         refused.makeConnection(transport)
         self.assertTrue(transport.aborted)
@@ -359,8 +361,10 @@ class ConnectionLimitTests(SynchronousTestCase):
                                       settings=ConnectionSettings(idleTimeout=0))
         peer = IPv4Address("TCP", "192.0.2.9", 1)
         first = factory.buildProtocol(peer)
+        assert isinstance(first, SIPWebSocketProtocol)
         first.makeConnection(WSTransport(hostAddress=LOCAL, peerAddress=peer))
         second = factory.buildProtocol(peer)
+        assert isinstance(second, SIPWebSocketProtocol)
         transport = WSTransport(hostAddress=LOCAL, peerAddress=peer)
         second.makeConnection(transport)
         self.assertTrue(transport.aborted)
@@ -385,6 +389,7 @@ class MessageTimeoutTests(SynchronousTestCase):
                                    settings=ConnectionSettings(**kwargs))
         peer = IPv4Address("TCP", "192.0.2.9", 1)
         protocol = factory.buildProtocol(peer)
+        assert isinstance(protocol, SIPStreamProtocol)
         transport = AbortableTransport(hostAddress=LOCAL, peerAddress=peer)
         protocol.makeConnection(transport)
         return protocol, transport
@@ -451,6 +456,7 @@ class MessageTimeoutTests(SynchronousTestCase):
             idleTimeout=5, messageTimeout=10))
         peer = IPv4Address("TCP", "192.0.2.9", 1)
         protocol = factory.buildProtocol(peer)
+        assert isinstance(protocol, SIPWebSocketProtocol)
         transport = WSTransport(hostAddress=LOCAL, peerAddress=peer)
         protocol.makeConnection(transport)
         protocol.dataReceived(handshake())
@@ -488,6 +494,7 @@ class WebSocketKeepaliveTests(SynchronousTestCase):
             idleTimeout=0, autoPingInterval=30, autoPingTimeout=10))
         peer = IPv4Address("TCP", "192.0.2.9", 1)
         protocol = factory.buildProtocol(peer)
+        assert isinstance(protocol, SIPWebSocketProtocol)
         transport = WSTransport(hostAddress=LOCAL, peerAddress=peer)
         protocol.makeConnection(transport)
         protocol.dataReceived(handshake())
@@ -554,6 +561,7 @@ class OriginPolicyTests(SynchronousTestCase):
                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n")
         protocol = factory.buildProtocol(peer)
+        assert isinstance(protocol, SIPWebSocketProtocol)
         transport = WSTransport(hostAddress=LOCAL, peerAddress=peer)
         protocol.makeConnection(transport)
         protocol.dataReceived(request + b"Origin: https://evil.example\r\n\r\n")
@@ -564,6 +572,7 @@ class OriginPolicyTests(SynchronousTestCase):
         self.assertEqual(factory.originsRefused, 1)
 
         good = factory.buildProtocol(peer)
+        assert isinstance(good, SIPWebSocketProtocol)
         transport = WSTransport(hostAddress=LOCAL, peerAddress=peer)
         good.makeConnection(transport)
         good.dataReceived(request + b"Origin: https://127.0.0.1\r\n\r\n")
