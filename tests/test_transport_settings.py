@@ -6,6 +6,7 @@ Tests for L{sipcore.transport.settings}.
 from __future__ import annotations
 
 from dataclasses import FrozenInstanceError, replace
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -55,6 +56,8 @@ class ConnectionSettingsTests(SynchronousTestCase):
         for name in ("idleTimeout", "unregisteredIdleTimeout", "handshakeTimeout",
                      "messageTimeout", "closeGrace", "maxLineLength", "closeHandshakeTimeout",
                      "autoPingInterval", "autoPingTimeout", "maxHandshakeSize"):
-            error = self.assertRaises(ValueError, ConnectionSettings, **{name: -1})
+            negative: dict[str, Any] = {name: -1}
+            zero: dict[str, Any] = {name: 0}
+            error = self.assertRaises(ValueError, ConnectionSettings, **negative)
             self.assertIn(name, str(error))
-            ConnectionSettings(**{name: 0})
+            ConnectionSettings(**zero)
