@@ -5,6 +5,7 @@ Fakes for testing code that uses sipcore, plugin authors' included.
   - L{FakeFlow}: an L{IFlow} that records what is sent.
   - L{RecordingBus}: an L{IEventBus} that records what is fired.
   - L{FakeDatagramTransport}: a UDP port that records what is written.
+  - L{FakePool}: an L{IDatabasePool} that records its statements.
   - L{MemoryLocationStore} (re-exported): the in-memory store.
   - L{connectionEvent}: build a L{ConnectionEvent} with defaults.
   - L{LogCapture}: the log events emitted while a test runs.
@@ -26,13 +27,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from sipcore.events import TCP_CLOSED, ConnectionEvent
-from sipcore.interfaces import IEventBus, IFlow
+from sipcore.interfaces import IDatabasePool, IEventBus, IFlow
 from sipcore.location import MemoryLocationStore
 from sipcore.message import Address, Request, Response, parseMessage
 
 __all__ = [
     "FakeDatagramTransport",
     "FakeFlow",
+    "FakePool",
     "LogCapture",
     "MemoryLocationStore",
     "RecordingBus",
@@ -144,6 +146,41 @@ class FakeDatagramTransport:
 
     def getBroadcastAllowed(self) -> bool:
         return self.broadcastAllowed
+
+
+@implementer(IDatabasePool)
+class FakePool:
+    """
+    A database pool that records each call and answers it with a
+    L{Deferred} the test fires, or fails every call at once.
+
+    @ivar calls: C{(statement, params, deferred)} per C{runQuery} or
+        C{runOperation}, and C{(interaction, args, deferred)} per
+        C{runInteraction}, in order.
+    @ivar failure: when not C{None}, every call fails with it (and is not
+        recorded).
+    """
+
+    def __init__(self, failure: BaseException | None = None) -> None:
+        self.failure = failure
+        self.available = failure is None
+        self.calls: list[tuple[Any, Any, defer.Deferred[Any]]] = []
+
+    def _call(self, what: Any, args: Any) -> defer.Deferred[Any]:
+        if self.failure is not None:
+            return defer.fail(self.failure)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.calls.append((what, args, d))
+        return d
+
+    def runQuery(self, statement: str, params: Any = None) -> defer.Deferred[Any]:
+        return self._call(statement, params)
+
+    def runOperation(self, statement: str, params: Any = None) -> defer.Deferred[Any]:
+        return self._call(statement, params)
+
+    def runInteraction(self, interaction: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        return self._call(interaction, (args, kwargs))
 
 
 @implementer(IEventBus)

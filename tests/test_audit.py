@@ -30,29 +30,12 @@ from sipcore.handlers.audit import ConnectionAudit
 from sipcore.interfaces import IHandlerPlugin
 from sipcore.plugin import HandlerContext, HandlerError, OptionError, parseOptions
 from sipcore.tap import Options, buildService
-from sipcore.testing import MemoryLocationStore, UDPMemoryReactor, connectionEvent
+from sipcore.testing import FakePool, MemoryLocationStore, UDPMemoryReactor, connectionEvent
 from tests.dbhelpers import TestSchema, createTestSchema, startDatabase
 from tests.serverhelpers import connectTCP, startServer, waitUntil
 from twisted.plugins.sipcore_handlers import connectionAudit
 
 SERVER_ID = 7
-
-
-class FakePool:
-    """
-    A pool whose C{runOperation} records statements and answers with the
-    Deferreds the test controls.
-
-    @ivar calls: C{(statement, params, deferred)} per call.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any, defer.Deferred[None]]] = []
-
-    def runOperation(self, statement: str, params: Any = None) -> defer.Deferred[None]:
-        d: defer.Deferred[None] = defer.Deferred()
-        self.calls.append((statement, params, d))
-        return d
 
 
 def makeContext(
@@ -325,7 +308,8 @@ class PostgresAuditTests(TestCase):
     L{ConnectionAudit} against the real server, through a database's pool.
     """
 
-    async def setUp(self) -> None:
+    # trial waits for the coroutine; unittest's stub says setUp returns None.
+    async def setUp(self) -> None:  # type: ignore[override]
         self.schema = await createTestSchema(self, withLocation=False)
         self.database = await startDatabase(
             self, self.schema.dsn, minConnections=1, retryImmediately=False, retryDelay=0.2
@@ -413,7 +397,9 @@ class PostgresAuditTests(TestCase):
         context = makeContext(self.pool, reactor)
         audit = ConnectionAudit(context)
         with self.assertRaises(HandlerError) as caught:
-            await audit.start()
+            started = audit.start()
+            assert started is not None
+            await started
         self.assertIn(
             "handler 'connection-audit': cannot create the connection_events table:",
             str(caught.exception),

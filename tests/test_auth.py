@@ -12,6 +12,7 @@ import hashlib
 import secrets
 from typing import Any
 
+import psycopg2
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
@@ -34,7 +35,7 @@ from sipcore.sip.auth import (
 )
 from sipcore.sip.core import SIPCore
 from sipcore.sip.limits import RateLimiter
-from sipcore.testing import FakeFlow
+from sipcore.testing import FakeFlow, FakePool
 from tests.mixins import TestMixin
 from tests.serverhelpers import waitUntil
 
@@ -600,7 +601,7 @@ class PostgresAuthTests(AuthTestsMixin, TestCase):
         """
         challenge = await self.challenge()
         pool = self.source.pool
-        self.source.pool = _FailingPool()
+        self.source.pool = FakePool(psycopg2.OperationalError("server closed the connection"))
         with capturedLogs() as events:
             for nc in (1, 2):
                 response = await self.send(request(auth=credentials(challenge, nc=nc)))
@@ -612,13 +613,6 @@ class PostgresAuthTests(AuthTestsMixin, TestCase):
         self.source.pool = pool
         response = await self.send(request(auth=credentials(challenge, nc=3)))
         self.assertEqual(response.status, 200)
-
-
-class _FailingPool:
-    def runQuery(self, *args: Any) -> defer.Deferred[Any]:
-        import psycopg2
-
-        return defer.fail(psycopg2.OperationalError("server closed the connection"))
 
 
 class NonceTests(SynchronousTestCase):
@@ -998,7 +992,8 @@ class GuardFailureTests(SynchronousTestCase):
         """
         L{CredentialsUnavailable} is what the PostgreSQL source fails with.
         """
-        source = PostgresCredentials(_FailingPool())
+        source = PostgresCredentials(
+            FakePool(psycopg2.OperationalError("server closed the connection")))
         self.failureResultOf(source.lookup("a", REALM), CredentialsUnavailable)
         self.assertIsInstance(Request("REGISTER", "sip:example.com"), Request)
 
@@ -1028,4 +1023,4 @@ class CredentialSourceInterfaceTests(SynchronousTestCase):
         from sipcore.interfaces import ICredentialSource
         from sipcore.sip.auth import PostgresCredentials
 
-        self.assertTrue(verifyObject(ICredentialSource, PostgresCredentials(object())))
+        self.assertTrue(verifyObject(ICredentialSource, PostgresCredentials(FakePool())))
