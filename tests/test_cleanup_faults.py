@@ -46,7 +46,9 @@ class Relay:
         self._listening: Any = None
 
     def up(self) -> None:
-        self._listening = reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
+        # Twisted's annotation asks for a ServerFactory; any IProtocolFactory listens.
+        self._listening = reactor.listenTCP(
+            self.port, self.factory, interface="127.0.0.1")  # type: ignore[arg-type]
         self.port = self._listening.getHost().port
 
     async def down(self) -> None:

@@ -182,7 +182,7 @@ class AddressObjectTests(SynchronousTestCase):
         """
         The serialized form of a built address.
         """
-        address = Address('Bob "B"', parseURI("sip:bob@example.com"), [("tag", "x")])
+        address = Address('Bob "B"', parseURI("sip:bob@example.com"), (("tag", "x"),))
         self.assertEqual(str(address), '"Bob \\"B\\"" <sip:bob@example.com>;tag=x')
 
     def test_withParam(self) -> None:
