@@ -389,7 +389,8 @@ class GroupCommitPostgresTests(LocationStoreContractMixin, TestCase):
     L{ILocationStore} contract, and sends one statement per batch.
     """
 
-    async def setUp(self) -> None:
+    # trial waits for the coroutine; unittest's stub says setUp returns None.
+    async def setUp(self) -> None:  # type: ignore[override]
         self.schema = await createTestSchema(self)
         database = await startDatabase(self, self.schema.dsn)
         self.inner = PostgresLocationStore(database.pool)

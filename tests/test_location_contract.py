@@ -102,7 +102,8 @@ class LocationStoreContractMixin:
 
     store: Any
 
-    async def assertFailsWith(self, d: defer.Deferred[Any], *types: type) -> BaseException:
+    async def assertFailsWith(self, d: defer.Deferred[Any],
+                              *types: type[BaseException]) -> BaseException:
         """
         Await C{d} and require it to fail with one of C{types}.
 

@@ -227,7 +227,7 @@ def sipURIs(draw: st.DrawFn) -> URI:
 
 
 displayNames = st.none() | st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=20
+    st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"), max_size=20
 )
 headerParams = st.lists(
     st.tuples(
@@ -263,7 +263,7 @@ class RoundTripTests(SynchronousTestCase):
         """
         A built address serializes to text that parses back to it.
         """
-        address = Address(displayName, uri, params)
+        address = Address(displayName, uri, tuple(params))
         self.assertEqual(parseAddress(str(address)), address)
 
     @SETTINGS
