@@ -15,7 +15,14 @@ from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, error, protocol, reactor, task
-from twisted.internet.interfaces import IReactorUDP, ISystemHandle, ITCPTransport, IUDPTransport
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorUDP,
+    ISystemHandle,
+    ITCPTransport,
+    IUDPTransport,
+)
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -59,6 +66,15 @@ async def startServer(testCase: TestCase, *args: str, transports: tuple[str, ...
         listener.spec.transport: listener.port for listener in service.listeners
     }
     return service
+
+
+def portOf(port: IListeningPort) -> int:
+    """
+    The port number a listening TCP or UDP C{port} is bound to.
+    """
+    address = port.getHost()
+    assert isinstance(address, (IPv4Address, IPv6Address))
+    return address.port
 
 
 async def waitUntil(condition: Callable[[], Any], timeout: float = PATIENCE,
