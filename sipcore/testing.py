@@ -16,7 +16,7 @@ Fakes for testing code that uses sipcore, plugin authors' included.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -264,6 +264,16 @@ class RecordingBus:
         return d
 
 
+_Message = TypeVar("_Message", Request, Response)
+
+
+def _parseAs(data: bytes, kind: type[_Message]) -> _Message:
+    message = parseMessage(data)
+    if not isinstance(message, kind):
+        raise TypeError("not a {}: {!r}".format(kind.__name__, data[:40]))
+    return message
+
+
 def parseRequest(data: bytes) -> Request:
     """
     Parse a request.
@@ -271,10 +281,7 @@ def parseRequest(data: bytes) -> Request:
     @raise TypeError: if C{data} is a response.
     @raise sipcore.message.SIPParseError: if it is malformed.
     """
-    message = parseMessage(data)
-    if not isinstance(message, Request):
-        raise TypeError("not a request: {!r}".format(data[:40]))
-    return message
+    return _parseAs(data, Request)
 
 
 def parseResponse(data: bytes) -> Response:
@@ -284,10 +291,7 @@ def parseResponse(data: bytes) -> Response:
     @raise TypeError: if C{data} is a request.
     @raise sipcore.message.SIPParseError: if it is malformed.
     """
-    message = parseMessage(data)
-    if not isinstance(message, Response):
-        raise TypeError("not a response: {!r}".format(data[:40]))
-    return message
+    return _parseAs(data, Response)
 
 
 def contactsOf(message: Request | Response) -> list[Address]:
