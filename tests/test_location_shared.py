@@ -15,13 +15,14 @@ import sys
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor
-from twisted.logger import globalLogPublisher
+from twisted.internet.interfaces import IReactorSocket, ITransport
 from twisted.trial.unittest import TestCase
 
 from sipcore import workers
 from sipcore.location import InvalidBinding, StoreUnavailable
 from sipcore.location.group import GroupCommitStore
 from sipcore.location.shared import SharedLocationStore, adoptStore, serveStore
+from sipcore.testing import LogCapture
 from tests.serverhelpers import (
     PATIENCE,
     SIPCORE_PATH,
@@ -55,7 +56,9 @@ class _Served:
         (a file descriptor).
         """
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        reactor.adoptStreamConnection(mine.fileno(), socket.AF_UNIX, self.factory)
+        # Twisted's annotation asks for a ServerFactory of its own protocol type.
+        IReactorSocket(reactor).adoptStreamConnection(mine.fileno(), socket.AF_UNIX,
+                                                      self.factory)  # type: ignore[arg-type]
         mine.close()
         return theirs.detach()
 
@@ -109,7 +112,8 @@ class SharingTests(TestCase):
         found = store.lookup("alice@example.com", NOW)
         removed = store.remove(["r1", "r2"])
         after = store.lookup("alice@example.com", NOW)
-        results = await defer.gatherResults([saved, found, removed, after])
+        calls: list[defer.Deferred[Any]] = [saved, found, removed, after]
+        results = await defer.gatherResults(calls)
         self.assertEqual(results, [None, [makeBinding(ruid="r1")], 1, []])
 
     async def test_valuesSurvive(self) -> None:
@@ -146,7 +150,7 @@ class SharingTests(TestCase):
         store = self.served.client()
         saved = store.save([makeBinding(ruid="r1")])
         await store.close()
-        self.assertIsNone(await saved)
+        await saved
         self.assertEqual(len(self.served.factory.store), 1)
         await self.assertFailure(store.lookup("alice@example.com", NOW), StoreUnavailable)
 
@@ -175,9 +179,7 @@ class StoreGoneTests(TestCase):
         fail with L{StoreUnavailable}; one error line says so.
         """
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        logged = LogCapture(self)
         store = adoptStore(reactor, theirs.detach())
         self.addCleanup(store.close)
         pending = store.lookup("alice@example.com", NOW)
@@ -185,7 +187,7 @@ class StoreGoneTests(TestCase):
         await self.assertFailure(pending, StoreUnavailable)
         await self.assertFailure(store.save([makeBinding()]), StoreUnavailable)
         await self.assertFailure(store.removeConnections(1, [2]), StoreUnavailable)
-        gone = [e for e in events if "store is gone" in e.get("log_format", "")]
+        gone = [e for e in logged.events if "store is gone" in e.get("log_format", "")]
         self.assertEqual(len(gone), 1)
 
     async def test_onLost(self) -> None:
@@ -249,6 +251,8 @@ class _RawClient(protocol.Protocol):
     Writes frames as they are given and collects the answers.
     """
 
+    transport: ITransport
+
     def __init__(self) -> None:
         self.buffer = b""
         self.lost: defer.Deferred[None] = defer.Deferred()
@@ -284,10 +288,17 @@ class BadRequestTests(TestCase):
     async def rawClient(self, served: _Served) -> _RawClient:
         client = _RawClient()
         fd = served.pair()
-        reactor.adoptStreamConnection(fd, socket.AF_UNIX, protocol.Factory.forProtocol(
-            lambda: client))
+        # Twisted's annotation asks for a ServerFactory of its own protocol type.
+        IReactorSocket(reactor).adoptStreamConnection(
+            fd, socket.AF_UNIX,
+            protocol.Factory.forProtocol(lambda: client))  # type: ignore[arg-type]
         os.close(fd)
-        self.addCleanup(lambda: (client.transport.loseConnection(), client.lost)[1])
+
+        def close() -> Any:
+            client.transport.loseConnection()
+            return client.lost
+
+        self.addCleanup(close)
         return client
 
     async def test_malformed(self) -> None:
@@ -299,9 +310,7 @@ class BadRequestTests(TestCase):
         """
         served = _Served(self)
         client = await self.rawClient(served)
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        logged = LogCapture(self)
         frames = [
             b"not json",
             b"[" * 100000 + b"]" * 100000,
@@ -320,7 +329,7 @@ class BadRequestTests(TestCase):
         self.assertEqual([a[0] for a in answers], [None, None, 1, 2, 3, 4, 5, 6])
         self.assertEqual(answers[-1], [6, "ok", 0])
         self.assertEqual(len(served.factory.store), 0)
-        refused = [e for e in events if "store request refused" in e.get("log_format", "")]
+        refused = [e for e in logged.events if "store request refused" in e.get("log_format", "")]
         self.assertEqual(len(refused), 1)
 
     async def test_storeErrorLogged(self) -> None:
