@@ -7,11 +7,13 @@ SIGTERM.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
+import socket
 import sys
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from sipcore import compiled
 from tests.serverhelpers import (
@@ -69,3 +71,66 @@ class TwistdTests(TestCase):
         self.assertNotIn("Traceback", proc.output)
         await tcp.waiters.lost
         await ws.waiters.lost
+
+    async def test_privilegedPortWithUid(self) -> None:
+        """
+        Started as root with C{--uid}, the server binds ports below 1024
+        before it drops its privileges, then answers on them as the
+        unprivileged user.
+        """
+        if os.geteuid() != 0:
+            raise SkipTest("binding a port below 1024 needs root")
+        try:
+            nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            raise SkipTest("no user nobody") from None
+        port = _freeLowPort()
+        env = dict(os.environ, PYTHONPATH=SIPCORE_PATH)
+        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "--uid", str(nobody.pw_uid), "--gid", str(nobody.pw_gid),
+                "sipcore", "--domain", "example.com",
+                "--listen", "udp:{}:interface=127.0.0.1".format(port),
+                "--listen", "tcp:{}:interface=127.0.0.1".format(port)]
+        proc, transport = spawnChild(self, args, env)
+        await waitUntil(lambda: "set uid/gid" in proc.output and "handler" in proc.output,
+                        timeout=PATIENCE * 2, what="privileges dropped: " + proc.output[-500:])
+        udp = listenUDP(self, port)
+        self.assertEqual((await udp.request(optionsRequest("udp"))).status, 200)
+        tcp = await connectTCP(port)
+        self.assertEqual((await tcp.request(optionsRequest("tcp"))).status, 200)
+        self.assertEqual(_processUser(transport.pid), nobody.pw_uid)
+        os.kill(transport.pid, signal.SIGTERM)
+        await proc.ended
+        self.assertIn("stopped cleanly", proc.output, proc.output[-3000:])
+        self.assertNotIn("Traceback", proc.output)
+        await tcp.waiters.lost
+
+
+def _freeLowPort() -> int:
+    """
+    A port below 1024 free for both UDP and TCP on 127.0.0.1.
+    """
+    for port in range(990, 900, -1):
+        sockets = [socket.socket(socket.AF_INET, kind)
+                   for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)]
+        try:
+            for sock in sockets:
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return port
+    raise SkipTest("no free port below 1024")
+
+
+def _processUser(pid: int) -> int:
+    """
+    The real user id of process C{pid} (from C{/proc}).
+    """
+    with open("/proc/{}/status".format(pid)) as status:
+        for line in status:
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    raise AssertionError("no Uid line for process {}".format(pid))
