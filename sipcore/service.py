@@ -31,7 +31,7 @@ a deadline, then close the store and the database.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer, task
@@ -42,6 +42,16 @@ from zope.interface import implementer
 
 from sipcore.interfaces import IEventBus, ILocationStore, IMetricsSource
 from sipcore.plugin import EnabledHandler
+
+if TYPE_CHECKING:
+    from sipcore.jobs import JobQueue
+    from sipcore.location.ordering import PendingWrites
+    from sipcore.sip.auth import DigestAuthenticator
+    from sipcore.sip.core import SIPCore
+    from sipcore.sip.proxy import Proxy
+    from sipcore.sip.registrar import Registrar
+    from sipcore.transport.connections import ConnectionTable
+    from sipcore.transport.listen import ListenerService
 
 __all__ = ["CoreService", "HandlerService", "OrderedServices", "SIPCoreService", "StoreService"]
 
@@ -308,7 +318,7 @@ class HandlerService(Service):
         self,
         bus: IEventBus,
         handlers: Sequence[EnabledHandler],
-        queues: Iterable[Any],
+        queues: Iterable[JobQueue],
         reactor: IReactorTime,
         drainDeadline: float = 10.0,
     ) -> None:
@@ -389,7 +399,7 @@ class CoreService(Service):
 
     name = "core"
 
-    def __init__(self, table: Any, core: Any, proxy: Any) -> None:
+    def __init__(self, table: ConnectionTable, core: SIPCore, proxy: Proxy) -> None:
         """
         @param table: the L{sipcore.transport.connections.ConnectionTable}.
         @param core: the L{sipcore.sip.core.SIPCore}.
@@ -455,15 +465,15 @@ class SIPCoreService(OrderedServices):
         *,
         store: ILocationStore,
         bus: IEventBus,
-        table: Any,
-        core: Any,
-        registrar: Any,
-        proxy: Any,
-        authenticator: Any,
-        writes: Any,
+        table: ConnectionTable,
+        core: SIPCore,
+        registrar: Registrar,
+        proxy: Proxy,
+        authenticator: DigestAuthenticator | None,
+        writes: PendingWrites,
         storeService: StoreService,
         handlerService: HandlerService,
-        listeners: Sequence[Any],
+        listeners: Sequence[ListenerService],
         metrics: IMetricsSource,
         lagProbe: IService | None = None,
         metricsService: IService | None = None,
@@ -517,7 +527,7 @@ class SIPCoreService(OrderedServices):
         return self.handlerService.handlers
 
     @property
-    def queues(self) -> Iterable[Any]:
+    def queues(self) -> Iterable[JobQueue]:
         return self.handlerService.queues
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
