@@ -323,7 +323,7 @@ def prepareDatabase(env: Environment) -> bool:
     env.dsn = psycopg2.extensions.make_dsn(base, dbname=env.dbName)
     conn = psycopg2.connect(env.dsn)
     conn.autocommit = True
-    with conn.cursor() as cur, open(os.path.join(ROOT, "sipcore", "location", "schema.sql")) as f:
+    with conn.cursor() as cur, open(os.path.join(ROOT, "sipcore", "db", "location.sql")) as f:
         cur.execute(f.read())
     conn.close()
     return True
