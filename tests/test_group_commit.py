@@ -16,7 +16,6 @@ from zope.interface.verify import verifyObject
 
 from sipcore.interfaces import ILocationStore
 from sipcore.location import (
-    InvalidBinding,
     MemoryLocationStore,
     PostgresLocationStore,
     StoreUnavailable,
@@ -170,20 +169,6 @@ class GroupCommitUnitTests(SynchronousTestCase):
             self.failureResultOf(d, StoreUnavailable)
         self.assertEqual(len(self.inner), 0)
         self.assertEqual(self.store.stats["failedBatches"], 1)
-
-    def test_hostileBindingFailsAlone(self) -> None:
-        """
-        A binding the table cannot store fails its own save at once with
-        L{InvalidBinding}; it never joins the batch, which the others
-        commit.
-        """
-        good = self.store.save([makeBinding(ruid="a", username="a")])
-        bad = self.store.save([makeBinding(ruid="b", username="b", contact="sip:\x00@x")])
-        self.failureResultOf(bad, InvalidBinding)
-        self.clock.advance(0.002)
-        self.inner.release()
-        self.successResultOf(good)
-        self.assertEqual([b.ruid for b in self.inner.allBindings()], ["a"])
 
     def test_removeWaitsForEarlierSave(self) -> None:
         """

@@ -24,7 +24,7 @@ from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from sipcore.interfaces import ILocationStore
-from sipcore.location import Binding, InvalidBinding
+from sipcore.location import Binding
 
 __all__ = ["LocationStoreContractMixin", "makeBinding", "synchronously"]
 
@@ -383,38 +383,6 @@ class LocationStoreContractMixin:
         )
         await self.store.save([binding])
         self.assertEqual(await self.store.lookup(binding.aor, NOW), [binding])  # type: ignore[attr-defined]
-
-    async def test_tooLongRefused(self) -> None:
-        """
-        A 10,000-character value is refused with L{InvalidBinding} naming
-        the field, and nothing of that batch is stored.
-        """
-        good = makeBinding(ruid="good")
-        bad = makeBinding(ruid="bad", contact="sip:" + "x" * 10_000)
-        e = await self.assertFailsWith(self.store.save([good, bad]), InvalidBinding)
-        self.assertIn("contact", str(e))  # type: ignore[attr-defined]
-        self.assertEqual(await self.store.lookup("alice@example.com", NOW), [])  # type: ignore[attr-defined]
-
-    async def test_unstorableValuesRefused(self) -> None:
-        """
-        NUL characters, integers out of the 32-bit range, times that are not
-        finite numbers, an empty C{ruid} and a user part with C{"@"} are
-        refused with L{InvalidBinding}.
-        """
-        for bad in [
-            makeBinding(contact="sip:a\x00b@example.com"),
-            makeBinding(cseq=2**31),
-            makeBinding(connectionId=-(2**31) - 1),
-            makeBinding(expires=float("nan")),
-            makeBinding(expires=float("inf")),
-            makeBinding(lastModified=-1.0),
-            makeBinding(q=float("nan")),
-            makeBinding(ruid=""),
-            makeBinding(username="a@b"),
-            makeBinding(methods=True),
-        ]:
-            await self.assertFailsWith(self.store.save([bad]), InvalidBinding)
-        self.assertEqual(await self.store.lookup("alice@example.com", NOW), [])  # type: ignore[attr-defined]
 
     async def test_hostileArguments(self) -> None:
         """

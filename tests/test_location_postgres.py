@@ -29,7 +29,6 @@ from sipcore.db.location import (
 )
 from sipcore.location import (
     Binding,
-    InvalidBinding,
     MemoryLocationStore,
     PostgresLocationStore,
     StoreUnavailable,
@@ -408,14 +407,6 @@ class PostgresLocationStoreTests(PostgresStoreTestBase):
         await self.store.save(bindings)
         self.assertEqual(self.store.statementCount["save"], 1)
         self.assertEqual(len(await self.store.lookup("alice@example.com", NOW)), 100)
-
-    async def test_invalidBindingSendsNothing(self) -> None:
-        """
-        A refused batch sends no statement.
-        """
-        with self.assertRaises(InvalidBinding):
-            await self.store.save([makeBinding(), makeBinding(ruid="x", cseq=2**40)])
-        self.assertEqual(self.store.statementCount["save"], 0)
 
     async def test_notStartedOrClosed(self) -> None:
         """

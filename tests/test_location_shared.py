@@ -129,19 +129,6 @@ class SharingTests(TestCase):
         await store.save([binding])
         self.assertEqual(await store.lookup("\u00e5sa@example.com", NOW), [binding])
 
-    async def test_invalidBindingNotSent(self) -> None:
-        """
-        A binding the table cannot store fails the save in the worker with
-        L{InvalidBinding}; nothing is sent and nothing stored.
-        """
-        store = self.served.client()
-        failure = await self.assertFailure(
-            store.save([makeBinding(ruid="r1"), makeBinding(ruid="r2", contact="x" * 600)]),
-            InvalidBinding)
-        self.assertIn("contact", str(failure))
-        self.assertEqual(store.statementCount["save"], 0)
-        self.assertEqual(len(self.served.factory.store), 0)
-
     async def test_closeWaitsForAnswers(self) -> None:
         """
         C{close} lets the answers still due arrive before it disconnects;

@@ -185,6 +185,21 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual(request.vias[0].host, "proxy.example.com")
         self.assertEqual(len(request.vias), 3)
 
+    def test_replaceTopVia(self) -> None:
+        """
+        C{replaceTopVia} replaces the first Via value in the headers (the
+        rest of its line and the other lines stay) and in C{vias}, which
+        then equals what a parse of the new text gives.
+        """
+        request = parseMessage(REGISTER)
+        top = request.vias[0]
+        stamped = top.withParam("received", "198.51.100.7")
+        request.replaceTopVia(stamped)
+        self.assertEqual(request.vias[0], stamped)
+        self.assertEqual(request.headers.lines("via")[0], str(stamped))
+        self.assertEqual(parseMessage(request.serialize()).vias, request.vias)
+        self.assertEqual(len(request.vias), 2)
+
     def test_expiresClamped(self) -> None:
         """
         A huge Expires is clamped to 2**32-1 (RFC 4475 scalar02 advice).

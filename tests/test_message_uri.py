@@ -247,7 +247,7 @@ class URIObjectTests(SynchronousTestCase):
         """
         A URI built from components serializes to valid text.
         """
-        uri = URI("sip", user="bob", host="2001:db8::1", port=5060, params=[("transport", "tcp")])
+        uri = URI("sip", user="bob", host="2001:db8::1", port=5060, params=(("transport", "tcp"),))
         self.assertEqual(str(uri), "sip:bob@[2001:db8::1]:5060;transport=tcp")
         self.assertEqual(parseURI(str(uri)), uri)
 

@@ -146,7 +146,7 @@ class ViaObjectTests(SynchronousTestCase):
         A Via built from fields serializes with a new branch.
         """
         branch = generateBranch()
-        via = Via("TCP", "proxy.example.com", 5060, [("branch", branch)])
+        via = Via("TCP", "proxy.example.com", 5060, (("branch", branch),))
         self.assertEqual(str(via), "SIP/2.0/TCP proxy.example.com:5060;branch=" + branch)
         self.assertTrue(branch.startswith(MAGIC_COOKIE))
         self.assertTrue(via.isRFC3261Branch)

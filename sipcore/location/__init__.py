@@ -21,7 +21,6 @@ from sipcore.location.binding import (
     Binding,
     InvalidBinding,
     aorKey,
-    checkBinding,
     splitAor,
 )
 
@@ -49,7 +48,6 @@ __all__ = [
     "PostgresLocationStore",
     "StoreUnavailable",
     "aorKey",
-    "checkBinding",
     "splitAor",
 ]
 

@@ -25,24 +25,14 @@ version 9) carries, with Kamailio's conventions for the values:
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
-
-from twisted.internet import defer
-from twisted.python.failure import Failure
+from dataclasses import dataclass
 
 __all__ = [
     "UDP_CONNECTION_ID",
     "Binding",
     "InvalidBinding",
     "aorKey",
-    "checkBinding",
-    "checkBindings",
-    "checkedSave",
-    "makeBinding",
     "splitAor",
 ]
 
@@ -88,7 +78,7 @@ _INT_FIELDS: dict[str, bool] = {
 }
 
 
-#: L{_TEXT_LIMITS} and L{_INT_FIELDS} as tuples, for L{checkBinding}'s loops.
+#: L{_TEXT_LIMITS} and L{_INT_FIELDS} as tuples, for L{_check}'s loops.
 _TEXT_CHECKS = tuple((name, limit, nullable) for name, (limit, nullable) in _TEXT_LIMITS.items())
 _INT_CHECKS = tuple(_INT_FIELDS.items())
 
@@ -118,7 +108,7 @@ def splitAor(aor: str) -> tuple[str, str]:
     """
     Split an address-of-record key at its first C{"@"}, as Kamailio's usrloc
     does.  The inverse of L{aorKey} (user parts never contain C{"@"}; see
-    L{checkBinding}).
+    L{Binding}).
 
     @return: C{(username, domain)}, C{domain} empty when there is no C{"@"}.
     """
@@ -131,6 +121,15 @@ class Binding:
     """
     One registered contact of an address of record: a row of Kamailio's
     C{location} table.
+
+    A binding holds only values the table can store exactly: the
+    constructor raises L{InvalidBinding}, naming the field and the problem,
+    for a text longer than its column, with a NUL character or not a
+    C{str}; an integer out of the 32-bit range or not an C{int}; a time or
+    C{q} that is not a finite number (times between 0 and the year 9999);
+    an empty C{ruid}; or a user part with C{"@"} (the address of record
+    could not be split back).  So every binding a store is given can be
+    stored as it is.
 
     @ivar ruid: record unique id; the key stores save and remove by.
     @ivar username: user part of the address of record.
@@ -199,6 +198,9 @@ class Binding:
         """
         return self.connectionId > 0
 
+    def __post_init__(self) -> None:
+        _check(self)
+
     def isExpired(self, now: float) -> bool:
         """
         @return: C{True} if the binding has expired at POSIX time C{now}
@@ -207,28 +209,22 @@ class Binding:
         return self.expires <= now
 
 
-#: The attribute L{checkBinding} sets on a binding that passed (not a field:
-#: it takes no part in comparison, C{repr} or storage).
-_STORABLE = "_storable"
+def _isNumber(value: object) -> bool:
+    """
+    @return: C{True} for a finite C{int} or C{float} (not C{bool}).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value)
 
 
-def checkBinding(binding: Binding) -> None:
+def _check(binding: Binding) -> None:
     """
     Check that the C{location} table can store C{binding} exactly.
 
-    @raise InvalidBinding: naming the field and the problem, if a text is
-        longer than its column, contains a NUL character or is not a
-        C{str}; an integer is out of the 32-bit range or not an C{int}; a
-        time or C{q} is not a finite number; C{ruid} is empty; or the user
-        part contains C{"@"} (the address of record could not be split back).
+    @raise InvalidBinding: if it cannot (see L{Binding}).
     """
-    if not isinstance(binding, Binding):
-        raise InvalidBinding("not a Binding: {!r}".format(type(binding).__name__))
     values = binding.__dict__
-    if _STORABLE in values:
-        # Bindings are immutable: one that passed once passes again (the
-        # registrar, group commit and the store each check what they get).
-        return
     for name, limit, nullable in _TEXT_CHECKS:
         value = values[name]
         if value is None and nullable:
@@ -265,76 +261,3 @@ def checkBinding(binding: Binding) -> None:
             )
     if not _isNumber(binding.q):
         raise InvalidBinding("q must be a finite number, not {!r}".format(binding.q))
-    object.__setattr__(binding, _STORABLE, True)
-
-
-def checkBindings(bindings: Iterable[Binding]) -> list[Binding]:
-    """
-    Check a batch of bindings with L{checkBinding}.
-
-    @return: the batch as a list.
-    @raise InvalidBinding: for the first binding that cannot be stored.
-    """
-    batch = list(bindings)
-    for binding in batch:
-        checkBinding(binding)
-    return batch
-
-
-_Store = TypeVar("_Store")
-
-
-def checkedSave(
-    save: Callable[[_Store, list[Binding]], defer.Deferred[None]],
-) -> Callable[[_Store, Iterable[Binding]], defer.Deferred[None]]:
-    """
-    Decorate a store's C{save}: the bindings are checked first
-    (L{checkBindings}; a binding the table cannot store fails the call with
-    L{InvalidBinding} and none is saved), an empty batch is answered at
-    once, and C{save} gets the checked batch as a list.
-    """
-
-    @functools.wraps(save)
-    def checked(self: _Store, bindings: Iterable[Binding]) -> defer.Deferred[None]:
-        try:
-            batch = checkBindings(bindings)
-        except ValueError:
-            return defer.fail(Failure())
-        if not batch:
-            return defer.succeed(None)
-        return save(self, batch)
-
-    return checked
-
-
-def _isNumber(value: object) -> bool:
-    """
-    @return: C{True} for a finite C{int} or C{float} (not C{bool}).
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return math.isfinite(value)
-
-
-#: The names of L{Binding}'s fields, in declaration order.
-FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Binding))
-_FIELD_SET = frozenset(FIELD_NAMES)
-
-
-def makeBinding(values: dict[str, Any]) -> Binding:
-    """
-    A L{Binding} with exactly these field values, built without the frozen
-    dataclass's generated C{__init__} (which sets each field through
-    C{object.__setattr__}): the same object in a fraction of the time, for
-    the registrar and the shared store's decoder.  The values are not
-    checked here (L{checkBinding} does that before a store keeps them).
-
-    @param values: every field of L{Binding} by name, and nothing else.
-    @raise TypeError: if a field is missing or another name is given.
-    """
-    if values.keys() != _FIELD_SET:
-        raise TypeError("a binding has the fields {}; got {}".format(
-            ", ".join(FIELD_NAMES), ", ".join(sorted(values))))
-    binding = object.__new__(Binding)
-    binding.__dict__.update(values)
-    return binding

@@ -18,9 +18,8 @@ C{lookup} calls are batched the same way when the wrapped store has
 C{lookupMany} (one C{SELECT ... WHERE (username, domain) IN (SELECT * FROM
 unnest(...))} per window).
 
-Validation happens before a binding joins a batch: a C{save} with a binding
-the table cannot store (L{sipcore.location.checkBinding}) fails alone, at
-once, and never spoils the batch of the others.
+A binding holds only values the table can store (L{sipcore.location.Binding}
+refuses others when it is made), so no binding spoils the batch of the others.
 
 Ordering: writes run one at a time, in the order they were called (a batch
 takes the place of its first C{save}).  C{remove}, C{removeConnections},
@@ -44,7 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipcore.interfaces import ILocationStore
-from sipcore.location.binding import Binding, checkedSave
+from sipcore.location.binding import Binding
 
 __all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_WINDOW", "GroupCommitStore"]
 
@@ -204,15 +203,15 @@ class GroupCommitStore:
             return self._lookupNow(aor, now)
         return self._barrier().addCallback(lambda _: self._lookupNow(aor, now))
 
-    @checkedSave
-    def save(self, batch: list[Binding]) -> defer.Deferred[None]:
+    def save(self, bindings: Iterable[Binding]) -> defer.Deferred[None]:
         """
-        See L{ILocationStore.save}.  The bindings are checked here (a
-        binding the table cannot store fails this call alone with
-        L{sipcore.location.InvalidBinding}), then join the batch that is
+        See L{ILocationStore.save}.  The bindings join the batch that is
         filling.  Fires once the batch's statement has committed; fails
         with the batch's failure.
         """
+        batch = list(bindings)
+        if not batch:
+            return defer.succeed(None)
         filling = self._filling
         if filling is None:
             filling = self._filling = _SaveBatch()

@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from sipcore.interfaces import ILocationStore
-from sipcore.location.binding import Binding, checkedSave
+from sipcore.location.binding import Binding
 
 __all__ = ["MemoryLocationStore", "lookupOrder"]
 
@@ -34,9 +34,9 @@ class MemoryLocationStore:
     Bindings in dictionaries: by address of record, then by C{ruid}, plus an
     index by C{(serverId, connectionId)} for connection cleanup.
 
-    Every method returns an already-fired L{Deferred}.  Bindings are checked
-    with L{checkBinding} on save, so this store refuses exactly what the
-    PostgreSQL store refuses.
+    Every method returns an already-fired L{Deferred}.  It stores what
+    the PostgreSQL store stores: a L{Binding} holds only values the
+    C{location} table can store exactly.
 
     @ivar clock: the L{IReactorTime} given at construction.  The store itself
         needs no timers (callers pass C{now}); it is kept so the memory and
@@ -105,13 +105,13 @@ class MemoryLocationStore:
                 found[aor] = bindings
         return defer.succeed(found)
 
-    @checkedSave
-    def save(self, batch: list[Binding]) -> defer.Deferred[None]:
+    def save(self, bindings: Iterable[Binding]) -> defer.Deferred[None]:
         """
-        See L{ILocationStore.save}.  Fails with
-        L{sipcore.location.InvalidBinding} (and stores none of C{bindings})
-        if one of them cannot be stored exactly.
+        See L{ILocationStore.save}.
         """
+        batch = list(bindings)
+        if not batch:
+            return defer.succeed(None)
         self.statementCount["save"] += 1
         for binding in batch:
             self._discard(binding.ruid)

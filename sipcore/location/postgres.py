@@ -52,7 +52,7 @@ from sipcore.db.location import (
 )
 from sipcore.interfaces import IDatabasePool, ILocationStore
 from sipcore.location import StoreUnavailable
-from sipcore.location.binding import Binding, checkBinding, splitAor
+from sipcore.location.binding import Binding, splitAor
 
 __all__ = ["PostgresLocationStore"]
 
@@ -187,18 +187,13 @@ class PostgresLocationStore:
         """
         See L{ILocationStore.save}: one multi-row C{INSERT ... ON CONFLICT
         (ruid) DO UPDATE}.  When C{bindings} repeats a C{ruid}, the last one
-        wins.  Fails with L{sipcore.location.InvalidBinding} (sending
-        nothing) if a binding cannot be stored exactly, and with
-        L{StoreUnavailable} when the database cannot answer.
+        wins.  Fails with L{StoreUnavailable} when the database cannot
+        answer.
         """
         byRuid: dict[str, Binding] = {}
-        try:
-            for binding in bindings:
-                checkBinding(binding)
-                byRuid.pop(binding.ruid, None)
-                byRuid[binding.ruid] = binding
-        except ValueError:
-            return defer.fail(Failure())
+        for binding in bindings:
+            byRuid.pop(binding.ruid, None)
+            byRuid[binding.ruid] = binding
         if not byRuid:
             return defer.succeed(None)
         statement = insertStatement(len(byRuid))

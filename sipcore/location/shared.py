@@ -20,8 +20,9 @@ one write, and the worker's group commit (L{sipcore.location.group}) batches
 REGISTERs' calls further.
 
 Failures:
-  - a binding the table could not store is refused in the worker
-    (L{sipcore.location.InvalidBinding}) before anything is sent;
+  - a binding the table could not store is never made
+    (L{sipcore.location.Binding} raises L{sipcore.location.InvalidBinding}),
+    in the worker or when the store process decodes one;
   - a malformed request is answered with an error (kind C{"invalid"}) and
     logged once per connection, and the connection stays up; an error
     inside the store process is logged with its traceback and answered as
@@ -53,7 +54,7 @@ from zope.interface import implementer
 
 from sipcore.interfaces import ILocationStore
 from sipcore.location import InvalidBinding, StoreUnavailable
-from sipcore.location.binding import Binding, checkedSave, makeBinding
+from sipcore.location.binding import Binding
 from sipcore.location.memory import MemoryLocationStore
 
 __all__ = ["SharedLocationStore", "StoreServerFactory", "adoptStore", "serveStore"]
@@ -73,8 +74,7 @@ def _encodeBinding(binding: Binding) -> list[Any]:
 def _decodeBinding(values: list[Any]) -> Binding:
     if not isinstance(values, list) or len(values) != len(_FIELDS):
         raise ValueError("a binding has {} fields".format(len(_FIELDS)))
-    # The values are checked by the store (checkBinding) before they are kept.
-    return makeBinding(dict(zip(_FIELDS, values, strict=True)))
+    return Binding(**dict(zip(_FIELDS, values, strict=True)))
 
 
 def _decodeBindings(values: Any) -> list[Binding]:
@@ -180,7 +180,7 @@ class _StoreServerProtocol(Int32StringReceiver):
 
     def _storeFailed(self, failure: Failure, ident: Any, method: str) -> list[Any]:
         if failure.check(ValueError, TypeError):
-            # The store refused the values (checkBinding).
+            # The store refused the values.
             return [ident, "error", "invalid", failure.getErrorMessage()]
         if not self._failed:
             self._failed = True
@@ -405,13 +405,14 @@ class SharedLocationStore:
         return self._call("lookupMany", [list(aors), now],
                           lambda found: {aor: _decodeBindings(bs) for aor, bs in found.items()})
 
-    @checkedSave
-    def save(self, batch: list[Binding]) -> defer.Deferred[None]:
+    def save(self, bindings: Iterable[Binding]) -> defer.Deferred[None]:
         """
         See L{ILocationStore.save}: the answer comes once the store process
-        holds every binding.  Fails with L{sipcore.location.InvalidBinding}
-        (and sends nothing) if one cannot be stored exactly.
+        holds every binding.
         """
+        batch = list(bindings)
+        if not batch:
+            return defer.succeed(None)
         return self._call("save", [[_encodeBinding(b) for b in batch]])
 
     def remove(self, ruids: Iterable[str]) -> defer.Deferred[int]:

@@ -10,7 +10,6 @@ matching is linear in the input length (no catastrophic backtracking).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 from sipcore.message.errors import SIPParseError
 
@@ -28,8 +27,8 @@ DISPLAY_TOKENS = re.compile("[" + TOKEN_CHARS + "]+(?:[ \t]+[" + TOKEN_CHARS + "
 
 _QUOTED_PAIR = re.compile(r"\\(.)", re.S)
 
-#: Parameters as C{(name, value)} pairs; objects store them as a tuple.
-Params = Sequence[tuple[str, "str | None"]]
+#: Parameters as C{(name, value)} pairs, in order.
+Params = tuple[tuple[str, "str | None"], ...]
 
 
 def skipWhitespace(text: str, pos: int) -> int:

@@ -291,6 +291,19 @@ class _Message:
 
         return list(self.headers.cached("vias", compute))
 
+    def replaceTopVia(self, via: Via) -> None:
+        """
+        Replace the topmost Via value with C{via}, as a server stamping
+        C{received} and C{rport} does: in the headers (the rest of its line
+        stays) and in what L{vias} gives, so the Vias are not parsed again.
+
+        @raise SIPParseError: if the Vias are malformed.
+        """
+        vias = self.vias
+        vias[0] = via
+        self.headers.replaceFirst("via", str(via))
+        self.headers.remember("vias", vias)
+
     @property
     def fromAddr(self) -> Address:
         """

@@ -112,8 +112,7 @@ def stampVia(request: Request, flow: IFlow) -> None:
     source address or the sender asked for C{rport}, and the source port in
     C{rport} when it asked.
     """
-    vias = request.vias
-    via = vias[0]
+    via = request.vias[0]
     host, port = flow.remote
     rport = via.rport
     if rport is None and (via.host or "").lower() == host.lower():
@@ -123,12 +122,7 @@ def stampVia(request: Request, flow: IFlow) -> None:
         params = replaceParam(params, "rport", str(port))
     stamped = Via(via.transport, via.host, via.port, replaceParam(params, "received", host),
                   via.protocol, via.version)
-    headers = request.headers
-    headers.replaceFirst("Via", str(stamped))
-    # The new top Via is already parsed: keep it (and the rest) cached
-    # rather than have the next reader parse it again.
-    vias[0] = stamped
-    headers.remember("vias", vias)
+    request.replaceTopVia(stamped)
 
 
 def _nextGuard(go: bool, guard: RequestGuard,

@@ -26,8 +26,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sipcore.interfaces import IFlow, ILocationStore
-from sipcore.location import Binding, InvalidBinding, StoreUnavailable, checkBinding
-from sipcore.location.binding import UDP_CONNECTION_ID, aorKey, makeBinding
+from sipcore.location import Binding, InvalidBinding, StoreUnavailable
+from sipcore.location.binding import UDP_CONNECTION_ID, aorKey
 from sipcore.location.ordering import PendingWrites
 from sipcore.message import URI, Address, Request, Response, SIPParseError, parseExpires, parseURI
 from sipcore.message.uri import unescape
@@ -364,31 +364,30 @@ class Registrar:
                 named.add(old.ruid)
             binding = None
             if expires:
-                # makeBinding: the frozen dataclass without its per-field setattr.
-                binding = makeBinding({
-                    "ruid": old.ruid if old is not None else ruidFor(aor, key, callId, cseq),
-                    "username": username,
-                    "domain": domain,
-                    "contact": str(contact.uri),
-                    "received": received,
-                    "path": path,
-                    "expires": now + expires,
-                    "q": self._qOf(contact),
-                    "callid": callId,
-                    "cseq": cseq,
-                    "lastModified": now,
-                    "flags": 0,
-                    "cflags": 0,
-                    "userAgent": userAgent,
-                    "socket": socket,
-                    "methods": methods,
-                    "instance": instance,
-                    "regId": regId,
-                    "serverId": self.serverId,
-                    "connectionId": connectionId,
-                    "keepalive": 1 if regId and flow.reliable else 0,
-                    "partition": 0,
-                })
+                binding = Binding(
+                    ruid=old.ruid if old is not None else ruidFor(aor, key, callId, cseq),
+                    username=username,
+                    domain=domain,
+                    contact=str(contact.uri),
+                    received=received,
+                    path=path,
+                    expires=now + expires,
+                    q=self._qOf(contact),
+                    callid=callId,
+                    cseq=cseq,
+                    lastModified=now,
+                    flags=0,
+                    cflags=0,
+                    userAgent=userAgent,
+                    socket=socket,
+                    methods=methods,
+                    instance=instance,
+                    regId=regId,
+                    serverId=self.serverId,
+                    connectionId=connectionId,
+                    keepalive=1 if regId and flow.reliable else 0,
+                    partition=0,
+                )
             if old is not None and old.callid == callId and cseq <= old.cseq:
                 if cseq < old.cseq or binding is None or not _sameRequest(old, binding):
                     raise Refused(500, "Out of order CSeq for this Call-ID")
@@ -416,8 +415,6 @@ class Registrar:
                     "({suppressed} more since the last report)",
                     aor=aor, conid=conid, suppressed=suppressed)
             return None
-        for binding in toSave:
-            checkBinding(binding)
         if toRemove:
             await self.store.remove(toRemove)
         if toSave:
