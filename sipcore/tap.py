@@ -182,9 +182,12 @@ class Options(usage.Options):
         or wss. Repeatable; replaces the defaults (udp:5060, tcp:5060, ws:8080).
         """
         try:
-            parseListen(spec)
+            parsed = parseListen(spec)
         except ValueError as e:
             raise usage.UsageError("--listen {}: {}".format(spec, e)) from e
+        for given in self["listen"]:
+            if parseListen(given) == parsed:
+                raise usage.UsageError("--listen {}: given twice".format(spec))
         self["listen"].append(spec)
 
     def opt_domain(self, domain: str) -> None:

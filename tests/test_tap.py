@@ -55,6 +55,16 @@ class OptionsTests(SynchronousTestCase):
         e = self.assertRaises(usage.UsageError, parse, "--listen", "sctp:5060")
         self.assertIn("sctp:5060", str(e))
 
+    def test_listenTwice(self) -> None:
+        """
+        The same listener given twice is a usage error (each listener is a
+        service named after its spec).
+        """
+        e = self.assertRaises(usage.UsageError, parse, "--listen", "udp:0",
+                              "--listen", "UDP:0")
+        self.assertEqual(str(e), "--listen UDP:0: given twice")
+        parse("--listen", "udp:0", "--listen", "udp:0:interface=127.0.0.1")
+
     def test_handlers(self) -> None:
         """
         C{--handler} adds to the defaults, C{--disable-handler} removes one,
