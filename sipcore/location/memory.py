@@ -53,7 +53,6 @@ class MemoryLocationStore:
         self._byAor: dict[str, dict[str, Binding]] = {}
         self._aorOfRuid: dict[str, str] = {}
         self._byConnection: dict[tuple[int, int], set[str]] = {}
-        self._closed = False
 
     def __len__(self) -> int:
         """
@@ -67,7 +66,6 @@ class MemoryLocationStore:
 
         @return: an already-fired L{Deferred} (C{None}).
         """
-        self._closed = False
         return defer.succeed(None)
 
     def close(self) -> defer.Deferred[None]:
@@ -76,7 +74,6 @@ class MemoryLocationStore:
 
         @return: an already-fired L{Deferred} (C{None}).
         """
-        self._closed = True
         return defer.succeed(None)
 
     def lookup(self, aor: str, now: float) -> defer.Deferred[list[Binding]]:

@@ -102,10 +102,6 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 _TOO_LARGE = 431
 _TOO_LARGE_REASON = "Request Header Fields Too Large"
 
-#: Seconds between WebSocket pings, and to wait for the pong.
-DEFAULT_PING_INTERVAL = 60.0
-DEFAULT_PING_TIMEOUT = 20.0
-
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CONNECTING = WebSocketProtocol.STATE_CONNECTING
 _CLOSED = WebSocketProtocol.STATE_CLOSED
