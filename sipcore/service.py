@@ -23,7 +23,7 @@ stopped.  L{sipcore.tap.buildService} builds this tree::
       StreamServerEndpointService        GET /metrics, with --metrics-listen
 
 So the start opens the store before anything can write to it and listens
-last, and the stop follows DESIGN rule 7: stop listening, close the live
+last, and the stop goes the other way: stop listening, close the live
 connections (their close events fire as usual), drain the job queues within
 a deadline, then close the store and the database.
 """
