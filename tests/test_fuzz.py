@@ -27,6 +27,7 @@ from tests.serverhelpers import (
     listenUDP,
     optionsRequest,
     startServer,
+    waitUntil,
 )
 
 #: Examples generated per run.
@@ -128,10 +129,11 @@ class FuzzTests(TestCase):
             if ws.waiters.lost.called:
                 ws = await connectWS(ports["ws"])
             ws.sendMessage(data, isBinary=True)
-        await task.deferLater(reactor, 0.2, lambda: None)
 
         # The server did see the input, and refused much of it.
         stats = service.core.stats
+        await waitUntil(lambda: stats["received"] > 2 * len(examples),
+                        what="the server to read the examples")
         self.assertGreater(stats["received"], 2 * len(examples))
         self.assertGreater(stats["rejected"] + stats["dropped"], len(examples) // 2)
         self.assertEqual((await ask(udp, "udp")).status, 200)
