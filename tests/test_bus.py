@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 from sipcore.events import TCP_CLOSED, TCP_CONNECTED, ConnectionEvent
 from sipcore.events.bus import EventBus, HandlerStats
 from sipcore.interfaces import IEventBus
-from sipcore.testing import LogCapture
+from sipcore.testing import LogCapture, connectionEvent
 
 
 class HandlerBroke(Exception):
@@ -26,16 +26,11 @@ class HandlerBroke(Exception):
 
 
 def makeEvent(name: str = TCP_CLOSED, conid: int = 1) -> ConnectionEvent:
-    return ConnectionEvent(
-        name=name,
-        conid=conid,
-        transport="tcp",
-        local=("127.0.0.1", 5060),
-        remote=("127.0.0.1", 40000 + conid),
-        time=1000.0,
-        reason="peer closed",
-        duration=1.5,
-    )
+    """
+    A closed connection's event, its remote port told by C{conid}.
+    """
+    return connectionEvent(name, conid, remote=("127.0.0.1", 40000 + conid), time=1000.0,
+                           reason="peer closed", duration=1.5)
 
 
 class RecordingHandler:
