@@ -31,10 +31,11 @@ from sipcore.message.uri import URI, parseURI
 _ADDR_SPEC = re.compile(r"[^;\s]+")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(init=False, unsafe_hash=True, slots=True)
 class Address:
     """
-    A C{name-addr} or C{addr-spec} with its header parameters.
+    A C{name-addr} or C{addr-spec} with its header parameters: a value,
+    never changed once made (L{copy} makes changed ones).
 
     @ivar displayName: the display name, unquoted and unescaped, or C{None}
         if there is none.
@@ -48,6 +49,11 @@ class Address:
     displayName: str | None
     uri: URI
     params: Params = ()
+
+    def __init__(self, displayName: str | None, uri: URI, params: Params = ()) -> None:
+        self.displayName = displayName
+        self.uri = uri
+        self.params = params
 
     def __str__(self) -> str:
         text = "<" + str(self.uri) + ">"

@@ -66,10 +66,10 @@ def formatHost(host: str) -> str:
     return "[" + host + "]" if ":" in host else host
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(init=False, unsafe_hash=True, slots=True)
 class URI:
     """
-    A URI.
+    A URI: a value, never changed once made (L{copy} makes changed ones).
 
     For C{sip}, C{sips} and C{tel} URIs the components are split out; any
     other scheme keeps everything after C{scheme:} in L{opaque}.  Every
@@ -102,6 +102,28 @@ class URI:
     headers: tuple[tuple[str, str], ...] = ()
     opaque: str | None = None
     _raw: str | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None = None,
+        password: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        params: Params = (),
+        headers: tuple[tuple[str, str], ...] = (),
+        opaque: str | None = None,
+        _raw: str | None = None,
+    ) -> None:
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = params
+        self.headers = headers
+        self.opaque = opaque
+        self._raw = _raw
 
     def __str__(self) -> str:
         if self._raw is not None:

@@ -33,10 +33,11 @@ _HOST = re.compile(r"[^\s:;\[\]]+")
 _DIGITS = re.compile(r"[0-9]+")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(init=False, unsafe_hash=True, slots=True)
 class Via:
     """
-    One Via value (one hop).
+    One Via value (one hop): a value, never changed once made
+    (L{withParam} and L{withoutParam} make changed ones).
 
     @ivar protocol: the protocol name, normally C{"SIP"}.
     @ivar version: the protocol version, normally C{"2.0"}.
@@ -54,6 +55,22 @@ class Via:
     params: Params = ()
     protocol: str = "SIP"
     version: str = "2.0"
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None = None,
+        params: Params = (),
+        protocol: str = "SIP",
+        version: str = "2.0",
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = params
+        self.protocol = protocol
+        self.version = version
 
     def __str__(self) -> str:
         return (self.protocol + "/" + self.version + "/" + self.transport + " " + self.sentBy
