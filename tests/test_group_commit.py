@@ -405,7 +405,7 @@ class GroupCommitPostgresTests(LocationStoreContractMixin, TestCase):
     async def test_batchAtomic(self) -> None:
         """
         A batch the database refuses (one row breaks a C{CHECK} constraint
-        that L{checkBinding} cannot know of) fails every save in it, and
+        that L{Binding} cannot know of) fails every save in it, and
         stores none of its rows, not even the valid one.
         """
         await self.schema.admin.runOperation(
