@@ -40,8 +40,9 @@ __all__ = ["DIGESTS", "GROUP", "MODULES", "buildName", "extensionFiles", "isComp
 #: timers, the registrar and the UDP transport.
 MODULES = tuple("sipcore.message." + name for name in (
     "_random", "_syntax", "address", "errors", "framing", "headers", "messages", "parser",
-    "uri", "via")) + ("sipcore.sip.transaction", "sipcore.timers", "sipcore.sip.registrar",
-                      "sipcore.transport.udp")
+    "uri", "via")) + (
+    "sipcore.sip.machine", "sipcore.sip.clienttransaction", "sipcore.sip.servertransaction",
+    "sipcore.sip.transaction", "sipcore.timers", "sipcore.sip.registrar", "sipcore.transport.udp")
 
 #: mypyc's name for the shared library of the group (its runtime and the
 #: modules' code), placed in the package as C{_compiled__mypyc}.
