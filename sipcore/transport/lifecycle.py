@@ -181,8 +181,8 @@ class StreamLifecycle:
             call.cancel()
 
     def _cancelTimers(self) -> None:
-        for name in ("_idleCall", "_abortCall", "_messageCall", "_handshakeCall"):
-            call = getattr(self, name)
-            setattr(self, name, None)
+        calls = (self._idleCall, self._abortCall, self._messageCall, self._handshakeCall)
+        self._idleCall = self._abortCall = self._messageCall = self._handshakeCall = None
+        for call in calls:
             if call is not None and call.active():
                 call.cancel()
