@@ -84,6 +84,10 @@ class TwistdTests(TestCase):
             nobody = pwd.getpwnam("nobody")
         except KeyError:
             raise SkipTest("no user nobody") from None
+        unreadable = [path for path in (sys.prefix, SIPCORE_PATH, os.getcwd())
+                      if not _othersCanEnter(path)]
+        if unreadable:
+            raise SkipTest("user nobody cannot enter {}".format(", ".join(unreadable)))
         port = _freeLowPort()
         env = dict(os.environ, PYTHONPATH=SIPCORE_PATH)
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -104,6 +108,21 @@ class TwistdTests(TestCase):
         self.assertIn("stopped cleanly", proc.output, proc.output[-3000:])
         self.assertNotIn("Traceback", proc.output)
         await tcp.waiters.lost
+
+
+def _othersCanEnter(path: str) -> bool:
+    """
+    Whether a user without privileges can reach C{path}: every directory
+    from the root down to it lets others search it.
+    """
+    path = os.path.realpath(path)
+    while True:
+        if not os.stat(path).st_mode & 0o001:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
 
 
 def _freeLowPort() -> int:
