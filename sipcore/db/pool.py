@@ -63,6 +63,18 @@ class _OperationTimedOut(Exception):
     """
 
 
+#: Failures that mean the connection is unusable and must be reopened.
+_CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    psycopg2.InterfaceError,
+    psycopg2.OperationalError,
+    psycopg2.errors.ReadOnlySqlTransaction,
+    txpostgres.RollbackFailed,
+    error.ConnectionDone,
+    error.ConnectionLost,
+    _OperationTimedOut,
+)
+
+
 def _isConnectionDeath(f: Failure) -> bool:
     """
     The death checker of our detectors: does C{f} mean the connection is
@@ -73,32 +85,12 @@ def _isConnectionDeath(f: Failure) -> bool:
     """
     if f.check(psycopg2.extensions.QueryCanceledError, defer.CancelledError):
         return False
-    return bool(
-        f.check(
-            psycopg2.InterfaceError,
-            psycopg2.OperationalError,
-            psycopg2.errors.ReadOnlySqlTransaction,
-            txpostgres.RollbackFailed,
-            error.ConnectionDone,
-            error.ConnectionLost,
-            _OperationTimedOut,
-        )
-    )
+    return bool(f.check(*_CONNECTION_LOST))
 
 
 #: Failures that mean "the database cannot answer now": mapped to
 #: L{DatabaseUnavailable}.
-_UNAVAILABLE = (
-    reconnection.ConnectionDead,
-    psycopg2.InterfaceError,
-    psycopg2.OperationalError,
-    psycopg2.errors.ReadOnlySqlTransaction,
-    txpostgres.RollbackFailed,
-    error.ConnectionDone,
-    error.ConnectionLost,
-    defer.CancelledError,
-    _OperationTimedOut,
-)
+_UNAVAILABLE = _CONNECTION_LOST + (reconnection.ConnectionDead, defer.CancelledError)
 
 
 def _describe(f: Failure) -> str:

@@ -61,15 +61,7 @@ def buildAckForNon2xx(request: Request, response: Response) -> Request:
     @param response: the 300-699 response to it.
     @return: the C{ACK} L{Request}.
     """
-    headers = Headers()
-    headers.add("Via", str(request.vias[0]))
-    _copyRoutes(request, headers)
-    headers.add("Max-Forwards", "70")
-    headers.add("From", request.headers.first("From") or "")
-    headers.add("To", response.headers.first("To") or "")
-    headers.add("Call-ID", request.callId)
-    headers.add("CSeq", "{} ACK".format(request.cseq[0]))
-    return Request("ACK", request.uri, headers)
+    return _hopRequest("ACK", request, response.headers.first("To") or "")
 
 
 def buildCancel(request: Request) -> Request:
@@ -83,15 +75,24 @@ def buildCancel(request: Request) -> Request:
     @param request: the request to cancel (an INVITE).
     @return: the C{CANCEL} L{Request}.
     """
+    return _hopRequest("CANCEL", request, request.headers.first("To") or "")
+
+
+def _hopRequest(method: str, request: Request, to: str) -> Request:
+    """
+    A C{method} request for the same hop as C{request}: its Request-URI,
+    top Via, C{Route} headers, C{From}, C{Call-ID} and CSeq number, with
+    the C{To} given.
+    """
     headers = Headers()
     headers.add("Via", str(request.vias[0]))
     _copyRoutes(request, headers)
     headers.add("Max-Forwards", "70")
     headers.add("From", request.headers.first("From") or "")
-    headers.add("To", request.headers.first("To") or "")
+    headers.add("To", to)
     headers.add("Call-ID", request.callId)
-    headers.add("CSeq", "{} CANCEL".format(request.cseq[0]))
-    return Request("CANCEL", request.uri, headers)
+    headers.add("CSeq", "{} {}".format(request.cseq[0], method))
+    return Request(method, request.uri, headers)
 
 
 
