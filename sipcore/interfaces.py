@@ -402,7 +402,8 @@ class IEventHandler(Interface):
         """
         Handle one event.
 
-        @param event: a read-only L{sipcore.events.ConnectionEvent}.
+        @param event: a read-only L{sipcore.events.ConnectionEvent} or
+            L{sipcore.events.RegistrationEvent}.
         @return: C{None}, a L{Deferred} or a coroutine; an exception or
             failure is logged and counted by the bus and never reaches the
             transport.
@@ -482,7 +483,8 @@ class ILocationStore(Interface):
         """
         Remove every binding whose expiry is at or before C{now}.
 
-        @return: L{Deferred} firing with the C{int} number removed.
+        @return: L{Deferred} firing with the C{list} of the L{Binding}s
+            removed, ordered by C{ruid}.
         """
 
     def purgeServer(serverId, before):

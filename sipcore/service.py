@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sipcore.events import REGISTRATION_EXPIRED, RegistrationEvent
 from sipcore.interfaces import IEventBus, ILocationStore, IMetricsSource
 from sipcore.plugin import EnabledHandler
 
@@ -168,6 +169,7 @@ class StoreService(Service):
         serverId: int,
         initSchema: Callable[[], defer.Deferred[Any]] | None = None,
         expiryInterval: float = 60.0,
+        announce: Callable[[RegistrationEvent], object] | None = None,
     ) -> None:
         """
         @param store: the store to open and close.
@@ -180,8 +182,12 @@ class StoreService(Service):
             C{None}: the schema is not created.
         @param expiryInterval: seconds between removals of expired bindings
             (C{0}: never).
+        @param announce: called with a C{registration:expired}
+            L{RegistrationEvent} for each binding the expiry removed (the
+            composition root passes the bus's C{fire}); C{None}: no events.
         """
         self.store = store
+        self._announce = announce
         self._reactor = reactor
         self.serverId = serverId
         self._initSchema = initSchema
@@ -258,7 +264,8 @@ class StoreService(Service):
 
     async def _expire(self) -> None:
         try:
-            count = await self.store.removeExpired(self._reactor.seconds())
+            now = self._reactor.seconds()
+            expired = await self.store.removeExpired(now)
         except Exception as e:
             if not self._expiryFailing:
                 self._log.warn("expiry of bindings failed ({error}); will retry",
@@ -268,8 +275,12 @@ class StoreService(Service):
         if self._expiryFailing:
             self._log.info("expiry of bindings works again")
             self._expiryFailing = False
-        if count:
-            self._log.info("removed {count} expired bindings", count=count)
+        if expired:
+            self._log.info("removed {count} expired bindings", count=len(expired))
+        if self._announce is not None:
+            for binding in expired:
+                self._announce(RegistrationEvent.of(REGISTRATION_EXPIRED, binding, now,
+                                                    self.serverId))
 
     def expireBindings(self) -> defer.Deferred[None]:
         """

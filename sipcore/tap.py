@@ -457,6 +457,7 @@ def buildService(options: Options, reactor: Any) -> Any:
         writes=writes,
         isConnected=lambda conid: table.get(conid) is not None,
         connectionBound=table.bound,
+        announce=bus.fire,
     )
     core.route("REGISTER", registrar)
     metrics.register(RegistrarMetrics(registrar))
@@ -513,7 +514,8 @@ def buildService(options: Options, reactor: Any) -> Any:
         authenticator=authenticator,
         writes=writes,
         storeService=StoreService(store, reactor, serverId, initSchema=initSchema,
-                                  expiryInterval=options["expiry-interval"]),
+                                  expiryInterval=options["expiry-interval"],
+                                  announce=bus.fire),
         handlerService=HandlerService(bus, handlers, jobQueues.values(), reactor,
                                       drainDeadline=options["drain-deadline"]),
         listeners=listeners,

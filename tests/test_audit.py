@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 
 from sipcore.db.audit import COLUMNS, insertStatement, tableDDL
 from sipcore.events import (
-    ALL_EVENTS,
+    CONNECTION_EVENTS,
     TCP_CLOSED,
     TCP_CONNECTED,
     WEBSOCKET_CLOSED,
@@ -98,13 +98,13 @@ class DescriptorTests(SynchronousTestCase):
 
     def test_discovered(self) -> None:
         """
-        C{getPlugins} finds the descriptor; it subscribes to every event and
+        C{getPlugins} finds the descriptor; it subscribes to every connection event and
         runs after location-cleanup.
         """
         found = findHandlers()
         audit = found["connection-audit"]
         self.assertTrue(verifyObject(IHandlerPlugin, audit))
-        self.assertEqual(audit.events, ALL_EVENTS)
+        self.assertEqual(audit.events, CONNECTION_EVENTS)
         self.assertGreater(audit.priority, found["location-cleanup"].priority)
 
     def test_offByDefault(self) -> None:

@@ -297,7 +297,7 @@ class LocationStoreContractMixin:
     async def test_removeExpired(self) -> None:
         """
         C{removeExpired} removes the bindings whose expiry is at or before
-        C{now} and answers how many.
+        C{now} and answers with them, ordered by C{ruid}.
         """
         await self.store.save(
             [
@@ -306,8 +306,10 @@ class LocationStoreContractMixin:
                 makeBinding(ruid="future", expires=NOW + 1, username="bob"),
             ]
         )
-        self.assertEqual(await self.store.removeExpired(NOW), 2)  # type: ignore[attr-defined]
-        self.assertEqual(await self.store.removeExpired(NOW), 0)  # type: ignore[attr-defined]
+        removed = await self.store.removeExpired(NOW)
+        self.assertEqual([(b.ruid, b.expires) for b in removed],  # type: ignore[attr-defined]
+                         [("exactly", NOW), ("past", NOW - 100)])
+        self.assertEqual(await self.store.removeExpired(NOW), [])  # type: ignore[attr-defined]
         self.assertEqual(await self.store.lookup("alice@example.com", 0), [])  # type: ignore[attr-defined]
         found = await self.store.lookup("bob@example.com", 0)
         self.assertEqual([b.ruid for b in found], ["future"])  # type: ignore[attr-defined]

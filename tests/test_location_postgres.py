@@ -339,7 +339,7 @@ class PostgresLocationStoreTests(PostgresStoreTestBase):
         )
         other = await self.makeStore(tokyo)
         self.assertEqual(await other.lookup("alice@example.com", NOW), [binding])
-        self.assertEqual(await other.removeExpired(NOW + 0.5), 1)
+        self.assertEqual(await other.removeExpired(NOW + 0.5), [binding])
 
     async def test_readsKamailioRows(self) -> None:
         """

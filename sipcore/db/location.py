@@ -89,13 +89,13 @@ TIME_COLUMNS = frozenset({"expires", "last_modified"})
 
 
 #: The columns as read back: times as POSIX seconds.
-SELECT = (
-    "SELECT ruid, username, domain, contact, received, path,"
+_READ_COLUMNS = (
+    "ruid, username, domain, contact, received, path,"
     " EXTRACT(EPOCH FROM expires AT TIME ZONE 'UTC'), q, callid, cseq,"
     " EXTRACT(EPOCH FROM last_modified AT TIME ZONE 'UTC'), flags, cflags, user_agent,"
     " socket, methods, instance, reg_id, server_id, connection_id, keepalive, partition"
-    " FROM location"
 )
+SELECT = "SELECT " + _READ_COLUMNS + " FROM location"
 
 #: One row of values for L{INSERT_HEAD}, times given as POSIX seconds.
 ROW = (
@@ -157,10 +157,10 @@ REMOVE_CONNECTIONS = (
     "WITH gone AS (DELETE FROM location WHERE server_id = %s AND connection_id = ANY(%s)"
     " RETURNING 1) SELECT count(*) FROM gone"
 )
+# The expiry answers with the rows it removed, read as SELECT reads them.
 REMOVE_EXPIRED = (
-    "WITH gone AS (DELETE FROM location"
-    " WHERE expires <= (to_timestamp(%s) AT TIME ZONE 'UTC') RETURNING 1)"
-    " SELECT count(*) FROM gone"
+    "DELETE FROM location WHERE expires <= (to_timestamp(%s) AT TIME ZONE 'UTC')"
+    " RETURNING " + _READ_COLUMNS
 )
 PURGE_SERVER = (
     "WITH gone AS (DELETE FROM location WHERE server_id = %s AND connection_id > 0"

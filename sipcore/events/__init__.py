@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_bus,tests.test_connections -*-
 """
-Connection events and their names.
+Connection and registration events and their names.
 
 The names follow Kamailio's event routes, so an operator who wrote
 C{event_route[tcp:closed]} finds the same name here.
@@ -9,6 +9,12 @@ C{event_route[tcp:closed]} finds the same name here.
 from sipcore.events._types import (
     ALL_EVENTS,
     CLOSE_EVENTS,
+    CONNECTION_EVENTS,
+    REGISTRATION_ADDED,
+    REGISTRATION_EVENTS,
+    REGISTRATION_EXPIRED,
+    REGISTRATION_REFRESHED,
+    REGISTRATION_REMOVED,
     TCP_CLOSED,
     TCP_CONNECTED,
     TCP_RESET,
@@ -16,11 +22,18 @@ from sipcore.events._types import (
     WEBSOCKET_CLOSED,
     WEBSOCKET_CONNECTED,
     ConnectionEvent,
+    RegistrationEvent,
 )
 
 __all__ = [
     "ALL_EVENTS",
     "CLOSE_EVENTS",
+    "CONNECTION_EVENTS",
+    "REGISTRATION_ADDED",
+    "REGISTRATION_EVENTS",
+    "REGISTRATION_EXPIRED",
+    "REGISTRATION_REFRESHED",
+    "REGISTRATION_REMOVED",
     "TCP_CLOSED",
     "TCP_CONNECTED",
     "TCP_RESET",
@@ -28,4 +41,5 @@ __all__ = [
     "WEBSOCKET_CLOSED",
     "WEBSOCKET_CONNECTED",
     "ConnectionEvent",
+    "RegistrationEvent",
 ]

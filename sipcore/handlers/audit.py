@@ -32,7 +32,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from sipcore.db.audit import insertStatement, tableDDL
-from sipcore.events import ALL_EVENTS, ConnectionEvent
+from sipcore.events import CONNECTION_EVENTS, ConnectionEvent
 from sipcore.interfaces import IHandlerContext
 from sipcore.plugin import Handler, HandlerError, boolean, handles, integer, number
 
@@ -150,7 +150,7 @@ class ConnectionAudit(Handler):
         self.tableReady = True
         self._log.info("{handler}: table connection_events ready", handler=self.name)
 
-    @handles(*ALL_EVENTS)
+    @handles(*CONNECTION_EVENTS)
     def record(self, event: ConnectionEvent) -> None:
         """
         Queue the event's row.  Returns at once.

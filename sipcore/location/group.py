@@ -244,7 +244,7 @@ class GroupCommitStore:
         wanted = list(conids)
         return self._write(lambda: self.store.removeConnections(serverId, wanted))
 
-    def removeExpired(self, now: float) -> defer.Deferred[int]:
+    def removeExpired(self, now: float) -> defer.Deferred[list[Binding]]:
         """
         See L{ILocationStore.removeExpired}; runs after the saves called
         before it.

@@ -141,18 +141,20 @@ class MemoryLocationStore:
             ruids.update(self._byConnection.get((serverId, conid), ()))
         return defer.succeed(self._discardAll(ruids))
 
-    def removeExpired(self, now: float) -> defer.Deferred[int]:
+    def removeExpired(self, now: float) -> defer.Deferred[list[Binding]]:
         """
         See L{ILocationStore.removeExpired}.
         """
         self.statementCount["removeExpired"] += 1
-        ruids = [
-            ruid
-            for perAor in self._byAor.values()
-            for ruid, binding in perAor.items()
-            if binding.isExpired(now)
-        ]
-        return defer.succeed(self._discardAll(ruids))
+        expired = sorted(
+            (binding
+             for perAor in self._byAor.values()
+             for binding in perAor.values()
+             if binding.isExpired(now)),
+            key=lambda binding: binding.ruid,
+        )
+        self._discardAll([binding.ruid for binding in expired])
+        return defer.succeed(expired)
 
     def purgeServer(self, serverId: int, before: float) -> defer.Deferred[int]:
         """

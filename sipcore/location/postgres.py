@@ -226,7 +226,7 @@ class PostgresLocationStore:
             return defer.succeed(0)
         return self._count("removeConnections", REMOVE_CONNECTIONS, (server, wanted))
 
-    def removeExpired(self, now: float) -> defer.Deferred[int]:
+    def removeExpired(self, now: float) -> defer.Deferred[list[Binding]]:
         """
         See L{ILocationStore.removeExpired}.
         """
@@ -234,7 +234,9 @@ class PostgresLocationStore:
             when = _posixTime(now)
         except TypeError:
             return defer.fail(Failure())
-        return self._count("removeExpired", REMOVE_EXPIRED, (when,))
+        d = self._run("removeExpired", REMOVE_EXPIRED, (when,))
+        return d.addCallback(
+            lambda rows: sorted((rowToBinding(row) for row in rows), key=lambda b: b.ruid))
 
     def purgeServer(self, serverId: int, before: float) -> defer.Deferred[int]:
         """

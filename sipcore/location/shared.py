@@ -132,7 +132,7 @@ _OPERATIONS: dict[str, tuple[tuple[Callable[[Any], Any], ...], Callable[[Any], A
     "save": ((_decodeBindings,), lambda result: None),
     "remove": ((_strings,), int),
     "removeConnections": ((_int, _ints), int),
-    "removeExpired": ((_time,), int),
+    "removeExpired": ((_time,), lambda found: [_encodeBinding(b) for b in found]),
     "purgeServer": ((_int, _time), int),
 }
 
@@ -433,11 +433,11 @@ class SharedLocationStore:
             return defer.succeed(0)
         return self._call("removeConnections", [serverId, wanted])
 
-    def removeExpired(self, now: float) -> defer.Deferred[int]:
+    def removeExpired(self, now: float) -> defer.Deferred[list[Binding]]:
         """
         See L{ILocationStore.removeExpired}.
         """
-        return self._call("removeExpired", [now])
+        return self._call("removeExpired", [now], _decodeBindings)
 
     def purgeServer(self, serverId: int, before: float) -> defer.Deferred[int]:
         """

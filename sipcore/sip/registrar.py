@@ -25,6 +25,12 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from sipcore.events import (
+    REGISTRATION_ADDED,
+    REGISTRATION_REFRESHED,
+    REGISTRATION_REMOVED,
+    RegistrationEvent,
+)
 from sipcore.interfaces import IFlow, ILocationStore
 from sipcore.location import Binding, InvalidBinding, StoreUnavailable
 from sipcore.location.binding import UDP_CONNECTION_ID, aorKey
@@ -228,7 +234,14 @@ class Registrar:
         writes: PendingWrites | None = None,
         isConnected: Callable[[int], bool] | None = None,
         connectionBound: Callable[[int, float], None] | None = None,
+        announce: Callable[[RegistrationEvent], object] | None = None,
     ) -> None:
+        """
+        @param announce: called with one L{RegistrationEvent} per binding
+            a REGISTER added, refreshed or removed, once the store made
+            the change (the composition root passes the bus's C{fire});
+            C{None}: no events.
+        """
         self.store = store
         self.clock = clock
         self.isLocalDomain = isLocalDomain
@@ -238,6 +251,7 @@ class Registrar:
         self.isConnected = isConnected
         # Told (conid, latest expiry) after bindings to a connection are saved.
         self.connectionBound = connectionBound
+        self.announce = announce
         self.stats: dict[str, int] = {
             "registered": 0, "unregistered": 0, "refused": 0, "unavailable": 0,
             "pathRefused": 0, "tooManyContacts": 0, "replacedOldest": 0,
@@ -333,6 +347,8 @@ class Registrar:
             self._checkOrder(existing, callId, cseq)
             if existing:
                 await self.store.remove([b.ruid for b in existing])
+                for binding in existing:
+                    self._announce(REGISTRATION_REMOVED, binding, now)
             self.stats["unregistered"] += 1
             if existing:
                 self._log.info("removed all {count} bindings of {aor}", count=len(existing),
@@ -422,6 +438,13 @@ class Registrar:
             if conid is not None and self.connectionBound is not None:
                 self.connectionBound(conid, max(b.expires for b in toSave))
         removed = set(toRemove)
+        known = {b.ruid for b in existing}
+        for binding in existing:
+            if binding.ruid in removed:
+                self._announce(REGISTRATION_REMOVED, binding, now)
+        for binding in toSave:
+            self._announce(REGISTRATION_REFRESHED if binding.ruid in known
+                           else REGISTRATION_ADDED, binding, now)
         current = {b.ruid: b for b in existing if b.ruid not in removed}
         for binding in toSave:
             current[binding.ruid] = binding
@@ -435,6 +458,14 @@ class Registrar:
                         path=path, outbound=outbound)
 
     # -- helpers ---------------------------------------------------------------
+
+    def _announce(self, name: str, binding: Binding, now: float) -> None:
+        """
+        Fire the registration event C{name} for C{binding}.
+        """
+        if self.announce is None:
+            return
+        self.announce(RegistrationEvent.of(name, binding, now, self.serverId))
 
     def _checkPath(self, request: Request, flow: IFlow) -> None:
         """

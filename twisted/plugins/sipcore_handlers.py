@@ -5,7 +5,7 @@ implementation is imported only when its options are read or the handler
 is made.
 """
 
-from sipcore.events import ALL_EVENTS, CLOSE_EVENTS
+from sipcore.events import CLOSE_EVENTS, CONNECTION_EVENTS
 from sipcore.plugin import HandlerPlugin
 
 locationCleanup = HandlerPlugin(
@@ -19,7 +19,7 @@ locationCleanup = HandlerPlugin(
 connectionAudit = HandlerPlugin(
     "connection-audit",
     "Record every connection open and close in the connection_events PostgreSQL table",
-    ALL_EVENTS,
+    CONNECTION_EVENTS,
     implementation="sipcore.handlers.audit.ConnectionAudit",
     priority=50,
 )
