@@ -188,9 +188,9 @@ class ITimerQueue(Interface):
 class ITransactionUser(Interface):
     """
     What the transaction layer and its server transactions tell their
-    transaction user (the SIP core), RFC 3261 section 17.2.  Each call
-    returns C{None}; an exception it raises is logged by the transaction
-    and goes no further.
+    transaction user (the SIP core), RFC 3261 section 17.2.  Each call but
+    C{ackReceived} returns C{None}; an exception it raises is logged by the
+    transaction and goes no further.
     """
 
     def ackReceived(request, flow):
@@ -201,6 +201,8 @@ class ITransactionUser(Interface):
 
         @param request: the C{ACK} L{sipcore.message.Request}.
         @param flow: the L{IFlow} it arrived on.
+        @return: C{True} when it belongs to a dialog (it was forwarded
+            along the dialog's route); C{False} makes it a stray ACK.
         """
 
     def ackTimeout(transaction):
@@ -564,24 +566,4 @@ class ICredentialSource(Interface):
             or C{None} if there is none; failing with
             L{sipcore.sip.auth.CredentialsUnavailable} when the source cannot
             be read.
-        """
-
-# ---------------------------------------------------------------------------
-# Metrics
-
-
-class IMetricsSource(Interface):
-    """
-    Something whose counters and gauges C{GET /metrics} serves.  Each part
-    of the server that keeps figures is registered as one source with the
-    L{sipcore.metrics.MetricsRegistry} when the server is built.
-    """
-
-    def samples():
-        """
-        The current figures.
-
-        @return: an iterable of C{(name, labels, value)}: a metric name
-            (C{str}), its labels (C{dict} of C{str} to C{str}) and its value
-            (C{float}); the samples of one name come together.
         """

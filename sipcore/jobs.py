@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random as _random
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
@@ -26,7 +27,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["JobQueue"]
+from sipcore.metrics import LatencyHistogram, Metric, gaugeFamily, histogramFamily
+
+__all__ = ["JobQueue", "JobQueueCollector"]
 
 #: The type of a runner: takes a C{list} of items, returns a L{Deferred}.
 Runner = Callable[[list[Any]], Any]
@@ -66,6 +69,8 @@ class JobQueue:
     @ivar dropped: items refused by L{put} (queue full or stopped).
     @ivar abandoned: items dropped after C{maxAttempts} failed attempts.
     @ivar processed: items handed to a batch that succeeded.
+    @ivar latency: a L{LatencyHistogram} of the seconds from an item's
+        first L{put} to the success of its batch.
     """
 
     _log = Logger()
@@ -147,6 +152,7 @@ class JobQueue:
         self.dropped = 0
         self.abandoned = 0
         self.processed = 0
+        self.latency = LatencyHistogram()
 
         self._waiting: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._inFlight: list[tuple[Hashable, _Entry]] = []
@@ -417,6 +423,9 @@ class JobQueue:
         batch = self._endBatch()
         self.batches += 1
         self.processed += len(batch)
+        now = self._clock.seconds()
+        for _, entry in batch:
+            self.latency.observe(max(0.0, now - entry.since))
         if self._failingSince is not None:
             retried = sum(1 for _, entry in batch if entry.attempts > 0)
             self._log.info(
@@ -516,3 +525,36 @@ class JobQueue:
 
     def _bug(self, failure: Failure) -> None:
         self._log.failure("job queue {queue}: bug in batch handling", failure, queue=self.name)
+
+
+class JobQueueCollector:
+    """
+    The figures of job queues: the counters and gauges of
+    L{JobQueue.metrics} (as C{sipcore_jobqueue}), the depth, and the
+    latency from put to done.
+    """
+
+    def __init__(self, queues: Iterable[JobQueue]) -> None:
+        """
+        @param queues: the queues, read at each collection (handlers make
+            theirs when they are made).
+        """
+        self._queues = queues
+
+    def collect(self) -> list[Metric]:
+        queues = sorted(self._queues, key=lambda queue: queue.name)
+        counters = [
+            ([queue.name, key], float(value))
+            for queue in queues
+            for key, value in sorted(queue.metrics().items())
+            if isinstance(value, (bool, int, float))
+        ]
+        return [
+            gaugeFamily("sipcore_jobqueue", "Job queue counters and gauges.",
+                        ["queue", "counter"], counters),
+            gaugeFamily("sipcore_jobqueue_depth", "Items held by a job queue (waiting and in "
+                        "flight).", ["queue"], [([queue.name], queue.depth) for queue in queues]),
+            histogramFamily("sipcore_jobqueue_latency_seconds",
+                            "Seconds from an item's first put to the success of its batch.",
+                            ["queue"], [([queue.name], queue.latency) for queue in queues]),
+        ]

@@ -6,7 +6,7 @@ A timer due every C{interval} seconds that fires C{interval + x} seconds
 after the previous one shows that the reactor was busy (stalled) for about
 C{x} seconds.  The probe keeps the last lag, the largest since start, and
 the largest of the last few seconds (per-second buckets), and serves them
-as C{sipcore_reactor_lag_seconds} (it is an L{IMetricsSource}).
+as C{sipcore_reactor_lag_seconds} in the registry it is given.
 
 It is off unless the environment has C{SIPCORE_LAG_PROBE=1} (the benchmarks
 turn it on): it costs a timer call every C{interval}.
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
 
 from twisted.application.service import Service
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
-from zope.interface import implementer
 
-from sipcore.interfaces import IMetricsSource
+from sipcore.metrics import CollectorRegistry, Metric, gaugeFamily, register
 
 __all__ = ["ENV", "LagProbe", "fromEnvironment"]
 
@@ -31,7 +29,6 @@ __all__ = ["ENV", "LagProbe", "fromEnvironment"]
 ENV = "SIPCORE_LAG_PROBE"
 
 
-@implementer(IMetricsSource)
 class LagProbe(Service):
     """
     Measures the lag of a repeating timer while the service runs, and
@@ -42,11 +39,13 @@ class LagProbe(Service):
     @ivar ticks: how many ticks ran.
     """
 
-    def __init__(self, clock: IReactorTime, interval: float = 0.01, buckets: int = 5) -> None:
+    def __init__(self, clock: IReactorTime, interval: float = 0.01, buckets: int = 5,
+                 metrics: CollectorRegistry | None = None) -> None:
         """
         @param clock: the reactor whose lag is measured.
         @param interval: seconds between ticks.
         @param buckets: how many one-second buckets L{recentMax} covers.
+        @param metrics: the registry the lag is served from, or C{None}.
         """
         self.clock = clock
         self.interval = interval
@@ -57,6 +56,7 @@ class LagProbe(Service):
         self._buckets: deque[tuple[int, float]] = deque(maxlen=buckets)
         self._call = task.LoopingCall(self._tick)
         self._call.clock = clock
+        register(metrics, self)
 
     def start(self) -> None:
         """
@@ -82,10 +82,17 @@ class LagProbe(Service):
         Service.stopService(self)
         self.stop()
 
-    def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
-        yield ("sipcore_reactor_lag_seconds", {"stat": "last"}, self.last)
-        yield ("sipcore_reactor_lag_seconds", {"stat": "max"}, self.max)
-        yield ("sipcore_reactor_lag_seconds", {"stat": "recent_max"}, self.recentMax())
+    def collect(self) -> list[Metric]:
+        """
+        The lag as C{sipcore_reactor_lag_seconds}: last, max since start,
+        max of the last seconds.
+        """
+        return [gaugeFamily(
+            "sipcore_reactor_lag_seconds",
+            "Lag of a 10 ms repeating timer (SIPCORE_LAG_PROBE=1): last, max since start, "
+            "max of the last seconds.",
+            ["stat"], [(["last"], self.last), (["max"], self.max),
+                       (["recent_max"], self.recentMax())])]
 
     def _tick(self) -> None:
         now = self.clock.seconds()
@@ -114,11 +121,13 @@ class LagProbe(Service):
         return max((lag for second, lag in self._buckets if second > horizon), default=0.0)
 
 
-def fromEnvironment(clock: IReactorTime, environ: dict[str, str] | None = None) -> LagProbe | None:
+def fromEnvironment(clock: IReactorTime, environ: dict[str, str] | None = None,
+                    metrics: CollectorRegistry | None = None) -> LagProbe | None:
     """
-    A probe on C{clock} when C{SIPCORE_LAG_PROBE=1}, else C{None}.
+    A probe on C{clock}, serving its figures from C{metrics}, when
+    C{SIPCORE_LAG_PROBE=1}, else C{None}.
     """
     env = os.environ if environ is None else environ
     if env.get(ENV) != "1":
         return None
-    return LagProbe(clock)
+    return LagProbe(clock, metrics=metrics)

@@ -30,7 +30,7 @@ a deadline, then close the store and the database.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -38,10 +38,18 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from sipcore.events import REGISTRATION_EXPIRED, RegistrationEvent
-from sipcore.interfaces import IEventBus, ILocationStore, IMetricsSource
+from sipcore.interfaces import IEventBus, ILocationStore
+from sipcore.jobs import JobQueueCollector
+from sipcore.metrics import (
+    CollectorRegistry,
+    Metric,
+    counterFamily,
+    gaugeFamily,
+    labelled,
+    register,
+)
 from sipcore.plugin import EnabledHandler
 
 if TYPE_CHECKING:
@@ -170,6 +178,9 @@ class StoreService(Service):
         initSchema: Callable[[], defer.Deferred[Any]] | None = None,
         expiryInterval: float = 60.0,
         announce: Callable[[RegistrationEvent], object] | None = None,
+        metrics: CollectorRegistry | None = None,
+        available: Callable[[], bool] = lambda: True,
+        statements: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         """
         @param store: the store to open and close.
@@ -185,6 +196,12 @@ class StoreService(Service):
         @param announce: called with a C{registration:expired}
             L{RegistrationEvent} for each binding the expiry removed (the
             composition root passes the bus's C{fire}); C{None}: no events.
+        @param metrics: the registry the store's figures are served from,
+            or C{None}.
+        @param available: returns C{True} while the store can reach its
+            database (a memory store always can).
+        @param statements: returns the statements sent to the store so
+            far, by kind.
         """
         self.store = store
         self._announce = announce
@@ -196,6 +213,7 @@ class StoreService(Service):
         self._expiryFailing = False
         self._expiry: task.LoopingCall | None = None
         self._retry: task.LoopingCall | None = None
+        register(metrics, _StoreCollector(available, statements))
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
         """
@@ -332,6 +350,7 @@ class HandlerService(Service):
         queues: Iterable[JobQueue],
         reactor: IReactorTime,
         drainDeadline: float = 10.0,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
         """
         @param bus: the bus the handlers subscribe to.
@@ -341,6 +360,8 @@ class HandlerService(Service):
         @param reactor: the clock of the deadline.
         @param drainDeadline: seconds the stop may take to deliver the
             pending events and drain the queues.
+        @param metrics: the registry the handlers' and queues' figures are
+            served from, or C{None}.
         """
         self.bus = bus
         self.handlers = list(handlers)
@@ -348,6 +369,8 @@ class HandlerService(Service):
         self._reactor = reactor
         self.drainDeadline = drainDeadline
         self._started: list[EnabledHandler] = []
+        register(metrics, _HandlerCollector(bus))
+        register(metrics, JobQueueCollector(queues))
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
         """
@@ -434,7 +457,6 @@ class CoreService(Service):
         await _safely("end transactions", self.core.transactions.terminateAll)
 
 
-@implementer(IMetricsSource)
 class SIPCoreService(OrderedServices):
     """
     The whole server: the root of the service tree (see the module
@@ -460,6 +482,7 @@ class SIPCoreService(OrderedServices):
     @ivar database: the L{sipcore.db.Database}, or C{None} without C{--db}.
     @ivar storeService: the L{StoreService}.
     @ivar handlerService: the L{HandlerService}.
+    @ivar metrics: the server's L{CollectorRegistry}: every figure of it.
     @ivar metricsService: the service answering C{GET /metrics}, or C{None}.
     @ivar startFailure: the L{Failure} that stopped the start, if any.
     """
@@ -485,7 +508,7 @@ class SIPCoreService(OrderedServices):
         storeService: StoreService,
         handlerService: HandlerService,
         listeners: Sequence[ListenerService],
-        metrics: IMetricsSource,
+        metrics: CollectorRegistry,
         lagProbe: IService | None = None,
         metricsService: IService | None = None,
         database: IService | None = None,
@@ -497,8 +520,8 @@ class SIPCoreService(OrderedServices):
 
         @param reactor: the reactor; stopped when the start fails while it
             runs (when it provides L{IReactorCore}).
-        @param metrics: every figure of the server (what L{samples}
-            returns).
+        @param metrics: the registry every part registered its figures
+            with.
         @param database: the L{sipcore.db.Database} (with C{--db}), or
             C{None}.
         """
@@ -516,7 +539,7 @@ class SIPCoreService(OrderedServices):
         self.handlerService = handlerService
         self.listeners = list(listeners)
         self.metricsService = metricsService
-        self._metrics = metrics
+        self.metrics = metrics
         self.database = database
         if database is not None:
             database.setServiceParent(self)
@@ -540,9 +563,6 @@ class SIPCoreService(OrderedServices):
     @property
     def queues(self) -> Iterable[JobQueue]:
         return self.handlerService.queues
-
-    def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
-        return iter(self._metrics.samples())
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
         from sipcore.compiled import buildName, staleModules
@@ -575,3 +595,56 @@ class SIPCoreService(OrderedServices):
             self._log.warn("stopped with {left} queued jobs not done", left=left)
         else:
             self._log.info("stopped cleanly")
+
+
+class _StoreCollector:
+    """
+    Whether the location store reaches its database, and the statements
+    sent to it.
+    """
+
+    def __init__(self, available: Callable[[], bool],
+                 statements: Callable[[], Mapping[str, int]]) -> None:
+        self._available = available
+        self._statements = statements
+
+    def collect(self) -> list[Metric]:
+        return [
+            gaugeFamily("sipcore_store_available",
+                        "1 when the location store can reach its database.",
+                        values=[((), 1.0 if self._available() else 0.0)]),
+            counterFamily("sipcore_store_statements_total",
+                          "Statements sent to the location store, by kind.",
+                          ["kind"], labelled(self._statements())),
+        ]
+
+
+#: The outcomes of a handler invocation served as C{sipcore_handler_events_total}.
+_HANDLER_OUTCOMES = ("fired", "succeeded", "failed", "timedOut", "queued", "dropped")
+
+
+class _HandlerCollector:
+    """
+    The event bus's per-handler invocation counts and in-flight gauges.
+    """
+
+    def __init__(self, bus: Any) -> None:
+        """
+        @param bus: the L{sipcore.events.bus.EventBus} (its C{metrics()}).
+        """
+        self._bus = bus
+
+    def collect(self) -> list[Metric]:
+        handlers = sorted(self._bus.metrics().items())
+        return [
+            counterFamily("sipcore_handler_events_total",
+                          "Event handler invocations, by handler and outcome.",
+                          ["handler", "outcome"],
+                          [([handler, outcome], stats.get(outcome, 0))
+                           for handler, stats in handlers for outcome in _HANDLER_OUTCOMES]),
+            gaugeFamily("sipcore_handler_inflight",
+                        "Event handler invocations running or waiting now.",
+                        ["handler", "state"],
+                        [([handler, state], stats.get(state, 0))
+                         for handler, stats in handlers for state in ("running", "waiting")]),
+        ]

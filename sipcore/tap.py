@@ -21,6 +21,9 @@ from sipcore.transport.listen import DEFAULT_LISTEN, parseListen
 #: Handlers enabled unless C{--disable-handler} says otherwise.
 DEFAULT_HANDLERS: tuple[str, ...] = ("location-cleanup",)
 
+#: The handler C{--log-events} enables.
+EVENT_LOG = "event-log"
+
 
 #: The location table's integer columns (server_id, expires offsets) are
 #: 32-bit signed.
@@ -59,6 +62,9 @@ class Options(usage.Options):
         ["db-init", None, "Create the location schema at start if it is missing."],
         ["list-handlers", None, "List the handler plugins found and exit."],
         ["auth-db", None, "Authenticate with Kamailio's subscriber table in --db."],
+        ["log-events", None,
+         "Log one line per binding added, removed or expired and per stream connection "
+         "close (conid, address of record, transport, reason): the event-log handler."],
         ["forward-foreign", None,
          "Forward initial requests for other domains to the IP address and port in "
          "their Request-URI (default: refuse them with 403)."],
@@ -303,7 +309,8 @@ class Options(usage.Options):
         The handlers to enable, in the order given, without duplicates.
         """
         names: list[str] = []
-        for name in list(DEFAULT_HANDLERS) + self["handler"]:
+        extra = [EVENT_LOG] if self["log-events"] else []
+        for name in list(DEFAULT_HANDLERS) + extra + self["handler"]:
             if name not in names and name not in self["disable-handler"]:
                 names.append(name)
         return names
@@ -360,17 +367,7 @@ def buildService(options: Options, reactor: Any) -> Any:
     from sipcore.lag import fromEnvironment
     from sipcore.location import MemoryLocationStore
     from sipcore.location.ordering import PendingWrites
-    from sipcore.metrics import (
-        AuthenticationMetrics,
-        ConnectionMetrics,
-        CoreMetrics,
-        HandlerMetrics,
-        JobQueueMetrics,
-        MetricsRegistry,
-        RateLimitMetrics,
-        RegistrarMetrics,
-        StoreMetrics,
-    )
+    from sipcore.metrics import CollectorRegistry
     from sipcore.plugin import EnabledHandler, HandlerContext, parseOptions
     from sipcore.service import HandlerService, SIPCoreService, StoreService
     from sipcore.sip.core import SIPCore, supportedTags
@@ -391,15 +388,15 @@ def buildService(options: Options, reactor: Any) -> Any:
         for plugin in selected
     ]
     serverId = options["server-id"]
-    metrics = MetricsRegistry()
+    # The figures of this server only (not prometheus_client's global registry).
+    metrics = CollectorRegistry()
     bus = EventBus(reactor)
     table = ConnectionTable(bus, reactor, serverId=serverId, limits=ConnectionLimits(
         maxConnections=options["max-connections"],
         maxPerSource=options["max-connections-per-source"],
         exempt=frozenset(options["limit-exempt"]),
         logInterval=options["limit-log-interval"],
-    ))
-    metrics.register(ConnectionMetrics(table))
+    ), metrics=metrics)
     initSchema = None
     database = None
     dbPool = None
@@ -431,14 +428,12 @@ def buildService(options: Options, reactor: Any) -> Any:
                                  maxBatch=options["group-commit-max"])
     writes = PendingWrites()
     trustedPeers = TrustedPeers.fromStrings(options["trusted-peer"])
-    limiter = _buildRateLimiter(options, reactor)
+    limiter = _buildRateLimiter(options, reactor, metrics)
     core = SIPCore(reactor, domains=options["domain"], maxSize=_largestMessage(options),
                    supported=supportedTags(bool(trustedPeers)),
                    maxContacts=options["max-contacts"], serverHeader=options["server-header"],
-                   limiter=limiter, maxTransactions=options["max-transactions"] or 2**62)
-    metrics.register(CoreMetrics(core))
-    if limiter is not None:
-        metrics.register(RateLimitMetrics(limiter))
+                   limiter=limiter, maxTransactions=options["max-transactions"] or 2**62,
+                   metrics=metrics)
     registrar = Registrar(
         store,
         reactor,
@@ -458,12 +453,10 @@ def buildService(options: Options, reactor: Any) -> Any:
         isConnected=lambda conid: table.get(conid) is not None,
         connectionBound=table.bound,
         announce=bus.fire,
+        metrics=metrics,
     )
     core.route("REGISTER", registrar)
-    metrics.register(RegistrarMetrics(registrar))
-    authenticator = _buildAuthentication(options, reactor, core, dbPool)
-    if authenticator is not None:
-        metrics.register(AuthenticationMetrics(authenticator))
+    authenticator = _buildAuthentication(options, reactor, core, dbPool, metrics)
     listenerOptions = _listenerOptions(options, limiter)
     listeners = [
         ListenerService(
@@ -490,19 +483,17 @@ def buildService(options: Options, reactor: Any) -> Any:
         ))
         for plugin, handlerOptions in plugins
     ]
-    metrics.register(HandlerMetrics(bus))
-    metrics.register(JobQueueMetrics(jobQueues.values()))
     if isinstance(store, MemoryLocationStore):
-        metrics.register(StoreMetrics(lambda: True, lambda: store.statementCount))
+        def available() -> bool:
+            return True
     else:
-        metrics.register(StoreMetrics(lambda: store.available, lambda: store.statementCount))
+        def available() -> bool:
+            return bool(store.available)
     # The reactor lag probe (SIPCORE_LAG_PROBE=1).
-    lagProbe = fromEnvironment(reactor)
-    if lagProbe is not None:
-        metrics.register(lagProbe)
+    lagProbe = fromEnvironment(reactor, metrics=metrics)
     # The proxy routes what the core and the registrar do not
     # answer; it reads the listeners' bound addresses only once they listen.
-    proxy = _buildProxy(options, reactor, core, store, table, listeners)
+    proxy = _buildProxy(options, reactor, core, store, table, listeners, metrics)
     return SIPCoreService(
         reactor,
         store=store,
@@ -515,9 +506,11 @@ def buildService(options: Options, reactor: Any) -> Any:
         writes=writes,
         storeService=StoreService(store, reactor, serverId, initSchema=initSchema,
                                   expiryInterval=options["expiry-interval"],
-                                  announce=bus.fire),
+                                  announce=bus.fire, metrics=metrics, available=available,
+                                  statements=lambda: store.statementCount),
         handlerService=HandlerService(bus, handlers, jobQueues.values(), reactor,
-                                      drainDeadline=options["drain-deadline"]),
+                                      drainDeadline=options["drain-deadline"],
+                                      metrics=metrics),
         listeners=listeners,
         metrics=metrics,
         lagProbe=lagProbe,
@@ -541,7 +534,7 @@ def _buildMetrics(options: Options, reactor: Any, metrics: Any) -> Any:
 
 
 def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: Any,
-                listeners: list[Any]) -> Any:
+                listeners: list[Any], metrics: Any) -> Any:
     """
     Build the stateful proxy and make it the core's default handler.  A
     binding whose connection is gone is removed from the store by its
@@ -571,6 +564,7 @@ def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: An
             trustedPeers=TrustedPeers.fromStrings(options["trusted-peer"]),
         ),
         staleBinding=staleBinding,
+        metrics=metrics,
     )
     proxy.install()
     return proxy
@@ -589,7 +583,7 @@ def _checkSecurityOptions(options: Options) -> None:
 
     @raise usage.UsageError: for a bad value.
     """
-    from sipcore.sip.auth import ALGORITHMS, loadCredentialFile
+    from sipcore.sip.auth import ALGORITHMS, CredentialFile
     from sipcore.sip.registrar import CONTACTS_POLICIES
 
     if options["auth-db"] and not options["db"]:
@@ -601,7 +595,7 @@ def _checkSecurityOptions(options: Options) -> None:
         if options["auth-db"]:
             raise usage.UsageError("give --auth-file or --auth-db, not both")
         try:
-            options["auth-credentials"] = loadCredentialFile(options["auth-file"])
+            options["auth-credentials"] = CredentialFile(options["auth-file"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
     algorithms = [a.strip().upper() for a in options["auth-algorithms"].split(",") if a.strip()]
@@ -642,7 +636,7 @@ def _largestMessage(options: Options) -> int:
     return max([options["max-message-size"]] + sizes)
 
 
-def _buildRateLimiter(options: Options, reactor: Any) -> Any:
+def _buildRateLimiter(options: Options, reactor: Any, metrics: Any) -> Any:
     """
     The per-source request-rate limit (docs/security.rst), or C{None} with
     C{--rate-limit 0}.
@@ -659,6 +653,7 @@ def _buildRateLimiter(options: Options, reactor: Any) -> Any:
         exempt=options["limit-exempt"],
         logInterval=options["limit-log-interval"],
         serverHeader=options["server-header"],
+        metrics=metrics,
     )
 
 
@@ -684,7 +679,8 @@ def _listenerOptions(options: Options, limiter: Any) -> dict[str, Any]:
     }
 
 
-def _buildAuthentication(options: Options, reactor: Any, core: Any, dbPool: Any) -> Any:
+def _buildAuthentication(options: Options, reactor: Any, core: Any, dbPool: Any,
+                         metrics: Any) -> Any:
     """
     Make digest authentication a guard of the core when a credential
     source is configured (docs/security.rst); failed authentications cost
@@ -720,6 +716,7 @@ def _buildAuthentication(options: Options, reactor: Any, core: Any, dbPool: Any)
         failureWindow=options["auth-failure-window"],
         lockout=options["auth-lockout"],
         serverHeader=options["server-header"],
+        metrics=metrics,
     )
     core.addGuard(authenticator)
     log.info("digest authentication on for {methods}", methods=", ".join(methods))

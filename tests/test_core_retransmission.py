@@ -187,7 +187,12 @@ class RetransmissionPathTests(SynchronousTestCase):
         parsed twice (and handed to the ACK handler twice).
         """
         acks: list[Any] = []
-        self.core.routeAcks(lambda request, flow: acks.append(request))
+
+        def ackReceived(request: Any, flow: Any) -> bool:
+            acks.append(request)
+            return True
+
+        self.core.routeAcks(ackReceived)
         data = request("ACK", via="SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKack")
         self.core.messageReceived(data, self.flow)
         self.core.messageReceived(data, self.flow)

@@ -356,7 +356,7 @@ class RefusalTests(SynchronousTestCase):
         e = self.assertRaises(HandlerConfigError, self.build, "--handler", "nope")
         self.assertTrue(
             str(e).startswith(
-                "handler not available: 'nope'; known handlers: connection-audit, "
+                "handler not available: 'nope'; known handlers: connection-audit, event-log, "
                 "location-cleanup"
             ),
             str(e),

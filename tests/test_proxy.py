@@ -769,6 +769,8 @@ class RouteTests(SynchronousTestCase):
         self.assertEqual(h.proxy.stats["status:403"], 2)
         self.assertEqual(h.udpSent(), [])
         self.assertEqual(h.proxy.stats["acksDropped"], 1)
+        self.assertEqual(dict(h.proxy.requests), {
+            ("INVITE", "4xx"): 1, ("BYE", "4xx"): 1, ("ACK", "dropped"): 1})
 
     def test_signatureBoundToDialogAndEntry(self) -> None:
         """
@@ -935,6 +937,10 @@ class ResponseTests(SynchronousTestCase):
         self.assertEqual(acks[0].vias[0].branch, acks[1].vias[0].branch)
         self.assertEqual(acks[0].headers.lines("Route"), [])
         self.assertEqual(h.proxy.stats["acksForwarded"], 2)
+        # ACKs for a 2xx forwarded along their dialog's route are not stray.
+        self.assertEqual(h.core.transactions.strayAcks, 0)
+        self.assertEqual(h.proxy.requests["ACK", "forwarded"], 2)
+        self.assertEqual(h.proxy.requests["INVITE", "2xx"], 1)
 
     def test_badAckDropped(self) -> None:
         """
@@ -951,6 +957,9 @@ class ResponseTests(SynchronousTestCase):
         h.send(sipRequest("ACK", toTag="t", branch="z9hG4bKa2", extra=(
             ("Route", "<sip:127.0.0.1:8080;transport=ws;lr;ftok={}>".format(token)),)))
         self.assertEqual(h.proxy.stats["acksDropped"], 2)
+        # ACKs that match no transaction and go along no dialog are stray.
+        self.assertEqual(h.core.transactions.strayAcks, 2)
+        self.assertEqual(h.proxy.requests["ACK", "dropped"], 2)
         h.send(sipRequest("ACK", toTag="t", branch="z9hG4bKa3", extra=(("Route", "<sip:x"),)))
         self.assertEqual(h.proxy.stats["acksDropped"], 2)
         self.assertEqual((h.udpSent(), bob.sent), ([], []))

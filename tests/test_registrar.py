@@ -575,8 +575,8 @@ class SilentUser:
     A transaction user that ignores what its transactions tell it.
     """
 
-    def ackReceived(self, request: Request, flow: IFlow) -> None:
-        pass
+    def ackReceived(self, request: Request, flow: IFlow) -> bool:
+        return False
 
     def ackTimeout(self, transaction: object) -> None:
         pass

@@ -13,13 +13,13 @@ import secrets
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory
+from prometheus_client import generate_latest
 from twisted.internet import protocol, reactor
 from twisted.internet.interfaces import IReactorUDP
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sipcore.message import Response
-from sipcore.metrics import collect, render
 from sipcore.sip.auth import parseDigest
 from sipcore.tap import Options, buildService
 from sipcore.testing import UDPMemoryReactor
@@ -100,7 +100,7 @@ def digestChallenge(response: Response) -> dict[str, str]:
 
 
 def metricsText(service: Any) -> str:
-    return render(collect(service))
+    return generate_latest(service.metrics).decode()
 
 
 class GuessingTests(TestCase):
@@ -157,10 +157,11 @@ class GuessingTests(TestCase):
         self.assertEqual((await self.register(guessers[0], "udp", user="bob",
                                               password="bobs-password")).status, 200)
         text = metricsText(service)
-        self.assertIn('sipcore_auth_failures_total{kind="wrongPassword"} 10\n', text)
-        self.assertIn("sipcore_auth_lockouts_total 1\n", text)
-        self.assertIn("sipcore_auth_locked_out_total {}\n".format(2 * len(guessers) - 9), text)
-        self.assertIn("sipcore_auth_successes_total 3\n", text)
+        self.assertIn('sipcore_auth_failures_total{kind="wrongPassword"} 10.0\n', text)
+        self.assertIn("sipcore_auth_lockouts_total 1.0\n", text)
+        self.assertIn("sipcore_auth_locked_out_total {}.0\n".format(2 * len(guessers) - 9),
+                      text)
+        self.assertIn("sipcore_auth_successes_total 3.0\n", text)
 
     async def test_nonceFromAnotherAddress(self) -> None:
         """
@@ -187,7 +188,7 @@ class GuessingTests(TestCase):
             fresh = digestChallenge(refused)
             self.assertNotIn("stale", fresh, transport)
             self.assertNotEqual(fresh["nonce"], challenge["nonce"])
-        self.assertIn('sipcore_auth_failures_total{kind="foreignNonce"} 3\n',
+        self.assertIn('sipcore_auth_failures_total{kind="foreignNonce"} 3.0\n',
                       metricsText(service))
         sameAddress = await connectTCPFrom(self, service.ports["tcp"], "127.0.0.2")
         self.assertEqual((await sameAddress.request(answer("tcp", 10))).status, 200)

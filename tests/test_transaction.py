@@ -140,8 +140,12 @@ class RecordingTU:
     def ackTimeout(self, transaction: Any) -> None:
         self.events.append(("ackTimeout", self.clock.seconds(), transaction))
 
-    def ackReceived(self, request: Request, flow: Any) -> None:
+    #: What L{ackReceived} answers: whether the ACK belonged to a dialog.
+    inDialog = False
+
+    def ackReceived(self, request: Request, flow: Any) -> bool:
         self.events.append(("ackReceived", self.clock.seconds(), request, flow))
+        return self.inDialog
 
     def names(self) -> list[str]:
         return [event[0] for event in self.events]
@@ -161,7 +165,7 @@ class BrokenTU(RecordingTU):
     def ackTimeout(self, transaction: Any) -> None:
         raise ZeroDivisionError("ackTimeout")
 
-    def ackReceived(self, request: Request, flow: Any) -> None:
+    def ackReceived(self, request: Request, flow: Any) -> bool:
         raise ZeroDivisionError("ackReceived")
 
 
@@ -1648,6 +1652,24 @@ class ServerMatchingTests(_ServerMixin, SynchronousTestCase):
         stray = ackFor(tx.request, response, branch="z9hG4bK-2xx-ack")
         self.assertIsNone(self.receive(stray))
         self.assertEqual(self.tu.events, [("ackReceived", 0, stray, self.flow)])
+        self.assertEqual(self.layer.strayAcks, 1)
+
+    def test_dialogAckNotStray(self) -> None:
+        """
+        An ACK for a 2xx (a branch of its own) that the TU takes as part of
+        a dialog (it forwarded it) is not a stray ACK; the next one the TU
+        does not take is.
+        """
+        tx = self.newServer(makeRequest())
+        response = makeResponse(tx.request, 200)
+        tx.respond(response)
+        self.tu.inDialog = True
+        ack = ackFor(tx.request, response, branch="z9hG4bK-2xx-ack")
+        self.assertIsNone(self.receive(ack))
+        self.assertEqual(self.tu.names(), ["ackReceived"])
+        self.assertEqual(self.layer.strayAcks, 0)
+        self.tu.inDialog = False
+        self.assertIsNone(self.receive(ackFor(tx.request, response, branch="z9hG4bK-other")))
         self.assertEqual(self.layer.strayAcks, 1)
 
     def test_ackNeverCreates(self) -> None:

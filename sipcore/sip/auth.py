@@ -56,12 +56,14 @@ from sipcore.db.subscriber import LOOKUP as _SUBSCRIBER_LOOKUP
 from sipcore.interfaces import ICredentialSource, IDatabasePool
 from sipcore.message import Request, SIPParseError, parseURI
 from sipcore.message._syntax import quote
+from sipcore.metrics import CollectorRegistry, Metric, counterFamily, register
 from sipcore.sip.core import SERVER, Refused, respond
 from sipcore.throttle import LogThrottle, sourceKey
 
 __all__ = [
     "ALGORITHMS",
     "CredentialSource",
+    "CredentialFile",
     "CredentialsUnavailable",
     "DEFAULT_AUTH_METHODS",
     "DEFAULT_FAILURE_WINDOW",
@@ -312,6 +314,40 @@ def loadCredentialFile(path: str) -> MemoryCredentials:
         else:
             source.add(Subscriber(user, domain.lower(), password=secret))
     return source
+
+
+@implementer(ICredentialSource)
+class CredentialFile:
+    """
+    The subscribers of a credential file (L{loadCredentialFile}), read
+    again by L{reload}.
+
+    @ivar path: the file.
+    """
+
+    def __init__(self, path: str) -> None:
+        """
+        @raise ValueError: the file cannot be read or has a malformed line.
+        """
+        self.path = path
+        self._credentials = loadCredentialFile(path)
+
+    def __len__(self) -> int:
+        return len(self._credentials)
+
+    def reload(self) -> int:
+        """
+        Read the file again; lookups from now on see its new content.  A
+        file that cannot be read or has a malformed line changes nothing.
+
+        @return: the number of subscribers read.
+        @raise ValueError: as L{loadCredentialFile}.
+        """
+        self._credentials = loadCredentialFile(self.path)
+        return len(self._credentials)
+
+    def lookup(self, username: str, domain: str) -> defer.Deferred[Subscriber | None]:
+        return self._credentials.lookup(username, domain)
 
 
 @implementer(ICredentialSource)
@@ -827,6 +863,7 @@ class DigestAuthenticator:
         failureWindow: float = DEFAULT_FAILURE_WINDOW,
         lockout: float = DEFAULT_LOCKOUT,
         serverHeader: str = SERVER,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
         """
         @param credentials: the L{CredentialSource}.
@@ -851,6 +888,8 @@ class DigestAuthenticator:
         @param lockout: seconds a locked-out account stays locked.
         @param serverHeader: the C{Server} header of its answers; empty:
             none.
+        @param metrics: the registry its figures are served from, or
+            C{None}.
         @raise ValueError: for an unknown algorithm or an empty list, or a
             non-positive C{failureWindow} or C{lockout}.
         """
@@ -880,6 +919,7 @@ class DigestAuthenticator:
         self._throttle = LogThrottle(clock, logInterval)
         self._unavailable = False
         self.serverHeader = serverHeader
+        register(metrics, _AuthenticationCollector(self))
 
     def __repr__(self) -> str:
         return "<DigestAuthenticator methods={} algorithms={}>".format(
@@ -1149,3 +1189,33 @@ def secretFromOptions(value: str | None) -> bytes | None:
     """
     text = value or os.environ.get("SIPCORE_AUTH_SECRET") or ""
     return text.encode("utf-8") if text else None
+
+
+class _AuthenticationCollector:
+    """
+    Digest authentication's challenges, successes, failures by kind and
+    lockouts.
+    """
+
+    def __init__(self, authenticator: DigestAuthenticator) -> None:
+        self._authenticator = authenticator
+
+    def collect(self) -> list[Metric]:
+        counts = self._authenticator.stats
+        return [
+            counterFamily("sipcore_auth_challenges_total", "Digest challenges sent (401 and 407).",
+                          values=[((), counts["challenged"])]),
+            counterFamily("sipcore_auth_successes_total", "Requests authenticated.",
+                          values=[((), counts["authenticated"])]),
+            counterFamily("sipcore_auth_failures_total", "Failed authentications, by kind.",
+                          ["kind"], [([kind], counts[kind]) for kind in FAILURE_KINDS]),
+            counterFamily("sipcore_auth_lockouts_total",
+                          "Accounts locked out after too many failed authentications.",
+                          values=[((), counts["lockouts"])]),
+            counterFamily("sipcore_auth_locked_out_total",
+                          "Attempts refused with 403 because their account was locked out.",
+                          values=[((), counts["lockedOut"])]),
+            counterFamily("sipcore_auth_unavailable_total",
+                          "Authentications answered 503: credentials unreadable.",
+                          values=[((), counts["unavailable"])]),
+        ]

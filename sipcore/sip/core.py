@@ -22,6 +22,14 @@ from sipcore.interfaces import IFlow, IMessageSink, ITransactionUser
 from sipcore.message import Request, Response, SIPParseError, parseMessage
 from sipcore.message._syntax import replaceParam
 from sipcore.message.via import Via
+from sipcore.metrics import (
+    CollectorRegistry,
+    Metric,
+    counterFamily,
+    gaugeFamily,
+    labelled,
+    register,
+)
 from sipcore.sip.servertransaction import sendToSender
 from sipcore.sip.transaction import DEFAULT_MAX_TRANSACTIONS, OVERLOADED, TransactionLayer
 
@@ -102,7 +110,7 @@ RequestHandler = Callable[[ServerTransactionLike], object]
 #: A guard (L{SIPCore.addGuard}): returns C{True} (or a Deferred firing
 #: with it) to let the request go on, C{False} once it has answered it.
 RequestGuard = Callable[[ServerTransactionLike], "bool | defer.Deferred[bool]"]
-AckHandler = Callable[[Request, IFlow], object]
+AckHandler = Callable[[Request, IFlow], bool]
 
 
 def stampVia(request: Request, flow: IFlow) -> None:
@@ -200,6 +208,7 @@ class SIPCore:
         serverHeader: str = SERVER,
         limiter: Any = None,
         maxTransactions: int = DEFAULT_MAX_TRANSACTIONS,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
         """
         @param clock: drives the transaction timers.
@@ -218,6 +227,8 @@ class SIPCore:
             each message before it is parsed, or C{None}: no rate limit.
         @param maxTransactions: the most transactions in flight in the
             default transaction layer (more get C{503}).
+        @param metrics: the registry its figures and those of its
+            transaction layer are served from, or C{None}.
         """
         self.domains = {d.lower() for d in domains}
         self.supported = tuple(supported) if supported is not None else supportedTags(False)
@@ -237,6 +248,7 @@ class SIPCore:
         # the limiter may refuse a message before it is parsed (rate limit).
         self._guards: list[RequestGuard] = []
         self.limiter: Any = limiter
+        register(metrics, _CoreCollector(self))
 
     # -- configuration -----------------------------------------------------
 
@@ -383,14 +395,17 @@ class SIPCore:
 
     # -- transaction user (server side) ----------------------------------
 
-    def ackReceived(self, request: Request, flow: IFlow) -> None:
+    def ackReceived(self, request: Request, flow: IFlow) -> bool:
         """
-        An ACK that no server transaction absorbed.
+        An ACK that no server transaction absorbed: handed to the ACK
+        handler (L{routeAcks}).
+
+        @return: whether it belonged to a dialog (the handler forwarded it).
         """
         if self._ackHandler is not None:
-            self._ackHandler(request, flow)
-        else:
-            self.stats["acksDropped"] += 1
+            return self._ackHandler(request, flow)
+        self.stats["acksDropped"] += 1
+        return False
 
     def ackTimeout(self, tx: Any) -> None:
         """
@@ -509,3 +524,22 @@ class SIPCore:
                 ("Supported", ", ".join(self.supported)),
             ],
         )
+
+
+class _CoreCollector:
+    """
+    The core's message outcomes and its transaction layer's counters.
+    """
+
+    def __init__(self, core: SIPCore) -> None:
+        self._core = core
+
+    def collect(self) -> list[Metric]:
+        core = self._core
+        return [
+            counterFamily("sipcore_messages_total",
+                          "SIP messages received and what became of the bad ones.",
+                          ["outcome"], labelled(core.stats)),
+            gaugeFamily("sipcore_transactions", "Transaction layer counters and gauges.",
+                        ["counter"], labelled(core.transactions.stats())),
+        ]

@@ -262,9 +262,16 @@ class ResponseContext:
         """
         if self.finalSent:
             return
-        self.finalSent = True
+        self._final(status)
         self.proxy.core.respond(self.tx, status, reason, headers=headers, toTag=generateTag())
         self.proxy.forget(self)
+
+    def _final(self, status: int) -> None:
+        """
+        The caller gets its final response, of C{status}: count it.
+        """
+        self.finalSent = True
+        self.proxy.answered(self.request.method, status)
 
     # -- branches -----------------------------------------------------------------
 
@@ -295,11 +302,11 @@ class ResponseContext:
             if self.isInvite:
                 self.sendUpstream(response)
                 if not self.finalSent:
-                    self.finalSent = True
+                    self._final(status)
                     self.proxy.forget(self)
                 self.cancelOthers(branch, 200)
             elif not self.finalSent:
-                self.finalSent = True
+                self._final(status)
                 self.sendUpstream(response)
                 self.proxy.forget(self)
             self._maybeFinish()
@@ -351,10 +358,12 @@ class ResponseContext:
         if pending:
             return
         if not self.finalSent:
-            self.finalSent = True
             if self.finals:
-                self.sendUpstream(chooseBest(self.finals))
+                best = chooseBest(self.finals)
+                self._final(best.status)
+                self.sendUpstream(best)
             else:
+                self._final(480)
                 self.proxy.core.respond(self.tx, 480, "Temporarily Unavailable",
                                         toTag=generateTag())
         self.proxy.finished(self)

@@ -36,6 +36,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sipcore.interfaces import IFlow
+from sipcore.metrics import CollectorRegistry, Metric, counterFamily, register
 from sipcore.throttle import LogThrottle, sourceKey
 
 __all__ = [
@@ -223,6 +224,7 @@ class RateLimiter:
         maxSources: int = DEFAULT_MAX_SOURCES,
         logInterval: float = DEFAULT_LOG_INTERVAL,
         serverHeader: str | None = None,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
         """
         @param clock: the L{IReactorTime}.
@@ -236,6 +238,8 @@ class RateLimiter:
         @param logInterval: seconds between log lines about one source.
         @param serverHeader: the C{Server} header of its C{503}s (default
             L{sipcore.sip.core.SERVER}); empty: none.
+        @param metrics: the registry its outcomes are served from, or
+            C{None}.
         """
         self.clock = clock
         self.serverHeader = serverHeader
@@ -243,6 +247,7 @@ class RateLimiter:
         self.exempt = frozenset(address.lower() for address in exempt)
         self.throttle = LogThrottle(clock, logInterval, maxSources)
         self.stats: Counter[str] = Counter()
+        register(metrics, _RateLimitCollector(self))
         self.blocked: dict[str, list[float]] = {}
         self._maxBlocked = maxSources
 
@@ -375,3 +380,20 @@ class RateLimiter:
             StatelessTransaction(request, flow).respond(response)
         except (SIPParseError, ValueError, IndexError):
             return
+
+
+class _RateLimitCollector:
+    """
+    The per-source rate limiter's outcomes.
+    """
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    def collect(self) -> list[Metric]:
+        counts = self._limiter.counts()
+        return [counterFamily(
+            "sipcore_rate_limit_total",
+            "Messages the per-source rate limit decided on, by outcome (droppedEarly: dropped "
+            "on arrival, a part of dropped).",
+            ["outcome"], [([outcome], counts[outcome]) for outcome in OUTCOMES])]

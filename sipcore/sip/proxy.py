@@ -41,6 +41,7 @@ from sipcore.message import (
     parseAddressList,
     parseURI,
 )
+from sipcore.metrics import CollectorRegistry, Metric, counterFamily, labelled, register
 from sipcore.sip.core import Refused
 from sipcore.sip.forking import Branch, Decision, ResponseContext, Target
 from sipcore.sip.recordroute import LocalAddresses, RecordRouter
@@ -110,6 +111,11 @@ class ProxyPolicy:
     trustedPeers: TrustedPeers = TrustedPeers()
 
 
+#: The methods the proxy's request counts name (others count as C{other}).
+METHODS = frozenset(("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "SUBSCRIBE",
+                     "NOTIFY", "REFER", "INFO", "UPDATE", "PRACK", "PUBLISH", "REGISTER"))
+
+
 class Proxy:
     """
     The stateful proxy.
@@ -121,6 +127,10 @@ class Proxy:
         (requests that had more bindings than C{maxBranches}), C{pathIgnored}
         (bindings whose Path came from a source not trusted), and one
         C{status:NNN} per final response the proxy generated itself.
+    @ivar requests: a L{Counter} of the requests routed, by (method, outcome):
+        the class of the final response the caller got (C{2xx} to C{6xx});
+        for C{ACK}, C{forwarded} or C{dropped}.  Methods other than
+        L{METHODS} count as C{other}.
     @ivar maxRecentBranches: how many ended INVITE branches are
         remembered (for stray 2xx) at most.
     """
@@ -138,6 +148,7 @@ class Proxy:
         staleBinding: Callable[[Binding], object] | None = None,
         flowTokens: FlowTokens | None = None,
         maxRecentBranches: int = DEFAULT_MAX_RECENT_BRANCHES,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
         """
         @param core: the L{sipcore.sip.core.SIPCore} (its C{transactions},
@@ -156,6 +167,8 @@ class Proxy:
             entries (a new random key by default).
         @param maxRecentBranches: ended INVITE branches remembered at most
             (the oldest are forgotten first).
+        @param metrics: the registry its figures are served from, or
+            C{None}.
         """
         self.core = core
         self.transactions = core.transactions
@@ -170,6 +183,8 @@ class Proxy:
         self.recordRouter = RecordRouter(self.addresses, self.tokens, self.policy.recordRoute)
         self.maxRecentBranches = maxRecentBranches
         self.stats: Counter[str] = Counter()
+        self.requests: Counter[tuple[str, str]] = Counter()
+        register(metrics, _ProxyCollector(self))
         self._contexts: dict[Any, ResponseContext] = {}
         self._live: set[ResponseContext] = set()
         # branch -> Branch of each INVITE branch not ended yet.
@@ -224,9 +239,20 @@ class Proxy:
         except Exception:
             self._log.failure("could not answer 500")
 
+    def answered(self, method: str, status: int) -> None:
+        """
+        Count a routed C{method} request whose caller got a final response
+        of C{status} (L{requests}).
+        """
+        self._count(method, "{}xx".format(status // 100))
+
+    def _count(self, method: str, outcome: str) -> None:
+        self.requests[method if method in METHODS else "other", outcome] += 1
+
     def _refuse(self, tx: Any, status: int, reason: str,
                 headers: Iterable[tuple[str, str]] = ()) -> None:
         self.stats["status:{}".format(status)] += 1
+        self.answered(tx.request.method, status)
         self.core.respond(tx, status, reason, headers=headers, toTag=generateTag())
 
     async def _handle(self, tx: Any) -> None:
@@ -594,6 +620,7 @@ class Proxy:
             self._refuse(tx, 481, "Call/Transaction Does Not Exist")
             return
         self.core.respond(tx, 200, "OK", toTag=generateTag())
+        self.answered("CANCEL", 200)
         context = self._contexts.get(invite)
         if context is not None:
             context.cancel()
@@ -616,22 +643,23 @@ class Proxy:
 
     # -- ACK for 2xx --------------------------------------------------------------
 
-    def ackReceived(self, request: Request, flow: IFlow) -> None:
+    def ackReceived(self, request: Request, flow: IFlow) -> bool:
         """
         An ACK no server transaction absorbed (the ACK for a 2xx): forward
         it statelessly along its Route set or by its Request-URI (16.11);
         drop it when it goes nowhere.
+
+        @return: C{True} if it was forwarded (it belongs to a dialog),
+            C{False} if it was dropped.
         """
         try:
             decision = self._route(request, flow, stateless=True)
             (target,) = decision.targets
         except (Refused, ValueError):
-            self.stats["acksDropped"] += 1
-            return
+            return self._ackDropped()
         resolved = self._resolve(target)
         if resolved is None:
-            self.stats["acksDropped"] += 1
-            return
+            return self._ackDropped()
         out = decision.request
         if target.uri is not None:
             out.uri = target.uri
@@ -639,7 +667,16 @@ class Proxy:
         out.headers.add("Via", self.recordRouter.via(outFlow, statelessBranch(request)),
                         first=True)
         sent = _sendOn(outFlow, address, out.serialize())
-        self.stats["acksForwarded" if sent else "acksDropped"] += 1
+        if not sent:
+            return self._ackDropped()
+        self.stats["acksForwarded"] += 1
+        self._count("ACK", "forwarded")
+        return True
+
+    def _ackDropped(self) -> bool:
+        self.stats["acksDropped"] += 1
+        self._count("ACK", "dropped")
+        return False
 
     # -- responses without a transaction ----------------------------------------
 
@@ -694,3 +731,27 @@ def _sendOn(flow: IFlow, address: tuple[str, int] | None, data: bytes) -> bool:
     if flow.reliable or address is None:
         return flow.send(data)
     return flow.sendTo(data, address)
+
+
+class _ProxyCollector:
+    """
+    The proxy's requests by method and outcome, and its other counters.
+    """
+
+    def __init__(self, proxy: Proxy) -> None:
+        self._proxy = proxy
+
+    def collect(self) -> list[Metric]:
+        proxy = self._proxy
+        return [
+            counterFamily("sipcore_proxy_requests_total",
+                          "Requests routed by the proxy, by method and outcome (the class of "
+                          "the final response; for ACK forwarded or dropped).",
+                          ["method", "outcome"],
+                          [([method, outcome], count)
+                           for (method, outcome), count in sorted(proxy.requests.items())]),
+            counterFamily("sipcore_proxy_events_total",
+                          "Proxy counters: branches forwarded, ACKs, stray responses, "
+                          "cancels, timer C, and the final responses it made itself.",
+                          ["event"], labelled(proxy.stats)),
+        ]

@@ -37,6 +37,7 @@ from sipcore.location.binding import UDP_CONNECTION_ID, aorKey
 from sipcore.location.ordering import PendingWrites
 from sipcore.message import URI, Address, Request, Response, SIPParseError, parseExpires, parseURI
 from sipcore.message.uri import unescape
+from sipcore.metrics import CollectorRegistry, Metric, counterFamily, labelled, register
 from sipcore.sip.core import Refused, ServerTransactionLike, supportedTags
 from sipcore.sip.trust import TrustedPeers
 from sipcore.throttle import DEFAULT_LOG_INTERVAL, LogThrottle, sourceKey
@@ -235,12 +236,17 @@ class Registrar:
         isConnected: Callable[[int], bool] | None = None,
         connectionBound: Callable[[int, float], None] | None = None,
         announce: Callable[[RegistrationEvent], object] | None = None,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
         """
+        @param connectionBound: told C{(conid, latest expiry)} after
+            bindings to a connection are saved.
         @param announce: called with one L{RegistrationEvent} per binding
             a REGISTER added, refreshed or removed, once the store made
             the change (the composition root passes the bus's C{fire});
             C{None}: no events.
+        @param metrics: the registry its figures are served from, or
+            C{None}.
         """
         self.store = store
         self.clock = clock
@@ -249,7 +255,6 @@ class Registrar:
         self.policy = policy or RegistrarPolicy()
         self.writes = writes if writes is not None else PendingWrites()
         self.isConnected = isConnected
-        # Told (conid, latest expiry) after bindings to a connection are saved.
         self.connectionBound = connectionBound
         self.announce = announce
         self.stats: dict[str, int] = {
@@ -260,6 +265,7 @@ class Registrar:
         self._pathRefusedLog = LogThrottle(clock, self.policy.logInterval)
         self._contactsLog = LogThrottle(clock, self.policy.logInterval)
         self._supported = ", ".join(supportedTags(bool(self.policy.trustedPeers)))
+        register(metrics, _RegistrarCollector(self))
 
     def __call__(self, tx: ServerTransactionLike) -> defer.Deferred[Response | None]:
         """
@@ -624,3 +630,15 @@ class Registrar:
         response.headers.add("Supported", self._supported)
         return response
 
+
+class _RegistrarCollector:
+    """
+    The registrar's REGISTER outcomes.
+    """
+
+    def __init__(self, registrar: Registrar) -> None:
+        self._registrar = registrar
+
+    def collect(self) -> list[Metric]:
+        return [counterFamily("sipcore_registrar_total", "REGISTER outcomes.", ["outcome"],
+                              labelled(self._registrar.stats))]

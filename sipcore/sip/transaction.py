@@ -123,7 +123,8 @@ class TransactionLayer:
     the Accepted state).
 
     @ivar strayResponses: responses that matched no client transaction.
-    @ivar strayAcks: ACKs that matched no server transaction.
+    @ivar strayAcks: ACKs that matched no server transaction and that the
+        TU did not take as belonging to a dialog.
     @ivar retransmissionsAbsorbed: requests matched to an existing server
         transaction (retransmissions) and duplicate ACKs absorbed in
         Confirmed.
@@ -338,11 +339,13 @@ class TransactionLayer:
                     self.retransmissionsAbsorbed += 1
                 if tx.ackReceived(request, flow):
                     return None
-            self.strayAcks += 1
             try:
-                self.tu.ackReceived(request, flow)
+                inDialog = self.tu.ackReceived(request, flow)
             except Exception:
                 self._log.failure("Transaction user {tu!r} failed on an ACK", tu=self.tu)
+                inDialog = False
+            if not inDialog:
+                self.strayAcks += 1
             return None
         if tx is not None:
             self.retransmissionsAbsorbed += 1

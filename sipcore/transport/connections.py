@@ -16,6 +16,7 @@ is fired once.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -33,6 +34,7 @@ from sipcore.events import (
     ConnectionEvent,
 )
 from sipcore.interfaces import IFlow
+from sipcore.metrics import CollectorRegistry, Metric, counterFamily, gaugeFamily, register
 from sipcore.throttle import LogThrottle, sourceKey
 
 __all__ = [
@@ -48,6 +50,10 @@ __all__ = [
 #: Seconds L{ConnectionTable.closeAll} waits after asking connections to
 #: close before it aborts them.
 DEFAULT_CLOSE_GRACE = 2.0
+
+#: The stream transports, each served in the metrics even before its first
+#: connection.
+STREAM_TRANSPORTS = ("tcp", "tls", "ws", "wss")
 
 #: The process-wide source of connection ids: never reused, even across
 #: several tables (tests build many).
@@ -210,6 +216,9 @@ class ConnectionTable:
     @ivar opened: C{int}, connections added since the table was made.
     @ivar closed: C{dict} from each close event name (L{CLOSE_EVENTS}) to the
         number of connections that ended with it.
+    @ivar openedBy: a L{Counter} of the connections added, by transport.
+    @ivar closedBy: a L{Counter} of the connections ended, by (close event,
+        transport).
     @ivar refused: C{int}, connections refused during shutdown.
     @ivar refusedByLimit: C{dict} with the connections refused because
         C{maxConnections} (key C{"total"}) or C{maxPerSource} (key
@@ -228,6 +237,7 @@ class ConnectionTable:
         serverId: int = 0,
         closeGrace: float = DEFAULT_CLOSE_GRACE,
         limits: ConnectionLimits = ConnectionLimits(),
+        metrics: CollectorRegistry | None = None,
     ) -> None:
         """
         @param bus: an L{sipcore.interfaces.IEventBus} provider (only C{fire}
@@ -238,6 +248,7 @@ class ConnectionTable:
         @param closeGrace: seconds L{closeAll} lets a connection close
             gracefully before aborting it.
         @param limits: how many connections it holds (default: no limit).
+        @param metrics: the registry its figures are served from, or C{None}.
         """
 
         self._bus = bus
@@ -252,9 +263,12 @@ class ConnectionTable:
         self._perSource: dict[str, int] = {}
         self._throttle = LogThrottle(clock, limits.logInterval)
         self.closed: dict[str, int] = {name: 0 for name in CLOSE_EVENTS}
+        self.openedBy: Counter[str] = Counter()
+        self.closedBy: Counter[tuple[str, str]] = Counter()
         self.shuttingDown = False
         self._drained: list[Deferred[None]] = []
         self._shutdownCalls: list[IDelayedCall] = []
+        register(metrics, _ConnectionCollector(self))
 
     # -- queries ----------------------------------------------------------
 
@@ -313,6 +327,7 @@ class ConnectionTable:
         self._entries[conid] = entry
         flow.conid = conid
         self.opened += 1
+        self.openedBy[entry.transport] += 1
         self._fire(TCP_CONNECTED, conid, entry, now)
         return conid
 
@@ -370,6 +385,7 @@ class ConnectionTable:
         now = self._clock.seconds()
         duration = max(0.0, now - entry.openedAt)
         self.closed[kind] += 1
+        self.closedBy[kind, entry.transport] += 1
         if entry.websocketOpen:
             self._fire(
                 WEBSOCKET_CLOSED,
@@ -519,3 +535,36 @@ class ConnectionTable:
             # The bus promises never to raise; if it does, it must not reach
             # the transport.
             self._log.failure("event bus raised on {name}", name=name)
+
+
+class _ConnectionCollector:
+    """
+    The connection table's figures: open connections, accepted ones and
+    closes by close event, each by transport.
+    """
+
+    def __init__(self, table: ConnectionTable) -> None:
+        self._table = table
+
+    def collect(self) -> list[Metric]:
+        table = self._table
+        live: Counter[str] = Counter(entry.transport for entry in table._entries.values())
+        transports = sorted(set(STREAM_TRANSPORTS) | set(table.openedBy))
+        closes = sorted(set(table.closedBy) | {
+            (event, transport) for event in CLOSE_EVENTS for transport in STREAM_TRANSPORTS})
+        return [
+            gaugeFamily("sipcore_connections_open", "Stream connections open now, by transport.",
+                        ["transport"], [([t], live[t]) for t in transports]),
+            counterFamily("sipcore_connections_opened_total",
+                          "Stream connections accepted, by transport.",
+                          ["transport"], [([t], table.openedBy[t]) for t in transports]),
+            counterFamily("sipcore_connections_closed_total",
+                          "Stream connections closed, by close event and transport.",
+                          ["event", "transport"],
+                          [([event, t], table.closedBy[event, t]) for event, t in closes]),
+            counterFamily("sipcore_connections_refused_total",
+                          "Stream connections refused, by reason.",
+                          ["reason"], [(["shutdown"], table.refused),
+                                       (["limit"], table.refusedByLimit["total"]),
+                                       (["perSourceLimit"], table.refusedByLimit["perSource"])]),
+        ]

@@ -5,7 +5,7 @@ implementation is imported only when its options are read or the handler
 is made.
 """
 
-from sipcore.events import CLOSE_EVENTS, CONNECTION_EVENTS
+from sipcore.events import CLOSE_EVENTS, CONNECTION_EVENTS, REGISTRATION_EVENTS
 from sipcore.plugin import HandlerPlugin
 
 locationCleanup = HandlerPlugin(
@@ -22,4 +22,12 @@ connectionAudit = HandlerPlugin(
     CONNECTION_EVENTS,
     implementation="sipcore.handlers.audit.ConnectionAudit",
     priority=50,
+)
+
+eventLog = HandlerPlugin(
+    "event-log",
+    "Log one line per registration change and per stream connection close (--log-events)",
+    REGISTRATION_EVENTS + CLOSE_EVENTS,
+    implementation="sipcore.handlers.eventlog.EventLog",
+    priority=90,
 )
