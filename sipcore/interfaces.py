@@ -94,9 +94,8 @@ class IMessageSink(Interface):
 class IHopConnector(Interface):
     """
     The transport layer as the SIP layer sends through it: the flow that
-    reaches a next hop, and the addresses the server listens on.  It opens
-    no connection: a stream hop is reached over a connection that is
-    already open.
+    reaches a next hop, and the addresses the server listens on.  L{flowTo}
+    opens no connection; L{openFlow} opens one when none is open.
     """
 
     def connection(conid):
@@ -118,6 +117,21 @@ class IHopConnector(Interface):
         @param port: the hop's port (C{int}).
         @return: an L{IFlow}, or C{None} when the hop cannot be reached now
             (no UDP listener, no open connection to it).
+        """
+
+    def openFlow(hop, serverName=None):
+        """
+        A flow that reaches a next hop, opening a connection to it when
+        there is none: the flow L{flowTo} finds, else (TCP, TLS) a new
+        outgoing connection.
+
+        @param hop: a L{sipcore.sip.routing.NextHop}.
+        @param serverName: the name a TLS server must prove (and the SNI
+            sent); the hop's address when C{None}.
+        @return: a L{Deferred} firing with the L{IFlow}, or failing with
+            L{sipcore.transport.outgoing.ConnectFailed} when the hop cannot
+            be reached (no UDP listener; connection refused, timed out, TLS
+            verification failed; no outgoing connections configured).
         """
 
     def listening():

@@ -169,6 +169,19 @@ class Options(usage.Options):
          "With --db or the workers' shared store: most bindings per group-committed "
          "statement (0: no group commit).",
          _positiveInt],
+        ["connect-timeout", None, 10.0,
+         "Seconds to open an outgoing TCP or TLS connection (TLS handshake included).",
+         _positiveFloat],
+        ["outgoing-idle-timeout", None, 120.0,
+         "Seconds an outgoing connection may carry no traffic before it is closed "
+         "(0: never).", _positiveFloat],
+        ["tls-ca-file", None, "",
+         "PEM file of the CAs outgoing TLS servers are verified against "
+         "(default: the system's trust store)."],
+        ["tls-client-cert", None, "",
+         "PEM file of the client certificate (and key) outgoing TLS connections present."],
+        ["tls-client-key", None, "",
+         "PEM file of the key of --tls-client-cert, if not in that file."],
     ]
 
     def __init__(self) -> None:
@@ -181,6 +194,7 @@ class Options(usage.Options):
         self["ws-origin"] = []
         self["limit-exempt"] = []
         self["trusted-peer"] = []
+        self["dns-server"] = []
 
     def opt_listen(self, spec: str) -> None:
         """
@@ -278,6 +292,19 @@ class Options(usage.Options):
             raise usage.UsageError("--trusted-peer: {}".format(e)) from None
         self["trusted-peer"].append(spec)
 
+    def opt_dns_server(self, spec: str) -> None:
+        """
+        A DNS server (HOST or HOST:PORT, an IP address) names are located
+        with (RFC 3263); repeatable.  Default: the name servers of
+        /etc/resolv.conf.
+        """
+        from sipcore.dns import parseServer
+
+        try:
+            self["dns-server"].append(parseServer(spec))
+        except ValueError as e:
+            raise usage.UsageError("--dns-server: {}".format(e)) from None
+
     def postOptions(self) -> None:
         if self["list-handlers"]:
             return
@@ -303,6 +330,7 @@ class Options(usage.Options):
         if not self["domain"]:
             self["domain"] = ["localhost", "127.0.0.1"]
         _checkSecurityOptions(self)
+        self["outgoing"] = _outgoingSettings(self)
 
     def handlerNames(self) -> list[str]:
         """
@@ -553,8 +581,10 @@ def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: An
         return store.removeConnections(serverId, [binding.connectionId])
 
     domains = options["domain"]
+    connector, resolver = _buildOutgoing(options, reactor, core, table, listeners)
     proxy = Proxy(
-        core, store, reactor, HopConnector(table, listeners),
+        core, store, reactor, HopConnector(table, listeners, connector),
+        resolver=resolver,
         serverId=serverId,
         policy=ProxyPolicy(
             timerC=options["timer-c"],
@@ -568,6 +598,49 @@ def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: An
     )
     proxy.install()
     return proxy
+
+
+def _outgoingSettings(options: Options) -> Any:
+    """
+    The L{sipcore.transport.outgoing.OutgoingSettings} of the options.
+
+    @raise usage.UsageError: for an inconsistent value.
+    """
+    from sipcore.transport.outgoing import OutgoingSettings
+
+    try:
+        return OutgoingSettings(
+            connectTimeout=options["connect-timeout"],
+            idleTimeout=options["outgoing-idle-timeout"],
+            tlsCAFile=options["tls-ca-file"] or None,
+            tlsCertFile=options["tls-client-cert"] or None,
+            tlsKeyFile=options["tls-client-key"] or None,
+            maxSize=options["max-message-size"],
+        )
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+
+
+def _buildOutgoing(options: Options, reactor: Any, core: Any, table: Any,
+                   listeners: list[Any]) -> tuple[Any, Any]:
+    """
+    The connector of outgoing connections and the RFC 3263 resolver.
+
+    @raise usage.UsageError: when a TLS file cannot be loaded.
+    """
+    from sipcore.dns import Resolver, systemServers
+    from sipcore.transport.outgoing import OutgoingConnector
+
+    try:
+        connector = OutgoingConnector(table, core, reactor, options["outgoing"])
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+    transports = ["tcp", "tls"]
+    if any(listener.spec.transport == "udp" for listener in listeners):
+        transports.insert(0, "udp")
+    resolver = Resolver.fromServers(reactor, options["dns-server"] or systemServers(),
+                                    transports=transports)
+    return connector, resolver
 
 
 # -- security ----------------------------------------------------------------

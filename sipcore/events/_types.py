@@ -65,6 +65,8 @@ class ConnectionEvent:
         (C{None} when there was no close frame).
     @ivar wsReason: for C{websocket:closed}, the close frame's reason text.
     @ivar serverId: the C{server_id} of the node that saw the event.
+    @ivar direction: C{'inbound'} for a connection a peer opened to a
+        listener, C{'outbound'} for one this node opened to a next hop.
     """
 
     name: str
@@ -78,6 +80,7 @@ class ConnectionEvent:
     wsCode: int | None = None
     wsReason: str | None = None
     serverId: int = 0
+    direction: str = "inbound"
 
 
 @dataclass(frozen=True)

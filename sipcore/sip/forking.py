@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from sipcore.dns import Location
 from sipcore.interfaces import IClientTransactionUser, IFlow
 from sipcore.location import Binding
 from sipcore.message import URI, Request, Response, generateTag
@@ -43,6 +44,7 @@ class Target:
     @ivar uri: the new Request-URI, or C{None} to keep it.
     @ivar conid: deliver over this connection of this node.
     @ivar hop: else deliver to this address.
+    @ivar locate: else deliver to the locations of this URI (RFC 3263).
     @ivar routes: C{Route} values to put on top (a binding's Path).
     @ivar failStatus: the status of the branch when it cannot be sent.
     @ivar binding: the binding this target comes from, if any.
@@ -51,6 +53,7 @@ class Target:
     uri: URI | None = None
     conid: int | None = None
     hop: NextHop | None = None
+    locate: URI | None = None
     routes: list[str] = field(default_factory=list)
     failStatus: int = 503
     failReason: str = "Service Unavailable"
@@ -98,6 +101,9 @@ class Branch:
     @ivar final: the branch's final response (C{None} while pending).
     @ivar local: whether C{final} was made by the proxy (timeout,
         unreachable) rather than received.
+    @ivar locations: the locations not tried yet (failover, RFC 3263 4.3).
+    @ivar location: the location it was last sent to.
+    @ivar decision: the decision it was sent for.
     """
 
     _log = Logger()
@@ -112,6 +118,9 @@ class Branch:
         self.branchId = ""
         self.final: Response | None = None
         self.local = False
+        self.locations: list[Location] = []
+        self.location: Location | None = None
+        self.decision: Decision | None = None
         self.provisional = False
         self.cancelStatus: int | None = None
         self.cancelSent = False
@@ -133,10 +142,12 @@ class Branch:
         self.context.branchResponse(self, response)
 
     def timeout(self, tx: Any) -> None:
-        self.fail(408, "Request Timeout")
+        if not self.context.proxy.failover(self, "transaction timeout"):
+            self.fail(408, "Request Timeout")
 
     def transportError(self, tx: Any) -> None:
-        self.fail(self.target.failStatus, self.target.failReason)
+        if not self.context.proxy.failover(self, "transport error"):
+            self.fail(self.target.failStatus, self.target.failReason)
 
     # -- timers ---------------------------------------------------------------
 
@@ -312,6 +323,8 @@ class ResponseContext:
             self._maybeFinish()
             return
         if branch.done:
+            return
+        if status == 503 and self.proxy.failover(branch, "503 response"):
             return
         local = False
         if status == 487 and branch.cancelStatus == 408:

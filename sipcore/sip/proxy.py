@@ -13,7 +13,10 @@ responses that match no client transaction
 Per request (one server transaction) it keeps a response context
 (L{sipcore.sip.forking}): the branches it forked to (one client transaction
 each), the responses they got, and timer C for INVITE branches.  It reaches
-next hops through an L{IHopConnector}.  See C{docs/routing.rst}.
+next hops through an L{IHopConnector}, opening connections where none is
+open, and locates servers by name with a L{sipcore.dns.Resolver} (RFC
+3263), failing a branch over to the next location on a transport error, a
+timeout or a C{503}.  See C{docs/routing.rst}.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sipcore.dns import Location, ResolveFailed, Resolver
 from sipcore.interfaces import IFlow, IHopConnector, ILocationStore
 from sipcore.location import Binding, StoreUnavailable
 from sipcore.location.binding import aorKey
@@ -49,6 +53,7 @@ from sipcore.sip.routing import (
     FlowTokens,
     NextHop,
     NoRoute,
+    isIPLiteral,
     loopHash,
     loopHashOfBranch,
     nextHopOf,
@@ -58,6 +63,7 @@ from sipcore.sip.routing import (
 )
 from sipcore.sip.servertransaction import sendToSender
 from sipcore.sip.trust import TrustedPeers
+from sipcore.transport.outgoing import ConnectFailed
 
 __all__ = ["DEFAULT_MAX_BRANCHES", "DEFAULT_TIMER_C", "Proxy", "ProxyPolicy"]
 
@@ -123,7 +129,8 @@ class Proxy:
     @ivar stats: a L{Counter}: C{forwarded} (branches sent), C{acksForwarded},
         C{strayForwarded}, C{strayDropped}, C{strayUnknownBranch} (stray
         2xx dropped because their branch is not one of ours),
-        C{staleBindings}, C{cancelsSent}, C{timerC}, C{forksCapped}
+        C{staleBindings}, C{cancelsSent}, C{timerC}, C{failovers}
+        (branches sent again to their next location), C{forksCapped}
         (requests that had more bindings than C{maxBranches}), C{pathIgnored}
         (bindings whose Path came from a source not trusted), and one
         C{status:NNN} per final response the proxy generated itself.
@@ -149,6 +156,7 @@ class Proxy:
         flowTokens: FlowTokens | None = None,
         maxRecentBranches: int = DEFAULT_MAX_RECENT_BRANCHES,
         metrics: CollectorRegistry | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         """
         @param core: the L{sipcore.sip.core.SIPCore} (its C{transactions},
@@ -169,6 +177,8 @@ class Proxy:
             (the oldest are forgotten first).
         @param metrics: the registry its figures are served from, or
             C{None}.
+        @param resolver: what locates hosts given by name (RFC 3263); when
+            C{None}, only IP addresses are reached.
         """
         self.core = core
         self.transactions = core.transactions
@@ -182,6 +192,7 @@ class Proxy:
         self.addresses = LocalAddresses(hops, core.domains, self.policy.advertiseHost)
         self.recordRouter = RecordRouter(self.addresses, self.tokens, self.policy.recordRoute)
         self.maxRecentBranches = maxRecentBranches
+        self.resolver = resolver
         self.stats: Counter[str] = Counter()
         self.requests: Counter[tuple[str, str]] = Counter()
         register(metrics, _ProxyCollector(self))
@@ -424,8 +435,17 @@ class Proxy:
         try:
             hop = nextHopOf(uri)
         except NoRoute as e:
+            if self._locatable(uri):
+                return Target(locate=uri)
             raise Refused(e.status, e.reason) from None
         return Target(hop=hop)
+
+    def _locatable(self, uri: URI) -> bool:
+        """
+        Whether C{uri} names its host by a name the resolver can locate.
+        """
+        return (self.resolver is not None and uri.isSIP and bool(uri.host)
+                and not isIPLiteral(uri.host))
 
     def _looped(self, request: Request, hashValue: str) -> bool:
         """
@@ -465,7 +485,8 @@ class Proxy:
                 try:
                     target.hop = nextHopOf(path[0].uri)
                 except NoRoute:
-                    pass
+                    if self._locatable(path[0].uri):
+                        target.locate = path[0].uri
                 return target
         if binding.connectionId > 0:
             if binding.serverId == self.serverId:
@@ -478,7 +499,8 @@ class Proxy:
         try:
             target.hop = nextHopOf(contact)
         except NoRoute:
-            pass
+            if self._locatable(contact):
+                target.locate = contact
         return target
 
     def _pathTrusted(self, binding: Binding) -> bool:
@@ -536,18 +558,119 @@ class Proxy:
 
     def sendBranch(self, context: ResponseContext, branch: Branch, decision: Decision) -> None:
         """
-        Build the branch's request (16.6) and send it in a client
-        transaction; a target that cannot be reached fails the branch at
-        once.
+        Send the branch to its target: over its connection, or to the
+        first of its locations (its next hop, or those the resolver gives
+        for C{target.locate}), opening a connection when none is open.  A
+        target that cannot be reached fails the branch.
         """
         target = branch.target
-        resolved = self._resolve(target)
-        if resolved is None:
-            if target.binding is not None and target.conid is not None:
-                self._staleBinding(target.binding)
-            branch.fail(target.failStatus, target.failReason)
+        branch.decision = decision
+        if target.conid is not None:
+            flow = self.hops.connection(target.conid)
+            if flow is None:
+                if target.binding is not None:
+                    self._staleBinding(target.binding)
+                branch.fail(target.failStatus, target.failReason)
+                return
+            self._sendBranchOn(context, branch, decision, flow, None)
             return
-        flow, address = resolved
+        if target.hop is not None:
+            branch.locations = [Location(target.hop, target.hop.host)]
+            self._tryNextLocation(branch)
+            return
+        if target.locate is not None and self.resolver is not None:
+            d = self.resolver.resolve(target.locate)
+            d.addCallbacks(self._located, self._notLocated,
+                           callbackArgs=(branch,), errbackArgs=(branch,))
+            d.addErrback(self._unexpected, branch)
+            return
+        branch.fail(target.failStatus, target.failReason)
+
+    def _located(self, locations: list[Location], branch: Branch) -> None:
+        branch.locations = list(locations)
+        self._tryNextLocation(branch)
+
+    def _notLocated(self, failure: Failure, branch: Branch) -> None:
+        failure.trap(ResolveFailed)
+        error = failure.value
+        assert isinstance(error, ResolveFailed)
+        self._log.warn("cannot locate {uri}: {why}", uri=branch.target.locate,
+                       why=error.reason)
+        branch.fail(503, "Service Unavailable")
+
+    def _tryNextLocation(self, branch: Branch) -> None:
+        """
+        Open (or reuse) a flow to the branch's next location and send the
+        branch there; when it cannot be reached, go on to the one after.
+        """
+        location = branch.locations.pop(0)
+        branch.location = location
+        d = self.hops.openFlow(location.hop, location.serverName)
+        d.addCallbacks(self._flowOpened, self._flowFailed,
+                       callbackArgs=(branch, location), errbackArgs=(branch,))
+        d.addErrback(self._unexpected, branch)
+
+    def _unexpected(self, failure: Failure, branch: Branch) -> None:
+        """
+        Sending a branch raised: log it, and fail the branch.
+        """
+        self._log.failure("sending {branch!r} failed", failure, branch=branch)
+        if not branch.done:
+            branch.fail(500, "Server Internal Error")
+
+    def _flowOpened(self, flow: IFlow, branch: Branch, location: Location) -> None:
+        context = branch.context
+        if branch.done:
+            return
+        if context.cancelled or branch.cancelStatus is not None:
+            status = branch.cancelStatus or 487
+            branch.fail(status, "Request Timeout" if status == 408 else "Request Terminated")
+            return
+        hop = location.hop
+        address = (hop.host, hop.port) if hop.transport == "udp" else None
+        assert branch.decision is not None
+        self._sendBranchOn(context, branch, branch.decision, flow, address)
+
+    def _flowFailed(self, failure: Failure, branch: Branch) -> None:
+        failure.trap(ConnectFailed)
+        error = failure.value
+        assert isinstance(error, ConnectFailed)
+        if branch.done:
+            return
+        if self.failover(branch, error.reason):
+            return
+        target = branch.target
+        branch.fail(target.failStatus, target.failReason)
+
+    def failover(self, branch: Branch, why: str) -> bool:
+        """
+        The branch's location failed (transport error, timeout, C{503}):
+        send it to its next location in a new client transaction (RFC 3263
+        section 4.3), unless it has none left, was cancelled or already had
+        a provisional response.
+
+        @return: whether it was sent on.
+        """
+        if (not branch.locations or branch.done or branch.provisional
+                or branch.cancelStatus is not None or branch.context.cancelled):
+            return False
+        self._liveInvites.pop(branch.branchId, None)
+        branch.stopTimers()
+        self.stats["failovers"] += 1
+        self._log.info("{method} to {failed}: {why}; trying {next}",
+                       method=branch.context.request.method,
+                       failed=branch.location.hop if branch.location else None,
+                       why=why, next=branch.locations[0].hop)
+        self._tryNextLocation(branch)
+        return True
+
+    def _sendBranchOn(self, context: ResponseContext, branch: Branch, decision: Decision,
+                      flow: IFlow, address: tuple[str, int] | None) -> None:
+        """
+        Build the branch's request (16.6) for C{flow} and send it in a new
+        client transaction.
+        """
+        target = branch.target
         base = decision.request
         out = Request(base.method, target.uri or base.uri, base.headers.copy(), base.body,
                       base.version)

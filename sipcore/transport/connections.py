@@ -184,6 +184,7 @@ class _Entry:
     local: tuple[str, int]
     remote: tuple[str, int]
     openedAt: float
+    direction: str = "inbound"
     websocketOpen: bool = False
     shutdownReason: str | None = None
 
@@ -294,7 +295,7 @@ class ConnectionTable:
 
     # -- life cycle -------------------------------------------------------
 
-    def add(self, flow: Any) -> int:
+    def add(self, flow: Any, direction: str = "inbound") -> int:
         """
         Register a new connection and fire C{tcp:connected}.
 
@@ -302,6 +303,9 @@ class ConnectionTable:
 
         @param flow: an L{IFlow} of transport C{'tcp'}, C{'tls'}, C{'ws'} or
             C{'wss'}.
+        @param direction: C{'inbound'} (accepted by a listener) or
+            C{'outbound'} (opened by this node); every event of the
+            connection carries it.
         @return: the new connection id, a positive C{int} never used before
             in this process.
         @raise ShuttingDown: if L{closeAll} was called; the caller must drop
@@ -323,7 +327,7 @@ class ConnectionTable:
         self._perSource[source] = self._perSource.get(source, 0) + 1
         conid = next(_conids)
         now = self._clock.seconds()
-        entry = _Entry(flow, flow.transport, flow.local, flow.remote, now)
+        entry = _Entry(flow, flow.transport, flow.local, flow.remote, now, direction)
         self._entries[conid] = entry
         flow.conid = conid
         self.opened += 1
@@ -527,6 +531,7 @@ class ConnectionTable:
             remote=entry.remote,
             time=now,
             serverId=self.serverId,
+            direction=entry.direction,
             **extra,
         )
         try:

@@ -2,8 +2,9 @@
 """
 The flow to a next hop, for the SIP layer (L{IHopConnector}): a live
 connection of the L{ConnectionTable} by its conid or by its remote address
-(connection reuse: nothing here opens a connection), or a UDP address
-reached through a UDP listener's socket.
+(connection reuse), a UDP address reached through a UDP listener's socket,
+or a new outgoing connection (L{HopConnector.openFlow}, through an
+L{sipcore.transport.outgoing.OutgoingConnector}).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from sipcore.interfaces import IFlow, IHopConnector
+from sipcore.sip.routing import NextHop
 from sipcore.transport.connections import ConnectionTable, addressOf
+from sipcore.transport.outgoing import ConnectFailed, OutgoingConnector
 from sipcore.transport.udp import DatagramFlow
 
 __all__ = ["HopConnector"]
@@ -34,14 +38,18 @@ class HopConnector:
         from).
     """
 
-    def __init__(self, table: ConnectionTable, listeners: Sequence[Any]) -> None:
+    def __init__(self, table: ConnectionTable, listeners: Sequence[Any],
+                 outgoing: OutgoingConnector | None = None) -> None:
         """
         @param table: the connection table.
         @param listeners: the listeners (a sequence read again on each
             call, so listeners added to it later are seen).
+        @param outgoing: what opens connections to stream hops that have
+            none, or C{None} to reach only those with a connection.
         """
         self.table = table
         self.listeners = listeners
+        self.outgoing = outgoing
         # The listeners the addresses in _listening were read from.
         self._listeningOf: tuple[Any, ...] | None = None
         self._listening: tuple[_Hop, ...] = ()
@@ -66,6 +74,21 @@ class HopConnector:
                     return DatagramFlow(listener.factory, (host, port))
             return None
         return self._connectionTo((transport, host.lower(), port))
+
+    def openFlow(self, hop: NextHop, serverName: str | None = None) -> Deferred[IFlow]:
+        """
+        The flow L{flowTo} finds for C{hop}, else a new outgoing
+        connection to it (see L{IHopConnector.openFlow}).
+        """
+        flow = self.flowTo(hop.transport, hop.host, hop.port)
+        if flow is not None:
+            return succeed(flow)
+        if hop.transport == "udp":
+            return fail(ConnectFailed("no UDP listener to send from"))
+        if self.outgoing is None:
+            return fail(ConnectFailed("no {} connection to {}:{}".format(
+                hop.transport, hop.host, hop.port)))
+        return self.outgoing.connect(hop, serverName)
 
     def _connectionTo(self, key: _Hop) -> IFlow | None:
         """

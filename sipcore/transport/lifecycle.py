@@ -34,12 +34,15 @@ class StreamLifecycle:
 
     @ivar _close: the close event and reason decided before the connection
         was lost (the first decision wins), or C{None}.
+    @ivar direction: C{'inbound'}: the connection was accepted (a
+        protocol for connections this node opens says C{'outbound'}).
     @ivar _registeredUntil: the latest expiry of a binding saved for this
         connection (seconds on C{factory.clock}), C{0.0} if none was.
     """
 
     factory: Any
     transport: Any
+    direction = "inbound"
 
     _idleCall: IDelayedCall | None = None
     _messageCall: IDelayedCall | None = None
@@ -72,7 +75,7 @@ class StreamLifecycle:
             addressOf(self.transport.getPeer()),
         )
         try:
-            factory.table.add(flow)
+            factory.table.add(flow, self.direction)
         except ConnectionRefused:
             self._refused = True
             self._closing = True
