@@ -21,6 +21,8 @@ stopped.  L{sipcore.tap.buildService} builds this tree::
       OrderedServices "listeners"        one ListenerService per --listen / stop listening
       LagProbe                           with SIPCORE_LAG_PROBE=1
       StreamServerEndpointService        GET /metrics, with --metrics-listen
+      ReloadService                      reloads credentials and TLS certificates
+                                         on SIGHUP (twistd) / puts the handler back
 
 So the start opens the store before anything can write to it and listens
 last, and the stop goes the other way: stop listening, close the live
@@ -55,6 +57,7 @@ from sipcore.plugin import EnabledHandler
 if TYPE_CHECKING:
     from sipcore.jobs import JobQueue
     from sipcore.location.ordering import PendingWrites
+    from sipcore.reload import ReloadService
     from sipcore.sip.auth import DigestAuthenticator
     from sipcore.sip.core import SIPCore
     from sipcore.sip.proxy import Proxy
@@ -484,6 +487,8 @@ class SIPCoreService(OrderedServices):
     @ivar handlerService: the L{HandlerService}.
     @ivar metrics: the server's L{CollectorRegistry}: every figure of it.
     @ivar metricsService: the service answering C{GET /metrics}, or C{None}.
+    @ivar reloader: the L{ReloadService} (what C{SIGHUP} reloads), or
+        C{None}.
     @ivar startFailure: the L{Failure} that stopped the start, if any.
     """
 
@@ -512,6 +517,7 @@ class SIPCoreService(OrderedServices):
         lagProbe: IService | None = None,
         metricsService: IService | None = None,
         database: IService | None = None,
+        reloader: ReloadService | None = None,
     ) -> None:
         """
         Build the tree: the database when given, the store, the handlers,
@@ -524,6 +530,8 @@ class SIPCoreService(OrderedServices):
             with.
         @param database: the L{sipcore.db.Database} (with C{--db}), or
             C{None}.
+        @param reloader: the L{ReloadService} (C{SIGHUP}), started last and
+            stopped first, or C{None}.
         """
         super().__init__()
         self._reactor = reactor
@@ -555,6 +563,9 @@ class SIPCoreService(OrderedServices):
             lagProbe.setServiceParent(self)
         if metricsService is not None:
             metricsService.setServiceParent(self)
+        self.reloader = reloader
+        if reloader is not None:
+            reloader.setServiceParent(self)
 
     @property
     def handlers(self) -> list[EnabledHandler]:

@@ -380,11 +380,14 @@ def listHandlers(out: Any = None, package: Any = None) -> str:
     return text
 
 
-def buildService(options: Options, reactor: Any) -> Any:
+def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
     """
     Build the server from parsed options with the given reactor: each part
     complete when made, then the service tree that starts and stops them in
     order (L{sipcore.service}).
+
+    @param signals: answer C{SIGHUP} with a reload while running (the
+        twistd entry point; tests leave the process's handlers alone).
 
     @return: the L{sipcore.service.SIPCoreService}.
     @raise HandlerError: a handler is unknown, duplicated, failed to
@@ -522,6 +525,7 @@ def buildService(options: Options, reactor: Any) -> Any:
     # The proxy routes what the core and the registrar do not
     # answer; it reads the listeners' bound addresses only once they listen.
     proxy = _buildProxy(options, reactor, core, store, table, listeners, metrics)
+    reloader = _buildReload(options, reactor, listeners, signals)
     return SIPCoreService(
         reactor,
         store=store,
@@ -543,8 +547,35 @@ def buildService(options: Options, reactor: Any) -> Any:
         metrics=metrics,
         lagProbe=lagProbe,
         metricsService=_buildMetrics(options, reactor, metrics),
+        reloader=reloader,
         database=database,
     )
+
+
+def _buildReload(options: Options, reactor: Any, listeners: list[Any], signals: bool) -> Any:
+    """
+    The L{sipcore.reload.ReloadService} of what a reload reads again: the
+    C{--auth-file} credentials and each TLS or WSS listener's certificate
+    and key.
+    """
+    from sipcore.reload import ReloadService
+
+    parts = []
+    credentials = options.get("auth-credentials")
+    if credentials is not None:
+        def readCredentials() -> str:
+            return "{} ({} users)".format(credentials.path, credentials.reload())
+
+        parts.append(("credentials", readCredentials))
+    for listener in listeners:
+        if listener.tls is not None:
+            def readCertificate(tls: Any = listener.tls) -> str:
+                return "({})".format(tls.reload())
+
+            parts.append(("certificate of {}".format(listener.spec.description.split(":")[0]
+                                                     + ":" + str(listener.spec.port)),
+                          readCertificate))
+    return ReloadService(reactor, parts, installSignal=signals)
 
 
 def _buildMetrics(options: Options, reactor: Any, metrics: Any) -> Any:
@@ -810,7 +841,7 @@ def makeService(options: Options) -> Any:
 
     reactor.callWhenRunning(tuneGarbageCollector)
     try:
-        return buildService(options, reactor)
+        return buildService(options, reactor, signals=True)
     except HandlerError as e:
         raise SystemExit("sipcore: " + str(e)) from e
 

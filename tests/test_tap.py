@@ -399,11 +399,12 @@ class ServiceTreeTests(SynchronousTestCase):
         """
         The root's children are the store, the handlers, the core and the
         listeners, in that order; with C{--metrics-listen} the metrics
-        service comes last.
+        service comes next, and the reload service last (it starts last
+        and stops first).
         """
         service = buildService(parse("--metrics-listen", "tcp:0"), UDPMemoryReactor())
         self.assertEqual([child.name for child in service],
-                         ["store", "handlers", "core", "listeners", "metrics"])
+                         ["store", "handlers", "core", "listeners", "metrics", "reload"])
         listeners = service.getServiceNamed("listeners")
         self.assertEqual(list(listeners), service.listeners)
 

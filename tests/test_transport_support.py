@@ -48,10 +48,10 @@ class RecordingSink:
         self.rejected.append((data, reason, flow))
 
 
-def makeCertificate(directory: FilePath) -> tuple[str, str]:
+def makeCertificate(directory: FilePath, commonName: str = "localhost") -> tuple[str, str]:
     """
     Write a throwaway self-signed certificate for C{localhost} and
-    C{127.0.0.1}, and its key.
+    C{127.0.0.1} (with C{commonName} as its subject), and its key.
 
     @return: C{(keyPath, certPath)}.
     """
@@ -63,7 +63,7 @@ def makeCertificate(directory: FilePath) -> tuple[str, str]:
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()

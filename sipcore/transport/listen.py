@@ -37,7 +37,11 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
+    SSL4ServerEndpoint,
+    serverFromString,
+)
 from twisted.internet.interfaces import IPushProducer, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,6 +49,7 @@ from twisted.python.failure import Failure
 from sipcore.message.framing import DEFAULT_MAX_SIZE
 from sipcore.transport.connections import ConnectionTable, addressOf
 from sipcore.transport.settings import DEFAULT_IDLE_TIMEOUT, ConnectionSettings
+from sipcore.transport.tls import ReloadableTLS
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -250,21 +255,28 @@ def parseListen(text: str) -> ListenSpec:
     return ListenSpec(transport, description, port, interface, options)
 
 
-def streamEndpoint(reactor: Any, spec: ListenSpec, backlog: int = DEFAULT_BACKLOG
-                   ) -> IStreamServerEndpoint:
+def streamEndpoint(reactor: Any, spec: ListenSpec, backlog: int = DEFAULT_BACKLOG,
+                   tls: ReloadableTLS | None = None) -> IStreamServerEndpoint:
     """
     The server endpoint of a stream listen spec.
 
     @param reactor: the reactor the endpoint listens with.
     @param spec: a TCP, TLS, WS or WSS L{ListenSpec}.
     @param backlog: the listen backlog, unless the spec names one.
+    @param tls: for a TLS or WSS spec, the context factory of its
+        certificate and key (what a reload changes).
     @return: an L{AdoptedStreamServerEndpoint} for a spec with C{fd=N}
-        (which it closes once it listens on a copy), else the endpoint of
-        the spec's description.
+        (which it closes once it listens on a copy), an
+        L{SSL4ServerEndpoint} with C{tls}, else the endpoint of the spec's
+        description.
     """
     fileno = spec.fileno
     if fileno is not None:
         return AdoptedStreamServerEndpoint(reactor, fileno, spec.family)
+    if tls is not None:
+        return SSL4ServerEndpoint(reactor, spec.port, tls,
+                                  backlog=int(spec.options.get("backlog", backlog)),
+                                  interface=spec.interface)
     description = spec.description
     if "backlog" not in spec.options:
         description += ":backlog={}".format(backlog)
@@ -414,8 +426,8 @@ class ListenerService(Service):
             transport and ignores the others: C{receiveBuffer} and
             C{limiter} (UDP), the other fields of L{ConnectionSettings}
             (TCP, TLS, WS, WSS: the listener's C{settings}).
-        @raise TypeError: for an option no transport knows.
-        @raise ValueError: for a bad setting.
+        @raise ValueError: for a bad setting, or a TLS certificate or key that
+            cannot be read or does not match.
         """
         unknown = set(options) - _UDP_OPTIONS - _SETTINGS
         if unknown:
@@ -442,6 +454,12 @@ class ListenerService(Service):
         self.listeningPort: Any = None
         self.port: int | None = None
         self._server: IService | None = None
+        #: The certificate and key of a TLS or WSS listener (reloadable).
+        self.tls: ReloadableTLS | None = None
+        if spec.secure and spec.fileno is None:
+            self.tls = ReloadableTLS(
+                spec.options["privateKey"], spec.options.get("certKey"),
+                spec.options.get("extraCertChain"), spec.options.get("dhParameters"))
         self._waiters: list[Deferred[Any]] = []
         self._failure: Failure | None = None
 
@@ -492,7 +510,7 @@ class ListenerService(Service):
     def _endpoint(self) -> Any:
         if self.spec.transport == "udp":
             return UDPServerEndpoint(self._reactor, self.spec, maxPacketSize=self._maxSize + 1)
-        return streamEndpoint(self._reactor, self.spec, self._backlog)
+        return streamEndpoint(self._reactor, self.spec, self._backlog, self.tls)
 
     def _listening(self, listeningPort: Any) -> None:
         self.listeningPort = listeningPort
