@@ -61,6 +61,26 @@ class IFlow(Interface):
         """
 
 
+class IStreamFlow(IFlow):
+    """
+    The flow of one stream connection (TCP, TLS, WS, WSS), as the
+    L{sipcore.transport.connections.ConnectionTable} holds it.
+    """
+
+    def abort():
+        """
+        Drop the connection at once, without a graceful close.  The
+        connection's close event fires as for any other close.
+        """
+
+    def bound(until):
+        """
+        A binding for this connection was saved, valid until C{until}
+        (seconds on the server's clock): the connection keeps the idle
+        timeout of a registered connection until then.
+        """
+
+
 class IMessageSink(Interface):
     """
     What transports feed: the SIP core.  Transports frame bytes into

@@ -27,7 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from sipcore.events import TCP_CLOSED, ConnectionEvent
-from sipcore.interfaces import IDatabasePool, IEventBus, IFlow
+from sipcore.interfaces import IDatabasePool, IEventBus, IFlow, IStreamFlow
 from sipcore.location import MemoryLocationStore
 from sipcore.message import Address, Request, Response, parseMessage
 
@@ -37,6 +37,7 @@ __all__ = [
     "FakePool",
     "LogCapture",
     "MemoryLocationStore",
+    "FakeStreamFlow",
     "RecordingBus",
     "UDPMemoryReactor",
     "connectionEvent",
@@ -103,6 +104,34 @@ class FakeFlow:
         Everything sent, parsed: responses only (else C{TypeError}).
         """
         return [parseResponse(data) for data, _ in self.sent]
+
+
+@implementer(IStreamFlow)
+class FakeStreamFlow(FakeFlow):
+    """
+    A stream flow that keeps what is sent through it, for a
+    L{sipcore.transport.connections.ConnectionTable}.
+
+    @ivar aborted: whether L{abort} was called.
+    @ivar boundUntil: the C{until} of each call of L{bound}, in order.
+    """
+
+    def __init__(
+        self,
+        transport: str = "tcp",
+        conid: int | None = None,
+        local: tuple[str, int] = ("127.0.0.1", 5060),
+        remote: tuple[str, int] = ("127.0.0.1", 40000),
+    ) -> None:
+        super().__init__(transport, conid, local, remote)
+        self.aborted = False
+        self.boundUntil: list[float] = []
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    def bound(self, until: float) -> None:
+        self.boundUntil.append(until)
 
 
 @implementer(IUDPTransport)

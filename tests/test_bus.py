@@ -48,7 +48,9 @@ class RecordingHandler:
         priority: int = 100,
         mode: str = "sync",
         log: list[str] | None = None,
-        **options: Any,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+        backlog: int | None = None,
     ) -> None:
         self.name = name
         self.description = "test handler " + name
@@ -60,8 +62,9 @@ class RecordingHandler:
         self.pending: list[Deferred[None]] = []
         self.cancelled = 0
         self.log = log
-        for key, value in options.items():
-            setattr(self, key, value)
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self.backlog = backlog
 
     def start(self, context: object) -> None:
         pass
@@ -175,7 +178,7 @@ class DeliveryTests(SynchronousTestCase):
         logged and the returned Deferred fires.
         """
         bus = EventBus(Clock())
-        self.assertIsNone(self.successResultOf(bus.fire(object())))
+        self.assertIsNone(self.successResultOf(bus.fire(object())))  # type: ignore[arg-type]
         self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
 
     def test_nonePerHandlerOptionsUseDefaults(self) -> None:

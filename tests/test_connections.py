@@ -18,7 +18,8 @@ from sipcore.events import (
     WEBSOCKET_CLOSED,
     WEBSOCKET_CONNECTED,
 )
-from sipcore.interfaces import IFlow
+from sipcore.interfaces import IStreamFlow
+from sipcore.testing import FakeStreamFlow
 from sipcore.transport.connections import (
     ConnectionTable,
     ShuttingDown,
@@ -80,10 +81,10 @@ class StreamFlowTests(SynchronousTestCase):
 
     def test_interface(self) -> None:
         """
-        A L{StreamFlow} provides L{IFlow} and is reliable.
+        A L{StreamFlow} provides L{IStreamFlow} and is reliable.
         """
         flow, _ = makeFlow()
-        self.assertTrue(verifyObject(IFlow, flow))
+        self.assertTrue(verifyObject(IStreamFlow, flow))
         self.assertTrue(flow.reliable)
         self.assertIsNone(flow.conid)
 
@@ -99,6 +100,24 @@ class StreamFlowTests(SynchronousTestCase):
         flow.abort()
         self.assertEqual(protocol.sent, [b"a", b"b"])
         self.assertEqual((protocol.closeCalls, protocol.abortCalls), (1, 1))
+
+
+class FakeStreamFlowTests(SynchronousTestCase):
+    """
+    Tests for L{sipcore.testing.FakeStreamFlow}.
+    """
+
+    def test_interface(self) -> None:
+        """
+        A L{FakeStreamFlow} provides L{IStreamFlow}; C{abort} closes it and
+        C{bound} records the expiry.
+        """
+        flow = FakeStreamFlow()
+        self.assertTrue(verifyObject(IStreamFlow, flow))
+        flow.bound(12.5)
+        flow.abort()
+        self.assertEqual((flow.boundUntil, flow.aborted, flow.closed), ([12.5], True, True))
+        self.assertFalse(flow.send(b"x"))
 
 
 class AddressOfTests(SynchronousTestCase):

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore.events import TCP_RESET
 from sipcore.tap import Options, buildService
-from sipcore.testing import FakeFlow, LogCapture, UDPMemoryReactor
+from sipcore.testing import FakeFlow, FakeStreamFlow, LogCapture, UDPMemoryReactor
 
 
 def register(contact: str, expires: int, cseq: int, via: str = "TCP") -> bytes:
@@ -23,15 +23,6 @@ def register(contact: str, expires: int, cseq: int, via: str = "TCP") -> bytes:
         "Call-ID: r1\r\nCSeq: {cseq} REGISTER\r\nMax-Forwards: 70\r\n"
         "Contact: <{contact}>;expires={expires}\r\nContent-Length: 0\r\n\r\n"
     ).format(contact=contact, expires=expires, cseq=cseq, via=via).encode()
-
-
-class StreamFlow(FakeFlow):
-    """
-    A fake stream flow: the registrar extends its idle timeout.
-    """
-
-    def bound(self, until: float) -> None:
-        pass
 
 
 class EventLogTests(SynchronousTestCase):
@@ -61,7 +52,7 @@ class EventLogTests(SynchronousTestCase):
         """
         service = self.serve("--log-events")
         capture = LogCapture(self, "sipcore.handlers.eventlog")
-        flow = StreamFlow("tcp", remote=("192.0.2.7", 5070))
+        flow = FakeStreamFlow("tcp", remote=("192.0.2.7", 5070))
         conid = service.table.add(flow)
         contact = "sip:alice@192.0.2.7:5070;transport=tcp"
         service.core.messageReceived(register(contact, 600, 1), flow)

@@ -48,6 +48,10 @@ class EventRecorder:
 
     name = "test-recorder"
     events = (TCP_CONNECTED, WEBSOCKET_CONNECTED, WEBSOCKET_CLOSED) + tuple(CLOSE_EVENTS)
+    priority = 0
+    timeout: float | None = None
+    concurrency: int | None = None
+    backlog: int | None = None
 
     def __init__(self) -> None:
         self.seen: list[Any] = []

@@ -22,7 +22,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore.transport._autobahn import (
     HANDSHAKE_STATE,
+    FrameState,
     QuietConnectionLost,
+    cancelCloseHandshakeTimer,
+    closeState,
     readOptionsFromFactory,
     useReactorTimers,
 )
@@ -133,4 +136,69 @@ class AutobahnInternalsTests(SynchronousTestCase):
         protocol.makeConnection(StringTransport(hostAddress=LOCAL, peerAddress=PEER))
         protocol.dataReceived(handshake(protocols=None))
         self.assertEqual(missing, [[]])
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    def _server(self, cls: type[WebSocketServerProtocol]) -> tuple[
+            WebSocketServerProtocol, MemoryReactorClock]:
+        clock = MemoryReactorClock()
+        factory = WebSocketServerFactory(reactor=clock)
+        useReactorTimers(factory, clock)
+        factory.protocol = cls
+        protocol = factory.buildProtocol(PEER)
+        assert isinstance(protocol, cls)
+        protocol.makeConnection(StringTransport(hostAddress=LOCAL, peerAddress=PEER))
+        return protocol, clock
+
+    def test_closeStateInitialised(self) -> None:
+        """
+        autobahn's C{connectionMade} sets every attribute L{closeState}
+        reads, so it can be read as soon as the connection is made: nothing
+        has closed yet.
+        """
+        protocol, _ = self._server(WebSocketServerProtocol)
+        for name in ("closedByMe", "failedByMe", "wasClean", "wasOpenHandshakeTimeout",
+                     "wasCloseHandshakeTimeout", "localCloseCode", "localCloseReason",
+                     "remoteCloseCode", "remoteCloseReason", "closeHandshakeTimeoutCall"):
+            self.assertIn(name, vars(protocol))
+        state = closeState(protocol)
+        self.assertEqual(
+            (state.closedByMe, state.failedByMe, state.wasClean, state.openHandshakeTimeout,
+             state.closeHandshakeTimeout, state.localCode, state.remoteCode),
+            (False, False, False, False, False, None, None))
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    def test_closeStateOfServerClose(self) -> None:
+        """
+        After the server sends a close frame, L{closeState} says it closed
+        first, with the frame's code and reason as text; autobahn's closing
+        handshake timer runs until L{cancelCloseHandshakeTimer} cancels it.
+        """
+        protocol, clock = self._server(WebSocketServerProtocol)
+        protocol.dataReceived(handshake())
+        protocol.sendClose(1000, "bye")
+        state = closeState(protocol)
+        self.assertTrue(state.closedByMe)
+        self.assertEqual((state.localCode, state.localReason), (1000, "bye"))
+        self.assertIsNotNone(protocol.closeHandshakeTimeoutCall)
+        cancelCloseHandshakeTimer(protocol)
+        self.assertIsNone(protocol.closeHandshakeTimeoutCall)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_frameState(self) -> None:
+        """
+        autobahn sets C{inside_message} and C{current_frame} on a connection
+        when its opening handshake completes, to the values L{FrameState}
+        gives before it.
+        """
+        seen: list[tuple[object, object]] = []
+
+        class Protocol(FrameState, WebSocketServerProtocol):  # type: ignore[misc]
+            def onOpen(self) -> None:
+                seen.append((vars(self)["inside_message"], vars(self)["current_frame"]))
+
+        protocol, _ = self._server(Protocol)
+        self.assertEqual((protocol.inside_message, protocol.current_frame), (False, None))
+        protocol.dataReceived(handshake(protocols=None))
+        self.assertEqual(seen, [(FrameState.inside_message, FrameState.current_frame)])
         protocol.connectionLost(Failure(ConnectionDone()))

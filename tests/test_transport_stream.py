@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sipcore.events import TCP_CLOSED, TCP_CONNECTED, TCP_RESET, TCP_TIMEOUT
-from sipcore.interfaces import IFlow
+from sipcore.interfaces import IStreamFlow
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.settings import ConnectionSettings
 from sipcore.transport.stream import (
@@ -118,11 +118,11 @@ class StreamConnectionTests(StreamTestsMixin, SynchronousTestCase):
     def test_connectedEvent(self) -> None:
         """
         An accepted connection gets a conid and fires C{tcp:connected} with
-        its addresses; its flow provides L{IFlow}.
+        its addresses; its flow provides L{IStreamFlow}.
         """
         protocol, _ = self.connect()
         flow = flowOf(protocol)
-        self.assertTrue(verifyObject(IFlow, flow))
+        self.assertTrue(verifyObject(IStreamFlow, flow))
         [event] = self.bus.events
         self.assertEqual(event.name, TCP_CONNECTED)
         self.assertEqual(event.conid, flow.conid)

@@ -28,7 +28,7 @@ from sipcore.events import (
     WEBSOCKET_CLOSED,
     WEBSOCKET_CONNECTED,
 )
-from sipcore.interfaces import IFlow
+from sipcore.interfaces import IStreamFlow
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.settings import ConnectionSettings
 from sipcore.transport.stream import StreamFlow
@@ -211,7 +211,7 @@ class HandshakeTests(WebSocketTestsMixin, SynchronousTestCase):
         self.assertIn(b"Sec-WebSocket-Protocol: sip\r\n", response)
         conid = conidOf(protocol)
         self.assertEqual(self.bus.names(conid), [TCP_CONNECTED, WEBSOCKET_CONNECTED])
-        self.assertTrue(verifyObject(IFlow, protocol.sipFlow))
+        self.assertTrue(verifyObject(IStreamFlow, protocol.sipFlow))
         self.assertEqual(flowOf(protocol).remote, ("192.0.2.7", 40000))
 
     def test_refusesWithoutSip(self) -> None:

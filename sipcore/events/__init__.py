@@ -22,7 +22,9 @@ from sipcore.events._types import (
     WEBSOCKET_CLOSED,
     WEBSOCKET_CONNECTED,
     ConnectionEvent,
+    Event,
     RegistrationEvent,
+    conidOf,
 )
 
 __all__ = [
@@ -41,5 +43,7 @@ __all__ = [
     "WEBSOCKET_CLOSED",
     "WEBSOCKET_CONNECTED",
     "ConnectionEvent",
+    "Event",
     "RegistrationEvent",
+    "conidOf",
 ]

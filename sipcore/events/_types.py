@@ -7,7 +7,7 @@ connections, L{RegistrationEvent} for bindings of the location service.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
     from sipcore.location.binding import Binding
@@ -123,3 +123,18 @@ class RegistrationEvent:
                    expires=binding.expires, connectionId=binding.connectionId,
                    received=binding.received, userAgent=binding.userAgent, time=time,
                    serverId=serverId)
+
+
+#: What the bus carries.
+Event = Union[ConnectionEvent, RegistrationEvent]
+
+
+def conidOf(event: Event) -> int:
+    """
+    The connection an event is about: a L{ConnectionEvent}'s C{conid}, a
+    L{RegistrationEvent}'s C{connectionId} (C{-1} for a binding not bound
+    to a connection).
+    """
+    if isinstance(event, ConnectionEvent):
+        return event.conid
+    return event.connectionId

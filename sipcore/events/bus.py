@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -22,10 +22,51 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sipcore.events._types import Event, conidOf
 from sipcore.interfaces import IEventBus, ITimer
 from sipcore.timers import TimerQueues
 
-__all__ = ["EventBus", "HandlerStats"]
+__all__ = ["EventBus", "HandlerStats", "Subscriber"]
+
+
+class Subscriber(Protocol):
+    """
+    What L{EventBus.subscribe} takes, as a
+    L{sipcore.plugin.EnabledHandler} has it.
+
+    @ivar name: unique among the subscribers.
+    @ivar events: the names of the events delivered to it.
+    @ivar priority: lower is delivered to first (then by C{name}).
+    @ivar timeout: seconds an invocation may take, or C{None} for the
+        bus's default.
+    @ivar concurrency: invocations in flight at once, or C{None} for the
+        bus's default.
+    @ivar backlog: events that may wait beyond C{concurrency}, or C{None}
+        for the bus's default.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def events(self) -> Sequence[str]: ...
+
+    @property
+    def priority(self) -> int: ...
+
+    @property
+    def timeout(self) -> float | None: ...
+
+    @property
+    def concurrency(self) -> int | None: ...
+
+    @property
+    def backlog(self) -> int | None: ...
+
+    def handle(self, event: Any) -> Any:
+        """
+        Handle one event: C{None}, a L{Deferred} or a coroutine.
+        """
 
 
 @dataclass
@@ -77,16 +118,16 @@ class _Subscription:
     """
 
     def __init__(
-        self, handler: Any, name: str, timeout: float, concurrency: int, backlog: int
+        self, handler: Subscriber, name: str, timeout: float, concurrency: int, backlog: int
     ) -> None:
         self.handler = handler
         self.name = name
         self.events = tuple(handler.events)
-        self.priority = getattr(handler, "priority", 0)
+        self.priority = handler.priority
         self.timeout = timeout
         self.concurrency = concurrency
         self.backlog = backlog
-        self.waiting: deque[tuple[Any, Callable[[], None]]] = deque()
+        self.waiting: deque[tuple[Event, Callable[[], None]]] = deque()
         self.stats = HandlerStats()
         self.overflowing = False
         self.droppedInOverflow = 0
@@ -97,20 +138,15 @@ class _Subscription:
         return (self.priority, self.name)
 
 
-def _option(handler: Any, attribute: str, default: Any) -> Any:
-    value = getattr(handler, attribute, None)
-    return default if value is None else value
-
-
 @implementer(IEventBus)
 class EventBus:
     """
     Delivers each event to the handlers subscribed to its name, in order of
     C{priority} (lower first) then C{name}.
 
-    Per-handler options are read from the handler's attributes when present
-    and not C{None}: C{timeout} (seconds), C{concurrency} (invocations in
-    flight) and C{backlog} (events that may wait beyond the concurrency).
+    Each subscriber's C{timeout} (seconds), C{concurrency} (invocations in
+    flight) and C{backlog} (events that may wait beyond the concurrency)
+    apply to it; where one is C{None} the bus's default does.
     """
 
     _log = Logger()
@@ -125,11 +161,11 @@ class EventBus:
         """
         @param clock: the C{IReactorTime} for the timeouts.
         @param defaultTimeout: seconds after which a handler's L{Deferred} is
-            cancelled, for handlers without a C{timeout} attribute.
+            cancelled, for handlers whose C{timeout} is C{None}.
         @param defaultConcurrency: invocations of one handler in flight at a
-            time, for handlers without a C{concurrency} attribute.
+            time, for handlers whose C{concurrency} is C{None}.
         @param defaultBacklog: events that may wait for one handler, for
-            handlers without a C{backlog} attribute.
+            handlers whose C{backlog} is C{None}.
         """
         self._clock = clock
         # one reactor call per timeout value, not one per invocation: a
@@ -146,11 +182,11 @@ class EventBus:
     # ------------------------------------------------------------------
     # Subscriptions
 
-    def subscribe(self, handler: Any) -> None:
+    def subscribe(self, handler: Subscriber) -> None:
         """
         Deliver the events named in C{handler.events} to C{handler.handle}.
 
-        @param handler: an L{IEventHandler} provider.
+        @param handler: the L{Subscriber}.
         @raise ValueError: if a handler of the same name is subscribed, or
             its C{timeout}, C{concurrency} or C{backlog} is out of range.
         """
@@ -163,9 +199,10 @@ class EventBus:
                     name, handler.events
                 )
             )
-        timeout = float(_option(handler, "timeout", self.defaultTimeout))
-        concurrency = int(_option(handler, "concurrency", self.defaultConcurrency))
-        backlog = int(_option(handler, "backlog", self.defaultBacklog))
+        timeout = float(self.defaultTimeout if handler.timeout is None else handler.timeout)
+        concurrency = int(self.defaultConcurrency if handler.concurrency is None
+                          else handler.concurrency)
+        backlog = int(self.defaultBacklog if handler.backlog is None else handler.backlog)
         if timeout <= 0:
             raise ValueError("handler {!r}: timeout must be positive".format(name))
         if concurrency < 1:
@@ -179,7 +216,7 @@ class EventBus:
             subs.append(sub)
             subs.sort(key=_Subscription.sortKey)
 
-    def unsubscribe(self, handler: Any) -> None:
+    def unsubscribe(self, handler: Subscriber) -> None:
         """
         Stop delivering events to C{handler}.  Invocations in flight run to
         their end; events waiting in its backlog are discarded (counted as
@@ -238,7 +275,7 @@ class EventBus:
     # ------------------------------------------------------------------
     # Delivery
 
-    def fire(self, event: Any) -> Deferred[None]:
+    def fire(self, event: Event) -> Deferred[None]:
         """
         Deliver C{event} to every handler subscribed to C{event.name}.
 
@@ -257,10 +294,10 @@ class EventBus:
                 self._deliver(sub, event, done.one)
             return done.deferred
         except BaseException:
-            self._log.failure("bus: bug delivering {event!r}", event=getattr(event, "name", event))
+            self._log.failure("bus: bug delivering {event!r}", event=event)
             return succeed(None)
 
-    def _deliver(self, sub: _Subscription, event: Any, done: Callable[[], None]) -> None:
+    def _deliver(self, sub: _Subscription, event: Event, done: Callable[[], None]) -> None:
         """
         Start an invocation, or queue the event, or drop it.
         """
@@ -292,12 +329,12 @@ class EventBus:
                 handler=sub.name,
                 running=sub.stats.running,
                 backlog=sub.backlog,
-                event=getattr(event, "name", None),
-                conid=getattr(event, "conid", None),
+                event=event.name,
+                conid=conidOf(event),
             )
         done()
 
-    def _start(self, sub: _Subscription, event: Any, done: Callable[[], None]) -> None:
+    def _start(self, sub: _Subscription, event: Event, done: Callable[[], None]) -> None:
         """
         Call the handler and track what it returns.
         """
@@ -334,8 +371,8 @@ class EventBus:
             self._log.error(
                 "handler {handler} failed on {event} for conid {conid}: {error}",
                 handler=sub.name,
-                event=getattr(event, "name", None),
-                conid=getattr(event, "conid", None),
+                event=event.name,
+                conid=conidOf(event),
                 error=failure.getErrorMessage(),
                 log_failure=failure,
             )
@@ -350,8 +387,8 @@ class EventBus:
                 "cancelled",
                 handler=sub.name,
                 timeout=sub.timeout,
-                event=getattr(event, "name", None),
-                conid=getattr(event, "conid", None),
+                event=event.name,
+                conid=conidOf(event),
             )
             finish()
             try:

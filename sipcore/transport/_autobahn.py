@@ -22,6 +22,13 @@ holds thousands of idle WebSocket connections and sees them close at once:
     without it.
   - L{HANDSHAKE_STATE}: what autobahn keeps of the opening handshake, which
     L{sipcore.transport.websocket} releases once the WebSocket is open.
+  - L{closeState}: how the connection ended, from the attributes autobahn's
+    C{_connectionMade} initialises and its closing code sets
+    (C{closedByMe}, C{failedByMe}, C{wasClean}, the handshake timeouts,
+    the close frames' codes and reasons).
+  - L{FrameState}: autobahn's C{inside_message} and C{current_frame},
+    which it sets only once the opening handshake completes, with the
+    values they have before it.
 
 C{tests.test_transport_autobahn} checks that each name is still there with
 the meaning used here, and C{setup.cfg} bounds autobahn's version.
@@ -30,12 +37,15 @@ the meaning used here, and C{setup.cfg} bounds autobahn's version.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 __all__ = [
+    "CloseState",
+    "FrameState",
     "HANDSHAKE_STATE",
     "QuietConnectionLost",
     "readOptionsFromFactory",
@@ -60,6 +70,86 @@ HANDSHAKE_STATE = (
     "_wskey",
     "_transport_details",
 )
+
+
+@dataclass(frozen=True)
+class CloseState:
+    """
+    How a WebSocket connection ended, as autobahn recorded it.
+
+    @ivar closedByMe: the server sent the first close frame.
+    @ivar failedByMe: the server failed the connection (a protocol
+        violation by the peer).
+    @ivar wasClean: the closing handshake completed.
+    @ivar openHandshakeTimeout: the opening handshake timed out.
+    @ivar closeHandshakeTimeout: the peer did not answer the server's
+        close frame in time.
+    @ivar localCode: the code of the close frame the server sent, or
+        C{None}.
+    @ivar localReason: its reason, or C{None}.
+    @ivar remoteCode: the code of the close frame the peer sent, or
+        C{None}.
+    @ivar remoteReason: its reason, or C{None}.
+    """
+
+    closedByMe: bool
+    failedByMe: bool
+    wasClean: bool
+    openHandshakeTimeout: bool
+    closeHandshakeTimeout: bool
+    localCode: int | None
+    localReason: str | None
+    remoteCode: int | None
+    remoteReason: str | None
+
+
+def closeState(protocol: WebSocketProtocol) -> CloseState:
+    """
+    Read how C{protocol}'s connection ended.
+
+    @param protocol: an autobahn protocol whose connection was made
+        (autobahn's C{connectionMade} ran).
+    """
+    reason = protocol.localCloseReason
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    return CloseState(
+        closedByMe=bool(protocol.closedByMe),
+        failedByMe=bool(protocol.failedByMe),
+        wasClean=bool(protocol.wasClean),
+        openHandshakeTimeout=bool(protocol.wasOpenHandshakeTimeout),
+        closeHandshakeTimeout=bool(protocol.wasCloseHandshakeTimeout),
+        localCode=protocol.localCloseCode,
+        localReason=reason,
+        remoteCode=protocol.remoteCloseCode,
+        remoteReason=protocol.remoteCloseReason,
+    )
+
+
+def cancelCloseHandshakeTimer(protocol: WebSocketProtocol) -> None:
+    """
+    Cancel autobahn's closing handshake timer of C{protocol}, which it
+    leaves behind when the peer drops the connection before answering the
+    server's close frame.
+    """
+    call, protocol.closeHandshakeTimeoutCall = protocol.closeHandshakeTimeoutCall, None
+    if call is not None:
+        call.cancel()
+
+
+class FrameState:
+    """
+    A mixin for a subclass of autobahn's protocol: autobahn's frame
+    parsing state, readable before the opening handshake completes (when
+    autobahn sets it).
+
+    @ivar inside_message: a message has begun and not ended.
+    @ivar current_frame: the header of the frame being received, or
+        C{None} between frames.
+    """
+
+    inside_message: bool = False
+    current_frame: Any = None
 
 
 class _ReactorCall:

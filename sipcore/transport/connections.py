@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -33,7 +34,7 @@ from sipcore.events import (
     WEBSOCKET_CONNECTED,
     ConnectionEvent,
 )
-from sipcore.interfaces import IFlow
+from sipcore.interfaces import IStreamFlow
 from sipcore.metrics import CollectorRegistry, Metric, counterFamily, gaugeFamily, register
 from sipcore.throttle import LogThrottle, sourceKey
 
@@ -85,25 +86,26 @@ def addressOf(address: Any) -> tuple[str, int]:
     """
     Turn a Twisted address into C{(host, port)} with the host as text.
 
-    @param address: an L{twisted.internet.interfaces.IAddress} with C{host}
-        and C{port} (L{IPv4Address}, L{IPv6Address}), or a tuple as UDP
+    @param address: an L{IPv4Address} or L{IPv6Address}, another
+        L{twisted.internet.interfaces.IAddress}, or a tuple as UDP
         gives (C{(host, port)} or C{(host, port, flowinfo, scope)}).
     @return: C{(host, port)}; C{("", 0)} for an address without them.
     """
     if isinstance(address, tuple):
         host, port = address[0], address[1]
+    elif isinstance(address, (IPv4Address, IPv6Address)):
+        host, port = address.host, address.port
     else:
-        host = getattr(address, "host", "")
-        port = getattr(address, "port", 0)
+        host, port = "", 0
     if isinstance(host, bytes):
         host = host.decode("ascii", "replace")
     return (str(host), int(port or 0))
 
 
-@implementer(IFlow)
+@implementer(IStreamFlow)
 class StreamFlow:
     """
-    The L{IFlow} of one stream connection (TCP, TLS, WS, WSS).
+    The L{IStreamFlow} of one stream connection (TCP, TLS, WS, WSS).
 
     A protocol owns one and hands it to the sink with every message.  It is
     a separate object because L{IFlow.transport} (the transport name) would
@@ -158,8 +160,8 @@ class StreamFlow:
 
     def abort(self) -> None:
         """
-        Drop the connection at once (not part of L{IFlow}; used by
-        L{ConnectionTable.closeAll} when a graceful close takes too long).
+        Drop the connection at once (L{ConnectionTable.closeAll} does when
+        a graceful close takes too long).
         """
         self._protocol._flowAbort()
 
@@ -167,8 +169,8 @@ class StreamFlow:
         """
         A binding for this connection was saved, valid until C{until}
         (seconds on the server's clock): the connection keeps the idle
-        timeout of a registered connection until then (not part of
-        L{IFlow}; called through L{ConnectionTable.bound}).
+        timeout of a registered connection until then (called through
+        L{ConnectionTable.bound}).
         """
         self._protocol._flowBound(until)
 
@@ -179,7 +181,7 @@ class _Entry:
     What the table knows about one live connection.
     """
 
-    flow: Any
+    flow: IStreamFlow
     transport: str
     local: tuple[str, int]
     remote: tuple[str, int]
@@ -288,7 +290,7 @@ class ConnectionTable:
 
     def get(self, conid: int) -> Any:
         """
-        @return: the L{IFlow} of a live connection, or C{None}.
+        @return: the L{IStreamFlow} of a live connection, or C{None}.
         """
         entry = self._entries.get(conid)
         return entry.flow if entry is not None else None
@@ -301,7 +303,7 @@ class ConnectionTable:
 
         Sets C{flow.conid} to the new id.
 
-        @param flow: an L{IFlow} of transport C{'tcp'}, C{'tls'}, C{'ws'} or
+        @param flow: an L{IStreamFlow} of transport C{'tcp'}, C{'tls'}, C{'ws'} or
             C{'wss'}.
         @param direction: C{'inbound'} (accepted by a listener) or
             C{'outbound'} (opened by this node); every event of the
@@ -486,8 +488,7 @@ class ConnectionTable:
         The grace period of L{closeAll} ran out: abort what is still open.
         """
         for conid, entry in list(self._entries.items()):
-            abort = getattr(entry.flow, "abort", entry.flow.close)
-            self._callFlow(conid, abort)
+            self._callFlow(conid, entry.flow.abort)
         if self._entries:
             self._shutdownCalls.append(
                 self._clock.callLater(self.closeGrace, self._forgetRemaining)

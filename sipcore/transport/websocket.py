@@ -69,7 +69,10 @@ from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT
 from sipcore.throttle import LogThrottle
 from sipcore.transport._autobahn import (
     HANDSHAKE_STATE,
+    FrameState,
     QuietConnectionLost,
+    cancelCloseHandshakeTimer,
+    closeState,
     readOptionsFromFactory,
     useReactorTimers,
 )
@@ -107,7 +110,7 @@ _CONNECTING = WebSocketProtocol.STATE_CONNECTING
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 
 class SIPWebSocketProtocol(  # type: ignore[misc]
-        QuietConnectionLost, StreamLifecycle, WebSocketServerProtocol):
+        QuietConnectionLost, FrameState, StreamLifecycle, WebSocketServerProtocol):
     """
     One WS or WSS connection carrying SIP.
 
@@ -193,12 +196,7 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
         try:
             super().connectionLost(reason)
         finally:
-            # autobahn leaves its closing handshake timer behind when the
-            # peer drops the connection before answering our close frame.
-            call = getattr(self, "closeHandshakeTimeoutCall", None)
-            if call is not None:
-                call.cancel()
-                self.closeHandshakeTimeoutCall = None
+            cancelCloseHandshakeTimer(self)
             self._report()
 
     # -- autobahn ---------------------------------------------------------
@@ -367,28 +365,28 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
         The code and reason of the close frame that began the closing
         handshake (ours or the peer's), or C{(None, None)}.
         """
-        if getattr(self, "closedByMe", False) and self.localCloseCode is not None:
-            raw = self.localCloseReason
-            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-            return self.localCloseCode, text
-        code = getattr(self, "remoteCloseCode", None)
-        if code is not None:
-            return code, self.remoteCloseReason
+        state = closeState(self)
+        if state.closedByMe and state.localCode is not None:
+            return state.localCode, state.localReason
+        if state.remoteCode is not None:
+            return state.remoteCode, state.remoteReason
         return None, None
 
     def _classify(self) -> tuple[str, str]:
         if self._close is not None:
             return self._close
-        if getattr(self, "wasOpenHandshakeTimeout", False):
+        state = closeState(self)
+        if state.openHandshakeTimeout:
             return TCP_TIMEOUT, "websocket handshake timeout"
-        if getattr(self, "wasClean", False):
-            if getattr(self, "closedByMe", False):
+        if state.wasClean:
+            if state.closedByMe:
                 return TCP_CLOSED, "closed by server"
             return TCP_CLOSED, "closed by peer"
-        if getattr(self, "failedByMe", False):
-            return TCP_CLOSED, "protocol error: {}".format(self._closeFrame()[1] or "websocket protocol violation")
-        if getattr(self, "closedByMe", False) or self._closedByServer:
-            if getattr(self, "wasCloseHandshakeTimeout", False):
+        if state.failedByMe:
+            return TCP_CLOSED, "protocol error: {}".format(
+                self._closeFrame()[1] or "websocket protocol violation")
+        if state.closedByMe or self._closedByServer:
+            if state.closeHandshakeTimeout:
                 return TCP_CLOSED, "closed by server (no close frame in reply)"
             return TCP_CLOSED, "closed by server"
         kind, text = classifyLoss(self._lostReason, False)
@@ -422,7 +420,7 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
         """
         if self.state != _OPEN:
             return
-        partial = bool(self.data) or bool(getattr(self, "inside_message", False))
+        partial = bool(self.data) or self.inside_message
         self._partialMessage(partial, progress=False)
 
     def _releaseFrameState(self) -> None:
@@ -431,10 +429,10 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
         the UTF-8 validator.  autobahn makes a new unmasker for each frame
         and resets the validator when a text message begins.
         """
-        if self.state == _CONNECTING or getattr(self, "current_frame", None) is not None:
+        if self.state == _CONNECTING or self.current_frame is not None:
             return
         self.current_frame_masker = None
-        if not getattr(self, "inside_message", False):
+        if not self.inside_message:
             self._utf8validator = None
 
 
