@@ -5,9 +5,13 @@ the server itself (the server runs with C{twistd sipcore}).
 
   - C{sipcore db init --db DSN}: create Kamailio's C{location} schema
     (version 9) in the database, unless it is already there.
+  - C{sipcore ul dump|show AOR|rm AOR [RUID]}, C{sipcore conn list|close
+    CONID}, C{sipcore stats}, C{sipcore handlers}, C{sipcore reload}: ask a
+    running server's admin API (L{sipcore.admin.api}) and print a table, or
+    its JSON with C{--json}.
 
-Exit status: C{0} on success, C{1} when the database cannot be reached or
-refuses, C{2} for a usage error.
+Exit status: C{0} on success, C{1} when the database or the admin API cannot
+be reached or refuses, C{2} for a usage error.
 """
 
 from __future__ import annotations
@@ -66,7 +70,57 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONNECT_TIMEOUT,
         help="give up connecting after this many seconds (default: %(default)s)",
     )
+    _adminParsers(commands)
     return top
+
+
+def _adminParsers(commands: Any) -> None:
+    """
+    Add the admin API's commands to the C{sipcore} parser.
+    """
+    from sipcore.admin.client import DEFAULT_URL, URL_ENVIRONMENT
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--admin", metavar="URL", default=None,
+        help="the admin API (default: ${} or {})".format(URL_ENVIRONMENT, DEFAULT_URL))
+    common.add_argument(
+        "--token-file", metavar="FILE", default="",
+        help="file holding the bearer token (default: $SIPCORE_ADMIN_TOKEN)")
+    common.add_argument("--json", action="store_true", help="print the JSON answer")
+    common.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0,
+                        help="give up after this many seconds (default: %(default)s)")
+
+    ul = commands.add_parser("ul", help="registrations (user location)")
+    ulCommands = ul.add_subparsers(dest="ulCommand", metavar="ULCOMMAND")
+    ulCommands.required = True
+    dump = ulCommands.add_parser("dump", parents=[common], help="list registrations")
+    dump.add_argument("--domain", help="only this domain")
+    dump.add_argument("--user", help="only this user part")
+    dump.add_argument("--conid", type=int, help="only bindings of this connection")
+    dump.add_argument("--offset", type=int, default=0, help="skip this many")
+    dump.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
+    show = ulCommands.add_parser("show", parents=[common], help="one address of record")
+    show.add_argument("aor", metavar="AOR", help="user@domain")
+    rm = ulCommands.add_parser("rm", parents=[common],
+                               help="remove an address of record's bindings, or one")
+    rm.add_argument("aor", metavar="AOR", help="user@domain")
+    rm.add_argument("ruid", metavar="RUID", nargs="?", help="only this binding")
+
+    conn = commands.add_parser("conn", help="stream connections")
+    connCommands = conn.add_subparsers(dest="connCommand", metavar="CONNCOMMAND")
+    connCommands.required = True
+    connList = connCommands.add_parser("list", parents=[common], help="live connections")
+    connList.add_argument("--transport", choices=["tcp", "tls", "ws", "wss"])
+    close = connCommands.add_parser(
+        "close", parents=[common],
+        help="close a connection (its bindings are removed as for any close)")
+    close.add_argument("conid", metavar="CONID", type=int)
+
+    commands.add_parser("stats", parents=[common], help="every figure of the server")
+    commands.add_parser("handlers", parents=[common], help="handlers and job queues")
+    commands.add_parser("transactions", parents=[common], help="transactions and limits")
+    commands.add_parser("reload", parents=[common], help="reload what can be reloaded")
 
 
 def _firstLine(error: BaseException) -> str:
@@ -150,7 +204,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     @raise SystemExit: always, with the exit status.
     """
     options = parser().parse_args(argv)
-    # Only one command so far: "db init".
+    if options.command != "db":
+        from sipcore.admin.client import run
+
+        raise SystemExit(run(options, sys.stdout, sys.stderr))
     task.react(_run, (options,))
     raise SystemExit(0)  # pragma: no cover (react always exits)
 

@@ -540,6 +540,26 @@ class ILocationStore(Interface):
 # Database
 
 
+class IBindingListing(Interface):
+    """
+    A location store that can list its bindings page by page (the admin
+    API's registrations list).
+    """
+
+    def listBindings(now, query):
+        """
+        The unexpired bindings (at POSIX time C{now}) that
+        C{query} (a L{sipcore.location.query.BindingQuery}) selects, in
+        user part, domain, C{ruid} order, from C{query.offset}, at most
+        C{query.limit}.
+
+        @return: a L{Deferred} firing with a C{list} of
+            L{sipcore.location.binding.Binding}; it fails with
+            L{sipcore.location.StoreUnavailable} when the store cannot
+            answer.
+        """
+
+
 class IDatabasePool(Interface):
     """
     The PostgreSQL database as its users see it (the store, the subscriber

@@ -23,6 +23,8 @@ stopped.  L{sipcore.tap.buildService} builds this tree::
       StreamServerEndpointService        GET /metrics, with --metrics-listen
       ReloadService                      reloads credentials and TLS certificates
                                          on SIGHUP (twistd) / puts the handler back
+      AdminService                       the admin API, with --admin-listen
+      SystemdNotify                      READY=1 to systemd once all above started
 
 So the start opens the store before anything can write to it and listens
 last, and the stop goes the other way: stop listening, close the live
@@ -518,6 +520,7 @@ class SIPCoreService(OrderedServices):
         metricsService: IService | None = None,
         database: IService | None = None,
         reloader: ReloadService | None = None,
+        operations: Callable[[SIPCoreService], Iterable[IService]] | None = None,
     ) -> None:
         """
         Build the tree: the database when given, the store, the handlers,
@@ -530,8 +533,12 @@ class SIPCoreService(OrderedServices):
             with.
         @param database: the L{sipcore.db.Database} (with C{--db}), or
             C{None}.
-        @param reloader: the L{ReloadService} (C{SIGHUP}), started last and
-            stopped first, or C{None}.
+        @param reloader: the L{ReloadService} (C{SIGHUP} and the admin
+            API's reload), started after the metrics service, or C{None}.
+        @param operations: called with this service once its other children
+            are added; the services it returns (the admin API, the
+            systemd notice) are added last, so they start once everything
+            else has.
         """
         super().__init__()
         self._reactor = reactor
@@ -566,6 +573,9 @@ class SIPCoreService(OrderedServices):
         self.reloader = reloader
         if reloader is not None:
             reloader.setServiceParent(self)
+        if operations is not None:
+            for service in operations(self):
+                service.setServiceParent(self)
 
     @property
     def handlers(self) -> list[EnabledHandler]:

@@ -90,6 +90,12 @@ class Options(usage.Options):
         ["metrics-listen", None, "",
          "Endpoint serving GET /metrics (Prometheus text), e.g. "
          "tcp:9060:interface=127.0.0.1; empty: off."],
+        ["admin-listen", None, "",
+         "Endpoint of the admin API and health checks, e.g. "
+         "tcp:8079:interface=127.0.0.1; empty: off. Beyond loopback it needs a token."],
+        ["admin-token-file", None, "",
+         "File holding the admin API's bearer token (default: the SIPCORE_ADMIN_TOKEN "
+         "environment variable; none: no token on loopback)."],
         ["foreign-domain-status", None, 403,
          "Status for a REGISTER to a domain this server does not serve (403 or 404).", int],
         ["max-contacts", None, 10,
@@ -321,6 +327,7 @@ class Options(usage.Options):
             except (ValueError, KeyError, TypeError) as e:
                 raise usage.UsageError(
                     "--metrics-listen {!r}: {}".format(self["metrics-listen"], e)) from e
+        self["admin"] = _adminSettings(self)
         if self["db-init"] and not self["db"]:
             raise usage.UsageError("--db-init needs --db")
         if self["max-expires"] > 10 * 365 * 86400:
@@ -421,6 +428,7 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
     serverId = options["server-id"]
     # The figures of this server only (not prometheus_client's global registry).
     metrics = CollectorRegistry()
+    admin = options["admin"]
     bus = EventBus(reactor)
     table = ConnectionTable(bus, reactor, serverId=serverId, limits=ConnectionLimits(
         maxConnections=options["max-connections"],
@@ -457,6 +465,9 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
 
         store = GroupCommitStore(store, reactor, window=options["group-commit-window"],
                                  maxBatch=options["group-commit-max"])
+    # The store that lists bindings for the admin API (the group commit
+    # wrapper batches writes; listings go to the store beneath it).
+    listing = store
     writes = PendingWrites()
     trustedPeers = TrustedPeers.fromStrings(options["trusted-peer"])
     limiter = _buildRateLimiter(options, reactor, metrics)
@@ -549,6 +560,8 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
         metricsService=_buildMetrics(options, reactor, metrics),
         reloader=reloader,
         database=database,
+        operations=lambda root: _buildOperations(admin, reactor, root, listing, core, table,
+                                                 available, bool(options["db"])),
     )
 
 
@@ -576,6 +589,71 @@ def _buildReload(options: Options, reactor: Any, listeners: list[Any], signals: 
                                                      + ":" + str(listener.spec.port)),
                           readCertificate))
     return ReloadService(reactor, parts, installSignal=signals)
+
+
+def _adminSettings(options: Options) -> Any:
+    """
+    The L{sipcore.admin.AdminSettings} of the options.
+
+    @raise usage.UsageError: they cannot be used.
+    """
+    from sipcore.admin import AdminSettings, AdminSettingsError, adminSettings
+
+    if not options["admin-listen"]:
+        return AdminSettings()
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), options["admin-listen"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise usage.UsageError(
+            "--admin-listen {!r}: {}".format(options["admin-listen"], e)) from e
+    try:
+        return adminSettings(options["admin-listen"], options["admin-token-file"])
+    except AdminSettingsError as e:
+        raise usage.UsageError(str(e)) from None
+
+
+def _buildOperations(admin: Any, reactor: Any, root: Any, listing: Any, core: Any, table: Any,
+                     storeAvailable: Any, usesDatabase: bool) -> list[Any]:
+    """
+    The services started last: the admin API (with C{--admin-listen}) and
+    the systemd readiness notice.
+    """
+    from sipcore.admin.service import SystemdNotify
+
+    services: list[Any] = []
+    if admin.listen:
+        from twisted.internet.endpoints import serverFromString
+
+        from sipcore.admin.api import AdminAPI, AdminParts, registrySamples
+        from sipcore.admin.service import AdminService, readyChecks
+
+        parts = AdminParts(
+            reactor=reactor,
+            serverId=root.storeService.serverId,
+            store=root.store,
+            listing=listing,
+            table=table,
+            bus=root.bus,
+            handlers=[handler.name for handler in root.handlers],
+            queues=root.queues,
+            transactions=core.transactions.stats,
+            limits=lambda: {
+                "maxConnections": table.limits.maxConnections,
+                "maxConnectionsPerSource": table.limits.maxPerSource,
+                "maxMessageSize": core.maxSize,
+                "maxContacts": core.maxContacts,
+            },
+            metrics=lambda: registrySamples(root.metrics),
+            reload=lambda: root.reloader.reload("admin API"),
+            ready=readyChecks(root.listeners, storeAvailable, root.queues, usesDatabase),
+        )
+        services.append(AdminService(serverFromString(reactor, admin.listen),
+                                     AdminAPI(parts, admin.token)))
+    services.append(SystemdNotify())
+    return services
 
 
 def _buildMetrics(options: Options, reactor: Any, metrics: Any) -> Any:

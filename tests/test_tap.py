@@ -399,12 +399,19 @@ class ServiceTreeTests(SynchronousTestCase):
         """
         The root's children are the store, the handlers, the core and the
         listeners, in that order; with C{--metrics-listen} the metrics
-        service comes next, and the reload service last (it starts last
-        and stops first).
+        service comes next, then the reload service, with C{--admin-listen}
+        the admin API, and the systemd notice last (it starts once all the
+        others have).
         """
         service = buildService(parse("--metrics-listen", "tcp:0"), UDPMemoryReactor())
         self.assertEqual([child.name for child in service],
-                         ["store", "handlers", "core", "listeners", "metrics", "reload"])
+                         ["store", "handlers", "core", "listeners", "metrics", "reload",
+                          "systemd-notify"])
+        service = buildService(parse("--metrics-listen", "tcp:0", "--admin-listen",
+                                     "tcp:0:interface=127.0.0.1"), UDPMemoryReactor())
+        self.assertEqual([child.name for child in service],
+                         ["store", "handlers", "core", "listeners", "metrics", "reload",
+                          "admin", "systemd-notify"])
         listeners = service.getServiceNamed("listeners")
         self.assertEqual(list(listeners), service.listeners)
 

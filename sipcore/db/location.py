@@ -149,6 +149,17 @@ LOOKUP_MANY = (
 )
 
 # The deletes answer with the number of rows removed.
+#: Bindings for listing (C{sipcore ul dump}): unexpired, each filter
+#: applied when its parameter is not C{NULL} (domain, user part, connection
+#: id), in address-of-record order, a page at a time (LIMIT, OFFSET).
+LIST = (
+    SELECT + " WHERE expires > (to_timestamp(%s) AT TIME ZONE 'UTC')"
+    " AND (%s::text IS NULL OR domain = %s::text)"
+    " AND (%s::text IS NULL OR username = %s::text)"
+    " AND (%s::integer IS NULL OR connection_id = %s::integer)"
+    ' ORDER BY username COLLATE "C", domain COLLATE "C", ruid COLLATE "C"'
+    " LIMIT %s OFFSET %s"
+)
 REMOVE = (
     "WITH gone AS (DELETE FROM location WHERE ruid = ANY(%s) RETURNING 1)"
     " SELECT count(*) FROM gone"

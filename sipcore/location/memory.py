@@ -13,8 +13,9 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from sipcore.interfaces import ILocationStore
+from sipcore.interfaces import IBindingListing, ILocationStore
 from sipcore.location.binding import Binding
+from sipcore.location.query import BindingQuery, sortKey
 
 __all__ = ["MemoryLocationStore", "lookupOrder"]
 
@@ -28,7 +29,7 @@ def lookupOrder(binding: Binding) -> tuple[float, float, str]:
     return (-binding.q, -binding.lastModified, binding.ruid)
 
 
-@implementer(ILocationStore)
+@implementer(ILocationStore, IBindingListing)
 class MemoryLocationStore:
     """
     Bindings in dictionaries: by address of record, then by C{ruid}, plus an
@@ -171,6 +172,17 @@ class MemoryLocationStore:
                     ruid for ruid in members
                     if self._byAor[self._aorOfRuid[ruid]][ruid].lastModified < before)
         return defer.succeed(self._discardAll(ruids))
+
+    def listBindings(self, now: float, query: BindingQuery) -> defer.Deferred[list[Binding]]:
+        """
+        See L{sipcore.interfaces.IBindingListing.listBindings}.
+        """
+        found = sorted(
+            (b for perAor in self._byAor.values() for b in perAor.values()
+             if not b.isExpired(now) and query.matches(b)),
+            key=sortKey,
+        )
+        return defer.succeed(found[query.offset:query.offset + query.limit])
 
     def allBindings(self) -> list[Binding]:
         """

@@ -39,6 +39,7 @@ from zope.interface import implementer
 
 from sipcore.db import DatabaseUnavailable
 from sipcore.db.location import (
+    LIST,
     LOOKUP,
     LOOKUP_MANY,
     LOOKUP_NO_DOMAIN,
@@ -50,14 +51,15 @@ from sipcore.db.location import (
     insertStatement,
     rowToBinding,
 )
-from sipcore.interfaces import IDatabasePool, ILocationStore
+from sipcore.interfaces import IBindingListing, IDatabasePool, ILocationStore
 from sipcore.location import StoreUnavailable
 from sipcore.location.binding import Binding, splitAor
+from sipcore.location.query import BindingQuery
 
 __all__ = ["PostgresLocationStore"]
 
 
-@implementer(ILocationStore)
+@implementer(ILocationStore, IBindingListing)
 class PostgresLocationStore:
     """
     Bindings in Kamailio's C{location} table on PostgreSQL.
@@ -127,6 +129,21 @@ class PostgresLocationStore:
         else:
             statement, params = LOOKUP_NO_DOMAIN, (username, when)
         d = self._run("lookup", statement, params)
+        return d.addCallback(lambda rows: [rowToBinding(row) for row in rows])
+
+    def listBindings(self, now: float, query: BindingQuery) -> defer.Deferred[list[Binding]]:
+        """
+        See L{sipcore.interfaces.IBindingListing.listBindings}: one
+        parameterized C{SELECT}.  Fails with L{StoreUnavailable} when the
+        database cannot answer.
+        """
+        try:
+            when = _posixTime(now)
+        except TypeError:
+            return defer.fail(Failure())
+        params = (when, query.domain, query.domain, query.username, query.username,
+                  query.conid, query.conid, query.limit, query.offset)
+        d = self._run("list", LIST, params)
         return d.addCallback(lambda rows: [rowToBinding(row) for row in rows])
 
     def lookupMany(self, aors: Iterable[str], now: float) -> defer.Deferred[dict[str, list[Binding]]]:

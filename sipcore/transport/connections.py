@@ -295,6 +295,14 @@ class ConnectionTable:
         entry = self._entries.get(conid)
         return entry.flow if entry is not None else None
 
+    def openedAt(self, conid: int) -> float | None:
+        """
+        @return: when the live connection C{conid} was accepted (seconds on
+            the table's clock), or C{None} when it is not live.
+        """
+        entry = self._entries.get(conid)
+        return entry.openedAt if entry is not None else None
+
     # -- life cycle -------------------------------------------------------
 
     def add(self, flow: Any, direction: str = "inbound") -> int:
