@@ -407,6 +407,10 @@ class IHandlerContext(Interface):
         "The L{sipcore.location.ordering.PendingWrites} tracker: location "
         "writes in flight per connection id."
     )
+    pinger = Attribute(
+        "An L{IPinger} that sends C{OPTIONS} through the proxy's transaction "
+        "layer (health checks), or C{None} when sipcore has no proxy."
+    )
 
     def makeJobQueue(name, runner, **kwargs):
         """
@@ -417,6 +421,46 @@ class IHandlerContext(Interface):
         @param runner: callable taking a C{list} of items and returning a
             L{Deferred}; a failure keeps the items queued for retry.
         @return: the L{sipcore.jobs.JobQueue}.
+        """
+
+
+class IRouter(Interface):
+    """
+    A routing hook: decides where an initial request goes that is not for
+    a registered local user.  A handler made by a handler plugin may
+    provide it; sipcore consults the routers named by C{--router}, in
+    that order (see C{docs/routing.rst}).
+    """
+
+    def route(request):
+        """
+        Decide where one initial request goes.
+
+        @param request: a L{sipcore.routes.RoutingRequest} (read-only: the
+            request, its Request-URI and the caller).
+        @return: a L{Deferred} (or a plain value) firing with a
+            L{sipcore.routes.RouteTargets} (forward there), a
+            L{sipcore.routes.RouteAnswer} (answer the caller with it), or
+            C{None} (not this router's request: the next router decides).
+            A failure, or no answer within C{--routing-timeout}, gives the
+            caller C{500} and logs one line naming the router.
+        """
+
+
+class IPinger(Interface):
+    """
+    Sends C{OPTIONS} requests to check that a SIP server answers (the
+    dispatcher's health checks).
+    """
+
+    def ping(uri):
+        """
+        Send one C{OPTIONS} to C{uri} (a L{sipcore.message.URI}) at the next
+        hop it names.
+
+        @return: a L{Deferred} firing with C{True} when any final response
+            came back, C{False} when none came (transaction timeout, transport
+            error, or no flow reaches the hop); it never fails.
         """
 
 

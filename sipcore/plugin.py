@@ -372,6 +372,7 @@ class HandlerContext:
         jobQueues: dict[str, Any] | None = None,
         apiVersion: int = HANDLER_API_VERSION,
         handlerName: str | None = None,
+        pinger: Any = None,
     ) -> None:
         """
         @param serverId: this node's C{server_id}.
@@ -389,6 +390,8 @@ class HandlerContext:
         @param jobQueues: where built queues are recorded (a new C{dict} by
             default).
         @param handlerName: the name of the handler it is for.
+        @param pinger: the L{sipcore.interfaces.IPinger} of the proxy, or
+            C{None}.
         """
         self.apiVersion = apiVersion
         self.serverId = serverId
@@ -400,6 +403,7 @@ class HandlerContext:
         self._jobQueueFactory = jobQueueFactory
         self.jobQueues: dict[str, Any] = jobQueues if jobQueues is not None else {}
         self.handlerName = handlerName
+        self.pinger = pinger
 
     def makeJobQueue(self, name: str, runner: Callable[[list[Any]], Any], **kwargs: Any) -> Any:
         """

@@ -171,6 +171,12 @@ class Options(usage.Options):
         ["group-commit-window", None, 0.002,
          "With --db or the workers' shared store: seconds REGISTERs wait to share one "
          "location write (and one lookup) statement.", _positiveFloat],
+        ["routing-timeout", None, 5.0,
+         "Seconds a router (--router) may take to answer before the caller gets 500.",
+         _positiveFloat],
+        ["redirects", None, "relay",
+         "A 3xx response a branch receives: relay (to the caller) or recurse (forward to "
+         "its Contacts, at most --max-branches branches per request)."],
         ["group-commit-max", None, 500,
          "With --db or the workers' shared store: most bindings per group-committed "
          "statement (0: no group commit).",
@@ -201,6 +207,7 @@ class Options(usage.Options):
         self["limit-exempt"] = []
         self["trusted-peer"] = []
         self["dns-server"] = []
+        self["router"] = []
 
     def opt_listen(self, spec: str) -> None:
         """
@@ -310,10 +317,20 @@ class Options(usage.Options):
             self["dns-server"].append(parseServer(spec))
         except ValueError as e:
             raise usage.UsageError("--dns-server: {}".format(e)) from None
+    def opt_router(self, name: str) -> None:
+        """
+        An enabled handler that routes initial requests for no registered
+        local user (a provider of IRouter, such as 'routes'). Repeatable:
+        routers are asked in the order given.
+        """
+        if name not in self["router"]:
+            self["router"].append(name)
 
     def postOptions(self) -> None:
         if self["list-handlers"]:
             return
+        if self["redirects"] not in ("relay", "recurse"):
+            raise usage.UsageError("--redirects must be relay or recurse")
         if not self["listen"]:
             self["listen"] = list(DEFAULT_LISTEN)
         if self["foreign-domain-status"] not in (403, 404):
@@ -412,6 +429,7 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
     from sipcore.sip.registrar import Registrar, RegistrarPolicy
     from sipcore.sip.trust import TrustedPeers
     from sipcore.transport.connections import ConnectionLimits, ConnectionTable
+    from sipcore.transport.hops import HopConnector
     from sipcore.transport.listen import ListenerService
 
     names = options.handlerNames()
@@ -511,6 +529,9 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
         for spec in options["listen"]
     ]
     jobQueues: dict[str, Any] = {}
+    connector, resolver = _buildOutgoing(options, reactor, core, table, listeners)
+    hops = HopConnector(table, listeners, connector)
+    pinger = _buildPinger(options, core, hops)
     # A new handler of each plugin for this service.
     handlers = [
         EnabledHandler.make(plugin, HandlerContext(
@@ -522,9 +543,11 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
             writes=writes,
             jobQueues=jobQueues,
             handlerName=plugin.name,
+            pinger=pinger,
         ))
         for plugin, handlerOptions in plugins
     ]
+    routers = _buildRouters(options, reactor, handlers)
     if isinstance(store, MemoryLocationStore):
         def available() -> bool:
             return True
@@ -535,7 +558,8 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
     lagProbe = fromEnvironment(reactor, metrics=metrics)
     # The proxy routes what the core and the registrar do not
     # answer; it reads the listeners' bound addresses only once they listen.
-    proxy = _buildProxy(options, reactor, core, store, table, listeners, metrics)
+    proxy = _buildProxy(options, reactor, core, store, hops, resolver, routers,
+                        metrics)
     reloader = _buildReload(options, reactor, listeners, signals)
     return SIPCoreService(
         reactor,
@@ -670,8 +694,54 @@ def _buildMetrics(options: Options, reactor: Any, metrics: Any) -> Any:
     return MetricsService(serverFromString(reactor, options["metrics-listen"]), metrics)
 
 
-def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: Any,
-                listeners: list[Any], metrics: Any) -> Any:
+def _buildPinger(options: Options, core: Any, hops: Any) -> Any:
+    """
+    The L{sipcore.routes.ping.OptionsPinger} the routers' health checks
+    send through the core's transaction layer.
+    """
+    from sipcore.routes.ping import OptionsPinger
+    from sipcore.sip.recordroute import LocalAddresses
+
+    domains = options["domain"]
+    advertise = options["advertise-host"] or (domains[0] if domains else None)
+    return OptionsPinger(core.transactions, hops, LocalAddresses(hops, core.domains, advertise),
+                         fromHost=domains[0] if domains else "localhost")
+
+
+def _buildRouters(options: Options, reactor: Any, handlers: list[Any]) -> Any:
+    """
+    The L{sipcore.routes.RoutingChain} of the handlers named by
+    C{--router}, in that order.
+
+    @raise HandlerConfigError: for a name that is not an enabled handler or
+        whose handler is not a router, or an enabled router not named.
+    """
+    from sipcore.interfaces import IRouter
+    from sipcore.routes import RoutingChain
+
+    byName = {enabled.name: enabled.handler for enabled in handlers}
+    routers = []
+    for name in options["router"]:
+        handler = byName.get(name)
+        if handler is None:
+            raise HandlerConfigError(
+                "--router {}: no such enabled handler; enable it with --handler {}".format(
+                    name, name))
+        if not IRouter.providedBy(handler):
+            raise HandlerConfigError("--router {}: the handler does not route "
+                                     "(it does not provide IRouter)".format(name))
+        routers.append((name, handler))
+    unnamed = sorted(name for name, handler in byName.items()
+                     if IRouter.providedBy(handler) and name not in options["router"])
+    if unnamed:
+        raise HandlerConfigError(
+            "handler(s) {} route requests but are not named by --router; name them in the "
+            "order they are asked (--router NAME)".format(", ".join(unnamed)))
+    return RoutingChain(routers, reactor, options["routing-timeout"])
+
+
+def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, hops: Any,
+                resolver: Any, routers: Any, metrics: Any) -> Any:
     """
     Build the stateful proxy and make it the core's default handler.  A
     binding whose connection is gone is removed from the store by its
@@ -682,7 +752,6 @@ def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: An
     """
     from sipcore.sip.proxy import Proxy, ProxyPolicy
     from sipcore.sip.trust import TrustedPeers
-    from sipcore.transport.hops import HopConnector
 
     serverId = options["server-id"]
 
@@ -690,9 +759,8 @@ def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: An
         return store.removeConnections(serverId, [binding.connectionId])
 
     domains = options["domain"]
-    connector, resolver = _buildOutgoing(options, reactor, core, table, listeners)
     proxy = Proxy(
-        core, store, reactor, HopConnector(table, listeners, connector),
+        core, store, reactor, hops,
         resolver=resolver,
         serverId=serverId,
         policy=ProxyPolicy(
@@ -701,9 +769,11 @@ def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, table: An
             advertiseHost=options["advertise-host"] or (domains[0] if domains else None),
             maxBranches=options["max-branches"],
             trustedPeers=TrustedPeers.fromStrings(options["trusted-peer"]),
+            redirects=options["redirects"],
         ),
         staleBinding=staleBinding,
         metrics=metrics,
+        routers=routers,
     )
     proxy.install()
     return proxy

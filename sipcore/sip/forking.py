@@ -24,7 +24,7 @@ from zope.interface import implementer
 from sipcore.dns import Location
 from sipcore.interfaces import IClientTransactionUser, IFlow
 from sipcore.location import Binding
-from sipcore.message import URI, Request, Response, generateTag
+from sipcore.message import URI, Request, Response, SIPParseError, generateTag
 from sipcore.sip.clienttransaction import buildCancel
 from sipcore.sip.machine import ACCEPTED, PROCEEDING, TRYING
 from sipcore.sip.routing import NextHop, chooseBest
@@ -72,6 +72,11 @@ class Decision:
     targets: list[Target]
     aor: str | None = None
     loopHash: str = ""
+    #: whether the routers are asked when no binding takes it (an initial
+    #: request for no registered local user).
+    routable: bool = False
+    #: try the targets one after another (failover) rather than all at once.
+    serial: bool = False
 
 
 @implementer(IClientTransactionUser)
@@ -249,6 +254,10 @@ class ResponseContext:
         self.cancelled = False
         self.starting = True
         self.finals: list[tuple[Response, bool]] = []
+        # Serial targets not tried yet, and the decision they come from.
+        self.waiting: list[Target] = []
+        self.decision: Decision | None = None
+        self.tried: set[str] = set()
 
     # -- upstream -------------------------------------------------------------
 
@@ -287,12 +296,74 @@ class ResponseContext:
     # -- branches -----------------------------------------------------------------
 
     def start(self, targets: list[Target], decision: Decision) -> None:
+        """
+        Send a branch to each target (to the first only when the decision
+        is serial: the others wait for its failure).
+        """
+        self.decision = decision
+        if decision.serial:
+            self.waiting = list(targets[1:])
+            targets = targets[:1]
         for target in targets:
-            branch = Branch(self, target)
-            self.branches.append(branch)
-            self.proxy.sendBranch(self, branch, decision)
+            self._send(target)
         self.starting = False
         self._maybeFinish()
+
+    def _send(self, target: Target) -> None:
+        assert self.decision is not None
+        if target.uri is not None:
+            self.tried.add(str(target.uri))
+        branch = Branch(self, target)
+        self.branches.append(branch)
+        self.proxy.sendBranch(self, branch, self.decision)
+
+    def _failover(self) -> bool:
+        """
+        Send the next serial target when the last branch failed with
+        C{408} or a C{5xx} and the caller has not cancelled.
+
+        @return: whether a branch was sent.
+        """
+        if not self.waiting or self.cancelled or self.finalSent or not self.finals:
+            return False
+        status = self.finals[-1][0].status
+        if status != 408 and not 500 <= status < 600:
+            return False
+        self._send(self.waiting.pop(0))
+        return True
+
+    def _recurse(self, response: Response) -> bool:
+        """
+        Under C{redirects = recurse}, send a branch to each SIP Contact of
+        a 3xx not tried yet, while the request has had fewer than
+        C{maxBranches} branches.
+
+        @return: whether a branch was sent (the 3xx is then not a candidate
+            for the caller).
+        """
+        from sipcore.sip.proxy import RECURSE
+
+        proxy = self.proxy
+        if proxy.policy.redirects != RECURSE or self.cancelled or self.finalSent:
+            return False
+        try:
+            contacts = response.contacts
+        except SIPParseError:
+            return False
+        if contacts == "*":
+            return False
+        sent = False
+        for contact in contacts:
+            uri = contact.uri
+            if not uri.isSIP or str(uri) in self.tried:
+                continue
+            if len(self.branches) >= proxy.policy.maxBranches:
+                proxy.stats["redirectsCapped"] += 1
+                break
+            proxy.stats["redirectsFollowed"] += 1
+            self._send(proxy.targetOf(uri))
+            sent = True
+        return sent
 
     def branchResponse(self, branch: Branch, response: Response) -> None:
         if response.headers.removeFirst("Via") is None or not response.headers.lines("Via"):
@@ -341,6 +412,9 @@ class ResponseContext:
         branch.local = local
         branch.stopTimers()
         self.proxy.branchEnded(branch)
+        if not local and 300 <= response.status < 400 and self._recurse(response):
+            self._maybeFinish()
+            return
         self.finals.append((response, local))
         if self.isInvite and response.status >= 600:
             self.cancelOthers(branch, 600)
@@ -369,6 +443,8 @@ class ResponseContext:
             return
         pending = [branch for branch in self.branches if not branch.done]
         if pending:
+            return
+        if self._failover():
             return
         if not self.finalSent:
             if self.finals:

@@ -46,6 +46,15 @@ from sipcore.message import (
     parseURI,
 )
 from sipcore.metrics import CollectorRegistry, Metric, counterFamily, labelled, register
+from sipcore.routes.hook import (
+    PEER,
+    USER,
+    Caller,
+    RouteAnswer,
+    RouteTarget,
+    RoutingChain,
+    RoutingRequest,
+)
 from sipcore.sip.core import Refused
 from sipcore.sip.forking import Branch, Decision, ResponseContext, Target
 from sipcore.sip.recordroute import LocalAddresses, RecordRouter
@@ -65,7 +74,14 @@ from sipcore.sip.servertransaction import sendToSender
 from sipcore.sip.trust import TrustedPeers
 from sipcore.transport.outgoing import ConnectFailed
 
-__all__ = ["DEFAULT_MAX_BRANCHES", "DEFAULT_TIMER_C", "Proxy", "ProxyPolicy"]
+__all__ = ["DEFAULT_MAX_BRANCHES", "DEFAULT_TIMER_C", "RECURSE", "RELAY", "Proxy",
+           "ProxyPolicy"]
+
+#: C{--redirects}: a 3xx a branch receives goes to the caller (the default).
+RELAY = "relay"
+
+#: C{--redirects}: the proxy forwards the request to a 3xx's Contacts.
+RECURSE = "recurse"
 
 #: Seconds an INVITE branch may go without a provisional response before
 #: it is cancelled (RFC 3261 16.6 step 11: more than 3 minutes... we use
@@ -105,7 +121,11 @@ class ProxyPolicy:
         recently registered.
     @ivar trustedPeers: the sources a binding's C{Path} is honoured from
         (its C{received} address); any other binding is reached at its own
-        flow.
+        flow.  Requests from them may use routes.
+    @ivar redirects: L{RELAY} (a 3xx goes to the caller, as chosen among
+        the final responses) or L{RECURSE} (the request is forwarded to the
+        3xx's Contacts, while the request has had fewer than
+        C{maxBranches} branches).
     """
 
     timerC: float = DEFAULT_TIMER_C
@@ -115,6 +135,7 @@ class ProxyPolicy:
     recordRoute: bool = True
     maxBranches: int = DEFAULT_MAX_BRANCHES
     trustedPeers: TrustedPeers = TrustedPeers()
+    redirects: str = RELAY
 
 
 #: The methods the proxy's request counts name (others count as C{other}).
@@ -157,6 +178,7 @@ class Proxy:
         maxRecentBranches: int = DEFAULT_MAX_RECENT_BRANCHES,
         metrics: CollectorRegistry | None = None,
         resolver: Resolver | None = None,
+        routers: RoutingChain | None = None,
     ) -> None:
         """
         @param core: the L{sipcore.sip.core.SIPCore} (its C{transactions},
@@ -179,6 +201,9 @@ class Proxy:
             C{None}.
         @param resolver: what locates hosts given by name (RFC 3263); when
             C{None}, only IP addresses are reached.
+        @param routers: the L{RoutingChain} asked where an initial request
+            goes that is for no registered local user, when its caller is
+            an authenticated local user or a trusted peer; C{None}: none.
         """
         self.core = core
         self.transactions = core.transactions
@@ -193,6 +218,7 @@ class Proxy:
         self.recordRouter = RecordRouter(self.addresses, self.tokens, self.policy.recordRoute)
         self.maxRecentBranches = maxRecentBranches
         self.resolver = resolver
+        self.routers = routers if routers is not None else RoutingChain((), clock)
         self.stats: Counter[str] = Counter()
         self.requests: Counter[tuple[str, str]] = Counter()
         register(metrics, _ProxyCollector(self))
@@ -296,13 +322,101 @@ class Proxy:
             if context.cancelled or context.finalSent:
                 self._live.discard(context)
                 return
-            if not bindings:
+            if not bindings and decision.routable:
+                routed = await self._consult(tx, context, decision, local=True)
+                if routed is None:
+                    return
+                targets = routed
+            elif not bindings:
                 self._live.discard(context)
                 self.stats["status:404"] += 1
                 context.respondLocally(404, "Not Found")
                 return
-            targets = [self._bindingTarget(binding) for binding in self._forkSet(bindings)]
+            else:
+                targets = [self._bindingTarget(binding) for binding in self._forkSet(bindings)]
+        elif decision.routable:
+            routed = await self._consult(tx, context, decision, local=False)
+            if routed is None:
+                return
+            targets = routed
         context.start(targets, decision)
+
+    def _caller(self, tx: Any) -> Caller | None:
+        """
+        Who may use routes: the local user the request was authenticated
+        as, or a trusted peer; C{None} for anyone else.
+        """
+        source = tx.flow.remote[0]
+        if tx.authenticated is not None:
+            return Caller(USER, source, str(tx.authenticated))
+        if source in self.policy.trustedPeers:
+            return Caller(PEER, source)
+        return None
+
+    async def _consult(self, tx: Any, context: ResponseContext, decision: Decision,
+                       local: bool) -> list[Target] | None:
+        """
+        Ask the routers where an initial request for no registered local
+        user goes.  Without a router's answer the request is treated as
+        without routers: C{404} for a local Request-URI, else forwarded by
+        its Request-URI under C{forwardForeign}, else refused.  A caller
+        that may not use routes is treated the same way.
+
+        @return: the targets, or C{None} when the request was answered.
+        """
+        caller = self._caller(tx)
+        answer: Any = None
+        if caller is not None:
+            answer = await self.routers.route(
+                RoutingRequest(tx.request, decision.request.uri, caller, local))
+        if context.cancelled or context.finalSent:
+            self._live.discard(context)
+            return None
+        if answer is None:
+            if local:
+                refusal = Refused(404, "Not Found")
+            elif self.policy.forwardForeign:
+                try:
+                    return [self._hopTarget(decision.request.uri)]
+                except Refused as e:
+                    refusal = e
+            else:
+                refusal = self._foreign()
+            self._live.discard(context)
+            self.stats["status:{}".format(refusal.status)] += 1
+            context.respondLocally(refusal.status, refusal.reason, refusal.headers)
+            return None
+        if isinstance(answer, RouteAnswer):
+            self._live.discard(context)
+            self.stats["status:{}".format(answer.status)] += 1
+            context.respondLocally(answer.status, answer.reason, answer.headers)
+            return None
+        decision.serial = answer.serial
+        return [self._routeTarget(target) for target in answer.targets]
+
+    def _routeTarget(self, target: RouteTarget) -> Target:
+        """
+        The L{Target} of a router's L{RouteTarget}.
+        """
+        return self.targetOf(target.uri, target.nextHop)
+
+    def targetOf(self, uri: URI | None, nextHop: URI | None = None) -> Target:
+        """
+        The L{Target} that sends a request with Request-URI C{uri} (C{None}:
+        unchanged) to C{nextHop} (C{None}: where C{uri} points): the next
+        hop it names, located by the resolver (RFC 3263) when it names a
+        host by name; a URI reached neither way fails its branch with
+        C{503}.
+        """
+        hopURI = nextHop or uri
+        if hopURI is None:
+            raise ValueError("a target needs a Request-URI or a next hop")
+        try:
+            return Target(uri=uri, hop=nextHopOf(hopURI))
+        except NoRoute:
+            if self._locatable(hopURI):
+                return Target(uri=uri, locate=hopURI)
+            return Target(uri=uri)
 
     def _forkSet(self, bindings: list[Binding]) -> list[Binding]:
         """
@@ -387,6 +501,10 @@ class Proxy:
             if not uri.user or not uri.host:
                 raise Refused(404, "Not Found")
             decision.aor = aorKey(uri.user, uri.host.lower())
+            decision.routable = bool(self.routers) and not toTag
+            return decision
+        if self.routers and not toTag and not stateless:
+            decision.routable = True
             return decision
         if not self.policy.forwardForeign:
             raise self._foreign()

@@ -31,3 +31,11 @@ eventLog = HandlerPlugin(
     implementation="sipcore.handlers.eventlog.EventLog",
     priority=90,
 )
+
+routes = HandlerPlugin(
+    "routes",
+    "Built-in routes: a default upstream, per-domain and per-prefix routes, dispatcher sets "
+    "with OPTIONS health checks (a router: name it in --router)",
+    (),
+    implementation="sipcore.routes.static.StaticRoutes",
+)
