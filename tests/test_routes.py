@@ -205,6 +205,22 @@ class DispatcherTests(SynchronousTestCase):
         self.assertIn("answers again", changes[1])
         checks.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
+        # A ping left unanswered counts as down after the ping timeout.
+        hanging: list[defer.Deferred[bool]] = []
+
+        @implementer(IPinger)
+        class Silent:
+            def ping(self, uri: Any) -> defer.Deferred[bool]:
+                d: defer.Deferred[bool] = defer.Deferred()
+                hanging.append(d)
+                return d
+
+        silent = HealthChecks([s], Silent(), clock, interval=10, timeout=2)
+        silent.pingAll()
+        self.assertEqual(s.up, [True, True])
+        clock.advance(2)
+        self.assertEqual(s.up, [False, False])
+        self.assertEqual(len(hanging), 2)
 
     def test_optionsPinger(self) -> None:
         """

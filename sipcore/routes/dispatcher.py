@@ -20,10 +20,13 @@ from twisted.logger import Logger
 from sipcore.message import URI
 from sipcore.routes.table import PRIORITY, ROUND_ROBIN, WEIGHTED, Route
 
-__all__ = ["DEFAULT_PING_INTERVAL", "DispatcherSet", "HealthChecks"]
+__all__ = ["DEFAULT_PING_INTERVAL", "DEFAULT_PING_TIMEOUT", "DispatcherSet", "HealthChecks"]
 
 #: Seconds between two health pings of a target.
 DEFAULT_PING_INTERVAL = 30.0
+
+#: Seconds a target has to answer a ping.
+DEFAULT_PING_TIMEOUT = 5.0
 
 
 class DispatcherSet:
@@ -101,15 +104,19 @@ class HealthChecks:
     """
 
     def __init__(self, sets: Sequence[DispatcherSet], pinger: Any, clock: IReactorTime,
-                 interval: float = DEFAULT_PING_INTERVAL) -> None:
+                 interval: float = DEFAULT_PING_INTERVAL,
+                 timeout: float = DEFAULT_PING_TIMEOUT) -> None:
         """
         @param pinger: an L{sipcore.interfaces.IPinger}.
         @param interval: seconds between rounds (0: no pings).
+        @param timeout: seconds a target has to answer (a later answer is
+            ignored: the target counts as not answering).
         """
         self.sets = [s for s in sets if len(s.route.targets) > 1]
         self.pinger = pinger
         self.clock = clock
         self.interval = interval
+        self.timeout = timeout
         self._loop: task.LoopingCall | None = None
         self._round: defer.Deferred[Any] | None = None
 
@@ -144,6 +151,8 @@ class HealthChecks:
         for dispatcherSet in self.sets:
             for index, target in enumerate(dispatcherSet.route.targets):
                 d = self.pinger.ping(target)
+                d.addTimeout(self.timeout, self.clock)
+                d.addErrback(lambda failure: False)
                 d.addCallback(lambda alive, s=dispatcherSet, i=index: s.answered(i, bool(alive)))
                 pings.append(d)
         self._round = defer.gatherResults(pings, consumeErrors=True)

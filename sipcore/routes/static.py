@@ -6,7 +6,8 @@ router of the routing hook, with the dispatcher's health checks.
 Options: C{default} (one SIP URI or several, comma-separated: the default
 upstream), C{file} (a routes file), C{algorithm} and C{allow} (for the
 default route), C{ping-interval} (seconds between OPTIONS health pings of
-the targets of sets with several targets; 0: none).
+the targets of sets with several targets; 0: none) and C{ping-timeout}
+(seconds a target has to answer).
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from zope.interface import implementer
 
 from sipcore.interfaces import IHandlerContext, IRouter
 from sipcore.plugin import Handler, HandlerError, number
-from sipcore.routes.dispatcher import DEFAULT_PING_INTERVAL, DispatcherSet, HealthChecks
+from sipcore.routes.dispatcher import (
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    DispatcherSet,
+    HealthChecks,
+)
 from sipcore.routes.hook import RouteAnswer, RouteTarget, RouteTargets, RoutingRequest
 from sipcore.routes.table import (
     DEFAULT,
@@ -52,6 +58,8 @@ class StaticRoutes(Handler):
              "who may use the default route: users, peers or users,peers"],
             ["ping-interval", None, DEFAULT_PING_INTERVAL,
              "seconds between OPTIONS pings of each target of a set (0: none)", number(0)],
+            ["ping-timeout", None, DEFAULT_PING_TIMEOUT,
+             "seconds a target has to answer a ping", number(0.001)],
         ]
 
     def __init__(self, context: IHandlerContext) -> None:
@@ -88,7 +96,7 @@ class StaticRoutes(Handler):
         self.table = RouteTable(routes)
         self.sets = {route: DispatcherSet(route) for route in routes}
         self.health = HealthChecks(list(self.sets.values()), context.pinger, context.reactor,
-                                   options["ping-interval"])
+                                   options["ping-interval"], options["ping-timeout"])
 
     def start(self) -> None:
         self.health.start()
