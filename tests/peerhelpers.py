@@ -279,17 +279,19 @@ class NodeScript(_Process):
 
 
 def startNode(testCase: TestCase, script: str, *args: str,
-              timeout: float = SCRIPT_TIMEOUT) -> NodeScript:
+              timeout: float = SCRIPT_TIMEOUT,
+              env: dict[str, str] | None = None) -> NodeScript:
     """
     Run C{node script args...} in L{PEERS}; it is killed after C{timeout}
     seconds, and at cleanup if it still runs.
 
     @param script: a file name in L{PEERS}.
+    @param env: variables added to the script's environment.
     """
     node = nodePath()
     process = NodeScript()
     argv = [node, os.path.join(PEERS, script), *args]
-    reactor.spawnProcess(process, node, argv, env=dict(os.environ), path=PEERS)
+    reactor.spawnProcess(process, node, argv, env={**os.environ, **(env or {})}, path=PEERS)
     timer = reactor.callLater(timeout, process.kill)
 
     def stopTimer(result: Any = None) -> Any:

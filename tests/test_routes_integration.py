@@ -24,7 +24,9 @@ from tests.peerhelpers import (
     freePort,
     sippFinished,
     sippPath,
+    startNode,
     startSipp,
+    waitRegistered,
 )
 from tests.serverhelpers import startServer, waitUntil
 
@@ -120,3 +122,73 @@ class DispatcherHealthTests(TestCase):
         await waitUntil(lambda: dispatcherSet.up == [True, False], what="second out")
         startUpstream(self, second, calls=100000)
         await waitUntil(lambda: dispatcherSet.up == [True, True], what="second back")
+
+
+class BrowserThroughRouteTests(TestCase):
+    """
+    A browser (SIP.js over WebSocket) registered at sipcore calls a
+    number; the default route takes the call to the sipp upstream.  The
+    upstream calls the browser back at its registration.
+    """
+
+    timeout = 120
+
+    async def server(self, upstreamPort: int) -> Any:
+        users = self.mktemp()
+        with open(users, "w") as f:
+            f.write("browser@example.com:secret\n")
+        service = await startServer(
+            self, "--auth-file", users, "--auth-methods", "REGISTER,INVITE",
+            "--trusted-peer", "127.0.0.1",
+            "--handler", "routes", "--handler-option",
+            "routes:default=sip:127.0.0.1:{}".format(upstreamPort), "--router", "routes")
+        self.addCleanup(service.proxy.stop)
+        return service
+
+    async def test_upstreamCallsBrowser(self) -> None:
+        """
+        With the route in place, the upstream (a trusted peer, From another
+        domain) calls the registered browser: the INVITE goes to its
+        registration over its WebSocket, not to the route, and the call
+        completes (ACK and BYE through sipcore).
+        """
+        service = await self.server(freePort(socket.SOCK_DGRAM))
+        script = startNode(
+            self, "mixed.mjs", "answer", "ws://127.0.0.1:{}".format(service.ports["ws"]),
+            "example.com", "browser", env={"SIPCORE_PEER_PASSWORD": "secret"})
+        registered = await script.event("registered")
+        self.assertEqual(registered["status"], 200, script.describe())
+        await waitRegistered(service, "browser@example.com")
+        sipp = startSipp(self, "upstream_call.xml", "udp", service.ports["udp"], "browser",
+                         "sipcore-" + secrets.token_hex(8))
+        sippCode = await sippFinished(sipp)
+        if sippCode == 0:
+            script.send("quit")
+        else:
+            script.kill()
+        scriptCode = await script.ended
+        self.assertEqual((sippCode, scriptCode), (0, 0),
+                         "SIP.js:\n{}\nupstream:\n{}".format(script.describe(), sipp.text()))
+        self.assertEqual(len(script.named("inviteReceived")), 1)
+        self.assertEqual(service.proxy.routers.stats["consulted"], 0)
+
+    async def test_browserCallsUpstream(self) -> None:
+        """
+        The SIP.js agent registers with digest credentials, calls
+        C{+4930123@example.com} (its INVITE is challenged and
+        authenticated), and the call reaches the sipp upstream, which
+        answers; the agent's ACK and BYE reach it through sipcore.
+        """
+        upstreamPort = freePort(socket.SOCK_DGRAM)
+        service = await self.server(upstreamPort)
+        upstream = startUpstream(self, upstreamPort, calls=1)
+        script = startNode(
+            self, "mixed.mjs", "call", "ws://127.0.0.1:{}".format(service.ports["ws"]),
+            "example.com", "browser", "sip:+4930123@example.com",
+            "sipcore-" + secrets.token_hex(8), env={"SIPCORE_PEER_PASSWORD": "secret"})
+        scriptCode = await script.ended
+        upstreamCode = await sippFinished(upstream)
+        self.assertEqual((scriptCode, upstreamCode), (0, 0),
+                         "SIP.js:\n{}\nupstream:\n{}".format(script.describe(),
+                                                             upstream.text()))
+        self.assertEqual(service.proxy.routers.stats["routed"], 1)

@@ -65,10 +65,14 @@ export class FakeSessionDescriptionHandler {
 }
 
 // A user agent sip:NAME@DOMAIN whose transport is a WebSocket to wsUrl.
+// With SIPCORE_PEER_PASSWORD set, the agent answers digest challenges as
+// `name` with that password.
 export function makeAgent(wsUrl, domain, name, delegate) {
+  const password = process.env.SIPCORE_PEER_PASSWORD;
   return new UserAgent({
     uri: UserAgent.makeURI(`sip:${name}@${domain}`),
     transportOptions: { server: wsUrl },
+    ...(password ? { authorizationUsername: name, authorizationPassword: password } : {}),
     sessionDescriptionHandlerFactory: () => new FakeSessionDescriptionHandler(),
     logLevel: "error",
     logBuiltinEnabled: false,
