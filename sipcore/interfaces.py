@@ -534,6 +534,17 @@ class ILocationStore(Interface):
             L{sipcore.location.Binding}, highest q first.
         """
 
+    def lookupMany(aors, now):
+        """
+        The unexpired bindings of several addresses of record at once.
+
+        @param aors: an iterable of C{str} addresses of record.
+        @param now: C{float} POSIX time.
+        @return: L{Deferred} firing with a C{dict} from each address of
+            record that has bindings to its C{list} of them, highest q
+            first.
+        """
+
     def save(bindings):
         """
         Insert or replace bindings, keyed by C{ruid}.

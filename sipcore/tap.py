@@ -548,12 +548,9 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
         for plugin, handlerOptions in plugins
     ]
     routers = _buildRouters(options, reactor, handlers)
-    if isinstance(store, MemoryLocationStore):
-        def available() -> bool:
-            return True
-    else:
-        def available() -> bool:
-            return bool(store.available)
+
+    def available() -> bool:
+        return bool(store.available)
     # The reactor lag probe (SIPCORE_LAG_PROBE=1).
     lagProbe = fromEnvironment(reactor, metrics=metrics)
     # The proxy routes what the core and the registrar do not

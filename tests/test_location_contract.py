@@ -124,6 +124,31 @@ class LocationStoreContractMixin:
         """
         self.assertTrue(verifyObject(ILocationStore, self.store))  # type: ignore[attr-defined]
 
+    async def test_available(self) -> None:
+        """
+        A started store whose data is reachable says it is available.
+        """
+        self.assertIs(self.store.available, True)  # type: ignore[attr-defined]
+
+    async def test_lookupMany(self) -> None:
+        """
+        C{lookupMany} answers the unexpired bindings of each address of
+        record that has some, and leaves out those that have none; each
+        call counts in C{statementCount}.
+        """
+        alice = makeBinding()
+        bob = makeBinding(ruid="ruid-2", username="bob", contact="sip:bob@192.0.2.11")
+        gone = makeBinding(ruid="ruid-3", username="carol", expires=NOW - 1)
+        await self.store.save([alice, bob, gone])
+        before = self.store.statementCount["lookupMany"]
+        found = await self.store.lookupMany(
+            ["alice@example.com", "bob@example.com", "carol@example.com", "nobody@example.com"],
+            NOW)
+        self.assertEqual(found, {"alice@example.com": [alice],  # type: ignore[attr-defined]
+                                 "bob@example.com": [bob]})
+        self.assertEqual(self.store.statementCount["lookupMany"],  # type: ignore[attr-defined]
+                         before + 1)
+
     async def test_lookupUnknown(self) -> None:
         """
         An address of record with no bindings has an empty lookup.

@@ -14,7 +14,7 @@ When the statement fails, every caller in the batch gets the same failure
 (L{sipcore.location.StoreUnavailable} when the database is away) and none of
 its bindings was written.
 
-C{lookup} calls are batched the same way when the wrapped store has
+C{lookup} calls are batched the same way with the wrapped store's
 C{lookupMany} (one C{SELECT ... WHERE (username, domain) IN (SELECT * FROM
 unnest(...))} per window).
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -44,6 +44,14 @@ from zope.interface import implementer
 
 from sipcore.interfaces import ILocationStore
 from sipcore.location.binding import Binding
+
+if TYPE_CHECKING:
+    from sipcore.location.memory import MemoryLocationStore
+    from sipcore.location.postgres import PostgresLocationStore
+    from sipcore.location.shared import SharedLocationStore
+
+    #: The stores a group commit wraps.
+    WrappedStore = Union[MemoryLocationStore, PostgresLocationStore, SharedLocationStore]
 
 __all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_WINDOW", "GroupCommitStore"]
 
@@ -102,8 +110,8 @@ class _LookupBatch:
 class GroupCommitStore:
     """
     An L{ILocationStore} that writes concurrent C{save} calls with one
-    statement (and reads concurrent C{lookup} calls with one statement when
-    the wrapped store has C{lookupMany}).
+    statement (and reads concurrent C{lookup} calls with one call of the
+    wrapped store's C{lookupMany}).
 
     @ivar store: the wrapped store.
     @ivar stats: a L{Counter}: C{batches} and C{batchedSaves} (save batches
@@ -115,7 +123,7 @@ class GroupCommitStore:
 
     def __init__(
         self,
-        store: Any,
+        store: WrappedStore,
         clock: IReactorTime,
         window: float = DEFAULT_WINDOW,
         maxBatch: int = DEFAULT_MAX_BATCH,
@@ -128,8 +136,8 @@ class GroupCommitStore:
             (C{0}: only the calls made in the same reactor turn).
         @param maxBatch: bindings (for saves) or addresses of record (for
             lookups) that make a batch full: it is sent at once.
-        @param batchLookups: batch C{lookup} calls too (only when C{store}
-            has C{lookupMany}).
+        @param batchLookups: batch C{lookup} calls too (into calls of the
+            wrapped store's C{lookupMany}).
         @raise ValueError: if C{window} is negative or C{maxBatch} below 1.
         """
         if not window >= 0:
@@ -140,7 +148,7 @@ class GroupCommitStore:
         self.clock = clock
         self.window = float(window)
         self.maxBatch = int(maxBatch)
-        self.batchLookups = batchLookups and callable(getattr(store, "lookupMany", None))
+        self.batchLookups = batchLookups
         self.stats: Counter[str] = Counter()
         self._queue: deque[_SaveBatch | _Write] = deque()
         self._running: _SaveBatch | _Write | None = None
@@ -151,21 +159,18 @@ class GroupCommitStore:
     # -- what the wrapped store shows ----------------------------------------
 
     @property
-    def statementCount(self) -> Any:
+    def statementCount(self) -> Counter[str]:
         """
         The wrapped store's statement counts.
         """
-        return getattr(self.store, "statementCount", Counter())
+        return self.store.statementCount
 
     @property
     def available(self) -> bool:
         """
-        Whether the wrapped store can reach its database.
+        Whether the wrapped store can answer.
         """
-        return bool(getattr(self.store, "available", True))
-
-    def __len__(self) -> int:
-        return len(self.store)
+        return bool(self.store.available)
 
     @property
     def pending(self) -> int:
@@ -202,6 +207,16 @@ class GroupCommitStore:
         if not self._pendingAors.get(aor):
             return self._lookupNow(aor, now)
         return self._barrier().addCallback(lambda _: self._lookupNow(aor, now))
+
+    def lookupMany(self, aors: Iterable[str], now: float) -> defer.Deferred[dict[str, list[Binding]]]:
+        """
+        See L{ILocationStore.lookupMany}.  Waits for the saves of any of
+        C{aors} that are queued or in flight, then reads.
+        """
+        wanted = list(aors)
+        if not any(self._pendingAors.get(aor) for aor in wanted):
+            return self.store.lookupMany(wanted, now)
+        return self._barrier().addCallback(lambda _: self.store.lookupMany(wanted, now))
 
     def save(self, bindings: Iterable[Binding]) -> defer.Deferred[None]:
         """

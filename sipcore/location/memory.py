@@ -55,6 +55,13 @@ class MemoryLocationStore:
         self._aorOfRuid: dict[str, str] = {}
         self._byConnection: dict[tuple[int, int], set[str]] = {}
 
+    @property
+    def available(self) -> bool:
+        """
+        Always C{True}: the bindings are in memory.
+        """
+        return True
+
     def __len__(self) -> int:
         """
         @return: the number of bindings held, expired or not.
@@ -88,8 +95,7 @@ class MemoryLocationStore:
 
     def lookupMany(self, aors: Iterable[str], now: float) -> defer.Deferred[dict[str, list[Binding]]]:
         """
-        The unexpired bindings of several addresses of record at once (what
-        L{sipcore.location.group.GroupCommitStore} uses to batch lookups).
+        See L{ILocationStore.lookupMany}.
 
         @return: a L{Deferred} firing with a C{dict} from each address of
             record that has bindings to its list, in L{lookupOrder}.

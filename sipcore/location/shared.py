@@ -42,7 +42,8 @@ import socket
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import fields
-from typing import Any
+from operator import attrgetter
+from typing import Any, NamedTuple
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -66,9 +67,12 @@ MAX_MESSAGE = 64 * 1024 * 1024
 #: Binding fields in the order they travel.
 _FIELDS = tuple(field.name for field in fields(Binding))
 
+#: A binding's field values, in the order they travel.
+_values = attrgetter(*_FIELDS)
+
 
 def _encodeBinding(binding: Binding) -> list[Any]:
-    return [getattr(binding, name) for name in _FIELDS]
+    return list(_values(binding))
 
 
 def _decodeBinding(values: list[Any]) -> Binding:
@@ -121,19 +125,43 @@ def _disconnect(protocol: Int32StringReceiver) -> None:
 # ---------------------------------------------------------------------------
 # The store process's side.
 
-#: Each operation the store process serves: how to check its arguments,
-#: and how to encode its result.
-_OPERATIONS: dict[str, tuple[tuple[Callable[[Any], Any], ...], Callable[[Any], Any]]] = {
-    "lookup": ((_aor, _time), lambda found: [_encodeBinding(b) for b in found]),
-    "lookupMany": (
-        (_strings, _time),
-        lambda found: {aor: [_encodeBinding(b) for b in bs] for aor, bs in found.items()},
+class _Operation(NamedTuple):
+    """
+    One operation the store process serves.
+
+    @ivar run: calls the store's method: C{run(store, *arguments)}.
+    @ivar checks: one function per argument that checks it and returns its
+        value (raising C{ValueError} for a bad one).
+    @ivar encode: turns the method's result into JSON values.
+    """
+
+    run: Callable[..., Any]
+    checks: tuple[Callable[[Any], Any], ...]
+    encode: Callable[[Any], Any]
+
+
+def _encodeBindings(found: list[Binding]) -> list[list[Any]]:
+    return [_encodeBinding(b) for b in found]
+
+
+#: Each operation the store process serves, by name.
+_OPERATIONS: dict[str, _Operation] = {
+    "lookup": _Operation(
+        lambda store, aor, now: store.lookup(aor, now), (_aor, _time), _encodeBindings),
+    "lookupMany": _Operation(
+        lambda store, aors, now: store.lookupMany(aors, now), (_strings, _time),
+        lambda found: {aor: _encodeBindings(bs) for aor, bs in found.items()},
     ),
-    "save": ((_decodeBindings,), lambda result: None),
-    "remove": ((_strings,), int),
-    "removeConnections": ((_int, _ints), int),
-    "removeExpired": ((_time,), lambda found: [_encodeBinding(b) for b in found]),
-    "purgeServer": ((_int, _time), int),
+    "save": _Operation(
+        lambda store, bindings: store.save(bindings), (_decodeBindings,), lambda result: None),
+    "remove": _Operation(lambda store, ruids: store.remove(ruids), (_strings,), int),
+    "removeConnections": _Operation(
+        lambda store, serverId, conids: store.removeConnections(serverId, conids),
+        (_int, _ints), int),
+    "removeExpired": _Operation(
+        lambda store, now: store.removeExpired(now), (_time,), _encodeBindings),
+    "purgeServer": _Operation(
+        lambda store, serverId, before: store.purgeServer(serverId, before), (_int, _time), int),
 }
 
 
@@ -163,7 +191,8 @@ class _StoreServerProtocol(Int32StringReceiver):
             if not isinstance(request, list) or len(request) != 3:
                 raise ValueError("a request is [id, method, arguments]")
             ident, method, arguments = request
-            checks, encode = _OPERATIONS[method]
+            operation = _OPERATIONS[method]
+            checks = operation.checks
             if not isinstance(arguments, list) or len(arguments) != len(checks):
                 raise ValueError("{} takes {} arguments".format(method, len(checks)))
             args = [check(arg) for check, arg in zip(checks, arguments, strict=True)]
@@ -173,8 +202,8 @@ class _StoreServerProtocol(Int32StringReceiver):
                 self._log.error("store request refused: {error}", error=e)
             self._reply([ident, "error", "invalid", str(e)])
             return
-        d = defer.maybeDeferred(getattr(self.factory.store, method), *args)
-        d.addCallback(lambda value: [ident, "ok", encode(value)])
+        d = defer.maybeDeferred(operation.run, self.factory.store, *args)
+        d.addCallback(lambda value: [ident, "ok", operation.encode(value)])
         d.addErrback(self._storeFailed, ident, method)
         d.addCallback(self._reply)
 
