@@ -45,8 +45,10 @@ from __future__ import annotations
 import configparser
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.python import usage
+from twisted.python.reflect import accumulateClassList
 
 from sipcore.plugin import boolean
 
@@ -145,8 +147,9 @@ def configArguments(config: ConfigFile, options: usage.Options) -> list[str]:
         option that takes one, or a value its coercion refuses.
     """
     takesValue = {spec.rstrip("="): spec.endswith("=") for spec in options.longOpt}
-    # usage.Options subclasses declare optParameters; the base class has none.
-    parameters = getattr(options, "optParameters", ())
+    # Gathered the way usage.Options gathers them: from the class and its bases.
+    parameters: list[list[Any]] = []
+    accumulateClassList(type(options), "optParameters", parameters)
     coercions = {p[0]: p[4] for p in parameters if len(p) > 4 and p[4] is not None}
     arguments: list[str] = []
     for key, raw in config.settings.items():

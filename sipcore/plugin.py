@@ -45,7 +45,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import FunctionType
 from typing import Any, Callable, TypeVar
+from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -486,6 +488,9 @@ class EnabledHandler:
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+#: The event names of each function marked with L{handles}.
+_handledEvents: WeakKeyDictionary[Callable[..., Any], tuple[str, ...]] = WeakKeyDictionary()
+
 
 def handles(*events: str) -> Callable[[_F], _F]:
     """
@@ -506,7 +511,7 @@ def handles(*events: str) -> Callable[[_F], _F]:
         )
 
     def mark(method: _F) -> _F:
-        method.sipcoreEvents = tuple(events)  # type: ignore[attr-defined]
+        _handledEvents[method] = tuple(events)
         return method
 
     return mark
@@ -540,7 +545,8 @@ class Handler:
             methods.update(vars(base).get("_eventMethods", {}))
         own: dict[str, Callable[[Any, Any], Any]] = {}
         for attribute, value in vars(cls).items():
-            for event in getattr(value, "sipcoreEvents", ()):
+            marked = _handledEvents.get(value, ()) if isinstance(value, FunctionType) else ()
+            for event in marked:
                 if event in own:
                     raise TypeError(
                         "{}: both {}() and {}() handle {!r}".format(

@@ -20,6 +20,7 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -200,8 +201,8 @@ def ruidFor(aor: str, key: str, callId: str, cseq: int) -> str:
 #: The binding fields a retransmission writes exactly as its first copy did
 #: (the expiry and modification times move with the clock; the node may be
 #: another worker).
-_REQUEST_FIELDS = ("contact", "received", "path", "q", "userAgent", "socket", "methods",
-                   "instance", "regId", "connectionId", "keepalive")
+_requestFields = attrgetter("contact", "received", "path", "q", "userAgent", "socket", "methods",
+                            "instance", "regId", "connectionId", "keepalive")
 
 
 def _sameRequest(old: Binding, new: Binding) -> bool:
@@ -209,7 +210,7 @@ def _sameRequest(old: Binding, new: Binding) -> bool:
     @return: C{True} if C{new} is what the request that wrote C{old} would
         write again (the same fields and the same expiry interval).
     """
-    if any(getattr(old, name) != getattr(new, name) for name in _REQUEST_FIELDS):
+    if _requestFields(old) != _requestFields(new):
         return False
     return abs((old.expires - old.lastModified) - (new.expires - new.lastModified)) < 0.001
 
