@@ -163,8 +163,7 @@ async def _dbInit(reactor: Any, options: argparse.Namespace, out: TextIO, err: T
 
     try:
         created = await initSchema(conn)
-        if options.subscriber:
-            await initSubscriberSchema(conn)
+        subscriberCreated = options.subscriber and await initSubscriberSchema(conn)
     except SchemaVersionMismatch as e:
         err.write("sipcore: {}\n".format(e))
         return 1
@@ -173,8 +172,11 @@ async def _dbInit(reactor: Any, options: argparse.Namespace, out: TextIO, err: T
         return 1
     finally:
         conn.close()
-    if options.subscriber:
-        out.write("subscriber table present (version {})\n".format(SUBSCRIBER_TABLE_VERSION))
+    if subscriberCreated:
+        out.write("created subscriber table (version {})\n".format(SUBSCRIBER_TABLE_VERSION))
+    elif options.subscriber:
+        out.write("subscriber table already present (version {}), nothing changed\n".format(
+            SUBSCRIBER_TABLE_VERSION))
     if created:
         out.write("created location schema (version {})\n".format(LOCATION_TABLE_VERSION))
     else:

@@ -123,8 +123,9 @@ class Options(usage.Options):
          "else random per process)."],
         ["auth-methods", None, "REGISTER",
          "Comma-separated methods to challenge (e.g. REGISTER,INVITE,MESSAGE,SUBSCRIBE)."],
-        ["auth-algorithms", None, "SHA-256,MD5",
-         "Digest algorithms offered, preferred first (SHA-256, MD5)."],
+        ["auth-algorithms", None, "MD5",
+         "Digest algorithms offered, one challenge each in this order (MD5, SHA-256; "
+         "e.g. MD5,SHA-256: see 'Client interoperability' in the security docs)."],
         ["nonce-lifetime", None, 300.0, "Seconds a digest nonce stays valid.", _positiveFloat],
         ["auth-max-failures", None, 10,
          "Failed authentications an account (user@realm) may have at once before it is "
@@ -198,6 +199,10 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         usage.Options.__init__(self)
+        # The help shows each option's text as one paragraph: the line
+        # breaks and indentation of the opt_ docstrings become single spaces.
+        self.docs = {name: " ".join(doc.split()) if doc else doc
+                     for name, doc in self.docs.items()}
         self["listen"] = []
         self["domain"] = []
         self["handler"] = []
@@ -208,6 +213,28 @@ class Options(usage.Options):
         self["trusted-peer"] = []
         self["dns-server"] = []
         self["router"] = []
+
+    def opt_version(self) -> None:
+        """
+        Print sipcore's version (and Twisted's) and exit.
+        """
+        from sipcore import __version__
+        from twisted import copyright
+
+        print("sipcore {} (Twisted {})".format(__version__, copyright.version))
+        raise SystemExit(0)
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The option help, without a C{[default: ]} for the parameters whose
+        default is empty (their text says what applies then).
+        """
+        defaults = self.defaults
+        self.defaults = {name: value for name, value in defaults.items() if value != ""}
+        try:
+            return super().getUsage(width)
+        finally:
+            self.defaults = defaults
 
     def opt_listen(self, spec: str) -> None:
         """

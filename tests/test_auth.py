@@ -147,7 +147,7 @@ class AuthTestsMixin(TestMixin):
         self.auth = DigestAuthenticator(
             self.source, self.clock, isLocalDomain=self.core.isLocal,
             secret=b"shared-secret", methods=["REGISTER", "INVITE"],
-            nonceLifetime=self.lifetime, maxFailures=self.maxFailures,
+            algorithms=("MD5", "SHA-256"), nonceLifetime=self.lifetime, maxFailures=self.maxFailures,
             failureWindow=self.failureWindow, lockout=self.lockout,
         )
         self.core.addGuard(self.auth)
@@ -183,14 +183,14 @@ class AuthTestsMixin(TestMixin):
 
     async def test_challenge(self) -> None:
         """
-        A REGISTER without credentials gets 401 with a SHA-256 challenge
-        then an MD5 one (RFC 8760), both for the To domain with qop auth,
+        A REGISTER without credentials gets 401 with an MD5 challenge then
+        a SHA-256 one (RFC 8760), both for the To domain with qop auth,
         and a To tag; the registrar never sees it.
         """
         response = await self.send(request())
         self.assertEqual(response.status, 401)
         found = challenges(response)
-        self.assertEqual([c["algorithm"] for c in found], ["SHA-256", "MD5"])
+        self.assertEqual([c["algorithm"] for c in found], ["MD5", "SHA-256"])
         for challenge in found:
             self.assertEqual((challenge["realm"], challenge["qop"]), (REALM, "auth"))
             self.assertNotIn("stale", challenge)
@@ -856,7 +856,7 @@ class GuessingLimitsTests(SynchronousTestCase):
         flow = FakeFlow("udp", remote=("198.51.100.1", 5060))
         core.messageReceived(request(), flow)
         [first] = flow.responses()
-        challenge = challenges(first)[1]
+        [challenge] = challenges(first)
         flow.sent.clear()
         for nc in range(1, 7):
             core.messageReceived(request(auth=credentials(challenge, password="guess", nc=nc)),
@@ -976,7 +976,7 @@ class GuardFailureTests(SynchronousTestCase):
         flow = FakeFlow("udp", remote=("192.0.2.1", 5070))
         core.messageReceived(request(), flow)
         [first] = flow.responses()
-        challenge = challenges(first)[1]
+        [challenge] = challenges(first)
         statuses = []
         for nc in range(1, 6):
             flow.sent.clear()

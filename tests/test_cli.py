@@ -148,13 +148,18 @@ class DbInitTests(TestCase):
     async def test_subscriber(self) -> None:
         """
         With C{--subscriber} the command also creates Kamailio's subscriber
-        table, and a second run still succeeds.
+        table and says so; a second run finds it and says that.
         """
         schema = await createTestSchema(self, withLocation=False)
+        said = []
         for _ in range(2):
             out, err, code = await runCommand("db", "init", "--subscriber", "--db", schema.dsn)
             self.assertEqual((err, code), ("", 0))
-            self.assertIn("subscriber table present (version 7)", out)
+            said.append([line for line in out.splitlines() if "subscriber" in line])
+        self.assertEqual(said, [
+            ["created subscriber table (version 7)"],
+            ["subscriber table already present (version 7), nothing changed"],
+        ])
         rows = await schema.admin.runQuery(
             "SELECT table_version FROM {}.version WHERE table_name = %s".format(schema.name),
             ("subscriber",),

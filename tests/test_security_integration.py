@@ -255,7 +255,8 @@ class SecurityIntegrationTests(TestCase):
         with open(path, "w") as f:
             f.write("alice@example.com:{}\n".format("pw-" + secrets.token_hex(4)))
         password = open(path).read().strip().split(":", 1)[1]
-        service = await self.server("--auth-file", path, transports=("tcp",))
+        service = await self.server("--auth-file", path, "--auth-algorithms", "MD5,SHA-256",
+                                    transports=("tcp",))
         client = await connectTCP(service.ports["tcp"])
         first = await client.request(registerRequest("tcp", "alice"))
         self.assertEqual(first.status, 401)

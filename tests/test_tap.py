@@ -4,6 +4,7 @@ Tests for L{sipcore.tap}: options and the service they build.
 
 from __future__ import annotations
 
+import sys
 from io import StringIO
 
 from twisted.application.service import Service
@@ -103,6 +104,55 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, parse, "--min-expires", "100",
                           "--max-expires", "50")
         self.assertRaises(usage.UsageError, parse, "--foreign-domain-status", "500")
+
+
+class HelpAndVersionTests(SynchronousTestCase):
+    """
+    C{twistd sipcore --version} and C{--help}.
+    """
+
+    def test_version(self) -> None:
+        """
+        C{--version} prints sipcore's version (Twisted's after it, in
+        parentheses) and exits 0.
+        """
+        from sipcore import __version__
+        from twisted import copyright
+
+        out = StringIO()
+        self.patch(sys, "stdout", out)
+        with self.assertRaises(SystemExit) as caught:
+            parse("--version")
+        self.assertEqual(caught.exception.code, 0)
+        self.assertEqual(out.getvalue(), "sipcore {} (Twisted {})\n".format(
+            __version__, copyright.version))
+
+    def test_helpText(self) -> None:
+        """
+        The help text has no run of spaces inside an option's text and no
+        empty C{[default: ]}; C{--advertise-host} states its one default.
+        """
+        text = Options().getUsage(width=80)
+        lines = text.splitlines()
+        first = next(i for i, line in enumerate(lines) if "--advertise-host=" in line)
+        start = lines[first].index("Host put in Via")
+        for line in lines:
+            self.assertNotRegex(line[start:], r"\S  +\S")
+        self.assertNotIn("[default: ]", text)
+        end = next(i for i in range(first + 1, len(lines)) if lines[i][:start].strip())
+        entry = " ".join(" ".join(lines[first:end]).split())
+        self.assertEqual(entry.count("default"), 1)
+        self.assertIn("(default: the first --domain given)", entry)
+
+    def test_helpKeepsDefaults(self) -> None:
+        """
+        Showing the help leaves the options' defaults as they were (the
+        configuration file reads them).
+        """
+        options = Options()
+        before = dict(options.defaults)
+        options.getUsage()
+        self.assertEqual(options.defaults, before)
 
 
 class BuildServiceTests(SynchronousTestCase):

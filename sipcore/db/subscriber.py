@@ -29,18 +29,27 @@ def subscriberSchemaSQL() -> str:
     return resources.files("sipcore.db").joinpath("subscriber.sql").read_text("utf-8")
 
 
-def initSubscriberSchema(runner: Any) -> defer.Deferred[None]:
+def initSubscriberSchema(runner: Any) -> defer.Deferred[bool]:
     """
     Create the C{subscriber} table (and Kamailio's C{version} table) if
     missing.  Idempotent.
 
     @param runner: a connected C{txpostgres.Connection} or a started
         L{sipcore.db.DatabasePool}: anything with C{runInteraction}.
-    @return: a L{Deferred} firing with C{None}, or failing with the
+    @return: a L{Deferred} firing with C{True} if the C{subscriber} table
+        was created, C{False} if it was there already (in the first schema
+        of the C{search_path} that has one), or failing with the
         C{psycopg2} error (or L{sipcore.db.DatabaseUnavailable}).
     """
 
-    def interaction(cursor: Any) -> Any:
-        return cursor.execute(subscriberSchemaSQL())
+    async def create(cursor: Any) -> bool:
+        await cursor.execute("SELECT to_regclass('subscriber') IS NULL")
+        (missing,) = cursor.fetchone()
+        # Static DDL shipped with the package; it carries no values.
+        await cursor.execute(subscriberSchemaSQL())
+        return bool(missing)
 
-    return defer.maybeDeferred(runner.runInteraction, interaction).addCallback(lambda _: None)
+    def interaction(cursor: Any) -> defer.Deferred[bool]:
+        return defer.Deferred.fromCoroutine(create(cursor))
+
+    return defer.maybeDeferred(runner.runInteraction, interaction)

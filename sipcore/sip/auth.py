@@ -62,6 +62,7 @@ from sipcore.throttle import LogThrottle, sourceKey
 
 __all__ = [
     "ALGORITHMS",
+    "DEFAULT_ALGORITHMS",
     "CredentialSource",
     "CredentialFile",
     "CredentialsUnavailable",
@@ -91,6 +92,13 @@ ALGORITHMS: dict[str, Callable[..., Any]] = {
     "SHA-256": hashlib.sha256,
     "MD5": hashlib.md5,
 }
+
+#: The algorithms challenged with unless configured otherwise: MD5 alone.
+#: Some deployed clients fail on a SHA-256 challenge instead of using the
+#: MD5 one beside it: baresip 1.0 (libre 1.1) on any of them, sipsak and
+#: pjsip before 2.11 when it comes first (docs/security.rst, "Client
+#: interoperability").
+DEFAULT_ALGORITHMS: tuple[str, ...] = ("MD5",)
 
 #: The hex length of each algorithm's digest.
 _HEX_LENGTH = {"SHA-256": 64, "MD5": 32}
@@ -853,7 +861,7 @@ class DigestAuthenticator:
         isLocalDomain: Callable[[str], bool],
         secret: bytes | None = None,
         methods: Iterable[str] = DEFAULT_AUTH_METHODS,
-        algorithms: Sequence[str] = ("SHA-256", "MD5"),
+        algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
         nonceLifetime: float = DEFAULT_NONCE_LIFETIME,
         maxTrackedNonces: int = DEFAULT_MAX_TRACKED_NONCES,
         limiter: Any = None,
@@ -872,8 +880,8 @@ class DigestAuthenticator:
         @param secret: the nonce secret shared by every node; C{None}: a
             random one for this process (logged as generated, never shown).
         @param methods: the methods to challenge (upper case).
-        @param algorithms: the algorithms offered, preferred first (each
-            gets its own challenge header, RFC 8760 section 2.4).
+        @param algorithms: the algorithms offered, in the order of their
+            challenge headers (one each, RFC 8760 section 2.4).
         @param nonceLifetime: seconds a nonce is valid.
         @param maxTrackedNonces: nonces whose count is remembered.
         @param limiter: a L{sipcore.sip.limits.RateLimiter} charged
