@@ -915,6 +915,20 @@ class CredentialFileTests(SynchronousTestCase):
         self.assertIn("line 1", str(e))
         self.assertRaises(ValueError, loadCredentialFile, "/nonexistent/users")
 
+    def test_unreadable(self) -> None:
+        """
+        A file that cannot be opened, or is not UTF-8 text, is refused with
+        a message that says why and shows none of its content.
+        """
+        e = self.assertRaises(ValueError, loadCredentialFile, "/nonexistent/users")
+        self.assertIn("No such file or directory", str(e))
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"alice@example.com:secret\xff\n")
+        e = self.assertRaises(ValueError, loadCredentialFile, path)
+        self.assertIn("not UTF-8 text", str(e))
+        self.assertNotIn("secret", str(e))
+
     def test_entries(self) -> None:
         """
         Passwords (with colons), escaped passwords and hashes for both

@@ -100,33 +100,47 @@ def _loadFailed(moduleName: str) -> PluginProblem:
     )
 
 
-def _checkPlugin(plugin: Any) -> str | None:
+def _usableName(name: object) -> bool:
+    return isinstance(name, str) and bool(name) and name == name.strip()
+
+
+def _checkPlugin(plugin: Any) -> tuple[str | None, str | None]:
     """
-    Why C{plugin} cannot be used as a handler plugin, or C{None} if it can.
+    Check C{plugin} as a handler plugin.
+
+    @return: C{(name, reason)}: the plugin's name when it provides
+        L{IHandlerPlugin} with a usable name (else C{None}), and why it
+        cannot be used (C{None} if it can).
     """
     try:
         verifyObject(IHandlerPlugin, plugin)
     except Invalid as e:
-        return "does not provide IHandlerPlugin: {}".format(" ".join(str(e).split()))
+        # An object that fails the check may lack any attribute, its name
+        # included: the one place discovery reads an attribute it may not
+        # have.
+        name = getattr(plugin, "name", None)
+        return (name if _usableName(name) else None), "does not provide IHandlerPlugin: {}".format(
+            " ".join(str(e).split()))
     name = plugin.name
-    if not isinstance(name, str) or not name or name != name.strip():
-        return "name must be a non-empty str without surrounding spaces, not {!r}".format(name)
+    if not _usableName(name):
+        return None, "name must be a non-empty str without surrounding spaces, not {!r}".format(
+            name)
     if plugin.apiVersion not in SUPPORTED_API_VERSIONS:
-        return (
+        return name, (
             "written for handler API version {!r}, but this sipcore implements "
             "version(s) {}".format(plugin.apiVersion, ", ".join(map(str, SUPPORTED_API_VERSIONS)))
         )
     events = plugin.events
     if not isinstance(events, tuple):
-        return "events must be a tuple of event names, not {!r}".format(events)
+        return name, "events must be a tuple of event names, not {!r}".format(events)
     unknown = [event for event in events if event not in ALL_EVENTS]
     if unknown:
-        return "unknown event name(s) {}; known events: {}".format(
+        return name, "unknown event name(s) {}; known events: {}".format(
             ", ".join(map(repr, unknown)), ", ".join(ALL_EVENTS)
         )
     if not isinstance(plugin.priority, int):
-        return "priority must be an int, not {!r}".format(plugin.priority)
-    return None
+        return name, "priority must be an int, not {!r}".format(plugin.priority)
+    return name, None
 
 
 def discoverHandlers(package: types.ModuleType | None = None) -> FoundHandlers:
@@ -175,12 +189,11 @@ def discoverHandlers(package: types.ModuleType | None = None) -> FoundHandlers:
                 if all(p.plugin != dropin.moduleName for p in problems):
                     problems.append(_loadFailed(dropin.moduleName))
                 continue
-            reason = _checkPlugin(plugin)
+            name, reason = _checkPlugin(plugin)
             if reason is not None:
-                label = plugin.name if isinstance(getattr(plugin, "name", None), str) else where
-                problems.append(
-                    PluginProblem(label, "{!r} (plugin {}): {}".format(plugin, where, reason))
-                )
+                problems.append(PluginProblem(
+                    where if name is None else name,
+                    "{!r} (plugin {}): {}".format(plugin, where, reason)))
                 continue
             found = byName.setdefault(plugin.name, [])
             if all(other is not plugin for _, other in found):

@@ -290,9 +290,12 @@ def loadCredentialFile(path: str) -> MemoryCredentials:
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise ValueError("cannot read credential file {!r}: {}".format(
-            path, getattr(e, "strerror", None) or type(e).__name__)) from None
+            path, e.strerror or type(e).__name__)) from None
+    except UnicodeDecodeError:
+        raise ValueError("cannot read credential file {!r}: not UTF-8 text".format(
+            path)) from None
     source = MemoryCredentials()
     for number, line in enumerate(lines, 1):
         text = line.strip()
