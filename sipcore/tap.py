@@ -677,6 +677,7 @@ def _buildOperations(admin: Any, reactor: Any, root: Any, listing: Any, core: An
 
         from sipcore.admin.api import AdminAPI, AdminParts, registrySamples
         from sipcore.admin.service import AdminService, readyChecks
+        from sipcore.admin.status import RecentCloses
 
         parts = AdminParts(
             reactor=reactor,
@@ -697,6 +698,7 @@ def _buildOperations(admin: Any, reactor: Any, root: Any, listing: Any, core: An
             metrics=lambda: registrySamples(root.metrics),
             reload=lambda: root.reloader.reload("admin API"),
             ready=readyChecks(root.listeners, storeAvailable, root.queues, usesDatabase),
+            closes=RecentCloses(),
         )
         services.append(AdminService(serverFromString(reactor, admin.listen),
                                      AdminAPI(parts, admin.token)))

@@ -266,6 +266,9 @@ class AdminAPITests(TestCase):
         self.assertEqual(code, 404)
         code, missing = await _http("DELETE", base + "/api/connections/{}".format(conid))
         self.assertEqual(code, 404)
+        code, closes = await _http("GET", base + "/api/closes")
+        self.assertEqual([(c["conid"], c["transport"]) for c in closes["closes"]],
+                         [(conid, "tcp")])
 
     async def test_removeAor(self) -> None:
         """

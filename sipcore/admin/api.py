@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from sipcore.admin.status import RecentCloses, statusPage
 from sipcore.events import REGISTRATION_REMOVED, RegistrationEvent
 from sipcore.interfaces import IBindingListing, ILocationStore
 from sipcore.location.binding import Binding, aorKey
@@ -54,6 +55,7 @@ class AdminParts:
     @ivar reload: the server's reload (the same as on C{SIGHUP}): returns
         what each part said, by name.
     @ivar ready: the readiness checks.
+    @ivar closes: the recent connection closes.
     """
 
     reactor: IReactorTime
@@ -69,6 +71,7 @@ class AdminParts:
     metrics: Callable[[], Iterable[tuple[str, dict[str, str], float]]]
     reload: Callable[[], dict[str, str]]
     ready: Sequence[ReadyCheck]
+    closes: RecentCloses
 
 
 def registrySamples(registry: Any) -> Iterable[tuple[str, dict[str, str], float]]:
@@ -343,6 +346,30 @@ class AdminAPI:
         def work() -> tuple[int, Any]:
             return 200, {"reloaded": self.parts.reload()}
         return defer.Deferred.fromCoroutine(self._answer(request, work))
+
+    @app.route("/api/closes", methods=["GET"])
+    def closes(self, request: IRequest) -> Any:
+        """
+        C{GET /api/closes}: the recent connection closes, newest first.
+        """
+        def work() -> tuple[int, Any]:
+            return 200, {"closes": self.parts.closes.recent()}
+        return defer.Deferred.fromCoroutine(self._answer(request, work))
+
+    # -- status page ------------------------------------------------------
+
+    @app.route("/status", methods=["GET"])
+    def status(self, request: IRequest) -> bytes:
+        """
+        C{GET /status}: the status page (no data in it: its script asks the
+        API, with the token the reader types in when there is one).
+        """
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"Content-Security-Policy",
+                          b"default-src 'self'; script-src 'unsafe-inline'; "
+                          b"style-src 'unsafe-inline'")
+        return statusPage()
 
     # -- health -----------------------------------------------------------
 

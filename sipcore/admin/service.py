@@ -43,10 +43,24 @@ class AdminService(StreamServerEndpointService):
     _log = Logger()
 
     def __init__(self, endpoint: IStreamServerEndpoint, api: AdminAPI) -> None:
+        """
+        @param endpoint: where to listen.
+        @param api: what to serve; its recent closes subscribe to its bus
+            while the service runs.
+        """
         site = _QuietSite(api.resource())
         site.noisy = False
         StreamServerEndpointService.__init__(self, _RecordingEndpoint(endpoint, self), site)
         self.setName("admin")
+        self._parts = api.parts
+
+    def startService(self) -> None:
+        self._parts.bus.subscribe(self._parts.closes)
+        StreamServerEndpointService.startService(self)
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        self._parts.bus.unsubscribe(self._parts.closes)
+        return StreamServerEndpointService.stopService(self)  # type: ignore[no-any-return]
 
 
 class _RecordingEndpoint:
