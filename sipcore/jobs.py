@@ -69,6 +69,8 @@ class JobQueue:
     @ivar dropped: items refused by L{put} (queue full or stopped).
     @ivar abandoned: items dropped after C{maxAttempts} failed attempts.
     @ivar processed: items handed to a batch that succeeded.
+    @ivar lastError: the message of the last failed batch's error, or
+        C{None} when no batch failed yet.
     @ivar latency: a L{LatencyHistogram} of the seconds from an item's
         first L{put} to the success of its batch.
     """
@@ -152,6 +154,7 @@ class JobQueue:
         self.dropped = 0
         self.abandoned = 0
         self.processed = 0
+        self.lastError: str | None = None
         self.latency = LatencyHistogram()
 
         self._waiting: OrderedDict[Hashable, _Entry] = OrderedDict()
@@ -211,7 +214,8 @@ class JobQueue:
 
         @return: a C{dict} with C{name}, C{depth}, C{oldestAge}, C{batches},
             C{retries}, C{failures}, C{dropped}, C{abandoned},
-            C{processed}, C{failing}, C{full} and C{stopped}.
+            C{processed}, C{failing}, C{full}, C{stopped} and
+            C{lastError}.
         """
         return {
             "name": self.name,
@@ -226,6 +230,7 @@ class JobQueue:
             "failing": self.failing,
             "full": self._full,
             "stopped": self._stopping,
+            "lastError": self.lastError,
         }
 
     # ------------------------------------------------------------------
@@ -444,6 +449,7 @@ class JobQueue:
     def _batchFailed(self, failure: Failure) -> None:
         batch = self._endBatch()
         self.failures += 1
+        self.lastError = failure.getErrorMessage() or repr(failure.value)
         if self._stopped:
             # Cancelled at the stop deadline: keep the items (they were
             # reported as left) and do nothing else.

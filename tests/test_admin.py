@@ -318,6 +318,7 @@ class AdminAPITests(TestCase):
         self.assertEqual([h["name"] for h in handlers["handlers"]], ["location-cleanup"])
         self.assertEqual([q["name"] for q in handlers["queues"]], ["location-cleanup"])
         self.assertEqual(handlers["queues"][0]["depth"], 0)
+        self.assertIsNone(handlers["queues"][0]["lastError"])
         code, transactions = await _http("GET", base + "/api/transactions")
         self.assertIn("serverTransactions", transactions["transactions"])
         self.assertEqual(transactions["limits"]["maxMessageSize"], 65536)

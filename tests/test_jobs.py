@@ -289,6 +289,7 @@ class BatchTests(SynchronousTestCase):
         for key in ("batches", "retries", "failures", "dropped", "abandoned", "processed"):
             self.assertEqual(m[key], 0, key)
         self.assertFalse(m["failing"])
+        self.assertIsNone(m["lastError"])
 
 
 class FailureTests(SynchronousTestCase):
@@ -313,6 +314,7 @@ class FailureTests(SynchronousTestCase):
         clock.advance(0.5)
         self.assertEqual(runner.calls[-1], [1, 2])
         self.assertEqual(queue.retries, 1)
+        self.assertEqual(queue.metrics()["lastError"], "database away")
         self.flushLoggedErrors(DatabaseAway)
 
     def test_newerItemWinsAfterFailure(self) -> None:

@@ -141,10 +141,12 @@ def _command(options: argparse.Namespace) -> tuple[Any, str]:
               h.get("timedOut"), h.get("dropped"), h.get("running")]
              for h in answer["handlers"]])
         queues = table(
-            ["QUEUE", "STATE", "DEPTH", "PROCESSED", "FAILURES", "RETRIES", "DROPPED"],
+            ["QUEUE", "STATE", "DEPTH", "PROCESSED", "FAILURES", "RETRIES", "DROPPED",
+             "LAST-ERROR"],
             [[q["name"], "stopped" if q["stopped"] else "full" if q["full"]
               else "failing" if q["failing"] else "ok",
-              q["depth"], q["processed"], q["failures"], q["retries"], q["dropped"]]
+              q["depth"], q["processed"], q["failures"], q["retries"], q["dropped"],
+              q["lastError"]]
              for q in answer["queues"]])
         return answer, handlers + "\n" + queues
     if command == "transactions":
