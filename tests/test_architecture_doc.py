@@ -69,9 +69,9 @@ class ArchitectureDocTests(SynchronousTestCase):
 
         for info in pkgutil.walk_packages(sipcore.__path__, "sipcore."):
             module = importlib.import_module(info.name)
-            for attribute, value in vars(module).items():
+            for name, value in vars(module).items():
                 if isinstance(value, (type, InterfaceClass)):
-                    known.setdefault(attribute, value)
+                    known.setdefault(name, value)
         missing = []
         for cls, attribute in sorted(literals, key=lambda pair: (pair[0], pair[1] or "")):
             found = known.get(cls)
