@@ -558,7 +558,7 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
     jobQueues: dict[str, Any] = {}
     connector, resolver = _buildOutgoing(options, reactor, core, table, listeners)
     hops = HopConnector(table, listeners, connector)
-    pinger = _buildPinger(options, core, hops)
+    pinger = _buildPinger(options, core, hops, resolver)
     # A new handler of each plugin for this service.
     handlers = [
         EnabledHandler.make(plugin, HandlerContext(
@@ -720,7 +720,7 @@ def _buildMetrics(options: Options, reactor: Any, metrics: Any) -> Any:
     return MetricsService(serverFromString(reactor, options["metrics-listen"]), metrics)
 
 
-def _buildPinger(options: Options, core: Any, hops: Any) -> Any:
+def _buildPinger(options: Options, core: Any, hops: Any, resolver: Any) -> Any:
     """
     The L{sipcore.routes.ping.OptionsPinger} the routers' health checks
     send through the core's transaction layer.
@@ -731,7 +731,7 @@ def _buildPinger(options: Options, core: Any, hops: Any) -> Any:
     domains = options["domain"]
     advertise = options["advertise-host"] or (domains[0] if domains else None)
     return OptionsPinger(core.transactions, hops, LocalAddresses(hops, core.domains, advertise),
-                         fromHost=domains[0] if domains else "localhost")
+                         fromHost=domains[0] if domains else "localhost", resolver=resolver)
 
 
 def _buildRouters(options: Options, reactor: Any, handlers: list[Any]) -> Any:

@@ -36,6 +36,7 @@ from sipcore.routes.table import RoutesError, RouteTable, parseRoutes
 from sipcore.sip.auth import Identity
 from sipcore.sip.proxy import RECURSE, Proxy, ProxyPolicy
 from sipcore.sip.recordroute import LocalAddresses
+from sipcore.sip.routing import NextHop
 from sipcore.sip.trust import TrustedPeers
 from sipcore.testing import LogCapture
 from sipcore.transport.hops import HopConnector
@@ -246,6 +247,31 @@ class DispatcherTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(lost), False)
         self.assertIs(self.successResultOf(pinger.ping(parseURI("sip:127.0.0.1:6002;transport=tcp"))),
                       False)
+
+    def test_optionsPingerLocatesNames(self) -> None:
+        """
+        A target given by host name is pinged at the first location the
+        resolver gives; one the resolver cannot locate counts as not
+        answering.
+        """
+        from sipcore.dns import Location, ResolveFailed
+
+        class Resolver:
+            def resolve(self, uri: Any) -> defer.Deferred[list[Location]]:
+                if uri.host == "pbx.example":
+                    return defer.succeed([Location(NextHop("udp", "127.0.0.1", 6003),
+                                                   "pbx.example")])
+                return defer.fail(ResolveFailed("no such name"))
+
+        h = ProxyHarness()
+        hops = HopConnector(h.table, h.listeners)
+        pinger = OptionsPinger(h.core.transactions, hops,
+                               LocalAddresses(hops, h.core.domains), "example.com",
+                               resolver=Resolver())
+        pinger.ping(parseURI("sip:pbx.example"))
+        [(options, address)] = h.udpSent()
+        self.assertEqual((options.method, address), ("OPTIONS", ("127.0.0.1", 6003)))
+        self.assertIs(self.successResultOf(pinger.ping(parseURI("sip:nowhere.example"))), False)
 
 
 @implementer(IRouter)
@@ -571,3 +597,29 @@ class ExampleConfigurationTests(SynchronousTestCase):
         self.assertEqual((default.kind, len(default.targets), default.algorithm),
                          ("default", 2, "priority"))
         self.assertEqual(emergency.match, "112")
+
+
+class TargetOfTests(SynchronousTestCase):
+    """
+    L{Proxy.targetOf} turns a route target into a branch target.
+    """
+
+    def test_targets(self) -> None:
+        """
+        An IP literal is a next hop; a host name is located by the
+        resolver when there is one, else the target has nowhere to go (its
+        branch fails with 503).
+        """
+        h = ProxyHarness()
+        hops = HopConnector(h.table, h.listeners)
+        located = Proxy(h.core, h.store, h.clock, hops, resolver=object())  # type: ignore[arg-type]
+        plain = Proxy(h.core, h.store, h.clock, hops)
+        uri = parseURI("sip:+49301@example.com")
+        literal = located.targetOf(uri, parseURI("sip:192.0.2.1:5070;transport=tcp"))
+        self.assertEqual((literal.uri, literal.hop, literal.locate),
+                         (uri, NextHop("tcp", "192.0.2.1", 5070), None))
+        named = located.targetOf(None, parseURI("sip:pbx.example"))
+        self.assertEqual((named.hop, named.locate), (None, parseURI("sip:pbx.example")))
+        nowhere = plain.targetOf(None, parseURI("sip:pbx.example"))
+        self.assertEqual((nowhere.hop, nowhere.locate), (None, None))
+        self.assertRaises(ValueError, plain.targetOf, None)

@@ -54,15 +54,20 @@ class OptionsPinger:
     """
 
     def __init__(self, transactions: Any, hops: IHopConnector, addresses: LocalAddresses,
-                 fromHost: str = "localhost") -> None:
+                 fromHost: str = "localhost", resolver: Any = None) -> None:
         """
         @param transactions: the L{sipcore.sip.transaction.TransactionLayer}.
-        @param hops: finds the flow to a next hop.
+        @param hops: finds the flow to a next hop, opening a connection when
+            none is open.
         @param addresses: names this server in the Via.
         @param fromHost: the host of the From URI (the server's domain).
+        @param resolver: the L{sipcore.dns.Resolver} that locates a host
+            given by name (the first location is pinged), or C{None}: only
+            IP addresses are pinged.
         """
         self.transactions = transactions
         self.hops = hops
+        self.resolver = resolver
         self.addresses = addresses
         self.fromHost = fromHost
         self.stats = {"sent": 0, "unreachable": 0}
@@ -71,15 +76,27 @@ class OptionsPinger:
         """
         See L{IPinger.ping}.
         """
+        return defer.Deferred.fromCoroutine(self._ping(uri))
+
+    async def _ping(self, uri: URI) -> bool:
         try:
             hop = nextHopOf(uri)
+            serverName: str | None = None
         except NoRoute:
+            if self.resolver is None:
+                self.stats["unreachable"] += 1
+                return False
+            try:
+                locations = await self.resolver.resolve(uri)
+            except Exception:
+                self.stats["unreachable"] += 1
+                return False
+            hop, serverName = locations[0].hop, locations[0].serverName
+        try:
+            flow = await self.hops.openFlow(hop, serverName)
+        except Exception:
             self.stats["unreachable"] += 1
-            return defer.succeed(False)
-        flow = self.hops.flowTo(hop.transport, hop.host, hop.port)
-        if flow is None:
-            self.stats["unreachable"] += 1
-            return defer.succeed(False)
+            return False
         transport, host, port = self.addresses.side(flow)
         if ":" in host:
             host = "[" + host + "]"
@@ -106,4 +123,4 @@ class OptionsPinger:
         self.transactions.sendRequest(request, flow,
                                       (hop.host, hop.port) if hop.transport == "udp" else None,
                                       answer)
-        return answer.deferred
+        return await answer.deferred
