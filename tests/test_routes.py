@@ -483,6 +483,19 @@ class ProxyRoutingTests(SynchronousTestCase):
         h.send(sipRequest("MESSAGE", uri="sip:bob@192.0.2.1"))
         self.assertEqual(h.statuses(), [500])
 
+    def test_cancelWhileRouting(self) -> None:
+        """
+        A CANCEL that arrives while the router works ends the INVITE with
+        487; the router's late answer forwards nothing.
+        """
+        pending: defer.Deferred[Any] = defer.Deferred()
+        h = self.harness(FixedRouter(pending))
+        h.send(sipRequest("INVITE", uri="sip:bob@192.0.2.1"))
+        h.send(sipRequest("CANCEL", uri="sip:bob@192.0.2.1"))
+        pending.callback(RouteTargets((RouteTarget(nextHop=parseURI("sip:127.0.0.1:6000")),)))
+        self.assertEqual(sorted(h.statuses()), [200, 487])
+        self.assertEqual(h.udpSent(), [])
+
     def test_serialFailover(self) -> None:
         """
         Serial targets are tried one after another: a 503 from the first
