@@ -111,6 +111,26 @@ class IMessageSink(Interface):
         """
 
 
+class IMessageObserver(Interface):
+    """
+    Sees every SIP message a transport receives or sends (the capture of
+    L{sipcore.capture}).  Called in the reactor thread for each message:
+    it must return at once and never raise.
+    """
+
+    def messageSeen(data, transport, source, destination):
+        """
+        One message crossed a transport.
+
+        @param data: the message's bytes (for TLS and WSS, decrypted).
+        @param transport: C{"udp"}, C{"tcp"}, C{"tls"}, C{"ws"} or C{"wss"}.
+        @param source: C{(host, port)} it came from (ours when sent).
+        @param destination: C{(host, port)} it went to (ours when
+            received).
+        @return: C{None}.
+        """
+
+
 class IHopConnector(Interface):
     """
     The transport layer as the SIP layer sends through it: the flow that

@@ -521,6 +521,7 @@ class SIPCoreService(OrderedServices):
         database: IService | None = None,
         reloader: ReloadService | None = None,
         operations: Callable[[SIPCoreService], Iterable[IService]] | None = None,
+        capture: Sequence[IService] = (),
     ) -> None:
         """
         Build the tree: the database when given, the store, the handlers,
@@ -535,6 +536,8 @@ class SIPCoreService(OrderedServices):
             C{None}.
         @param reloader: the L{ReloadService} (C{SIGHUP} and the admin
             API's reload), started after the metrics service, or C{None}.
+        @param capture: the SIP capture services (L{sipcore.capture}),
+            started before the listeners and stopped after them.
         @param operations: called with this service once its other children
             are added; the services it returns (the admin API, the
             systemd notice) are added last, so they start once everything
@@ -561,6 +564,8 @@ class SIPCoreService(OrderedServices):
         storeService.setServiceParent(self)
         handlerService.setServiceParent(self)
         CoreService(table, core, proxy).setServiceParent(self)
+        for service in capture:
+            service.setServiceParent(self)
         listening = OrderedServices()
         listening.setName("listeners")
         for listener in self.listeners:

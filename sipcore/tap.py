@@ -112,6 +112,13 @@ class Options(usage.Options):
         ["advertise-host", None, "",
          "Host put in Via and Record-Route for listeners bound to the wildcard address "
          "(default: the first --domain given)."],
+        ["sip-trace", None, "",
+         "Write every SIP message received and sent to this pcap file (decrypted for "
+         "TLS and WSS; see 'Capture' in the operations docs); empty: off."],
+        ["hep", None, "",
+         "Send every SIP message received and sent to this HEP v3 collector over UDP "
+         "(IP:PORT or [IPv6]:PORT); empty: off."],
+        ["hep-agent-id", None, 0, "Capture agent id in the HEP packets.", _positiveInt],
         ["max-branches", None, 10,
          "Most branches a request to an address of record forks to (highest q first, "
          "then the most recently registered).", _positiveInt],
@@ -356,6 +363,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["list-handlers"]:
             return
+        self["capture"] = _captureSettings(self)
         if self["redirects"] not in ("relay", "recurse"):
             raise usage.UsageError("--redirects must be relay or recurse")
         if not self["listen"]:
@@ -475,7 +483,9 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
     metrics = CollectorRegistry()
     admin = options["admin"]
     bus = EventBus(reactor)
-    table = ConnectionTable(bus, reactor, serverId=serverId, limits=ConnectionLimits(
+    observer, captureServices = _buildCapture(options, reactor)
+    table = ConnectionTable(bus, reactor, serverId=serverId, observer=observer,
+                            limits=ConnectionLimits(
         maxConnections=options["max-connections"],
         maxPerSource=options["max-connections-per-source"],
         exempt=frozenset(options["limit-exempt"]),
@@ -545,9 +555,15 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
     core.route("REGISTER", registrar)
     authenticator = _buildAuthentication(options, reactor, core, dbPool, metrics)
     listenerOptions = _listenerOptions(options, limiter)
+    listenerOptions["observer"] = observer
+    sink: Any = core
+    if observer is not None:
+        from sipcore.capture import ObservedSink
+
+        sink = ObservedSink(core, observer)
     listeners = [
         ListenerService(
-            parseListen(spec), reactor, core, table,
+            parseListen(spec), reactor, sink, table,
             maxSize=options["max-message-size"],
             idleTimeout=options["idle-timeout"],
             backlog=options["listen-backlog"],
@@ -608,6 +624,7 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
         metricsService=_buildMetrics(options, reactor, metrics),
         reloader=reloader,
         database=database,
+        capture=captureServices,
         operations=lambda root: _buildOperations(admin, reactor, root, listing, core, table,
                                                  available, bool(options["db"])),
     )
@@ -704,6 +721,36 @@ def _buildOperations(admin: Any, reactor: Any, root: Any, listing: Any, core: An
                                      AdminAPI(parts, admin.token)))
     services.append(SystemdNotify())
     return services
+
+
+def _captureSettings(options: Options) -> Any:
+    """
+    The L{sipcore.capture.CaptureSettings} of C{--sip-trace} and C{--hep}.
+
+    @raise usage.UsageError: for a bad collector address.
+    """
+    from sipcore.capture import CaptureSettings, parseHEPAddress
+
+    hep = None
+    if options["hep"]:
+        try:
+            hep = parseHEPAddress(options["hep"])
+        except ValueError as e:
+            raise usage.UsageError("--hep: {}".format(e)) from None
+    return CaptureSettings(pcapPath=options["sip-trace"], hepAddress=hep,
+                           hepAgentId=options["hep-agent-id"])
+
+
+def _buildCapture(options: Options, reactor: Any) -> tuple[Any, list[Any]]:
+    """
+    The capture observer (C{None} when off) and its services.
+    """
+    settings = options.get("capture")
+    if settings is None or not settings.enabled:
+        return None, []
+    from sipcore.capture import buildCapture
+
+    return buildCapture(settings, reactor)
 
 
 def _buildMetrics(options: Options, reactor: Any, metrics: Any) -> Any:

@@ -126,8 +126,14 @@ class StreamFlow:
         transport: str,
         local: tuple[str, int],
         remote: tuple[str, int],
+        observer: Any = None,
     ) -> None:
+        """
+        @param observer: the L{sipcore.interfaces.IMessageObserver} told of
+            each message sent, or C{None}.
+        """
         self._protocol = protocol
+        self._observer = observer
         self.transport = transport
         self.local = local
         self.remote = remote
@@ -144,6 +150,8 @@ class StreamFlow:
 
         @return: C{True} if the connection was open to take it.
         """
+        if self._observer is not None:
+            self._observer.messageSeen(data, self.transport, self.local, self.remote)
         return bool(self._protocol._flowSend(data))
 
     def sendTo(self, data: bytes, address: tuple[str, int]) -> bool:
@@ -241,6 +249,7 @@ class ConnectionTable:
         closeGrace: float = DEFAULT_CLOSE_GRACE,
         limits: ConnectionLimits = ConnectionLimits(),
         metrics: CollectorRegistry | None = None,
+        observer: Any = None,
     ) -> None:
         """
         @param bus: an L{sipcore.interfaces.IEventBus} provider (only C{fire}
@@ -252,9 +261,13 @@ class ConnectionTable:
             gracefully before aborting it.
         @param limits: how many connections it holds (default: no limit).
         @param metrics: the registry its figures are served from, or C{None}.
+        @param observer: the L{sipcore.interfaces.IMessageObserver} the
+            flows of its connections report the messages they send to, or
+            C{None}.
         """
 
         self._bus = bus
+        self.observer = observer
         self._clock = clock
         self.serverId = serverId
         self.closeGrace = closeGrace

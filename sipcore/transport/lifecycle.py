@@ -73,6 +73,7 @@ class StreamLifecycle:
             factory.transportName,
             addressOf(self.transport.getHost()),
             addressOf(self.transport.getPeer()),
+            factory.table.observer,
         )
         try:
             factory.table.add(flow, self.direction)

@@ -90,7 +90,7 @@ _FILE_KEYS = ("privateKey", "certKey", "extraCertChain", "dhParameters")
 #: The options of a UDP listener's protocol; a stream listener's options
 #: are the fields of L{ConnectionSettings}.  L{ListenerService} passes a
 #: listener only its own, so one set of options can serve every listener.
-_UDP_OPTIONS = frozenset({"receiveBuffer", "limiter"})
+_UDP_OPTIONS = frozenset({"receiveBuffer", "limiter", "observer"})
 _SETTINGS = frozenset(f.name for f in fields(ConnectionSettings)) - {"maxSize", "idleTimeout"}
 
 
@@ -423,8 +423,8 @@ class ListenerService(Service):
         @param backlog: the listen backlog of a stream listener whose spec
             names none.
         @param options: factory options; each listener uses those of its
-            transport and ignores the others: C{receiveBuffer} and
-            C{limiter} (UDP), the other fields of L{ConnectionSettings}
+            transport and ignores the others: C{receiveBuffer},
+            C{limiter} and C{observer} (UDP), the other fields of L{ConnectionSettings}
             (TCP, TLS, WS, WSS: the listener's C{settings}).
         @raise ValueError: for a bad setting, or a TLS certificate or key that
             cannot be read or does not match.

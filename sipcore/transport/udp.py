@@ -92,6 +92,9 @@ class DatagramFlow:
 
         @return: C{True} if the socket took it.
         """
+        observer = self._protocol.observer
+        if observer is not None:
+            observer.messageSeen(data, "udp", self.local, self.remote)
         return self._protocol.sendDatagram(data, self._address)
 
     def sendTo(self, data: bytes, address: Any) -> bool:
@@ -100,6 +103,9 @@ class DatagramFlow:
 
         @return: C{True} if the socket took it.
         """
+        observer = self._protocol.observer
+        if observer is not None:
+            observer.messageSeen(data, "udp", self.local, addressOf(address))
         return self._protocol.sendDatagram(data, address)
 
     def close(self) -> None:
@@ -133,6 +139,7 @@ class SIPDatagramProtocol(DatagramProtocol):
         receiveBuffer: int = DEFAULT_RECEIVE_BUFFER,
         limiter: Any = None,
         readPerTurn: int = DEFAULT_READ_PER_TURN,
+        observer: Any = None,
     ) -> None:
         """
         @param sink: the L{sipcore.interfaces.IMessageSink}.
@@ -147,11 +154,14 @@ class SIPDatagramProtocol(DatagramProtocol):
         @param readPerTurn: the most bytes of datagrams the socket reads
             each time it is readable (C{maxThroughput} of Twisted's UDP
             port); at least one datagram is always read.
+        @param observer: the L{sipcore.interfaces.IMessageObserver} its
+            flows tell of each message they send, or C{None}.
         @raise ValueError: if C{readPerTurn} is less than 1.
         """
         if readPerTurn < 1:
             raise ValueError("readPerTurn must be at least 1")
         self.readPerTurn = readPerTurn
+        self.observer = observer
         self.sink = sink
         self.limiter = limiter
         self._blocked: dict[str, list[float]] = {} if limiter is None else limiter.blocked
