@@ -572,7 +572,7 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
         for spec in options["listen"]
     ]
     jobQueues: dict[str, Any] = {}
-    connector, resolver = _buildOutgoing(options, reactor, core, table, listeners)
+    connector, resolver = _buildOutgoing(options, reactor, sink, table, listeners)
     hops = HopConnector(table, listeners, connector)
     pinger = _buildPinger(options, core, hops, resolver)
     # A new handler of each plugin for this service.
@@ -873,10 +873,11 @@ def _outgoingSettings(options: Options) -> Any:
         raise usage.UsageError(str(e)) from None
 
 
-def _buildOutgoing(options: Options, reactor: Any, core: Any, table: Any,
+def _buildOutgoing(options: Options, reactor: Any, sink: Any, table: Any,
                    listeners: list[Any]) -> tuple[Any, Any]:
     """
-    The connector of outgoing connections and the RFC 3263 resolver.
+    The connector of outgoing connections (their messages go to C{sink},
+    as the listeners' do) and the RFC 3263 resolver.
 
     @raise usage.UsageError: when a TLS file cannot be loaded.
     """
@@ -884,7 +885,7 @@ def _buildOutgoing(options: Options, reactor: Any, core: Any, table: Any,
     from sipcore.transport.outgoing import OutgoingConnector
 
     try:
-        connector = OutgoingConnector(table, core, reactor, options["outgoing"])
+        connector = OutgoingConnector(table, sink, reactor, options["outgoing"])
     except ValueError as e:
         raise usage.UsageError(str(e)) from None
     transports = ["tcp", "tls"]

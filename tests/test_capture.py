@@ -274,3 +274,26 @@ class OptionTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, Options().parseOptions, ["--hep", "collector:9060"])
         self.assertEqual(parseHEPAddress("127.0.0.1:9060"), ("127.0.0.1", 9060))
         self.assertRaises(ValueError, parseHEPAddress, "127.0.0.1")
+
+
+class WiringTests(SynchronousTestCase):
+    def test_everyTransportObserved(self) -> None:
+        """
+        With C{--sip-trace} the listeners and the outgoing connections
+        hand their messages to the capture's sink wrapper, and the
+        connection table gives the stream flows the capture as observer;
+        without it, none of them has one.
+        """
+        from sipcore.tap import buildService
+        from sipcore.testing import UDPMemoryReactor
+
+        options = Options()
+        options.parseOptions(["--sip-trace", self.mktemp()])
+        service = buildService(options, UDPMemoryReactor())
+        self.assertIsInstance(service.proxy.hops.outgoing.sink, ObservedSink)
+        self.assertIsInstance(service.table.observer, PcapWriter)
+        options = Options()
+        options.parseOptions([])
+        service = buildService(options, UDPMemoryReactor())
+        self.assertIs(service.proxy.hops.outgoing.sink, service.core)
+        self.assertIsNone(service.table.observer)
