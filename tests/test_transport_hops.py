@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import task
+from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -16,12 +17,7 @@ from sipcore.testing import FakeDatagramTransport, FakeFlow, RecordingBus
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.hops import HopConnector
 from sipcore.transport.udp import DatagramFlow, SIPDatagramProtocol
-
-
-class _Address:
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
+from tests.test_transport_support import RecordingSink
 
 
 class _Spec:
@@ -45,9 +41,9 @@ class FakeListener:
         self.started = True
         self.calls = 0
 
-    def getHost(self) -> _Address | None:
+    def getHost(self) -> IPv4Address | None:
         self.calls += 1
-        return _Address(self.host, self.port) if self.started else None
+        return IPv4Address("UDP", self.host, self.port) if self.started else None
 
 
 class HopConnectorTests(SynchronousTestCase):
@@ -57,7 +53,7 @@ class HopConnectorTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.table = ConnectionTable(RecordingBus(), task.Clock())
-        self.udp = SIPDatagramProtocol(object(), receiveBuffer=0)
+        self.udp = SIPDatagramProtocol(RecordingSink(), receiveBuffer=0)
         self.udpTransport = FakeDatagramTransport()
         self.udp.transport = self.udpTransport
         self.listeners: list[Any] = [FakeListener("tcp", 5060),

@@ -11,7 +11,9 @@ import datetime
 from typing import Any
 
 from twisted.python.filepath import FilePath
+from zope.interface import implementer
 
+from sipcore.interfaces import IMessageSink
 from sipcore.testing import RecordingBus
 
 __all__ = ["OK", "OPTIONS", "RecordingBus", "RecordingSink", "makeCertificate"]
@@ -28,6 +30,7 @@ OPTIONS = (
 OK = b"SIP/2.0 200 OK\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
 
 
+@implementer(IMessageSink)
 class RecordingSink:
     """
     A message sink that records messages and rejections and answers an

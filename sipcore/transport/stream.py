@@ -15,8 +15,6 @@ its ClientHello a byte a second is cut off like a silent one.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
@@ -25,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipcore.events import TCP_CLOSED, TCP_RESET
+from sipcore.interfaces import IMessageSink
 from sipcore.message.errors import SIPParseError
 from sipcore.message.framing import PING, StreamFramer
 from sipcore.transport.connections import (
@@ -245,7 +244,7 @@ class SIPStreamFactory(ServerFactory):
 
     def __init__(
         self,
-        sink: Any,
+        sink: IMessageSink,
         table: ConnectionTable,
         clock: IReactorTime,
         transport: str = "tcp",

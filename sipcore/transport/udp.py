@@ -24,7 +24,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sipcore.interfaces import IFlow
+from sipcore.interfaces import IFlow, IMessageSink
 from sipcore.message.framing import DEFAULT_MAX_SIZE
 from sipcore.transport.connections import addressOf
 
@@ -134,7 +134,7 @@ class SIPDatagramProtocol(DatagramProtocol):
 
     def __init__(
         self,
-        sink: Any,
+        sink: IMessageSink,
         maxSize: int = DEFAULT_MAX_SIZE,
         receiveBuffer: int = DEFAULT_RECEIVE_BUFFER,
         limiter: Any = None,

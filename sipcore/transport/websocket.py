@@ -66,6 +66,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipcore.events import TCP_CLOSED, TCP_RESET, TCP_TIMEOUT
+from sipcore.interfaces import IMessageSink
 from sipcore.throttle import LogThrottle
 from sipcore.transport._autobahn import (
     HANDSHAKE_STATE,
@@ -454,7 +455,7 @@ class SIPWebSocketFactory(WebSocketServerFactory):
 
     def __init__(
         self,
-        sink: Any,
+        sink: IMessageSink,
         table: ConnectionTable,
         clock: IReactorTime,
         transport: str = "ws",
