@@ -238,9 +238,13 @@ class HookTests(SynchronousTestCase):
 
         flows: list[Any] = []
 
+        @implementer(IMessageSink)
         class Sink:
             def messageReceived(self, data: bytes, flow: Any) -> None:
                 flows.append(flow)
+
+            def messageRejected(self, data: bytes, reason: str, flow: Any) -> None:
+                pass
 
         recorder = Recorder()
         protocol = SIPDatagramProtocol(Sink(), observer=recorder)
