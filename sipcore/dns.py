@@ -270,18 +270,17 @@ class Resolver:
         records = await self._lookup(host, dns.NAPTR)
         usable = []
         for record in records:
-            transport = _NAPTR_SERVICES.get(record.service.decode("ascii", "replace").upper())
-            if (transport is None or record.flags.lower() != b"s"
-                    or (secure and transport != "tls")):
+            service = record.service.string.decode("ascii", "replace").upper()
+            transport = _NAPTR_SERVICES.get(service)
+            if (transport is None or record.flags.string.lower() != b"s"
+                    or (secure and transport != "tls") or transport not in self.transports):
                 continue
-            usable.append(record)
-        usable.sort(key=lambda r: (r.order, r.preference))
+            usable.append((record.order, record.preference, transport,
+                           str(record.replacement).lower()))
+        usable.sort(key=lambda entry: entry[:2])
         found: list[Location] = []
-        for record in usable:
-            transport = _NAPTR_SERVICES[record.service.decode("ascii").upper()]
-            if transport not in self.transports:
-                continue
-            found += await self._srv(str(record.replacement).lower(), transport, host)
+        for _, _, transport, replacement in usable:
+            found += await self._srv(replacement, transport, host)
         return found
 
     async def _service(self, transport: str, host: str, serverName: str) -> list[Location]:

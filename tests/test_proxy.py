@@ -864,11 +864,12 @@ class RouteTests(SynchronousTestCase):
     def test_streamNextHopNeedsConnection(self) -> None:
         """
         A TCP next hop is reached over an existing connection to it; with
-        none the branch fails with 503, which the caller sees as 500.
+        none (and no outgoing connections configured) the branch fails
+        with 503, made by the proxy, which the caller sees as it is.
         """
         h = ProxyHarness(ProxyPolicy(forwardForeign=True))
         h.send(sipRequest("MESSAGE", uri="sip:bob@127.0.0.1:41000;transport=tcp"))
-        self.assertEqual(h.statuses(), [500])
+        self.assertEqual(h.statuses(), [503])
         peer = h.connect("tcp", 41000)
         h.send(sipRequest("MESSAGE", uri="sip:bob@127.0.0.1:41000;transport=tcp",
                           branch="z9hG4bKm4"))
@@ -1387,7 +1388,7 @@ class PerPacketWorkTests(SynchronousTestCase):
         again = h.connect("tcp", 41000)
         h.send(sipRequest("MESSAGE", uri=uri, branch="z9hG4bKk"))
         self.assertEqual(len(h.requestsOn(again, "MESSAGE")), 1)
-        self.assertEqual(h.statuses().count(500), 5)
+        self.assertEqual(h.statuses().count(503), 5)
 
 
 class SendToSenderTests(SynchronousTestCase):

@@ -347,7 +347,8 @@ def chooseBest(responses: Sequence[tuple[Response, bool]]) -> Response:
     407, 415, 420 and 484 are preferred; within a class a response
     received from downstream is preferred over one the proxy generated
     (a timeout or an unreachable branch), then the earliest.  A chosen 503
-    becomes a 500 (RFC 3261 16.7 step 6).  A chosen 401 or 407 carries
+    received from downstream becomes a 500 (RFC 3261 16.7 step 6); one the
+    proxy made (no location of the branch could be reached) stays.  A chosen 401 or 407 carries
     the C{WWW-Authenticate} and C{Proxy-Authenticate} values of every 401
     and 407 received (step 7).
 
@@ -369,8 +370,8 @@ def chooseBest(responses: Sequence[tuple[Response, bool]]) -> Response:
             if preferred:
                 candidates = preferred
     received = [pair for pair in candidates if not pair[1]]
-    best = (received or candidates)[0][0]
-    if best.status == 503:
+    best, local = (received or candidates)[0]
+    if best.status == 503 and not local:
         changed = Response(500, "Server Internal Error", best.headers.copy(), best.body)
         changed.headers.remove("Retry-After")
         return changed
