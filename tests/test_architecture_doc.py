@@ -15,7 +15,7 @@ from twisted.python.reflect import ModuleNotFound, ObjectNotFound, namedAny
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.interface import InterfaceClass
 
-DOC = Path(__file__).parent.parent / "docs" / "architecture.rst"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "architecture.rst"
 
 #: A dotted name in the text: C{sipcore.} and at least one more part.
 _DOTTED = re.compile(r"\bsipcore(?:\.[A-Za-z_][A-Za-z0-9_]*)+")

@@ -27,7 +27,7 @@ PROBE_HOST = "127.0.0.20"
 
 #: Seconds the flood lasts at most, and datagrams it sends at most.
 FLOOD_SECONDS = 5.5
-FLOOD_PACKETS = 1_000_000
+FLOOD_PACKETS = 4_000_000
 
 #: Probes sent, one every PROBE_INTERVAL seconds, while the flood runs.
 PROBES = 40
