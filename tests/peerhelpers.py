@@ -175,9 +175,24 @@ def startSipp(testCase: TestCase, scenario: str, transport: str, proxyPort: int,
         "-nostdin", "-max_retrans", "5",
         "-trace_err", "-error_file", os.path.join(workdir, "errors.log"),
     ]
-    process = SippProcess(scenario)
+    return startPeer(testCase, scenario, args, workdir)
+
+
+def startPeer(testCase: TestCase, name: str, args: list[str], workdir: str) -> SippProcess:
+    """
+    Run the peer C{args} in C{workdir}, collecting its output; at cleanup
+    it is killed if it still runs, and waited for.
+
+    @param name: what the peer is called in failure messages.
+    """
+    process = SippProcess(name)
     reactor.spawnProcess(process, args[0], args, env=dict(os.environ), path=workdir)
-    testCase.addCleanup(process.kill)
+
+    def stop() -> Any:
+        process.kill()
+        return process.ended
+
+    testCase.addCleanup(stop)
     return process
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from tests.peerhelpers import SippProcess, _missing, freePort, waitRegistered
+from tests.peerhelpers import SippProcess, _missing, freePort, startPeer, waitRegistered
 from tests.serverhelpers import startServer, waitUntil
 
 #: Seconds a client may take to register.
@@ -42,18 +42,9 @@ def clientPath(name: str, package: str) -> str:
 
 def startClient(testCase: TestCase, args: list[str], workdir: str) -> SippProcess:
     """
-    Run a client, collecting its output; at cleanup it is killed if it
-    still runs, and waited for.
+    Run a client (L{startPeer}), named after its executable.
     """
-    process = SippProcess(os.path.basename(args[0]))
-    reactor.spawnProcess(process, args[0], args, env=dict(os.environ), path=workdir)
-
-    def stop() -> Any:
-        process.kill()
-        return process.ended
-
-    testCase.addCleanup(stop)
-    return process
+    return startPeer(testCase, os.path.basename(args[0]), args, workdir)
 
 
 class DigestClientTests(TestCase):

@@ -13,7 +13,6 @@ import secrets
 import socket
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from sipcore.routes.static import StaticRoutes
@@ -25,6 +24,7 @@ from tests.peerhelpers import (
     sippFinished,
     sippPath,
     startNode,
+    startPeer,
     startSipp,
     waitRegistered,
 )
@@ -45,15 +45,7 @@ def startUpstream(testCase: TestCase, port: int, calls: int) -> SippProcess:
         "-timeout", "{}s".format(SIPP_TIMEOUT * 3), "-nostdin",
         "-trace_err", "-error_file", os.path.join(workdir, "errors.log"),
     ]
-    process = SippProcess("upstream")
-    reactor.spawnProcess(process, args[0], args, env=dict(os.environ), path=workdir)
-
-    def stop() -> Any:
-        process.kill()
-        return process.ended
-
-    testCase.addCleanup(stop)
-    return process
+    return startPeer(testCase, "upstream", args, workdir)
 
 
 def routesHandler(service: Any) -> StaticRoutes:

@@ -28,7 +28,7 @@ from twisted.trial.unittest import TestCase
 from sipcore.events import ALL_EVENTS, CLOSE_EVENTS, TCP_CONNECTED
 from sipcore.message import Response, generateTag
 from sipcore.testing import parseRequest, parseResponse
-from tests.peerhelpers import SippProcess, freePort, sippFinished, sippPath, startSipp
+from tests.peerhelpers import SippProcess, freePort, sippFinished, sippPath, startPeer, startSipp
 from tests.serverhelpers import startServer, waitUntil
 from tests.test_bus import RecordingHandler
 
@@ -75,10 +75,7 @@ def startUAS(testCase: TestCase, transport: str, port: int) -> SippProcess:
     args = [sippPath(), "-sn", "uas", "-t", "u1" if transport == "udp" else "t1",
             "-i", "127.0.0.1", "-p", str(port), "-m", "1",
             "-timeout", "30s", "-timeout_error", "-nostdin"]
-    process = SippProcess("uas")
-    reactor.spawnProcess(process, args[0], args, env=dict(os.environ), path=workdir)
-    testCase.addCleanup(process.kill)
-    return process
+    return startPeer(testCase, "uas", args, workdir)
 
 
 def makeCA(directory: str, name: str) -> tuple[Any, Any, str]:
