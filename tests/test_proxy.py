@@ -10,9 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.logger import LogLevel, formatEvent
+from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from sipcore.dns import Resolver
 from sipcore.interfaces import IClientTransactionUser
 from sipcore.location import Binding
 from sipcore.message import Request, Response, parseMessage, parseURI
@@ -35,6 +38,7 @@ from sipcore.sip.trust import TrustedPeers
 from sipcore.testing import (
     FakeDatagramTransport,
     FakeFlow,
+    LogCapture,
     MemoryLocationStore,
     RecordingBus,
     parseRequest,
@@ -42,6 +46,7 @@ from sipcore.testing import (
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.hops import HopConnector
 from sipcore.transport.udp import SIPDatagramProtocol
+from tests.test_dns import FakeLookups
 from tests.test_transport_hops import FakeListener
 
 UDP_PORT = 5060
@@ -95,7 +100,8 @@ class ProxyHarness:
     """
 
     def __init__(self, policy: ProxyPolicy | None = None,
-                 table: ConnectionTable | None = None) -> None:
+                 table: ConnectionTable | None = None,
+                 resolver: Resolver | None = None) -> None:
         self.clock = task.Clock()
         self.core = SIPCore(self.clock, domains=["example.com"])
         self.table = table if table is not None else ConnectionTable(RecordingBus(), self.clock)
@@ -112,7 +118,7 @@ class ProxyHarness:
         self.stale: list[Binding] = []
         self.proxy = Proxy(self.core, self.store, self.clock,
                            HopConnector(self.table, self.listeners), policy=policy,
-                           staleBinding=self.stale.append)
+                           staleBinding=self.stale.append, resolver=resolver)
         self.proxy.install()
         self.caller = FakeFlow("udp", local=("127.0.0.1", UDP_PORT),
                                remote=("127.0.0.1", 40000))
@@ -965,6 +971,48 @@ class ResponseTests(SynchronousTestCase):
         self.assertEqual(h.proxy.stats["acksDropped"], 2)
         self.assertEqual((h.udpSent(), bob.sent), ([], []))
         self.assertEqual(h.core.stats["errors"], 0)
+
+    def test_ackToNameLocated(self) -> None:
+        """
+        An ACK for a 2xx whose next hop is a host name (its Request-URI,
+        no Route) is located by the resolver and sent statelessly to the
+        first location, with the stateless ACK branch; a retransmission
+        gets the same branch.
+        """
+        lookups = FakeLookups({("pbx.example", dns.A): [dns.Record_A("192.0.2.7"),
+                                                        dns.Record_A("192.0.2.8")]})
+        clock = task.Clock()
+        resolver = Resolver(lookups, clock)
+        h = ProxyHarness(ProxyPolicy(forwardForeign=True), resolver=resolver)
+        ack = sipRequest("ACK", uri="sip:bob@pbx.example:5080", toTag="t", branch="z9hG4bKn1")
+        h.send(ack)
+        h.send(ack)
+        sent = h.udpSent()
+        self.assertEqual([(m.method, str(m.uri), address) for m, address in sent],
+                         [("ACK", "sip:bob@pbx.example:5080", ("192.0.2.7", 5080))] * 2)
+        self.assertTrue(str(sent[0][0].vias[0].branch).startswith(ACK_BRANCH_PREFIX))
+        self.assertEqual(sent[0][0].vias[0].branch, sent[1][0].vias[0].branch)
+        # The second ACK was located from the cache.
+        self.assertEqual((resolver.stats["lookups"], resolver.stats["cached"]), (2, 2))
+        self.assertEqual((h.proxy.stats["acksForwarded"], h.proxy.stats["acksDropped"]), (2, 0))
+        self.assertEqual(h.core.transactions.strayAcks, 0)
+
+    def test_ackToNameNotLocated(self) -> None:
+        """
+        An ACK whose next hop is a name the resolver cannot locate is
+        dropped, counted, and logged in one line naming the URI and why.
+        """
+        resolver = Resolver(FakeLookups({}), task.Clock())
+        h = ProxyHarness(ProxyPolicy(forwardForeign=True), resolver=resolver)
+        logs = LogCapture(self, "sipcore.sip.proxy")
+        h.send(sipRequest("ACK", uri="sip:bob@nowhere.example", toTag="t", branch="z9hG4bKn2"))
+        self.assertEqual(h.udpSent(), [])
+        self.assertEqual((h.proxy.stats["acksForwarded"], h.proxy.stats["acksDropped"]), (0, 1))
+        self.assertEqual(h.proxy.requests["ACK", "dropped"], 1)
+        lines = [formatEvent(e) for e in logs.at(LogLevel.warn)]
+        self.assertEqual(len(logs.events), 1)
+        self.assertEqual(lines, ["cannot locate sip:bob@nowhere.example for an ACK: "
+                                 "no address found for nowhere.example; dropped"])
 
     def fork(self, h: ProxyHarness, count: int = 2, method: str = "INVITE") -> tuple[
             list[FakeFlow], list[Request]]:

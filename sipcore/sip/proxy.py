@@ -888,16 +888,49 @@ class Proxy:
         """
         An ACK no server transaction absorbed (the ACK for a 2xx): forward
         it statelessly along its Route set or by its Request-URI (16.11);
-        drop it when it goes nowhere.
+        drop it when it goes nowhere.  A next hop given by host name is
+        located by the resolver (RFC 3263) and the ACK goes to its first
+        location; one that cannot be located is dropped with one log line.
 
-        @return: C{True} if it was forwarded (it belongs to a dialog),
-            C{False} if it was dropped.
+        @return: C{True} if it was forwarded or is being located (it
+            belongs to a dialog), C{False} if it was dropped.
         """
         try:
             decision = self._route(request, flow, stateless=True)
             (target,) = decision.targets
         except (Refused, ValueError):
             return self._ackDropped()
+        if target.locate is not None and self.resolver is not None:
+            d = self.resolver.resolve(target.locate)
+            d.addCallbacks(self._ackLocated, self._ackNotLocated,
+                           callbackArgs=(request, decision, target),
+                           errbackArgs=(target.locate,))
+            d.addErrback(self._ackFailed)
+            return True
+        return self._forwardAck(request, decision, target)
+
+    def _ackLocated(self, locations: list[Location], request: Request, decision: Decision,
+                    target: Target) -> None:
+        located = Target(uri=target.uri, hop=locations[0].hop)
+        self._forwardAck(request, decision, located)
+
+    def _ackNotLocated(self, failure: Failure, uri: URI) -> None:
+        failure.trap(ResolveFailed)
+        error = failure.value
+        assert isinstance(error, ResolveFailed)
+        self._log.warn("cannot locate {uri} for an ACK: {why}; dropped", uri=uri,
+                       why=error.reason)
+        self._ackDropped()
+
+    def _ackFailed(self, failure: Failure) -> None:
+        self._log.failure("forwarding an ACK failed", failure)
+        self._ackDropped()
+
+    def _forwardAck(self, request: Request, decision: Decision, target: Target) -> bool:
+        """
+        Send the ACK of C{decision} to C{target} over a flow that reaches
+        it now (no connection is opened for an ACK).
+        """
         resolved = self._resolve(target)
         if resolved is None:
             return self._ackDropped()
