@@ -48,6 +48,8 @@ class Target:
     @ivar routes: C{Route} values to put on top (a binding's Path).
     @ivar failStatus: the status of the branch when it cannot be sent.
     @ivar binding: the binding this target comes from, if any.
+    @ivar node: the C{server_id} of the cluster member the target is
+        reached through (C{hop} is its node URI), or C{None}.
     """
 
     uri: URI | None = None
@@ -58,6 +60,7 @@ class Target:
     failStatus: int = 503
     failReason: str = "Service Unavailable"
     binding: Binding | None = None
+    node: int | None = None
 
 
 @dataclass
@@ -77,6 +80,9 @@ class Decision:
     routable: bool = False
     #: try the targets one after another (failover) rather than all at once.
     serial: bool = False
+    #: the C{server_id} of the cluster member the request came from, when
+    #: it named one of this node's connections.
+    fromNode: int | None = None
 
 
 @implementer(IClientTransactionUser)
@@ -398,7 +404,15 @@ class ResponseContext:
         if status == 503 and self.proxy.failover(branch, "503 response"):
             return
         local = False
-        if status == 487 and branch.cancelStatus == 408:
+        if status == 430 and branch.target.node is not None:
+            # The member holding the connection says it is gone (RFC 5626
+            # section 5.3): the caller learns what it would have, had the
+            # connection been this node's.
+            target = branch.target
+            response = Response.forRequest(self.request, target.failStatus, target.failReason,
+                                           toTag=generateTag())
+            local = True
+        elif status == 487 and branch.cancelStatus == 408:
             # Cancelled by timer C: the caller learns of a timeout.
             response = Response.forRequest(self.request, 408, "Request Timeout",
                                            toTag=generateTag())

@@ -32,6 +32,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sipcore.cluster import INodeDirectory
+from sipcore.cluster.delivery import FlowRefused, NodeRoutes
 from sipcore.dns import Location, ResolveFailed, Resolver
 from sipcore.interfaces import IFlow, IHopConnector, ILocationStore
 from sipcore.location import Binding, StoreUnavailable
@@ -61,6 +63,7 @@ from sipcore.sip.recordroute import LocalAddresses, RecordRouter
 from sipcore.sip.routing import (
     FlowTokens,
     NextHop,
+    NodeRef,
     NoRoute,
     isIPLiteral,
     loopHash,
@@ -179,6 +182,8 @@ class Proxy:
         metrics: CollectorRegistry | None = None,
         resolver: Resolver | None = None,
         routers: RoutingChain | None = None,
+        directory: INodeDirectory | None = None,
+        nodeURI: str | None = None,
     ) -> None:
         """
         @param core: the L{sipcore.sip.core.SIPCore} (its C{transactions},
@@ -204,6 +209,14 @@ class Proxy:
         @param routers: the L{RoutingChain} asked where an initial request
             goes that is for no registered local user, when its caller is
             an authenticated local user or a trusted peer; C{None}: none.
+        @param directory: the live members of this node's cluster: a
+            binding bound to a connection of one of them is reached through
+            it, and a request from one of them naming a connection of this
+            node is delivered over it (L{sipcore.cluster.delivery}).
+            C{None}: a single node (such a binding gets C{480}).
+        @param nodeURI: this node's node URI (where the members reach it),
+            named in the Via and Record-Route of what it sends them.
+        @raise ValueError: when C{nodeURI} names no next hop.
         """
         self.core = core
         self.transactions = core.transactions
@@ -215,7 +228,16 @@ class Proxy:
         self.staleBinding = staleBinding
         self.tokens = flowTokens or FlowTokens()
         self.addresses = LocalAddresses(hops, core.domains, self.policy.advertiseHost)
-        self.recordRouter = RecordRouter(self.addresses, self.tokens, self.policy.recordRoute)
+        self.nodes = NodeRoutes(directory, clock) if directory is not None else None
+        nodeSide = None
+        if nodeURI is not None:
+            try:
+                hop = nextHopOf(parseURI(nodeURI))
+            except (SIPParseError, NoRoute) as e:
+                raise ValueError("node URI {!r} names no next hop: {}".format(nodeURI, e)) from None
+            nodeSide = (hop.transport, hop.host, hop.port)
+        self.recordRouter = RecordRouter(self.addresses, self.tokens, self.policy.recordRoute,
+                                         nodeSide)
         self.maxRecentBranches = maxRecentBranches
         self.resolver = resolver
         self.routers = routers if routers is not None else RoutingChain((), clock)
@@ -333,7 +355,9 @@ class Proxy:
                 context.respondLocally(404, "Not Found")
                 return
             else:
-                targets = [self._bindingTarget(binding) for binding in self._forkSet(bindings)]
+                callId = decision.request.callId
+                targets = [self._bindingTarget(binding, callId)
+                           for binding in self._forkSet(bindings)]
         elif decision.routable:
             routed = await self._consult(tx, context, decision, local=False)
             if routed is None:
@@ -465,6 +489,19 @@ class Proxy:
             headers.remove("Route")
             for route in routes:
                 headers.add("Route", str(route))
+        # A member of the cluster names one of our connections (with a MAC
+        # only members can make): the request goes over that connection.
+        nodeFlow = None
+        if (self.nodes is not None and routes and routes[0].uri.isSIP
+                and self.nodes.names(routes[0].uri)
+                and self.isOwn(routes[0].uri.host, routes[0].uri.port)):
+            try:
+                nodeFlow = self.nodes.check(routes[0].uri, callId, str(flow.remote[0]))
+            except FlowRefused:
+                self.stats["nodeFlowsRefused"] += 1
+                raise Refused(403, "Forbidden (flow not authenticated)") from None
+            routes.pop(0)
+            headers.removeFirst("Route")
         # Every entry naming us is removed (an outbound proxy's preloaded
         # Route names us too, but proves nothing).
         while routes and routes[0].uri.isSIP and self.isOwn(routes[0].uri.host,
@@ -479,6 +516,12 @@ class Proxy:
         else:
             base.headers.set("Max-Forwards", str(maxForwards - 1))
         decision = Decision(base, [], loopHash=hashValue)
+        if nodeFlow is not None:
+            conid, decision.fromNode = nodeFlow
+            if self.hops.connection(conid) is None:
+                raise Refused(430, "Flow Failed")
+            decision.targets.append(Target(conid=conid, failStatus=430, failReason="Flow Failed"))
+            return decision
 
         # Our signed entries name the flows of both sides of the dialog:
         # the request goes to the other side's flow, never to an address
@@ -511,28 +554,47 @@ class Proxy:
         decision.targets.append(self._hopTarget(uri))
         return decision
 
-    def _dialogTarget(self, flows: list[int | NextHop], inbound: IFlow) -> Target:
+    def _dialogTarget(self, flows: list[int | NextHop | NodeRef], inbound: IFlow) -> Target:
         """
         Where a request routed through our signed Record-Route goes: the
         first flow its flow tokens name that is not the one it came on
         (the other side of the dialog), else that one (a dialog of a flow
-        with itself).
+        with itself).  A side served by another member of the cluster is
+        chosen only when no other side is left (a request it sent goes to
+        this node's side); it is reached at its node URI.
 
-        @raise Refused: C{430} when that flow is a connection that is gone.
+        @raise Refused: C{430} when that flow is a connection that is gone,
+            or a member that is not live.
         """
         others = [f for f in flows if not self._isInbound(f, inbound)]
-        chosen = (others or flows)[0]
+        here = [f for f in others if not isinstance(f, NodeRef)]
+        chosen = (here or others or flows)[0]
+        if isinstance(chosen, NodeRef):
+            return self._nodeTarget(chosen.serverId)
         if isinstance(chosen, NextHop):
             return Target(hop=chosen, failStatus=430, failReason="Flow Failed")
         if self.hops.connection(chosen) is None:
             raise Refused(430, "Flow Failed")
         return Target(conid=chosen, failStatus=430, failReason="Flow Failed")
 
+    def _nodeTarget(self, serverId: int) -> Target:
+        """
+        The L{Target} of the cluster member C{serverId}'s side of a dialog.
+
+        @raise Refused: C{430} when it is not a live member.
+        """
+        found = self.nodes.node(serverId) if self.nodes is not None else None
+        if found is None:
+            raise Refused(430, "Flow Failed")
+        return Target(hop=found[1], node=serverId, failStatus=430, failReason="Flow Failed")
+
     @staticmethod
-    def _isInbound(named: int | NextHop, inbound: IFlow) -> bool:
+    def _isInbound(named: int | NextHop | NodeRef, inbound: IFlow) -> bool:
         """
         Whether a flow named by a token is the flow C{inbound}.
         """
+        if isinstance(named, NodeRef):
+            return False
         if isinstance(named, NextHop):
             if inbound.conid or inbound.transport != "udp":
                 return False
@@ -575,12 +637,15 @@ class Proxy:
                 return True
         return False
 
-    def _bindingTarget(self, binding: Binding) -> Target:
+    def _bindingTarget(self, binding: Binding, callId: str) -> Target:
         """
         Where a binding is reached: along its Path when the REGISTER came
         from a trusted peer, else over its connection when it is bound to
-        one of this node, else at the address the REGISTER came from
-        (UDP), else at its Contact.  The Request-URI becomes the Contact.
+        one of this node, else through the live cluster member holding its
+        connection (with a C{Route} naming that connection, signed for
+        C{callId}), else at the address the REGISTER came from (UDP), else
+        at its Contact.  The Request-URI becomes the Contact.  A binding
+        bound to a connection no live node holds fails with C{480}.
         """
         try:
             contact = parseURI(binding.contact)
@@ -609,6 +674,12 @@ class Proxy:
         if binding.connectionId > 0:
             if binding.serverId == self.serverId:
                 target.conid = binding.connectionId
+            elif self.nodes is not None:
+                remote = self.nodes.flowOf(binding.serverId, binding.connectionId, callId)
+                if remote is not None:
+                    target.hop = remote.hop
+                    target.routes = [remote.route]
+                    target.node = binding.serverId
             return target
         received = parseReceived(binding.received)
         if received is not None:
@@ -795,9 +866,11 @@ class Proxy:
         for route in reversed(target.routes):
             out.headers.add("Route", route, first=True)
         if self.recordRouter.wanted(base):
-            self.recordRouter.add(out, context.tx.flow, flow, address, base.callId)
+            self.recordRouter.add(out, context.tx.flow, flow, address, base.callId,
+                                  inNode=decision.fromNode, outNode=target.node)
         branchId = proxyBranch(decision.loopHash)
-        out.headers.add("Via", self.recordRouter.via(flow, branchId), first=True)
+        out.headers.add("Via", self.recordRouter.via(flow, branchId, target.node is not None),
+                        first=True)
         branch.request = out
         branch.flow = flow
         branch.address = address
@@ -938,8 +1011,8 @@ class Proxy:
         if target.uri is not None:
             out.uri = target.uri
         outFlow, address = resolved
-        out.headers.add("Via", self.recordRouter.via(outFlow, statelessBranch(request)),
-                        first=True)
+        out.headers.add("Via", self.recordRouter.via(outFlow, statelessBranch(request),
+                                                     target.node is not None), first=True)
         sent = _sendOn(outFlow, address, out.serialize())
         if not sent:
             return self._ackDropped()

@@ -148,10 +148,17 @@ class RecordRouter:
     """
 
     def __init__(self, addresses: LocalAddresses, tokens: FlowTokens,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, nodeSide: _Side | None = None) -> None:
+        """
+        @param nodeSide: C{(transport, host, port)} of this node's node URI
+            (where the other members of a cluster reach it), named in the
+            Via and Record-Route of requests sent to another member; C{None}
+            outside a cluster (the sending flow's local address is named).
+        """
         self.addresses = addresses
         self.tokens = tokens
         self.enabled = enabled
+        self.nodeSide = nodeSide
 
     def wanted(self, request: Request) -> bool:
         """
@@ -166,11 +173,17 @@ class RecordRouter:
             return False
 
     def add(self, out: Request, inbound: IFlow, outbound: IFlow,
-            address: tuple[str, int] | None, callId: str) -> None:
+            address: tuple[str, int] | None, callId: str,
+            inNode: int | None = None, outNode: int | None = None) -> None:
         """
         Put our Record-Route entries on top of C{out}: one when the request
         leaves on the side it came in on, else two (RFC 5658 double
         record-routing), each carrying the flow tokens of its side.
+
+        A side that is another member of the cluster carries that member's
+        token rather than the connection's (in-dialog requests reach it at
+        its node URI, over whichever connection is open then), and the
+        side towards it names this node's node URI.
 
         @param out: the request forwarded.
         @param inbound: the flow it came on.
@@ -179,11 +192,17 @@ class RecordRouter:
             C{None}.
         @param callId: the dialog's Call-ID, which the entries are signed
             for.
+        @param inNode: the C{server_id} of the member it came from, or
+            C{None}.
+        @param outNode: the C{server_id} of the member it goes to, or
+            C{None}.
         """
         inSide = self.addresses.side(inbound)
-        outSide = self.addresses.side(outbound)
-        inTokens = self._flowTokens(inbound, None)
-        outTokens = self._flowTokens(outbound, address)
+        outSide = self.side(outbound, outNode is not None)
+        inTokens = (self._flowTokens(inbound, None) if inNode is None
+                    else [self.tokens.makeNode(inNode)])
+        outTokens = (self._flowTokens(outbound, address) if outNode is None
+                     else [self.tokens.makeNode(outNode)])
         if inSide == outSide:
             tokens = inTokens + [t for t in outTokens if t not in inTokens]
             out.headers.add("Record-Route", self._value(inSide, tokens, False, callId),
@@ -194,12 +213,21 @@ class RecordRouter:
         out.headers.add("Record-Route", self._value(outSide, outTokens, True, callId),
                         first=True)
 
-    def via(self, flow: IFlow, branch: str) -> str:
+    def side(self, flow: IFlow, toNode: bool = False) -> _Side:
+        """
+        C{(transport, host, port)} of this proxy on C{flow}: its node URI's
+        when C{toNode} (the flow goes to another member) and it has one.
+        """
+        if toNode and self.nodeSide is not None:
+            return self.nodeSide
+        return self.addresses.side(flow)
+
+    def via(self, flow: IFlow, branch: str, toNode: bool = False) -> str:
         """
         Our Via for a request sent on C{flow} with C{branch} (with C{rport}
-        on UDP).
+        on UDP); C{toNode}: see L{side}.
         """
-        transport, host, port = self.addresses.side(flow)
+        transport, host, port = self.side(flow, toNode)
         via = Via(transport.upper(), host, port, (("branch", branch),))
         if transport == "udp":
             via = via.withParam("rport")

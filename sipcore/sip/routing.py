@@ -26,6 +26,7 @@ __all__ = [
     "FlowTokens",
     "NextHop",
     "NoRoute",
+    "NodeRef",
     "chooseBest",
     "isIPLiteral",
     "loopHash",
@@ -80,6 +81,18 @@ class NextHop:
     transport: str
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    """
+    Another member of the cluster, as a flow token names it: the side of a
+    dialog that member serves, reached at its node URI.
+
+    @ivar serverId: its C{server_id}.
+    """
+
+    serverId: int
 
 
 def isIPLiteral(host: str | None) -> bool:
@@ -216,7 +229,9 @@ class FlowTokens:
     never to an address taken from the request.  A stream connection's
     token is C{CONID.MAC}, the MAC an HMAC-SHA256 of the conid; a UDP
     peer's is C{uHEX.MAC}, C{HEX} its packed IP address and its port
-    (four hex digits), the MAC an HMAC-SHA256 of C{uHEX}.
+    (four hex digits), the MAC an HMAC-SHA256 of C{uHEX}; another node of
+    the cluster's is C{nID.MAC}, C{ID} its C{server_id}, the MAC an
+    HMAC-SHA256 of C{nID}.
 
     Route signatures: every Record-Route entry the proxy inserts carries
     C{rrsig=MAC}, an HMAC-SHA256 of the entry's transport, host, port and
@@ -256,15 +271,30 @@ class FlowTokens:
             "{:04x}".format(port))
         return "{}.{}".format(body, self._addressMac(body))
 
-    def check(self, token: str) -> int | NextHop | None:
+    def makeNode(self, serverId: int) -> str:
+        """
+        @return: the token for the cluster member C{serverId}.
+        """
+        body = "n{}".format(serverId)
+        return "{}.{}".format(body, self._addressMac(body))
+
+    def check(self, token: str) -> int | NextHop | NodeRef | None:
         """
         @return: the conid a token names, or the L{NextHop} of the UDP peer
-            it names, or C{None} if it is not one of ours (malformed, or
-            made with another key).
+            it names, or the L{NodeRef} of the cluster member it names, or
+            C{None} if it is not one of ours (malformed, or made with
+            another key).
         """
         value, dot, mac = token.partition(".")
         if not dot:
             return None
+        if value.startswith("n"):
+            number = value[1:]
+            if not (number.isascii() and number.isdigit()) or len(number) > 10:
+                return None
+            if not _sameText(mac, self._addressMac(value)):
+                return None
+            return NodeRef(int(number))
         if value.startswith("u") and len(value) in (13, 37):
             try:
                 packed = bytes.fromhex(value[1:-4])
@@ -280,12 +310,13 @@ class FlowTokens:
             return None
         return int(value)
 
-    def fromURIs(self, uris: Iterable[URI]) -> list[int | NextHop]:
+    def fromURIs(self, uris: Iterable[URI]) -> list[int | NextHop | NodeRef]:
         """
         The valid flows named by the flow tokens of C{uris}, in order:
-        conids of stream connections, L{NextHop}s of UDP peers.
+        conids of stream connections, L{NextHop}s of UDP peers, L{NodeRef}s
+        of cluster members.
         """
-        flows: list[int | NextHop] = []
+        flows: list[int | NextHop | NodeRef] = []
         for uri in uris:
             value = uri.param(FLOW_PARAM)
             if not value:
