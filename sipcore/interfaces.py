@@ -467,6 +467,25 @@ class IRouter(Interface):
         """
 
 
+class IReloadable(Interface):
+    """
+    A handler whose configuration can be read again while it runs: on
+    C{SIGHUP} and the admin API's reload, sipcore calls L{reload} of every
+    enabled handler that provides it (see C{docs/operations.rst}).
+    """
+
+    def reload():
+        """
+        Read the configuration again and use it from now on.
+
+        @return: a short description of what was read (C{str}), for the
+            reload's log line.
+        @raise ValueError: (or C{OSError}) when it cannot be read or is
+            malformed, with a message saying where and why; the handler
+            keeps what it had.
+        """
+
+
 class IPinger(Interface):
     """
     Sends C{OPTIONS} requests to check that a SIP server answers (the

@@ -600,7 +600,7 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
     # answer; it reads the listeners' bound addresses only once they listen.
     proxy = _buildProxy(options, reactor, core, store, hops, resolver, routers,
                         metrics)
-    reloader = _buildReload(options, reactor, listeners, signals)
+    reloader = _buildReload(options, reactor, listeners, handlers, signals)
     return SIPCoreService(
         reactor,
         store=store,
@@ -630,12 +630,15 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
     )
 
 
-def _buildReload(options: Options, reactor: Any, listeners: list[Any], signals: bool) -> Any:
+def _buildReload(options: Options, reactor: Any, listeners: list[Any], handlers: list[Any],
+                 signals: bool) -> Any:
     """
     The L{sipcore.reload.ReloadService} of what a reload reads again: the
-    C{--auth-file} credentials and each TLS or WSS listener's certificate
-    and key.
+    C{--auth-file} credentials, each TLS or WSS listener's certificate
+    and key, and each enabled handler that provides
+    L{sipcore.interfaces.IReloadable} (the routes).
     """
+    from sipcore.interfaces import IReloadable
     from sipcore.reload import ReloadService
 
     parts = []
@@ -653,6 +656,9 @@ def _buildReload(options: Options, reactor: Any, listeners: list[Any], signals: 
             parts.append(("certificate of {}".format(listener.spec.description.split(":")[0]
                                                      + ":" + str(listener.spec.port)),
                           readCertificate))
+    for enabled in handlers:
+        if IReloadable.providedBy(enabled.handler):
+            parts.append(("handler {}".format(enabled.name), enabled.handler.reload))
     return ReloadService(reactor, parts, installSignal=signals)
 
 

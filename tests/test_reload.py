@@ -20,8 +20,9 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from sipcore.message import Response
+from sipcore.message import Request, Response, parseMessage
 from sipcore.reload import ReloadService
+from sipcore.routes import USER, Caller, RouteTargets, RoutingRequest
 from sipcore.sip.auth import CredentialFile
 from sipcore.tap import Options, buildService
 from sipcore.testing import LogCapture, UDPMemoryReactor
@@ -37,6 +38,7 @@ from tests.serverhelpers import (
     waitUntil,
 )
 from tests.test_auth import credentials
+from tests.test_proxy import sipRequest
 from tests.test_security_guessing import digestChallenge
 from tests.test_transport_support import makeCertificate
 
@@ -173,6 +175,48 @@ class ReloadServiceTests(SynchronousTestCase):
             "certificate of ssl:0": "(localhost)"})
 
 
+    def test_routes(self) -> None:
+        """
+        A server with the C{routes} handler reloads its routes file: the
+        proxy's router routes by the new file; a bad file is a warning
+        line saying why, and the routes in use stay.
+        """
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        routes = directory.child("routes")
+        routes.setContent(b"default - sip:192.0.2.1\n")
+        options = Options()
+        options.parseOptions(["--listen", "udp:0", "--handler", "routes",
+                              "--handler-option", "routes:file=" + routes.path,
+                              "--router", "routes"])
+        service = buildService(options, UDPMemoryReactor())
+        [(_, router)] = service.proxy.routers.routers
+
+        def firstHop(uri: str) -> str:
+            request = parseMessage(sipRequest("INVITE", uri=uri))
+            assert isinstance(request, Request)
+            routed = router.route(RoutingRequest(
+                request, request.uri, Caller(USER, "127.0.0.1", "alice@localhost"), True))
+            assert isinstance(routed, RouteTargets)
+            return str(routed.targets[0].nextHop)
+
+        routes.setContent(b"default - sip:192.0.2.1\nprefix 9 sip:192.0.2.9\n")
+        self.assertEqual(service.reloader.reload("SIGHUP"), {
+            "handler routes": "(2 routes from {})".format(routes.path)})
+        self.assertEqual(firstHop("sip:900@localhost"), "sip:192.0.2.9")
+        routes.setContent(b"prefix 9 sip:192.0.2.9 colour=blue\n")
+        capture = LogCapture(self, "sipcore.reload")
+        results = service.reloader.reload("SIGHUP")
+        self.assertEqual(list(results), ["handler routes"])
+        self.assertTrue(results["handler routes"].startswith(
+            "failed: {} line 1: unknown option(s) colour".format(routes.path)),
+            results["handler routes"])
+        [line] = [formatEvent(e) for e in capture.at(LogLevel.warn)]
+        self.assertEqual(line, "SIGHUP: reloaded handler routes " + results["handler routes"])
+        self.assertEqual(firstHop("sip:900@localhost"), "sip:192.0.2.9")
+        self.assertEqual(firstHop("sip:100@localhost"), "sip:192.0.2.1")
+
+
 class CredentialFileTests(SynchronousTestCase):
     """
     L{CredentialFile} reads its file again on reload.
@@ -214,8 +258,9 @@ class SignalTests(TestCase):
 
     async def test_hangUpReloadsTermStops(self) -> None:
         """
-        A TCP client registers; the credential file and the certificate
-        change; after C{SIGHUP} the server logs one line naming both, the
+        A TCP client registers; the credential file, the certificate and
+        the routes file change; after C{SIGHUP} the server logs one line
+        naming all three, the
         client's connection still works, a user added to the file
         registers over it and a changed password counts.  C{SIGTERM} then
         stops the server in order: the connection closes and the
@@ -226,10 +271,14 @@ class SignalTests(TestCase):
         key, cert = makeCertificate(directory, "before")
         users = directory.child("users")
         users.setContent(b"alice@example.com:old-password\n")
+        routes = directory.child("routes")
+        routes.setContent(b"default - sip:192.0.2.1\n")
         env = dict(os.environ, PYTHONPATH=SIPCORE_PATH)
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "-n", "--pidfile=", "sipcore", "--domain", "example.com",
                 "--db", schema.dsn, "--server-id", "5", "--auth-file", users.path,
+                "--handler", "routes", "--handler-option", "routes:file=" + routes.path,
+                "--router", "routes",
                 "--listen", "tcp:0:interface=127.0.0.1",
                 "--listen", "tls:0:interface=127.0.0.1:privateKey={}:certKey={}".format(
                     key, cert)]
@@ -244,11 +293,13 @@ class SignalTests(TestCase):
 
         users.setContent(b"alice@example.com:new-password\ncarol@example.com:carols\n")
         makeCertificate(directory, "after")
+        routes.setContent(b"default - sip:192.0.2.1\nprefix 9 sip:192.0.2.9\n")
         os.kill(transport.pid, signal.SIGHUP)
         await waitUntil(lambda: "SIGHUP: reloaded" in proc.output, what="the reload line")
         line = next(text for text in proc.output.splitlines() if "SIGHUP: reloaded" in text)
         self.assertIn("credentials {} (2 users)".format(users.path), line)
         self.assertIn("(after)", line)
+        self.assertIn("handler routes (2 routes from {})".format(routes.path), line)
         self.assertEqual((await client.request(optionsRequest("tcp"))).status, 200)
         self.assertEqual((await self.register(client, "carol", "carols")).status, 200)
         self.assertEqual((await self.register(client, "alice", "old-password")).status, 401)

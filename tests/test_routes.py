@@ -11,12 +11,13 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.logger import formatEvent
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from sipcore.events.discovery import findHandlers
-from sipcore.interfaces import IHandlerPlugin, IPinger, IRouter
+from sipcore.interfaces import IHandlerPlugin, IPinger, IReloadable, IRouter
 from sipcore.message import Request, parseMessage, parseURI
 from sipcore.plugin import HandlerContext, HandlerError, parseOptions
 from sipcore.routes import (
@@ -351,12 +352,12 @@ class StaticRoutesTests(SynchronousTestCase):
     The C{routes} handler plugin.
     """
 
-    def makeHandler(self, **given: str) -> StaticRoutes:
+    def makeHandler(self, pinger: Any = None, **given: str) -> StaticRoutes:
         plugin = findHandlers()["routes"]
         options = parseOptions(plugin, given)
         handler = plugin.makeHandler(HandlerContext(
             serverId=0, reactor=task.Clock(), store=None, options=options,
-            handlerName="routes"))
+            handlerName="routes", pinger=pinger))
         assert isinstance(handler, StaticRoutes)
         return handler
 
@@ -366,7 +367,9 @@ class StaticRoutesTests(SynchronousTestCase):
         """
         plugin = findHandlers()["routes"]
         self.assertTrue(verifyObject(IHandlerPlugin, plugin))
-        self.assertTrue(verifyObject(IRouter, self.makeHandler(default="sip:192.0.2.1")))
+        handler = self.makeHandler(default="sip:192.0.2.1")
+        self.assertTrue(verifyObject(IRouter, handler))
+        self.assertTrue(verifyObject(IReloadable, handler))
 
     def test_defaultAndFile(self) -> None:
         """
@@ -387,6 +390,57 @@ class StaticRoutesTests(SynchronousTestCase):
         self.assertEqual(str(stripped.targets[0].uri), "sip:30123@example.com")
         refused = handler.route(routingRequest("sip:bob@other.org", kind=PEER))
         self.assertEqual(refused, RouteAnswer(403, "Forbidden (route not allowed for this caller)"))
+
+    def test_reload(self) -> None:
+        """
+        C{reload} reads the routes file again: a new route routes, a
+        removed one no longer does, and a route that did not change keeps
+        its set (a target out of it stays out); the health checks start
+        over with the new sets.  A malformed, unreadable or empty file
+        raises L{RoutesError} naming the file, and the routes in use stay.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(b"prefix +49 sip:192.0.2.3 sip:192.0.2.4\nprefix 00 sip:192.0.2.6\n")
+        pings: list[str] = []
+
+        @implementer(IPinger)
+        class Pending:
+            def ping(self, uri: Any) -> defer.Deferred[bool]:
+                pings.append(str(uri))
+                return defer.Deferred()
+
+        handler = self.makeHandler(pinger=Pending(), file=path.path)
+        handler.start()
+        self.addCleanup(handler.stop)
+        self.assertEqual(pings, ["sip:192.0.2.3", "sip:192.0.2.4"])
+        [kept] = [route for route in handler.sets if route.match == "+49"]
+        handler.sets[kept].answered(0, False)
+
+        def firstHop(uri: str) -> str | None:
+            routed = handler.route(routingRequest(uri))
+            if routed is None:
+                return None
+            assert isinstance(routed, RouteTargets)
+            return str(routed.targets[0].nextHop)
+
+        path.setContent(b"prefix +49 sip:192.0.2.3 sip:192.0.2.4\n"
+                        b"domain partner.net sip:192.0.2.9\n")
+        self.assertEqual(handler.reload(), "(2 routes from {})".format(path.path))
+        self.assertEqual(firstHop("sip:bob@partner.net"), "sip:192.0.2.9")
+        self.assertIsNone(firstHop("sip:0049301@example.com"))
+        self.assertEqual(firstHop("sip:+49301@example.com"), "sip:192.0.2.4")
+        self.assertEqual(pings[2:], ["sip:192.0.2.3", "sip:192.0.2.4"])
+        for content in (b"prefix +49\n", b"\xff\xfe", b"# nothing\n"):
+            path.setContent(content)
+            with self.assertRaises(RoutesError) as caught:
+                handler.reload()
+            self.assertIn(path.path if content != b"# nothing\n" else "no route",
+                          str(caught.exception))
+        path.remove()
+        self.assertRaises(RoutesError, handler.reload)
+        self.assertEqual(firstHop("sip:bob@partner.net"), "sip:192.0.2.9")
+        self.assertEqual(firstHop("sip:+49301@example.com"), "sip:192.0.2.4")
+        self.assertEqual(len(pings), 4)
 
     def test_badConfiguration(self) -> None:
         """
