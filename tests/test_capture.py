@@ -30,6 +30,7 @@ from sipcore.interfaces import IMessageObserver, IMessageSink
 from sipcore.tap import Options
 from sipcore.transport.connections import StreamFlow
 from sipcore.transport.udp import SIPDatagramProtocol
+from tests.test_connections import FakeProtocol
 
 MESSAGE = b"OPTIONS sip:example.com SIP/2.0\r\nContent-Length: 0\r\n\r\n"
 
@@ -207,7 +208,7 @@ class HookTests(SynchronousTestCase):
         sink = ObservedSink(Inner(), Observers([recorder]))
         verifyObject(IMessageObserver, recorder)
         verifyObject(IMessageSink, sink)
-        flow = StreamFlow(None, "wss", ("192.0.2.1", 443), ("192.0.2.9", 5555))
+        flow = StreamFlow(FakeProtocol(), "wss", ("192.0.2.1", 443), ("192.0.2.9", 5555))
         sink.messageReceived(MESSAGE, flow)
         sink.messageRejected(b"junk", "bad", flow)
         self.assertEqual(recorder.seen, [
@@ -219,13 +220,11 @@ class HookTests(SynchronousTestCase):
         """
         A stream flow reports what it sends, from us to the peer.
         """
-        class Protocol:
-            def _flowSend(self, data: bytes) -> bool:
-                return True
-
         recorder = Recorder()
-        flow = StreamFlow(Protocol(), "tcp", ("192.0.2.1", 5060), ("192.0.2.9", 5555), recorder)
+        protocol = FakeProtocol()
+        flow = StreamFlow(protocol, "tcp", ("192.0.2.1", 5060), ("192.0.2.9", 5555), recorder)
         self.assertTrue(flow.send(MESSAGE))
+        self.assertEqual(protocol.sent, [MESSAGE])
         self.assertEqual(recorder.seen,
                          [(MESSAGE, "tcp", ("192.0.2.1", 5060), ("192.0.2.9", 5555))])
 

@@ -22,7 +22,13 @@ from sipcore.message import Request, Response, parseMessage, parseURI
 from sipcore.sip.core import SIPCore
 from sipcore.sip.proxy import Proxy
 from sipcore.sip.routing import FlowTokens, NodeRef
-from sipcore.testing import FakeFlow, MemoryLocationStore, RecordingBus, parseRequest
+from sipcore.testing import (
+    FakeFlow,
+    FakeStreamFlow,
+    MemoryLocationStore,
+    RecordingBus,
+    parseRequest,
+)
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.hops import HopConnector
 from tests.test_proxy import sipRequest
@@ -64,7 +70,7 @@ class FakeNode:
         A client's connection to the shared client port.
         """
         self._port += 1
-        flow = FakeFlow("tcp", local=("127.0.0.1", CLIENT_PORT), remote=("127.0.0.1", self._port))
+        flow = FakeStreamFlow("tcp", local=("127.0.0.1", CLIENT_PORT), remote=("127.0.0.1", self._port))
         self.table.add(flow)
         return flow
 
@@ -81,9 +87,9 @@ class Link:
     def __init__(self, sender: FakeNode, owner: FakeNode, port: int) -> None:
         self.sender = sender
         self.owner = owner
-        self.out = FakeFlow("tcp", local=("127.0.0.1", port),
+        self.out = FakeStreamFlow("tcp", local=("127.0.0.1", port),
                             remote=("127.0.0.1", NODE_PORTS[owner.serverId]))
-        self.inbound = FakeFlow("tcp", local=("127.0.0.1", NODE_PORTS[owner.serverId]),
+        self.inbound = FakeStreamFlow("tcp", local=("127.0.0.1", NODE_PORTS[owner.serverId]),
                                 remote=("127.0.0.1", port))
         sender.table.add(self.out)
         owner.table.add(self.inbound)
@@ -321,7 +327,7 @@ class DeliveryTests(SynchronousTestCase):
         c = Cluster()
         bob = c.b.client()
         c.bind(c.b, bob)
-        outsider = FakeFlow("tcp", local=("127.0.0.1", 5072), remote=("127.0.0.9", 43000))
+        outsider = FakeStreamFlow("tcp", local=("127.0.0.1", 5072), remote=("127.0.0.9", 43000))
         c.b.table.add(outsider)
         guessed = NodeRoutes(StaticNodeDirectory(1, b"guess", members()), c.clock)
         forged = guessed.flowOf(2, bob.conid or 0, "call-1")
@@ -355,7 +361,7 @@ class DeliveryTests(SynchronousTestCase):
         c.send(c.a, tcpRequest("MESSAGE", alice.remote[1]), alice)
         [crossed] = c.ab.requests()
         route = crossed.headers.lines("Route")[0]
-        outsider = FakeFlow("tcp", local=("127.0.0.1", 5072), remote=("127.0.0.9", 43000))
+        outsider = FakeStreamFlow("tcp", local=("127.0.0.1", 5072), remote=("127.0.0.9", 43000))
         c.b.table.add(outsider)
         c.send(c.b, tcpRequest("MESSAGE", 43000, callId="call-2",
                                uri="sip:bob@device.invalid;transport=tcp",

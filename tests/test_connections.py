@@ -6,6 +6,7 @@ Tests for L{sipcore.transport.connections}.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -17,6 +18,7 @@ from sipcore.events import (
     TCP_TIMEOUT,
     WEBSOCKET_CLOSED,
     WEBSOCKET_CONNECTED,
+    ConnectionEvent,
 )
 from sipcore.interfaces import IStreamFlow
 from sipcore.testing import FakeStreamFlow
@@ -43,17 +45,22 @@ class FakeProtocol:
         self.abortCalls = 0
         self.flow: StreamFlow | None = None
 
-    def _flowSend(self, data: bytes) -> bool:
+        self.boundUntil: list[float] = []
+
+    def flowSend(self, data: bytes) -> bool:
         self.sent.append(data)
         return True
 
-    def _flowClose(self) -> None:
+    def flowClose(self) -> None:
         self.closeCalls += 1
         if self.closes and self.table is not None and self.flow is not None:
             self.table.remove(self.flow.conid, TCP_RESET, "whatever the transport says")
 
-    def _flowAbort(self) -> None:
+    def flowAbort(self) -> None:
         self.abortCalls += 1
+
+    def flowBound(self, until: float) -> None:
+        self.boundUntil.append(until)
 
 
 def makeFlow(
@@ -65,12 +72,12 @@ def makeFlow(
     return flow, protocol
 
 
-class FlakyBus:
+class FlakyBus(RecordingBus):
     """
     A bus that breaks its promise never to raise.
     """
 
-    def fire(self, event: object) -> None:
+    def fire(self, event: ConnectionEvent) -> Deferred[None]:
         raise RuntimeError("bus bug")
 
 
@@ -90,16 +97,18 @@ class StreamFlowTests(SynchronousTestCase):
 
     def test_delegates(self) -> None:
         """
-        C{send}, C{sendTo} (ignoring the address), C{close} and C{abort} call
-        the protocol.
+        C{send}, C{sendTo} (ignoring the address), C{close}, C{abort} and
+        C{bound} call the protocol.
         """
         flow, protocol = makeFlow()
         self.assertTrue(flow.send(b"a"))
         self.assertTrue(flow.sendTo(b"b", ("203.0.113.9", 1)))
         flow.close()
         flow.abort()
+        flow.bound(30.0)
         self.assertEqual(protocol.sent, [b"a", b"b"])
         self.assertEqual((protocol.closeCalls, protocol.abortCalls), (1, 1))
+        self.assertEqual(protocol.boundUntil, [30.0])
 
 
 class FakeStreamFlowTests(SynchronousTestCase):

@@ -32,12 +32,11 @@ from sipcore.message import Response, parseMessage
 from sipcore.sip.core import SIPCore
 from sipcore.sip.limits import LogThrottle, RateLimiter, TokenBuckets, Verdict
 from sipcore.tap import Options, buildService
-from sipcore.testing import FakeFlow, UDPMemoryReactor
+from sipcore.testing import FakeFlow, FakeStreamFlow, UDPMemoryReactor
 from sipcore.transport.connections import (
     ConnectionLimits,
     ConnectionTable,
     ShuttingDown,
-    StreamFlow,
     TooManyConnections,
 )
 from sipcore.transport.listen import ListenerService, parseListen
@@ -254,8 +253,8 @@ class CoreRateLimitTests(SynchronousTestCase):
         self.assertEqual(self.statuses(), [200])
 
 
-def makeFlow(host: str = "192.0.2.1", port: int = 40000) -> StreamFlow:
-    return StreamFlow(None, "tcp", ("127.0.0.1", 5060), (host, port))
+def makeFlow(host: str = "192.0.2.1", port: int = 40000) -> FakeStreamFlow:
+    return FakeStreamFlow("tcp", remote=(host, port))
 
 
 class ConnectionLimitTests(SynchronousTestCase):

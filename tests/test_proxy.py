@@ -38,6 +38,7 @@ from sipcore.sip.trust import TrustedPeers
 from sipcore.testing import (
     FakeDatagramTransport,
     FakeFlow,
+    FakeStreamFlow,
     LogCapture,
     MemoryLocationStore,
     RecordingBus,
@@ -129,7 +130,7 @@ class ProxyHarness:
         A live stream connection (in the table) from C{127.0.0.1:port}.
         """
         local = WS_PORT if transport == "ws" else TCP_PORT
-        flow = FakeFlow(transport, local=("127.0.0.1", local), remote=("127.0.0.1", port))
+        flow = FakeStreamFlow(transport, local=("127.0.0.1", local), remote=("127.0.0.1", port))
         self.table.add(flow)
         return flow
 

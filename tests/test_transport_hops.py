@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sipcore.interfaces import IHopConnector
-from sipcore.testing import FakeDatagramTransport, FakeFlow, RecordingBus
+from sipcore.testing import FakeDatagramTransport, FakeStreamFlow, RecordingBus
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.hops import HopConnector
 from sipcore.transport.udp import DatagramFlow, SIPDatagramProtocol
@@ -70,7 +70,7 @@ class HopConnectorTests(SynchronousTestCase):
         """
         A live connection is found by its conid until it closes.
         """
-        flow = FakeFlow("tcp", remote=("192.0.2.1", 40000))
+        flow = FakeStreamFlow("tcp", remote=("192.0.2.1", 40000))
         conid = self.table.add(flow)
         self.assertIs(self.hops.connection(conid), flow)
         self.table.remove(conid, "tcp:closed", "closed by peer")
@@ -98,7 +98,7 @@ class HopConnectorTests(SynchronousTestCase):
         A stream hop is reached over a live connection of its transport to
         its address, the host compared without case; none is opened.
         """
-        flow = FakeFlow("tls", remote=("2001:DB8::1", 5061))
+        flow = FakeStreamFlow("tls", remote=("2001:DB8::1", 5061))
         self.table.add(flow)
         self.assertIs(self.hops.flowTo("tls", "2001:db8::1", 5061), flow)
         self.assertIsNone(self.hops.flowTo("tcp", "2001:db8::1", 5061))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
@@ -34,7 +34,7 @@ from sipcore.events import (
     WEBSOCKET_CONNECTED,
     ConnectionEvent,
 )
-from sipcore.interfaces import IStreamFlow
+from sipcore.interfaces import IEventBus, IMessageObserver, IStreamFlow
 from sipcore.metrics import CollectorRegistry, Metric, counterFamily, gaugeFamily, register
 from sipcore.throttle import LogThrottle, sourceKey
 
@@ -42,6 +42,7 @@ __all__ = [
     "ConnectionLimits",
     "ConnectionRefused",
     "ConnectionTable",
+    "FlowOwner",
     "ShuttingDown",
     "TooManyConnections",
     "StreamFlow",
@@ -82,7 +83,7 @@ class TooManyConnections(ConnectionRefused):
     """
 
 
-def addressOf(address: Any) -> tuple[str, int]:
+def addressOf(address: object) -> tuple[str, int]:
     """
     Turn a Twisted address into C{(host, port)} with the host as text.
 
@@ -102,6 +103,36 @@ def addressOf(address: Any) -> tuple[str, int]:
     return (str(host), int(port or 0))
 
 
+class FlowOwner(Protocol):
+    """
+    What a L{StreamFlow} drives: the protocol of its connection
+    (L{sipcore.transport.stream.SIPStreamProtocol},
+    L{sipcore.transport.websocket.SIPWebSocketProtocol}).
+    """
+
+    def flowSend(self, data: bytes) -> bool:
+        """
+        Send one complete message on the connection.
+
+        @return: C{True} if the connection was open to take it.
+        """
+
+    def flowClose(self) -> None:
+        """
+        Close the connection gracefully.
+        """
+
+    def flowAbort(self) -> None:
+        """
+        Drop the connection at once.
+        """
+
+    def flowBound(self, until: float) -> None:
+        """
+        A binding for the connection was saved, valid until C{until}.
+        """
+
+
 @implementer(IStreamFlow)
 class StreamFlow:
     """
@@ -111,8 +142,7 @@ class StreamFlow:
     a separate object because L{IFlow.transport} (the transport name) would
     clash with C{Protocol.transport} (the Twisted transport).
 
-    The protocol provides C{_flowSend(data) -> bool}, C{_flowClose()},
-    C{_flowAbort()} and C{_flowBound(until)}.
+    It drives its protocol through the protocol's L{FlowOwner} methods.
 
     @ivar conid: set by L{ConnectionTable.add}; C{None} before that and for a
         connection the table refused.
@@ -122,13 +152,17 @@ class StreamFlow:
 
     def __init__(
         self,
-        protocol: Any,
+        protocol: FlowOwner,
         transport: str,
         local: tuple[str, int],
         remote: tuple[str, int],
-        observer: Any = None,
+        observer: IMessageObserver | None = None,
     ) -> None:
         """
+        @param protocol: the protocol of the connection.
+        @param transport: C{'tcp'}, C{'tls'}, C{'ws'} or C{'wss'}.
+        @param local: C{(host, port)} of our end.
+        @param remote: C{(host, port)} of the peer.
         @param observer: the L{sipcore.interfaces.IMessageObserver} told of
             each message sent, or C{None}.
         """
@@ -152,7 +186,7 @@ class StreamFlow:
         """
         if self._observer is not None:
             self._observer.messageSeen(data, self.transport, self.local, self.remote)
-        return bool(self._protocol._flowSend(data))
+        return self._protocol.flowSend(data)
 
     def sendTo(self, data: bytes, address: tuple[str, int]) -> bool:
         """
@@ -164,14 +198,14 @@ class StreamFlow:
         """
         Close the connection gracefully (pending data is flushed first).
         """
-        self._protocol._flowClose()
+        self._protocol.flowClose()
 
     def abort(self) -> None:
         """
         Drop the connection at once (L{ConnectionTable.closeAll} does when
         a graceful close takes too long).
         """
-        self._protocol._flowAbort()
+        self._protocol.flowAbort()
 
     def bound(self, until: float) -> None:
         """
@@ -180,7 +214,7 @@ class StreamFlow:
         timeout of a registered connection until then (called through
         L{ConnectionTable.bound}).
         """
-        self._protocol._flowBound(until)
+        self._protocol.flowBound(until)
 
 
 @dataclass
@@ -243,16 +277,16 @@ class ConnectionTable:
 
     def __init__(
         self,
-        bus: Any,
+        bus: IEventBus,
         clock: IReactorTime,
         serverId: int = 0,
         closeGrace: float = DEFAULT_CLOSE_GRACE,
         limits: ConnectionLimits = ConnectionLimits(),
         metrics: CollectorRegistry | None = None,
-        observer: Any = None,
+        observer: IMessageObserver | None = None,
     ) -> None:
         """
-        @param bus: an L{sipcore.interfaces.IEventBus} provider (only C{fire}
+        @param bus: the L{IEventBus} its events are fired on (only C{fire}
             is used).
         @param clock: the L{IReactorTime} for timestamps and the shutdown
             grace timer.
@@ -291,7 +325,7 @@ class ConnectionTable:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[IStreamFlow]:
         """
         Iterate over the live flows (a snapshot: safe while connections
         close).
@@ -301,7 +335,7 @@ class ConnectionTable:
     def __contains__(self, conid: object) -> bool:
         return conid in self._entries
 
-    def get(self, conid: int) -> Any:
+    def get(self, conid: int) -> IStreamFlow | None:
         """
         @return: the L{IStreamFlow} of a live connection, or C{None}.
         """
@@ -318,7 +352,7 @@ class ConnectionTable:
 
     # -- life cycle -------------------------------------------------------
 
-    def add(self, flow: Any, direction: str = "inbound") -> int:
+    def add(self, flow: IStreamFlow, direction: str = "inbound") -> int:
         """
         Register a new connection and fire C{tcp:connected}.
 
@@ -536,14 +570,22 @@ class ConnectionTable:
         for d in drained:
             d.callback(None)
 
-    def _callFlow(self, conid: int, method: Callable[[], Any]) -> None:
+    def _callFlow(self, conid: int, method: Callable[[], None]) -> None:
         try:
             method()
         except Exception:
             self._log.failure("closing connection {conid} failed", conid=conid)
 
     def _fire(
-        self, name: str, conid: int, entry: _Entry, now: float, **extra: Any
+        self,
+        name: str,
+        conid: int,
+        entry: _Entry,
+        now: float,
+        reason: str | None = None,
+        duration: float | None = None,
+        wsCode: int | None = None,
+        wsReason: str | None = None,
     ) -> None:
         event = ConnectionEvent(
             name=name,
@@ -552,9 +594,12 @@ class ConnectionTable:
             local=entry.local,
             remote=entry.remote,
             time=now,
+            reason=reason,
+            duration=duration,
+            wsCode=wsCode,
+            wsReason=wsReason,
             serverId=self.serverId,
             direction=entry.direction,
-            **extra,
         )
         try:
             self._bus.fire(event)

@@ -16,21 +16,47 @@ short timeout counted from the later of its last byte and the expiry.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Protocol
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 
 from sipcore.events import TCP_TIMEOUT
-from sipcore.transport.connections import ConnectionRefused, StreamFlow, addressOf
+from sipcore.transport.connections import (
+    ConnectionRefused,
+    ConnectionTable,
+    StreamFlow,
+    addressOf,
+)
+from sipcore.transport.settings import ConnectionSettings
+
+
+class StreamFactory(Protocol):
+    """
+    What a stream protocol reads from its factory
+    (L{sipcore.transport.stream.SIPStreamFactory},
+    L{sipcore.transport.websocket.SIPWebSocketFactory} and the factory of
+    an outgoing connection).
+
+    @ivar table: the L{ConnectionTable} its connections join.
+    @ivar clock: the L{IReactorTime} of the connections' timers.
+    @ivar transportName: C{'tcp'}, C{'tls'}, C{'ws'} or C{'wss'}.
+    @ivar settings: the connections' limits and timeouts.
+    """
+
+    table: ConnectionTable
+    clock: IReactorTime
+    transportName: str
+    settings: ConnectionSettings
 
 
 class StreamLifecycle:
     """
     A mixin for the SIP stream protocols.
 
-    It expects C{self.factory} (with C{table}, C{clock}, C{transportName}
-    and C{settings}, a L{sipcore.transport.settings.ConnectionSettings})
-    and C{self.transport}.
+    It expects C{self.factory} (a L{StreamFactory}) and C{self.transport}
+    (the connection's L{ITCPTransport}, TLS or not).  With the
+    L{sipcore.transport.connections.FlowOwner} methods a protocol adds,
+    it drives a L{StreamFlow}.
 
     @ivar _close: the close event and reason decided before the connection
         was lost (the first decision wins), or C{None}.
@@ -40,8 +66,8 @@ class StreamLifecycle:
         connection (seconds on C{factory.clock}), C{0.0} if none was.
     """
 
-    factory: Any
-    transport: Any
+    factory: StreamFactory
+    transport: ITCPTransport
     direction = "inbound"
 
     _idleCall: IDelayedCall | None = None
@@ -144,11 +170,38 @@ class StreamLifecycle:
         self._timeOut("idle timeout ({:g}s without data{})".format(
             round(self._idleTimeout, 1), self._idleReason))
 
-    def _flowBound(self, until: float) -> None:
+    def flowSend(self, data: bytes) -> bool:
+        """
+        Send one complete message (L{StreamFlow.send}); each protocol
+        frames it its own way.
+
+        @return: C{True} if the connection was open to take it.
+        """
+        raise NotImplementedError
+
+    def flowClose(self) -> None:
+        """
+        Close the connection gracefully (L{StreamFlow.close}); each protocol
+        ends it its own way.
+        """
+        raise NotImplementedError
+
+    def flowAbort(self) -> None:
+        """
+        Drop the connection at once (L{StreamFlow.abort}).
+        """
+        if self._lost:
+            return
+        self._closing = True
+        self._closedByServer = True
+        self._cancelTimers()
+        self.transport.abortConnection()
+
+    def flowBound(self, until: float) -> None:
         """
         The registrar saved a binding for this connection, valid until
-        C{until}: the connection keeps the long idle timeout until then
-        (counted from now).
+        C{until} (L{StreamFlow.bound}): the connection keeps the long idle
+        timeout until then (counted from now).
         """
         if until <= self._registeredUntil or self._lost:
             return

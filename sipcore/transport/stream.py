@@ -16,7 +16,7 @@ its ClientHello a byte a second is cut off like a silent one.
 from __future__ import annotations
 
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -89,6 +89,7 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
 
     _log = Logger()
     factory: "SIPStreamFactory"
+    transport: ITCPTransport
     _tlsDone = False
 
     def __init__(self) -> None:
@@ -161,24 +162,23 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
 
     # -- what the flow calls ----------------------------------------------
 
+    def flowSend(self, data: bytes) -> bool:
+        return self._flowSend(data)
+
+    def flowClose(self) -> None:
+        self._loseGracefully()
+
+    # -- internals --------------------------------------------------------
+
     def _flowSend(self, data: bytes) -> bool:
+        """
+        Write one message to the transport (L{flowSend}; the protocol of an
+        outgoing connection extends it).
+        """
         if self._lost or self._closing or self.transport is None:
             return False
         self.transport.write(data)
         return True
-
-    def _flowClose(self) -> None:
-        self._loseGracefully()
-
-    def _flowAbort(self) -> None:
-        if self._lost:
-            return
-        self._closing = True
-        self._closedByServer = True
-        self._cancelTimers()
-        self.transport.abortConnection()
-
-    # -- internals --------------------------------------------------------
 
     def _protocolError(self, reason: str) -> None:
         """

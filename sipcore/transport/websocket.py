@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import wildcards2patterns
 from autobahn.websocket.protocol import WebSocketProtocol
-from autobahn.websocket.types import ConnectionDeny
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
@@ -123,7 +123,7 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
     factory: "SIPWebSocketFactory"
 
     _sendQueue: deque[tuple[bytes, bool]] | None = None
-    _utf8validator: Any = None
+    _utf8validator: Utf8Validator | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -140,7 +140,8 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
         """
         autobahn's queue of chopped or synchronous sends (sipcore makes
         none): until L{sendData} makes the queue for such a send, C{()},
-        which autobahn only asks for its length.
+        which autobahn only asks for its length.  (C{Any}: autobahn
+        declares a C{deque}, and C{()} stands in for one.)
         """
         return self._sendQueue if self._sendQueue is not None else ()
 
@@ -158,7 +159,7 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
         super().sendData(data, sync, chopsize)
 
     @property
-    def utf8validator(self) -> Any:
+    def utf8validator(self) -> Utf8Validator:
         """
         autobahn's incremental UTF-8 validator for incoming text messages:
         released (by L{_releaseFrameState}) when no message is being
@@ -169,7 +170,7 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
         return self._utf8validator
 
     @utf8validator.setter
-    def utf8validator(self, validator: Any) -> None:
+    def utf8validator(self, validator: Utf8Validator) -> None:
         self._utf8validator = validator
 
     # -- Twisted ----------------------------------------------------------
@@ -220,7 +221,7 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
             return
         super().processHandshake()
 
-    def onConnect(self, request: Any) -> str:
+    def onConnect(self, request: ConnectionRequest) -> str:
         """
         Accept the handshake if the client offers the C{sip} subprotocol.
 
@@ -244,7 +245,8 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
             ConnectionDeny.BAD_REQUEST, "WebSocket subprotocol 'sip' required"
         )
 
-    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+    def failHandshake(self, reason: str, code: int = 400,
+                      responseHeaders: list[tuple[str, str]] | None = None) -> None:
         self._setClose(TCP_CLOSED, "websocket handshake refused: {}".format(reason))
         self._closedByServer = True
         super().failHandshake(reason, code, responseHeaders)
@@ -295,7 +297,7 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
         if not payload.strip(b"\r\n"):
             # A CRLF keepalive, as JsSIP and SIP.js send over WebSocket.
             if payload == b"\r\n\r\n":
-                self._flowSend(PONG)
+                self.flowSend(PONG)
             return
         try:
             self.factory.sink.messageReceived(payload, self.sipFlow)
@@ -310,7 +312,7 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
 
     # -- what the flow calls ----------------------------------------------
 
-    def _flowSend(self, data: bytes) -> bool:
+    def flowSend(self, data: bytes) -> bool:
         if self._lost or self.state != _OPEN:
             return False
         try:
@@ -331,7 +333,7 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
             return False
         return True
 
-    def _flowClose(self) -> None:
+    def flowClose(self) -> None:
         if self._lost or self._closing:
             return
         self._closing = True
@@ -347,14 +349,6 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
                 self.sendClose(CLOSE_NORMAL)
         else:
             self.transport.loseConnection()
-
-    def _flowAbort(self) -> None:
-        if self._lost:
-            return
-        self._closing = True
-        self._closedByServer = True
-        self._cancelTimers()
-        self.transport.abortConnection()
 
     # -- internals --------------------------------------------------------
 
