@@ -47,13 +47,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from procstat import CLK_TCK, cpuTicks
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 SERVER_HOST = "127.0.0.1"
 FLOOD_HOSTS = tuple("127.0.0.{}".format(n) for n in range(2, 10))
 PROBE_HOST = "127.0.0.20"
 PROBE_INTERVAL = 0.1
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def options(host: str, localPort: int, serverPort: int, tag: str) -> bytes:
@@ -232,18 +233,6 @@ def freePort() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((SERVER_HOST, 0))
         return int(s.getsockname()[1])
-
-
-def cpuTicks(pid: int) -> int:
-    """
-    utime + stime of C{pid} in clock ticks (0 when it is gone).
-    """
-    try:
-        with open("/proc/{}/stat".format(pid)) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
 
 
 def socketDrops(port: int) -> int | None:

@@ -37,6 +37,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from procstat import CLK_TCK, cpuTicks
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 # The sipcore of this checkout (its version, its compiler), also when run as
@@ -44,7 +46,6 @@ ROOT = os.path.dirname(BENCH)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 HOST = "127.0.0.1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 #: The pass criterion of a rate step: failed plus retransmitted REGISTERs
@@ -100,18 +101,6 @@ class Processes:
 
 
 PROCS = Processes()
-
-
-def cpuTicks(pid: int) -> int:
-    """
-    utime + stime of C{pid} in clock ticks (0 when it is gone).
-    """
-    try:
-        with open("/proc/{}/stat".format(pid)) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
 
 
 def childPids(pid: int) -> list[int]:
@@ -768,8 +757,6 @@ def floodFairness(env: Environment, outDir: str, quick: bool) -> dict[str, Any]:
     Run C{bench/flood.py}'s benchmark against the sipcore this run measures
     (the installed wheel unless C{--pure}): 10 s of flood (5 s quick).
     """
-    if BENCH not in sys.path:
-        sys.path.insert(0, BENCH)
     import flood
 
     path = [env.sipcoreTree]

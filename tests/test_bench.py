@@ -17,6 +17,10 @@ from sipcore.message import Request, parseMessage
 from sipcore.testing import contactsOf
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+# The scripts import their shared helpers (bench/procstat.py) as a script's
+# own directory is on its path.
+if BENCH not in sys.path:
+    sys.path.append(BENCH)
 
 
 def _load(name: str) -> ModuleType:
@@ -36,6 +40,29 @@ def _load(name: str) -> ModuleType:
 run = _load("run")
 storm_client = _load("storm_client")
 flood = _load("flood")
+procstat = _load("procstat")
+
+
+class CpuTicksTests(SynchronousTestCase):
+    """
+    The CPU time of a process, as both benchmarks read it.
+    """
+
+    def test_ownProcess(self) -> None:
+        """
+        For this process, C{cpuTicks} is the user and system time
+        C{os.times} gives, in clock ticks (read a moment apart, so within
+        one tick).
+        """
+        times = os.times()
+        expected = (times.user + times.system) * procstat.CLK_TCK
+        self.assertLessEqual(abs(procstat.cpuTicks(os.getpid()) - expected), 1.5)
+
+    def test_gone(self) -> None:
+        """
+        A process that does not exist has used no CPU time.
+        """
+        self.assertEqual(procstat.cpuTicks(2 ** 31 - 1), 0)
 
 
 class SippStatsTests(SynchronousTestCase):
