@@ -337,7 +337,8 @@ def runFlood(outDir: str, seconds: float = 10.0, maxPackets: int = 5_000_000,
     argv = twistdCommand() + (["--reactor", reactor] if reactor else []) + [
         "-n", "--pidfile=", "--logfile", logPath, "sipcore",
         "--listen", "udp:{}:interface={}".format(port, SERVER_HOST),
-        "--domain", SERVER_HOST, "--limit-exempt", "none"] + list(serverArgs)
+        "--domain", SERVER_HOST, "--limit-exempt", "none", "--admin-listen", "none",
+    ] + list(serverArgs)
     me = os.path.abspath(__file__)
     result: dict[str, Any] = {"seconds": seconds, "maxPackets": maxPackets,
                               "sources": len(FLOOD_HOSTS), "reactor": reactor or "default"}

@@ -389,7 +389,8 @@ def startSipcore(name: str, outDir: str, env: Environment, db: bool,
             "--domain", HOST, "--max-transactions", "0", "--rate-limit", "0",
             "--max-connections", "0", "--max-connections-per-source", "0",
             "--expiry-interval", "0", "--idle-timeout", "0", "--ws-ping-interval", "0",
-            "--metrics-listen", "tcp:{}:interface={}".format(metricsPort, HOST)]
+            "--metrics-listen", "tcp:{}:interface={}".format(metricsPort, HOST),
+            "--admin-listen", "none"]
     for transport, streamPort in (streamPorts or {}).items():
         argv += ["--listen", "{}:{}:interface={}".format(transport, streamPort, HOST)]
     if db:

@@ -23,7 +23,7 @@ stopped.  L{sipcore.tap.buildService} builds this tree::
       StreamServerEndpointService        GET /metrics, with --metrics-listen
       ReloadService                      reloads credentials and TLS certificates
                                          on SIGHUP (twistd) / puts the handler back
-      AdminService                       the admin API, with --admin-listen
+      AdminService                       the admin API (unless --admin-listen none)
       SystemdNotify                      READY=1 to systemd once all above started
 
 So the start opens the store before anything can write to it and listens
@@ -277,8 +277,12 @@ class StoreService(Service):
         self._stopRetry()
         self._log.failure("sipcore failed to start", failure)
         reactor = self._reactor
-        if IReactorCore.providedBy(reactor) and reactor.running:
-            reactor.stop()
+        if IReactorCore.providedBy(reactor):
+            if reactor.running:
+                reactor.stop()
+            else:
+                # twistd starts the services before it runs the reactor.
+                reactor.callWhenRunning(reactor.stop)
 
     def _stopRetry(self) -> None:
         if self._retry is not None and self._retry.running:
@@ -470,7 +474,8 @@ class SIPCoreService(OrderedServices):
 
     Its L{startService} returns a L{Deferred} firing once the last child
     started (twistd ignores it; tests wait on it).  A failure to start is
-    logged, kept in L{startFailure}, and stops the reactor when it runs.
+    logged, kept in L{startFailure}, and stops the reactor (once it runs,
+    when the start failed before).
 
     @ivar store: the L{ILocationStore}.
     @ivar bus: the L{IEventBus}.
@@ -607,8 +612,12 @@ class SIPCoreService(OrderedServices):
         self.startFailure = failure
         self._log.failure("sipcore failed to start", failure)
         reactor = self._reactor
-        if IReactorCore.providedBy(reactor) and reactor.running:
-            reactor.stop()
+        if IReactorCore.providedBy(reactor):
+            if reactor.running:
+                reactor.stop()
+            else:
+                # twistd starts the services before it runs the reactor.
+                reactor.callWhenRunning(reactor.stop)
 
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
         d = OrderedServices.stopService(self)

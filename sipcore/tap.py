@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.python import usage
 
+from sipcore import admin as _admin
 from sipcore.events.discovery import findHandlers, selectHandlers
 from sipcore.plugin import HandlerConfigError, HandlerError
 from sipcore.transport.listen import DEFAULT_LISTEN, parseListen
@@ -91,8 +92,9 @@ class Options(usage.Options):
          "Endpoint serving GET /metrics (Prometheus text), e.g. "
          "tcp:9060:interface=127.0.0.1; empty: off."],
         ["admin-listen", None, "",
-         "Endpoint of the admin API and health checks, e.g. "
-         "tcp:8079:interface=127.0.0.1; empty: off. Beyond loopback it needs a token."],
+         "Endpoint of the admin API, health checks and status page (default: {}, "
+         "skipped with a warning when taken; {}: off). Beyond loopback it needs a "
+         "token.".format(_admin.DEFAULT_LISTEN, _admin.OFF)],
         ["admin-token-file", None, "",
          "File holding the admin API's bearer token (default: the SIPCORE_ADMIN_TOKEN "
          "environment variable; none: no token on loopback)."],
@@ -668,29 +670,29 @@ def _adminSettings(options: Options) -> Any:
 
     @raise usage.UsageError: they cannot be used.
     """
-    from sipcore.admin import AdminSettings, AdminSettingsError, adminSettings
-
-    if not options["admin-listen"]:
-        return AdminSettings()
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.testing import MemoryReactor
 
+    from sipcore.admin import AdminSettingsError, adminSettings
+
     try:
-        serverFromString(MemoryReactor(), options["admin-listen"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise usage.UsageError(
-            "--admin-listen {!r}: {}".format(options["admin-listen"], e)) from e
-    try:
-        return adminSettings(options["admin-listen"], options["admin-token-file"])
+        settings = adminSettings(options["admin-listen"], options["admin-token-file"])
     except AdminSettingsError as e:
         raise usage.UsageError(str(e)) from None
+    if settings.listen:
+        try:
+            serverFromString(MemoryReactor(), settings.listen)
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(
+                "--admin-listen {!r}: {}".format(options["admin-listen"], e)) from e
+    return settings
 
 
 def _buildOperations(admin: Any, reactor: Any, root: Any, listing: Any, core: Any, table: Any,
                      storeAvailable: Any, usesDatabase: bool) -> list[Any]:
     """
-    The services started last: the admin API (with C{--admin-listen}) and
-    the systemd readiness notice.
+    The services started last: the admin API (unless C{--admin-listen
+    none}) and the systemd readiness notice.
     """
     from sipcore.admin.service import SystemdNotify
 
@@ -724,7 +726,8 @@ def _buildOperations(admin: Any, reactor: Any, root: Any, listing: Any, core: An
             closes=RecentCloses(),
         )
         services.append(AdminService(serverFromString(reactor, admin.listen),
-                                     AdminAPI(parts, admin.token)))
+                                     AdminAPI(parts, admin.token), admin.listen,
+                                     required=admin.required))
     services.append(SystemdNotify())
     return services
 

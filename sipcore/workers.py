@@ -22,7 +22,11 @@ The options after C{--} are C{twistd sipcore}'s.  Worker C{i} runs with
 C{--server-id} I{base + i} (I{base} is the C{--server-id} given, default 0),
 so each worker's connection-bound bindings are its own (its location
 cleanup and its start-up purge touch only its rows).  Only worker 0 keeps
-C{--metrics-listen}.  Each worker logs to C{PATH.<i>} (or to standard
+C{--metrics-listen}, and only worker 0 runs the admin API (on the
+C{--admin-listen} given, or on its default, loopback port 8060): the
+others run with C{--admin-listen none}.  Worker 0's API shows the
+connections of worker 0 only; the registrations it lists are every
+worker's.  Each worker logs to C{PATH.<i>} (or to standard
 output).  The supervisor forwards SIGTERM and SIGINT to every worker, and
 stops all of them when one exits.
 
@@ -145,14 +149,23 @@ def _option(args: list[str], name: str) -> tuple[str | None, list[str]]:
 def workerArguments(options: list[str], index: int) -> list[str]:
     """
     The C{sipcore} options of worker C{index}: its own C{--server-id}, and
-    C{--metrics-listen} for worker 0 only.
+    C{--metrics-listen} and C{--admin-listen} (or the admin API's default
+    endpoint) for worker 0 only.
     """
+    from sipcore.admin import OFF
+
     serverId, rest = _option(options, "--server-id")
     base = int(serverId) if serverId is not None else 0
     metrics, rest = _option(rest, "--metrics-listen")
+    admin, rest = _option(rest, "--admin-listen")
     out = rest + ["--server-id", str(base + index)]
     if metrics and index == 0:
         out += ["--metrics-listen", metrics]
+    if index == 0:
+        if admin is not None:
+            out += ["--admin-listen", admin]
+    else:
+        out += ["--admin-listen", OFF]
     return out
 
 

@@ -48,7 +48,8 @@ async def startServer(testCase: TestCase, *args: str, transports: tuple[str, ...
     Build and start a sipcore service on ephemeral loopback ports, and
     stop it at cleanup.
 
-    @param args: extra C{twistd sipcore} options.
+    @param args: extra C{twistd sipcore} options; without C{--admin-listen}
+        the admin API is off (so tests never take its default port).
     @return: the running L{sipcore.service.SIPCoreService}; its
         C{ports} attribute maps each transport to its bound port.
     """
@@ -56,6 +57,8 @@ async def startServer(testCase: TestCase, *args: str, transports: tuple[str, ...
     listen: list[str] = []
     for transport in transports:
         listen += ["--listen", "{}:0:interface=127.0.0.1".format(transport)]
+    if "--admin-listen" not in args:
+        listen += ["--admin-listen", "none"]
     options.parseOptions(listen + ["--domain", "example.com"] + list(args))
     service = buildService(options, reactor)
     testCase.addCleanup(lambda: service.stopService() if service.running else None)

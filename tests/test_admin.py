@@ -15,25 +15,33 @@ import sys
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
+from zope.interface import provider
 from zope.interface.verify import verifyObject
 
 from sipcore.admin import (
+    DEFAULT_LISTEN,
     TOKEN_ENVIRONMENT,
     AdminSettingsError,
     adminSettings,
     isLoopbackEndpoint,
 )
-from sipcore.admin.client import table
+from sipcore.admin.client import DEFAULT_URL, table
 from sipcore.admin.service import SystemdNotify, readyChecks
 from sipcore.interfaces import IBindingListing
 from sipcore.jobs import JobQueue
 from sipcore.location import MemoryLocationStore
-from sipcore.tap import Options
+from sipcore.tap import Options, buildService
+from sipcore.testing import UDPMemoryReactor
 from tests.peerhelpers import startSipp, waitRegistered
 from tests.serverhelpers import (
     SIPCORE_PATH,
@@ -112,9 +120,33 @@ class SettingsTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--admin-listen", "tcp:0:interface=127.0.0.1"])
         self.assertEqual(options["admin"].listen, "tcp:0:interface=127.0.0.1")
+        self.assertTrue(options["admin"].required)
+
+    def test_defaultAndOff(self) -> None:
+        """
+        Without C{--admin-listen} the API listens on loopback port 8060, not
+        required (a taken port does not stop the server); C{--admin-listen
+        none} turns it off.
+        """
+        self.patch(os, "environ", {})
         options = Options()
         options.parseOptions([])
+        self.assertEqual(options["admin"].listen, "tcp:8060:interface=127.0.0.1")
+        self.assertEqual(options["admin"].listen, DEFAULT_LISTEN)
+        self.assertFalse(options["admin"].required)
+        options = Options()
+        options.parseOptions(["--admin-listen", "none"])
         self.assertEqual(options["admin"].listen, "")
+        self.assertIsNone(options["admin"].token)
+
+    def test_clientDefault(self) -> None:
+        """
+        The command line's default URL is the server's default endpoint.
+        """
+        memory = MemoryReactor()
+        serverFromString(memory, DEFAULT_LISTEN).listen(Factory())
+        [(port, _, _, interface)] = memory.tcpServers
+        self.assertEqual(DEFAULT_URL, "http://{}:{}".format(interface, port))
 
     def test_listingProvided(self) -> None:
         """
@@ -129,6 +161,88 @@ class SettingsTests(SynchronousTestCase):
         """
         self.assertEqual(table(["A", "BB"], [["xyz", None], [1, 2]]),
                          "A    BB\nxyz  -\n1    2\n")
+
+
+class _TakenPorts(UDPMemoryReactor):
+    """
+    A memory reactor on which TCP port 8060 and 8061 are taken by some other
+    process.
+    """
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50,
+                  interface: str = "") -> Any:
+        if port in (8060, 8061):
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+class AdminBindTests(SynchronousTestCase):
+    """
+    When the admin API's endpoint cannot listen: the default one is skipped
+    with one warning, one given with C{--admin-listen} stops the start.
+    """
+
+    def test_defaultTaken(self) -> None:
+        """
+        The default port taken: the server starts without the admin API and
+        logs one warning naming the endpoint and how to choose another.
+        """
+        events: list[LogEvent] = []
+
+        @provider(ILogObserver)
+        def observer(event: LogEvent) -> None:
+            events.append(event)
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.patch(os, "environ", {})
+        options = Options()
+        options.parseOptions(["--listen", "udp:0"])
+        service = buildService(options, _TakenPorts())
+        self.successResultOf(service.startService())
+        self.assertIsNone(service.startFailure)
+        self.assertIsNone(service.getServiceNamed("admin").listeningPort)
+        warnings = [formatEvent(e) for e in events
+                    if e["log_level"] == LogLevel.warn and "admin" in formatEvent(e)]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("admin API off: cannot listen on its default "
+                      "tcp:8060:interface=127.0.0.1", warnings[0])
+        self.assertIn("--admin-listen none", warnings[0])
+        self.successResultOf(service.stopService())
+
+    def test_givenTaken(self) -> None:
+        """
+        A port given with C{--admin-listen} and taken fails the start with
+        L{CannotListenError}.
+        """
+        self.patch(os, "environ", {})
+        options = Options()
+        options.parseOptions(["--listen", "udp:0", "--admin-listen",
+                              "tcp:8061:interface=127.0.0.1"])
+        reactor = _TakenPorts()
+        service = buildService(options, reactor)
+        service.startService()
+        assert service.startFailure is not None
+        self.assertTrue(service.startFailure.check(CannotListenError))
+        self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 1)
+        # The reactor was not running: it stops once it runs.
+        self.assertEqual([f for f, _, _ in reactor.whenRunningHooks], [reactor.stop])
+        self.successResultOf(service.stopService())
+
+    def test_defaultListens(self) -> None:
+        """
+        When the default port is free the API listens on it.
+        """
+        self.patch(os, "environ", {})
+        options = Options()
+        options.parseOptions(["--listen", "udp:0"])
+        reactor = UDPMemoryReactor()
+        service = buildService(options, reactor)
+        self.successResultOf(service.startService())
+        self.assertEqual([(port, interface) for port, _, _, interface in reactor.tcpServers],
+                         [(8060, "127.0.0.1")])
+        self.assertIsNotNone(service.getServiceNamed("admin").listeningPort)
+        self.successResultOf(service.stopService())
 
 
 class _Listener:
@@ -474,3 +588,23 @@ class TwistdRefusalTests(TestCase):
         code = await proc.ended
         self.assertNotEqual(code, 0)
         self.assertIn("listens beyond loopback", proc.output)
+
+    async def test_givenPortTaken(self) -> None:
+        """
+        An C{--admin-listen} port that another socket holds stops the
+        server: it says it cannot listen there, and exits.
+        """
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=SIPCORE_PATH)
+        proc, _ = spawnChild(self, [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "sipcore", "--listen", "udp:0:interface=127.0.0.1",
+            "--admin-listen", "tcp:{}:interface=127.0.0.1".format(port)], env)
+        await proc.ended
+        self.assertIn("cannot listen on tcp:{}:interface=127.0.0.1 for the admin API".format(
+            port), proc.output)
+        self.assertIn("sipcore failed to start", proc.output)

@@ -417,13 +417,17 @@ class WorkersWithoutDatabaseTests(TestCase):
         env = dict(os.environ, PYTHONPATH=SIPCORE_PATH)
         env.pop(workers.STORE_ENV, None)
         args = [sys.executable, "-m", "sipcore.workers", "--workers", str(count), "--",
-                "--domain", "example.com", "--listen", "udp:0:interface=127.0.0.1"]
+                "--domain", "example.com", "--listen", "udp:0:interface=127.0.0.1",
+                "--admin-listen", "tcp:0:interface=127.0.0.1"]
         proc, transport = spawnChild(self, args, env, descendants=_children)
         pattern = re.compile(r"listening on udp 127\.0\.0\.1:(\d+)")
         await waitUntil(lambda: len(pattern.findall(proc.output)) == count,
                         timeout=PATIENCE * 3, what="workers listening: " + proc.output[-2000:])
         ports = {int(p) for p in pattern.findall(proc.output)}
         self.assertEqual(len(ports), 1)
+        # Only worker 0 runs the admin API.
+        await waitUntil(lambda: "admin API on" in proc.output, what="admin API listening")
+        self.assertEqual(proc.output.count("admin API on"), 1)
         return proc, transport, ports.pop()
 
     async def test_sharedAcrossWorkers(self) -> None:

@@ -279,6 +279,7 @@ class SignalTests(TestCase):
                 "--db", schema.dsn, "--server-id", "5", "--auth-file", users.path,
                 "--handler", "routes", "--handler-option", "routes:file=" + routes.path,
                 "--router", "routes",
+                "--admin-listen", "none",
                 "--listen", "tcp:0:interface=127.0.0.1",
                 "--listen", "tls:0:interface=127.0.0.1:privateKey={}:certKey={}".format(
                     key, cert)]

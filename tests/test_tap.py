@@ -170,12 +170,13 @@ class BuildServiceTests(SynchronousTestCase):
     def test_startListens(self) -> None:
         """
         Starting the service listens on every configured endpoint after the
-        handlers started.
+        handlers started, and on the admin API's default port 8060.
         """
         service = self.build()
         self.successResultOf(service.startService())  # type: ignore[attr-defined]
         self.assertEqual([port for port, _, _ in self.reactor.udpServers], [5060])
-        self.assertEqual(sorted(port for port, *_ in self.reactor.tcpServers), [5060, 8080])
+        self.assertEqual(sorted(port for port, *_ in self.reactor.tcpServers),
+                         [5060, 8060, 8080])
         self.assertEqual([h.name for h in service.handlers], ["location-cleanup"])  # type: ignore[attr-defined]
         self.assertEqual([q.name for q in service.queues], ["location-cleanup"])  # type: ignore[attr-defined]
 
@@ -449,16 +450,16 @@ class ServiceTreeTests(SynchronousTestCase):
         """
         The root's children are the store, the handlers, the core and the
         listeners, in that order; with C{--metrics-listen} the metrics
-        service comes next, then the reload service, with C{--admin-listen}
-        the admin API, and the systemd notice last (it starts once all the
-        others have).
+        service comes next, then the reload service, the admin API (unless
+        C{--admin-listen none}), and the systemd notice last (it starts once
+        all the others have).
         """
-        service = buildService(parse("--metrics-listen", "tcp:0"), UDPMemoryReactor())
+        service = buildService(parse("--metrics-listen", "tcp:0", "--admin-listen", "none"),
+                               UDPMemoryReactor())
         self.assertEqual([child.name for child in service],
                          ["store", "handlers", "core", "listeners", "metrics", "reload",
                           "systemd-notify"])
-        service = buildService(parse("--metrics-listen", "tcp:0", "--admin-listen",
-                                     "tcp:0:interface=127.0.0.1"), UDPMemoryReactor())
+        service = buildService(parse("--metrics-listen", "tcp:0"), UDPMemoryReactor())
         self.assertEqual([child.name for child in service],
                          ["store", "handlers", "core", "listeners", "metrics", "reload",
                           "admin", "systemd-notify"])
@@ -471,7 +472,8 @@ class ServiceTreeTests(SynchronousTestCase):
         opened (so ports below 1024 work with C{twistd --uid}).
         """
         reactor = UDPMemoryReactor()
-        service = buildService(parse("--listen", "udp:506", "--listen", "tcp:506"), reactor)
+        service = buildService(parse("--listen", "udp:506", "--listen", "tcp:506",
+                                     "--admin-listen", "none"), reactor)
         opened: list[bool] = []
         start = service.store.start
 

@@ -43,6 +43,7 @@ class TwistdTests(TestCase):
         env = dict(os.environ, PYTHONPATH=SIPCORE_PATH)
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "-n", "--pidfile=", "sipcore", "--domain", "example.com",
+                "--admin-listen", "none",
                 "--listen", "udp:0:interface=127.0.0.1",
                 "--listen", "tcp:0:interface=127.0.0.1",
                 "--listen", "ws:0:interface=127.0.0.1"]
@@ -92,7 +93,7 @@ class TwistdTests(TestCase):
         env = dict(os.environ, PYTHONPATH=SIPCORE_PATH)
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "-n", "--pidfile=", "--uid", str(nobody.pw_uid), "--gid", str(nobody.pw_gid),
-                "sipcore", "--domain", "example.com",
+                "sipcore", "--domain", "example.com", "--admin-listen", "none",
                 "--listen", "udp:{}:interface=127.0.0.1".format(port),
                 "--listen", "tcp:{}:interface=127.0.0.1".format(port)]
         proc, transport = spawnChild(self, args, env)

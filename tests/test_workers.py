@@ -25,9 +25,10 @@ class WorkerArgumentsTests(SynchronousTestCase):
         base was written.
         """
         self.assertEqual(workers.workerArguments(["--db", "x", "--server-id", "10"], 2),
-                         ["--db", "x", "--server-id", "12"])
+                         ["--db", "x", "--server-id", "12", "--admin-listen", "none"])
         self.assertEqual(workers.workerArguments(["--server-id=3"], 0), ["--server-id", "3"])
-        self.assertEqual(workers.workerArguments([], 1), ["--server-id", "1"])
+        self.assertEqual(workers.workerArguments([], 1),
+                         ["--server-id", "1", "--admin-listen", "none"])
 
     def test_metricsOnWorkerZero(self) -> None:
         """
@@ -36,6 +37,19 @@ class WorkerArgumentsTests(SynchronousTestCase):
         options = ["--metrics-listen", "tcp:9060"]
         self.assertIn("tcp:9060", workers.workerArguments(options, 0))
         self.assertNotIn("tcp:9060", workers.workerArguments(options, 1))
+
+    def test_adminOnWorkerZero(self) -> None:
+        """
+        Worker 0 keeps the C{--admin-listen} given, or none (so it takes the
+        admin API's default endpoint); every other worker runs with
+        C{--admin-listen none}, so no two workers try the same port.
+        """
+        options = ["--admin-listen=tcp:8061:interface=127.0.0.1"]
+        self.assertEqual(workers.workerArguments(options, 0),
+                         ["--server-id", "0", "--admin-listen", "tcp:8061:interface=127.0.0.1"])
+        self.assertEqual(workers.workerArguments(options, 1),
+                         ["--server-id", "1", "--admin-listen", "none"])
+        self.assertNotIn("--admin-listen", workers.workerArguments([], 0))
 
     def test_listenSpecs(self) -> None:
         """

@@ -11,11 +11,17 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
-__all__ = ["AdminSettings", "AdminSettingsError", "TOKEN_ENVIRONMENT", "adminSettings",
-           "isLoopbackEndpoint"]
+__all__ = ["DEFAULT_LISTEN", "OFF", "AdminSettings", "AdminSettingsError", "TOKEN_ENVIRONMENT",
+           "adminSettings", "isLoopbackEndpoint"]
 
 #: The environment variable holding the admin token when no file is given.
 TOKEN_ENVIRONMENT = "SIPCORE_ADMIN_TOKEN"
+
+#: Where the admin API listens when C{--admin-listen} is not given.
+DEFAULT_LISTEN = "tcp:8060:interface=127.0.0.1"
+
+#: The C{--admin-listen} value that turns the admin API off.
+OFF = "none"
 
 
 class AdminSettingsError(ValueError):
@@ -32,14 +38,18 @@ class AdminSettings:
     @ivar listen: a Twisted server endpoint description; C{""}: off.
     @ivar token: the bearer token every request except the health checks
         must carry, or C{None}: none required.
+    @ivar required: whether a failure to listen stops the server's start
+        (an endpoint given explicitly); otherwise (the default endpoint) the
+        server logs a warning and runs without the admin API.
     """
 
     listen: str = ""
     token: str | None = None
+    required: bool = True
 
     def __repr__(self) -> str:
-        return "AdminSettings(listen={!r}, token={})".format(
-            self.listen, "set" if self.token else None)
+        return "AdminSettings(listen={!r}, token={}, required={})".format(
+            self.listen, "set" if self.token else None, self.required)
 
 
 def _fields(description: str) -> tuple[str, dict[str, str]]:
@@ -95,10 +105,17 @@ def adminSettings(listen: str, tokenFile: str = "",
     The admin settings from C{--admin-listen} and C{--admin-token-file} (or
     the C{SIPCORE_ADMIN_TOKEN} environment variable).
 
+    @param listen: the endpoint description given, C{""} when none was (the
+        API then listens on L{DEFAULT_LISTEN} if it can), or L{OFF}.
+
     @raise AdminSettingsError: the token file cannot be read or is empty, or
         the API would listen beyond loopback without a token.
     """
     env = os.environ if environ is None else environ
+    if listen.strip().lower() == OFF:
+        return AdminSettings()
+    required = bool(listen)
+    listen = listen or DEFAULT_LISTEN
     token: str | None = None
     if tokenFile:
         try:
@@ -112,9 +129,9 @@ def adminSettings(listen: str, tokenFile: str = "",
             raise AdminSettingsError("--admin-token-file {!r} is empty".format(tokenFile))
     elif env.get(TOKEN_ENVIRONMENT, "").strip():
         token = env[TOKEN_ENVIRONMENT].strip()
-    if listen and token is None and not isLoopbackEndpoint(listen):
+    if token is None and not isLoopbackEndpoint(listen):
         raise AdminSettingsError(
             "--admin-listen {!r} listens beyond loopback: give a token with "
             "--admin-token-file FILE or {} (or listen on interface=127.0.0.1)".format(
                 listen, TOKEN_ENVIRONMENT))
-    return AdminSettings(listen=listen, token=token)
+    return AdminSettings(listen=listen, token=token, required=required)

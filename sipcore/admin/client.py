@@ -22,8 +22,9 @@ from sipcore.admin import TOKEN_ENVIRONMENT
 __all__ = ["DEFAULT_URL", "URL_ENVIRONMENT", "run", "table"]
 
 #: Where the admin API is asked when neither C{--admin} nor
-#: C{SIPCORE_ADMIN_URL} says.
-DEFAULT_URL = "http://127.0.0.1:8079"
+#: C{SIPCORE_ADMIN_URL} says: the server's default endpoint,
+#: L{sipcore.admin.DEFAULT_LISTEN}.
+DEFAULT_URL = "http://127.0.0.1:8060"
 
 #: The environment variable naming the admin API's URL.
 URL_ENVIRONMENT = "SIPCORE_ADMIN_URL"

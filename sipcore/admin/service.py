@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import sdnotify
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from sipcore.admin.api import AdminAPI, ReadyCheck
@@ -31,54 +31,97 @@ class _QuietSite(Site):
         pass
 
 
-class AdminService(StreamServerEndpointService):
+class AdminService(Service):
     """
-    Serves the L{AdminAPI} on an endpoint while running (it binds in
-    C{privilegedStartService}; a failure to bind stops the start).
+    Serves the L{AdminAPI} on an endpoint while running.  It binds in
+    C{privilegedStartService} (before twistd drops privileges).  When the
+    endpoint cannot listen, a I{required} one makes the start fail (the
+    server stops); otherwise (the default endpoint) one warning is logged
+    and the server runs without the admin API.
 
     @ivar listeningPort: the listening port once it listens, else C{None}.
+    @ivar description: the endpoint description, for the log.
+    @ivar required: whether a failure to listen fails the start.
     """
 
     listeningPort: Any = None
     _log = Logger()
 
-    def __init__(self, endpoint: IStreamServerEndpoint, api: AdminAPI) -> None:
+    def __init__(self, endpoint: IStreamServerEndpoint, api: AdminAPI, description: str,
+                 required: bool = True) -> None:
         """
         @param endpoint: where to listen.
         @param api: what to serve; its recent closes subscribe to its bus
             while the service runs.
+        @param description: the endpoint's description, for the log.
+        @param required: fail the start when the endpoint cannot listen.
         """
+        self._endpoint = endpoint
         site = _QuietSite(api.resource())
         site.noisy = False
-        StreamServerEndpointService.__init__(self, _RecordingEndpoint(endpoint, self), site)
+        self._site: IProtocolFactory = site
         self.setName("admin")
         self._parts = api.parts
+        self.description = description
+        self.required = required
+        self._listening: Deferred[Any] | None = None
+        self._failure: Failure | None = None
 
-    def startService(self) -> None:
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        if self._listening is None:
+            listening: Deferred[Any] = maybeDeferred(self._endpoint.listen, self._site)
+            listening.addCallbacks(self._listened, self._cannotListen)
+            self._listening = listening
+
+    def _listened(self, port: Any) -> None:
+        self.listeningPort = port
+        self._log.info("admin API on {address}", address=port.getHost())
+
+    def _cannotListen(self, failure: Failure) -> None:
+        if self.required:
+            self._log.error("cannot listen on {spec} for the admin API: {error}",
+                            spec=self.description, error=failure.getErrorMessage())
+            self._failure = failure
+        else:
+            self._log.warn(
+                "admin API off: cannot listen on its default {spec} ({error}); choose "
+                "another endpoint with --admin-listen, or --admin-listen none",
+                spec=self.description, error=failure.getErrorMessage())
+
+    def startService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        Start serving (binding first unless L{privilegedStartService} did).
+
+        @return: a L{Deferred} firing once it listens, or once it gave up on
+            an endpoint that is not required; failing with the reason a
+            required endpoint cannot listen.
+        """
+        Service.startService(self)
         self._parts.bus.subscribe(self._parts.closes)
-        StreamServerEndpointService.startService(self)
+        self.privilegedStartService()
+        assert self._listening is not None
+        return self._listening.addCallback(self._started)
+
+    def _started(self, ignored: None) -> Failure | None:
+        failure, self._failure = self._failure, None
+        return failure
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        Stop listening.
+
+        @return: a L{Deferred} firing once the port is closed.
+        """
+        Service.stopService(self)
         self._parts.bus.unsubscribe(self._parts.closes)
-        return StreamServerEndpointService.stopService(self)  # type: ignore[no-any-return]
-
-
-class _RecordingEndpoint:
-    """
-    An endpoint that records the port it listens on in its L{AdminService}.
-    """
-
-    def __init__(self, endpoint: IStreamServerEndpoint, service: AdminService) -> None:
-        self._endpoint = endpoint
-        self._service = service
-
-    def listen(self, factory: Any) -> Deferred[Any]:
-        def listening(port: Any) -> Any:
-            self._service.listeningPort = port
-            self._service._log.info("admin API on {address}", address=port.getHost())
-            return port
-
-        return self._endpoint.listen(factory).addCallback(listening)
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            listening.cancel()
+        port, self.listeningPort = self.listeningPort, None
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening)
 
 
 class SystemdNotify(Service):
