@@ -9,6 +9,8 @@ stopped.  L{sipcore.tap.buildService} builds this tree::
 
     SIPCoreService                       the root (an OrderedServices)
       Database                           with --db: open the pool / close it
+      ClusterService                     with --db: join the node table, heartbeat,
+                                         take over dead nodes / leave it
       StoreService                       open the store (the schema on --db-init),
                                          purge this node's connection-bound rows,
                                          expire bindings on a timer / close the store
@@ -57,6 +59,7 @@ from sipcore.metrics import (
 from sipcore.plugin import EnabledHandler
 
 if TYPE_CHECKING:
+    from sipcore.cluster.nodes import ClusterService
     from sipcore.jobs import JobQueue
     from sipcore.location.ordering import PendingWrites
     from sipcore.reload import ReloadService
@@ -170,6 +173,7 @@ class StoreService(Service):
     name = "store"
     startTime = 0.0
     purgePending = False
+    _purgeWhen = "at start"
     #: Seconds between attempts to prepare a store that was away at start.
     backstopRetryInterval = 5.0
 
@@ -265,8 +269,24 @@ class StoreService(Service):
         self.purgePending = False
         self._stopRetry()
         self._log.info(
-            "purged {count} connection-bound bindings of server_id {serverId} at start",
-            count=count, serverId=self.serverId)
+            "purged {count} connection-bound bindings of server_id {serverId} {when}",
+            count=count, serverId=self.serverId, when=self._purgeWhen)
+
+    def purgeAgain(self) -> defer.Deferred[None]:
+        """
+        Run the start purge again, as of now: this node's connection-bound
+        bindings last modified before now are removed (the cluster calls
+        this when the node rejoins after the others declared it dead).  A
+        database that is away is retried as at start.
+
+        @return: a L{Deferred} firing once the purge ran or its retry is
+            scheduled; it never fails.
+        """
+        self.startTime = self._reactor.seconds()
+        self._purgeWhen = "on rejoining the cluster"
+        d = defer.Deferred.fromCoroutine(self._prepare())
+        d.addErrback(lambda f: self._log.failure("purge on rejoining failed", f))
+        return d
 
     def _retryPrepare(self) -> defer.Deferred[None]:
         d = defer.Deferred.fromCoroutine(self._prepare())
@@ -490,6 +510,8 @@ class SIPCoreService(OrderedServices):
     @ivar handlers: the L{EnabledHandler}s, in order.
     @ivar queues: the job queues the handlers made.
     @ivar database: the L{sipcore.db.Database}, or C{None} without C{--db}.
+    @ivar cluster: the L{sipcore.cluster.nodes.ClusterService}, or C{None}
+        without C{--db}.
     @ivar storeService: the L{StoreService}.
     @ivar handlerService: the L{HandlerService}.
     @ivar metrics: the server's L{CollectorRegistry}: every figure of it.
@@ -524,6 +546,7 @@ class SIPCoreService(OrderedServices):
         lagProbe: IService | None = None,
         metricsService: IService | None = None,
         database: IService | None = None,
+        cluster: ClusterService | None = None,
         reloader: ReloadService | None = None,
         operations: Callable[[SIPCoreService], Iterable[IService]] | None = None,
         capture: Sequence[IService] = (),
@@ -538,6 +561,9 @@ class SIPCoreService(OrderedServices):
         @param metrics: the registry every part registered its figures
             with.
         @param database: the L{sipcore.db.Database} (with C{--db}), or
+            C{None}.
+        @param cluster: the L{sipcore.cluster.nodes.ClusterService} (with
+            C{--db}), started after the database and before the store, or
             C{None}.
         @param reloader: the L{ReloadService} (C{SIGHUP} and the admin
             API's reload), started after the metrics service, or C{None}.
@@ -566,6 +592,9 @@ class SIPCoreService(OrderedServices):
         self.database = database
         if database is not None:
             database.setServiceParent(self)
+        self.cluster = cluster
+        if cluster is not None:
+            cluster.setServiceParent(self)
         storeService.setServiceParent(self)
         handlerService.setServiceParent(self)
         CoreService(table, core, proxy).setServiceParent(self)
@@ -609,8 +638,14 @@ class SIPCoreService(OrderedServices):
         return self.ready
 
     def _startFailed(self, failure: Failure) -> None:
+        from sipcore.cluster.nodes import NodeIdInUse
+
         self.startFailure = failure
-        self._log.failure("sipcore failed to start", failure)
+        if failure.check(NodeIdInUse):
+            # A refusal with its reason, not a bug: no traceback.
+            self._log.error("sipcore failed to start: {reason}", reason=str(failure.value))
+        else:
+            self._log.failure("sipcore failed to start", failure)
         reactor = self._reactor
         if IReactorCore.providedBy(reactor):
             if reactor.running:

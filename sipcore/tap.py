@@ -74,6 +74,16 @@ class Options(usage.Options):
     optParameters = [
         ["server-id", None, 0, "This node's server_id in the location table.", _positiveInt],
         ["db", None, "", "libpq DSN of the PostgreSQL database; empty: in-memory store."],
+        ["node-uri", None, "",
+         "With --db: the SIP URI the other nodes of the cluster reach this one at "
+         "(default: from the first tcp, else tls, listener and --advertise-host, e.g. "
+         "sip:HOST:PORT;transport=tcp)."],
+        ["node-heartbeat", None, 5.0,
+         "With --db: seconds between this node's heartbeats in the node table.",
+         _positiveFloat],
+        ["node-deadline", None, 15.0,
+         "With --db: seconds without a heartbeat after which a node is declared dead "
+         "and its connection-bound bindings are removed.", _positiveFloat],
         ["max-message-size", None, 65536, "Largest SIP message accepted, in bytes.",
          _positiveInt],
         ["idle-timeout", None, 3600.0,
@@ -384,6 +394,7 @@ class Options(usage.Options):
         self["admin"] = _adminSettings(self)
         if self["db-init"] and not self["db"]:
             raise usage.UsageError("--db-init needs --db")
+        _checkNodeOptions(self)
         if self["max-expires"] > 10 * 365 * 86400:
             raise usage.UsageError("--max-expires must be at most ten years (315360000)")
         if self["min-expires"] > self["max-expires"]:
@@ -403,6 +414,34 @@ class Options(usage.Options):
             if name not in names and name not in self["disable-handler"]:
                 names.append(name)
         return names
+
+
+def _checkNodeOptions(options: Options) -> None:
+    """
+    Check C{--node-uri}, C{--node-heartbeat} and C{--node-deadline}.
+
+    @raise usage.UsageError: one is given without C{--db}, the URI is not
+        a SIP URI, or the deadline is not longer than the heartbeat.
+    """
+    given = [name for name in ("node-uri", "node-heartbeat", "node-deadline")
+             if options[name] != options.defaults[name]]
+    if given and not options["db"]:
+        raise usage.UsageError("--{} needs --db (the node table is in the database)".format(
+            given[0]))
+    if options["node-uri"]:
+        from sipcore.message import SIPParseError
+        from sipcore.message.uri import parseURI
+
+        try:
+            uri = parseURI(options["node-uri"])
+        except SIPParseError as e:
+            raise usage.UsageError("--node-uri: {}".format(e)) from None
+        if uri.scheme not in ("sip", "sips"):
+            raise usage.UsageError("--node-uri must be a sip: or sips: URI")
+    if not options["node-heartbeat"] > 0:
+        raise usage.UsageError("--node-heartbeat must be positive")
+    if not options["node-deadline"] > options["node-heartbeat"]:
+        raise usage.UsageError("--node-deadline must be longer than --node-heartbeat")
 
 
 def listHandlers(out: Any = None, package: Any = None) -> str:
@@ -496,7 +535,9 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
     initSchema = None
     database = None
     dbPool = None
+    directory = None
     if options["db"]:
+        from sipcore.cluster.nodes import DatabaseNodeDirectory
         from sipcore.db import Database
         from sipcore.location import PostgresLocationStore
         from sipcore.workers import releaseWorkerStore
@@ -504,6 +545,7 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
         releaseWorkerStore()
         database = Database(options["db"], reactor)
         dbPool = database.pool
+        directory = DatabaseNodeDirectory(serverId)
         store: Any = PostgresLocationStore(dbPool)
         if options["db-init"]:
             from sipcore.db.location import initSchema as createSchema
@@ -603,6 +645,19 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
     proxy = _buildProxy(options, reactor, core, store, hops, resolver, routers,
                         metrics)
     reloader = _buildReload(options, reactor, listeners, handlers, signals)
+    storeService = StoreService(store, reactor, serverId, initSchema=initSchema,
+                                expiryInterval=options["expiry-interval"],
+                                announce=bus.fire, metrics=metrics, available=available,
+                                statements=lambda: store.statementCount)
+    cluster = None
+    if dbPool is not None and directory is not None:
+        from sipcore.cluster.nodes import ClusterService
+
+        cluster = ClusterService(dbPool, reactor, directory, _nodeURI(options, listeners),
+                                 heartbeat=options["node-heartbeat"],
+                                 deadline=options["node-deadline"],
+                                 createTables=options["db-init"],
+                                 purgeAgain=storeService.purgeAgain)
     return SIPCoreService(
         reactor,
         store=store,
@@ -613,10 +668,8 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
         proxy=proxy,
         authenticator=authenticator,
         writes=writes,
-        storeService=StoreService(store, reactor, serverId, initSchema=initSchema,
-                                  expiryInterval=options["expiry-interval"],
-                                  announce=bus.fire, metrics=metrics, available=available,
-                                  statements=lambda: store.statementCount),
+        storeService=storeService,
+        cluster=cluster,
         handlerService=HandlerService(bus, handlers, jobQueues.values(), reactor,
                                       drainDeadline=options["drain-deadline"],
                                       metrics=metrics),
@@ -630,6 +683,35 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
         operations=lambda root: _buildOperations(admin, reactor, root, listing, core, table,
                                                  available, bool(options["db"])),
     )
+
+
+def _nodeURI(options: Options, listeners: list[Any]) -> Any:
+    """
+    The function answering this node's URI in the cluster: C{--node-uri},
+    else one made of the first TCP listener (else TLS, else the first
+    listener of any transport): its address, or C{--advertise-host} (else
+    the first C{--domain}) when it is bound to the wildcard address, its
+    bound port and its transport.
+    """
+    from sipcore.message.uri import formatHost
+
+    given = options["node-uri"]
+    if given:
+        return lambda: given
+    chosen = next((listener for transport in ("tcp", "tls") for listener in listeners
+                   if listener.spec.transport == transport), listeners[0])
+    interface = chosen.spec.interface
+    if interface in ("", "0.0.0.0", "::"):
+        domains = options["domain"]
+        interface = options["advertise-host"] or (domains[0] if domains else "localhost")
+
+    def uri() -> str:
+        bound = chosen.getHost()
+        port = bound.port if bound is not None else chosen.spec.port
+        return "sip:{}:{};transport={}".format(formatHost(interface), port,
+                                               chosen.spec.transport)
+
+    return uri
 
 
 def _buildReload(options: Options, reactor: Any, listeners: list[Any], handlers: list[Any],

@@ -15,7 +15,8 @@ answers how many rows went.
 
 Schema: L{initSchema} is what C{sipcore db init} runs.  It is idempotent:
 it creates the tables (the DDL in C{location.sql}) when C{location} is
-missing, does nothing when C{location} is there at version 9, and refuses
+missing, and the cluster tables (L{sipcore.db.node}) when they are
+missing; it leaves C{location} as it is when it is there at version 9, and refuses
 when another version is there (sipcore does not migrate Kamailio schemas;
 use Kamailio's upgrade scripts).
 """
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 
+from sipcore.db.node import createNodeTables
 from sipcore.location.binding import Binding
 
 __all__ = [
@@ -345,6 +347,8 @@ async def _init(cursor: Any) -> bool:
     """
     await cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK_KEY,))
     hasLocation, version = await _tableVersion(cursor)
+    if version == LOCATION_TABLE_VERSION or not hasLocation:
+        await createNodeTables(cursor)
     if hasLocation:
         if version == LOCATION_TABLE_VERSION:
             return False
@@ -364,6 +368,9 @@ def initSchema(runner: _InteractionRunner) -> defer.Deferred[bool]:
     @param runner: a connected C{txpostgres.Connection} or a started
         C{txpostgres.ConnectionPool}.  Tables are created in the first schema
         of its C{search_path}.
+    The cluster tables (L{sipcore.db.node.initNodeSchema}) are created in
+    the same transaction when missing.
+
     @return: L{Deferred} firing with C{True} if the tables were created,
         C{False} if C{location} was already there at version 9.  It fails
         with L{SchemaVersionMismatch} if C{location} is there at another
