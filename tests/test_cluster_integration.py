@@ -63,7 +63,7 @@ class TwoNodeTests(TestCase):
         env = dict(os.environ, PYTHONPATH=SIPCORE_PATH)
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "-n", "--pidfile=", "sipcore", "--domain", "example.com",
-                "--db", dsn, "--server-id", str(serverId),
+                "--admin-listen", "none", "--db", dsn, "--server-id", str(serverId),
                 "--node-heartbeat", "0.5", "--node-deadline", str(DEADLINE),
                 "--listen", "udp:0:interface=" + host,
                 "--listen", "tcp:0:interface=" + host]
