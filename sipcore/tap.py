@@ -597,7 +597,9 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
         metrics=metrics,
     )
     core.route("REGISTER", registrar)
-    authenticator = _buildAuthentication(options, reactor, core, dbPool, metrics)
+    cluster = _workerCluster()
+    authenticator = _buildAuthentication(options, reactor, core, dbPool, metrics,
+                                         cluster[0] if cluster is not None else None)
     listenerOptions = _listenerOptions(options, limiter)
     listenerOptions["observer"] = observer
     sink: Any = core
@@ -643,7 +645,7 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
     # The proxy routes what the core and the registrar do not
     # answer; it reads the listeners' bound addresses only once they listen.
     proxy = _buildProxy(options, reactor, core, store, hops, resolver, routers,
-                        metrics)
+                        metrics, cluster)
     reloader = _buildReload(options, reactor, listeners, handlers, signals)
     storeService = StoreService(store, reactor, serverId, initSchema=initSchema,
                                 expiryInterval=options["expiry-interval"],
@@ -904,15 +906,32 @@ def _buildRouters(options: Options, reactor: Any, handlers: list[Any]) -> Any:
     return RoutingChain(routers, reactor, options["routing-timeout"])
 
 
+def _workerCluster() -> tuple[Any, str] | None:
+    """
+    The node directory and node URI of a worker of C{python -m
+    sipcore.workers} (L{sipcore.workers.workerCluster}), or C{None}.
+
+    @raise usage.UsageError: when what the supervisor passed is malformed.
+    """
+    from sipcore.workers import workerCluster
+
+    try:
+        return workerCluster()
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+
+
 def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, hops: Any,
-                resolver: Any, routers: Any, metrics: Any) -> Any:
+                resolver: Any, routers: Any, metrics: Any,
+                cluster: tuple[Any, str] | None = None) -> Any:
     """
     Build the stateful proxy and make it the core's default handler.  A
     binding whose connection is gone is removed from the store by its
     connection (the rows of that dead conid only: a re-registration of the
     same contact over a new connection keeps its ruid and must survive);
     the proxy logs a failure.  The advertised host defaults to the first
-    C{--domain} given.
+    C{--domain} given.  C{cluster} is the node directory and this node's
+    node URI when it is a member of a cluster, else C{None}.
     """
     from sipcore.sip.proxy import Proxy, ProxyPolicy
     from sipcore.sip.trust import TrustedPeers
@@ -938,6 +957,8 @@ def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, hops: Any
         staleBinding=staleBinding,
         metrics=metrics,
         routers=routers,
+        directory=cluster[0] if cluster is not None else None,
+        nodeURI=cluster[1] if cluster is not None else None,
     )
     proxy.install()
     return proxy
@@ -1097,17 +1118,20 @@ def _listenerOptions(options: Options, limiter: Any) -> dict[str, Any]:
 
 
 def _buildAuthentication(options: Options, reactor: Any, core: Any, dbPool: Any,
-                         metrics: Any) -> Any:
+                         metrics: Any, directory: Any = None) -> Any:
     """
     Make digest authentication a guard of the core when a credential
     source is configured (docs/security.rst); failed authentications cost
     the source's rate bucket (C{core.limiter}, made by
-    L{_buildRateLimiter}) and count for the account's guessing limit.
+    L{_buildRateLimiter}) and count for the account's guessing limit.  In
+    a cluster (C{directory}, an L{sipcore.cluster.INodeDirectory}), what a
+    member forwards to one of this node's connections is not challenged.
 
     @return: the L{sipcore.sip.auth.DigestAuthenticator}, or C{None}.
     """
     from twisted.logger import Logger
 
+    from sipcore.cluster.delivery import NodeRoutes
     from sipcore.sip.auth import DigestAuthenticator, PostgresCredentials, secretFromOptions
 
     log = Logger(namespace="sipcore.security")
@@ -1134,6 +1158,7 @@ def _buildAuthentication(options: Options, reactor: Any, core: Any, dbPool: Any,
         lockout=options["auth-lockout"],
         serverHeader=options["server-header"],
         metrics=metrics,
+        members=NodeRoutes(directory, reactor) if directory is not None else None,
     )
     core.addGuard(authenticator)
     log.info("digest authentication on for {methods}", methods=", ".join(methods))

@@ -30,6 +30,15 @@ worker's.  Each worker logs to C{PATH.<i>} (or to standard
 output).  The supervisor forwards SIGTERM and SIGINT to every worker, and
 stops all of them when one exits.
 
+The workers are members of one cluster (L{sipcore.cluster}): the
+supervisor binds one more TCP socket per worker on C{127.0.0.1} (an
+ephemeral port: that worker's node URI,
+C{sip:127.0.0.1:PORT;transport=tcp}), makes a random secret, and passes
+each worker, in L{CLUSTER_ENV}, its C{server_id}, the secret and every
+worker's node URI.  A worker listens on its own node socket too, and its
+proxy reaches a contact registered over another worker's TCP or WebSocket
+connection through that worker (L{sipcore.cluster.delivery}).
+
 The location store is shared by every worker: with C{--db} it is the
 database; without (and more than one worker), the supervisor also starts a
 store process that keeps the bindings in memory and serves them to each worker over a private socket pair
@@ -46,7 +55,9 @@ Limits:
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -54,11 +65,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SharedSockets", "bindShared", "main", "workerArguments", "workerStore"]
+__all__ = ["SharedSockets", "bindNodeSockets", "bindShared", "main", "workerArguments",
+           "workerCluster", "workerStore"]
 
 #: The environment variable that passes a worker its end of the socket pair
 #: to the store process (a file descriptor number).
 STORE_ENV = "SIPCORE_WORKER_STORE"
+
+#: The environment variable that gives a worker its place in the cluster of
+#: workers: JSON, C{{"serverId": N, "secret": HEX, "nodes": {"N": URI}}}.
+CLUSTER_ENV = "SIPCORE_WORKER_CLUSTER"
+
+#: The address every worker's node socket is bound to.
+NODE_HOST = "127.0.0.1"
 
 #: Seconds the supervisor waits for the store process to exit after the last
 #: worker, before killing it.
@@ -127,6 +146,82 @@ def bindShared(specs: Sequence[str]) -> SharedSockets:
     return shared
 
 
+def bindNodeSockets(count: int) -> list[socket.socket]:
+    """
+    Bind and listen on one TCP socket per worker on L{NODE_HOST}, each on
+    an ephemeral port: where the other workers reach it.
+
+    @raise OSError: when a socket cannot be bound.
+    """
+    from sipcore.transport.listen import DEFAULT_BACKLOG
+
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind((NODE_HOST, 0))
+            sock.listen(DEFAULT_BACKLOG)
+            sock.setblocking(False)
+            sock.set_inheritable(True)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def nodeURIOf(sock: socket.socket) -> str:
+    """
+    The node URI of a worker's node socket.
+    """
+    return "sip:{}:{};transport=tcp".format(NODE_HOST, sock.getsockname()[1])
+
+
+def nodeListenSpec(sock: socket.socket) -> str:
+    """
+    The C{--listen} spec of a worker's node socket.
+    """
+    return "tcp:{}:interface={}:fd={}".format(sock.getsockname()[1], NODE_HOST, sock.fileno())
+
+
+def clusterOf(serverIds: Sequence[int], uris: Sequence[str], index: int,
+              secret: bytes) -> str:
+    """
+    The L{CLUSTER_ENV} value of worker C{index}.
+    """
+    return json.dumps({
+        "serverId": serverIds[index],
+        "secret": secret.hex(),
+        "nodes": {str(serverId): uri for serverId, uri in zip(serverIds, uris, strict=True)},
+    })
+
+
+def workerCluster() -> tuple[Any, str] | None:
+    """
+    The cluster of a worker of C{python -m sipcore.workers}: a
+    L{sipcore.cluster.StaticNodeDirectory} of every worker and this
+    worker's node URI, from L{CLUSTER_ENV}, or C{None} outside such a
+    worker.  The variable is taken out of the environment.
+
+    @raise ValueError: when the variable cannot be read.
+    """
+    text = os.environ.pop(CLUSTER_ENV, None)
+    if text is None:
+        return None
+    from sipcore.cluster import Node, StaticNodeDirectory
+
+    try:
+        value = json.loads(text)
+        serverId = int(value["serverId"])
+        secret = bytes.fromhex(value["secret"])
+        nodes = {int(k): Node(int(k), str(uri)) for k, uri in value["nodes"].items()}
+        own = nodes[serverId].uri
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError("{} is malformed: {}".format(CLUSTER_ENV, type(e).__name__)) from None
+    return StaticNodeDirectory(serverId, secret, nodes), own
+
+
 def _option(args: list[str], name: str) -> tuple[str | None, list[str]]:
     """
     Take C{--name VALUE} or C{--name=VALUE} out of C{args}.
@@ -146,6 +241,14 @@ def _option(args: list[str], name: str) -> tuple[str | None, list[str]]:
     return value, rest
 
 
+def baseServerId(options: list[str]) -> int:
+    """
+    The C{--server-id} given (default 0): worker C{i} runs with I{base + i}.
+    """
+    serverId, _ = _option(options, "--server-id")
+    return int(serverId) if serverId is not None else 0
+
+
 def workerArguments(options: list[str], index: int) -> list[str]:
     """
     The C{sipcore} options of worker C{index}: its own C{--server-id}, and
@@ -154,8 +257,8 @@ def workerArguments(options: list[str], index: int) -> list[str]:
     """
     from sipcore.admin import OFF
 
-    serverId, rest = _option(options, "--server-id")
-    base = int(serverId) if serverId is not None else 0
+    base = baseServerId(options)
+    _, rest = _option(options, "--server-id")
     metrics, rest = _option(rest, "--metrics-listen")
     admin, rest = _option(rest, "--admin-listen")
     out = rest + ["--server-id", str(base + index)]
@@ -323,6 +426,24 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
         return 2
     env = dict(os.environ)
     env.pop(STORE_ENV, None)
+    env.pop(CLUSTER_ENV, None)
+    nodeSockets: list[socket.socket] = []
+    if count > 1:
+        try:
+            base = baseServerId(options)
+        except ValueError:
+            print("sipcore.workers: --server-id must be a number", file=sys.stderr)
+            shared.close()
+            return 2
+        try:
+            nodeSockets = bindNodeSockets(count)
+        except OSError as e:
+            print("sipcore.workers: {}".format(e), file=sys.stderr)
+            shared.close()
+            return 2
+        serverIds = [base + index for index in range(count)]
+        uris = [nodeURIOf(sock) for sock in nodeSockets]
+        secret = secrets.token_bytes(32)
     store = None
     workerEnds: list[socket.socket] = []
     if not hasDb and count > 1:
@@ -344,14 +465,21 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
         argv = [sys.executable, "-m", "sipcore.workers", "--worker", str(index)]
         if logfile:
             argv += ["--logfile", logfile]
-        workerEnv, fds = env, shared.fds()
+        workerEnv, fds = dict(env), shared.fds()
+        specs = shared.specs()
         if workerEnds:
-            workerEnv = dict(env, **{STORE_ENV: str(workerEnds[index].fileno())})
+            workerEnv[STORE_ENV] = str(workerEnds[index].fileno())
             fds = fds + [workerEnds[index].fileno()]
+        if nodeSockets:
+            workerEnv[CLUSTER_ENV] = clusterOf(serverIds, uris, index, secret)
+            fds = fds + [nodeSockets[index].fileno()]
+            specs = specs + [nodeListenSpec(nodeSockets[index])]
         workers.append(subprocess.Popen(
-            argv + ["--"] + withListen(options, shared.specs()),
+            argv + ["--"] + withListen(options, specs),
             env=workerEnv, pass_fds=fds))
     shared.close()
+    for sock in nodeSockets:
+        sock.close()
     for sock in workerEnds:
         sock.close()
     stopping = []

@@ -507,3 +507,48 @@ class ForkingTests(SynchronousTestCase):
         c.answer(c.b, farInvite, 200, far, toTag="far")
         self.assertIn((200, "INVITE"), statuses(alice))
         self.assertEqual(len(requestsOn(near, "CANCEL")), 1)
+
+
+class AuthenticationTests(SynchronousTestCase):
+    """
+    A node that challenges MESSAGE does not challenge one a member
+    forwarded to its connection (the member authenticated the caller).
+    """
+
+    def setUp(self) -> None:
+        from sipcore.sip.auth import DigestAuthenticator, MemoryCredentials
+
+        c = self.c = Cluster()
+        self.auth = DigestAuthenticator(
+            MemoryCredentials(), c.clock, isLocalDomain=c.b.core.isLocal, secret=b"nonces",
+            methods=["MESSAGE"],
+            members=NodeRoutes(StaticNodeDirectory(2, SECRET, members()), c.clock))
+        c.b.core.addGuard(self.auth)
+        self.bob = c.b.client()
+        c.bind(c.b, self.bob)
+
+    def test_memberNotChallenged(self) -> None:
+        """
+        The MESSAGE from node 1 is delivered without a challenge.
+        """
+        c = self.c
+        alice = c.a.client()
+        c.send(c.a, tcpRequest("MESSAGE", alice.remote[1]), alice)
+        self.assertEqual(len(requestsOn(self.bob, "MESSAGE")), 1)
+        self.assertEqual(self.auth.stats["fromMember"], 1)
+        self.assertEqual(self.auth.stats["challenged"], 0)
+
+    def test_outsiderChallenged(self) -> None:
+        """
+        A request naming the connection with a wrong MAC is challenged and
+        not delivered.
+        """
+        c = self.c
+        outsider = FakeFlow("tcp", local=("127.0.0.1", 5072), remote=("127.0.0.9", 43000))
+        c.b.table.add(outsider)
+        route = "<sip:127.0.0.1:5072;transport=tcp;lr;flow={};node=1;mac={}>".format(
+            self.bob.conid, "0" * 32)
+        c.send(c.b, tcpRequest("MESSAGE", 43000, extra=(("Route", route),)), outsider)
+        self.assertEqual(statuses(outsider), [(407, "MESSAGE")])
+        self.assertEqual(self.bob.sent, [])
+        self.assertEqual(self.auth.stats["fromMember"], 0)

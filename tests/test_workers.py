@@ -134,3 +134,53 @@ class WorkerStoreTests(SynchronousTestCase):
         self.assertEqual(environ, {})
         self.assertEqual(mine.recv(10), b"")
         workers.releaseWorkerStore()
+
+
+class WorkerClusterTests(SynchronousTestCase):
+    """
+    Each worker gets a node socket of its own and, in the environment, a
+    directory of every worker and the secret they share.
+    """
+
+    def test_nodeSockets(self) -> None:
+        """
+        One listening TCP socket per worker on 127.0.0.1, each on its own
+        port; the worker's listen spec names its descriptor and its node
+        URI its port.
+        """
+        sockets = workers.bindNodeSockets(2)
+        for sock in sockets:
+            self.addCleanup(sock.close)
+        ports = [sock.getsockname()[1] for sock in sockets]
+        self.assertEqual(len(set(ports)), 2)
+        self.assertEqual([sock.getsockname()[0] for sock in sockets], ["127.0.0.1"] * 2)
+        self.assertEqual(sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 1)
+        spec = parseListen(workers.nodeListenSpec(sockets[0]))
+        self.assertEqual((spec.transport, spec.port, spec.fileno),
+                         ("tcp", ports[0], sockets[0].fileno()))
+        self.assertEqual(workers.nodeURIOf(sockets[1]),
+                         "sip:127.0.0.1:{};transport=tcp".format(ports[1]))
+
+    def test_directoryFromEnvironment(self) -> None:
+        """
+        The worker reads its C{server_id}, the secret and every worker's
+        node URI once, and takes the variable out of the environment.
+        """
+        uris = ["sip:127.0.0.1:4001;transport=tcp", "sip:127.0.0.1:4002;transport=tcp"]
+        environ = {workers.CLUSTER_ENV: workers.clusterOf([10, 11], uris, 1, b"\x01" * 32)}
+        self.patch(workers.os, "environ", environ)
+        found = workers.workerCluster()
+        assert found is not None
+        directory, own = found
+        self.assertEqual(environ, {})
+        self.assertEqual((directory.serverId, directory.secret, own), (11, b"\x01" * 32, uris[1]))
+        self.assertEqual([(n.serverId, n.uri) for n in directory.nodes()], [(10, uris[0])])
+        self.assertIsNone(workers.workerCluster())
+
+    def test_malformed(self) -> None:
+        """
+        A malformed variable is an error that does not show its value.
+        """
+        self.patch(workers.os, "environ", {workers.CLUSTER_ENV: '{"secret": "abcd"}'})
+        error = self.assertRaises(ValueError, workers.workerCluster)
+        self.assertNotIn("abcd", str(error))

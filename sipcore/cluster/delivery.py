@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sipcore.cluster import INodeDirectory, Node
-from sipcore.message import URI, SIPParseError, parseURI
+from sipcore.message import URI, Request, SIPParseError, parseURI
 from sipcore.sip.routing import NextHop, NoRoute, nextHopOf
 from sipcore.throttle import DEFAULT_LOG_INTERVAL, LogThrottle, sourceKey
 
@@ -141,6 +141,23 @@ class NodeRoutes:
         """
         return uri.hasParam(CONID_PARAM)
 
+    def _verified(self, uri: URI, callId: str) -> tuple[int, int] | None:
+        """
+        C{(conid, sender)} of a Route naming one of this node's
+        connections with a valid MAC for C{callId}, else C{None}.
+        """
+        conid = uri.param(CONID_PARAM) or ""
+        sender = uri.param(NODE_PARAM) or ""
+        mac = uri.param(MAC_PARAM) or ""
+        if not (conid.isascii() and conid.isdigit() and len(conid) <= 12
+                and sender.isascii() and sender.isdigit() and len(sender) <= 10
+                and mac.isascii()):
+            return None
+        expected = self.mac(self.serverId, int(conid), int(sender), callId)
+        if not hmac.compare_digest(mac.lower().encode("ascii"), expected.encode("ascii")):
+            return None
+        return int(conid), int(sender)
+
     def check(self, uri: URI, callId: str, source: str) -> tuple[int, int]:
         """
         Check a Route of this node naming one of its connections.
@@ -152,20 +169,29 @@ class NodeRoutes:
         @raise FlowRefused: for a missing, malformed or wrong MAC (logged
             once per source per interval).
         """
-        conid = uri.param(CONID_PARAM) or ""
-        sender = uri.param(NODE_PARAM) or ""
-        mac = uri.param(MAC_PARAM) or ""
-        if (conid.isascii() and conid.isdigit() and len(conid) <= 12
-                and sender.isascii() and sender.isdigit() and len(sender) <= 10
-                and mac.isascii()):
-            expected = self.mac(self.serverId, int(conid), int(sender), callId)
-            if hmac.compare_digest(mac.lower().encode("ascii"), expected.encode("ascii")):
-                return int(conid), int(sender)
-        key = sourceKey(source)
-        suppressed = self._throttle.hit(key)
+        verified = self._verified(uri, callId)
+        if verified is not None:
+            return verified
+        suppressed = self._throttle.hit(sourceKey(source))
         if suppressed is not None:
             self._log.warn(
-                "refused a request naming connection {conid} from {source}: "
-                "no valid cluster MAC ({suppressed} more refused since the last line)",
-                conid=conid[:12], source=source, suppressed=suppressed)
+                "refused a request from {source} naming connection {conid}: no valid "
+                "cluster MAC ({suppressed} more refused from there since the last line)",
+                source=source, conid=(uri.param(CONID_PARAM) or "")[:12],
+                suppressed=suppressed)
         raise FlowRefused()
+
+    def fromMember(self, request: Request) -> bool:
+        """
+        Whether C{request}'s top Route names one of this node's connections
+        with a valid MAC: a member sent it (and authenticated its caller).
+        Nothing is logged.
+        """
+        try:
+            routes = request.routes
+            callId = request.callId
+        except SIPParseError:
+            return False
+        if not routes or not self.names(routes[0].uri):
+            return False
+        return self._verified(routes[0].uri, callId) is not None

@@ -52,6 +52,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from sipcore.cluster.delivery import NodeRoutes
 from sipcore.db.subscriber import LOOKUP as _SUBSCRIBER_LOOKUP
 from sipcore.interfaces import ICredentialSource, IDatabasePool
 from sipcore.message import Request, SIPParseError, parseURI
@@ -850,7 +851,8 @@ class DigestAuthenticator:
         nonce), C{foreignNonce} (a nonce not issued to this source by a
         node with our secret), C{replayed}, C{userMismatch}, C{malformed},
         C{lockouts} (accounts locked out), C{lockedOut} (attempts refused
-        because their account was locked out), C{unavailable} (credential
+        because their account was locked out), C{fromMember} (requests a
+        cluster member forwarded, passed unchallenged), C{unavailable} (credential
         store away).
     @ivar guessing: the L{GuessingLimits}, or C{None}.
     """
@@ -875,6 +877,7 @@ class DigestAuthenticator:
         lockout: float = DEFAULT_LOCKOUT,
         serverHeader: str = SERVER,
         metrics: CollectorRegistry | None = None,
+        members: NodeRoutes | None = None,
     ) -> None:
         """
         @param credentials: the L{CredentialSource}.
@@ -901,6 +904,10 @@ class DigestAuthenticator:
             none.
         @param metrics: the registry its figures are served from, or
             C{None}.
+        @param members: the cluster this node is a member of, or C{None}: a
+            request another member forwarded to one of this node's
+            connections (L{NodeRoutes.fromMember}) is not challenged, the
+            member having authenticated its caller.
         @raise ValueError: for an unknown algorithm or an empty list, or a
             non-positive C{failureWindow} or C{lockout}.
         """
@@ -930,6 +937,7 @@ class DigestAuthenticator:
         self._throttle = LogThrottle(clock, logInterval)
         self._unavailable = False
         self.serverHeader = serverHeader
+        self.members = members
         register(metrics, _AuthenticationCollector(self))
 
     def __repr__(self) -> str:
@@ -948,6 +956,9 @@ class DigestAuthenticator:
         """
         request: Request = tx.request
         if request.method not in self.methods:
+            return defer.succeed(True)
+        if self.members is not None and self.members.fromMember(request):
+            self.stats["fromMember"] += 1
             return defer.succeed(True)
         try:
             target = request.toAddr if request.method == "REGISTER" else request.fromAddr

@@ -1,0 +1,218 @@
+"""
+Integration test: the workers of C{python -m sipcore.workers --workers 2}
+are members of one cluster.  Two TCP clients registered through the shared
+port land on different workers (the kernel's choice: clients are
+registered until they do, a bounded number of times); a MESSAGE from each
+to the other is delivered over the other's connection and answered 200;
+a request from outside naming a worker's connection with a forged MAC is
+refused with 403.  No database: the workers share the store process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import sys
+
+from twisted.internet import protocol, reactor
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from sipcore import workers
+from sipcore.message import Request, Response, StreamFramer, parseMessage
+from tests.serverhelpers import (
+    PATIENCE,
+    SIPCORE_PATH,
+    registerRequest,
+    spawnChild,
+    waitUntil,
+)
+from tests.test_location_shared import _children
+
+#: Clients registered at most until two are on different workers.
+MAX_CLIENTS = 16
+
+
+class AnsweringClient(protocol.Protocol):
+    """
+    A SIP client on one TCP connection: it keeps the responses it gets and
+    answers every request but ACK with 200.
+    """
+
+    def __init__(self) -> None:
+        self.framer = StreamFramer()
+        self.responses: list[Response] = []
+        self.requests: list[Request] = []
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        for item in self.framer.feed(data):
+            if not isinstance(item, bytes):
+                continue
+            message = parseMessage(item)
+            if isinstance(message, Response):
+                self.responses.append(message)
+                continue
+            self.requests.append(message)
+            if message.method != "ACK":
+                self.transport.write(  # type: ignore[union-attr]
+                    Response.forRequest(message, 200, toTag=secrets.token_hex(4)).serialize())
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.lost = True
+
+    @property
+    def localPort(self) -> int:
+        port: int = self.transport.getHost().port  # type: ignore[union-attr]
+        return port
+
+    async def request(self, data: bytes, callId: str) -> Response:
+        """
+        Send a request and wait for its final response (by Call-ID).
+        """
+        self.transport.write(data)  # type: ignore[union-attr]
+
+        def final() -> Response | None:
+            for response in self.responses:
+                if response.callId == callId and response.status >= 200:
+                    return response
+            return None
+
+        found: Response = await waitUntil(final, what="a final response to " + callId)
+        return found
+
+
+async def connect(port: int) -> AnsweringClient:
+    client = AnsweringClient()
+    await protocol.ClientCreator(reactor, lambda: client).connectTCP(
+        "127.0.0.1", port, timeout=PATIENCE)
+    return client
+
+
+def messageRequest(to: str, sender: AnsweringClient, callId: str,
+                   route: str | None = None) -> bytes:
+    """
+    A MESSAGE from C{sender} to C{to@example.com}.
+    """
+    lines = [
+        "MESSAGE sip:{}@example.com SIP/2.0".format(to),
+        "Via: SIP/2.0/TCP 127.0.0.1:{};branch=z9hG4bK{};rport".format(
+            sender.localPort, secrets.token_hex(8)),
+        "Max-Forwards: 70",
+        "From: <sip:sender@example.com>;tag={}".format(secrets.token_hex(4)),
+        "To: <sip:{}@example.com>".format(to),
+        "Call-ID: " + callId,
+        "CSeq: 1 MESSAGE",
+    ]
+    if route is not None:
+        lines.append("Route: " + route)
+    lines += ["Content-Type: text/plain", "Content-Length: 5", "", "hello"]
+    return "\r\n".join(lines).encode()
+
+
+class WorkersClusterTests(TestCase):
+    """
+    Delivery between the workers of one host.
+    """
+
+    timeout = 120
+
+    def read(self, path: str) -> str:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    async def test_messageBetweenWorkers(self) -> None:
+        """
+        A MESSAGE to a user registered over another worker's connection is
+        delivered and answered 200, both ways; a forged flow Route from
+        outside gets 403 and is delivered nowhere; the shared secret is in
+        no log.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        logfile = os.path.join(directory, "sipcore.log")
+        logs = [logfile + ".0", logfile + ".1"]
+        env = dict(os.environ, PYTHONPATH=SIPCORE_PATH)
+        env.pop(workers.STORE_ENV, None)
+        env.pop(workers.CLUSTER_ENV, None)
+        args = [sys.executable, "-m", "sipcore.workers", "--workers", "2", "--logfile", logfile,
+                "--", "--domain", "example.com", "--log-events",
+                "--listen", "tcp:0:interface=127.0.0.1"]
+        proc, transport = spawnChild(self, args, env, descendants=_children)
+        pattern = re.compile(r"listening on tcp 127\.0\.0\.1:(\d+)")
+        await waitUntil(lambda: all(len(pattern.findall(self.read(p))) == 2 for p in logs),
+                        timeout=PATIENCE * 3, what="workers listening: " + proc.output[-2000:])
+        ports = [set(int(p) for p in pattern.findall(self.read(path))) for path in logs]
+        [shared] = ports[0] & ports[1]
+        [nodePort0] = ports[0] - {shared}
+
+        # Register clients through the shared port until one is on each
+        # worker (the event log of the worker names the user).
+        onWorker: dict[int, tuple[str, AnsweringClient]] = {}
+        for index in range(MAX_CLIENTS):
+            user = "user{}".format(index)
+            client = await connect(shared)
+            self.addCleanup(client.transport.loseConnection)  # type: ignore[union-attr]
+            callId = "reg-{}".format(index)
+            response = await client.request(
+                registerRequest("tcp", user, callId=callId, localPort=client.localPort), callId)
+            self.assertEqual(response.status, 200)
+            needle = "{}@example.com contact".format(user)
+
+            def logged(needle: str = needle) -> int | None:
+                # The number (from 1) of the worker whose log has the line.
+                return next((i + 1 for i, p in enumerate(logs) if needle in self.read(p)), None)
+
+            worker = await waitUntil(logged, what="the event log line of " + user) - 1
+            onWorker.setdefault(worker, (user, client))
+            if len(onWorker) == 2:
+                break
+        self.assertEqual(len(onWorker), 2, "every client landed on one worker")
+        (user0, client0), (user1, client1) = onWorker[0], onWorker[1]
+
+        for sender, (to, receiver) in ((client0, (user1, client1)), (client1, (user0, client0))):
+            callId = "msg-" + secrets.token_hex(4)
+            response = await sender.request(messageRequest(to, sender, callId), callId)
+            self.assertEqual(response.status, 200, response)
+            [delivered] = [r for r in receiver.requests if r.callId == callId]
+            self.assertEqual(delivered.body, b"hello")
+            self.assertEqual(delivered.headers.lines("Route"), [])
+
+        outsider = await connect(nodePort0)
+        self.addCleanup(outsider.transport.loseConnection)  # type: ignore[union-attr]
+        route = "<sip:127.0.0.1:{};transport=tcp;lr;flow=1;node=1;mac={}>".format(
+            nodePort0, "0" * 32)
+        callId = "forged-" + secrets.token_hex(4)
+        response = await outsider.request(messageRequest(user0, outsider, callId, route), callId)
+        self.assertEqual(response.status, 403)
+        self.assertEqual([r for r in client0.requests + client1.requests if r.callId == callId],
+                         [])
+        await waitUntil(lambda: "no valid cluster MAC" in self.read(logs[0]),
+                        what="the refusal's log line")
+
+        secretsSeen = []
+        for pid in _children(transport.pid):
+            try:
+                with open("/proc/{}/environ".format(pid), "rb") as f:
+                    environ = f.read().split(b"\0")
+            except OSError:
+                continue
+            for entry in environ:
+                if entry.startswith(workers.CLUSTER_ENV.encode() + b"="):
+                    found = re.search(rb'"secret": "([0-9a-f]+)"', entry)
+                    assert found is not None
+                    secretsSeen.append(found.group(1))
+        self.assertEqual(len(secretsSeen), 2)
+        self.assertEqual(len(set(secretsSeen)), 1)
+        for path in logs + [logfile + ".store"]:
+            self.assertNotIn(secretsSeen[0].decode(), self.read(path))
+
+        os.kill(transport.pid, signal.SIGTERM)
+        self.assertEqual(await proc.ended, 0, proc.output[-3000:])
+        for path in logs:
+            self.assertNotIn("Traceback", self.read(path))
