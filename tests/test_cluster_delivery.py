@@ -544,7 +544,7 @@ class AuthenticationTests(SynchronousTestCase):
         not delivered.
         """
         c = self.c
-        outsider = FakeFlow("tcp", local=("127.0.0.1", 5072), remote=("127.0.0.9", 43000))
+        outsider = FakeStreamFlow("tcp", local=("127.0.0.1", 5072), remote=("127.0.0.9", 43000))
         c.b.table.add(outsider)
         route = "<sip:127.0.0.1:5072;transport=tcp;lr;flow={};node=1;mac={}>".format(
             self.bob.conid, "0" * 32)
