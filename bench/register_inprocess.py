@@ -16,7 +16,10 @@ The collector is tuned as the server tunes it (L{sipcore.tuning}) unless
 C{--default-gc} is given.  C{--instructions} counts the CPU instructions of
 one new REGISTER with valgrind (C{apt-get install valgrind}): the
 difference between feeding 3,000 and 1,000 REGISTERs, divided by 2,000, a
-figure that does not depend on how fast or busy the host is.  It runs
+figure that does not depend on how fast or busy the host is; and of one
+refresh (the same Call-ID and Contact, the next CSeq): the difference
+between feeding 3,000 REGISTERs followed by 2,000 of their refreshes and
+feeding the 3,000 alone, divided by 2,000.  It runs
 the sipcore this Python imports, compiled or not (C{pip install .} in a
 venv gives the compiled wheel where it can, an editable install the
 Python source: see docs/compiled.rst), or this checkout's source when it
@@ -51,12 +54,12 @@ from sipcore.tuning import tuneGarbageCollector  # noqa: E402
 
 _TEMPLATE = (
     "REGISTER sip:127.0.0.1:5060 SIP/2.0\r\n"
-    "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{n}-1-0;rport\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{n}-{cseq}-0;rport\r\n"
     "Max-Forwards: 70\r\n"
     "From: <sip:u1x{n}@127.0.0.1:5060>;tag=4242SIPpTag{n}\r\n"
     "To: <sip:u1x{n}@127.0.0.1:5060>\r\n"
     "Call-ID: {n}-4242@127.0.0.1\r\n"
-    "CSeq: 1 REGISTER\r\n"
+    "CSeq: {cseq} REGISTER\r\n"
     "Contact: <sip:u1x{n}@127.0.0.1:5070;transport=UDP>\r\n"
     "Expires: 3600\r\n"
     "User-Agent: sipp-bench\r\n"
@@ -65,11 +68,13 @@ _TEMPLATE = (
 )
 
 
-def datagram(n: int) -> bytes:
+def datagram(n: int, cseq: int = 1) -> bytes:
     """
-    The C{n}th REGISTER of the benchmark (user C{u1x<n>}).
+    The C{n}th REGISTER of the benchmark (user C{u1x<n>}); with C{cseq}
+    above 1, its refresh: the same Call-ID and Contact, the next CSeq, a
+    new branch.
     """
-    return _TEMPLATE.format(n=n).encode("ascii")
+    return _TEMPLATE.format(n=n, cseq=cseq).encode("ascii")
 
 
 class FrozenClock:
@@ -137,43 +142,56 @@ def run(count: int, retransmit: bool) -> float:
     return count / elapsed
 
 
-#: REGISTERs fed by the two runs of L{instructionsPerRegister}.
+#: REGISTERs fed by the runs of L{instructionsPerRegister}.
 _FEEDS = (1000, 3000)
 
 
-def feed(count: int) -> None:
+def feed(count: int, refreshes: int = 0) -> None:
     """
-    Build the core and feed it the first C{count} of L{_FEEDS}[-1]
-    REGISTERs (all of them are made, so both runs make the same datagrams).
+    Build the core and feed it the first C{count} of L{_FEEDS}[-1] new
+    REGISTERs, then the refreshes of the first C{refreshes} of them (all
+    the datagrams are made, so every run makes the same ones).
     """
     core, flow, clock = build()
-    data = [datagram(n) for n in range(_FEEDS[-1])]
-    for i, item in enumerate(data[:count]):
+    total = _FEEDS[-1]
+    data = [datagram(n) for n in range(total)] + [datagram(n, 2) for n in range(total)]
+    for i, item in enumerate(data[:count] + data[total:total + refreshes]):
         core.messageReceived(item, flow)
         if i % 1000 == 999:
             del flow.sent[:]
 
 
-def instructionsPerRegister(defaultGc: bool) -> int:
+def countInstructions(count: int, refreshes: int, defaultGc: bool) -> int:
     """
-    The CPU instructions of one new REGISTER, counted by valgrind's
-    callgrind over two runs of L{feed}.
+    The CPU instructions valgrind's callgrind counts in a process that
+    runs L{feed}C{(count, refreshes)}.
     """
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
-    counts = []
-    for count in _FEEDS:
-        argv = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                sys.executable, os.path.abspath(__file__), "--feed", str(count)]
-        if defaultGc:
-            argv.append("--default-gc")
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
-        found = re.search(r"Collected : (\d+)", result.stderr)
-        if result.returncode != 0 or found is None:
-            raise SystemExit("valgrind failed:\n" + result.stderr[-2000:])
-        counts.append(int(found.group(1)))
-    return (counts[1] - counts[0]) // (_FEEDS[1] - _FEEDS[0])
+    argv = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null",
+            sys.executable, os.path.abspath(__file__), "--feed", str(count),
+            "--refreshes", str(refreshes)]
+    if defaultGc:
+        argv.append("--default-gc")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    found = re.search(r"Collected : (\d+)", result.stderr)
+    if result.returncode != 0 or found is None:
+        raise SystemExit("valgrind failed:\n" + result.stderr[-2000:])
+    return int(found.group(1))
+
+
+def instructionsPerRegister(defaultGc: bool) -> tuple[int, int]:
+    """
+    The CPU instructions of one new REGISTER and of one refresh, counted
+    by valgrind's callgrind over three runs of L{feed}: 1,000 and 3,000
+    new REGISTERs, and 3,000 new ones followed by 2,000 refreshes.
+    """
+    low, high = _FEEDS
+    fewer = countInstructions(low, 0, defaultGc)
+    more = countInstructions(high, 0, defaultGc)
+    refreshed = countInstructions(high, high - low, defaultGc)
+    return (more - fewer) // (high - low), (refreshed - more) // (high - low)
 
 
 def main() -> None:
@@ -186,17 +204,20 @@ def main() -> None:
     parser.add_argument("--instructions", action="store_true",
                         help="count the CPU instructions of one new REGISTER (valgrind)")
     parser.add_argument("--feed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--refreshes", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     from sipcore.compiled import buildName
 
     if args.instructions:
-        count = instructionsPerRegister(args.default_gc)
-        print("instructions per new REGISTER: {:,} ({})".format(count, buildName()))
+        new, refresh = instructionsPerRegister(args.default_gc)
+        print("build: {}".format(buildName()))
+        print("instructions per new REGISTER: {:,}".format(new))
+        print("instructions per refresh:      {:,}".format(refresh))
         return
     if not args.default_gc:
         tuneGarbageCollector()
     if args.feed is not None:
-        feed(args.feed)
+        feed(args.feed, args.refreshes)
         return
     if args.profile:
         profiler = cProfile.Profile()
