@@ -651,11 +651,11 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
                                 expiryInterval=options["expiry-interval"],
                                 announce=bus.fire, metrics=metrics, available=available,
                                 statements=lambda: store.statementCount)
-    cluster = None
+    membership = None
     if dbPool is not None and directory is not None:
         from sipcore.cluster.nodes import ClusterService
 
-        cluster = ClusterService(dbPool, reactor, directory, _nodeURI(options, listeners),
+        membership = ClusterService(dbPool, reactor, directory, _nodeURI(options, listeners),
                                  heartbeat=options["node-heartbeat"],
                                  deadline=options["node-deadline"],
                                  createTables=options["db-init"],
@@ -671,7 +671,7 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
         authenticator=authenticator,
         writes=writes,
         storeService=storeService,
-        cluster=cluster,
+        cluster=membership,
         handlerService=HandlerService(bus, handlers, jobQueues.values(), reactor,
                                       drainDeadline=options["drain-deadline"],
                                       metrics=metrics),
