@@ -10,6 +10,7 @@ C{MemoryReactor}.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.python import usage
@@ -597,9 +598,11 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
         metrics=metrics,
     )
     core.route("REGISTER", registrar)
-    cluster = _workerCluster()
-    authenticator = _buildAuthentication(options, reactor, core, dbPool, metrics,
-                                         cluster[0] if cluster is not None else None)
+    # The members the proxy delivers through: the workers of this host
+    # (python -m sipcore.workers), else the nodes of the database.
+    workerMembers = _workerCluster()
+    members: Any = directory if workerMembers is None else workerMembers[0]
+    authenticator = _buildAuthentication(options, reactor, core, dbPool, metrics, members)
     listenerOptions = _listenerOptions(options, limiter)
     listenerOptions["observer"] = observer
     sink: Any = core
@@ -644,22 +647,28 @@ def buildService(options: Options, reactor: Any, signals: bool = False) -> Any:
     lagProbe = fromEnvironment(reactor, metrics=metrics)
     # The proxy routes what the core and the registrar do not
     # answer; it reads the listeners' bound addresses only once they listen.
+    nodeURI: Callable[[], str] | None = None
+    if workerMembers is not None:
+        workerURI = workerMembers[1]
+        nodeURI = lambda: workerURI  # noqa: E731
+    elif directory is not None:
+        nodeURI = _nodeURI(options, listeners)
     proxy = _buildProxy(options, reactor, core, store, hops, resolver, routers,
-                        metrics, cluster)
+                        metrics, members, nodeURI)
     reloader = _buildReload(options, reactor, listeners, handlers, signals)
     storeService = StoreService(store, reactor, serverId, initSchema=initSchema,
                                 expiryInterval=options["expiry-interval"],
                                 announce=bus.fire, metrics=metrics, available=available,
                                 statements=lambda: store.statementCount)
     membership = None
-    if dbPool is not None and directory is not None:
+    if dbPool is not None and directory is not None and nodeURI is not None:
         from sipcore.cluster.nodes import ClusterService
 
-        membership = ClusterService(dbPool, reactor, directory, _nodeURI(options, listeners),
-                                 heartbeat=options["node-heartbeat"],
-                                 deadline=options["node-deadline"],
-                                 createTables=options["db-init"],
-                                 purgeAgain=storeService.purgeAgain)
+        membership = ClusterService(dbPool, reactor, directory, nodeURI,
+                                    heartbeat=options["node-heartbeat"],
+                                    deadline=options["node-deadline"],
+                                    createTables=options["db-init"],
+                                    purgeAgain=storeService.purgeAgain)
     return SIPCoreService(
         reactor,
         store=store,
@@ -922,16 +931,17 @@ def _workerCluster() -> tuple[Any, str] | None:
 
 
 def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, hops: Any,
-                resolver: Any, routers: Any, metrics: Any,
-                cluster: tuple[Any, str] | None = None) -> Any:
+                resolver: Any, routers: Any, metrics: Any, directory: Any = None,
+                nodeURI: Any = None) -> Any:
     """
     Build the stateful proxy and make it the core's default handler.  A
     binding whose connection is gone is removed from the store by its
     connection (the rows of that dead conid only: a re-registration of the
     same contact over a new connection keeps its ruid and must survive);
     the proxy logs a failure.  The advertised host defaults to the first
-    C{--domain} given.  C{cluster} is the node directory and this node's
-    node URI when it is a member of a cluster, else C{None}.
+    C{--domain} given.  In a cluster, C{directory} is the
+    L{sipcore.cluster.INodeDirectory} of its members and C{nodeURI} gives
+    this node's node URI; both C{None} otherwise.
     """
     from sipcore.sip.proxy import Proxy, ProxyPolicy
     from sipcore.sip.trust import TrustedPeers
@@ -957,8 +967,8 @@ def _buildProxy(options: Options, reactor: Any, core: Any, store: Any, hops: Any
         staleBinding=staleBinding,
         metrics=metrics,
         routers=routers,
-        directory=cluster[0] if cluster is not None else None,
-        nodeURI=cluster[1] if cluster is not None else None,
+        directory=directory,
+        nodeURI=nodeURI,
     )
     proxy.install()
     return proxy

@@ -61,7 +61,7 @@ class FakeNode:
                      FakeListener("tcp", NODE_PORTS[serverId], host="127.0.0.1")]
         self.proxy = Proxy(self.core, store, clock, HopConnector(self.table, listeners),
                            serverId=serverId, directory=directory,
-                           nodeURI=nodeURI(serverId))
+                           nodeURI=lambda: nodeURI(serverId))
         self.proxy.install()
         self._port = 50000 + 100 * serverId
 

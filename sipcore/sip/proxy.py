@@ -183,7 +183,7 @@ class Proxy:
         resolver: Resolver | None = None,
         routers: RoutingChain | None = None,
         directory: INodeDirectory | None = None,
-        nodeURI: str | None = None,
+        nodeURI: Callable[[], str] | None = None,
     ) -> None:
         """
         @param core: the L{sipcore.sip.core.SIPCore} (its C{transactions},
@@ -214,9 +214,9 @@ class Proxy:
             it, and a request from one of them naming a connection of this
             node is delivered over it (L{sipcore.cluster.delivery}).
             C{None}: a single node (such a binding gets C{480}).
-        @param nodeURI: this node's node URI (where the members reach it),
-            named in the Via and Record-Route of what it sends them.
-        @raise ValueError: when C{nodeURI} names no next hop.
+        @param nodeURI: gives this node's node URI (where the members reach
+            it), named in the Via and Record-Route of what it sends them;
+            called once, when first needed.
         """
         self.core = core
         self.transactions = core.transactions
@@ -229,15 +229,8 @@ class Proxy:
         self.tokens = flowTokens or FlowTokens()
         self.addresses = LocalAddresses(hops, core.domains, self.policy.advertiseHost)
         self.nodes = NodeRoutes(directory, clock) if directory is not None else None
-        nodeSide = None
-        if nodeURI is not None:
-            try:
-                hop = nextHopOf(parseURI(nodeURI))
-            except (SIPParseError, NoRoute) as e:
-                raise ValueError("node URI {!r} names no next hop: {}".format(nodeURI, e)) from None
-            nodeSide = (hop.transport, hop.host, hop.port)
         self.recordRouter = RecordRouter(self.addresses, self.tokens, self.policy.recordRoute,
-                                         nodeSide)
+                                         nodeURI)
         self.maxRecentBranches = maxRecentBranches
         self.resolver = resolver
         self.routers = routers if routers is not None else RoutingChain((), clock)

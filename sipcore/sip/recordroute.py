@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from twisted.logger import Logger
+
 from sipcore.interfaces import IFlow, IHopConnector
-from sipcore.message import Request, SIPParseError, Via
-from sipcore.sip.routing import FLOW_PARAM, SIGNATURE_PARAM, FlowTokens
+from sipcore.message import Request, SIPParseError, Via, parseURI
+from sipcore.sip.routing import FLOW_PARAM, SIGNATURE_PARAM, FlowTokens, NoRoute, nextHopOf
 
 __all__ = ["RECORD_ROUTE_METHODS", "LocalAddresses", "RecordRouter"]
 
@@ -147,18 +149,23 @@ class RecordRouter:
     @ivar enabled: whether dialog-creating requests are record-routed.
     """
 
+    _log = Logger()
+
     def __init__(self, addresses: LocalAddresses, tokens: FlowTokens,
-                 enabled: bool = True, nodeSide: _Side | None = None) -> None:
+                 enabled: bool = True, nodeURI: Callable[[], str] | None = None) -> None:
         """
-        @param nodeSide: C{(transport, host, port)} of this node's node URI
-            (where the other members of a cluster reach it), named in the
-            Via and Record-Route of requests sent to another member; C{None}
-            outside a cluster (the sending flow's local address is named).
+        @param nodeURI: gives this node's node URI (where the other members
+            of a cluster reach it), named in the Via and Record-Route of
+            requests sent to another member; called when first needed (after
+            the listeners started).  C{None} outside a cluster, or when the
+            URI names no next hop: the sending flow's local address is
+            named.
         """
         self.addresses = addresses
         self.tokens = tokens
         self.enabled = enabled
-        self.nodeSide = nodeSide
+        self._nodeURI = nodeURI
+        self._nodeSide: _Side | None = None
 
     def wanted(self, request: Request) -> bool:
         """
@@ -218,9 +225,26 @@ class RecordRouter:
         C{(transport, host, port)} of this proxy on C{flow}: its node URI's
         when C{toNode} (the flow goes to another member) and it has one.
         """
-        if toNode and self.nodeSide is not None:
-            return self.nodeSide
+        if toNode and self._nodeURI is not None:
+            if self._nodeSide is None:
+                self._nodeSide = self._sideOf(self._nodeURI())
+            if self._nodeSide is not None:
+                return self._nodeSide
         return self.addresses.side(flow)
+
+    def _sideOf(self, uri: str) -> _Side | None:
+        """
+        C{(transport, host, port)} of the node URI C{uri}, or C{None} (and
+        a warning, once) when it names no next hop.
+        """
+        try:
+            hop = nextHopOf(parseURI(uri))
+        except (SIPParseError, NoRoute) as e:
+            self._log.warn("the node URI {uri} names no next hop ({why}): requests to "
+                           "other members name the connection's address", uri=uri, why=e)
+            self._nodeURI = None
+            return None
+        return hop.transport, hop.host, hop.port
 
     def via(self, flow: IFlow, branch: str, toNode: bool = False) -> str:
         """
