@@ -84,10 +84,13 @@ class AnsweringClient(protocol.Protocol):
         return found
 
 
-async def connect(port: int) -> AnsweringClient:
+async def connect(port: int, host: str = "127.0.0.1") -> AnsweringClient:
+    """
+    Connect an L{AnsweringClient} to C{host:port}.
+    """
     client = AnsweringClient()
     await protocol.ClientCreator(reactor, lambda: client).connectTCP(
-        "127.0.0.1", port, timeout=PATIENCE)
+        host, port, timeout=PATIENCE)
     return client
 
 
