@@ -3,7 +3,8 @@ Integration test: the workers of C{python -m sipcore.workers --workers 2}
 are members of one cluster.  Two TCP clients registered through the shared
 port land on different workers (the kernel's choice: clients are
 registered until they do, a bounded number of times); a MESSAGE from each
-to the other is delivered over the other's connection and answered 200;
+to the other is delivered over the other's connection and answered 200,
+and so is one to a WebSocket client of the other worker;
 a request from outside naming a worker's connection with a forged MAC is
 refused with 403.  No database: the workers share the store process.
 """
@@ -16,6 +17,7 @@ import secrets
 import signal
 import sys
 
+from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import protocol, reactor
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -25,6 +27,7 @@ from sipcore.message import Request, Response, StreamFramer, parseMessage
 from tests.serverhelpers import (
     PATIENCE,
     SIPCORE_PATH,
+    WSClient,
     registerRequest,
     spawnChild,
     waitUntil,
@@ -84,6 +87,40 @@ class AnsweringClient(protocol.Protocol):
         return found
 
 
+class AnsweringWSClient(WSClient):
+    """
+    A SIP client over WebSocket that keeps the requests it gets and
+    answers every request but ACK with 200.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Request] = []
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        message = parseMessage(payload)
+        if not isinstance(message, Request):
+            super().onMessage(payload, isBinary)
+            return
+        self.requests.append(message)
+        if message.method != "ACK":
+            self.sendMessage(Response.forRequest(message, 200, toTag=secrets.token_hex(4))
+                             .serialize(), isBinary=False)
+
+
+async def connectWS(port: int) -> AnsweringWSClient:
+    """
+    Connect an L{AnsweringWSClient} to C{ws://127.0.0.1:port}.
+    """
+    factory = WebSocketClientFactory("ws://127.0.0.1:{}".format(port), protocols=["sip"])
+    factory.protocol = AnsweringWSClient
+    connector = protocol.ClientCreator(reactor, factory.buildProtocol, None)
+    client: AnsweringWSClient = await connector.connectTCP("127.0.0.1", port,
+                                                           timeout=PATIENCE)
+    await client.opened
+    return client
+
+
 async def connect(port: int, host: str = "127.0.0.1") -> AnsweringClient:
     """
     Connect an L{AnsweringClient} to C{host:port}.
@@ -132,7 +169,8 @@ class WorkersClusterTests(TestCase):
     async def test_messageBetweenWorkers(self) -> None:
         """
         A MESSAGE to a user registered over another worker's connection is
-        delivered and answered 200, both ways; a forged flow Route from
+        delivered and answered 200, both ways, and to one registered over
+        another worker's WebSocket connection; a forged flow Route from
         outside gets 403 and is delivered nowhere; the shared secret is in
         no log.
         """
@@ -145,17 +183,29 @@ class WorkersClusterTests(TestCase):
         env.pop(workers.CLUSTER_ENV, None)
         args = [sys.executable, "-m", "sipcore.workers", "--workers", "2", "--logfile", logfile,
                 "--", "--domain", "example.com", "--log-events",
-                "--listen", "tcp:0:interface=127.0.0.1"]
+                "--listen", "tcp:0:interface=127.0.0.1", "--listen", "ws:0:interface=127.0.0.1"]
         proc, transport = spawnChild(self, args, env, descendants=_children)
         pattern = re.compile(r"listening on tcp 127\.0\.0\.1:(\d+)")
         await waitUntil(lambda: all(len(pattern.findall(self.read(p))) == 2 for p in logs),
                         timeout=PATIENCE * 3, what="workers listening: " + proc.output[-2000:])
         ports = [set(int(p) for p in pattern.findall(self.read(path))) for path in logs]
+        wsPattern = re.compile(r"listening on ws 127\.0\.0\.1:(\d+)")
+        [wsPort] = set(int(p) for p in wsPattern.findall(self.read(logs[0])))
         [shared] = ports[0] & ports[1]
         [nodePort0] = ports[0] - {shared}
 
+        async def workerOf(user: str) -> int:
+            # The worker whose event log has the user's registration.
+            needle = "{}@example.com contact".format(user)
+
+            def logged() -> int | None:
+                return next((i + 1 for i, p in enumerate(logs) if needle in self.read(p)), None)
+
+            found: int = await waitUntil(logged, what="the event log line of " + user)
+            return found - 1
+
         # Register clients through the shared port until one is on each
-        # worker (the event log of the worker names the user).
+        # worker.
         onWorker: dict[int, tuple[str, AnsweringClient]] = {}
         for index in range(MAX_CLIENTS):
             user = "user{}".format(index)
@@ -165,14 +215,7 @@ class WorkersClusterTests(TestCase):
             response = await client.request(
                 registerRequest("tcp", user, callId=callId, localPort=client.localPort), callId)
             self.assertEqual(response.status, 200)
-            needle = "{}@example.com contact".format(user)
-
-            def logged(needle: str = needle) -> int | None:
-                # The number (from 1) of the worker whose log has the line.
-                return next((i + 1 for i, p in enumerate(logs) if needle in self.read(p)), None)
-
-            worker = await waitUntil(logged, what="the event log line of " + user) - 1
-            onWorker.setdefault(worker, (user, client))
+            onWorker.setdefault(await workerOf(user), (user, client))
             if len(onWorker) == 2:
                 break
         self.assertEqual(len(onWorker), 2, "every client landed on one worker")
@@ -185,6 +228,26 @@ class WorkersClusterTests(TestCase):
             [delivered] = [r for r in receiver.requests if r.callId == callId]
             self.assertEqual(delivered.body, b"hello")
             self.assertEqual(delivered.headers.lines("Route"), [])
+
+        # A WebSocket client on worker 1 gets a MESSAGE from worker 0's.
+        wsUser = None
+        for index in range(MAX_CLIENTS):
+            user = "ws{}".format(index)
+            ws = await connectWS(wsPort)
+            self.addCleanup(ws.transport.loseConnection)
+            contact = "<sip:{}@{}.invalid;transport=ws>".format(user, secrets.token_hex(4))
+            response = await ws.request(registerRequest("ws", user, contact=contact,
+                                                        localPort=ws.localPort))
+            self.assertEqual(response.status, 200)
+            if await workerOf(user) == 1:
+                wsUser = user
+                break
+        self.assertIsNotNone(wsUser, "no WebSocket client landed on worker 1")
+        assert wsUser is not None
+        callId = "ws-" + secrets.token_hex(4)
+        response = await client0.request(messageRequest(wsUser, client0, callId), callId)
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual([r.callId for r in ws.requests], [callId])
 
         outsider = await connect(nodePort0)
         self.addCleanup(outsider.transport.loseConnection)  # type: ignore[union-attr]
