@@ -149,7 +149,7 @@ class SippProcess(_Process):
 
 
 def startSipp(testCase: TestCase, scenario: str, transport: str, proxyPort: int,
-              user: str, callId: str) -> SippProcess:
+              user: str, callId: str, timeout: float = SIPP_TIMEOUT) -> SippProcess:
     """
     Start sipp with C{scenario} (a file in L{SCENARIOS}) against the proxy
     on C{127.0.0.1:proxyPort}, for one call; it is killed at cleanup if it
@@ -159,6 +159,7 @@ def startSipp(testCase: TestCase, scenario: str, transport: str, proxyPort: int,
     @param user: sipp's C{[service]}: the user it registers or calls.
     @param callId: the Call-ID prefix; sipp's first (only) call has the
         Call-ID C{callId + "-1"}.
+    @param timeout: seconds sipp may take before it gives up (and fails).
     """
     kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
     port = freePort(kind)
@@ -171,7 +172,7 @@ def startSipp(testCase: TestCase, scenario: str, transport: str, proxyPort: int,
         "-i", "127.0.0.1", "-p", str(port),
         "-s", user, "-cid_str", callId + "-%u",
         "-m", "1", "-l", "1",
-        "-timeout", "{}s".format(SIPP_TIMEOUT), "-timeout_error",
+        "-timeout", "{:g}s".format(timeout), "-timeout_error",
         "-nostdin", "-max_retrans", "5",
         "-trace_err", "-error_file", os.path.join(workdir, "errors.log"),
     ]
@@ -196,14 +197,14 @@ def startPeer(testCase: TestCase, name: str, args: list[str], workdir: str) -> S
     return process
 
 
-async def sippFinished(process: SippProcess) -> int:
+async def sippFinished(process: SippProcess, timeout: float = SIPP_TIMEOUT) -> int:
     """
     Wait for a sipp run to end, killing it when it outlives its own
-    timeout by L{GRACE} seconds.
+    C{timeout} by L{GRACE} seconds.
 
     @return: its exit code (0 when its scenario completed).
     """
-    timer = reactor.callLater(SIPP_TIMEOUT + GRACE, process.kill)
+    timer = reactor.callLater(timeout + GRACE, process.kill)
     try:
         return await process.ended
     finally:

@@ -510,6 +510,34 @@ class RecordRouteTests(SynchronousTestCase):
         self.assertEqual(h.proxy.tokens.fromURIs([below]),
                          [NextHop("udp", "127.0.0.1", 40000)])
 
+    def test_outgoingConnectionNamesListener(self) -> None:
+        """
+        A request leaving on a connection the proxy opened (its local port
+        is not a listener's) names the TCP listener in its Via and
+        Record-Route, so the entry is one of ours when the caller's ACK and
+        BYE bring it back, and they go over that connection.
+        """
+        h = ProxyHarness(ProxyPolicy(forwardForeign=True))
+        upstream = FakeFlow("tcp", local=("127.0.0.1", 41234), remote=("192.0.2.5", 5060))
+        h.table.add(upstream)
+        h.send(sipRequest("INVITE", uri="sip:bob@192.0.2.5:5060;transport=tcp"))
+        [invite] = h.requestsOn(upstream)
+        self.assertEqual((invite.vias[0].host, invite.vias[0].port), ("127.0.0.1", TCP_PORT))
+        top, below = [rr.uri for rr in invite.recordRoutes]
+        self.assertEqual((top.host, top.port, top.param("transport")),
+                         ("127.0.0.1", TCP_PORT, "tcp"))
+        h.answer(invite, 200, upstream)
+        [ok] = [r for r in h.responsesTo(h.caller) if r.status == 200]
+        routes = ", ".join(reversed(ok.headers.values("Record-Route")))
+        for method, branch in (("ACK", "z9hG4bKo1"), ("BYE", "z9hG4bKo2")):
+            h.send(sipRequest(method, uri="sip:bob@192.0.2.5:5060;transport=tcp",
+                              branch=branch, toTag="bobtag", cseq=2 if method == "BYE" else 1,
+                              extra=(("Route", routes),)))
+        self.assertEqual([r.method for r in h.requestsOn(upstream)], ["INVITE", "ACK", "BYE"])
+        for request in h.requestsOn(upstream)[1:]:
+            self.assertEqual(request.vias[0].port, TCP_PORT)
+            self.assertEqual(request.headers.lines("Route"), [])
+
     def test_singleRecordRoute(self) -> None:
         """
         Between two connections on the same WS listener one Record-Route

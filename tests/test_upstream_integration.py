@@ -28,7 +28,16 @@ from twisted.trial.unittest import TestCase
 from sipcore.events import ALL_EVENTS, CLOSE_EVENTS, TCP_CONNECTED
 from sipcore.message import Response, generateTag
 from sipcore.testing import parseRequest, parseResponse
-from tests.peerhelpers import SippProcess, freePort, sippFinished, sippPath, startPeer, startSipp
+from tests.peerhelpers import (
+    SCENARIOS,
+    SIPP_TIMEOUT,
+    SippProcess,
+    freePort,
+    sippFinished,
+    sippPath,
+    startPeer,
+    startSipp,
+)
 from tests.serverhelpers import startServer, waitUntil
 from tests.test_bus import RecordingHandler
 
@@ -66,15 +75,19 @@ def startDNS(testCase: TestCase, records: dict[tuple[str, int], list[Any]]) -> i
     return int(port.getHost().port)
 
 
-def startUAS(testCase: TestCase, transport: str, port: int) -> SippProcess:
+def startUAS(testCase: TestCase, transport: str, port: int, timeout: float = 30,
+             scenario: str | None = None) -> SippProcess:
     """
-    Run sipp's built-in UAS for one call on C{127.0.0.1:port}.
+    Run sipp's built-in UAS, or the UAS C{scenario} (a file in
+    L{SCENARIOS}), for one call on C{127.0.0.1:port}; it fails when no
+    call completed within C{timeout} seconds.
     """
     workdir = os.path.abspath(testCase.mktemp())
     os.makedirs(workdir)
-    args = [sippPath(), "-sn", "uas", "-t", "u1" if transport == "udp" else "t1",
+    script = ["-sn", "uas"] if scenario is None else ["-sf", os.path.join(SCENARIOS, scenario)]
+    args = [sippPath(), *script, "-t", "u1" if transport == "udp" else "t1",
             "-i", "127.0.0.1", "-p", str(port), "-m", "1",
-            "-timeout", "30s", "-timeout_error", "-nostdin"]
+            "-timeout", "{:g}s".format(timeout), "-timeout_error", "-nostdin"]
     return startPeer(testCase, "uas", args, workdir)
 
 
@@ -134,18 +147,40 @@ class _MessageUAS(Protocol):
     Answers every request (without a body) with 200.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, server: _MessageServer) -> None:
+        self.server = server
         self.buffer = b""
+
+    def connectionMade(self) -> None:
+        self.server.connections.append(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
         while b"\r\n\r\n" in self.buffer:
             head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
             request = parseRequest(head + b"\r\n\r\n")
-            self.factory.requests.append(request)  # type: ignore[attr-defined]
+            self.server.requests.append(request)
             response = Response.forRequest(request, 200, "OK", toTag=generateTag())
             assert self.transport is not None
             self.transport.write(response.serialize())
+
+
+class _MessageServer(Factory):
+    """
+    Makes L{_MessageUAS} connections.
+
+    @ivar requests: every request received, in order.
+    @ivar connections: every connection accepted.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.connections: list[_MessageUAS] = []
+
+    def buildProtocol(self, addr: Any) -> _MessageUAS:
+        return _MessageUAS(self)
 
 
 class _Client(DatagramProtocol):
@@ -158,6 +193,32 @@ class _Client(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         self.responses.append(parseResponse(data))
+
+
+async def sendMessage(testCase: TestCase, service: Any, uri: str) -> Any:
+    """
+    Send a C{MESSAGE} to C{uri} from a UDP client on loopback to the
+    service's UDP listener.
+
+    @return: the first final response it gets.
+    """
+    client = _Client()
+    clientPort = reactor.listenUDP(0, client, interface="127.0.0.1")
+    testCase.addCleanup(clientPort.stopListening)
+    message = (
+        "MESSAGE {uri} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{branch};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:alice@example.com>;tag=a1\r\n"
+        "To: <{uri}>\r\n"
+        "Call-ID: {branch}\r\n"
+        "CSeq: 1 MESSAGE\r\n"
+        "Content-Length: 0\r\n\r\n").format(uri=uri, port=clientPort.getHost().port,
+                                           branch=secrets.token_hex(8))
+    clientPort.write(message.encode("ascii"), ("127.0.0.1", service.ports["udp"]))
+    await waitUntil(lambda: [r for r in client.responses if r.status >= 200],
+                    what="a final response")
+    return [r for r in client.responses if r.status >= 200][0]
 
 
 class UpstreamTests(TestCase):
@@ -244,9 +305,8 @@ class UpstreamTests(TestCase):
         else:
             signingKey, signingCert, _ = makeCA(directory, "rogue")
         certificate = serverCertificate(signingKey, signingCert, "uas.test")
-        factory = Factory.forProtocol(_MessageUAS)
-        requests: list[Any] = []
-        factory.requests = requests  # type: ignore[attr-defined]
+        factory = _MessageServer()
+        requests = factory.requests
         port = reactor.listenSSL(0, factory, certificate.options(), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         records: dict[tuple[str, int], list[Any]] = {
@@ -255,23 +315,7 @@ class UpstreamTests(TestCase):
             ("host.uas.test", dns.A): [dns.Record_A("127.0.0.1")],
         }
         service = await self.server(records, "--tls-ca-file", caFile)
-        client = _Client()
-        clientPort = reactor.listenUDP(0, client, interface="127.0.0.1")
-        self.addCleanup(clientPort.stopListening)
-        message = (
-            "MESSAGE sip:bob@uas.test;transport=tls SIP/2.0\r\n"
-            "Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{branch};rport\r\n"
-            "Max-Forwards: 70\r\n"
-            "From: <sip:alice@example.com>;tag=a1\r\n"
-            "To: <sip:bob@uas.test>\r\n"
-            "Call-ID: {branch}\r\n"
-            "CSeq: 1 MESSAGE\r\n"
-            "Content-Length: 0\r\n\r\n").format(port=clientPort.getHost().port,
-                                               branch=secrets.token_hex(8))
-        clientPort.write(message.encode("ascii"), ("127.0.0.1", service.ports["udp"]))
-        await waitUntil(lambda: [r for r in client.responses if r.status >= 200],
-                        what="a final response")
-        final = [r for r in client.responses if r.status >= 200][0]
+        final = await sendMessage(self, service, "sip:bob@uas.test;transport=tls")
         return service, requests, final
 
     async def test_tls(self) -> None:
@@ -298,3 +342,148 @@ class UpstreamTests(TestCase):
         closes = [e for e in self.events.received if e.name in CLOSE_EVENTS]
         self.assertEqual(len(connected), 1)
         self.assertEqual([e.conid for e in closes], [connected[0].conid])
+
+
+#: Seconds a branch to a stopped UDP server waits before it fails over:
+#: its client transaction's timer B or F (64*T1).
+UDP_FAILOVER = 32
+
+
+class RouteTargetByNameTests(TestCase):
+    """
+    The C{routes} handler's default route names its target by host name
+    only (C{pbx.test}): sipcore locates it through the SRV records the
+    test DNS server serves over UDP (C{--dns-server}), and once the first
+    SRV target has stopped, requests fail over to the second.
+    """
+
+    timeout = 180
+
+    async def server(self, target: str, records: dict[tuple[str, int], list[Any]],
+                     *args: str) -> Any:
+        dnsPort = startDNS(self, records)
+        service = await startServer(
+            self, "--dns-server", "127.0.0.1:{}".format(dnsPort), "--trusted-peer",
+            "127.0.0.1", "--handler", "routes", "--handler-option", "routes:default=" + target,
+            "--handler-option", "routes:allow=users,peers", "--router", "routes", *args,
+            transports=("udp", "tcp"))
+        self.addCleanup(service.proxy.stop)
+        self.events = RecordingHandler("route-by-name-recorder", events=ALL_EVENTS)
+        service.bus.subscribe(self.events)
+        return service
+
+    @staticmethod
+    def srvRecords(name: str, ports: list[int]) -> dict[tuple[str, int], list[Any]]:
+        """
+        One SRV record of C{name} per port, in priority order, all on
+        C{host.pbx.test} (C{127.0.0.1}).
+        """
+        return {
+            (name, dns.SRV): [dns.Record_SRV(10 * (i + 1), 0, port, "host.pbx.test")
+                              for i, port in enumerate(ports)],
+            ("host.pbx.test", dns.A): [dns.Record_A("127.0.0.1")],
+        }
+
+    async def callTwice(self, transport: str, target: str, srvName: str,
+                        failoverWait: float) -> tuple[Any, list[int]]:
+        """
+        Two sipp UASes (C{upstream.xml}, which keeps sipcore's
+        Record-Route) are the two SRV targets of C{target}; a sipp caller
+        (a trusted peer, over UDP) calls a number of another domain
+        through the default route: the first call reaches the first UAS,
+        which stops after it; the second call fails over to the second.
+
+        @param failoverWait: how long the failover can take (seconds).
+        @return: the service and the two UAS ports.
+        """
+        kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+        ports = [freePort(kind), freePort(kind)]
+        service = await self.server(target, self.srvRecords(srvName, ports))
+        first = startUAS(self, transport, ports[0], scenario="upstream.xml")
+        second = startUAS(self, transport, ports[1], timeout=failoverWait + SIPP_TIMEOUT * 2,
+                          scenario="upstream.xml")
+        caller = startSipp(self, "uac_upstream.xml", "udp", service.ports["udp"], "+4930",
+                           "sipcore-" + secrets.token_hex(8))
+        self.assertEqual(
+            (await sippFinished(caller), await sippFinished(first)), (0, 0),
+            "caller:\n{}\nfirst UAS:\n{}".format(caller.text(), first.text()))
+        self.assertEqual(service.proxy.stats["failovers"], 0)
+        caller = startSipp(self, "uac_upstream.xml", "udp", service.ports["udp"], "+4930",
+                           "sipcore-" + secrets.token_hex(8),
+                           timeout=failoverWait + SIPP_TIMEOUT)
+        callerCode = await sippFinished(caller, timeout=failoverWait + SIPP_TIMEOUT)
+        secondCode = await sippFinished(second, timeout=failoverWait + SIPP_TIMEOUT * 2)
+        self.assertEqual(
+            (callerCode, secondCode), (0, 0),
+            "caller:\n{}\nsecond UAS:\n{}".format(caller.text(), second.text()))
+        self.assertEqual(service.proxy.stats["failovers"], 1)
+        self.assertEqual(service.proxy.routers.stats["routed"], 2)
+        return service, ports
+
+    async def test_udp(self) -> None:
+        """
+        Over UDP (C{sip:pbx.test}: no NAPTR records, so the
+        C{_sip._udp} SRV records): the second call's INVITE to the stopped
+        UAS goes unanswered until timer B, then goes to the second UAS and
+        the call completes.
+        """
+        await self.callTwice("udp", "sip:pbx.test", "_sip._udp.pbx.test", UDP_FAILOVER)
+
+    async def test_tcp(self) -> None:
+        """
+        Over TCP (C{sip:pbx.test;transport=tcp}): the first call opens an
+        outgoing connection to the first UAS, which closes when that UAS
+        stops; the second call's connection to it is refused and it fails
+        over at once to a new connection to the second UAS.  Each outgoing
+        connection fires exactly one close event, outbound.
+        """
+        service, ports = await self.callTwice("tcp", "sip:pbx.test;transport=tcp",
+                                              "_sip._tcp.pbx.test", 0)
+        connected = [e for e in self.events.received
+                     if e.name == TCP_CONNECTED and e.direction == "outbound"]
+        self.assertEqual([e.remote[1] for e in connected], ports)
+        await service.stopService()
+        for event in connected:
+            closes = [e for e in self.events.received
+                      if e.conid == event.conid and e.name in CLOSE_EVENTS]
+            self.assertEqual([e.direction for e in closes], ["outbound"])
+
+    async def test_tls(self) -> None:
+        """
+        Over TLS (C{sips:pbx.test}: the C{_sips._tcp} SRV records), two
+        servers with certificates for C{pbx.test}: a MESSAGE reaches the
+        first; once it stopped (its listener and its connection closed),
+        the next MESSAGE fails over to the second and its 200 comes back.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        caKey, caCert, caFile = makeCA(directory, "ca")
+        servers, listening = [], []
+        for _ in range(2):
+            factory = _MessageServer()
+            certificate = serverCertificate(caKey, caCert, "pbx.test")
+            port = reactor.listenSSL(0, factory, certificate.options(), interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            servers.append(factory)
+            listening.append(port)
+        records = self.srvRecords("_sips._tcp.pbx.test",
+                                  [port.getHost().port for port in listening])
+        service = await self.server("sips:pbx.test", records, "--tls-ca-file", caFile)
+        first = await sendMessage(self, service, "sip:bob@elsewhere.test")
+        self.assertEqual(first.status, 200)
+        self.assertEqual([len(f.requests) for f in servers], [1, 0])
+        [conid] = [e.conid for e in self.events.received if e.name == TCP_CONNECTED]
+        await listening[0].stopListening()
+        for connection in servers[0].connections:
+            assert connection.transport is not None
+            connection.transport.loseConnection()
+        await waitUntil(lambda: [e for e in self.events.received
+                                 if e.conid == conid and e.name in CLOSE_EVENTS],
+                        what="the close of the first server's connection")
+        second = await sendMessage(self, service, "sip:bob@elsewhere.test")
+        self.assertEqual(second.status, 200)
+        self.assertEqual([len(f.requests) for f in servers], [1, 1])
+        self.assertEqual(service.proxy.stats["failovers"], 1)
+        connected = [e for e in self.events.received if e.name == TCP_CONNECTED]
+        self.assertEqual([(e.transport, e.direction) for e in connected],
+                         [("tls", "outbound")] * 2)

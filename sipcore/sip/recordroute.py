@@ -42,25 +42,52 @@ class _Addresses:
     @ivar hosts: every bound and advertised host.
     @ivar pairs: every C{(host, port)} of a bound or advertised host.
     @ivar ports: every listening port.
+    @ivar listeners: C{(bound host, port)} of the listeners of each
+        transport, in the order listened.
     """
 
     listening: tuple[tuple[str, str, int], ...]
     hosts: frozenset[str]
     pairs: frozenset[tuple[str, int]]
     ports: frozenset[int]
+    listeners: dict[str, tuple[tuple[str, int], ...]]
 
     @classmethod
     def of(cls, listening: tuple[tuple[str, str, int], ...],
            advertised: Callable[[str], str]) -> _Addresses:
         hosts: set[str] = set()
         pairs: set[tuple[str, int]] = set()
-        for _, host, port in listening:
+        listeners: dict[str, list[tuple[str, int]]] = {}
+        for transport, host, port in listening:
             bound = host.lower()
             public = advertised(host).lower()
             hosts.update((bound, public))
             pairs.update(((bound, port), (public, port)))
+            listeners.setdefault(transport, []).append((host, port))
         return cls(listening, frozenset(hosts), frozenset(pairs),
-                   frozenset(port for _, _, port in listening))
+                   frozenset(port for _, _, port in listening),
+                   {transport: tuple(found) for transport, found in listeners.items()})
+
+    def listenerOf(self, transport: str, host: str, port: int) -> tuple[str, int]:
+        """
+        C{(host, port)} that names this proxy on a flow of C{transport}
+        whose local end is C{host:port}: that address when it is a
+        listener's (an accepted connection, a UDP socket); for a
+        connection this proxy opened (an ephemeral local port), the
+        listener of that transport bound to C{host}, else to the wildcard
+        address (named by C{host}), else the first one; without a listener
+        of that transport, C{host:port} itself.
+        """
+        found = self.listeners.get(transport, ())
+        if (host, port) in found or not found:
+            return host, port
+        for bound, listening in found:
+            if bound == host:
+                return host, listening
+        for bound, listening in found:
+            if bound in _WILDCARD_HOSTS:
+                return host, listening
+        return found[0]
 
 
 class LocalAddresses:
@@ -134,9 +161,11 @@ class LocalAddresses:
     def side(self, flow: IFlow) -> _Side:
         """
         C{(transport, host, port)} of this proxy on C{flow}, for Via and
-        Record-Route.
+        Record-Route: a listener's address, also for a connection this
+        proxy opened (see L{_Addresses.listenerOf}).
         """
         host, port = flow.local
+        host, port = self._current().listenerOf(flow.transport, host, port)
         return flow.transport, self.advertised(host), port
 
 
