@@ -518,7 +518,7 @@ class RecordRouteTests(SynchronousTestCase):
         BYE bring it back, and they go over that connection.
         """
         h = ProxyHarness(ProxyPolicy(forwardForeign=True))
-        upstream = FakeFlow("tcp", local=("127.0.0.1", 41234), remote=("192.0.2.5", 5060))
+        upstream = FakeStreamFlow("tcp", local=("127.0.0.1", 41234), remote=("192.0.2.5", 5060))
         h.table.add(upstream)
         h.send(sipRequest("INVITE", uri="sip:bob@192.0.2.5:5060;transport=tcp"))
         [invite] = h.requestsOn(upstream)
