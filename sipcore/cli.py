@@ -6,7 +6,8 @@ the server itself (the server runs with C{twistd sipcore}).
   - C{sipcore db init --db DSN}: create Kamailio's C{location} schema
     (version 9) in the database, unless it is already there.
   - C{sipcore ul dump|show AOR|rm AOR [RUID]}, C{sipcore conn list|close
-    CONID}, C{sipcore stats}, C{sipcore handlers}, C{sipcore reload}: ask a
+    CONID}, C{sipcore stats}, C{sipcore handlers}, C{sipcore reload},
+    C{sipcore nodes}: ask a
     running server's admin API (L{sipcore.admin.api}) and print a table, or
     its JSON with C{--json}.
 
@@ -121,6 +122,8 @@ def _adminParsers(commands: Any) -> None:
     commands.add_parser("handlers", parents=[common], help="handlers and job queues")
     commands.add_parser("transactions", parents=[common], help="transactions and limits")
     commands.add_parser("reload", parents=[common], help="reload what can be reloaded")
+    commands.add_parser("nodes", parents=[common],
+                        help="the nodes of the cluster (the node table, with --db)")
 
 
 def _firstLine(error: BaseException) -> str:

@@ -817,6 +817,7 @@ def _buildOperations(admin: Any, reactor: Any, root: Any, listing: Any, core: An
             reload=lambda: root.reloader.reload("admin API"),
             ready=readyChecks(root.listeners, storeAvailable, root.queues, usesDatabase),
             closes=RecentCloses(),
+            nodes=root.cluster.listNodes if root.cluster is not None else None,
         )
         services.append(AdminService(serverFromString(reactor, admin.listen),
                                      AdminAPI(parts, admin.token), admin.listen,

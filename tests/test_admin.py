@@ -608,3 +608,65 @@ class TwistdRefusalTests(TestCase):
         self.assertIn("cannot listen on tcp:{}:interface=127.0.0.1 for the admin API".format(
             port), proc.output)
         self.assertIn("sipcore failed to start", proc.output)
+
+
+class NodesTests(TestCase):
+    """
+    C{GET /api/nodes} and C{sipcore nodes}: the node table of a server
+    with C{--db}.
+    """
+
+    timeout = 120
+
+    async def test_nodes(self) -> None:
+        """
+        Two servers on one database: the API of one lists both rows, with
+        its own C{server_id}; C{sipcore nodes} prints them as a table,
+        marking this node; after the other stops, its row shows dead.
+        """
+        from tests.dbhelpers import createTestSchema
+
+        schema = await createTestSchema(self)
+        beats = ("--node-heartbeat", "0.1", "--node-deadline", "5")
+        service, base = await _adminServer(self, "--db", schema.dsn, "--server-id", "1",
+                                           *beats)
+        other = await startServer(self, "--admin-listen", "none", "--db", schema.dsn,
+                                  "--server-id", "2", *beats, transports=("tcp",))
+        expected = [
+            (1, "sip:127.0.0.1:{};transport=tcp".format(service.ports["tcp"]), 1, True),
+            (2, "sip:127.0.0.1:{};transport=tcp".format(other.ports["tcp"]), 1, True)]
+        answers: list[Any] = []
+
+        async def listed() -> bool:
+            code, answer = await _http("GET", base + "/api/nodes")
+            self.assertEqual(code, 200)
+            answers.append(answer)
+            return [(n["serverId"], n["uri"], n["incarnation"], n["alive"])
+                    for n in answer["nodes"]] == expected
+
+        # The servers join before their listeners bind port 0; their URIs
+        # have the bound ports from the next heartbeat on.
+        await waitUntil(listed, what="both nodes listed with their ports")
+        answer = answers[-1]
+        self.assertEqual(answer["serverId"], 1)
+        await other.stopService()
+        code, out = await _cli(self, "nodes", "--admin", base)
+        self.assertEqual(code, 0, out)
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["SERVER-ID", "URI", "INCARNATION", "STATE",
+                                            "STARTED", "HEARTBEAT-AGE"])
+        self.assertEqual(lines[1].split()[:6],
+                         ["1", answer["nodes"][0]["uri"], "1", "alive", "(this", "node)"])
+        self.assertEqual(lines[2].split()[:4], ["2", answer["nodes"][1]["uri"], "1", "dead"])
+
+    async def test_noNodeTable(self) -> None:
+        """
+        Without C{--db} there is no node table: C{GET /api/nodes} answers
+        C{501} saying so, and C{sipcore nodes} prints it and exits 1.
+        """
+        service, base = await _adminServer(self)
+        self.assertEqual(await _http("GET", base + "/api/nodes"),
+                         (501, {"error": "no node table: this server runs without --db"}))
+        code, out = await _cli(self, "nodes", "--admin", base)
+        self.assertEqual(code, 1)
+        self.assertIn("501 /api/nodes: no node table", out)

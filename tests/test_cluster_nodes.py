@@ -211,6 +211,18 @@ class ClusterServiceTests(TestCase):
         await self.tick(service, clock)
         self.assertEqual((await self.nodeRow(1))[4], True)
 
+    async def test_uriRewritten(self) -> None:
+        """
+        Each heartbeat writes the node's URI again, so a URI that changed
+        since the join (a listener on port 0 bound since) is in the table.
+        """
+        await self.setUpSchema()
+        service, clock = await self.member(1)
+        service.nodeURI = lambda: "sip:127.0.0.1:40000;transport=tcp"
+        await self.tick(service, clock)
+        self.assertEqual((await self.nodeRow(1))[:3],
+                         ("sip:127.0.0.1:40000;transport=tcp", 1, True))
+
     async def test_members(self) -> None:
         """
         Each heartbeat reads the other live nodes with a fresh heartbeat

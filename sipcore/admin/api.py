@@ -56,6 +56,9 @@ class AdminParts:
         what each part said, by name.
     @ivar ready: the readiness checks.
     @ivar closes: the recent connection closes.
+    @ivar nodes: lists the rows of the node table
+        (L{sipcore.cluster.nodes.ClusterService.listNodes}), or C{None}
+        without one (no C{--db}).
     """
 
     reactor: IReactorTime
@@ -72,6 +75,7 @@ class AdminParts:
     reload: Callable[[], dict[str, str]]
     ready: Sequence[ReadyCheck]
     closes: RecentCloses
+    nodes: Callable[[], defer.Deferred[list[Any]]] | None = None
 
 
 def registrySamples(registry: Any) -> Iterable[tuple[str, dict[str, str], float]]:
@@ -354,6 +358,23 @@ class AdminAPI:
         """
         def work() -> tuple[int, Any]:
             return 200, {"closes": self.parts.closes.recent()}
+        return defer.Deferred.fromCoroutine(self._answer(request, work))
+
+    @app.route("/api/nodes", methods=["GET"])
+    def nodes(self, request: IRequest) -> Any:
+        """
+        C{GET /api/nodes}: every row of the node table, alive or not.
+        """
+        async def work() -> tuple[int, Any]:
+            from sipcore.db import DatabaseUnavailable
+
+            if self.parts.nodes is None:
+                raise _HTTPError(501, "no node table: this server runs without --db")
+            try:
+                rows = await self.parts.nodes()
+            except DatabaseUnavailable as e:
+                raise _HTTPError(503, str(e)) from None
+            return 200, {"serverId": self.parts.serverId, "nodes": rows}
         return defer.Deferred.fromCoroutine(self._answer(request, work))
 
     # -- status page ------------------------------------------------------

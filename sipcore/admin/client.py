@@ -154,6 +154,16 @@ def _command(options: argparse.Namespace) -> tuple[Any, str]:
         answer = _request(options, "GET", "/api/transactions")
         return answer, table(["NAME", "VALUE"], sorted(
             list(answer["transactions"].items()) + list(answer["limits"].items())))
+    if command == "nodes":
+        answer = _request(options, "GET", "/api/nodes")
+        return answer, table(
+            ["SERVER-ID", "URI", "INCARNATION", "STATE", "STARTED", "HEARTBEAT-AGE"],
+            [[n["serverId"], n["uri"], n["incarnation"],
+              ("alive" if n["alive"] else "dead") + (" (this node)"
+                                                     if n["serverId"] == answer["serverId"]
+                                                     else ""),
+              _when(n["startedAt"]), "{:.1f}s".format(n["heartbeatAge"])]
+             for n in answer["nodes"]])
     answer = _request(options, "POST", "/api/reload")
     if not answer["reloaded"]:
         return answer, "nothing to reload\n"

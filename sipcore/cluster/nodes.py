@@ -122,8 +122,9 @@ class ClusterService(Service):
 
     @ivar directory: the L{DatabaseNodeDirectory}.
     @ivar nodeURI: returns this node's URI.
-    @ivar uri: the URI this node joined with (read from L{nodeURI} at
-        start).
+    @ivar uri: this node's URI as last written (read from L{nodeURI} at
+        each heartbeat: a listener on port 0 that was not bound yet at the
+        join is in the URI from the next heartbeat on).
     @ivar incarnation: the incarnation this node joined with, or C{None}
         while it is not joined.
     """
@@ -189,7 +190,6 @@ class ClusterService(Service):
             L{NodeIdInUse} when a live node holds this C{server_id}.
         """
         Service.startService(self)
-        self.uri = self.nodeURI()
         return defer.Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
@@ -286,11 +286,17 @@ class ClusterService(Service):
 
     async def _beat(self) -> None:
         started = self._reactor.seconds()
+        uri = self.nodeURI()
+        if uri != self.uri:
+            if self.uri:
+                self._log.info("node URI of server_id {serverId} is now {uri}",
+                               serverId=self.serverId, uri=uri)
+            self.uri = uri
         try:
             if self.incarnation is None:
                 await self._join()
-            elif not await self._pool.runQuery(statements.HEARTBEAT,
-                                               (self.serverId, self.incarnation)):
+            elif not await self._pool.runQuery(
+                    statements.HEARTBEAT, (self.uri, self.serverId, self.incarnation)):
                 await self._rejoin()
             rows = await self._pool.runQuery(statements.MEMBERS, (float(self.deadline),))
         except NodeIdInUse:

@@ -53,11 +53,12 @@ HOLDER = (
     " WHERE server_id = %s"
 )
 
-#: One heartbeat: parameters C{(server_id, incarnation)}.  Answers one row
-#: while this incarnation is alive, none once it was declared dead (or
-#: replaced).
+#: One heartbeat: parameters C{(node_uri, server_id, incarnation)} (the
+#: URI is written again: a listener on port 0 may have been bound since the
+#: join).  Answers one row while this incarnation is alive, none once it
+#: was declared dead (or replaced).
 HEARTBEAT = (
-    "UPDATE sipcore_node SET heartbeat = now()"
+    "UPDATE sipcore_node SET heartbeat = now(), node_uri = %s"
     " WHERE server_id = %s AND incarnation = %s AND alive RETURNING server_id"
 )
 
