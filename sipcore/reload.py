@@ -3,8 +3,8 @@
 Reloading what can change while the server runs, on C{SIGHUP}.
 
 L{ReloadService} holds the server's reloadable parts (the credential file
-of C{--auth-file}, the certificates and keys of the TLS and WSS listeners)
-and reloads them all in L{ReloadService.reload}, logging one line that says
+of C{--auth-file}, the certificates and keys of the TLS and WSS listeners,
+the routes, the log file of C{twistd --logfile}) and reloads them all in L{ReloadService.reload}, logging one line that says
 what was reloaded and what failed.  A part that fails to reload keeps what
 it had.  While running it answers C{SIGHUP} with a reload (the handler only
 schedules it in the reactor thread, with C{callFromThread}) and puts back
@@ -26,9 +26,10 @@ from twisted.logger import Logger
 __all__ = ["Reloadable", "ReloadService"]
 
 #: One reloadable part: its name in the log line, and what reloads it
-#: (returns a short description of what it read; raises C{ValueError} or
-#: C{OSError} when it cannot, keeping what it had).
-Reloadable = tuple[str, Callable[[], str]]
+#: (returns a short description of what it read, or C{None} when it had
+#: nothing to reload this time; raises C{ValueError} or C{OSError} when it
+#: cannot, keeping what it had).
+Reloadable = tuple[str, Callable[[], str | None]]
 
 
 class ReloadService(Service):
@@ -79,14 +80,15 @@ class ReloadService(Service):
 
         @param cause: what asked for it, for the log line.
         @return: what each part said, by name (C{"failed: ..."} for a part
-            that kept what it had).
+            that kept what it had; a part that had nothing to reload is
+            left out).
         """
         self.reloads += 1
         results: dict[str, str] = {}
         failed = False
         for name, reloader in self.parts:
             try:
-                results[name] = reloader()
+                result = reloader()
             except (ValueError, OSError) as e:
                 failed = True
                 results[name] = "failed: {}".format(e)
@@ -94,6 +96,9 @@ class ReloadService(Service):
                 failed = True
                 results[name] = "failed: {}".format(type(e).__name__)
                 self._log.failure("reloading {name} failed", name=name)
+            else:
+                if result is not None:
+                    results[name] = result
         summary = "; ".join("{} {}".format(name, what) for name, what in results.items())
         if failed:
             self._log.warn("{cause}: reloaded {summary}", cause=cause, summary=summary)

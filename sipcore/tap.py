@@ -730,13 +730,25 @@ def _buildReload(options: Options, reactor: Any, listeners: list[Any], handlers:
     """
     The L{sipcore.reload.ReloadService} of what a reload reads again: the
     C{--auth-file} credentials, each TLS or WSS listener's certificate
-    and key, and each enabled handler that provides
-    L{sipcore.interfaces.IReloadable} (the routes).
+    and key, each enabled handler that provides
+    L{sipcore.interfaces.IReloadable} (the routes), and under twistd
+    (C{signals}) the C{--logfile} it writes, reopened.
     """
     from sipcore.interfaces import IReloadable
     from sipcore.reload import ReloadService
 
-    parts = []
+    parts: list[Any] = []
+    if signals:
+        from sipcore.logfile import reopenLogFiles
+
+        # First, so the reload's own lines go to the new file.  twistd
+        # opens its --logfile after this service is built: the files are
+        # looked up at each reload.
+        def reopenLog() -> str | None:
+            paths = reopenLogFiles()
+            return None if paths is None else paths + " reopened"
+
+        parts.append(("log file", reopenLog))
     credentials = options.get("auth-credentials")
     if credentials is not None:
         def readCredentials() -> str:

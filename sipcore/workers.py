@@ -27,8 +27,9 @@ C{--admin-listen} given, or on its default, loopback port 8060): the
 others run with C{--admin-listen none}.  Worker 0's API shows the
 connections of worker 0 only; the registrations it lists are every
 worker's.  Each worker logs to C{PATH.<i>} (or to standard
-output).  The supervisor forwards SIGTERM and SIGINT to every worker, and
-stops all of them when one exits.
+output).  The supervisor forwards SIGTERM and SIGINT to every worker (the
+ordered shutdown) and SIGHUP (each worker's reload, which reopens its
+log file), and stops all of them when one exits.
 
 The workers are members of one cluster (L{sipcore.cluster}): the
 supervisor binds one more TCP socket per worker on C{127.0.0.1} (an
@@ -366,6 +367,9 @@ def runStore(fds: list[int], logfile: str | None) -> None:
     # supervisor kills it if it outstays them).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A hang-up of the terminal reaches the workers' reload; the store has
+    # nothing to reload.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     out = open("{}.store".format(logfile), "a") if logfile else sys.stdout
     globalLogBeginner.beginLoggingTo(
         [FileLogObserver(out, formatEventAsClassicLogText)], redirectStandardIO=False)
@@ -490,8 +494,14 @@ def supervise(count: int, options: list[str], logfile: str | None) -> int:
             if worker.poll() is None:
                 os.kill(worker.pid, signal.SIGTERM)
 
+    def hangUp(signum: int, frame: Any) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                os.kill(worker.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, hangUp)
     status = 0
     while True:
         # poll() every child each time: it reaps the ones that exited, so

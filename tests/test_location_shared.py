@@ -433,7 +433,8 @@ class WorkersWithoutDatabaseTests(TestCase):
     async def test_sharedAcrossWorkers(self) -> None:
         """
         A binding registered through the shared port is in the answer to
-        every later query, whichever worker reads it; SIGTERM stops both
+        every later query, whichever worker reads it; SIGHUP to the
+        supervisor reaches both workers' reload; SIGTERM stops both
         workers cleanly, then the store process, and the supervisor exits 0.
         """
         proc, transport, port = await self.startSupervisor()
@@ -451,6 +452,10 @@ class WorkersWithoutDatabaseTests(TestCase):
             answer = await client.request(query)
             self.assertEqual(answer.status, 200)
             self.assertEqual(len(answer.headers.values("Contact")), 1, answer)
+        # SIGHUP reaches each worker's reload.
+        os.kill(transport.pid, signal.SIGHUP)
+        await waitUntil(lambda: proc.output.count("SIGHUP: reloaded") == 2,
+                        what="both workers reloading: " + proc.output[-2000:])
         os.kill(transport.pid, signal.SIGTERM)
         self.assertEqual(await proc.ended, 0, proc.output[-3000:])
         self.assertEqual(proc.output.count("stopped cleanly"), 2, proc.output[-3000:])

@@ -133,6 +133,18 @@ class ReloadServiceTests(SynchronousTestCase):
                          ["SIGHUP: reloaded a ok; b failed: bad line 3; c ok"])
         self.assertEqual(capture.at(LogLevel.info), [])
 
+    def test_nothingToReload(self) -> None:
+        """
+        A part that returns C{None} (the log file when logging to standard
+        output) is left out of the answer and of the line.
+        """
+        service = ReloadService(ThreadCalls(), [("log file", lambda: None),
+                                                ("c", lambda: "ok")])
+        capture = LogCapture(self, "sipcore.reload")
+        self.assertEqual(service.reload("SIGHUP"), {"c": "ok"})
+        self.assertEqual([formatEvent(e) for e in capture.at(LogLevel.info)],
+                         ["SIGHUP: reloaded c ok"])
+
     def test_signalHandler(self) -> None:
         """
         Made with C{installSignal}, the running service answers C{SIGHUP}
@@ -318,3 +330,67 @@ class SignalTests(TestCase):
         self.assertIn("stopped cleanly", proc.output, proc.output[-3000:])
         self.assertNotIn("Traceback", proc.output)
         self.assertEqual(list(await schema.admin.runQuery(query)), [])
+
+
+class LogFileReopenTests(TestCase):
+    """
+    C{twistd -n --logfile FILE sipcore} in a child process: after the file
+    is renamed (as logrotate does), C{SIGHUP} reopens it at its path.
+    """
+
+    timeout = 90
+
+    async def test_renamedThenHangUp(self) -> None:
+        """
+        A TCP client registers; the log file is renamed and the server gets
+        C{SIGHUP}: the reload line, saying the log file was reopened, and
+        every later line (the next registration, the shutdown) go to a new
+        file at the path, none to the renamed one; the client's connection
+        stays up and answers.
+        """
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        log = directory.child("sipcore.log")
+        rotated = directory.child("sipcore.log.1")
+        env = dict(os.environ, PYTHONPATH=SIPCORE_PATH)
+        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "--logfile", log.path, "sipcore",
+                "--domain", "example.com", "--admin-listen", "none", "--log-events",
+                "--listen", "tcp:0:interface=127.0.0.1"]
+        proc, transport = spawnChild(self, args, env)
+
+        def text(path: FilePath[str]) -> str:
+            return path.getContent().decode("utf-8") if path.exists() else ""
+
+        pattern = re.compile(r"listening on tcp 127\.0\.0\.1:(\d+)")
+        await waitUntil(lambda: pattern.search(text(log)), timeout=PATIENCE * 2,
+                        what="the TCP listener: " + proc.output[-500:])
+        match = pattern.search(text(log))
+        assert match is not None
+        client = await connectTCP(int(match.group(1)))
+        response = await client.request(registerRequest("tcp", "alice"))
+        self.assertEqual(response.status, 200)
+
+        log.moveTo(rotated)
+        os.kill(transport.pid, signal.SIGHUP)
+        await waitUntil(lambda: "SIGHUP: reloaded" in text(log), what="the reload line")
+        self.assertIn("SIGHUP: reloaded log file {} reopened".format(log.path), text(log))
+        self.assertEqual((await client.request(optionsRequest("tcp"))).status, 200)
+        self.assertEqual(
+            (await client.request(registerRequest("tcp", "bob", callId="bob-1"))).status, 200)
+        self.assertFalse(client.waiters.lost.called)
+
+        os.kill(transport.pid, signal.SIGTERM)
+        await proc.ended
+        await client.waiters.lost
+        new = text(log)
+        self.assertIn("registration added: bob@example.com", new)
+        self.assertIn("stopped cleanly", new)
+        self.assertNotIn("registration added: alice@example.com", new)
+        old = text(rotated)
+        self.assertIn("listening on tcp", old)
+        self.assertIn("registration added: alice@example.com", old)
+        self.assertNotIn("bob@example.com", old)
+        self.assertNotIn("SIGHUP", old)
+        self.assertNotIn("stopped cleanly", old)
+        self.assertNotIn("Traceback", old + text(log))
