@@ -11,6 +11,7 @@ from typing import Any
 from psycopg2 import sql
 from psycopg2.extensions import parse_dsn
 from twisted.internet import defer, task
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
@@ -249,22 +250,27 @@ class ClusterServiceTests(TestCase):
         Once its own heartbeats have succeeded for a full deadline, a node
         declares dead the node whose heartbeat is older than the deadline
         and removes that node's connection-bound bindings; the dead node's
-        UDP bindings and the other nodes' bindings stay.
+        UDP bindings and the other nodes' bindings stay, those of a node
+        whose heartbeat is old but fresher than the deadline included.
         """
         await self.setUpSchema()
         survivor, clock = await self.member(1)
         await self.member(2)
+        await self.member(3)
         await self.addBinding("dead-tcp", 2, 5)
         await self.addBinding("dead-udp", 2, 0)
         await self.addBinding("live-tcp", 1, 5)
+        await self.addBinding("fresh-tcp", 3, 5)
         await self.age(2, DEADLINE + 1)
+        await self.age(3, DEADLINE - 5)
         for _ in range(int(DEADLINE / HEARTBEAT) - 1):
             await self.tick(survivor, clock)
             self.assertEqual((await self.nodeRow(2))[2], True)
-            self.assertEqual(len(await self.bindings()), 3)
+            self.assertEqual(len(await self.bindings()), 4)
         await self.tick(survivor, clock)
         self.assertEqual((await self.nodeRow(2))[2], False)
-        self.assertEqual(await self.bindings(), ["dead-udp", "live-tcp"])
+        self.assertEqual((await self.nodeRow(3))[2], True)
+        self.assertEqual(await self.bindings(), ["dead-udp", "fresh-tcp", "live-tcp"])
 
     async def test_takeoverOneWinner(self) -> None:
         """
@@ -299,6 +305,33 @@ class ClusterServiceTests(TestCase):
         self.assertEqual(service.incarnation, 2)
         self.assertEqual((await self.nodeRow(1))[1:3], (2, True))
         self.assertEqual(purges, [1])
+
+    async def test_rejoinRefused(self) -> None:
+        """
+        A node declared dead whose C{server_id} another node took meanwhile
+        cannot rejoin: it is no member any more, and it stops the reactor.
+        """
+        await self.setUpSchema()
+        reactor = MemoryReactorClock()
+        database = await startDatabase(self, self.schema.dsn)
+        service = ClusterService(
+            database.pool, reactor, DatabaseNodeDirectory(1),
+            lambda: "sip:127.0.0.1:5060;transport=tcp", heartbeat=HEARTBEAT, deadline=DEADLINE)
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        await service.startService()
+        reactor.run()
+        await self.member(2)
+        await self.query("UPDATE {}.sipcore_node SET alive = false WHERE server_id = 1"
+                         " RETURNING 1")
+        taker, _ = await self.member(1)
+        self.assertEqual(taker.incarnation, 2)
+        reactor.advance(HEARTBEAT)
+        await service.idle()
+        self.assertIsNone(service.incarnation)
+        self.assertEqual(service.directory.nodes(), [])
+        self.assertTrue(reactor.hasStopped)
+        self.assertEqual((await self.nodeRow(1))[:3],
+                         ("sip:127.0.0.1:5060;transport=tcp", 2, True))
 
     async def test_databaseDown(self) -> None:
         """

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -91,12 +91,20 @@ class DatabaseNodeDirectory:
         self._members = {}
 
 
-class NodeRecord(dict[str, Any]):
+class NodeRecord(TypedDict):
     """
-    One row of C{sipcore_node} as the admin API lists it: C{serverId},
-    C{uri}, C{incarnation}, C{startedAt} and C{heartbeat} (POSIX seconds),
-    C{alive}, C{heartbeatAge} (seconds, the database's clock).
+    One row of C{sipcore_node} as the admin API lists it: C{startedAt} and
+    C{heartbeat} are POSIX seconds, C{heartbeatAge} the seconds since the
+    heartbeat by the database's clock.
     """
+
+    serverId: int
+    uri: str
+    incarnation: int
+    startedAt: float
+    heartbeat: float
+    alive: bool
+    heartbeatAge: float
 
 
 class ClusterService(Service):
