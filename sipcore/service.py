@@ -70,7 +70,25 @@ if TYPE_CHECKING:
     from sipcore.transport.connections import ConnectionTable
     from sipcore.transport.listen import ListenerService
 
-__all__ = ["CoreService", "HandlerService", "OrderedServices", "SIPCoreService", "StoreService"]
+__all__ = ["CoreService", "HandlerService", "OrderedServices", "SIPCoreService", "StoreService",
+           "describeReactor"]
+
+
+def describeReactor(reactor: object) -> str:
+    """
+    The reactor's class and whether it is sipcore's fair reactor (see
+    docs/transports.rst), for the line logged at start.
+    """
+    name = "{}.{}".format(type(reactor).__module__, type(reactor).__qualname__)
+    try:
+        from sipcore.reactor import FairEPollReactor
+    except ImportError:
+        return name + " (sipcore's fair reactor needs epoll, which this system lacks)"
+    if isinstance(reactor, FairEPollReactor):
+        return name + (" (listeners, UDP and database connections served before each chunk "
+                       "of stream connection events)")
+    return name + (" (not sipcore's fair reactor: a burst of stream connection events "
+                   "delays UDP, new connections and the database; see docs/transports.rst)")
 
 _log = Logger(namespace="sipcore.service")
 
@@ -628,6 +646,7 @@ class SIPCoreService(OrderedServices):
         from sipcore.compiled import buildName, staleModules
 
         self._log.info("build: {build}", build=buildName())
+        self._log.info("reactor: {reactor}", reactor=describeReactor(self._reactor))
         stale = staleModules()
         if stale:
             self._log.warn("compiled modules not built from the source beside them, imported "

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from twisted.application.app import ReactorSelectionMixin
 from twisted.python import usage
 
 from sipcore import admin as _admin
@@ -376,6 +377,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["list-handlers"]:
             return
+        if isinstance(self.parent, ReactorSelectionMixin) and self.parent.get("reactor") is None:
+            _installFairReactor()
         self["capture"] = _captureSettings(self)
         if self["redirects"] not in ("relay", "recurse"):
             raise usage.UsageError("--redirects must be relay or recurse")
@@ -443,6 +446,26 @@ def _checkNodeOptions(options: Options) -> None:
         raise usage.UsageError("--node-heartbeat must be positive")
     if not options["node-deadline"] > options["node-heartbeat"]:
         raise usage.UsageError("--node-deadline must be longer than --node-heartbeat")
+
+
+def _installFairReactor() -> None:
+    """
+    Install L{sipcore.reactor.FairEPollReactor} as the global reactor, as
+    twistd installs the one its C{--reactor} names: while twistd reads its
+    options, before anything imports the global reactor.  Where there is no
+    epoll (not Linux), or a reactor is installed already, that one stays;
+    the server logs at start which reactor runs (L{sipcore.service}).
+    """
+    from twisted.internet.error import ReactorAlreadyInstalledError
+
+    try:
+        import sipcore.reactor
+    except ImportError:
+        return
+    try:
+        sipcore.reactor.install()
+    except ReactorAlreadyInstalledError:
+        pass
 
 
 def listHandlers(out: Any = None, package: Any = None) -> str:

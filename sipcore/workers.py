@@ -50,7 +50,7 @@ remove bindings) and exits once the last worker's socket has closed.
 Limits:
   - TLS and WSS listeners are refused (each worker would need the socket
     and its own TLS context; not done yet);
-  - workers run on L{sipcore.reactor.BoundedEPollReactor}.
+  - workers run on L{sipcore.reactor.FairEPollReactor}.
 """
 
 from __future__ import annotations
@@ -393,7 +393,7 @@ def runStore(fds: list[int], logfile: str | None) -> None:
 
 def runWorker(index: int, options: list[str], logfile: str | None) -> None:
     """
-    Run worker C{index}: install the bounded reactor, then run C{twistd
+    Run worker C{index}: install the fair reactor, then run C{twistd
     sipcore} in this process (its C{--listen} specs name the shared
     sockets already).
     """

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_packaging -*-
 """
-sipcore's bounded epoll reactor, for C{twistd --reactor sipcore-epoll}.
+sipcore's fair epoll reactor, for C{twistd --reactor sipcore-epoll} (the
+default of C{twistd sipcore} on Linux).
 """
 
 from twisted.application.reactors import Reactor
@@ -8,5 +9,5 @@ from twisted.application.reactors import Reactor
 sipcoreEpoll = Reactor(
     "sipcore-epoll",
     "sipcore.reactor",
-    "epoll reactor that handles at most 64 I/O events per turn",
+    "epoll reactor serving listeners, UDP and database connections before each 64 stream events",
 )
