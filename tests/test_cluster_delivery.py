@@ -455,36 +455,41 @@ class DialogTests(SynchronousTestCase):
 
 class ForkingTests(SynchronousTestCase):
     """
-    An address of record with contacts on both nodes.
+    An address of record with contacts on both nodes: the INVITE forks to
+    bob's device on node 1 and, through node 2, to the one on node 2; the
+    one on node 1 rings.
     """
+
+    def setUp(self) -> None:
+        c = self.c = Cluster()
+        self.near = c.a.client()
+        self.far = c.b.client()
+        c.bind(c.a, self.near)
+        c.bind(c.b, self.far)
+        self.alice = c.a.client()
+        c.send(c.a, tcpRequest("INVITE", self.alice.remote[1]), self.alice)
+        [self.nearInvite] = requestsOn(self.near, "INVITE")
+        [self.farInvite] = requestsOn(self.far, "INVITE")
+        c.answer(c.a, self.nearInvite, 180, self.near, toTag="near")
 
     def test_cancelReachesEveryBranch(self) -> None:
         """
-        The INVITE forks to bob's device on node 1 and, through node 2, to
-        the one on node 2; the caller's CANCEL cancels both, and the
-        caller gets 487.
+        The caller's CANCEL cancels both branches, each member cancelling
+        the one it sent to its client, and the caller gets 487.
         """
-        c = Cluster()
-        near = c.a.client()
-        far = c.b.client()
-        c.bind(c.a, near)
-        c.bind(c.b, far)
-        alice = c.a.client()
-        c.send(c.a, tcpRequest("INVITE", alice.remote[1]), alice)
-        [nearInvite] = requestsOn(near, "INVITE")
-        [farInvite] = requestsOn(far, "INVITE")
-        c.answer(c.a, nearInvite, 180, near, toTag="near")
-        c.answer(c.b, farInvite, 180, far, toTag="far")
-        c.send(c.a, tcpRequest("CANCEL", alice.remote[1], branch="z9hG4bKinvite1"), alice)
+        c, near, far = self.c, self.near, self.far
+        c.answer(c.b, self.farInvite, 180, far, toTag="far")
+        c.send(c.a, tcpRequest("CANCEL", self.alice.remote[1], branch="z9hG4bKinvite1"),
+               self.alice)
         self.assertEqual(len(requestsOn(near, "CANCEL")), 1)
         self.assertEqual(len(requestsOn(c.ab.out, "CANCEL")), 1)
         [farCancel] = requestsOn(far, "CANCEL")
         c.answer(c.b, farCancel, 200, far)
-        c.answer(c.b, farInvite, 487, far, toTag="far")
+        c.answer(c.b, self.farInvite, 487, far, toTag="far")
         [nearCancel] = requestsOn(near, "CANCEL")
         c.answer(c.a, nearCancel, 200, near)
-        c.answer(c.a, nearInvite, 487, near, toTag="near")
-        self.assertEqual([s for s in statuses(alice) if s[1] == "INVITE"],
+        c.answer(c.a, self.nearInvite, 487, near, toTag="near")
+        self.assertEqual([s for s in statuses(self.alice) if s[1] == "INVITE"],
                          [(180, "INVITE"), (180, "INVITE"), (487, "INVITE")])
         self.assertEqual(c.a.proxy._live, set())
         self.assertEqual(c.b.proxy._live, set())
@@ -494,19 +499,10 @@ class ForkingTests(SynchronousTestCase):
         The branch through node 2 answers 200: the caller gets it, and the
         branch on node 1 is cancelled.
         """
-        c = Cluster()
-        near = c.a.client()
-        far = c.b.client()
-        c.bind(c.a, near)
-        c.bind(c.b, far)
-        alice = c.a.client()
-        c.send(c.a, tcpRequest("INVITE", alice.remote[1]), alice)
-        [nearInvite] = requestsOn(near, "INVITE")
-        [farInvite] = requestsOn(far, "INVITE")
-        c.answer(c.a, nearInvite, 180, near, toTag="near")
-        c.answer(c.b, farInvite, 200, far, toTag="far")
-        self.assertIn((200, "INVITE"), statuses(alice))
-        self.assertEqual(len(requestsOn(near, "CANCEL")), 1)
+        c = self.c
+        c.answer(c.b, self.farInvite, 200, self.far, toTag="far")
+        self.assertIn((200, "INVITE"), statuses(self.alice))
+        self.assertEqual(len(requestsOn(self.near, "CANCEL")), 1)
 
 
 class AuthenticationTests(SynchronousTestCase):

@@ -156,7 +156,9 @@ class Proxy:
         C{staleBindings}, C{cancelsSent}, C{timerC}, C{failovers}
         (branches sent again to their next location), C{forksCapped}
         (requests that had more bindings than C{maxBranches}), C{pathIgnored}
-        (bindings whose Path came from a source not trusted), and one
+        (bindings whose Path came from a source not trusted),
+        C{nodeFlowsRefused} (requests naming one of this node's connections
+        without a valid cluster MAC, answered 403), and one
         C{status:NNN} per final response the proxy generated itself.
     @ivar requests: a L{Counter} of the requests routed, by (method, outcome):
         the class of the final response the caller got (C{2xx} to C{6xx});
