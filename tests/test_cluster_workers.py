@@ -4,8 +4,8 @@ are members of one cluster.  Two TCP clients registered through the shared
 port land on different workers (the kernel's choice: clients are
 registered until they do, a bounded number of times); a MESSAGE from each
 to the other is delivered over the other's connection and answered 200,
-and so is one to a WebSocket client of the other worker;
-a request from outside naming a worker's connection with a forged MAC is
+and so is one to a WebSocket client of the other worker; a call between
+the two TCP clients crosses both workers both ways; a request from outside naming a worker's connection with a forged MAC is
 refused with 403.  No database: the workers share the store process.
 """
 
@@ -60,8 +60,7 @@ class AnsweringClient(protocol.Protocol):
                 continue
             self.requests.append(message)
             if message.method != "ACK":
-                self.transport.write(  # type: ignore[union-attr]
-                    Response.forRequest(message, 200, toTag=secrets.token_hex(4)).serialize())
+                self.transport.write(answer(message, self.localPort))  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.lost = True
@@ -85,6 +84,45 @@ class AnsweringClient(protocol.Protocol):
 
         found: Response = await waitUntil(final, what="a final response to " + callId)
         return found
+
+
+def answer(request: Request, port: int) -> bytes:
+    """
+    A 200 to C{request}; to an INVITE with its Record-Route and a Contact
+    (the UAS side of a dialog).
+    """
+    response = Response.forRequest(request, 200, toTag=secrets.token_hex(4))
+    if request.method == "INVITE":
+        for value in request.headers.lines("Record-Route"):
+            response.headers.add("Record-Route", value)
+        response.headers.add("Contact", "<sip:callee@127.0.0.1:{};transport=tcp>".format(port))
+    return response.serialize()
+
+
+def inDialog(method: str, ok: Response, sender: AnsweringClient, cseq: int) -> bytes:
+    """
+    The caller's C{method} in the dialog the 200 C{ok} to its INVITE made:
+    to the callee's Contact, along the route set (the Record-Route
+    reversed), with the callee's To tag.
+    """
+    routes: list[str] = []
+    for value in ok.headers.lines("Record-Route"):
+        routes.extend(v.strip() for v in value.split(","))
+    routes.reverse()
+    contact = ok.headers.lines("Contact")[0].strip("<>")
+    lines = [
+        "{} {} SIP/2.0".format(method, contact),
+        "Via: SIP/2.0/TCP 127.0.0.1:{};branch=z9hG4bK{};rport".format(
+            sender.localPort, secrets.token_hex(8)),
+        "Max-Forwards: 70",
+        "From: " + (ok.headers.first("From") or ""),
+        "To: " + (ok.headers.first("To") or ""),
+        "Call-ID: " + ok.callId,
+        "CSeq: {} {}".format(cseq, method),
+    ]
+    lines += ["Route: " + route for route in routes]
+    lines += ["Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode()
 
 
 class AnsweringWSClient(WSClient):
@@ -132,19 +170,20 @@ async def connect(port: int, host: str = "127.0.0.1") -> AnsweringClient:
 
 
 def messageRequest(to: str, sender: AnsweringClient, callId: str,
-                   route: str | None = None) -> bytes:
+                   route: str | None = None, method: str = "MESSAGE") -> bytes:
     """
-    A MESSAGE from C{sender} to C{to@example.com}.
+    A MESSAGE (or C{method}) from C{sender} to C{to@example.com}.
     """
     lines = [
-        "MESSAGE sip:{}@example.com SIP/2.0".format(to),
+        "{} sip:{}@example.com SIP/2.0".format(method, to),
         "Via: SIP/2.0/TCP 127.0.0.1:{};branch=z9hG4bK{};rport".format(
             sender.localPort, secrets.token_hex(8)),
         "Max-Forwards: 70",
         "From: <sip:sender@example.com>;tag={}".format(secrets.token_hex(4)),
         "To: <sip:{}@example.com>".format(to),
         "Call-ID: " + callId,
-        "CSeq: 1 MESSAGE",
+        "CSeq: 1 " + method,
+        "Contact: <sip:caller@127.0.0.1:{};transport=tcp>".format(sender.localPort),
     ]
     if route is not None:
         lines.append("Route: " + route)
@@ -169,8 +208,9 @@ class WorkersClusterTests(TestCase):
     async def test_messageBetweenWorkers(self) -> None:
         """
         A MESSAGE to a user registered over another worker's connection is
-        delivered and answered 200, both ways, and to one registered over
-        another worker's WebSocket connection; a forged flow Route from
+        delivered and answered 200, both ways; a call (INVITE, 200, ACK,
+        BYE) between them completes; a MESSAGE to a user registered over
+        another worker's WebSocket connection is delivered; a forged flow Route from
         outside gets 403 and is delivered nowhere; the shared secret is in
         no log.
         """
@@ -228,6 +268,23 @@ class WorkersClusterTests(TestCase):
             [delivered] = [r for r in receiver.requests if r.callId == callId]
             self.assertEqual(delivered.body, b"hello")
             self.assertEqual(delivered.headers.lines("Route"), [])
+
+        # A call from worker 0's client to worker 1's: INVITE, 200, ACK and
+        # BYE, the in-dialog requests along the Record-Route of both.
+        callId = "call-" + secrets.token_hex(4)
+        ok = await client0.request(messageRequest(user1, client0, callId, method="INVITE"),
+                                   callId)
+        self.assertEqual(ok.status, 200, ok)
+        self.assertEqual(len(ok.headers.lines("Record-Route")), 4, ok)
+        client0.transport.write(inDialog("ACK", ok, client0, 1))  # type: ignore[union-attr]
+        await waitUntil(lambda: [r for r in client1.requests
+                                 if r.callId == callId and r.method == "ACK"],
+                        what="the ACK at the callee")
+        client0.responses.clear()
+        bye = await client0.request(inDialog("BYE", ok, client0, 2), callId)
+        self.assertEqual((bye.status, bye.cseq[1]), (200, "BYE"), bye)
+        self.assertEqual([r.method for r in client1.requests if r.callId == callId],
+                         ["INVITE", "ACK", "BYE"])
 
         # A WebSocket client on worker 1 gets a MESSAGE from worker 0's.
         wsUser = None
