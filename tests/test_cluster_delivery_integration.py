@@ -3,7 +3,7 @@ Integration test: two C{twistd -n sipcore} nodes on one PostgreSQL
 (C{--db}, distinct C{--server-id}, on 127.0.0.1 and 127.0.0.2) deliver to
 each other's TCP clients: a MESSAGE from a client of one node to a client
 of the other is delivered over the callee's connection and answered 200,
-both ways.
+both ways, and a call between them completes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.serverhelpers import (
     spawnChild,
     waitUntil,
 )
-from tests.test_cluster_workers import AnsweringClient, connect, messageRequest
+from tests.test_cluster_workers import AnsweringClient, connect, inDialog, messageRequest
 
 
 class TwoNodeDeliveryTests(TestCase):
@@ -55,7 +55,8 @@ class TwoNodeDeliveryTests(TestCase):
         """
         Alice registers on node 1 and Bob on node 2; once each node has
         the other in its directory (until then a MESSAGE gets 480), a
-        MESSAGE from either to the other is delivered and answered 200.
+        MESSAGE from either to the other is delivered and answered 200, and
+        a call from Alice to Bob (INVITE, 200, ACK, BYE) completes.
         """
         schema = await createTestSchema(self)
         one, _ = self.node(1, "127.0.0.1", schema.dsn)
@@ -86,5 +87,18 @@ class TwoNodeDeliveryTests(TestCase):
                             what="a MESSAGE to {} delivered".format(to))
             self.assertEqual(set(statuses[:-1]) - {480}, set(), statuses)
             self.assertEqual(len([r for r in receiver.requests if r.method == "MESSAGE"]), 1)
+
+        callId = "call-" + secrets.token_hex(4)
+        ok = await alice.request(messageRequest("bob", alice, callId, method="INVITE"), callId)
+        self.assertEqual(ok.status, 200, ok)
+        alice.transport.write(inDialog("ACK", ok, alice, 1))  # type: ignore[union-attr]
+        await waitUntil(lambda: [r for r in bob.requests
+                                 if r.callId == callId and r.method == "ACK"],
+                        what="the ACK at the callee")
+        alice.responses.clear()
+        bye = await alice.request(inDialog("BYE", ok, alice, 2), callId)
+        self.assertEqual((bye.status, bye.cseq[1]), (200, "BYE"), bye)
+        self.assertEqual([r.method for r in bob.requests if r.callId == callId],
+                         ["INVITE", "ACK", "BYE"])
         for proc in (one, two):
             self.assertNotIn("Traceback", proc.output)
