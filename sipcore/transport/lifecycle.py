@@ -21,6 +21,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 
 from sipcore.events import TCP_TIMEOUT
+from sipcore.interfaces import IMessageSink
 from sipcore.transport.connections import (
     ConnectionRefused,
     ConnectionTable,
@@ -47,6 +48,48 @@ class StreamFactory(Protocol):
     clock: IReactorTime
     transportName: str
     settings: ConnectionSettings
+
+
+class StreamServerFactory:
+    """
+    What the factories of accepted stream connections share (a mixin for
+    L{sipcore.transport.stream.SIPStreamFactory} and
+    L{sipcore.transport.websocket.SIPWebSocketFactory}): the
+    L{StreamFactory} their protocols read, and the sink their messages go
+    to.
+
+    @cvar acceptedTransports: the transport names the factory serves.
+    @ivar sink: the L{IMessageSink} of the connections' messages.
+    @ivar table: the L{ConnectionTable} the connections join.
+    @ivar clock: the L{IReactorTime} of the connections' timers.
+    @ivar transportName: the name flows and events carry.
+    @ivar settings: the connections' limits and timeouts.
+    """
+
+    acceptedTransports: tuple[str, ...] = ()
+    # The listener logs one line when it listens; Twisted's own
+    # start/stop lines would repeat it.
+    noisy = False
+
+    def __init__(
+        self,
+        sink: IMessageSink,
+        table: ConnectionTable,
+        clock: IReactorTime,
+        transport: str,
+        settings: ConnectionSettings,
+    ) -> None:
+        """
+        @raise ValueError: for a C{transport} not in C{acceptedTransports}.
+        """
+        if transport not in self.acceptedTransports:
+            raise ValueError("{} serves {}, not {!r}".format(
+                type(self).__name__, " or ".join(map(repr, self.acceptedTransports)), transport))
+        self.sink = sink
+        self.table = table
+        self.clock = clock
+        self.transportName = transport
+        self.settings = settings
 
 
 class StreamLifecycle:
@@ -120,13 +163,23 @@ class StreamLifecycle:
 
     def _timeOut(self, text: str) -> None:
         """
-        Close the connection for a timeout: it fires C{tcp:timeout}.
+        Close the connection for a timeout: it fires C{tcp:timeout}.  Does
+        nothing for a connection already closing.
         """
+        if self._closing or self._lost:
+            return
         self._setClose(TCP_TIMEOUT, text)
+        self._startClosing()
+        self.transport.abortConnection()
+
+    def _startClosing(self) -> None:
+        """
+        This side closes the connection: it reads no more, and no timer of
+        it runs any more.
+        """
         self._closing = True
         self._closedByServer = True
         self._cancelTimers()
-        self.transport.abortConnection()
 
     def _idleDelay(self) -> tuple[float, str]:
         """
@@ -165,8 +218,6 @@ class StreamLifecycle:
 
     def _idleExpired(self) -> None:
         self._idleCall = None
-        if self._closing or self._lost:
-            return
         self._timeOut("idle timeout ({:g}s without data{})".format(
             round(self._idleTimeout, 1), self._idleReason))
 
@@ -192,9 +243,7 @@ class StreamLifecycle:
         """
         if self._lost:
             return
-        self._closing = True
-        self._closedByServer = True
-        self._cancelTimers()
+        self._startClosing()
         self.transport.abortConnection()
 
     def flowBound(self, until: float) -> None:
@@ -227,8 +276,6 @@ class StreamLifecycle:
 
     def _messageExpired(self) -> None:
         self._messageCall = None
-        if self._closing or self._lost:
-            return
         self._timeOut("message timeout (incomplete message for {:g}s)".format(
             self.factory.settings.messageTimeout))
 

@@ -30,7 +30,7 @@ from sipcore.transport.connections import (
     ConnectionTable,
     StreamFlow,
 )
-from sipcore.transport.lifecycle import StreamLifecycle
+from sipcore.transport.lifecycle import StreamLifecycle, StreamServerFactory
 from sipcore.transport.settings import ConnectionSettings
 
 __all__ = [
@@ -199,9 +199,7 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
     def _loseGracefully(self) -> None:
         if self._closing or self._lost:
             return
-        self._closing = True
-        self._closedByServer = True
-        self._cancelTimers()
+        self._startClosing()
         self.transport.loseConnection()
         grace = self.factory.settings.closeGrace
         if grace > 0 and not self._lost:
@@ -209,8 +207,6 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
 
     def _handshakeExpired(self) -> None:
         self._handshakeCall = None
-        if self._closing or self._lost:
-            return
         timeout = self.factory.settings.handshakeTimeout
         if self.factory.transportName == "tls" and not self._tlsDone:
             what = "TLS handshake not completed"
@@ -229,7 +225,7 @@ class SIPStreamProtocol(StreamLifecycle, Protocol):
         self.transport.abortConnection()
 
 
-class SIPStreamFactory(ServerFactory):
+class SIPStreamFactory(StreamServerFactory, ServerFactory):
     """
     Builds a L{SIPStreamProtocol} for each accepted TCP or TLS connection.
 
@@ -238,9 +234,7 @@ class SIPStreamFactory(ServerFactory):
     """
 
     protocol = SIPStreamProtocol  # type: ignore[assignment]
-    # The listener logs one line when it listens; Twisted's own
-    # start/stop lines would repeat it.
-    noisy = False
+    acceptedTransports = ("tcp", "tls")
 
     def __init__(
         self,
@@ -260,10 +254,4 @@ class SIPStreamFactory(ServerFactory):
             TCP and TLS).
         @raise ValueError: for an unknown C{transport}.
         """
-        if transport not in ("tcp", "tls"):
-            raise ValueError("stream transport must be 'tcp' or 'tls', not {!r}".format(transport))
-        self.sink = sink
-        self.table = table
-        self.clock = clock
-        self.transportName = transport
-        self.settings = settings
+        super().__init__(sink, table, clock, transport, settings)

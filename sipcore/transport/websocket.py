@@ -81,7 +81,7 @@ from sipcore.transport.connections import (
     ConnectionTable,
     StreamFlow,
 )
-from sipcore.transport.lifecycle import StreamLifecycle
+from sipcore.transport.lifecycle import StreamLifecycle, StreamServerFactory
 from sipcore.transport.settings import DEFAULT_MAX_HANDSHAKE_SIZE, ConnectionSettings
 from sipcore.transport.stream import PONG, classifyLoss
 
@@ -336,9 +336,7 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
     def flowClose(self) -> None:
         if self._lost or self._closing:
             return
-        self._closing = True
-        self._closedByServer = True
-        self._cancelTimers()
+        self._startClosing()
         if self.state == _OPEN:
             if self.factory.table.shuttingDown:
                 # sendClose() only takes 1000 and 3000-4999; 1001 "going
@@ -434,7 +432,7 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
 readOptionsFromFactory(SIPWebSocketProtocol)
 
 
-class SIPWebSocketFactory(WebSocketServerFactory):
+class SIPWebSocketFactory(StreamServerFactory, WebSocketServerFactory):
     """
     Builds a L{SIPWebSocketProtocol} for each accepted WS or WSS connection.
 
@@ -443,9 +441,7 @@ class SIPWebSocketFactory(WebSocketServerFactory):
     """
 
     protocol = SIPWebSocketProtocol  # type: ignore[assignment]
-    # The listener logs one line when it listens; Twisted's own
-    # start/stop lines would repeat it.
-    noisy = False
+    acceptedTransports = ("ws", "wss")
 
     def __init__(
         self,
@@ -464,9 +460,9 @@ class SIPWebSocketFactory(WebSocketServerFactory):
             WS and WSS); its C{handshakeTimeout} is the opening handshake's.
         @raise ValueError: for an unknown C{transport}.
         """
-        if transport not in ("ws", "wss"):
-            raise ValueError("websocket transport must be 'ws' or 'wss', not {!r}".format(transport))
-        super().__init__(protocols=[SIP_SUBPROTOCOL], server="sipcore", reactor=clock)
+        StreamServerFactory.__init__(self, sink, table, clock, transport, settings)
+        WebSocketServerFactory.__init__(
+            self, protocols=[SIP_SUBPROTOCOL], server="sipcore", reactor=clock)
         useReactorTimers(self, clock)
         self.setProtocolOptions(
             webStatus=False,
@@ -479,11 +475,6 @@ class SIPWebSocketFactory(WebSocketServerFactory):
             autoPingTimeout=settings.autoPingTimeout,
             allowNullOrigin=True,
         )
-        self.sink = sink
-        self.table = table
-        self.clock = clock
-        self.transportName = transport
-        self.settings = settings
         self.handshakesTooLarge = 0
         self._originPatterns = (
             None if settings.allowedOrigins is None
