@@ -6,15 +6,12 @@ was given.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from sipcore.message._syntax import splitList
 
 _T = TypeVar("_T")
-
-#: What L{Headers.cached} finds for a key with no value cached.
-_MISSING: Any = object()
 
 #: Compact header names (RFC 3261 section 7.3.3 and the IANA registry),
 #: lower case, to the lower-case long name.
@@ -114,9 +111,9 @@ def canonicalName(name: str) -> str:
     return key
 
 
-#: The cache keys of L{Headers.cached} known to depend on one header only,
+#: The keys of L{Headers.remember} known to depend on one header only,
 #: to that header's key: a change to another header keeps them.  Values
-#: cached under any other key are dropped on every change.
+#: kept under any other key are dropped on every change.
 _CACHE_SOURCES = {
     "vias": "via",
     "contacts": "contact",
@@ -152,9 +149,9 @@ class Headers:
     lines come back unfolded).
 
     Typed values derived from the headers (parsed Via, CSeq, ...) may be
-    cached here with L{cached}.  A change to a header drops the values
-    derived from it (the message accessors' keys, see C{_CACHE_SOURCES})
-    and every value cached under another key.
+    kept here with L{remember} and read back with L{derived}.  A change to
+    a header drops the values derived from it (the message accessors' keys,
+    see C{_CACHE_SOURCES}) and every value kept under another key.
     """
 
     __slots__ = ("_entries", "_cache")
@@ -178,24 +175,18 @@ class Headers:
         self._entries = entries
         return self
 
-    def cached(self, key: str, compute: Callable[[], _T]) -> _T:
+    def derived(self, key: str) -> Any:
         """
-        Return C{compute()}, remembered under C{key} until the headers
-        change.  Exceptions are not remembered.
+        The value derived from the headers that L{remember} keeps under
+        C{key}, or C{None} if there is none (never kept, or dropped by a
+        change to the headers).
         """
-        # A lookup with a default rather than catching KeyError: every
-        # message misses here once per value, and a raised exception costs
-        # more than the rest of the lookup together (compiled).
-        cache = self._cache
-        value = cache.get(key, _MISSING)
-        if value is _MISSING:
-            value = cache[key] = compute()
-        return value  # type: ignore[no-any-return]
+        return self._cache.get(key)
 
     def remember(self, key: str, value: _T) -> _T:
         """
-        Cache a value derived from the headers under C{key}, as L{cached}
-        would have computed it (for a caller that has just built it).
+        Keep C{value}, derived from the headers, under C{key} until the
+        headers change (L{derived} gives it back).
 
         @return: C{value}.
         """
@@ -204,7 +195,7 @@ class Headers:
 
     def forgetDerived(self) -> None:
         """
-        Drop every value cached with L{cached} or L{remember} (they are
+        Drop every value kept with L{remember} (they are
         computed again when asked for): for a message kept only for
         reference, so that what was parsed from it need not stay in memory.
         """

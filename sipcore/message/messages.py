@@ -273,7 +273,10 @@ class _Message:
 
         @raise SIPParseError: if it is missing or malformed.
         """
-        return self.headers.cached("cseq", lambda: _parseCSeq(self._required("cseq")))
+        cseq: tuple[int, str] | None = self.headers.derived("cseq")
+        if cseq is None:
+            cseq = self.headers.remember("cseq", _parseCSeq(self._required("cseq")))
+        return cseq
 
     @property
     def vias(self) -> list[Via]:
@@ -282,14 +285,13 @@ class _Message:
 
         @raise SIPParseError: if one is malformed.
         """
-
-        def compute() -> list[Via]:
-            out: list[Via] = []
+        vias: list[Via] | None = self.headers.derived("vias")
+        if vias is None:
+            vias = []
             for line in self.headers.lines("via"):
-                out.extend(parseViaList(line))
-            return out
-
-        return list(self.headers.cached("vias", compute))
+                vias.extend(parseViaList(line))
+            self.headers.remember("vias", vias)
+        return list(vias)
 
     def replaceTopVia(self, via: Via) -> None:
         """
@@ -311,7 +313,10 @@ class _Message:
 
         @raise SIPParseError: if it is missing or malformed.
         """
-        return self.headers.cached("from", lambda: parseAddress(self._required("from")))
+        address: Address | None = self.headers.derived("from")
+        if address is None:
+            address = self.headers.remember("from", parseAddress(self._required("from")))
+        return address
 
     @property
     def toAddr(self) -> Address:
@@ -320,7 +325,10 @@ class _Message:
 
         @raise SIPParseError: if it is missing or malformed.
         """
-        return self.headers.cached("to", lambda: parseAddress(self._required("to")))
+        address: Address | None = self.headers.derived("to")
+        if address is None:
+            address = self.headers.remember("to", parseAddress(self._required("to")))
+        return address
 
     @property
     def contacts(self) -> list[Address] | Literal["*"]:
@@ -330,7 +338,10 @@ class _Message:
 
         @raise SIPParseError: if one is malformed, or C{*} is not alone.
         """
-        result = self.headers.cached("contacts", lambda: _parseContacts(self.headers))
+        result: list[Address] | Literal["*"] | None = self.headers.derived("contacts")
+        if result is None:
+            result = _parseContacts(self.headers)
+            self.headers.remember("contacts", result)
         return result if result == "*" else list(result)
 
     def countContacts(self, limit: int) -> int:
@@ -349,13 +360,13 @@ class _Message:
         return min(total, limit + 1)
 
     def _routeList(self, name: str) -> list[Address]:
-        def compute() -> list[Address]:
-            out: list[Address] = []
+        routes: list[Address] | None = self.headers.derived(name)
+        if routes is None:
+            routes = []
             for line in self.headers.lines(name):
-                out.extend(parseAddressList(line, nameAddrOnly=True))
-            return out
-
-        return list(self.headers.cached(name, compute))
+                routes.extend(parseAddressList(line, nameAddrOnly=True))
+            self.headers.remember(name, routes)
+        return list(routes)
 
     @property
     def routes(self) -> list[Address]:
@@ -382,10 +393,13 @@ class _Message:
 
         @raise SIPParseError: if it is malformed or above 255.
         """
-        value = self.headers.first("max-forwards")
-        if value is None:
-            return None
-        return self.headers.cached("max-forwards", lambda: _parseMaxForwards(value))
+        hops: int | None = self.headers.derived("max-forwards")
+        if hops is None:
+            value = self.headers.first("max-forwards")
+            if value is None:
+                return None
+            hops = self.headers.remember("max-forwards", _parseMaxForwards(value))
+        return hops
 
     @property
     def expires(self) -> int | None:
@@ -393,10 +407,13 @@ class _Message:
         The Expires header in seconds, clamped to 2**32-1, or C{None} if
         absent.  A malformed value reads as 3600 (L{parseExpires}).
         """
-        value = self.headers.first("expires")
-        if value is None:
-            return None
-        return self.headers.cached("expires", lambda: parseExpires(value))
+        expires: int | None = self.headers.derived("expires")
+        if expires is None:
+            value = self.headers.first("expires")
+            if value is None:
+                return None
+            expires = self.headers.remember("expires", parseExpires(value))
+        return expires
 
     @property
     def contentType(self) -> str | None:
