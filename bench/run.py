@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -355,6 +356,7 @@ class Server:
     includeChildren: bool = False
     usesDatabase: bool = False
     metricsPort: int | None = None
+    adminPort: int | None = None
 
     def pids(self) -> list[int]:
         return childPids(self.proc.pid) if self.includeChildren else [self.proc.pid]
@@ -363,17 +365,32 @@ class Server:
         return sum(cpuTicks(pid) for pid in self.pids())
 
 
-#: How sipcore is started: twistd, on the bounded epoll reactor
-#: (sipcore.reactor) unless BENCH_REACTOR=default.
-LAUNCH = ("import os, sys\n"
-          "if os.environ.get('BENCH_REACTOR') != 'default':\n"
-          "    import sipcore.reactor; sipcore.reactor.install()\n"
-          "from twisted.scripts.twistd import run; run()\n")
+#: How sipcore is started: twistd, as the README runs it (on sipcore's
+#: fair reactor, twistd sipcore's default on Linux); BENCH_REACTOR=NAME adds
+#: twistd's --reactor NAME.
+LAUNCH = "from twisted.scripts.twistd import run; run()\n"
+
+
+def twistdReactorOption() -> list[str]:
+    """
+    twistd's C{--reactor} option of C{BENCH_REACTOR}, if it is set.
+    """
+    reactor = os.environ.get("BENCH_REACTOR")
+    return ["--reactor", reactor] if reactor else []
 
 
 def startSipcore(name: str, outDir: str, env: Environment, db: bool,
                  extra: list[str] = (), streamPorts: dict[str, int] | None = None,
-                 workers: int = 0) -> Server | None:
+                 workers: int = 0, benchOptions: bool = True,
+                 adminPort: int | None = None) -> Server | None:
+    """
+    Start sipcore on loopback ports with C{twistd} (or C{sipcore.workers}).
+
+    @param benchOptions: turn off the limits that would refuse benchmark
+        traffic; without them the server runs on its defaults, as the
+        README's command runs it, but for its ports.
+    @param adminPort: where the admin API listens (default: nowhere).
+    """
     port = freePort()
     metricsPort = freePort()
     if workers:
@@ -382,15 +399,17 @@ def startSipcore(name: str, outDir: str, env: Environment, db: bool,
         argv = [sys.executable, "-m", "sipcore.workers", "--workers", str(workers),
                 "--logfile", os.path.join(outDir, name + ".log"), "--"]
     else:
-        argv = [sys.executable, "-c", LAUNCH, "-n", "--pidfile=",
-                "--logfile", os.path.join(outDir, name + ".log"), "sipcore"]
+        argv = [sys.executable, "-c", LAUNCH] + twistdReactorOption() + [
+            "-n", "--pidfile=", "--logfile", os.path.join(outDir, name + ".log"), "sipcore"]
     argv += ["--listen", "udp:{}:interface={}".format(port, HOST),
-            "--listen", "tcp:{}:interface={}".format(port, HOST),
-            "--domain", HOST, "--max-transactions", "0", "--rate-limit", "0",
-            "--max-connections", "0", "--max-connections-per-source", "0",
-            "--expiry-interval", "0", "--idle-timeout", "0", "--ws-ping-interval", "0",
-            "--metrics-listen", "tcp:{}:interface={}".format(metricsPort, HOST),
-            "--admin-listen", "none"]
+             "--listen", "tcp:{}:interface={}".format(port, HOST),
+             "--metrics-listen", "tcp:{}:interface={}".format(metricsPort, HOST),
+             "--admin-listen", "none" if adminPort is None else
+             "tcp:{}:interface={}".format(adminPort, HOST)]
+    if benchOptions:
+        argv += ["--domain", HOST, "--max-transactions", "0", "--rate-limit", "0",
+                 "--max-connections", "0", "--max-connections-per-source", "0",
+                 "--expiry-interval", "0", "--idle-timeout", "0", "--ws-ping-interval", "0"]
     for transport, streamPort in (streamPorts or {}).items():
         argv += ["--listen", "{}:{}:interface={}".format(transport, streamPort, HOST)]
     if db:
@@ -405,7 +424,7 @@ def startSipcore(name: str, outDir: str, env: Environment, db: bool,
     proc = PROCS.start(name, argv, os.path.join(outDir, name + ".out"), env=envVars,
                        cwd=env.sipcoreTree)
     server = Server(name, proc, port, ("udp", "tcp"), usesDatabase=db, metricsPort=metricsPort,
-                    includeChildren=bool(workers))
+                    includeChildren=bool(workers), adminPort=adminPort)
     if not waitFor(lambda: proc.poll() is not None or udpAnswers(port), 30):
         PROCS.stop(proc)
         return None
@@ -635,30 +654,112 @@ def findMaxRate(server: Server, transport: str, quick: bool, outDir: str,
 # Disconnect storm and memory.
 
 
-def storm(env: Environment, transport: str, count: int, outDir: str) -> dict[str, Any]:
+#: The storm scenarios: (name, transport, what the client does at once).
+STORM_KINDS: dict[str, tuple[str, str]] = {
+    "tcp-reset": ("tcp", "reset"),
+    "ws-drop": ("ws", "drop"),
+    "tcp-refresh": ("tcp", "refresh"),
+}
+
+
+def serverStartLines(logPath: str, timeout: float = 10.0) -> tuple[str, str]:
     """
-    Register C{count} connections of C{transport} with sipcore on
-    PostgreSQL (group commit), drop them all at once, and measure: time
-    until every row is gone, the largest reactor lag in the server
-    meanwhile, DELETE statements per 100 connections, and the resident
-    memory per idle registered connection.
+    The build and the reactor a sipcore server logged at start (its
+    C{build:} and C{reactor:} lines), C{"unknown"} for one not found.
     """
-    name = "storm-{}".format(transport)
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(found) < 2:
+        try:
+            with open(logPath, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            text = ""
+        for key, pattern in (("build", r"\] build: (.+)"), ("reactor", r"\] reactor: (\S+)")):
+            match = re.search(pattern, text)
+            if match:
+                found[key] = match.group(1).strip()
+        if len(found) < 2:
+            time.sleep(0.1)
+    return found.get("build", "unknown"), found.get("reactor", "unknown")
+
+
+def registeredLeft(server: Server, env: Environment, db: bool) -> int | None:
+    """
+    Bindings of stream connections still stored: rows of the location table
+    with a connection id (PostgreSQL), or whether the admin API still lists
+    any binding (memory: 0 or 1).  C{None} when it cannot be read.
+    """
+    if db:
+        return int(dbQuery(env, "SELECT count(*) FROM location WHERE connection_id > 0"))
+    url = "http://{}:{}/api/registrations?limit=1".format(HOST, server.adminPort)
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return len(json.loads(answer.read())["registrations"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def answerFigures(samples: list[list[float | None]], start: float, end: float
+                  ) -> dict[str, Any]:
+    """
+    The pinger's answer times for the OPTIONS sent from C{start} to C{end}
+    (monotonic clock): how many, how many never answered, the largest,
+    the 99th percentile and the median, in milliseconds.
+    """
+    times = [rtt for sent, rtt in samples
+             if sent is not None and start <= sent <= end and rtt is not None]
+    lost = sum(1 for sent, rtt in samples
+               if sent is not None and start <= sent <= end and rtt is None)
+    times.sort()
+
+    def percentile(fraction: float) -> float | None:
+        if not times:
+            return None
+        return round(1000 * times[max(0, math.ceil(fraction * len(times)) - 1)], 1)
+
+    return {"pings": len(times) + lost, "lost": lost,
+            "maxMs": round(1000 * times[-1], 1) if times else None,
+            "p99Ms": percentile(0.99), "medianMs": percentile(0.5)}
+
+
+def storm(env: Environment, kind: str, count: int, outDir: str, db: bool = False
+          ) -> dict[str, Any]:
+    """
+    The storm of C{kind} (L{STORM_KINDS}) as a user sees it: sipcore started
+    as the README starts it (twistd, default options but for loopback
+    ports, in memory unless C{db}), C{count} connections registered, then
+    all reset, dropped or refreshed at once while C{bench/storm_pinger.py},
+    in its own process, sends an OPTIONS over UDP every 10 ms.
+
+    Measured: the pinger's answer times (largest, 99th percentile, median,
+    lost) from the moment of the storm until its work is done plus 0.5 s;
+    the seconds until no binding of the connections is left (reset, drop)
+    or until the last refresh is answered (refresh); the resident memory per
+    idle registered connection; the largest reactor lag the server's own
+    probe saw (for comparison with what the client saw).
+    """
+    transport, action = STORM_KINDS[kind]
+    name = "storm-" + kind
     streamPort = freePort()
-    server = startSipcore(name, outDir, env, db=True,
+    server = startSipcore(name, outDir, env, db=db, benchOptions=False, adminPort=freePort(),
                           streamPorts={transport: streamPort} if transport == "ws" else None)
     if server is None:
-        return {"transport": transport, "error": "sipcore did not start"}
+        return {"kind": kind, "error": "sipcore did not start"}
+    build, reactor = serverStartLines(os.path.join(outDir, name + ".log"))
     port = streamPort if transport == "ws" else server.port
-    result: dict[str, Any] = {"transport": transport, "connections": count}
+    result: dict[str, Any] = {"kind": kind, "transport": transport, "connections": count,
+                              "build": build, "reactor": reactor,
+                              "storage": "postgresql" if db else "memory"}
     try:
-        dbQuery(env, "TRUNCATE location")
+        if db:
+            dbQuery(env, "TRUNCATE location")
         time.sleep(1.0)
         rssBefore = rssBytes(server.proc.pid)
         client = PROCS.start(
             name + "-client",
             [sys.executable, os.path.join(BENCH, "storm_client.py"), transport, str(port),
-             str(count), "--hold", "600"],
+             str(count), "--hold", "600"] + (["--reset"] if action == "reset" else []),
             os.path.join(outDir, name + "-client.err"),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = readLine(client, "READY", 300)
@@ -668,59 +769,79 @@ def storm(env: Environment, transport: str, count: int, outDir: str) -> dict[str
         _, registered, failed, took = ready.split()
         result.update(registered=int(registered), registerFailed=int(failed),
                       registerSeconds=float(took))
-        rows = dbQuery(env, "SELECT count(*) FROM location WHERE connection_id > 0")
-        result["rowsBefore"] = rows
         time.sleep(2.0)
-        rssAfter = rssBytes(server.proc.pid)
+        result["rssPerConnection"] = round(
+            (rssBytes(server.proc.pid) - rssBefore) / max(1, int(registered)))
+        pinger = PROCS.start(
+            name + "-pinger",
+            [sys.executable, os.path.join(BENCH, "storm_pinger.py"), str(server.port),
+             "--seconds", "180"],
+            os.path.join(outDir, name + "-pinger.err"),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if readLine(pinger, "READY", 15) is None:
+            result["error"] = "the pinger got no answer"
+            return result
         # Let the lag probe's recent window (5 s) forget the registration
-        # phase, so the lag read during the drop is the drop's.
-        time.sleep(4.0)
-        result["rssPerConnection"] = round((rssAfter - rssBefore) / max(1, int(registered)))
-        before = metrics(server.metricsPort)
-        deletesBefore = before.get('sipcore_store_statements_total{kind="removeConnections"}', 0)
-        lag = before.get('sipcore_reactor_lag_seconds{stat="recent_max"}', 0.0)
-        result["lagBeforeDrop"] = lag
+        # phase, and the pinger measure a quiet server first.
+        time.sleep(5.0)
+        lagBefore = metrics(server.metricsPort).get(
+            'sipcore_reactor_lag_seconds{stat="recent_max"}', 0.0)
         profiler = None
         pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
         if os.environ.get("BENCH_PROFILE") == "1" and os.path.exists(pyspy):
-            # Where the drop's time goes: a py-spy flame graph of the server.
+            # Where the storm's time goes: a py-spy profile of the server.
             profiler = PROCS.start(name + "-py-spy", [
                 pyspy, "record", "-p", str(server.proc.pid), "-d", "8", "-r", "500",
-                "-f", "raw", "-o", os.path.join(outDir, name + "-drop.txt")], os.path.join(outDir, "py-spy.out"))
+                "-f", "raw", "-o", os.path.join(outDir, name + ".py-spy.txt")],
+                os.path.join(outDir, name + "-py-spy.out"))
             time.sleep(1.0)
-        client.stdin.write("DROP\n")
-        client.stdin.flush()
         t0 = time.monotonic()
+        client.stdin.write("REFRESH\n" if action == "refresh" else "DROP\n")
+        client.stdin.flush()
         maxLag = 0.0
-        gone = None
-        lastPoll = 0.0
-        deadline = t0 + 60
-        while time.monotonic() < deadline:
-            left = dbQuery(env, "SELECT count(*) FROM location WHERE connection_id > 0")
-            if left == 0 and gone is None:
-                gone = time.monotonic() - t0
-            if time.monotonic() - lastPoll > 0.25 or gone is not None:
-                lastPoll = time.monotonic()
-                sample = metrics(server.metricsPort)
-                maxLag = max(maxLag, sample.get('sipcore_reactor_lag_seconds{stat="recent_max"}',
-                                                0.0))
-            if gone is not None:
-                break
-            time.sleep(0.01)
+        done = None
+        if action == "refresh":
+            line = readLine(client, "REFRESHED", 120)
+            done = time.monotonic() - t0 if line is not None else None
+            if line is not None:
+                _, answered, refreshFailed, _ = line.split()
+                result.update(refreshAnswered=int(answered), refreshFailed=int(refreshFailed))
+            maxLag = metrics(server.metricsPort).get(
+                'sipcore_reactor_lag_seconds{stat="recent_max"}', 0.0)
+        else:
+            deadline = t0 + 60
+            lastPoll = 0.0
+            while time.monotonic() < deadline:
+                if registeredLeft(server, env, db) == 0:
+                    done = time.monotonic() - t0
+                    break
+                if time.monotonic() - lastPoll > 0.25:
+                    lastPoll = time.monotonic()
+                    maxLag = max(maxLag, metrics(server.metricsPort).get(
+                        'sipcore_reactor_lag_seconds{stat="recent_max"}', 0.0))
+                time.sleep(0.05)
+        end = time.monotonic() if done is None else t0 + done
         time.sleep(1.0)
-        after = metrics(server.metricsPort)
-        maxLag = max(maxLag, after.get('sipcore_reactor_lag_seconds{stat="recent_max"}', 0.0))
-        deletes = after.get('sipcore_store_statements_total{kind="removeConnections"}', 0) - \
-            deletesBefore
+        maxLag = max(maxLag, metrics(server.metricsPort).get(
+            'sipcore_reactor_lag_seconds{stat="recent_max"}', 0.0))
+        pinger.stdin.write("STOP\n")
+        pinger.stdin.flush()
+        report = readLine(pinger, "{", 30)
+        samples = json.loads(report)["samples"] if report else []
         result.update(
-            secondsUntilRowsGone=round(gone, 3) if gone is not None else None,
-            rowsLeft=dbQuery(env, "SELECT count(*) FROM location WHERE connection_id > 0"),
-            maxLagSeconds=round(maxLag, 4),
-            deleteStatements=int(deletes),
-            deletesPer100=round(100 * deletes / max(1, int(registered)), 3),
+            secondsUntilDone=round(done, 3) if done is not None else None,
+            answers=answerFigures(samples, t0, end + 0.5),
+            answersBefore=answerFigures(samples, t0 - 4.0, t0),
+            maxLagSeconds=round(maxLag, 4), lagBeforeSeconds=round(lagBefore, 4),
         )
+        if action != "refresh":
+            result["bindingsLeft"] = registeredLeft(server, env, db)
+        else:
+            client.stdin.write("DROP\n")
+            client.stdin.flush()
         readLine(client, "DROPPED", 30)
         PROCS.stop(client)
+        PROCS.stop(pinger)
         if profiler is not None:
             try:
                 profiler.wait(15)
@@ -898,18 +1019,27 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("| {} | {} | {} | {} |".format(
             name, "-" if r["ratio"] is None else r["ratio"], r["target"],
             "-" if r["met"] is None else ("yes" if r["met"] else "no")))
-    lines += ["", "## Disconnect storm (sipcore on PostgreSQL, group commit)", "",
-              "| transport | connections | rows gone after (s) | max reactor lag (ms) "
-              "| DELETEs per 100 connections | RSS per idle registered connection (bytes) |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "## Disconnect storm (a UDP client's answer times, from its own process)", "",
+              "sipcore as the README runs it (twistd, default options but for loopback "
+              "ports); a pinger sends an OPTIONS over UDP every 10 ms meanwhile. Answer times "
+              "are of the OPTIONS sent from the storm until its work was done plus 0.5 s; "
+              "done: no binding left (reset, drop), every refresh answered (refresh).", "",
+              "| storm | build | reactor | storage | connections | largest answer (ms) "
+              "| 99th percentile (ms) | median (ms) | pings (lost) | done after (s) "
+              "| server's own lag probe (ms) | RSS per idle registered connection (bytes) |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in results["storm"]:
         if "error" in s:
-            lines.append("| {} | - | {} | | | |".format(s["transport"], s["error"]))
+            lines.append("| {} | {} | {} | {} | - | {} | | | | | | |".format(
+                s["kind"], s.get("build", "-"), s.get("reactor", "-"), s.get("storage", "-"),
+                s["error"]))
             continue
-        lines.append("| {} | {} | {} | {:.1f} | {} | {} |".format(
-            s["transport"], s.get("registered"), s.get("secondsUntilRowsGone"),
-            1000 * s.get("maxLagSeconds", 0), s.get("deletesPer100"),
-            s.get("rssPerConnection")))
+        answers = s.get("answers", {})
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {:.1f} | {} |".format(
+            s["kind"], s["build"], s["reactor"], s["storage"], s.get("registered"),
+            answers.get("maxMs"), answers.get("p99Ms"), answers.get("medianMs"),
+            answers.get("pings"), answers.get("lost"), s.get("secondsUntilDone"),
+            1000 * s.get("maxLagSeconds", 0), s.get("rssPerConnection")))
     fairness = results.get("flood")
     if fairness:
         lines += ["", "## UDP flood fairness (bench/flood.py)", ""]
@@ -980,6 +1110,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only these parts (repeatable)")
     parser.add_argument("--storm", type=int, default=None,
                         help="connections in the disconnect storm (default 10000; quick 300)")
+    parser.add_argument("--storm-kinds", default=os.environ.get(
+                            "BENCH_STORM_KINDS", ",".join(STORM_KINDS)),
+                        help="comma-separated storms: tcp-reset (every TCP connection reset "
+                             "at once), ws-drop (every WebSocket connection closed at once), "
+                             "tcp-refresh (a REGISTER refresh over every TCP connection at "
+                             "once); default all (BENCH_STORM_KINDS)")
+    parser.add_argument("--storm-db", action="store_true",
+                        default=os.environ.get("BENCH_STORM_DB") == "1",
+                        help="run the storm's server on PostgreSQL (--db) instead of the "
+                             "README's in-memory default (BENCH_STORM_DB=1)")
     parser.add_argument("--transports", default=None,
                         help="comma-separated transports for the rate steps "
                              "(default udp,tcp; quick udp)")
@@ -998,6 +1138,11 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.only or (QUICK_PARTS if quick else SERVERS + ("storm", "flood")))
     transports = (args.transports or ("udp" if quick else "udp,tcp")).split(",")
     stormCount = args.storm if args.storm is not None else (300 if quick else 10000)
+    stormKinds = args.storm_kinds.split(",")
+    for kind in stormKinds:
+        if kind not in STORM_KINDS:
+            parser.error("--storm-kinds: {!r} is not one of {}".format(kind, ", ".join(STORM_KINDS)))
+    stormDb = args.storm_db
     stamp = time.strftime("%Y%m%d-%H%M%S")
     outDir = os.path.join(args.out, stamp)
     os.makedirs(outDir, exist_ok=True)
@@ -1018,7 +1163,8 @@ def main(argv: list[str] | None = None) -> int:
                                       "(Debian package kamailio-postgres-modules)")
     haveDb = prepareDatabase(env)
     if not haveDb:
-        for name in ("sipcore-postgres", "sipcore-postgres-2w", "kamailio-db", "storm"):
+        for name in ("sipcore-postgres", "sipcore-postgres-2w", "kamailio-db") + (
+                ("storm",) if stormDb else ()):
             env.skipped[name] = env.skipped["postgresql"]
 
     results: dict[str, Any] = {"quick": quick, "rates": [], "rounds": [], "storm": [],
@@ -1056,9 +1202,9 @@ def main(argv: list[str] | None = None) -> int:
             bestOfRounds(results["rounds"]),
             key=lambda r: (SERVERS.index(r["server"]), transports.index(r["transport"])))
         if "storm" in parts and "storm" not in env.skipped:
-            for transport in os.environ.get("BENCH_STORM_TRANSPORTS", "tcp,ws").split(","):
-                log("disconnect storm: {} x {}".format(stormCount, transport))
-                outcome = storm(env, transport, stormCount, outDir)
+            for kind in stormKinds:
+                log("storm: {} x {}{}".format(stormCount, kind, " (PostgreSQL)" if stormDb else ""))
+                outcome = storm(env, kind, stormCount, outDir, db=stormDb)
                 log("  {}".format(outcome))
                 results["storm"].append(outcome)
         if "flood" in parts:

@@ -39,6 +39,7 @@ def _load(name: str) -> ModuleType:
 
 run = _load("run")
 storm_client = _load("storm_client")
+storm_pinger = _load("storm_pinger")
 flood = _load("flood")
 procstat = _load("procstat")
 
@@ -109,9 +110,14 @@ class ReportTests(SynchronousTestCase):
              "dbCpu": 0.2},
         ]
         results = {"quick": False, "rates": rates, "skipped": {"kamailio-db": "not here"},
-                   "storm": [{"transport": "tcp", "registered": 10, "secondsUntilRowsGone": 0.5,
-                              "maxLagSeconds": 0.01, "deletesPer100": 10.0,
-                              "rssPerConnection": 3000}],
+                   "storm": [{"kind": "tcp-reset", "transport": "tcp", "registered": 10,
+                              "build": "compiled (mypyc)",
+                              "reactor": "sipcore.reactor.FairEPollReactor",
+                              "storage": "memory", "secondsUntilDone": 0.5,
+                              "answers": {"pings": 70, "lost": 1, "maxMs": 12.5,
+                                          "p99Ms": 9.0, "medianMs": 0.8},
+                              "maxLagSeconds": 0.01, "rssPerConnection": 3000},
+                             {"kind": "ws-drop", "error": "sipcore did not start"}],
                    "machine": {"date": "2026-01-01T00:00:00+00:00", "cpu": "cpu", "cores": 2,
                                "memoryGiB": 24, "kernel": "6", "versions": {"sipp": "v3"}}}
         results["ratios"] = run.summarize(results)
@@ -137,7 +143,9 @@ class ReportTests(SynchronousTestCase):
         text = run.markdown(self.results())
         self.assertIn("| sipcore-memory | udp | 3000 | 3000 | 90% | - |", text)
         self.assertIn("| sipcore-memory / kamailio-memory (udp) | 0.5 | 0.6 | no |", text)
-        self.assertIn("| tcp | 10 | 0.5 | 10.0 | 10.0 | 3000 |", text)
+        self.assertIn("| tcp-reset | compiled (mypyc) | sipcore.reactor.FairEPollReactor | "
+                      "memory | 10 | 12.5 | 9.0 | 0.8 | 70 (1) | 0.5 | 10.0 | 3000 |", text)
+        self.assertIn("| ws-drop | - | - | - | - | sipcore did not start |", text)
         self.assertIn("- kamailio-db: not here", text)
 
 
@@ -211,6 +219,51 @@ class StormClientTests(SynchronousTestCase):
             mask = frame[offset:offset + 4]
             body = frame[offset + 4:]
             self.assertEqual(bytes(b ^ mask[i % 4] for i, b in enumerate(body)), payload)
+
+
+class StormFiguresTests(SynchronousTestCase):
+    """
+    The storm's pinger messages and the answer-time figures made from its
+    samples.
+    """
+
+    def test_pingerOptions(self) -> None:
+        """
+        The pinger's OPTIONS is a valid SIP request whose answer (which
+        copies its Call-ID) names its number.
+        """
+        data = storm_pinger.options(5060, 4000, 41)
+        request = parseMessage(data)
+        assert isinstance(request, Request)
+        self.assertEqual(request.method, "OPTIONS")
+        self.assertEqual(storm_pinger.callNumber(data), 42)
+        self.assertIsNone(storm_pinger.callNumber(b"SIP/2.0 200 OK\r\nCall-ID: other\r\n"))
+
+    def test_refreshRegister(self) -> None:
+        """
+        A refresh is the same registration with the next CSeq.
+        """
+        first = parseMessage(storm_client.register("s1x2", "tcp", ("127.0.0.1", 5000), 5060))
+        refresh = parseMessage(storm_client.register("s1x2", "tcp", ("127.0.0.1", 5000), 5060,
+                                                     cseq=2))
+        assert isinstance(first, Request) and isinstance(refresh, Request)
+        self.assertEqual(refresh.callId, first.callId)
+        self.assertEqual(refresh.cseq, (2, "REGISTER"))
+
+    def test_answerFigures(self) -> None:
+        """
+        Only the pings sent in the window count; an unanswered one is lost,
+        not a time; the 99th percentile of 100 times is the 99th smallest.
+        """
+        samples: list[list[float | None]] = [[100.0 + i / 100, (i + 1) / 1000]
+                                             for i in range(100)]
+        samples += [[101.5, None], [99.0, 5.0], [103.0, 5.0]]
+        figures = run.answerFigures(samples, 100.0, 102.0)
+        self.assertEqual(figures, {"pings": 101, "lost": 1, "maxMs": 100.0, "p99Ms": 99.0,
+                                   "medianMs": 50.0})
+        self.assertEqual(run.answerFigures([], 0.0, 1.0),
+                         {"pings": 0, "lost": 0, "maxMs": None, "p99Ms": None,
+                          "medianMs": None})
 
 
 class FloodTests(SynchronousTestCase):
