@@ -18,6 +18,8 @@ from sipcore.sip.core import (
     respond,
     supportedTags,
 )
+from sipcore.sip.machine import TERMINATED, TIMER_J, TIMER_UNANSWERED
+from sipcore.sip.servertransaction import ServerTransaction
 from sipcore.testing import FakeFlow, parseRequest
 
 
@@ -205,6 +207,38 @@ class CoreTests(SynchronousTestCase):
         [tx] = seen
         self.assertEqual(tx.request.method, "REGISTER")
         self.assertIs(tx.flow, self.flow)
+
+    def test_timersAfterTheHandler(self) -> None:
+        """
+        A transaction its handler answered at once runs no timer for an
+        answer that is late, only Timer J; one it left unanswered (even by
+        raising) runs the unanswered-request timer and ends after 64 s.
+        """
+        seen: list[ServerTransactionLike] = []
+
+        def answer(tx: ServerTransactionLike) -> None:
+            seen.append(tx)
+            self.core.respond(tx, 200)
+
+        self.core.route("REGISTER", answer)
+        self.core.messageReceived(request("REGISTER"), self.flow)
+        [answered] = seen
+        assert isinstance(answered, ServerTransaction)
+        self.assertEqual(answered.timerNames, [TIMER_J])
+
+        def broken(tx: ServerTransactionLike) -> None:
+            seen.append(tx)
+            raise RuntimeError("bug")
+
+        self.core.route("MESSAGE", broken)
+        self.core.messageReceived(request("MESSAGE", "sip:bob@example.com"), self.flow)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        unanswered = seen[-1]
+        assert isinstance(unanswered, ServerTransaction)
+        self.assertEqual(unanswered.timerNames, [TIMER_UNANSWERED])
+        self.clock.advance(64.1)
+        self.assertEqual(unanswered.state, TERMINATED)
+        self.assertEqual(self.core.stats["unanswered"], 1)
 
     def test_notImplemented(self) -> None:
         """

@@ -31,6 +31,7 @@ from sipcore.sip.machine import (
     CONFIRMED,
     PROCEEDING,
     TERMINATED,
+    TIMER_J,
     TIMER_UNANSWERED,
     TRYING,
     TimerValues,
@@ -52,12 +53,15 @@ NEXT_HOP = ("198.51.100.7", 5060)
 
 def serverTransaction(layer: TransactionLayer, request: Request, flow: IFlow) -> ServerTransaction:
     """
-    The server transaction C{layer} matches C{request} to (a new one or
-    not).
+    The server transaction C{layer} matches C{request} to (a new one,
+    started, or not).
     """
     found = layer.requestReceived(request, flow)
     assert isinstance(found, tuple), found
-    return found[0]
+    tx, isNew = found
+    if isNew:
+        tx.start()
+    return tx
 
 
 @implementer(IFlow)
@@ -900,6 +904,19 @@ class _ServerMixin:
         return self.layer.requestReceived(request, self.flow)
 
     def newServer(self, request: Request) -> Any:
+        """
+        A new server transaction for C{request}, started as the core starts
+        it when its handler has not answered at once.
+        """
+        tx = self.newUnstarted(request)
+        tx.start()
+        return tx
+
+    def newUnstarted(self, request: Request) -> Any:
+        """
+        A new server transaction for C{request}, as the layer hands it to
+        the core: not started.
+        """
         result = self.receive(request)
         assert isinstance(result, tuple), result
         tx, isNew = result
@@ -928,6 +945,19 @@ class InviteServerTransactionTests(_ServerMixin, SynchronousTestCase):
         self.assertEqual(tx.timerNames, ["100 Trying"])
         self.assertEqual(self.flow.sent, [])
         self.assertEqual(self.layer.serverTransactions, 1)
+
+    def test_notStartedNoTimer(self) -> None:
+        """
+        The layer hands out a new transaction without timers; its start
+        adds none when the TU has sent a response by then.
+        """
+        tx = self.newUnstarted(self.request)
+        self.assertEqual(tx.timerNames, [])
+        tx.respond(makeResponse(self.request, 180))
+        tx.start()
+        self.assertEqual(tx.timerNames, [])
+        self.clock.advance(1)
+        self.assertEqual([m.status for m in self.flow.messages()], [180])
 
     def test_tryingAfter200ms(self) -> None:
         """
@@ -1287,6 +1317,28 @@ class NonInviteServerTransactionTests(_ServerMixin, SynchronousTestCase):
         self.assertEqual(tx.timerNames, [TIMER_UNANSWERED])
         self.clock.advance(10)
         self.assertEqual(self.flow.sent, [])
+
+    def test_answeredBeforeStart(self) -> None:
+        """
+        A transaction its TU answered before it was started has only timer
+        J once started: no unanswered-request timer.
+        """
+        tx = self.newUnstarted(self.request)
+        tx.respond(makeResponse(self.request, 200))
+        tx.start()
+        self.assertEqual(tx.state, COMPLETED)
+        self.assertEqual(tx.timerNames, [TIMER_J])
+
+    def test_provisionalBeforeStart(self) -> None:
+        """
+        A transaction that sent a provisional response before it was
+        started starts the unanswered-request timer in Proceeding.
+        """
+        tx = self.newUnstarted(self.request)
+        tx.respond(makeResponse(self.request, 180))
+        tx.start()
+        self.assertEqual(tx.state, PROCEEDING)
+        self.assertEqual(tx.timerNames, [TIMER_UNANSWERED])
 
     def test_tryingAbsorbsRetransmission(self) -> None:
         """
@@ -2045,6 +2097,7 @@ class UnansweredServerTransactionTests(SynchronousTestCase):
         assert found is not None and found is not OVERLOADED
         tx, isNew = found
         self.assertTrue(isNew)
+        tx.start()
         tx.respond(Response.forRequest(tx.request, 180))
         clock.advance(63.9)
         self.assertEqual(layer.serverTransactions, 1)
@@ -2063,6 +2116,7 @@ class UnansweredServerTransactionTests(SynchronousTestCase):
         found = layer.requestReceived(makeRequest("MESSAGE"), flow)
         assert found is not None and found is not OVERLOADED
         tx, _ = found
+        tx.start()
         tx.respond(Response.forRequest(tx.request, 200))
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(layer.serverTransactions, 0)

@@ -30,7 +30,7 @@ from sipcore.metrics import (
     labelled,
     register,
 )
-from sipcore.sip.servertransaction import sendToSender
+from sipcore.sip.servertransaction import ServerTransaction, sendToSender
 from sipcore.sip.transaction import DEFAULT_MAX_TRANSACTIONS, OVERLOADED, TransactionLayer
 
 #: The option tags this server implements.  C{path} is in effect only when
@@ -441,6 +441,17 @@ class SIPCore:
             return
         if data is not None and not flow.reliable:
             self.transactions.recordDatagram(tx, data)
+        try:
+            self._handleNew(tx, request, flow)
+        finally:
+            # After the handler: a transaction it answered at once needs
+            # no timer for an answer that is late.
+            tx.start()
+
+    def _handleNew(self, tx: ServerTransaction, request: Request, flow: IFlow) -> None:
+        """
+        Answer a new request or hand it to its handler.
+        """
         scheme = request.uri.scheme.lower()
         if scheme not in ("sip", "sips", "tel"):
             self.respond(tx, 416, "Unsupported URI Scheme")

@@ -153,7 +153,11 @@ class ServerTransaction(Transaction):
 
     def start(self) -> None:
         """
-        Start the transaction's timers, if any.  Called once by the layer.
+        Start the timers the transaction still needs once its TU has had
+        the request (the TU calls it once, whether it answered or not): a
+        non-INVITE transaction without a final response starts its
+        unanswered-request timer, an INVITE transaction that has sent
+        nothing its 100 Trying timer; one answered at once needs neither.
         """
         self._fire(START)
 
@@ -238,7 +242,8 @@ class InviteServerTransaction(ServerTransaction):
             self._startTimer(TIMER_L, self.timers.timeout)
 
     def _startTrying(self, arg: Any) -> None:
-        self._startTimer(TIMER_TRYING, self.tryingDelay)
+        if self.lastResponse is None:
+            self._startTimer(TIMER_TRYING, self.tryingDelay)
 
     def _sendTrying(self, arg: Any) -> None:
         if self.lastResponse is not None:
@@ -318,6 +323,7 @@ class NonInviteServerTransaction(ServerTransaction):
 # RFC 3261 figure 8, with the unanswered-request timer.
 NonInviteServerTransaction._TRANSITIONS = {
     (TRYING, START): (None, NonInviteServerTransaction._startUnanswered),
+    (PROCEEDING, START): (None, NonInviteServerTransaction._startUnanswered),
     (TRYING, REQUEST): (None, None),
     (TRYING, TIMER_UNANSWERED): (TERMINATED, NonInviteServerTransaction._unanswered),
     (PROCEEDING, TIMER_UNANSWERED): (TERMINATED, NonInviteServerTransaction._unanswered),

@@ -321,7 +321,9 @@ class TransactionLayer:
         @param request: a parsed request (with Via, CSeq, Call-ID, From, To).
         @param flow: the L{IFlow} it arrived on.
         @return: C{(transaction, True)} for a new request, which the TU
-            must answer with C{transaction.respond}; C{(transaction, False)}
+            must answer with C{transaction.respond} and, once it has had
+            the request (answered or not), start with
+            C{transaction.start()}; C{(transaction, False)}
             for a retransmission, already handled (the last response was
             replayed): ignore it; C{None} for an ACK, which is either
             absorbed by its INVITE transaction or handed to the TU's
@@ -393,7 +395,6 @@ class TransactionLayer:
         for index, key in keys:
             tables[index][key] = tx
         self._serverKeys[tx] = keys
-        tx.start()
         return tx
 
     def _serverTerminated(self, tx: ServerTransaction) -> None:
