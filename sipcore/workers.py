@@ -393,14 +393,10 @@ def runStore(fds: list[int], logfile: str | None) -> None:
 
 def runWorker(index: int, options: list[str], logfile: str | None) -> None:
     """
-    Run worker C{index}: install the fair reactor, then run C{twistd
-    sipcore} in this process (its C{--listen} specs name the shared
-    sockets already).
+    Run worker C{index}: run C{twistd --reactor sipcore-epoll sipcore} in
+    this process (its C{--listen} specs name the shared sockets already).
     """
-    import sipcore.reactor
-
-    sipcore.reactor.install()
-    argv = ["twistd", "-n", "--pidfile="]
+    argv = ["twistd", "--reactor", "sipcore-epoll", "-n", "--pidfile="]
     if logfile:
         argv += ["--logfile", "{}.{}".format(logfile, index)]
     argv += ["sipcore"] + workerArguments(options, index)

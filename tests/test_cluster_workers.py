@@ -212,7 +212,7 @@ class WorkersClusterTests(TestCase):
         BYE) between them completes; a MESSAGE to a user registered over
         another worker's WebSocket connection is delivered; a forged flow Route from
         outside gets 403 and is delivered nowhere; the shared secret is in
-        no log.
+        no log; each worker runs on the fair reactor.
         """
         directory = self.mktemp()
         os.makedirs(directory)
@@ -229,6 +229,8 @@ class WorkersClusterTests(TestCase):
         await waitUntil(lambda: all(len(pattern.findall(self.read(p))) == 2 for p in logs),
                         timeout=PATIENCE * 3, what="workers listening: " + proc.output[-2000:])
         ports = [set(int(p) for p in pattern.findall(self.read(path))) for path in logs]
+        for path in logs:
+            self.assertIn("] reactor: sipcore.reactor.FairEPollReactor (", self.read(path))
         wsPattern = re.compile(r"listening on ws 127\.0\.0\.1:(\d+)")
         [wsPort] = set(int(p) for p in wsPattern.findall(self.read(logs[0])))
         [shared] = ports[0] & ports[1]
