@@ -71,13 +71,13 @@ def sippPath() -> str:
 
 def nodePath() -> str:
     """
-    @return: the node executable, with SIP.js and ws installed.
+    @return: the node executable, with SIP.js, JsSIP and ws installed.
     @raise SkipTest: when either is missing (and peers are not required).
     """
     node = shutil.which("node")
     if node is None:
         _missing("Node.js is not installed")
-    for package in ("sip.js", "ws"):
+    for package in ("sip.js", "jssip", "ws"):
         if not os.path.isdir(os.path.join(PEERS, "node_modules", package)):
             _missing("npm package {} is missing (run: npm ci --prefix tests/peers)".format(
                 package))

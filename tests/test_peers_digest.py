@@ -1,10 +1,11 @@
 # -*- test-case-name: tests.test_peers_digest -*-
 """
-Digest authentication with real SIP clients from Debian: baresip 1.0
-(package C{baresip}) and sipsak (package C{sipsak}) register with a
-password against a whole sipcore service on loopback, with the default
-C{--auth-algorithms} and with SHA-256 offered too (the interoperability
-matrix in docs/security.rst, "Client interoperability").
+Digest authentication with real SIP clients: baresip 1.0 (Debian package
+C{baresip}) and sipsak (package C{sipsak}) over UDP, SIP.js and JsSIP (npm,
+in C{tests/peers}) over WebSocket, register with a password against a whole
+sipcore service on loopback, with the default C{--auth-algorithms} and with
+SHA-256 offered too (the interoperability matrix in docs/security.rst,
+"Client interoperability").
 
 Without the clients these tests skip, unless C{SIPCORE_REQUIRE_PEERS=1}
 (as C{.ci/run} sets), where a missing client is a failure.
@@ -12,16 +13,26 @@ Without the clients these tests skip, unless C{SIPCORE_REQUIRE_PEERS=1}
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import shutil
 import socket
+import sys
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from tests.peerhelpers import SippProcess, _missing, freePort, startPeer, waitRegistered
+from tests.peerhelpers import (
+    PEERS,
+    SippProcess,
+    _missing,
+    freePort,
+    startNode,
+    startPeer,
+    waitRegistered,
+)
 from tests.serverhelpers import startServer, waitUntil
 
 #: Seconds a client may take to register.
@@ -47,6 +58,25 @@ def startClient(testCase: TestCase, args: list[str], workdir: str) -> SippProces
     return startPeer(testCase, os.path.basename(args[0]), args, workdir)
 
 
+async def authServer(testCase: TestCase, name: str, *args: str, domain: str = "example.com",
+                     transports: tuple[str, ...] = ("udp",)) -> tuple[Any, str, str]:
+    """
+    A server with one user of C{domain} (C{name} and a random suffix) in an
+    C{--auth-file}, listening on C{transports}.
+
+    @return: the service, the user's name and password.
+    """
+    user = name + secrets.token_hex(3)
+    password = "pw-" + secrets.token_hex(6)
+    path = testCase.mktemp()
+    with open(path, "w") as f:
+        f.write("{}@{}:{}\n".format(user, domain, password))
+    service = await startServer(testCase, "--auth-file", path, "--domain", domain, *args,
+                                transports=transports)
+    testCase.addCleanup(service.proxy.stop)
+    return service, user, password
+
+
 class DigestClientTests(TestCase):
     """
     Real clients answer sipcore's digest challenges over UDP.
@@ -60,15 +90,7 @@ class DigestClientTests(TestCase):
 
         @return: the service, the user's name and password.
         """
-        user = "alice" + secrets.token_hex(3)
-        password = "pw-" + secrets.token_hex(6)
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write("{}@{}:{}\n".format(user, domain, password))
-        service = await startServer(self, "--auth-file", path, "--domain", domain, *args,
-                                    transports=("udp",))
-        self.addCleanup(service.proxy.stop)
-        return service, user, password
+        return await authServer(self, "alice", *args, domain=domain)
 
     def baresip(self, port: int, user: str, password: str) -> SippProcess:
         """
@@ -151,3 +173,110 @@ class DigestClientTests(TestCase):
         service, aor, client = await self.sipsak("--auth-algorithms", "SHA-256,MD5")
         self.assertIn(b"unsupported authentication algorithm", client.output, client.text())
         self.assertEqual(await service.store.lookup(aor, reactor.seconds()), [])
+
+
+class JavaScriptDigestTests(TestCase):
+    """
+    SIP.js and JsSIP, in Node over WebSocket, answer sipcore's digest
+    challenges (C{tests/peers/register.mjs}).
+    """
+
+    timeout = 90
+
+    async def register(self, library: str, *args: str) -> tuple[Any, str, int]:
+        """
+        Start a server with one user in an C{--auth-file} and a WebSocket
+        listener, and register the user with C{library}.
+
+        @return: the service, the address of record and the final status
+            the client reported.
+        """
+        service, user, password = await authServer(self, library, *args, transports=("ws",))
+        script = startNode(self, "register.mjs", library,
+                           "ws://127.0.0.1:{}".format(service.ports["ws"]), "example.com", user,
+                           env={"SIPCORE_PEER_PASSWORD": password})
+        event = await script.event("registered")
+        return service, user + "@example.com", int(event["status"])
+
+    async def assertRegisters(self, library: str, *args: str) -> None:
+        service, aor, status = await self.register(library, *args)
+        self.assertEqual(status, 200)
+        await waitRegistered(service, aor, timeout=PATIENCE)
+
+    async def assertFails(self, library: str, *args: str) -> None:
+        service, aor, status = await self.register(library, *args)
+        self.assertEqual(status, 401)
+        self.assertEqual(await service.store.lookup(aor, reactor.seconds()), [])
+
+    async def test_sipjsDefault(self) -> None:
+        """
+        SIP.js 0.21 registers with the default challenge (MD5 only).
+        """
+        await self.assertRegisters("sipjs")
+
+    async def test_sipjsLastChallenge(self) -> None:
+        """
+        SIP.js reads only the last challenge of a 401 and computes MD5
+        only: with C{MD5,SHA-256} it gives up (its final response is the
+        401), with C{SHA-256,MD5} it registers.
+        """
+        await self.assertFails("sipjs", "--auth-algorithms", "MD5,SHA-256")
+        await self.assertRegisters("sipjs", "--auth-algorithms", "SHA-256,MD5")
+
+    async def test_jssipDefault(self) -> None:
+        """
+        JsSIP 3.13 registers with the default challenge (MD5 only).
+        """
+        await self.assertRegisters("jssip")
+
+    async def test_jssipLastChallenge(self) -> None:
+        """
+        JsSIP, like SIP.js, reads only the last challenge and computes MD5
+        only: C{MD5,SHA-256} fails, C{SHA-256,MD5} registers.
+        """
+        await self.assertFails("jssip", "--auth-algorithms", "MD5,SHA-256")
+        await self.assertRegisters("jssip", "--auth-algorithms", "SHA-256,MD5")
+
+
+class PjsuaDigestTests(TestCase):
+    """
+    pjsua2 (pjproject 2.15, the C{pjsua2-python} wheel from PyPI) answers
+    sipcore's digest challenges over UDP, whichever algorithms are offered
+    (C{tests/peers/pjsua2_register.py}, in a process of its own).
+    """
+
+    timeout = 90
+
+    async def assertRegisters(self, *args: str) -> None:
+        if importlib.util.find_spec("pjsua2") is None:
+            _missing("pjsua2 is not installed (pip install pjsua2-python)")
+        service, user, password = await authServer(self, "pj", *args)
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        client = startPeer(self, "pjsua2", [
+            sys.executable, os.path.join(PEERS, "pjsua2_register.py"),
+            str(service.ports["udp"]), user, password], workdir)
+        await waitUntil(lambda: b"registered " in client.output or client.ended.called,
+                        timeout=PATIENCE, what="pjsua2's registration")
+        self.assertIn(b"registered 200 OK", client.output, client.text())
+        await waitRegistered(service, user + "@example.com", timeout=PATIENCE)
+
+    async def test_default(self) -> None:
+        """
+        pjsua2 registers with the default challenge (MD5 only).
+        """
+        await self.assertRegisters()
+
+    async def test_eitherOrder(self) -> None:
+        """
+        pjsua2 registers with C{MD5,SHA-256} and with C{SHA-256,MD5}.
+        """
+        await self.assertRegisters("--auth-algorithms", "MD5,SHA-256")
+        await self.assertRegisters("--auth-algorithms", "SHA-256,MD5")
+
+    async def test_sha256Only(self) -> None:
+        """
+        pjsua2 answers a SHA-256 challenge: it registers when SHA-256 is
+        the only algorithm offered.
+        """
+        await self.assertRegisters("--auth-algorithms", "SHA-256")
