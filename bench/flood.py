@@ -422,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-arg", action="append", default=[],
                         help="one more sipcore option (repeatable)")
     parser.add_argument("--reactor", default=None,
-                        help="twistd's --reactor for the server, e.g. sipcore-epoll "
-                             "(default: twistd's default)")
+                        help="twistd's --reactor for the server, e.g. epoll (default: "
+                             "twistd sipcore's, the fair reactor on Linux)")
     args = parser.parse_args(argv)
     outDir = args.out or tempfile.mkdtemp(prefix="sipcore-flood-")
     os.makedirs(outDir, exist_ok=True)
