@@ -47,10 +47,14 @@ store process that keeps the bindings in memory and serves them to each worker o
 ignores SIGINT, so a Ctrl-C reaches the workers and their shutdown can still
 remove bindings) and exits once the last worker's socket has closed.
 
-Limits:
-  - TLS and WSS listeners are refused (each worker would need the socket
-    and its own TLS context; not done yet);
-  - workers run on L{sipcore.reactor.FairEPollReactor}.
+A TLS or WSS listener is shared the same way: the supervisor binds its
+TCP socket (after reading its certificate and key once, so a bad file
+stops it before any worker starts), and each worker reads the files itself
+and wraps every connection it accepts on the socket in TLS with its own
+context (L{sipcore.transport.listen.AdoptedTLSServerEndpoint}); a reload
+(SIGHUP) reads them again in every worker.
+
+Workers run on L{sipcore.reactor.FairEPollReactor}.
 """
 
 from __future__ import annotations
@@ -116,19 +120,20 @@ def bindShared(specs: Sequence[str]) -> SharedSockets:
     """
     Bind the listening socket of every C{--listen} spec.
 
-    @raise ValueError: for a TLS or WSS spec, or one naming a socket
-        already (C{fd=N}).
+    A TLS or WSS spec's certificate and key are read (and dropped): each
+    worker reads them again for its own context.
+
+    @raise ValueError: for a spec naming a socket already (C{fd=N}), or a
+        TLS or WSS spec whose certificate or key cannot be used.
     @raise OSError: when a socket cannot be bound.
     """
-    from sipcore.transport.listen import DEFAULT_BACKLOG, parseListen
+    from sipcore.transport.listen import DEFAULT_BACKLOG, parseListen, tlsOf
 
     shared = SharedSockets()
     try:
         for text in specs:
             spec = parseListen(text)
-            if spec.secure:
-                raise ValueError("--workers does not support {} listeners yet".format(
-                    spec.transport))
+            tlsOf(spec)
             if spec.fileno is not None:
                 raise ValueError("--workers binds the sockets itself: {!r} names one".format(
                     text))

@@ -160,9 +160,10 @@ def registerRequest(
     localPort: int = 5999,
 ) -> bytes:
     """
-    A REGISTER for C{user@example.com}.
+    A REGISTER for C{user@example.com} over C{transport} (C{udp},
+    C{tcp}, C{tls}, C{ws} or C{wss}: the Via names it in capitals).
     """
-    via = {"ws": "WS", "udp": "UDP", "tcp": "TCP"}[transport]
+    via = transport.upper()
     contact = contact or "<sip:{}@127.0.0.1:{};transport={}>".format(user, localPort, transport)
     return (
         "REGISTER sip:example.com SIP/2.0\r\n"

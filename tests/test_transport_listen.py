@@ -16,6 +16,7 @@ from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import capturedLogs
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -24,11 +25,13 @@ from sipcore.testing import UDPMemoryReactor
 from sipcore.transport.connections import ConnectionTable
 from sipcore.transport.listen import (
     DEFAULT_LISTEN,
+    AdoptedTLSServerEndpoint,
     DatagramServerService,
     ListenerService,
     ListenSpec,
     parseListen,
     streamEndpoint,
+    tlsOf,
 )
 from sipcore.transport.settings import ConnectionSettings
 from sipcore.transport.stream import SIPStreamFactory
@@ -116,7 +119,7 @@ class ParseListenTests(SynchronousTestCase):
             ("tcp:5060:interface=1.2.3.4:interface=1.2.3.5", "given twice"),
             ("tcp:5060:backlog=many", "backlog must be a number"),
             ("udp:5060:fd=x", "fd must be a file descriptor number"),
-            ("tls:5061:fd=3", "unknown option 'fd'"),
+            ("tls:5061:fd=x", "fd must be a file descriptor number"),
             ("tcp:5060:=x", "expected key=value"),
             ("tls:5061", "needs privateKey"),
             ("wss:5061:certKey=" + self.cert, "needs privateKey"),
@@ -277,6 +280,36 @@ class ListenerServiceTests(SynchronousTestCase):
         self.assertRaises(OSError, os.fstat, fileno)
         endpoint = streamEndpoint(self.reactor, parseListen("tcp:5060:fd=9"))
         self.assertIsInstance(endpoint, AdoptedStreamServerEndpoint)
+
+    def test_adoptedSecure(self) -> None:
+        """
+        A TLS or WSS spec with C{fd=N} reads its certificate and key and
+        listens on that descriptor with an L{AdoptedTLSServerEndpoint}: the
+        adopted port's factory wraps the listener's SIP factory in TLS.
+        """
+        key, cert = makeCertificate(FilePath(self.mktemp()))
+        for transport, factoryType in (("tls", SIPStreamFactory),
+                                       ("wss", SIPWebSocketFactory)):
+            sock = socket.socket(socket.AF_INET6)
+            self.addCleanup(sock.close)
+            fileno = os.dup(sock.fileno())
+            service = self.service("{}:5061:interface=::1:privateKey={}:certKey={}:fd={}".format(
+                transport, key, cert, fileno))
+            self.assertIsNotNone(service.tls)
+            self.successResultOf(service.startService())
+            (adopted, family, factory) = self.reactor.adoptedPorts.pop()
+            self.assertEqual((adopted, family), (fileno, socket.AF_INET6))
+            assert isinstance(factory, TLSMemoryBIOFactory)
+            self.assertIs(factory.wrappedFactory, service.factory)
+            self.assertIsInstance(service.factory, factoryType)
+            self.assertEqual(service.factory.transportName, transport)
+            self.assertRaises(OSError, os.fstat, fileno)
+        self.assertEqual((self.reactor.tcpServers, self.reactor.sslServers), ([], []))
+        spec = parseListen("tls:5061:privateKey={}:certKey={}:fd=9".format(key, cert))
+        self.assertIsInstance(streamEndpoint(self.reactor, spec, tls=tlsOf(spec)),
+                              AdoptedTLSServerEndpoint)
+        self.assertEqual(spec.description,
+                         "ssl:5061:privateKey={}:certKey={}".format(key, cert))
 
     def test_udp(self) -> None:
         """

@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import socket
 
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from sipcore import workers
 from sipcore.transport.listen import parseListen
+from tests.test_transport_support import makeCertificate
 
 
 class WorkerArgumentsTests(SynchronousTestCase):
@@ -83,13 +85,38 @@ class SharedSocketTests(SynchronousTestCase):
         self.assertEqual([spec.description for spec in specs],
                          [parseListen(text).description for text in given])
 
+    def test_secure(self) -> None:
+        """
+        A TLS or WSS spec gets a listening TCP socket; its worker spec
+        keeps the certificate and key and names the socket.
+        """
+        key, cert = makeCertificate(FilePath(self.mktemp()))
+        given = ["tls:0:interface=127.0.0.1:privateKey={}:certKey={}".format(key, cert),
+                 "wss:0:interface=127.0.0.1:privateKey={}:certKey={}".format(key, cert)]
+        shared = workers.bindShared(given)
+        self.addCleanup(shared.close)
+        for (_, sock), text in zip(shared.sockets, shared.specs(), strict=True):
+            self.assertEqual(sock.type, socket.SOCK_STREAM)
+            self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 1)
+            spec = parseListen(text)
+            self.assertEqual(spec.fileno, sock.fileno())
+            self.assertEqual(spec.options["privateKey"], key)
+
     def test_refused(self) -> None:
         """
-        TLS listeners are refused, and so are specs naming a socket already;
-        the sockets bound before the refused spec are closed.
+        A TLS spec whose key is not its certificate's is refused, and so
+        are specs naming a socket already; the sockets bound before the
+        refused spec are closed.
         """
-        self.assertRaises(ValueError, workers.bindShared,
-                          ["tls:0:privateKey=k.pem:certKey=c.pem"])
+        directory = FilePath(self.mktemp())
+        key, _ = makeCertificate(directory.child("one"))
+        _, cert = makeCertificate(directory.child("two"))
+        before = len(os.listdir("/proc/self/fd"))
+        error = self.assertRaises(ValueError, workers.bindShared, [
+            "tcp:0:interface=127.0.0.1",
+            "tls:0:privateKey={}:certKey={}".format(key, cert)])
+        self.assertIn("unusable certificate or key", str(error))
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
         self.assertRaises(ValueError, workers.bindShared, ["udp:0:fd=3"])
         before = len(os.listdir("/proc/self/fd"))
         self.assertRaises(ValueError, workers.bindShared,

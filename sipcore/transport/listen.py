@@ -14,10 +14,12 @@ listener accepts (default: the server-wide C{--max-message-size}), e.g.
 C{udp:5060:maxSize=8192} or C{ws:8080:maxSize=16384}.  It is sipcore's,
 not part of the endpoint description.
 
-UDP, TCP and WS listeners also take C{fd=N}: listen on file descriptor
-C{N}, a socket this process inherited already bound (and, for TCP and WS,
+Every transport also takes C{fd=N}: listen on file descriptor C{N}, a
+socket this process inherited already bound (and, for a stream transport,
 listening), with L{IReactorSocket.adoptDatagramPort} or an
-L{AdoptedStreamServerEndpoint}; the port and interface then only name it
+L{AdoptedStreamServerEndpoint}; a TLS or WSS listener then wraps each
+connection in TLS with its own certificate and key
+(L{AdoptedTLSServerEndpoint}).  The port and interface then only name it
 in messages.  C{python -m sipcore.workers} starts its workers that way.
 Like C{maxSize}, it is not part of the endpoint description.
 
@@ -42,9 +44,11 @@ from twisted.internet.endpoints import (
     SSL4ServerEndpoint,
     serverFromString,
 )
-from twisted.internet.interfaces import IPushProducer, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IPushProducer, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from sipcore.message.framing import DEFAULT_MAX_SIZE
 from sipcore.transport.connections import ConnectionTable, addressOf
@@ -53,6 +57,7 @@ from sipcore.transport.tls import ReloadableTLS
 
 __all__ = [
     "DEFAULT_BACKLOG",
+    "AdoptedTLSServerEndpoint",
     "DEFAULT_LISTEN",
     "TRANSPORTS",
     "DatagramServerService",
@@ -61,6 +66,7 @@ __all__ = [
     "UDPServerEndpoint",
     "parseListen",
     "streamEndpoint",
+    "tlsOf",
 ]
 
 #: What sipcore listens on when no C{--listen} is given.
@@ -75,7 +81,7 @@ DEFAULT_BACKLOG = 1024
 TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 
 _STREAM_KEYS = ("interface", "backlog", "maxSize")
-_TLS_KEYS = _STREAM_KEYS + ("privateKey", "certKey", "extraCertChain", "dhParameters")
+_TLS_KEYS = _STREAM_KEYS + ("privateKey", "certKey", "extraCertChain", "dhParameters", "fd")
 #: Keys sipcore reads itself and keeps out of the endpoint description.
 _OWN_KEYS = ("maxSize", "fd")
 _KEYS = {
@@ -255,6 +261,20 @@ def parseListen(text: str) -> ListenSpec:
     return ListenSpec(transport, description, port, interface, options)
 
 
+def tlsOf(spec: ListenSpec) -> ReloadableTLS | None:
+    """
+    The certificate and key of a TLS or WSS spec, read now.
+
+    @return: a L{ReloadableTLS}, or C{None} for another transport.
+    @raise ValueError: a file cannot be read, or the key is not the
+        certificate's.
+    """
+    if not spec.secure:
+        return None
+    return ReloadableTLS(spec.options["privateKey"], spec.options.get("certKey"),
+                         spec.options.get("extraCertChain"), spec.options.get("dhParameters"))
+
+
 def streamEndpoint(reactor: Any, spec: ListenSpec, backlog: int = DEFAULT_BACKLOG,
                    tls: ReloadableTLS | None = None) -> IStreamServerEndpoint:
     """
@@ -265,13 +285,15 @@ def streamEndpoint(reactor: Any, spec: ListenSpec, backlog: int = DEFAULT_BACKLO
     @param backlog: the listen backlog, unless the spec names one.
     @param tls: for a TLS or WSS spec, the context factory of its
         certificate and key (what a reload changes).
-    @return: an L{AdoptedStreamServerEndpoint} for a spec with C{fd=N}
-        (which it closes once it listens on a copy), an
-        L{SSL4ServerEndpoint} with C{tls}, else the endpoint of the spec's
-        description.
+    @return: for a spec with C{fd=N}, an L{AdoptedStreamServerEndpoint}
+        (which closes the descriptor once it listens on a copy), or with
+        C{tls} an L{AdoptedTLSServerEndpoint}; else an L{SSL4ServerEndpoint}
+        with C{tls}, or the endpoint of the spec's description.
     """
     fileno = spec.fileno
     if fileno is not None:
+        if tls is not None:
+            return AdoptedTLSServerEndpoint(reactor, fileno, spec.family, tls)
         return AdoptedStreamServerEndpoint(reactor, fileno, spec.family)
     if tls is not None:
         return SSL4ServerEndpoint(reactor, spec.port, tls,
@@ -282,6 +304,35 @@ def streamEndpoint(reactor: Any, spec: ListenSpec, backlog: int = DEFAULT_BACKLO
         description += ":backlog={}".format(backlog)
     endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     return endpoint
+
+
+@implementer(IStreamServerEndpoint)
+class AdoptedTLSServerEndpoint:
+    """
+    A TLS server endpoint on an inherited listening socket: it adopts the
+    socket as L{AdoptedStreamServerEndpoint} does and wraps each connection
+    in TLS with a L{TLSMemoryBIOFactory}, as C{IReactorSSL.listenSSL} does
+    on a port it binds.  Each new connection asks C{tls} for its context.
+    """
+
+    def __init__(self, reactor: Any, fileno: int, family: int, tls: ReloadableTLS) -> None:
+        """
+        @param reactor: provides C{IReactorSocket} and C{IReactorTime}.
+        @param fileno: the descriptor of a bound, listening stream socket;
+            closed once the reactor listens on a copy.
+        @param family: its address family.
+        @param tls: the certificate and key of the listener.
+        """
+        self._reactor = reactor
+        self._adopted = AdoptedStreamServerEndpoint(reactor, fileno, family)
+        self._tls = tls
+
+    def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
+        """
+        @return: a L{Deferred} firing with the listening port.
+        """
+        return self._adopted.listen(
+            TLSMemoryBIOFactory(self._tls, False, protocolFactory, clock=self._reactor))
 
 
 class UDPServerEndpoint:
@@ -455,11 +506,7 @@ class ListenerService(Service):
         self.port: int | None = None
         self._server: IService | None = None
         #: The certificate and key of a TLS or WSS listener (reloadable).
-        self.tls: ReloadableTLS | None = None
-        if spec.secure and spec.fileno is None:
-            self.tls = ReloadableTLS(
-                spec.options["privateKey"], spec.options.get("certKey"),
-                spec.options.get("extraCertChain"), spec.options.get("dhParameters"))
+        self.tls = tlsOf(spec)
         self._waiters: list[Deferred[Any]] = []
         self._failure: Failure | None = None
 

@@ -17,6 +17,7 @@ import re
 
 from OpenSSL import SSL, crypto
 from twisted.internet.error import VerifyError
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
@@ -24,6 +25,7 @@ from twisted.internet.ssl import (
     PrivateCertificate,
 )
 from twisted.python.filepath import FilePath
+from zope.interface import implementer
 
 __all__ = ["ReloadableTLS"]
 
@@ -36,6 +38,7 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
+@implementer(IOpenSSLContextFactory)
 class ReloadableTLS:
     """
     A context factory for a TLS listener whose certificate and key can be
