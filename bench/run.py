@@ -717,9 +717,17 @@ def cleanupPending(server: Server, env: Environment, db: bool) -> bool | None:
     if db:
         return registeredLeft(server, env, db) != 0
     try:
-        sample = metrics(server.metricsPort)
+        return closeWorkIn(metrics(server.metricsPort))
     except (OSError, ValueError):
         return None
+
+
+def closeWorkIn(sample: dict[str, float]) -> bool:
+    """
+    Whether the scraped C{sample} shows close work left: one of
+    L{_PENDING_METRICS} (the metric itself, not another whose name starts
+    the same) above 0.
+    """
     return any(value > 0 for key, value in sample.items()
                if key.split("{")[0] in _PENDING_METRICS)
 

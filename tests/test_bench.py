@@ -266,6 +266,27 @@ class StormFiguresTests(SynchronousTestCase):
                           "medianMs": None})
 
 
+class CloseWorkTests(SynchronousTestCase):
+    """
+    When the in-memory storm counts the server's close work as done.
+    """
+
+    def test_closeWorkIn(self) -> None:
+        """
+        A connection open, a queued item or a handler call in flight is
+        work left; counters that only share a name's start are not.
+        """
+        idle = {'sipcore_connections_open{transport="tcp"}': 0.0,
+                'sipcore_connections_opened_total{transport="tcp"}': 10000.0,
+                'sipcore_jobqueue_depth{queue="location-cleanup"}': 0.0,
+                'sipcore_handler_inflight{handler="location-cleanup",state="running"}': 0.0}
+        self.assertFalse(run.closeWorkIn(idle))
+        for key in ('sipcore_connections_open{transport="tcp"}',
+                    'sipcore_jobqueue_depth{queue="location-cleanup"}',
+                    'sipcore_handler_inflight{handler="location-cleanup",state="running"}'):
+            self.assertTrue(run.closeWorkIn(dict(idle, **{key: 1.0})), key)
+
+
 class FloodTests(SynchronousTestCase):
     """
     The flood-fairness benchmark's messages, its summary and its table.
