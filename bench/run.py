@@ -2,8 +2,9 @@
 """
 sipcore benchmarks: REGISTER throughput side by side with Kamailio and
 Twisted's own C{twisted.protocols.sip} registrar, the disconnect storm, the
-memory of idle WebSocket connections, and UDP flood fairness
-(C{bench/flood.py}).  See bench/README.md.
+memory of idle WebSocket connections, UDP flood fairness
+(C{bench/flood.py}), and the MESSAGE rate and crossed-request latency of
+workers and nodes (C{bench/cluster_client.py}).  See bench/README.md.
 
 Usage::
 
@@ -13,7 +14,8 @@ C{BENCH_QUICK=1} is the same as C{--quick}: a smoke run of a couple of
 minutes with short steps and a small storm, to check the benchmark works
 (its figures are not the ones to quote).
 
-Everything runs on 127.0.0.1.  Every loop is bounded in count and time;
+Everything runs on 127.0.0.x (127.0.0.1; the second cluster node on
+127.0.0.2, the flood's sources on 127.0.0.2-127.0.0.20).  Every loop is bounded in count and time;
 every process started is recorded by pid and stopped by that pid (SIGTERM,
 then SIGKILL after a grace period) whatever happens.
 """
@@ -155,20 +157,20 @@ def waitFor(check: Any, timeout: float, interval: float = 0.1) -> bool:
     return bool(check())
 
 
-def udpAnswers(port: int) -> bool:
+def udpAnswers(port: int, host: str = HOST) -> bool:
     """
-    Whether something answers an OPTIONS on C{port} over UDP.
+    Whether something answers an OPTIONS on C{host:port} over UDP.
     """
     message = (
         "OPTIONS sip:{h}:{p} SIP/2.0\r\nVia: SIP/2.0/UDP {h}:9;branch=z9hG4bKprobe{t}\r\n"
         "Max-Forwards: 70\r\nFrom: <sip:probe@{h}>;tag=p\r\nTo: <sip:{h}>\r\n"
         "Call-ID: probe{t}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-    ).format(h=HOST, p=port, t=time.monotonic_ns())
+    ).format(h=host, p=port, t=time.monotonic_ns())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.3)
-        s.bind((HOST, 0))
-        via = message.replace("{}:9".format(HOST), "{}:{}".format(HOST, s.getsockname()[1]))
-        s.sendto(via.encode(), (HOST, port))
+        s.bind((host, 0))
+        via = message.replace("{}:9".format(host), "{}:{}".format(host, s.getsockname()[1]))
+        s.sendto(via.encode(), (host, port))
         try:
             s.recvfrom(65536)
             return True
@@ -313,8 +315,11 @@ def prepareDatabase(env: Environment) -> bool:
     env.dsn = psycopg2.extensions.make_dsn(base, dbname=env.dbName)
     conn = psycopg2.connect(env.dsn)
     conn.autocommit = True
-    with conn.cursor() as cur, open(os.path.join(ROOT, "sipcore", "db", "location.sql")) as f:
-        cur.execute(f.read())
+    with conn.cursor() as cur:
+        # The location table, and the node table of sipcore's cluster.
+        for schema in ("location.sql", "node.sql"):
+            with open(os.path.join(ROOT, "sipcore", "db", schema)) as f:
+                cur.execute(f.read())
     conn.close()
     return True
 
@@ -357,6 +362,7 @@ class Server:
     usesDatabase: bool = False
     metricsPort: int | None = None
     adminPort: int | None = None
+    host: str = HOST
 
     def pids(self) -> list[int]:
         return childPids(self.proc.pid) if self.includeChildren else [self.proc.pid]
@@ -382,7 +388,7 @@ def twistdReactorOption() -> list[str]:
 def startSipcore(name: str, outDir: str, env: Environment, db: bool,
                  extra: list[str] = (), streamPorts: dict[str, int] | None = None,
                  workers: int = 0, benchOptions: bool = True,
-                 adminPort: int | None = None) -> Server | None:
+                 adminPort: int | None = None, host: str = HOST) -> Server | None:
     """
     Start sipcore on loopback ports with C{twistd} (or C{sipcore.workers}).
 
@@ -390,6 +396,7 @@ def startSipcore(name: str, outDir: str, env: Environment, db: bool,
         traffic; without them the server runs on its defaults, as the
         README's command runs it, but for its ports.
     @param adminPort: where the admin API listens (default: nowhere).
+    @param host: the address its SIP and metrics listeners bind to.
     """
     port = freePort()
     metricsPort = freePort()
@@ -401,9 +408,9 @@ def startSipcore(name: str, outDir: str, env: Environment, db: bool,
     else:
         argv = [sys.executable, "-c", LAUNCH] + twistdReactorOption() + [
             "-n", "--pidfile=", "--logfile", os.path.join(outDir, name + ".log"), "sipcore"]
-    argv += ["--listen", "udp:{}:interface={}".format(port, HOST),
-             "--listen", "tcp:{}:interface={}".format(port, HOST),
-             "--metrics-listen", "tcp:{}:interface={}".format(metricsPort, HOST),
+    argv += ["--listen", "udp:{}:interface={}".format(port, host),
+             "--listen", "tcp:{}:interface={}".format(port, host),
+             "--metrics-listen", "tcp:{}:interface={}".format(metricsPort, host),
              "--admin-listen", "none" if adminPort is None else
              "tcp:{}:interface={}".format(adminPort, HOST)]
     if benchOptions:
@@ -424,8 +431,8 @@ def startSipcore(name: str, outDir: str, env: Environment, db: bool,
     proc = PROCS.start(name, argv, os.path.join(outDir, name + ".out"), env=envVars,
                        cwd=env.sipcoreTree)
     server = Server(name, proc, port, ("udp", "tcp"), usesDatabase=db, metricsPort=metricsPort,
-                    includeChildren=bool(workers), adminPort=adminPort)
-    if not waitFor(lambda: proc.poll() is not None or udpAnswers(port), 30):
+                    includeChildren=bool(workers), adminPort=adminPort, host=host)
+    if not waitFor(lambda: proc.poll() is not None or udpAnswers(port, host), 30):
         PROCS.stop(proc)
         return None
     if proc.poll() is not None:
@@ -433,9 +440,10 @@ def startSipcore(name: str, outDir: str, env: Environment, db: bool,
     return server
 
 
-def startKamailio(name: str, outDir: str, env: Environment, db: bool) -> Server | None:
+def startKamailio(name: str, outDir: str, env: Environment, db: bool,
+                  template: str | None = None) -> Server | None:
     port = freePort()
-    template = os.path.join(BENCH, "kamailio-db.cfg" if db else "kamailio-memory.cfg")
+    template = os.path.join(BENCH, template or ("kamailio-db.cfg" if db else "kamailio-memory.cfg"))
     with open(template) as f:
         text = f.read()
     children = os.environ.get("BENCH_KAMAILIO_CHILDREN", "4")
@@ -923,6 +931,191 @@ def floodFairness(env: Environment, outDir: str, quick: bool) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------
+# Cluster: MESSAGE rate and the latency of a request that crosses members
+# (bench/cluster_client.py).
+
+
+#: What the cluster part measures: (name, database, workers, nodes).  The
+#: nodes of C{sipcore-postgres-2n} are two twistd processes on 127.0.0.1
+#: and 127.0.0.2 on one database.
+CLUSTER_SETUPS = (
+    ("sipcore-memory", False, 0, 1),
+    ("sipcore-memory-2w", False, 2, 1),
+    ("sipcore-postgres", True, 0, 1),
+    ("sipcore-postgres-2w", True, 2, 1),
+    ("sipcore-postgres-2n", True, 0, 2),
+    ("kamailio-memory", False, 0, 1),
+)
+
+#: Registered users of the cluster part, spread evenly over the members.
+CLUSTER_USERS = 200
+
+
+def clusterSend(servers: list[Server], rate: float, seconds: float, outDir: str,
+                seed: int) -> dict[str, Any]:
+    """
+    One run of C{cluster_client.py send} at C{rate} MESSAGE/s for
+    C{seconds}, one sender connection per member, with the members' CPU.
+    """
+    argv = [sys.executable, os.path.join(BENCH, "cluster_client.py"), "send",
+            "--users", str(CLUSTER_USERS), "--rate", str(rate), "--seconds", str(seconds),
+            "--timeout", "5", "--seed", str(seed),
+            # Workers share one address: several sender connections land on
+            # each of them, as the users' connections do.
+            "--connections", "1" if len(servers) > 1 else "4"]
+    for server in servers:
+        argv += ["--server", "{}:{}".format(server.host, server.port)]
+    before = sum(server.cpuTicks() for server in servers)
+    t0 = time.monotonic()
+    proc = PROCS.start("cluster-send", argv, os.path.join(outDir, "cluster-send.err"),
+                       stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = proc.communicate(timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        out = ""
+    PROCS.stop(proc)
+    wall = max(time.monotonic() - t0, 1e-6)
+    lines = [line for line in (out or "").splitlines() if line.startswith("{")]
+    if not lines:
+        return {"rate": rate, "error": "the sender printed no result (cluster-send.err)"}
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["cpu"] = round((sum(server.cpuTicks() for server in servers) - before)
+                          / CLK_TCK / wall, 3)
+    result["passed"] = (result["failed"] <= MAX_BAD_FRACTION * result["sent"]
+                        and result["achieved"] >= 0.9 * rate)
+    return result
+
+
+def startClusterSetup(name: str, db: bool, workers: int, nodes: int, outDir: str,
+                      env: Environment) -> list[Server]:
+    """
+    The members of one setup of L{CLUSTER_SETUPS}, on an empty location
+    table; an empty list if one did not start (the others are stopped).
+    """
+    if db:
+        dbQuery(env, "TRUNCATE location")
+    if name.startswith("kamailio"):
+        kamailio = startKamailio(name, outDir, env, db=False, template="kamailio-message.cfg")
+        return [kamailio] if kamailio is not None else []
+    members: list[Server] = []
+    for index in range(nodes):
+        extra = ["--server-id", str(index), "--node-heartbeat", "0.5"] if nodes > 1 else []
+        member = startSipcore(name if nodes == 1 else "{}-{}".format(name, index + 1), outDir,
+                              env, db=db, workers=workers, extra=extra,
+                              host="127.0.0.{}".format(index + 1))
+        if member is None:
+            for started in members:
+                PROCS.stop(started.proc)
+            return []
+        members.append(member)
+    return members
+
+
+def clusterSetup(name: str, db: bool, workers: int, nodes: int, outDir: str, env: Environment,
+                 quick: bool) -> dict[str, Any]:
+    """
+    Register L{CLUSTER_USERS} TCP users spread evenly over the members,
+    then measure the answer times of MESSAGE at 50/s for 10 s (3 s quick)
+    by whether it crossed members, and step the MESSAGE rate up from 250/s
+    by 1.5x (2x quick) in 5 s steps (2 s quick) until a step has 0.1% or
+    more failed or falls below 90% of the asked rate, then one bisection
+    step (none quick).  Bounded: at most 12 rate steps.
+    """
+    members = startClusterSetup(name, db, workers, nodes, outDir, env)
+    if not members:
+        return {"server": name, "error": "the server did not start (see {}*.out)".format(name)}
+    answerer = None
+    try:
+        argv = [sys.executable, os.path.join(BENCH, "cluster_client.py"), "answer",
+                "--users", str(CLUSTER_USERS), "--hold", "900"]
+        for member in members:
+            argv += ["--server", "{}:{}".format(member.host, member.port)]
+        answerer = PROCS.start("cluster-answer", argv,
+                               os.path.join(outDir, "cluster-answer.err"),
+                               stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+        ready = readLine(answerer, "READY", 60)
+        if ready is None or int(ready.split()[1]) != CLUSTER_USERS:
+            return {"server": name, "error": "users not registered: {}".format(ready)}
+        # Nodes find each other at their heartbeats: until then a request
+        # to the other node's user gets 480.
+        for attempt in range(20):
+            probe = clusterSend(members, 50, 1, outDir, seed=1000 + attempt)
+            if probe.get("failed") == 0:
+                break
+        seconds = 3.0 if quick else 10.0
+        latency = clusterSend(members, 50, seconds, outDir, seed=1)
+        log("  {} latency at 50/s: same {} crossed {} ({} crossed)".format(
+            name, latency.get("same"), latency.get("crossed"), latency.get("crossedShare")))
+        step = 2.0 if quick else 5.0
+        factor = 2.0 if quick else 1.5
+        refinements = 0 if quick else 1
+        rate, best, failedAt = 250, None, None
+        steps: list[dict[str, Any]] = []
+        for number in range(12):
+            outcome = clusterSend(members, rate, step, outDir, seed=10 + number)
+            steps.append(outcome)
+            log("  {} MESSAGE {}/s: {} ok, {} failed, {}/s, {} crossed, cpu {}{}".format(
+                name, rate, outcome.get("ok"), outcome.get("failed"), outcome.get("achieved"),
+                outcome.get("crossedShare"), outcome.get("cpu"),
+                "" if outcome.get("passed") else "  FAIL"))
+            if outcome.get("passed"):
+                best = outcome
+                if failedAt is None:
+                    rate = int(rate * factor)
+                    continue
+            else:
+                failedAt = rate if failedAt is None else min(failedAt, rate)
+            if refinements <= 0:
+                break
+            low = best["rate"] if best is not None else 0
+            if failedAt - low < max(100, low * 0.1):
+                break
+            refinements -= 1
+            rate = int((low + failedAt) // 2)
+            for member in members:
+                quiesce(member)
+        return {
+            "server": name,
+            "members": len(members) * max(1, workers),
+            "maxRate": int(best["rate"]) if best else 0,
+            "crossedShare": best.get("crossedShare") if best else None,
+            "cpu": best.get("cpu") if best else None,
+            "latency": latency,
+            "steps": steps,
+        }
+    finally:
+        if answerer is not None:
+            try:
+                assert answerer.stdin is not None
+                answerer.stdin.write("STOP\n")
+                answerer.stdin.close()
+            except OSError:
+                pass
+            PROCS.stop(answerer)
+        for member in members:
+            PROCS.stop(member.proc)
+
+
+def clusterBench(env: Environment, outDir: str, quick: bool,
+                 haveDb: bool) -> list[dict[str, Any]]:
+    """
+    Every setup of L{CLUSTER_SETUPS} that can run here, one after another.
+    """
+    chosen = os.environ.get("BENCH_CLUSTER_SETUPS", "").split(",")
+    results = []
+    for name, db, workers, nodes in CLUSTER_SETUPS:
+        if chosen != [""] and name not in chosen:
+            continue
+        skipped = env.skipped.get(name) or (env.skipped.get("postgresql") if db else None)
+        if skipped:
+            results.append({"server": name, "error": "skipped: " + skipped})
+            continue
+        log("cluster: {}".format(name))
+        results.append(clusterSetup(name, db, workers, nodes, outDir, env, quick))
+    return results
+
+
+# ---------------------------------------------------------------------------
 # Report.
 
 
@@ -1090,6 +1283,23 @@ def markdown(results: dict[str, Any]) -> str:
                     fairness.get("answeredFraction") or 0,
                     probe.get("maxAnswerSeconds"), probe.get("medianAnswerSeconds")),
             ]
+    cluster = results.get("cluster")
+    if cluster:
+        lines += ["", "## Cluster: MESSAGE between registered TCP users (bench/cluster_client.py)",
+                  "", "| server | processes | MESSAGE/s | crossed at that rate | server CPU "
+                  "| same member: median / p99 (ms) | crossed: median / p99 (ms) |",
+                  "|---|---:|---:|---:|---:|---|---|"]
+        for c in cluster:
+            if "error" in c:
+                lines.append("| {} | | {} | | | | |".format(c["server"], c["error"]))
+                continue
+            times = ["-" if c["latency"].get(kind, {}).get(key) is None
+                     else str(c["latency"][kind][key])
+                     for kind in ("same", "crossed") for key in ("medianMs", "p99Ms")]
+            lines.append("| {} | {} | {} | {} | {} | {} / {} | {} / {} |".format(
+                c["server"], c["members"], c["maxRate"],
+                "-" if c["crossedShare"] is None else "{:.0%}".format(c["crossedShare"]),
+                "-" if c["cpu"] is None else "{:.0%}".format(c["cpu"]), *times))
     if results["skipped"]:
         lines += ["", "## Skipped", ""]
         for name, why in results["skipped"].items():
@@ -1138,7 +1348,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         default=os.environ.get("BENCH_QUICK") == "1",
                         help="smoke run: short steps, small storm (BENCH_QUICK=1)")
-    parser.add_argument("--only", action="append", choices=SERVERS + ("storm", "flood"),
+    parser.add_argument("--only", action="append",
+                        choices=SERVERS + ("storm", "flood", "cluster"),
                         help="run only these parts (repeatable)")
     parser.add_argument("--storm", type=int, default=None,
                         help="connections in the disconnect storm (default 10000; quick 300)")
@@ -1167,7 +1378,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quick = args.quick
     roundCount = max(1, args.rounds if args.rounds is not None else (1 if quick else 2))
-    parts = set(args.only or (QUICK_PARTS if quick else SERVERS + ("storm", "flood")))
+    parts = set(args.only or (QUICK_PARTS if quick
+                              else SERVERS + ("storm", "flood", "cluster")))
     transports = (args.transports or ("udp" if quick else "udp,tcp")).split(",")
     stormCount = args.storm if args.storm is not None else (300 if quick else 10000)
     stormKinds = args.storm_kinds.split(",")
@@ -1245,6 +1457,8 @@ def main(argv: list[str] | None = None) -> int:
         if "flood" in parts:
             log("UDP flood fairness")
             results["flood"] = floodFairness(env, outDir, quick)
+        if "cluster" in parts:
+            results["cluster"] = clusterBench(env, outDir, quick, haveDb)
     finally:
         PROCS.stopAll()
 

@@ -6,6 +6,7 @@ messages.  The benchmarks themselves are not run here.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import sys
@@ -13,7 +14,7 @@ from types import ModuleType
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sipcore.message import Request, parseMessage
+from sipcore.message import Request, Response, parseMessage
 from sipcore.testing import contactsOf
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
@@ -42,6 +43,7 @@ storm_client = _load("storm_client")
 storm_pinger = _load("storm_pinger")
 flood = _load("flood")
 procstat = _load("procstat")
+cluster_client = _load("cluster_client")
 
 
 class CpuTicksTests(SynchronousTestCase):
@@ -324,3 +326,110 @@ class FloodTests(SynchronousTestCase):
         results["ratios"] = run.summarize(results)
         text = run.markdown(results)
         self.assertIn("| 150000 | 8 | 4000 | 80% | 83/85 (98%) | 0.07 | 0.001 |", text)
+
+
+class ClusterClientTests(SynchronousTestCase):
+    """
+    The cluster benchmark's client: its messages, its framing, and the
+    answer that tells the sender whether the request crossed members.
+    """
+
+    def test_messageParses(self) -> None:
+        """
+        The sender's MESSAGE is a valid SIP request to the user named, with
+        its body.
+        """
+        message = parseMessage(cluster_client.message("u7", 3, ("127.0.0.1", 5000)))
+        assert isinstance(message, Request)
+        self.assertEqual(message.method, "MESSAGE")
+        self.assertEqual(message.uri.user, "u7")
+        self.assertEqual(message.body, b"hello")
+
+    def test_registerParses(self) -> None:
+        """
+        The answerer's REGISTER binds its user to the connection's own
+        address over TCP.
+        """
+        message = parseMessage(cluster_client.register("u1", ("127.0.0.2", 4000)))
+        assert isinstance(message, Request)
+        [contact] = contactsOf(message)
+        self.assertEqual((contact.uri.host, contact.uri.port), ("127.0.0.2", 4000))
+        self.assertEqual(contact.uri.param("transport"), "tcp")
+
+    def test_answerCountsVias(self) -> None:
+        """
+        The 200 for a MESSAGE copies its Via entries in order (also those
+        of one header line), tags its To, and counts the entries in
+        C{X-Bench-Vias}.
+        """
+        request = cluster_client.message("u7", 3, ("127.0.0.1", 5000)).replace(
+            b"Via: ", b"Via: SIP/2.0/TCP 127.0.0.2:5;branch=z9hG4bKb, "
+                      b"SIP/2.0/TCP 127.0.0.1:6;branch=z9hG4bKc\r\nVia: ", 1)
+        head = request.split(b"\r\n\r\n", 1)[0]
+        response = parseMessage(cluster_client.okFor(head))
+        assert isinstance(response, Response)
+        self.assertEqual(response.status, 200)
+        self.assertEqual([via.branch for via in response.vias][:2],
+                         ["z9hG4bKb", "z9hG4bKc"])
+        self.assertEqual(len(response.vias), 3)
+        self.assertEqual(response.headers.first("x-bench-vias"), "3")
+        self.assertEqual(response.toAddr.param("tag"), "a")
+
+    def test_framing(self) -> None:
+        """
+        Messages are split by their Content-Length, also two in one chunk
+        and one over two chunks.
+        """
+        heads: list[bytes] = []
+        framer = cluster_client.Framer(lambda conn, head: heads.append(head))
+        one = cluster_client.message("u1", 1, ("127.0.0.1", 5000))
+        two = cluster_client.message("u2", 2, ("127.0.0.1", 5000))
+        framer.data_received(one + two[:-3])
+        self.assertEqual(len(heads), 1)
+        framer.data_received(two[-3:])
+        self.assertEqual([cluster_client.header(h, b"call-id:") for h in heads],
+                         [b"m1-%d" % os.getpid(), b"m2-%d" % os.getpid()])
+        self.assertEqual(framer.buffer, b"")
+
+    def test_onlyLoopback(self) -> None:
+        """
+        Servers are taken only on 127.0.0.x.
+        """
+        self.assertEqual(cluster_client.parseServer("127.0.0.2:5060"), ("127.0.0.2", 5060))
+        self.assertRaises(argparse.ArgumentTypeError, cluster_client.parseServer,
+                          "10.0.0.1:5060")
+
+    def test_percentile(self) -> None:
+        """
+        The nearest-rank percentile; none of nothing.
+        """
+        values = [float(n) for n in range(1, 101)]
+        self.assertEqual(cluster_client.percentile(values, 0.99), 100.0)
+        self.assertEqual(cluster_client.percentile(values, 0.5), 51.0)
+        self.assertIsNone(cluster_client.percentile([], 0.99))
+
+    def test_markdownCluster(self) -> None:
+        """
+        The cluster table shows each setup's MESSAGE rate, the share that
+        crossed, and the answer times on the same and on another member
+        (C{-} where none crossed), and why a setup did not run.
+        """
+        results = {"quick": False, "storm": [], "skipped": {}, "rates": [],
+                   "cluster": [
+                       {"server": "sipcore-postgres-2n", "members": 2, "maxRate": 2000,
+                        "crossedShare": 0.5, "cpu": 0.8,
+                        "latency": {"same": {"medianMs": 1.5, "p99Ms": 9.0},
+                                    "crossed": {"medianMs": 2.5, "p99Ms": 12.0}}},
+                       {"server": "sipcore-memory", "members": 1, "maxRate": 3000,
+                        "crossedShare": 0.0, "cpu": 0.9,
+                        "latency": {"same": {"medianMs": 1.0, "p99Ms": 5.0},
+                                    "crossed": {"medianMs": None, "p99Ms": None}}},
+                       {"server": "kamailio-memory", "error": "skipped: not here"}],
+                   "machine": {"date": "d", "cpu": "cpu", "cores": 2, "memoryGiB": 24,
+                               "kernel": "6", "versions": {}}}
+        results["ratios"] = run.summarize(results)
+        text = run.markdown(results)
+        self.assertIn("| sipcore-postgres-2n | 2 | 2000 | 50% | 80% | 1.5 / 9.0 | 2.5 / 12.0 |",
+                      text)
+        self.assertIn("| sipcore-memory | 1 | 3000 | 0% | 90% | 1.0 / 5.0 | - / - |", text)
+        self.assertIn("| kamailio-memory | | skipped: not here |", text)
