@@ -162,7 +162,7 @@ class IHopConnector(Interface):
     def openFlow(hop, serverName=None):
         """
         A flow that reaches a next hop, opening a connection to it when
-        there is none: the flow L{flowTo} finds, else (TCP, TLS) a new
+        there is none: the flow L{flowTo} finds, else (TCP, TLS, WS, WSS) a new
         outgoing connection.
 
         @param hop: a L{sipcore.sip.routing.NextHop}.

@@ -1046,7 +1046,7 @@ def _buildOutgoing(options: Options, reactor: Any, sink: Any, table: Any,
         connector = OutgoingConnector(table, sink, reactor, options["outgoing"])
     except ValueError as e:
         raise usage.UsageError(str(e)) from None
-    transports = ["tcp", "tls"]
+    transports = ["tcp", "tls", "ws", "wss"]
     if any(listener.spec.transport == "udp" for listener in listeners):
         transports.insert(0, "udp")
     resolver = Resolver.fromServers(reactor, options["dns-server"] or systemServers(),

@@ -12,7 +12,11 @@ import inspect
 import textwrap
 
 import autobahn.websocket.protocol
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -53,11 +57,14 @@ class AutobahnInternalsTests(SynchronousTestCase):
 
     def test_batchedTimer(self) -> None:
         """
-        A factory has a C{_batched_timer} whose C{call_later} the protocol
-        uses for every timer it starts; L{useReactorTimers} replaces it with
-        one on the given clock, whose calls may be cancelled after they ran.
+        A factory (server or client) has a C{_batched_timer} whose
+        C{call_later} the protocol uses for every timer it starts;
+        L{useReactorTimers} replaces it with one on the given clock, whose
+        calls may be cancelled after they ran.
         """
         clock = Clock()
+        client = WebSocketClientFactory("ws://127.0.0.1:80/", reactor=clock)
+        self.assertTrue(callable(client._batched_timer.call_later))
         factory = WebSocketServerFactory(reactor=clock)
         self.assertTrue(callable(factory._batched_timer.call_later))
         source = inspect.getsource(autobahn.websocket.protocol)

@@ -1,11 +1,13 @@
 # -*- test-case-name: tests.test_transport_outgoing -*-
 """
-Tests for L{sipcore.transport.outgoing}: opening TCP and TLS connections
-to next hops, with Twisted's memory reactor (no sockets).
+Tests for L{sipcore.transport.outgoing}: opening TCP, TLS, WS and WSS
+connections to next hops, with Twisted's memory reactor (no sockets).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -14,7 +16,14 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from sipcore.events import CLOSE_EVENTS, TCP_CONNECTED, TCP_TIMEOUT
+from sipcore.events import (
+    CLOSE_EVENTS,
+    TCP_CLOSED,
+    TCP_CONNECTED,
+    TCP_TIMEOUT,
+    WEBSOCKET_CLOSED,
+    WEBSOCKET_CONNECTED,
+)
 from sipcore.sip.routing import NextHop
 from sipcore.testing import RecordingBus
 from sipcore.transport.connections import ConnectionTable
@@ -41,10 +50,10 @@ class _Sink:
         pass
 
 
-class OutgoingConnectorTests(SynchronousTestCase):
+class ConnectorHarness(SynchronousTestCase):
     """
-    L{OutgoingConnector} opens one connection per hop, shares the attempt,
-    and bounds it in time.
+    An L{OutgoingConnector} on a memory reactor, with a table and a
+    recording bus.
     """
 
     def setUp(self) -> None:
@@ -68,6 +77,13 @@ class OutgoingConnectorTests(SynchronousTestCase):
                                     peerAddress=IPv4Address("TCP", host, port))
         protocol.makeConnection(transport)
         return protocol, transport
+
+
+class OutgoingConnectorTests(ConnectorHarness):
+    """
+    L{OutgoingConnector} opens one connection per hop, shares the attempt,
+    and bounds it in time.
+    """
 
     def test_connectShared(self) -> None:
         """
@@ -173,7 +189,7 @@ class OutgoingConnectorTests(SynchronousTestCase):
 
     def test_notStream(self) -> None:
         """
-        Only TCP and TLS connections are opened.
+        Only TCP, TLS, WS and WSS connections are opened.
         """
         self.failureResultOf(self.connector.connect(NextHop("udp", "192.0.2.7", 5060)),
                              ConnectFailed)
@@ -185,6 +201,151 @@ class OutgoingConnectorTests(SynchronousTestCase):
         self.table.closeAll()
         self.failureResultOf(self.connector.connect(HOP), ConnectFailed)
         self.assertEqual(self.reactor.tcpClients, [])
+
+
+def handshakeAnswer(request: bytes, protocol: str | None = "sip") -> bytes:
+    """
+    A WebSocket server's C{101} answer to the opening handshake
+    C{request} (RFC 6455 section 4.2.2), choosing C{protocol}.
+    """
+    headers = dict(line.split(b": ", 1) for line in request.split(b"\r\n")[1:] if b": " in line)
+    key = headers[b"Sec-WebSocket-Key"]
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    lines = [b"HTTP/1.1 101 Switching Protocols", b"Upgrade: websocket", b"Connection: Upgrade",
+             b"Sec-WebSocket-Accept: " + accept]
+    if protocol is not None:
+        lines.append(b"Sec-WebSocket-Protocol: " + protocol.encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class OutgoingWebSocketTests(ConnectorHarness):
+    """
+    WS and WSS hops get autobahn WebSocket client connections offering
+    the C{sip} subprotocol, with the same table, events and timers.
+    """
+
+    WS = NextHop("ws", "192.0.2.7", 8080)
+
+    def opened(self, hop: NextHop = WS, serverName: str | None = None) -> tuple[
+            Any, StringTransport, Any]:
+        """
+        Connect to C{hop} and complete the WebSocket handshake.
+
+        @return: the protocol, its transport and the flow.
+        """
+        d = self.connector.connect(hop, serverName)
+        protocol, transport = self.accept()
+        self.request = transport.value()
+        transport.clear()
+        self.assertNoResult(d)
+        self.assertEqual(self.bus.names(), [TCP_CONNECTED])
+        protocol.dataReceived(handshakeAnswer(self.request))
+        return protocol, transport, self.successResultOf(d)
+
+    def test_webSocketOpened(self) -> None:
+        """
+        The handshake asks for C{/} on the hop, offers the C{sip}
+        subprotocol; once the server accepts, the flow is ready and
+        C{tcp:connected} and C{websocket:connected} fired, outbound; a SIP
+        message goes in one (masked) frame and a frame from the server goes
+        to the sink.
+        """
+        protocol, transport, flow = self.opened(self.WS, "pbx.example")
+        request = self.request
+        self.assertTrue(request.startswith(b"GET / HTTP/1.1\r\n"), request)
+        self.assertIn(b"Host: pbx.example:8080\r\n", request)
+        self.assertIn(b"Sec-WebSocket-Protocol: sip\r\n", request)
+        self.assertEqual(flow.transport, "ws")
+        self.assertEqual([(e.name, e.direction) for e in self.bus.events],
+                         [(TCP_CONNECTED, "outbound"), (WEBSOCKET_CONNECTED, "outbound")])
+        self.assertTrue(flow.send(b"OPTIONS sip:x SIP/2.0\r\n\r\n"))
+        frame = transport.value()
+        self.assertEqual((frame[0], frame[1] & 0x80), (0x81, 0x80))
+        protocol.dataReceived(b"\x81\x05hello")
+        self.assertEqual([m for m, f in self.sink.received if f is flow], [b"hello"])
+
+    def test_reused(self) -> None:
+        """
+        A later request for the same WS hop reuses the open connection.
+        """
+        hops = HopConnector(self.table, [], self.connector)
+        _, _, flow = self.opened()
+        self.assertIs(self.successResultOf(hops.openFlow(self.WS)), flow)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_closeEvents(self) -> None:
+        """
+        The server's close frame ends the connection with exactly one
+        C{tcp:closed} and one C{websocket:closed} with its code, outbound,
+        and no timer left behind.
+        """
+        protocol, _, flow = self.opened()
+        protocol.dataReceived(b"\x88\x02\x03\xe8")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        protocol.connectionLost(Failure(ConnectionDone()))
+        closes = [(e.name, e.direction) for e in self.bus.events
+                  if e.name not in (TCP_CONNECTED, WEBSOCKET_CONNECTED)]
+        self.assertEqual(closes, [(WEBSOCKET_CLOSED, "outbound"), (TCP_CLOSED, "outbound")])
+        self.assertEqual(self.bus.named(WEBSOCKET_CLOSED)[0].wsCode, 1000)
+        self.assertIsNone(self.table.get(flow.conid))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_idleClose(self) -> None:
+        """
+        An open WS connection without traffic for C{idleTimeout} seconds
+        is closed as C{tcp:timeout}; sending counts as traffic.
+        """
+        protocol, transport, flow = self.opened()
+        self.reactor.advance(20)
+        self.assertTrue(flow.send(b"OPTIONS sip:x SIP/2.0\r\n\r\n"))
+        self.reactor.advance(20)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(10)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        closes = [e.name for e in self.bus.events
+                  if e.name not in (TCP_CONNECTED, WEBSOCKET_CONNECTED)]
+        self.assertEqual(closes, [WEBSOCKET_CLOSED, TCP_TIMEOUT])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_subprotocolRefused(self) -> None:
+        """
+        A server that does not choose C{sip} fails the attempt, and the
+        connection fires one close event and no C{websocket:connected}.
+        """
+        d = self.connector.connect(self.WS)
+        protocol, transport = self.accept()
+        protocol.dataReceived(handshakeAnswer(transport.value(), protocol=None))
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        error = self.failureResultOf(d, ConnectFailed).value
+        self.assertIn("did not accept the sip subprotocol", error.reason)
+        self.assertEqual(self.bus.names(), [TCP_CONNECTED, TCP_CLOSED])
+
+    def test_handshakeTimeout(self) -> None:
+        """
+        A server that never answers the handshake fails the attempt after
+        C{connectTimeout} (C{tcp:timeout}), with no timer left behind.
+        """
+        d = self.connector.connect(self.WS)
+        protocol, transport = self.accept()
+        self.reactor.advance(5)
+        self.assertIn("connect timeout", self.failureResultOf(d, ConnectFailed).value.reason)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.bus.names(), [TCP_CONNECTED, TCP_TIMEOUT])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_wssUsesTLS(self) -> None:
+        """
+        A WSS hop's connection starts with a TLS handshake (the same client
+        TLS as a TLS hop), not with the WebSocket request.
+        """
+        for name in ("wss", "tls"):
+            self.connector.connect(NextHop(name, "192.0.2.7", 8443), "pbx.example")
+        for index in (0, 1):
+            _, transport = self.accept(index)
+            self.assertEqual(transport.value()[:1], b"\x16")
 
 
 class SettingsTests(SynchronousTestCase):

@@ -25,7 +25,13 @@ from twisted.names import common, dns, server
 from twisted.names.error import DNSNameError
 from twisted.trial.unittest import TestCase
 
-from sipcore.events import ALL_EVENTS, CLOSE_EVENTS, TCP_CONNECTED
+from sipcore.events import (
+    ALL_EVENTS,
+    CLOSE_EVENTS,
+    TCP_CONNECTED,
+    WEBSOCKET_CLOSED,
+    WEBSOCKET_CONNECTED,
+)
 from sipcore.message import Response, generateTag
 from sipcore.testing import parseRequest, parseResponse
 from tests.peerhelpers import (
@@ -115,9 +121,11 @@ def makeCA(directory: str, name: str) -> tuple[Any, Any, str]:
     return key, cert, path
 
 
-def serverCertificate(caKey: Any, caCert: Any, hostname: str) -> ssl.PrivateCertificate:
+def serverCertificate(caKey: Any, caCert: Any, hostname: str,
+                      address: str = "127.0.0.1") -> ssl.PrivateCertificate:
     """
-    A certificate for C{hostname} signed by the CA, as Twisted wants it.
+    A certificate for C{hostname} and the IP C{address} signed by the CA,
+    as Twisted wants it.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -133,7 +141,7 @@ def serverCertificate(caKey: Any, caCert: Any, hostname: str) -> ssl.PrivateCert
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=2))
             .add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address(address))]),
                 critical=False)
             .sign(caKey, hashes.SHA256()))
     pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
@@ -195,10 +203,11 @@ class _Client(DatagramProtocol):
         self.responses.append(parseResponse(data))
 
 
-async def sendMessage(testCase: TestCase, service: Any, uri: str) -> Any:
+async def sendMessage(testCase: TestCase, service: Any, uri: str,
+                      method: str = "MESSAGE") -> Any:
     """
-    Send a C{MESSAGE} to C{uri} from a UDP client on loopback to the
-    service's UDP listener.
+    Send a C{MESSAGE} (or another C{method}) to C{uri} from a UDP client
+    on loopback to the service's UDP listener.
 
     @return: the first final response it gets.
     """
@@ -206,14 +215,15 @@ async def sendMessage(testCase: TestCase, service: Any, uri: str) -> Any:
     clientPort = reactor.listenUDP(0, client, interface="127.0.0.1")
     testCase.addCleanup(clientPort.stopListening)
     message = (
-        "MESSAGE {uri} SIP/2.0\r\n"
+        "{method} {uri} SIP/2.0\r\n"
         "Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{branch};rport\r\n"
         "Max-Forwards: 70\r\n"
         "From: <sip:alice@example.com>;tag=a1\r\n"
         "To: <{uri}>\r\n"
         "Call-ID: {branch}\r\n"
-        "CSeq: 1 MESSAGE\r\n"
-        "Content-Length: 0\r\n\r\n").format(uri=uri, port=clientPort.getHost().port,
+        "CSeq: 1 {method}\r\n"
+        "Content-Length: 0\r\n\r\n").format(method=method, uri=uri,
+                                           port=clientPort.getHost().port,
                                            branch=secrets.token_hex(8))
     clientPort.write(message.encode("ascii"), ("127.0.0.1", service.ports["udp"]))
     await waitUntil(lambda: [r for r in client.responses if r.status >= 200],
@@ -487,3 +497,102 @@ class RouteTargetByNameTests(TestCase):
         connected = [e for e in self.events.received if e.name == TCP_CONNECTED]
         self.assertEqual([(e.transport, e.direction) for e in connected],
                          [("tls", "outbound")] * 2)
+
+
+class OutgoingWebSocketTests(TestCase):
+    """
+    A request to a WS or WSS next hop opens a WebSocket client connection
+    to it: here the WS or WSS listener of a second sipcore service on
+    C{127.0.0.2}, which answers the C{OPTIONS} sent to it.
+    """
+
+    timeout = 60
+
+    async def optionsThrough(self, transport: str, *serverArgs: str,
+                             clientArgs: tuple[str, ...] = ()) -> None:
+        """
+        Send C{OPTIONS sip:127.0.0.2:PORT;transport=T} to the first
+        service, which forwards it over a new outgoing connection to the
+        second service's listener; the second answers, the 200 comes back,
+        and a second OPTIONS reuses the connection.  When the first
+        service stops, the connection fires exactly one C{tcp:*} event and
+        one C{websocket:closed}, outbound.
+        """
+        upstream = await startServer(self, *serverArgs, transports=())
+        sender = await startServer(self, "--forward-foreign", *clientArgs, transports=("udp",))
+        self.addCleanup(sender.proxy.stop)
+        events = RecordingHandler("outgoing-ws-recorder", events=ALL_EVENTS)
+        sender.bus.subscribe(events)
+        upstreamEvents = RecordingHandler("upstream-ws-recorder", events=ALL_EVENTS)
+        upstream.bus.subscribe(upstreamEvents)
+        uri = "sip:127.0.0.2:{};transport={}".format(upstream.ports[transport], transport)
+        for _ in range(2):
+            final = await sendMessage(self, sender, uri, method="OPTIONS")
+            self.assertEqual(final.status, 200)
+        self.assertEqual([(e.name, e.transport, e.direction) for e in events.received],
+                         [(TCP_CONNECTED, transport, "outbound"),
+                          (WEBSOCKET_CONNECTED, transport, "outbound")])
+        self.assertEqual([(e.name, e.direction) for e in upstreamEvents.received],
+                         [(TCP_CONNECTED, "inbound"), (WEBSOCKET_CONNECTED, "inbound")])
+        self.assertEqual(upstream.core.stats["received"], 2)
+        [conid] = {e.conid for e in events.received}
+        await sender.stopService()
+        closes = [e for e in events.received if e.conid == conid and e.name not in (
+            TCP_CONNECTED, WEBSOCKET_CONNECTED)]
+        self.assertEqual(len([e for e in closes if e.name in CLOSE_EVENTS]), 1)
+        self.assertEqual([e.name for e in closes if e.name == WEBSOCKET_CLOSED],
+                         [WEBSOCKET_CLOSED])
+        self.assertEqual({e.direction for e in closes}, {"outbound"})
+        await waitUntil(lambda: [e for e in upstreamEvents.received if e.name in CLOSE_EVENTS],
+                        what="the upstream's close event")
+
+    async def test_ws(self) -> None:
+        """
+        Over WS.
+        """
+        await self.optionsThrough("ws", "--listen", "ws:0:interface=127.0.0.2")
+
+    async def test_wss(self) -> None:
+        """
+        Over WSS, the upstream's certificate verified against the CA given
+        with C{--tls-ca-file} for the address of the URI.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        caKey, caCert, caFile = makeCA(directory, "ca")
+        pem = os.path.join(directory, "server.pem")
+        with open(pem, "wb") as f:
+            f.write(serverCertificate(caKey, caCert, "uas.test", "127.0.0.2").dumpPEM())
+        await self.optionsThrough(
+            "wss", "--listen", "wss:0:interface=127.0.0.2:privateKey={0}:certKey={0}".format(pem),
+            clientArgs=("--tls-ca-file", caFile))
+
+    async def test_wssVerificationFails(self) -> None:
+        """
+        A WSS upstream whose certificate no trusted CA signed never gets
+        the request: the sender gets C{503}, and the attempt fired one
+        close event and no C{websocket:connected}.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        _, _, caFile = makeCA(directory, "ca")
+        rogueKey, rogueCert, _ = makeCA(directory, "rogue")
+        pem = os.path.join(directory, "server.pem")
+        with open(pem, "wb") as f:
+            f.write(serverCertificate(rogueKey, rogueCert, "uas.test", "127.0.0.2").dumpPEM())
+        upstream = await startServer(
+            self, "--listen", "wss:0:interface=127.0.0.2:privateKey={0}:certKey={0}".format(pem),
+            transports=())
+        sender = await startServer(self, "--forward-foreign", "--tls-ca-file", caFile,
+                                   transports=("udp",))
+        self.addCleanup(sender.proxy.stop)
+        events = RecordingHandler("outgoing-wss-recorder", events=ALL_EVENTS)
+        sender.bus.subscribe(events)
+        final = await sendMessage(self, sender, "sip:127.0.0.2:{};transport=wss".format(
+            upstream.ports["wss"]), method="OPTIONS")
+        self.assertEqual(final.status, 503)
+        self.assertEqual(upstream.core.stats["received"], 0)
+        names = [e.name for e in events.received]
+        self.assertEqual(names[0], TCP_CONNECTED)
+        self.assertEqual(len(names), 2)
+        self.assertIn(names[1], CLOSE_EVENTS)

@@ -92,6 +92,29 @@ class StreamServerFactory:
         self.settings = settings
 
 
+class ConnectAttempt(Protocol):
+    """
+    What a connection this node opens tells of its progress (an attempt
+    of L{sipcore.transport.outgoing.OutgoingConnector}).
+    """
+
+    def made(self, protocol: StreamLifecycle) -> None:
+        """
+        The TCP connection is made; C{protocol} carries it.
+        """
+
+    def ready(self, flow: StreamFlow) -> None:
+        """
+        The connection can carry SIP (TLS verified, WebSocket open).
+        """
+
+    def failed(self, text: str) -> None:
+        """
+        It failed or closed, for the reason C{text} (called again after
+        L{ready} when it closes; later calls are ignored).
+        """
+
+
 class StreamLifecycle:
     """
     A mixin for the SIP stream protocols.
@@ -180,6 +203,13 @@ class StreamLifecycle:
         self._closing = True
         self._closedByServer = True
         self._cancelTimers()
+
+    def connectTimedOut(self, text: str) -> None:
+        """
+        Opening this connection (one this node opened) took too long:
+        abort, as C{tcp:timeout}.
+        """
+        self._timeOut(text)
 
     def _idleDelay(self) -> tuple[float, str]:
         """

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_transport_outgoing -*-
 """
-Outgoing stream connections: TCP and TLS connections this node opens to a
-next hop it has no connection to (L{OutgoingConnector}).
+Outgoing stream connections: TCP, TLS, WS and WSS connections this node
+opens to a next hop it has no connection to (L{OutgoingConnector}).
 
 An outgoing connection is a SIP stream connection like an accepted one:
 it gets a conid in the same L{ConnectionTable}, its messages go to the
@@ -12,13 +12,20 @@ it in the table by its remote address), and closed after
 C{idleTimeout} seconds without traffic in either direction.
 
 Opening one is bounded by C{connectTimeout} (TCP connect and, for TLS,
-the handshake).  Every request for a hop whose connection is being opened
+the handshake; for WS and WSS until the WebSocket is open).  Every request for a hop whose connection is being opened
 waits for that one attempt and gets its result: the flow, or
 L{ConnectFailed}.
 
-TLS verifies the server certificate against the system's trust store or
-the configured CA file, for the server name given (sent as SNI too), and
-presents a client certificate when one is configured.  A connection whose
+TLS and WSS verify the server certificate (the same client TLS options)
+against the system's trust store or the configured CA file, for the
+server name given (sent as SNI too), and present a client certificate
+when one is configured.
+
+A WS or WSS connection is an autobahn WebSocket client
+(L{sipcore.transport.websocket.SIPWebSocketClientFactory}) offering the
+C{sip} subprotocol, to C{ws://NAME:PORT/}; like an accepted one it fires
+C{websocket:connected} once open and C{websocket:closed} with its close
+event.  A connection whose
 verification fails never carries a message: it fails with
 L{ConnectFailed}.
 """
@@ -38,9 +45,11 @@ from twisted.python.failure import Failure
 
 from sipcore.interfaces import IFlow
 from sipcore.sip.routing import NextHop
-from sipcore.transport.connections import ConnectionTable
+from sipcore.transport.connections import ConnectionTable, StreamFlow
+from sipcore.transport.lifecycle import StreamLifecycle
 from sipcore.transport.settings import ConnectionSettings
 from sipcore.transport.stream import SIPStreamProtocol, classifyLoss
+from sipcore.transport.websocket import SIPWebSocketClientFactory
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -56,7 +65,19 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Seconds an outgoing connection may carry no traffic before it is closed.
 DEFAULT_OUTGOING_IDLE_TIMEOUT = 120.0
 
-_STREAMS = ("tcp", "tls")
+_WEBSOCKETS = ("ws", "wss")
+_STREAMS = ("tcp", "tls", *_WEBSOCKETS)
+
+
+def _websocketURL(hop: NextHop, serverName: str) -> str:
+    """
+    The URL of the WebSocket handshake to C{hop}: its server name (sent
+    as C{Host}) and port, path C{/}.
+    """
+    host = serverName
+    if ":" in host:
+        host = "[" + host + "]"
+    return "{}://{}:{}/".format(hop.transport, host, hop.port)
 
 
 class ConnectFailed(Exception):
@@ -171,14 +192,16 @@ class _OutgoingStreamProtocol(SIPStreamProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.factory.made(self)
         if self._refused:
             self.factory.failed("refused by the connection table")
-        elif self.factory.transportName == "tcp":
-            self.factory.ready(self)
+        elif self.factory.transportName == "tcp" and self.flow is not None:
+            self.factory.ready(self.flow)
 
     def handshakeCompleted(self) -> None:
         super().handshakeCompleted()
-        self.factory.ready(self)
+        if self.flow is not None:
+            self.factory.ready(self.flow)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
@@ -194,18 +217,12 @@ class _OutgoingStreamProtocol(SIPStreamProtocol):
             self._resetIdle()
         return sent
 
-    def connectTimedOut(self, text: str) -> None:
-        """
-        Opening took too long: abort, as C{tcp:timeout}.
-        """
-        if not (self._lost or self._closing):
-            self._timeOut(text)
-
 
 class _Attempt(ClientFactory):
     """
-    One attempt to open a connection: the factory its protocol reads its
-    settings from, and the waiters for its result.
+    One attempt to open a connection: the waiters for its result, and (TCP,
+    TLS) the factory its protocol reads its settings from; a WS or WSS
+    connection's factory is a L{SIPWebSocketClientFactory} telling it.
     """
 
     protocol = _OutgoingStreamProtocol  # type: ignore[assignment]
@@ -223,28 +240,28 @@ class _Attempt(ClientFactory):
         self.settings = connector.connectionSettings
         self.waiters: list[Deferred[IFlow]] = []
         self.connecting: Deferred[Any] | None = None
-        self.protocolMade: _OutgoingStreamProtocol | None = None
+        self.protocolMade: StreamLifecycle | None = None
         self.timer: IDelayedCall | None = None
         self.finished = False
 
     def buildProtocol(self, addr: Any) -> Any:
         protocol = _OutgoingStreamProtocol()
         protocol.factory = self
-        self.protocolMade = protocol
         return protocol
+
+    def made(self, protocol: StreamLifecycle) -> None:
+        self.protocolMade = protocol
 
     def wait(self) -> Deferred[IFlow]:
         d: Deferred[IFlow] = Deferred()
         self.waiters.append(d)
         return d
 
-    def ready(self, protocol: _OutgoingStreamProtocol) -> None:
+    def ready(self, flow: StreamFlow) -> None:
         if self.finished:
             return
         self._finish()
         self.connector.stats["opened"] += 1
-        flow = protocol.flow
-        assert flow is not None
         self.connector._log.info(
             "outgoing {transport} connection {conid} to {host}:{port} open",
             transport=self.key[0], conid=flow.conid, host=self.key[1], port=self.key[2])
@@ -294,7 +311,7 @@ class _Attempt(ClientFactory):
 
 class OutgoingConnector:
     """
-    Opens TCP and TLS connections to next hops, one attempt at a time per
+    Opens TCP, TLS, WS and WSS connections to next hops, one attempt at a time per
     C{(transport, host, port)}.
 
     @ivar settings: the L{OutgoingSettings}.
@@ -337,13 +354,15 @@ class OutgoingConnector:
         Open a connection to C{hop}, or join the attempt already opening
         one.
 
-        @param hop: a C{tcp} or C{tls} next hop (its host an IP address).
+        @param hop: a C{tcp}, C{tls}, C{ws} or C{wss} next hop (its host an
+            IP address).
         @param serverName: the name a TLS server's certificate must carry
             (and the SNI sent); the hop's address when C{None}.
         @return: a L{Deferred} firing with the connection's L{IFlow} once
-            it is open (TLS: verified), or failing with L{ConnectFailed}
-            (refused, unreachable, timed out, TLS verification failed,
-            refused by the connection table).
+            it is open (TLS: verified; WS: the WebSocket open), or failing
+            with L{ConnectFailed} (refused, unreachable, timed out, TLS
+            verification failed, WebSocket handshake refused, refused by the
+            connection table).
         """
         if hop.transport not in _STREAMS:
             return fail(ConnectFailed("cannot open a {} connection".format(hop.transport)))
@@ -359,7 +378,12 @@ class OutgoingConnector:
         d = attempt.wait()
         endpoint = self._endpoint(hop, name)
         attempt.timer = self.clock.callLater(self.settings.connectTimeout, attempt.timedOut)
-        attempt.connecting = endpoint.connect(attempt)
+        factory: Any = attempt
+        if hop.transport in _WEBSOCKETS:
+            factory = SIPWebSocketClientFactory(
+                _websocketURL(hop, name), self.sink, self.table, self.clock, hop.transport,
+                self.connectionSettings, attempt)
+        attempt.connecting = endpoint.connect(factory)
         attempt.connecting.addErrback(attempt.connectFailed)
         return d
 
@@ -371,7 +395,7 @@ class OutgoingConnector:
         else:
             endpoint = endpoints.TCP4ClientEndpoint(self.reactor, hop.host, hop.port,
                                                     timeout=timeout)
-        if hop.transport == "tls":
+        if hop.transport in ("tls", "wss"):
             options = ssl.optionsForClientTLS(serverName, trustRoot=self._trustRoot,
                                               clientCertificate=self._clientCertificate)
             endpoint = endpoints.wrapClientTLS(options, endpoint)

@@ -55,10 +55,16 @@ from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import (
+    WebSocketAdapterProtocol,
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
 from autobahn.util import wildcards2patterns
 from autobahn.websocket.protocol import WebSocketProtocol
-from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
 from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
@@ -81,7 +87,7 @@ from sipcore.transport.connections import (
     ConnectionTable,
     StreamFlow,
 )
-from sipcore.transport.lifecycle import StreamLifecycle, StreamServerFactory
+from sipcore.transport.lifecycle import ConnectAttempt, StreamLifecycle, StreamServerFactory
 from sipcore.transport.settings import DEFAULT_MAX_HANDSHAKE_SIZE, ConnectionSettings
 from sipcore.transport.stream import PONG, classifyLoss
 
@@ -91,6 +97,8 @@ __all__ = [
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_NORMAL",
     "SIP_SUBPROTOCOL",
+    "SIPWebSocketClientFactory",
+    "SIPWebSocketClientProtocol",
     "SIPWebSocketFactory",
     "SIPWebSocketProtocol",
 ]
@@ -110,17 +118,19 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 _CONNECTING = WebSocketProtocol.STATE_CONNECTING
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 
-class SIPWebSocketProtocol(  # type: ignore[misc]
-        QuietConnectionLost, FrameState, StreamLifecycle, WebSocketServerProtocol):
+class _SIPWebSocket(FrameState, StreamLifecycle, WebSocketAdapterProtocol,  # type: ignore[misc]
+                    WebSocketProtocol):
     """
-    One WS or WSS connection carrying SIP.
+    What a WS or WSS connection carrying SIP does whichever side opened it:
+    its flow in the connection table, its messages to the sink, its
+    timers, and the close event its end fires.
 
     @ivar sipFlow: the L{StreamFlow} handed to the sink (C{None} until the
         TCP connection is made).
     """
 
     _log = Logger()
-    factory: "SIPWebSocketFactory"
+    factory: Any
 
     _sendQueue: deque[tuple[bytes, bool]] | None = None
     _utf8validator: Utf8Validator | None = None
@@ -203,61 +213,10 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
 
     # -- autobahn ---------------------------------------------------------
 
-    def processHandshake(self) -> None:
+    def _opened(self) -> None:
         """
-        Refuse an opening handshake larger than C{maxHandshakeSize}
-        with HTTP C{431} before autobahn looks for its end again or parses
-        it; otherwise let autobahn process it.
-
-        autobahn calls this with the bytes received so far in C{self.data}
-        each time more arrive while the handshake is not done.
+        The WebSocket handshake completed: fire C{websocket:connected}.
         """
-        limit = self.factory.settings.maxHandshakeSize
-        data = self.data
-        if limit and len(data) > limit and data.find(b"\r\n\r\n", 0, limit) < 0:
-            self.data = b""
-            self.factory.handshakesTooLarge += 1
-            self.failHandshake(_TOO_LARGE_REASON, _TOO_LARGE)
-            return
-        super().processHandshake()
-
-    def onConnect(self, request: ConnectionRequest) -> str:
-        """
-        Accept the handshake if the client offers the C{sip} subprotocol.
-
-        @raise ConnectionDeny: C{403} for a refused Origin, C{400} without
-            the subprotocol.
-        """
-        origin = request.origin or ""
-        local = self.sipFlow.local[0] if self.sipFlow is not None else ""
-        if origin and not self.factory.originAllowed(origin, local):
-            self._setClose(TCP_CLOSED, "websocket handshake refused: origin not allowed")
-            suppressed = self.factory.originThrottle.hit(origin)
-            if suppressed is not None:
-                self._log.warn(
-                    "websocket origin {origin!r} refused ({suppressed} more refusals "
-                    "since the last report)", origin=origin[:200], suppressed=suppressed)
-            self.factory.originsRefused += 1
-            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
-        if SIP_SUBPROTOCOL in (request.protocols or []):
-            return SIP_SUBPROTOCOL
-        raise ConnectionDeny(
-            ConnectionDeny.BAD_REQUEST, "WebSocket subprotocol 'sip' required"
-        )
-
-    def failHandshake(self, reason: str, code: int = 400,
-                      responseHeaders: list[tuple[str, str]] | None = None) -> None:
-        self._setClose(TCP_CLOSED, "websocket handshake refused: {}".format(reason))
-        self._closedByServer = True
-        super().failHandshake(reason, code, responseHeaders)
-
-    def onOpen(self) -> None:
-        """
-        The handshake completed: release what autobahn kept of it, and fire
-        C{websocket:connected}.
-        """
-        for name in HANDSHAKE_STATE:
-            setattr(self, name, None)
         if self._refused or self.sipFlow is None:
             return
         self._wsOpen = True
@@ -429,6 +388,72 @@ class SIPWebSocketProtocol(  # type: ignore[misc]
             self._utf8validator = None
 
 
+class SIPWebSocketProtocol(QuietConnectionLost, _SIPWebSocket,  # type: ignore[misc]
+                           WebSocketServerProtocol):
+    """
+    One accepted WS or WSS connection carrying SIP.
+    """
+
+    factory: "SIPWebSocketFactory"
+
+    def processHandshake(self) -> None:
+        """
+        Refuse an opening handshake larger than C{maxHandshakeSize}
+        with HTTP C{431} before autobahn looks for its end again or parses
+        it; otherwise let autobahn process it.
+
+        autobahn calls this with the bytes received so far in C{self.data}
+        each time more arrive while the handshake is not done.
+        """
+        limit = self.factory.settings.maxHandshakeSize
+        data = self.data
+        if limit and len(data) > limit and data.find(b"\r\n\r\n", 0, limit) < 0:
+            self.data = b""
+            self.factory.handshakesTooLarge += 1
+            self.failHandshake(_TOO_LARGE_REASON, _TOO_LARGE)
+            return
+        super().processHandshake()
+
+    def onConnect(self, request: ConnectionRequest) -> str:
+        """
+        Accept the handshake if the client offers the C{sip} subprotocol.
+
+        @raise ConnectionDeny: C{403} for a refused Origin, C{400} without
+            the subprotocol.
+        """
+        origin = request.origin or ""
+        local = self.sipFlow.local[0] if self.sipFlow is not None else ""
+        if origin and not self.factory.originAllowed(origin, local):
+            self._setClose(TCP_CLOSED, "websocket handshake refused: origin not allowed")
+            suppressed = self.factory.originThrottle.hit(origin)
+            if suppressed is not None:
+                self._log.warn(
+                    "websocket origin {origin!r} refused ({suppressed} more refusals "
+                    "since the last report)", origin=origin[:200], suppressed=suppressed)
+            self.factory.originsRefused += 1
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
+        if SIP_SUBPROTOCOL in (request.protocols or []):
+            return SIP_SUBPROTOCOL
+        raise ConnectionDeny(
+            ConnectionDeny.BAD_REQUEST, "WebSocket subprotocol 'sip' required"
+        )
+
+    def failHandshake(self, reason: str, code: int = 400,
+                      responseHeaders: list[tuple[str, str]] | None = None) -> None:
+        self._setClose(TCP_CLOSED, "websocket handshake refused: {}".format(reason))
+        self._closedByServer = True
+        super().failHandshake(reason, code, responseHeaders)
+
+    def onOpen(self) -> None:
+        """
+        The handshake completed: release what autobahn kept of it, and fire
+        C{websocket:connected}.
+        """
+        for name in HANDSHAKE_STATE:
+            setattr(self, name, None)
+        self._opened()
+
+
 readOptionsFromFactory(SIPWebSocketProtocol)
 
 
@@ -505,3 +530,95 @@ class SIPWebSocketFactory(StreamServerFactory, WebSocketServerFactory):
             return False
         return originHost in self._originDomains or (
             bool(local) and originHost == local.strip().lower())
+
+
+class SIPWebSocketClientProtocol(_SIPWebSocket, WebSocketClientProtocol):  # type: ignore[misc]
+    """
+    One WS or WSS connection this node opened, carrying SIP: it offers the
+    C{sip} subprotocol and closes at once (as C{tcp:closed}) when the
+    server does not accept it; it is ready once the WebSocket is open, and
+    idle after no traffic either way.
+    """
+
+    direction = "outbound"
+    factory: "SIPWebSocketClientFactory"
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.attempt.made(self)
+        if self._refused:
+            self.factory.attempt.failed("refused by the connection table")
+
+    def onConnect(self, response: ConnectionResponse) -> None:
+        """
+        The server answered the handshake: it must have chosen C{sip}.
+        """
+        if response.protocol != SIP_SUBPROTOCOL:
+            self._setClose(TCP_CLOSED, "websocket handshake: the server did not accept "
+                           "the sip subprotocol")
+            self._startClosing()
+            self.transport.abortConnection()
+
+    def onOpen(self) -> None:
+        if self._closing or self._lost:
+            return
+        self._opened()
+        if self.sipFlow is not None:
+            self.factory.attempt.ready(self.sipFlow)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.factory.attempt.failed(self._classify()[1])
+
+    def flowSend(self, data: bytes) -> bool:
+        sent = super().flowSend(data)
+        if sent:
+            self._resetIdle()
+        return sent
+
+
+class SIPWebSocketClientFactory(WebSocketClientFactory):
+    """
+    Makes the L{SIPWebSocketClientProtocol} of one attempt to open a WS or
+    WSS connection (the caller wraps the endpoint in TLS for WSS).
+
+    @ivar transportName: C{'ws'} or C{'wss'}.
+    @ivar settings: the L{ConnectionSettings} of the connection.
+    @ivar attempt: the L{ConnectAttempt} told when it is made, open or
+        failed.
+    """
+
+    protocol = SIPWebSocketClientProtocol  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(self, url: str, sink: IMessageSink, table: ConnectionTable,
+                 clock: IReactorTime, transport: str, settings: ConnectionSettings,
+                 attempt: ConnectAttempt) -> None:
+        """
+        @param url: the C{ws://} or C{wss://} URL of the handshake (its
+            host is sent as C{Host}).
+        @param sink: the L{sipcore.interfaces.IMessageSink}.
+        @param table: the L{ConnectionTable} the connection joins.
+        @param clock: the reactor; every timer (ours and autobahn's) uses it.
+        @param transport: C{'ws'} or C{'wss'}.
+        @param settings: the connection's limits and timeouts (the opening
+            handshake is bounded by the caller's connect timeout).
+        @param attempt: what is told of the connection's progress.
+        """
+        super().__init__(url, protocols=[SIP_SUBPROTOCOL], useragent="sipcore", reactor=clock)
+        useReactorTimers(self, clock)
+        self.setProtocolOptions(
+            failByDrop=False,
+            maxMessagePayloadSize=settings.maxSize,
+            maxFramePayloadSize=settings.maxSize,
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=settings.closeHandshakeTimeout,
+            autoPingInterval=settings.autoPingInterval,
+            autoPingTimeout=settings.autoPingTimeout,
+        )
+        self.sink = sink
+        self.table = table
+        self.clock = clock
+        self.transportName = transport
+        self.settings = settings
+        self.attempt = attempt
