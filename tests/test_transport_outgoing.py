@@ -79,6 +79,20 @@ class ConnectorHarness(SynchronousTestCase):
         return protocol, transport
 
 
+    def idleOut(self, protocol: Any, transport: StringTransport, flow: Any) -> None:
+        """
+        Let an open connection (idle timeout 30 s) send once after 20 s,
+        then stay silent until the idle timeout closes it, and lose it.
+        """
+        self.reactor.advance(20)
+        self.assertTrue(flow.send(b"OPTIONS sip:x SIP/2.0\r\n\r\n"))
+        self.reactor.advance(20)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(10)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+
 class OutgoingConnectorTests(ConnectorHarness):
     """
     L{OutgoingConnector} opens one connection per hop, shares the attempt,
@@ -160,13 +174,7 @@ class OutgoingConnectorTests(ConnectorHarness):
         d = self.connector.connect(HOP)
         protocol, transport = self.accept()
         flow = self.successResultOf(d)
-        self.reactor.advance(20)
-        self.assertTrue(flow.send(b"OPTIONS sip:x SIP/2.0\r\n\r\n"))
-        self.reactor.advance(20)
-        self.assertFalse(transport.disconnecting)
-        self.reactor.advance(10)
-        self.assertTrue(transport.disconnecting)
-        protocol.connectionLost(Failure(ConnectionDone()))
+        self.idleOut(protocol, transport, flow)
         protocol.connectionLost(Failure(ConnectionDone()))
         closes = [e for e in self.bus.events if e.name != TCP_CONNECTED]
         self.assertEqual([(e.name, e.direction) for e in closes], [(TCP_TIMEOUT, "outbound")])
@@ -296,13 +304,7 @@ class OutgoingWebSocketTests(ConnectorHarness):
         is closed as C{tcp:timeout}; sending counts as traffic.
         """
         protocol, transport, flow = self.opened()
-        self.reactor.advance(20)
-        self.assertTrue(flow.send(b"OPTIONS sip:x SIP/2.0\r\n\r\n"))
-        self.reactor.advance(20)
-        self.assertFalse(transport.disconnecting)
-        self.reactor.advance(10)
-        self.assertTrue(transport.disconnecting)
-        protocol.connectionLost(Failure(ConnectionDone()))
+        self.idleOut(protocol, transport, flow)
         closes = [e.name for e in self.bus.events
                   if e.name not in (TCP_CONNECTED, WEBSOCKET_CONNECTED)]
         self.assertEqual(closes, [WEBSOCKET_CLOSED, TCP_TIMEOUT])
