@@ -267,7 +267,7 @@ class WorkersClusterTests(TestCase):
         env.pop(workers.STORE_ENV, None)
         env.pop(workers.CLUSTER_ENV, None)
         args = [sys.executable, "-m", "sipcore.workers", "--workers", "2", "--logfile", logfile,
-                "--", "--domain", "example.com", "--log-events"]
+                "--", "--domain", "example.com", "--log-events", "--admin-listen", "none"]
         for spec in listen:
             args += ["--listen", spec]
         proc, transport = spawnChild(self, args, env, descendants=_children)

@@ -429,7 +429,7 @@ class TwistdReactorTests(TestCase):
         env = dict(os.environ, PYTHONPATH=SIPCORE_PATH)
         proc, transport = spawnChild(self, [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            *before, "-n", "--pidfile=", "--logfile=-", "sipcore",
+            *before, "-n", "--pidfile=", "--logfile=-", "sipcore", "--admin-listen", "none",
             "--listen", "udp:0:interface=127.0.0.1"], env)
         await waitUntil(lambda: "reactor: " in proc.output or proc.ended.called,
                         what="the reactor line")
